@@ -1,0 +1,1 @@
+"""Built-in delivery backends, each an IDeliveryBackend provider."""

@@ -1,0 +1,45 @@
+"""
+The C{memory} backend: keeps every delivered message in a list.  For tests,
+for embedding (read C{backend.messages}), and as the null sink of the
+benchmarks (C{memory:keep=no} counts and drops).
+
+Owns: nothing durable; it says so in its name.  Must not: import
+mailframe.server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from mailframe.envelope import Envelope
+from mailframe.interfaces import IDeliveryBackend
+from mailframe.message import Message
+
+__all__ = ["MemoryBackend", "StoredMessage"]
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One delivered message: its envelope and its bytes (CRLF line endings)."""
+
+    envelope: Envelope
+    data: bytes
+
+
+@implementer(IDeliveryBackend)
+class MemoryBackend:
+    """Delivers into C{self.messages}; with C{keep=False} only counts."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self.messages: list[StoredMessage] = []
+        self.count = 0
+
+    def deliver(self, envelope: Envelope, message: Message) -> defer.Deferred[None]:
+        self.count += 1
+        if self.keep:
+            self.messages.append(StoredMessage(envelope, message.getvalue()))
+        return defer.succeed(None)

@@ -1,0 +1,79 @@
+"""
+L{ServerConfig}: every setting of an SMTP listener in one immutable value,
+and L{ProviderContext}, what a plug-in factory is given to build a provider.
+
+Owns: settings, their defaults and their validation.  The twistd options
+(mailframe.tap) and the TOML config file produce one of these; embedding code
+builds one directly.  Must not: import twisted or zope; read files.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailframe.address import Domain
+from mailframe.protocol import Limits
+
+__all__ = ["ProviderContext", "ServerConfig", "defaultHostname"]
+
+
+def defaultHostname() -> str:
+    """This machine's fully qualified name, as well as the resolver knows it."""
+    name = socket.getfqdn()
+    return name if name and name != "localhost.localdomain" else socket.gethostname()
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """
+    The settings of one SMTP service.
+
+    C{localDomains}: mail for these is accepted (subject to the validators);
+    any other domain is relaying, refused with 550 5.7.1.  Timeouts are in
+    seconds (RFC 5321 4.5.3.2); C{maxErrors} 4xx/5xx replies in a session
+    end it with 421 (the count restarts after each accepted message).
+    """
+
+    hostname: str = field(default_factory=defaultHostname)
+    localDomains: frozenset[Domain] = frozenset()
+    limits: Limits = field(default_factory=Limits)
+    listener: str = "smtp"
+    commandTimeout: float = 300.0
+    dataTimeout: float = 300.0
+    pluginTimeout: float = 240.0
+    deliveryTimeout: float = 540.0
+    maxErrors: int = 20
+    transcript: bool = False
+    software: str = "mailframe"
+    spillThreshold: int = 1 << 20
+    tempDirectory: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.hostname or any(c.isspace() for c in self.hostname):
+            raise ValueError(f"bad hostname {self.hostname!r}")
+        domains = frozenset(Domain(d) if isinstance(d, str) else d for d in self.localDomains)
+        if not domains:
+            domains = frozenset({Domain("localhost"), Domain(self.hostname)})
+        object.__setattr__(self, "localDomains", domains)
+        for name in ("commandTimeout", "dataTimeout", "pluginTimeout", "deliveryTimeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.maxErrors < 1:
+            raise ValueError("maxErrors must be at least 1")
+
+    def isLocal(self, domain: Domain | None) -> bool:
+        """True if mail for C{domain} is ours to deliver."""
+        return domain is None or domain in self.localDomains
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """
+    Given to a plug-in factory's C{makeProvider}: the reactor (a clock and
+    thread pool for providers that need them) and the server's settings.
+    """
+
+    reactor: Any
+    config: ServerConfig

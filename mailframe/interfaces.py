@@ -1,0 +1,164 @@
+"""
+Every zope.interface Interface of mailframe, and nothing else.
+
+Plug points are small, one job each.  A hook gets typed values
+(L{mailframe.envelope.SessionInfo}, L{mailframe.envelope.Envelope},
+L{mailframe.envelope.Recipient}, L{mailframe.message.Message}) and returns a
+value, a L{mailframe.reply.Reply}, or a Deferred of either; it raises
+L{mailframe.reply.SMTPError} (or fails its Deferred with one) to refuse.
+Optional capabilities are separate interfaces, checked with C{providedBy}.
+
+Must not: import mailframe.server, .client or .tap; hold implementations.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IAddressVerifier",
+    "IConnectionFilter",
+    "IDeliveryBackend",
+    "IExtension",
+    "ILocalDomains",
+    "IMessageFilter",
+    "IPlugInFactory",
+    "IRecipientValidator",
+    "ISenderValidator",
+]
+
+
+class IConnectionFilter(Interface):
+    """Decides whether to serve a new connection, before the greeting."""
+
+    def acceptConnection(session):  # type: ignore[no-untyped-def]
+        """
+        Called once per connection with its L{SessionInfo}.
+
+        @return: None to serve it (or a Deferred firing None).  Raise
+            L{SMTPError} with a 554 reply to greet with it and serve only
+            QUIT (RFC 5321 3.1), or with 421 to refuse and close.
+        """
+
+
+class ISenderValidator(Interface):
+    """Accepts or refuses the reverse-path of MAIL FROM."""
+
+    def validateSender(session, envelope):  # type: ignore[no-untyped-def]
+        """
+        C{envelope.mailFrom} and C{envelope.mailParams} are set, no
+        recipients yet.
+
+        @return: None or a positive L{Reply} (sent instead of the default
+            250), or a Deferred of either.  Raise L{SMTPError} to refuse.
+        """
+
+
+class IRecipientValidator(Interface):
+    """
+    Accepts, refuses, or has no opinion on one recipient of a local domain.
+
+    Validators are asked in order; the first that accepts or refuses
+    decides.  If none decides, the recipient is refused with 550 5.1.1.
+    Recipients of domains that are not local never get here (they are
+    relaying, refused with 550 5.7.1 unless a relay policy allows them).
+    """
+
+    def validateRecipient(session, envelope, recipient):  # type: ignore[no-untyped-def]
+        """
+        @param recipient: the L{Recipient} (address and RCPT parameters).
+        @return: a positive L{Reply} to accept, None for no opinion, or a
+            Deferred of either.  Raise L{SMTPError} to refuse.
+        """
+
+
+class IAddressVerifier(Interface):
+    """Optional, for a recipient validator: answers VRFY."""
+
+    def verifyAddress(session, argument):  # type: ignore[no-untyped-def]
+        """
+        @param argument: the VRFY argument, as sent.
+        @return: a L{Reply} (250/251/252/550/553 ...), None for the default
+            252, or a Deferred of either.
+        """
+
+
+class ILocalDomains(Interface):
+    """Optional, for a recipient validator: the domains it makes local."""
+
+    domains = Attribute("An iterable of domain names (str).")
+
+
+class IMessageFilter(Interface):
+    """Sees a complete message before delivery; may add header fields."""
+
+    def filterMessage(session, envelope, message):  # type: ignore[no-untyped-def]
+        """
+        @param message: the L{Message}; C{message.prependHeader} adds a field.
+        @return: None or a Deferred firing None.  Raise L{SMTPError} to refuse
+            the message (the client gets that reply after its final dot).
+        """
+
+
+class IDeliveryBackend(Interface):
+    """Takes a message for its recipients and makes it durable."""
+
+    def deliver(envelope, message):  # type: ignore[no-untyped-def]
+        """
+        @return: a Deferred firing a L{DeliveryResult} (one reply per
+            recipient), or None meaning every recipient succeeded.  It must
+            fire success only once the message is durable: the client is told
+            250 then, and may delete its copy.
+        """
+
+
+class IExtension(Interface):
+    """
+    An ESMTP extension: an EHLO keyword, the MAIL/RCPT parameters it owns,
+    and the verbs it adds.  The built-ins (SIZE, 8BITMIME, PIPELINING,
+    ENHANCEDSTATUSCODES, SMTPUTF8, CHUNKING, BINARYMIME) are providers too.
+    """
+
+    keyword = Attribute("The EHLO keyword, uppercase, e.g. 'SIZE'.")
+    mailParameters = Attribute("frozenset of MAIL FROM parameter names it owns.")
+    rcptParameters = Attribute("frozenset of RCPT TO parameter names it owns.")
+    verbs = Attribute("frozenset of command verbs it adds (uppercase).")
+    commandLineIncrease = Attribute("Octets it adds to the 512-octet command line limit.")
+
+    def ehloParameters(session):  # type: ignore[no-untyped-def]
+        """
+        @return: None to leave the keyword out of this session's EHLO reply,
+            C{""} for the bare keyword, or its parameters (e.g. C{"35651584"}).
+        """
+
+    def mailParameter(session, envelope, name, value):  # type: ignore[no-untyped-def]
+        """
+        Check one MAIL FROM parameter it owns (C{value} is None for a bare
+        keyword); raise L{SMTPError} (501/504/552/555 ...) to refuse MAIL.
+        """
+
+    def rcptParameter(session, envelope, recipient, name, value):  # type: ignore[no-untyped-def]
+        """Check one RCPT TO parameter it owns; raise L{SMTPError} to refuse."""
+
+    def handleCommand(session, verb, argument):  # type: ignore[no-untyped-def]
+        """Answer one of its verbs: a L{Reply} or a Deferred of one."""
+
+
+class IPlugInFactory(Interface):
+    """
+    A twisted.plugin dropin that builds a provider from a description string,
+    the way endpoint parsers do: C{maildir:/var/mail:layout=user} is prefix
+    C{maildir}, args C{("/var/mail",)}, kwargs C{{"layout": "user"}}.
+    """
+
+    prefix = Attribute("The word before the first colon, e.g. 'maildir'.")
+    provides = Attribute("The Interface its providers provide, e.g. IDeliveryBackend.")
+    synopsis = Attribute("One line: the description syntax, e.g. 'maildir:PATH[:layout=...]'.")
+    description = Attribute("One or two sentences for --help.")
+
+    def makeProvider(context, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """
+        Build the provider.  C{context} is a L{ProviderContext} (reactor and
+        settings).  Raise ValueError with a one-line message for bad
+        arguments; it is shown to the user as is.
+        """

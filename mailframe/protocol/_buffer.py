@@ -1,0 +1,254 @@
+"""
+The receive buffer: command-line framing with a length limit, the DATA
+reader (CRLF.CRLF only, dot-unstuffing, line and size limits, bare CR/LF
+detection) and the BDAT reader.
+
+Owns: every byte between the socket and the parser.  The DATA reader works
+on whole chunks with C{bytes.find}, C{bytes.count} and C{bytes.replace}:
+there is no per-line Python code on the hot path.  An error inside message
+data never ends the data early: the reader discards to the real end, then
+reports one error.  Must not: parse commands, know states, import twisted.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mailframe import reply as R
+
+__all__ = ["ReceiveBuffer", "DotReader", "ChunkReader", "LineTooLong"]
+
+_TERMINATOR = b"\r\n.\r\n"
+_BARE_RE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+class LineTooLong(Exception):
+    """A command line went past its limit; it has been discarded."""
+
+
+class ReceiveBuffer:
+    """Bytes received and not yet consumed."""
+
+    __slots__ = ("data", "_discardingLine")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._discardingLine = False
+
+    def feed(self, data: bytes) -> None:
+        self.data += data
+
+    def clear(self) -> None:
+        """Forget everything buffered (after STARTTLS, RFC 3207 4.2)."""
+        del self.data[:]
+        self._discardingLine = False
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def readLine(self, limit: int) -> bytes | None:
+        """
+        The next line without its CRLF (a bare LF is accepted as the end of a
+        command line), or None if no full line is buffered.  A line longer
+        than C{limit} octets (CRLF included) is discarded whole, and
+        L{LineTooLong} is raised once its end arrives.
+        """
+        buf = self.data
+        i = buf.find(b"\n")
+        if i < 0:
+            if len(buf) > limit:
+                self._discardingLine = True
+                keep = buf[-1:] if buf.endswith(b"\r") else b""
+                del buf[:]
+                buf += keep
+            return None
+        line = bytes(buf[:i])
+        del buf[: i + 1]
+        if self._discardingLine or i + 1 > limit:
+            self._discardingLine = False
+            raise LineTooLong()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return line
+
+
+class _MessageChecks:
+    """Size accounting and the error found first, shared by both readers."""
+
+    __slots__ = ("maxSize", "size", "error")
+
+    def __init__(self, maxSize: int) -> None:
+        self.maxSize = maxSize
+        self.size = 0
+        self.error: R.Reply | None = None
+
+    def count(self, n: int) -> bool:
+        self.size += n
+        if self.maxSize and self.size > self.maxSize:
+            self.error = R.MESSAGE_TOO_BIG
+            return False
+        return True
+
+
+class DotReader:
+    """
+    Reads message data after DATA until CRLF.CRLF.
+
+    C{read(buffer)} returns C{(pieces, done)}; each piece is unstuffed and ends
+    at a line boundary.  After C{done}, C{error} is None or the reply for a
+    message that broke a rule (too big, a line too long, a bare CR or LF).
+    """
+
+    __slots__ = ("_checks", "_lineLimit", "_normalise", "_atLineStart", "_discarding")
+
+    def __init__(self, maxSize: int, lineLimit: int, normaliseBareLineEndings: bool) -> None:
+        self._checks = _MessageChecks(maxSize)
+        self._lineLimit = lineLimit
+        self._normalise = normaliseBareLineEndings
+        self._atLineStart = True
+        self._discarding = False
+
+    @property
+    def size(self) -> int:
+        return self._checks.size
+
+    @property
+    def error(self) -> R.Reply | None:
+        return self._checks.error
+
+    def _fail(self, reply: R.Reply) -> None:
+        if self._checks.error is None:
+            self._checks.error = reply
+        self._discarding = True
+
+    def read(self, buffer: ReceiveBuffer) -> tuple[list[bytes], bool]:
+        buf = buffer.data
+        if self._atLineStart and buf[:3] == b".\r\n":
+            del buf[:3]
+            return [], True
+        end = buf.find(_TERMINATOR)
+        if end >= 0:
+            piece = bytes(buf[: end + 2])
+            del buf[: end + 5]
+            done = True
+        else:
+            done = False
+            last = buf.rfind(b"\r\n")
+            if last >= 0:
+                piece = bytes(buf[: last + 2])
+                del buf[: last + 2]
+                self._atLineStart = True
+            else:
+                piece = b""
+            # what stays buffered is part of one line: bounded by the limit
+            if len(buf) > self._lineLimit:
+                self._fail(R.DATA_LINE_TOO_LONG)
+                keep = 1 if buf.endswith(b"\r") else 0
+                del buf[: len(buf) - keep]
+                self._atLineStart = False
+        if piece and not self._discarding:
+            checked = self._check(piece)
+            if checked:
+                return [checked], done
+        return [], done
+
+    def _check(self, piece: bytes) -> bytes | None:
+        """Limits, unstuffing and bare line endings for a run of whole lines."""
+        limit = self._lineLimit
+        if len(piece) > limit - 2 and max(map(len, piece.split(b"\r\n"))) > limit - 2:
+            self._fail(R.DATA_LINE_TOO_LONG)
+            return None
+        if piece[:1] == b".":
+            piece = piece[1:]
+        piece = piece.replace(b"\r\n.", b"\r\n")
+        crlf = piece.count(b"\r\n")
+        if piece.count(b"\n") != crlf or piece.count(b"\r") != crlf:
+            if not self._normalise:
+                self._fail(R.BARE_LINE_ENDING)
+                return None
+            piece = _BARE_RE.sub(b"\r\n", piece)
+        if not self._checks.count(len(piece)):
+            self._discarding = True
+            return None
+        return piece
+
+
+class ChunkReader:
+    """
+    Reads one BDAT chunk of exactly C{size} octets.  C{checks} carries the
+    size count across the chunks of one message; with C{discard} the octets
+    are read and dropped (a BDAT that will be refused must still be consumed,
+    RFC 3030 2).  Bare CR/LF are refused unless C{binary} (BODY=BINARYMIME).
+    """
+
+    __slots__ = ("remaining", "size", "_checks", "_discard", "_binary", "_normalise", "_prevCR")
+
+    def __init__(
+        self,
+        size: int,
+        checks: _MessageChecks | None,
+        discard: bool = False,
+        binary: bool = True,
+        normaliseBareLineEndings: bool = False,
+        prevCR: bool = False,
+    ) -> None:
+        self.remaining = size
+        self.size = size
+        self._checks = checks if checks is not None else _MessageChecks(0)
+        self._discard = discard or self._checks.error is not None
+        self._binary = binary
+        self._normalise = normaliseBareLineEndings
+        self._prevCR = prevCR
+
+    @property
+    def checks(self) -> _MessageChecks:
+        return self._checks
+
+    @property
+    def endsWithCR(self) -> bool:
+        return self._prevCR
+
+    def read(self, buffer: ReceiveBuffer) -> tuple[list[bytes], bool]:
+        buf = buffer.data
+        n = min(len(buf), self.remaining)
+        if n == 0:
+            return [], self.remaining == 0
+        piece = bytes(buf[:n])
+        del buf[:n]
+        self.remaining -= n
+        done = self.remaining == 0
+        if self._discard:
+            return [], done
+        if not self._binary:
+            checked = self._lineEndings(piece)
+            if checked is None:
+                return [], done
+            piece = checked
+        if not self._checks.count(len(piece)):
+            self._discard = True
+            return [], done
+        return [piece], done
+
+    def _lineEndings(self, piece: bytes) -> bytes | None:
+        prevCR = self._prevCR
+        lf = piece.count(b"\n")
+        cr = piece.count(b"\r")
+        crlf = piece.count(b"\r\n") + (1 if prevCR and piece[:1] == b"\n" else 0)
+        # a CR at the very end may be completed by the next chunk
+        trailingCR = piece.endswith(b"\r")
+        self._prevCR = trailingCR
+        badCR = (cr + (1 if prevCR else 0) - (1 if trailingCR else 0)) != crlf
+        badLF = lf != crlf
+        if prevCR and piece[:1] != b"\n":
+            badCR = True
+        if badCR or badLF:
+            if not self._normalise:
+                self._checks.error = self._checks.error or R.BARE_LINE_ENDING
+                self._discard = True
+                return None
+            if prevCR and piece[:1] == b"\n":
+                piece = piece[1:]  # the CR was already normalised to CRLF
+            piece = _BARE_RE.sub(b"\r\n", piece[:-1] if trailingCR else piece)
+            if trailingCR:
+                piece += b"\r"
+        return piece

@@ -1,0 +1,230 @@
+"""
+Command lines to command events: verbs, RFC 5321 paths (with source routes
+removed), ESMTP parameters, and RFC 3461 xtext.
+
+Owns: the syntax of a command line.  Raises L{CommandSyntaxError} carrying
+the reply a malformed line gets.  Must not: know the session state, decide
+policy, or import twisted or zope.  The mailbox grammar itself is in
+L{mailframe.address}.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from types import MappingProxyType
+
+from mailframe import reply as R
+from mailframe.address import Address, AddressError, parseMailbox
+from mailframe.protocol import _events as E
+
+__all__ = ["CommandSyntaxError", "parseCommand", "parseParameters", "decodeXtext", "encodeXtext"]
+
+MAX_PATH = 256
+
+
+class CommandSyntaxError(Exception):
+    """A command line that cannot be parsed; C{reply} is what to answer."""
+
+    def __init__(self, reply: R.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+_PATH_RE = re.compile(r'\s*<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')
+_ROUTE_RE = re.compile(
+    r"@[^,:@\s]+(?:,@[^,:@\s]+)*:"
+)  # A-d-l ":" (RFC 5321 4.1.2), stripped per 3.6.1 / C
+_KEYWORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*\Z")
+_VALUE_RE = re.compile("[\x21-\x3c\x3e-\x7e\u0080-\U0010ffff]+\\Z")
+_XTEXT_RE = re.compile(rb"\+([0-9A-F]{2})")
+
+_MAIL_SYNTAX = R.Reply(501, (5, 5, 2), "Syntax: MAIL FROM:<address> [parameters]")
+_RCPT_SYNTAX = R.Reply(501, (5, 5, 2), "Syntax: RCPT TO:<address> [parameters]")
+_BAD_SENDER = R.Reply(501, (5, 1, 7), "Bad sender address syntax")
+_BAD_RECIPIENT = R.Reply(501, (5, 1, 3), "Bad recipient address syntax")
+_BAD_PARAMETER = R.Reply(501, (5, 5, 4), "Bad ESMTP parameter syntax")
+_DUPLICATE_PARAMETER = R.Reply(501, (5, 5, 4), "Parameter given twice")
+_HELO_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: HELO/EHLO hostname")
+_BDAT_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: BDAT size [LAST]")
+_VRFY_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: VRFY user or mailbox")
+
+_EMPTY = MappingProxyType({})
+
+
+def parseParameters(text: str) -> MappingProxyType[str, str | None]:
+    """
+    Parse C{KEY[=VALUE] ...} (RFC 5321 4.1.2 esmtp-param; values may be UTF-8
+    per RFC 6531).  Keys are returned uppercase; values as sent.
+    """
+    if not text:
+        return _EMPTY
+    params: dict[str, str | None] = {}
+    for word in text.split():
+        key, eq, value = word.partition("=")
+        if not _KEYWORD_RE.match(key) or (eq and not _VALUE_RE.match(value)):
+            raise CommandSyntaxError(_BAD_PARAMETER)
+        key = key.upper()
+        if key in params:
+            raise CommandSyntaxError(_DUPLICATE_PARAMETER)
+        params[key] = value if eq else None
+    return MappingProxyType(params)
+
+
+def _parsePath(
+    arg: str, prefix: str, syntax: R.Reply, bad: R.Reply, nullAllowed: bool
+) -> tuple[Address, MappingProxyType[str, str | None]]:
+    if arg[: len(prefix)].upper() != prefix:
+        raise CommandSyntaxError(syntax)
+    m = _PATH_RE.match(arg, len(prefix))
+    if m is None:
+        raise CommandSyntaxError(syntax)
+    rest = arg[m.end() :]
+    if rest and not rest.startswith(" "):
+        raise CommandSyntaxError(syntax)
+    path = m.group(1)
+    if len(path) + 2 > MAX_PATH and len(path.encode("utf-8")) + 2 > MAX_PATH:
+        raise CommandSyntaxError(R.PATH_TOO_LONG)
+    params = parseParameters(rest.strip())
+    if not path:
+        if not nullAllowed:
+            raise CommandSyntaxError(bad)
+        return Address.null(), params
+    if path.startswith("@"):
+        route = _ROUTE_RE.match(path)
+        if route is None:
+            raise CommandSyntaxError(bad)
+        path = path[route.end() :]
+    if path.lower() == "postmaster" and not nullAllowed:
+        return Address(path, None), params
+    try:
+        address = parseMailbox(path)
+    except AddressError as e:
+        if e.part == "local-part-length":
+            raise CommandSyntaxError(R.LOCAL_PART_TOO_LONG) from None
+        if e.part == "domain-length":
+            raise CommandSyntaxError(R.DOMAIN_TOO_LONG) from None
+        raise CommandSyntaxError(bad) from None
+    return address, params
+
+
+def _mail(arg: str) -> E.Event:
+    address, params = _parsePath(arg, "FROM:", _MAIL_SYNTAX, _BAD_SENDER, True)
+    return E.MailFrom(address, params)
+
+
+def _rcpt(arg: str) -> E.Event:
+    address, params = _parsePath(arg, "TO:", _RCPT_SYNTAX, _BAD_RECIPIENT, False)
+    return E.RcptTo(address, params)
+
+
+def _hello(extended: bool) -> Callable[[str], E.Event]:
+    def parse(arg: str) -> E.Event:
+        name = arg.strip()
+        if not name or any(c.isspace() for c in name):
+            raise CommandSyntaxError(_HELO_SYNTAX)
+        return E.Hello(name, extended)
+
+    return parse
+
+
+def _noArgument(event: E.Event) -> Callable[[str], E.Event]:
+    def parse(arg: str) -> E.Event:
+        if arg.strip():
+            raise CommandSyntaxError(R.NO_PARAMETERS)
+        return event
+
+    return parse
+
+
+def _bdat(arg: str) -> E.Event:
+    words = arg.split()
+    if not 1 <= len(words) <= 2 or not words[0].isdigit() or not words[0].isascii():
+        raise CommandSyntaxError(_BDAT_SYNTAX)
+    if len(words) == 2 and words[1].upper() != "LAST":
+        raise CommandSyntaxError(_BDAT_SYNTAX)
+    if len(words[0]) > 18:
+        raise CommandSyntaxError(R.MESSAGE_TOO_BIG)
+    return E.Bdat(int(words[0]), len(words) == 2)
+
+
+def _vrfy(arg: str) -> E.Event:
+    arg = arg.strip()
+    if not arg:
+        raise CommandSyntaxError(_VRFY_SYNTAX)
+    return E.Vrfy(arg)
+
+
+def _expn(arg: str) -> E.Event:
+    arg = arg.strip()
+    if not arg:
+        raise CommandSyntaxError(_VRFY_SYNTAX.withText("Syntax: EXPN list"))
+    return E.Expn(arg)
+
+
+DATA = E.Data()
+RSET = E.Rset()
+QUIT = E.Quit()
+NOOP = E.Noop()
+
+_PARSERS: dict[str, Callable[[str], E.Event]] = {
+    "HELO": _hello(False),
+    "EHLO": _hello(True),
+    "MAIL": _mail,
+    "RCPT": _rcpt,
+    "DATA": _noArgument(DATA),
+    "BDAT": _bdat,
+    "RSET": _noArgument(RSET),
+    "QUIT": _noArgument(QUIT),
+    "NOOP": lambda arg: E.Noop(arg.strip()) if arg.strip() else NOOP,
+    "HELP": lambda arg: E.Help(arg.strip()),
+    "VRFY": _vrfy,
+    "EXPN": _expn,
+}
+
+OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN"})
+"""Verbs of RFC 821 that RFC 5321 removed: 502, not 500."""
+
+
+def parseCommand(line: bytes, extensionVerbs: frozenset[str] = frozenset()) -> E.Event:
+    """
+    Parse one command line (without its line ending).  C{extensionVerbs}
+    are verbs that extensions add; they become L{E.ExtensionCommand}.
+    """
+    if b"\x00" in line:
+        raise CommandSyntaxError(R.BAD_ENCODING)
+    try:
+        text = line.decode("ascii") if line.isascii() else line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandSyntaxError(R.BAD_ENCODING) from None
+    verb, _, arg = text.partition(" ")
+    verb = verb.upper()
+    parser = _PARSERS.get(verb)
+    if parser is not None:
+        return parser(arg)
+    if verb in extensionVerbs:
+        return E.ExtensionCommand(verb, arg.strip())
+    if verb in OBSOLETE:
+        raise CommandSyntaxError(R.NOT_IMPLEMENTED)
+    raise CommandSyntaxError(R.UNRECOGNIZED)
+
+
+def decodeXtext(text: str) -> str:
+    """RFC 3461 4: C{+XX} hex escapes to characters; raises ValueError."""
+    raw = text.encode("ascii")
+    if b"+" in raw:
+        if re.search(rb"\+(?![0-9A-F]{2})", raw):
+            raise ValueError(f"bad xtext: {text!r}")
+        raw = _XTEXT_RE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+    return raw.decode("utf-8")
+
+
+def encodeXtext(text: str) -> str:
+    """RFC 3461 4: characters outside 33..126, C{+} and C{=} as C{+XX}."""
+    out = []
+    for byte in text.encode("utf-8"):
+        if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append("+%02X" % byte)
+    return "".join(out)

@@ -1,0 +1,93 @@
+"""
+The SMTP server session state machine, as data.
+
+Owns: the states, which command is allowed in which state, and the state
+each one leads to after a positive or a negative reply.  This table is the
+only place transitions live; C{docs/statemachine.py} draws it.  Must not:
+parse, buffer, or import twisted or zope.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+from mailframe import reply as R
+from mailframe.protocol import _events as E
+
+__all__ = ["State", "Transition", "TRANSITIONS", "SAME", "CLEAR"]
+
+
+class State(enum.Enum):
+    """Where a server session is."""
+
+    GREETING = "greeting"  # connected; our 220 (or 554) not sent yet
+    REJECTED = "rejected"  # greeted with 554: only QUIT is served
+    CONNECTED = "connected"  # greeted; no HELO/EHLO yet
+    READY = "ready"  # HELO/EHLO done, no transaction
+    MAIL = "mail"  # MAIL accepted, no recipient yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # reading the message after 354
+    BDAT = "bdat"  # reading a BDAT chunk
+    CHUNKING = "chunking"  # between BDAT chunks of one message
+    CLOSED = "closed"  # QUIT answered or 421 sent
+
+
+SAME = None
+"""In a transition: the state does not change."""
+
+CLEAR = "clear"
+"""In a transition: back to READY, or to CONNECTED if no HELO/EHLO was accepted."""
+
+Target = State | str | None
+
+
+class Transition(NamedTuple):
+    """One row of the table."""
+
+    allowed: frozenset[State]
+    positive: Target
+    negative: Target
+    refusal: R.Reply  # the 503 when the command comes in another state
+
+
+_S = State
+_OPEN = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT})
+_EVERY = frozenset(set(State) - {_S.GREETING, _S.CLOSED, _S.DATA, _S.BDAT})
+
+TRANSITIONS: dict[type[E.Event], Transition] = {
+    E.Hello: Transition(_OPEN, _S.READY, SAME, R.BAD_SEQUENCE),
+    E.MailFrom: Transition(
+        frozenset({_S.READY}),
+        _S.MAIL,
+        SAME,
+        R.BAD_SEQUENCE.withText("Send HELO/EHLO first, and MAIL only once per message"),
+    ),
+    E.RcptTo: Transition(
+        frozenset({_S.MAIL, _S.RCPT}), _S.RCPT, SAME, R.BAD_SEQUENCE.withText("Need MAIL before RCPT")
+    ),
+    E.Data: Transition(
+        frozenset({_S.RCPT}), _S.DATA, SAME, R.BAD_SEQUENCE.withText("Need RCPT before DATA")
+    ),
+    E.Bdat: Transition(
+        frozenset({_S.RCPT, _S.CHUNKING}),
+        _S.BDAT,
+        SAME,
+        R.BAD_SEQUENCE.withText("BDAT needs MAIL and RCPT first"),
+    ),
+    E.EndOfChunk: Transition(frozenset({_S.BDAT}), _S.CHUNKING, CLEAR, R.BAD_SEQUENCE),
+    E.EndOfMessage: Transition(frozenset({_S.DATA, _S.BDAT}), CLEAR, CLEAR, R.BAD_SEQUENCE),
+    E.Rset: Transition(_EVERY - {_S.REJECTED}, CLEAR, SAME, R.BAD_SEQUENCE),
+    E.Noop: Transition(_EVERY - {_S.REJECTED}, SAME, SAME, R.BAD_SEQUENCE),
+    E.Help: Transition(_EVERY - {_S.REJECTED}, SAME, SAME, R.BAD_SEQUENCE),
+    E.Vrfy: Transition(_EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE),
+    E.Expn: Transition(_EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE),
+    E.ExtensionCommand: Transition(
+        _EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE
+    ),
+    E.Quit: Transition(_EVERY, _S.CLOSED, SAME, R.BAD_SEQUENCE),
+}
+"""command type -> (states where allowed, after 2xx/3xx, after 4xx/5xx, 503)."""
+
+NO_TRANSACTION = frozenset({_S.GREETING, _S.REJECTED, _S.CONNECTED, _S.READY, _S.CLOSED})
+"""States in which no MAIL transaction is open."""

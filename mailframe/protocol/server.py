@@ -1,0 +1,349 @@
+"""
+L{ServerConnection}: the server side of an SMTP session, sans I/O.
+
+Bytes go in with C{receiveData}; C{nextEvent} returns the next event, or
+NEED_DATA / PAUSED; replies go out with C{send}, which returns the bytes to
+write.  A command is answered before the next one is parsed: while an event
+awaits its reply, C{nextEvent} returns PAUSED.  That single rule is what keeps
+pipelined commands in order whatever the plug points do.
+
+Owns: the protocol rules that do not depend on policy (sequence, limits,
+SMTPUTF8, BINARYMIME, BDAT framing, STARTTLS buffer discard).  Must not:
+import twisted or zope, decide whether to accept an address or a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailframe import reply as R
+from mailframe.protocol import _events as E
+from mailframe.protocol._buffer import ChunkReader, DotReader, LineTooLong, ReceiveBuffer, _MessageChecks
+from mailframe.protocol._parse import CommandSyntaxError, parseCommand
+from mailframe.protocol._state import CLEAR, NO_TRANSACTION, TRANSITIONS, State
+
+__all__ = ["Limits", "LocalProtocolError", "RemoteProtocolError", "ServerConnection"]
+
+
+class RemoteProtocolError(Exception):
+    """
+    The peer broke a protocol rule.  C{reply} must be sent next (with C{send});
+    the session stays usable unless the reply is a 421.
+    """
+
+    def __init__(self, reply: R.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+class LocalProtocolError(Exception):
+    """Our own side misused the connection (a reply nobody asked for, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """
+    The bounds of a session.  C{commandLine} already includes what the
+    extensions add to RFC 5321's 512 octets; C{messageSize} 0 means no limit.
+    """
+
+    commandLine: int = 512
+    dataLine: int = 1000
+    messageSize: int = 35 * 1024 * 1024
+    recipients: int = 1000
+    normaliseBareLineEndings: bool = False
+
+    def __post_init__(self) -> None:
+        if self.commandLine < 512:
+            raise ValueError("commandLine may not be below RFC 5321's 512 octets")
+        if self.dataLine < 1000:
+            raise ValueError("dataLine may not be below RFC 5321's 1000 octets")
+        if self.messageSize < 0 or self.recipients < 1:
+            raise ValueError("messageSize must be >= 0 and recipients >= 1")
+
+
+_ERROR = E.Event()  # the pending marker for an error reply
+
+
+class ServerConnection:
+    """One SMTP server session, as a state machine over bytes and events."""
+
+    def __init__(
+        self, limits: Limits | None = None, extensionVerbs: frozenset[str] = frozenset()
+    ) -> None:
+        self.limits = limits or Limits()
+        self.extensionVerbs = extensionVerbs
+        self.state = State.GREETING
+        self.heloName: str | None = None
+        self.extended = False
+        self.extensions: frozenset[str] = frozenset()
+        self.lastLine = b""
+        self._buffer = ReceiveBuffer()
+        self._pending: E.Event | None = None
+        self._reader: DotReader | ChunkReader | None = None
+        self._readerError: R.Reply | None = None
+        self._readerDone = False
+        self._lastChunk = False
+        self._chunkChecks: _MessageChecks | None = None
+        self._chunkCR = False
+        self._bdatFailed = False
+        self._resetTransaction()
+
+    # -- inspection -----------------------------------------------------
+
+    @property
+    def pending(self) -> E.Event | None:
+        """The event that awaits a reply, if any."""
+        return self._pending
+
+    @property
+    def buffered(self) -> int:
+        """Octets received and not yet consumed."""
+        return len(self._buffer)
+
+    @property
+    def inTransaction(self) -> bool:
+        return self.state not in NO_TRANSACTION
+
+    # -- input ------------------------------------------------------------
+
+    def receiveData(self, data: bytes) -> None:
+        """Buffer bytes from the peer."""
+        self._buffer.feed(data)
+
+    def nextEvent(self) -> E.Event | E.Sentinel:
+        """
+        The next event, NEED_DATA if more bytes are needed, or PAUSED while
+        an event awaits its reply.  Raises L{RemoteProtocolError} for a
+        command that must be refused; its reply must be sent before anything
+        else.
+        """
+        if self._pending is not None or self.state in (State.GREETING, State.CLOSED):
+            return E.PAUSED
+        if self._reader is not None:
+            return self._readMessage()
+        try:
+            line = self._buffer.readLine(self.limits.commandLine)
+        except LineTooLong:
+            return self._refuse(R.LINE_TOO_LONG)
+        if line is None:
+            return E.NEED_DATA
+        self.lastLine = line
+        try:
+            event = parseCommand(line, self.extensionVerbs)
+        except CommandSyntaxError as e:
+            return self._refuse(e.reply)
+        return self._admit(event)
+
+    def _refuse(self, reply: R.Reply) -> E.Event:  # always raises
+        self._pending = _ERROR
+        raise RemoteProtocolError(reply)
+
+    def _admit(self, event: E.Event) -> E.Event:
+        kind = type(event)
+        transition = TRANSITIONS[kind]
+        state = self.state
+        if kind is E.Bdat:
+            return self._startChunk(event)  # type: ignore[arg-type]
+        if state not in transition.allowed:
+            if state is State.REJECTED and kind is not E.Quit:
+                return self._refuse(R.NO_SERVICE)
+            if kind is E.Data and state is State.MAIL and self._rcptAttempts:
+                return self._refuse(R.NO_VALID_RECIPIENTS)
+            return self._refuse(transition.refusal)
+        if kind is E.MailFrom:
+            params = event.params  # type: ignore[attr-defined]
+            self._smtputf8 = "SMTPUTF8" in params and "SMTPUTF8" in self.extensions
+            self._body = (params.get("BODY") or "").upper()
+            if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
+                return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
+        elif kind is E.RcptTo:
+            if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
+                return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
+            self._rcptAttempts += 1
+            if self._recipients >= self.limits.recipients:
+                return self._refuse(R.TOO_MANY_RECIPIENTS)
+        elif kind is E.Data:
+            if self._body == "BINARYMIME":
+                return self._refuse(
+                    R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA")
+                )
+        self._pending = event
+        return event
+
+    def _startChunk(self, event: E.Bdat) -> E.Event | E.Sentinel:
+        refusal: R.Reply | None = None
+        state = self.state
+        if "CHUNKING" not in self.extensions:
+            refusal = R.UNRECOGNIZED
+        elif state is State.CHUNKING and self._bdatFailed:
+            refusal = R.BAD_SEQUENCE.withText("This message failed; send RSET")
+        elif state not in TRANSITIONS[E.Bdat].allowed:
+            refusal = TRANSITIONS[E.Bdat].refusal
+            if state is State.MAIL and self._rcptAttempts:
+                refusal = R.NO_VALID_RECIPIENTS
+        if self._chunkChecks is None or refusal is not None:
+            checks = _MessageChecks(self.limits.messageSize)
+            if refusal is None:
+                self._chunkChecks = checks
+        else:
+            checks = self._chunkChecks
+        if refusal is None and self.limits.messageSize and (
+            checks.size + event.size > self.limits.messageSize
+        ):
+            checks.error = checks.error or R.MESSAGE_TOO_BIG
+        self._reader = ChunkReader(
+            event.size,
+            checks,
+            discard=refusal is not None,
+            binary=self._body == "BINARYMIME",
+            normaliseBareLineEndings=self.limits.normaliseBareLineEndings,
+            prevCR=self._chunkCR,
+        )
+        self._readerDone = False
+        self._readerError = refusal
+        self._lastChunk = event.last
+        if refusal is not None:
+            return self._readMessage()  # consume the chunk, then refuse it
+        self.state = State.BDAT
+        return event
+
+    def _readMessage(self) -> E.Event | E.Sentinel:
+        reader = self._reader
+        assert reader is not None
+        if self._readerDone:
+            return self._end(reader)
+        pieces, done = reader.read(self._buffer)
+        if pieces:
+            self._readerDone = done
+            return E.MessageData(pieces[0])
+        if done:
+            return self._end(reader)
+        return E.NEED_DATA
+
+    def _end(self, reader: DotReader | ChunkReader) -> E.Event:
+        self._reader = None
+        self._readerDone = False
+        refusal, self._readerError = self._readerError, None
+        if isinstance(reader, DotReader):
+            error, size, last = reader.error, reader.size, True
+        else:
+            last = self._lastChunk
+            if refusal is not None:
+                if last and self.state is State.CHUNKING:
+                    self._clear()
+                return self._refuse(refusal)
+            self._chunkCR = reader.endsWithCR
+            error, size = reader.checks.error, reader.checks.size
+            if last and self._chunkCR and self._body != "BINARYMIME" and error is None:
+                error = R.BARE_LINE_ENDING
+        if error is not None:
+            self._clear()
+            if not last:
+                # the client may go on sending chunks: refuse them until RSET
+                self._bdatFailed = True
+                self.state = State.CHUNKING
+            return self._refuse(error)
+        event: E.Event = E.EndOfMessage(size) if last else E.EndOfChunk(reader.size)
+        self._pending = event
+        return event
+
+    def _clear(self) -> None:
+        self._resetTransaction()
+        self.state = State.READY if self.heloName is not None else State.CONNECTED
+
+    # -- output -----------------------------------------------------------
+
+    def send(self, reply: R.Reply) -> bytes:
+        """
+        Answer the pending event (or send the greeting, or an unsolicited
+        421) and return the bytes to write.
+        """
+        pending = self._pending
+        state = self.state
+        enhanced = "ENHANCEDSTATUSCODES" in self.extensions
+        if pending is None:
+            if state is State.GREETING:
+                if reply.code == 220:
+                    self.state = State.CONNECTED
+                elif reply.code == 554:
+                    self.state = State.REJECTED
+                elif reply.code == 421:
+                    self.state = State.CLOSED
+                else:
+                    raise LocalProtocolError(f"a greeting is 220, 554 or 421, not {reply.code}")
+                return reply.toBytes(False)
+            if reply.code != 421:
+                raise LocalProtocolError("no command awaits a reply")
+            self.state = State.CLOSED
+            return reply.toBytes(enhanced)
+        self._pending = None
+        if reply.code == 421:
+            self.state = State.CLOSED
+            return reply.toBytes(enhanced)
+        if pending is _ERROR:
+            return reply.toBytes(enhanced)
+        kind = type(pending)
+        positive = reply.code < 400
+        if positive and (reply.code == 354) != (kind is E.Data):
+            self._pending = pending
+            raise LocalProtocolError(f"{reply.code} is not a positive reply to {kind.__name__}")
+        transition = TRANSITIONS[kind]
+        target = transition.positive if positive else transition.negative
+        if kind is E.Hello:
+            enhanced = False  # RFC 2034 3: not in replies to HELO/EHLO
+            if positive:
+                self._acceptHello(pending, reply)  # type: ignore[arg-type]
+        elif kind is E.RcptTo and positive:
+            self._recipients += 1
+        elif kind is E.Data and positive:
+            self._reader = DotReader(
+                self.limits.messageSize,
+                self.limits.dataLine,
+                self.limits.normaliseBareLineEndings,
+            )
+        elif kind is E.EndOfChunk and positive:
+            self._bdatFailed = False
+        if target is CLEAR:
+            self._clear()
+        elif target is not None:
+            self.state = target  # type: ignore[assignment]
+        if kind is E.EndOfChunk and not positive:
+            self._bdatFailed = True
+            self.state = State.CHUNKING
+        return reply.toBytes(enhanced)
+
+    def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
+        self._resetTransaction()
+        self.heloName = event.name
+        self.extended = event.extended
+        if event.extended:
+            self.extensions = frozenset(
+                line.split(" ", 1)[0].upper() for line in reply.lines[1:] if line
+            )
+        else:
+            self.extensions = frozenset()
+
+    def _resetTransaction(self) -> None:
+        self._smtputf8 = False
+        self._body = ""
+        self._recipients = 0
+        self._rcptAttempts = 0
+        self._chunkChecks = None
+        self._chunkCR = False
+        self._bdatFailed = False
+
+    # -- TLS --------------------------------------------------------------
+
+    def startTLS(self) -> None:
+        """
+        The TLS handshake starts: discard everything buffered before it and
+        forget HELO/EHLO and the transaction (RFC 3207 4.2).
+        """
+        self._buffer.clear()
+        self._resetTransaction()
+        self._reader = None
+        self.heloName = None
+        self.extended = False
+        self.extensions = frozenset()
+        self.state = State.CONNECTED

@@ -1,0 +1,619 @@
+"""
+The SMTP server on Twisted: L{SMTPServerFactory} and L{SMTPServerProtocol}.
+
+Bytes from the transport go into a sans-IO L{ServerConnection}; its events
+go to the plug points (connection filters, sender and recipient validators,
+extensions, message filters, the delivery backend); their answers go back
+through the connection as replies.  While a plug point's Deferred is
+pending, no further command is taken from the buffer, so pipelined commands
+are answered in order; the replies of a pipelined group leave in one write.
+
+Owns: the session's I/O, timers, error count, and calling plug points.
+Must not: parse or decide protocol rules (the core does), or block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailframe import reply as R
+from mailframe.address import Address, Domain
+from mailframe.config import ServerConfig
+from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
+from mailframe.extensions import defaultExtensions
+from mailframe.interfaces import (
+    IAddressVerifier,
+    IConnectionFilter,
+    IDeliveryBackend,
+    IExtension,
+    ILocalDomains,
+    IMessageFilter,
+    IRecipientValidator,
+    ISenderValidator,
+)
+from mailframe.message import Message
+from mailframe.protocol import _events as E
+from mailframe.protocol.server import RemoteProtocolError, ServerConnection
+from mailframe.protocol._state import State
+from mailframe.reply import Reply, SMTPError
+from mailframe.trace import receivedHeader
+
+__all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
+
+log = Logger(namespace="mailframe.server")
+
+_Deferred = defer.Deferred
+_CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
+
+
+def _then(result: Any, f: Callable[..., Any], *args: Any) -> Any:
+    """C{f(result, *args)} now for a plain value, or when a Deferred fires."""
+    if isinstance(result, _Deferred):
+        return result.addCallback(f, *args)
+    return f(result, *args)
+
+
+class _IDs:
+    """Short unique ids: a per-process prefix from the time and pid, a counter."""
+
+    def __init__(self) -> None:
+        stamp = int(time.time()) & 0xFFFFFFF
+        self._prefix = f"{stamp:07X}{os.getpid() & 0xFFF:03X}"
+        self._count = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):05X}"
+
+
+class SMTPServerFactory(Factory):
+    """
+    Builds an SMTP server session per connection.
+
+    @param config: the L{ServerConfig}.
+    @param backend: the L{IDeliveryBackend} that makes accepted mail durable.
+    @param validators: L{IRecipientValidator}s, asked in order.
+    @param senderValidators: L{ISenderValidator}s; each must accept.
+    @param connectionFilters: L{IConnectionFilter}s; each must accept.
+    @param messageFilters: L{IMessageFilter}s, run in order after the data.
+    @param extensions: L{IExtension}s; by default the built-ins.
+    @param clock: the reactor (or a Clock in tests); the global reactor if
+        None.
+    """
+
+    protocol = None  # set below; buildProtocol is explicit
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: Any,
+        validators: Sequence[Any] = (),
+        senderValidators: Sequence[Any] = (),
+        connectionFilters: Sequence[Any] = (),
+        messageFilters: Sequence[Any] = (),
+        extensions: Iterable[Any] | None = None,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        _check(IDeliveryBackend, [backend], "backend")
+        _check(IRecipientValidator, validators, "validator")
+        _check(ISenderValidator, senderValidators, "sender validator")
+        _check(IConnectionFilter, connectionFilters, "connection filter")
+        _check(IMessageFilter, messageFilters, "message filter")
+        exts = (
+            list(extensions)
+            if extensions is not None
+            else defaultExtensions(config.limits.messageSize)
+        )
+        _check(IExtension, exts, "extension")
+        domains = set(config.localDomains)
+        for v in validators:
+            if ILocalDomains.providedBy(v):
+                domains.update(Domain(d) for d in v.domains)
+        self.config = replace(
+            config,
+            localDomains=frozenset(domains),
+            limits=replace(
+                config.limits,
+                commandLine=config.limits.commandLine
+                + sum(e.commandLineIncrease for e in exts),
+            ),
+        )
+        self.backend = backend
+        self.validators = tuple(validators)
+        self.verifiers = tuple(v for v in validators if IAddressVerifier.providedBy(v))
+        self.senderValidators = tuple(senderValidators)
+        self.connectionFilters = tuple(connectionFilters)
+        self.messageFilters = tuple(messageFilters)
+        self.extensions = tuple(exts)
+        self.mailParameters = {p: e for e in exts for p in e.mailParameters}
+        self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
+        self.verbs = {v: e for e in exts for v in e.verbs}
+        self.clock = clock
+        self.ids = _IDs()
+        self.sessions: set[SMTPServerProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        p = SMTPServerProtocol()
+        p.factory = self
+        return p
+
+
+def _check(interface: Any, providers: Iterable[Any], what: str) -> None:
+    for p in providers:
+        if not interface.providedBy(p):
+            raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
+
+
+@implementer(IPushProducer)
+class SMTPServerProtocol(Protocol):
+    """One SMTP server session."""
+
+    factory: SMTPServerFactory
+    session: SessionInfo
+    envelope: Envelope | None = None
+    message: Message | None = None
+
+    _busy = False
+    _inLoop = False
+    _closing = False
+    _paused = False
+    _timer: Any = None
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        f = self.factory
+        cfg = f.config
+        peer, host = self.transport.getPeer(), self.transport.getHost()  # type: ignore[union-attr]
+        self.session = SessionInfo(
+            sessionID=f.ids.next(),
+            peerHost=getattr(peer, "host", ""),
+            peerPort=getattr(peer, "port", 0),
+            localHost=getattr(host, "host", ""),
+            localPort=getattr(host, "port", 0),
+            hostname=cfg.hostname,
+            listener=cfg.listener,
+        )
+        self._conn = ServerConnection(cfg.limits, frozenset(f.verbs))
+        self._out: list[bytes] = []
+        self._errors = 0
+        self._transcript = cfg.transcript
+        self._lastActivity = f.clock.seconds()
+        self._timer = f.clock.callLater(cfg.commandTimeout, self._checkIdle)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        f.sessions.add(self)
+        if self._transcript:
+            log.info("{id} connect from {peer}", id=self.session.sessionID, peer=self.session.peer)
+        if not f.connectionFilters:
+            self._greet(None)
+            return
+        try:
+            result = self._filterConnection(0)
+        except Exception:
+            result = Failure()
+        self._startAsync(result)
+
+    def _filterConnection(self, i: int) -> Any:
+        filters = self.factory.connectionFilters
+        while i < len(filters):
+            result = filters[i].acceptConnection(self.session)
+            if isinstance(result, _Deferred):
+                return result.addCallback(lambda _: self._filterConnection(i + 1))
+            i += 1
+        return None
+
+    def _greet(self, reply: Reply | None) -> None:
+        cfg = self.factory.config
+        if reply is None or reply.code < 400:
+            reply = R.greeting(cfg.hostname, cfg.software)
+        elif reply.code not in (421, 554):
+            reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
+        self._write(reply)
+        self._flush()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._closing = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._endTransaction()
+        self.factory.sessions.discard(self)
+        if self._transcript:
+            log.info("{id} disconnect", id=self.session.sessionID)
+
+    # -- input ----------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        self._lastActivity = self.factory.clock.seconds()
+        self._conn.receiveData(data)
+        if self._busy:
+            if self._conn.buffered > 1 << 18 and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            return
+        self._process()
+
+    def _process(self) -> None:
+        conn = self._conn
+        self._inLoop = True
+        try:
+            while not self._busy and not self._closing:
+                try:
+                    event = conn.nextEvent()
+                except RemoteProtocolError as e:
+                    if self._transcript:
+                        self._logIn(conn)
+                    self._write(e.reply)
+                    continue
+                if event is E.NEED_DATA or event is E.PAUSED:
+                    break
+                if self._transcript:
+                    self._logIn(conn, event)
+                try:
+                    result = self._handlers[type(event)](self, event)
+                except SMTPError as e:
+                    result = e.reply
+                except Exception:
+                    log.failure("{id} error handling {event}", id=self.session.sessionID, event=event)
+                    result = R.LOCAL_ERROR
+                if result is None:
+                    continue
+                if isinstance(result, _Deferred):
+                    self._startAsync(result)
+                    continue
+                self._write(result)
+        finally:
+            self._inLoop = False
+        if not self._busy:
+            self._flush()
+
+    def _startAsync(self, result: Any) -> None:
+        """Wait for a plug point: take no command until it answers."""
+        if not isinstance(result, _Deferred):
+            self._asyncDone(result)
+            return
+        self._busy = True
+        timeout = (
+            self.factory.config.deliveryTimeout
+            if self.message is not None and self._conn.state in (State.DATA, State.BDAT)
+            else self.factory.config.pluginTimeout
+        )
+        call = self.factory.clock.callLater(timeout, result.cancel)
+        result.addBoth(self._asyncDone, call)
+
+    def _asyncDone(self, result: Any, call: Any = None) -> None:
+        if call is not None and call.active():
+            call.cancel()
+        if isinstance(result, Failure):
+            if result.check(SMTPError):
+                result = result.value.reply  # type: ignore[union-attr]
+            else:
+                if result.check(defer.CancelledError):
+                    log.warn("{id} a plug point timed out", id=self.session.sessionID)
+                else:
+                    log.failure("{id} plug point failed", result, id=self.session.sessionID)
+                result = R.LOCAL_ERROR
+        if self._closing:
+            return
+        if self._conn.state is State.GREETING:
+            self._busy = False
+            self._greet(result)
+        else:
+            self._busy = False
+            self._write(result)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        if not self._inLoop:
+            self._process()
+
+    # -- output ---------------------------------------------------------------
+
+    def _write(self, reply: Reply) -> None:
+        if self._closing:
+            return
+        self._out.append(self._conn.send(reply))
+        if self._transcript:
+            log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
+        code = reply.code
+        if code >= 400:
+            if code == 421:
+                self._close()
+                return
+            self._errors += 1
+            if self._errors >= self.factory.config.maxErrors:
+                self._write(R.TOO_MANY_ERRORS)
+                return
+        if self.envelope is not None and not self._conn.inTransaction:
+            self._endTransaction()
+        if self._conn.state is State.CLOSED:
+            self._close()
+
+    def _flush(self) -> None:
+        if self._out:
+            out = self._out
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+            self._out = []
+
+    def _close(self) -> None:
+        self._flush()
+        self._closing = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _logIn(self, conn: ServerConnection, event: Any = None) -> None:
+        if isinstance(event, E.MessageData):
+            text = f"<{len(event.data)} octets of message data>"
+        elif event is not None and not isinstance(event, E.Command):
+            text = f"<{type(event).__name__}>"
+        else:
+            text = conn.lastLine.decode("utf-8", "replace")
+        log.info("{id} C: {line}", id=self.session.sessionID, line=text)
+
+    # -- timers -----------------------------------------------------------------
+
+    def _checkIdle(self) -> None:
+        cfg = self.factory.config
+        clock = self.factory.clock
+        if self._busy:
+            self._timer = clock.callLater(cfg.commandTimeout, self._checkIdle)
+            return
+        limit = (
+            cfg.dataTimeout
+            if self._conn.state in (State.DATA, State.BDAT)
+            else cfg.commandTimeout
+        )
+        left = self._lastActivity + limit - clock.seconds()
+        if left > 0:
+            self._timer = clock.callLater(left, self._checkIdle)
+            return
+        self._timer = None
+        log.info("{id} timeout from {peer}", id=self.session.sessionID, peer=self.session.peer)
+        self._write(R.TIMEOUT)
+
+    # -- IPushProducer: the transport's write buffer is full -------------------
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        if not self._closing:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    # -- commands ----------------------------------------------------------------
+
+    def _hello(self, event: E.Hello) -> Reply:
+        session = self.session
+        cfg = self.factory.config
+        session.heloName = event.name
+        session.esmtp = event.extended
+        if not event.extended:
+            session.extensions = frozenset()
+            return Reply(250, None, cfg.hostname)
+        lines = [f"{cfg.hostname} greets {event.name}"]
+        keywords = []
+        for ext in self.factory.extensions:
+            params = ext.ehloParameters(session)
+            if params is None:
+                continue
+            keywords.append(ext.keyword)
+            lines.append(f"{ext.keyword} {params}" if params else ext.keyword)
+        session.extensions = frozenset(keywords)
+        return Reply(250, None, tuple(lines))
+
+    def _mail(self, event: E.MailFrom) -> Any:
+        envelope = Envelope(self.factory.ids.next(), event.address, event.params)
+        self.envelope = envelope
+        session = self.session
+        if event.params:
+            owners = self.factory.mailParameters
+            for name, value in event.params.items():
+                ext = owners.get(name)
+                if ext is None or ext.keyword not in session.extensions:
+                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
+                ext.mailParameter(session, envelope, name, value)
+        return self._checkSender(0, R.SENDER_OK)
+
+    def _checkSender(self, i: int, reply: Reply) -> Any:
+        validators = self.factory.senderValidators
+        while i < len(validators):
+            result = validators[i].validateSender(self.session, self.envelope)
+            if isinstance(result, _Deferred):
+                return result.addCallback(self._senderAnswered, i, reply)
+            if isinstance(result, Reply):
+                if result.code >= 400:
+                    return result
+                reply = result
+            i += 1
+        return reply
+
+    def _senderAnswered(self, result: Any, i: int, reply: Reply) -> Any:
+        if isinstance(result, Reply):
+            if result.code >= 400:
+                return result
+            reply = result
+        return self._checkSender(i + 1, reply)
+
+    def _rcpt(self, event: E.RcptTo) -> Any:
+        address = event.address
+        session = self.session
+        cfg = self.factory.config
+        envelope = self.envelope
+        assert envelope is not None
+        if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
+            address = Address(address.localPart, Domain(cfg.hostname))
+        elif not cfg.isLocal(address.domain):
+            return R.RELAY_DENIED
+        recipient = Recipient(address, event.params)
+        if event.params:
+            owners = self.factory.rcptParameters
+            for name, value in event.params.items():
+                ext = owners.get(name)
+                if ext is None or ext.keyword not in session.extensions:
+                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
+                ext.rcptParameter(session, envelope, recipient, name, value)
+        if address.isPostmaster:
+            envelope.recipients.append(recipient)
+            return R.RECIPIENT_OK
+        return self._askValidators(0, recipient)
+
+    def _askValidators(self, i: int, recipient: Recipient) -> Any:
+        validators = self.factory.validators
+        while i < len(validators):
+            result = validators[i].validateRecipient(self.session, self.envelope, recipient)
+            if isinstance(result, _Deferred):
+                return result.addCallback(self._validatorAnswered, i, recipient)
+            if result is not None:
+                return self._decide(result, recipient)
+            i += 1
+        return R.USER_UNKNOWN
+
+    def _validatorAnswered(self, result: Any, i: int, recipient: Recipient) -> Any:
+        if result is None:
+            return self._askValidators(i + 1, recipient)
+        return self._decide(result, recipient)
+
+    def _decide(self, result: Any, recipient: Recipient) -> Reply:
+        reply = result if isinstance(result, Reply) else R.RECIPIENT_OK
+        if reply.code < 400 and self.envelope is not None and not self._closing:
+            self.envelope.recipients.append(recipient)
+        return reply
+
+    def _data(self, event: E.Data) -> Reply:
+        self._newMessage()
+        return R.START_DATA
+
+    def _bdat(self, event: E.Bdat) -> None:
+        if self.message is None:
+            self._newMessage()
+
+    def _newMessage(self) -> None:
+        cfg = self.factory.config
+        self.message = Message(cfg.spillThreshold, cfg.tempDirectory)
+
+    def _messageData(self, event: E.MessageData) -> None:
+        self.message.write(event.data)  # type: ignore[union-attr]
+
+    def _endOfChunk(self, event: E.EndOfChunk) -> Reply:
+        return R.chunkReceived(event.size)
+
+    def _endOfMessage(self, event: E.EndOfMessage) -> Any:
+        message, envelope = self.message, self.envelope
+        assert message is not None and envelope is not None
+        message.finish()
+        message.prependHeader(
+            "Received", receivedHeader(self.session, envelope, self.factory.clock.seconds())
+        )
+        return self._filterMessage(0, envelope, message)
+
+    def _filterMessage(self, i: int, envelope: Envelope, message: Message) -> Any:
+        filters = self.factory.messageFilters
+        while i < len(filters):
+            result = filters[i].filterMessage(self.session, envelope, message)
+            if isinstance(result, _Deferred):
+                return result.addCallback(
+                    lambda _: self._filterMessage(i + 1, envelope, message)
+                )
+            i += 1
+        return _then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
+
+    def _delivered(self, result: DeliveryResult | None, envelope: Envelope) -> Reply:
+        if result is None or result.delivered:
+            reply = R.accepted(envelope.queueID)
+            self._errors = 0
+            self.session.messages += 1
+        else:
+            replies = result.replies
+            reply = next((r for r in replies if r.code < 500 and r.code >= 400), None) or next(
+                r for r in replies if r.code >= 400
+            )
+        log.info(
+            "{id} {queue} {outcome} from={sender} to={to} size={size} ({code})",
+            id=self.session.sessionID,
+            queue=envelope.queueID,
+            outcome="accepted" if reply.code < 400 else "refused",
+            sender=envelope.mailFrom.toPath(),
+            to=",".join(str(r.address) for r in envelope.recipients),
+            size=self.message.size if self.message is not None else 0,
+            code=reply.code,
+        )
+        return reply
+
+    def _endTransaction(self) -> None:
+        if self.message is not None:
+            self.message.close()
+        self.message = None
+        self.envelope = None
+
+    def _rset(self, event: E.Rset) -> Reply:
+        return R.OK
+
+    def _noop(self, event: E.Noop) -> Reply:
+        return R.OK
+
+    def _quit(self, event: E.Quit) -> Reply:
+        return R.closing(self.factory.config.hostname)
+
+    def _vrfy(self, event: E.Vrfy) -> Any:
+        return self._verify(0, event.argument)
+
+    def _verify(self, i: int, argument: str) -> Any:
+        verifiers = self.factory.verifiers
+        if i >= len(verifiers):
+            return R.CANNOT_VRFY
+        return _then(
+            verifiers[i].verifyAddress(self.session, argument),
+            lambda r: r if r is not None else self._verify(i + 1, argument),
+        )
+
+    def _expn(self, event: E.Expn) -> Reply:
+        return R.NOT_IMPLEMENTED.withText("EXPN is not available")
+
+    def _help(self, event: E.Help) -> Reply:
+        verbs = " ".join([_CORE_VERBS, *sorted(self.factory.verbs)])
+        if "CHUNKING" in self.session.extensions:
+            verbs = verbs.replace("DATA", "DATA BDAT")
+        return Reply(
+            214,
+            (2, 0, 0),
+            (f"Commands: {verbs}", "See RFC 5321; mailframe https://pypi.org/project/mailframe/"),
+        )
+
+    def _extension(self, event: E.ExtensionCommand) -> Any:
+        ext = self.factory.verbs.get(event.name)
+        if ext is None or ext.keyword not in self.session.extensions:
+            return R.UNRECOGNIZED
+        return ext.handleCommand(self.session, event.name, event.argument)
+
+    _handlers: dict[type, Callable[[SMTPServerProtocol, Any], Any]] = {
+        E.Hello: _hello,
+        E.MailFrom: _mail,
+        E.RcptTo: _rcpt,
+        E.Data: _data,
+        E.Bdat: _bdat,
+        E.MessageData: _messageData,
+        E.EndOfChunk: _endOfChunk,
+        E.EndOfMessage: _endOfMessage,
+        E.Rset: _rset,
+        E.Noop: _noop,
+        E.Quit: _quit,
+        E.Vrfy: _vrfy,
+        E.Expn: _expn,
+        E.Help: _help,
+        E.ExtensionCommand: _extension,
+    }

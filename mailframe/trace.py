@@ -1,0 +1,66 @@
+"""
+The Received: trace header field (RFC 5321 4.4) and its with-clause
+protocol names (RFC 3848, RFC 6531 3.7.3).
+
+Owns: the text of the field.  Must not: import twisted or zope; look anything
+up (no reverse DNS here: the field names what the session knew).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from email.utils import format_datetime
+
+from mailframe.envelope import Envelope, SessionInfo
+
+__all__ = ["protocolName", "receivedHeader"]
+
+_UNSAFE = re.compile(r"[^\x21-\x7e\u0080-\U0010ffff]|[()\\]")
+
+
+def protocolName(session: SessionInfo, envelope: Envelope | None = None, lmtp: bool = False) -> str:
+    """
+    The with-clause keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP ...,
+    or UTF8SMTP and its variants when the transaction used SMTPUTF8.
+    """
+    if lmtp:
+        base = "UTF8LMTP" if envelope is not None and envelope.smtputf8 else "LMTP"
+    elif envelope is not None and envelope.smtputf8:
+        base = "UTF8SMTP"
+    elif session.esmtp:
+        base = "ESMTP"
+    else:
+        return "SMTP"  # RFC 3848 has no SMTPS/SMTPA: those need EHLO
+    suffix = ("S" if session.tls is not None else "") + ("A" if session.authenticated else "")
+    return base + suffix
+
+
+def _clean(text: str) -> str:
+    return _UNSAFE.sub("_", text)[:255]
+
+
+def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str:
+    """
+    The value of a Received: field (folded, without the field name), e.g.::
+
+        from client.example ([192.0.2.1])
+                by mx.example (mailframe) with ESMTPS id 3F2A9C
+                (TLSv1.3 TLS_AES_256_GCM_SHA384)
+                for <user@example.org>; Sat, 28 Nov 2026 22:54:18 +0000
+    """
+    helo = _clean(session.heloName or "unknown")
+    lines = [f"from {helo} ([{session.peerHost}])"]
+    lines.append(
+        f"by {session.hostname} (mailframe) with {protocolName(session, envelope)} "
+        f"id {envelope.queueID}"
+    )
+    if session.tls is not None:
+        lines.append(f"({_clean(session.tls.version)} {_clean(session.tls.cipher)})")
+    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    if len(envelope.recipients) == 1:
+        lines.append(f"for {_clean(envelope.recipients[0].address.toPath())}; {date}")
+    else:
+        lines[-1] += ";"
+        lines.append(date)
+    return "\r\n\t".join(lines)

@@ -1,0 +1,1 @@
+"""Built-in recipient validators, each an IRecipientValidator provider."""
