@@ -1,0 +1,1 @@
+"""mailframe's tests (twisted.trial)."""
