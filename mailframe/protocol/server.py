@@ -175,8 +175,8 @@ class ServerConnection:
         refusal: R.Reply | None = None
         state = self.state
         if "CHUNKING" not in self.extensions:
-            refusal = R.UNRECOGNIZED
-        elif state is State.CHUNKING and self._bdatFailed:
+            return self._refuse(R.UNRECOGNIZED)  # no framing known: not consumed
+        if state is State.CHUNKING and self._bdatFailed:
             refusal = R.BAD_SEQUENCE.withText("This message failed; send RSET")
         elif state not in TRANSITIONS[E.Bdat].allowed:
             refusal = TRANSITIONS[E.Bdat].refusal
