@@ -1,0 +1,158 @@
+"""
+Tests for L{mailframe.protocol._parse}: command lines, paths, parameters,
+xtext.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from mailframe.address import Address, Domain
+from mailframe.protocol import _events as E
+from mailframe.protocol._parse import (
+    CommandSyntaxError,
+    decodeXtext,
+    encodeXtext,
+    parseCommand,
+    parseParameters,
+)
+
+
+def code(line: bytes) -> str:
+    """The reply code (and enhanced code) a bad line gets."""
+    try:
+        parseCommand(line)
+    except CommandSyntaxError as e:
+        return f"{e.reply.code} " + ".".join(map(str, e.reply.enhanced or ()))
+    raise AssertionError(f"{line!r} parsed")
+
+
+class PathTests(SynchronousTestCase):
+    def test_mail(self) -> None:
+        """MAIL FROM with a mailbox and parameters."""
+        ev = parseCommand(b"MAIL FROM:<joe@Example.COM> SIZE=100 BODY=8BITMIME")
+        self.assertEqual(
+            ev, E.MailFrom(Address("joe", Domain("example.com")), {"SIZE": "100", "BODY": "8BITMIME"})
+        )
+
+    def test_caseAndSpace(self) -> None:
+        """Verbs are case-insensitive; a space after the colon is tolerated."""
+        ev = parseCommand(b"mail from: <a@b.c>")
+        self.assertIsInstance(ev, E.MailFrom)
+
+    def test_nullSender(self) -> None:
+        """<> is the null reverse-path."""
+        ev = parseCommand(b"MAIL FROM:<>")
+        self.assertTrue(ev.address.isNull)  # type: ignore[attr-defined]
+
+    def test_nullRecipient(self) -> None:
+        """RCPT TO:<> is a syntax error."""
+        self.assertEqual(code(b"RCPT TO:<>"), "501 5.1.3")
+
+    def test_postmaster(self) -> None:
+        """RCPT TO:<Postmaster> without a domain is allowed (RFC 5321 4.5.1)."""
+        ev = parseCommand(b"RCPT TO:<Postmaster>")
+        self.assertEqual(ev.address, Address("Postmaster", None))  # type: ignore[attr-defined]
+        self.assertEqual(code(b"RCPT TO:<joe>"), "501 5.1.3")
+
+    def test_sourceRoute(self) -> None:
+        """A source route is removed; the mailbox after it is kept (RFC 5321 3.6.1)."""
+        ev = parseCommand(b"RCPT TO:<@relay.example,@other.example:user@final.example>")
+        self.assertEqual(str(ev.address), "user@final.example")  # type: ignore[attr-defined]
+        self.assertEqual(code(b"RCPT TO:<@relay.example user@final.example>"), "501 5.1.3")
+
+    def test_quotedLocalPart(self) -> None:
+        """Quoted local parts may hold spaces, '>' and escaped quotes."""
+        ev = parseCommand(b'RCPT TO:<"a b>\\"c"@example.com> NOTIFY=NEVER')
+        self.assertEqual(ev.address.localPart, 'a b>"c')  # type: ignore[attr-defined]
+        self.assertEqual(ev.params, {"NOTIFY": "NEVER"})  # type: ignore[attr-defined]
+
+    def test_addressLiteral(self) -> None:
+        """IPv4 and IPv6 address literals; a bad one is refused."""
+        ev = parseCommand(b"RCPT TO:<a@[IPv6:2001:db8::1]>")
+        self.assertTrue(ev.address.domain.isLiteral)  # type: ignore[attr-defined]
+        self.assertEqual(code(b"RCPT TO:<a@[300.1.1.1]>"), "501 5.1.3")
+
+    def test_utf8(self) -> None:
+        """UTF-8 addresses parse (the SMTPUTF8 rule is the state machine's)."""
+        ev = parseCommand("RCPT TO:<用户@例子.广告>".encode())
+        self.assertTrue(ev.address.isUTF8)  # type: ignore[attr-defined]
+
+    def test_badUTF8(self) -> None:
+        """Invalid UTF-8 is 500 5.5.2."""
+        self.assertEqual(code(b"RCPT TO:<\xff@b.c>"), "500 5.5.2")
+
+    def test_missingBrackets(self) -> None:
+        """A path without angle brackets is 501 5.5.2."""
+        self.assertEqual(code(b"MAIL FROM:a@b.c"), "501 5.5.2")
+        self.assertEqual(code(b"MAIL TO:<a@b.c>"), "501 5.5.2")
+        self.assertEqual(code(b"MAIL FROM:<a@b.c>junk"), "501 5.5.2")
+
+    def test_badMailbox(self) -> None:
+        """Bad sender syntax is 5.1.7, bad recipient syntax 5.1.3."""
+        self.assertEqual(code(b"MAIL FROM:<a..b@c.d>"), "501 5.1.7")
+        self.assertEqual(code(b"RCPT TO:<a@b..c>"), "501 5.1.3")
+        self.assertEqual(code(b"RCPT TO:<a@@b.c>"), "501 5.1.3")
+
+    def test_lengths(self) -> None:
+        """Local part over 64, domain over 255, path over 256 octets are refused."""
+        self.assertEqual(code(b"RCPT TO:<" + b"a" * 65 + b"@b.c>"), "501 5.1.3")
+        long_domain = b".".join([b"d" * 60] * 5)
+        self.assertEqual(code(b"RCPT TO:<a@" + long_domain + b">"), "501 5.1.3")
+        self.assertIsInstance(parseCommand(b"RCPT TO:<" + b"a" * 64 + b"@b.c>"), E.RcptTo)
+
+
+class ParameterTests(SynchronousTestCase):
+    def test_keywords(self) -> None:
+        """Keys are uppercased; bare keywords have None."""
+        self.assertEqual(parseParameters("smtputf8 body=8BITMIME"), {"SMTPUTF8": None, "BODY": "8BITMIME"})
+
+    def test_bad(self) -> None:
+        """A bad keyword, an empty value, a value with '=' or a duplicate is 501."""
+        for text in ["-X=1", "X=", "X=a=b", "X=1 x=2", "X=\x01"]:
+            self.assertRaises(CommandSyntaxError, parseParameters, text)
+
+    def test_utf8Value(self) -> None:
+        """RFC 6531 allows UTF-8 in values."""
+        self.assertEqual(parseParameters("ORCPT=rfc822;ü@x"), {"ORCPT": "rfc822;ü@x"})
+
+
+class CommandTests(SynchronousTestCase):
+    def test_simple(self) -> None:
+        """Commands without arguments and their events."""
+        self.assertIsInstance(parseCommand(b"DATA"), E.Data)
+        self.assertIsInstance(parseCommand(b"rset"), E.Rset)
+        self.assertEqual(parseCommand(b"NOOP hello"), E.Noop("hello"))
+        self.assertEqual(parseCommand(b"HELP MAIL"), E.Help("MAIL"))
+        self.assertEqual(parseCommand(b"VRFY joe"), E.Vrfy("joe"))
+        self.assertEqual(parseCommand(b"EHLO [192.0.2.1]"), E.Hello("[192.0.2.1]", True))
+
+    def test_helo(self) -> None:
+        """HELO needs exactly one name."""
+        self.assertEqual(code(b"HELO"), "501 5.5.4")
+        self.assertEqual(code(b"EHLO a b"), "501 5.5.4")
+
+    def test_bdat(self) -> None:
+        """BDAT size [LAST]."""
+        self.assertEqual(parseCommand(b"BDAT 0 last"), E.Bdat(0, True))
+        self.assertEqual(parseCommand(b"BDAT 100"), E.Bdat(100, False))
+        self.assertEqual(code(b"BDAT -1"), "501 5.5.4")
+        self.assertEqual(code(b"BDAT 99999999999999999999"), "552 5.3.4")
+
+    def test_vrfyNeedsArgument(self) -> None:
+        """VRFY and EXPN need an argument."""
+        self.assertEqual(code(b"VRFY"), "501 5.5.4")
+        self.assertEqual(code(b"EXPN "), "501 5.5.4")
+
+
+class XtextTests(SynchronousTestCase):
+    def test_roundTrip(self) -> None:
+        """xtext encodes '+', '=', spaces and non-ASCII, and decodes back."""
+        for text in ["rfc822;a+b=c@d", "plain", "ü x"]:
+            self.assertEqual(decodeXtext(encodeXtext(text)), text)
+        self.assertEqual(encodeXtext("a+b"), "a+2Bb")
+
+    def test_bad(self) -> None:
+        """A '+' not followed by two uppercase hex digits is an error."""
+        self.assertRaises(ValueError, decodeXtext, "a+2b")
+        self.assertRaises(ValueError, decodeXtext, "a+")
