@@ -11,6 +11,7 @@ mailframe.protocol._parse).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -69,10 +70,8 @@ class Domain:
         object.__setattr__(self, "name", name)
         key = name.lower()
         if not key.isascii() and not self.isLiteral:
-            try:
+            with contextlib.suppress(ValueError):  # else compared by its lowercase form
                 key = _toASCII(name)
-            except ValueError:
-                pass  # compared by its lowercase Unicode form, still stable
         object.__setattr__(self, "_key", key)
 
     @classmethod
@@ -194,9 +193,7 @@ class Address:
     @property
     def isUTF8(self) -> bool:
         """True if the local part or the domain has non-ASCII characters."""
-        return not self.localPart.isascii() or (
-            self.domain is not None and self.domain.isUTF8
-        )
+        return not self.localPart.isascii() or (self.domain is not None and self.domain.isUTF8)
 
     @property
     def quotedLocalPart(self) -> str:

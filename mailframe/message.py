@@ -58,7 +58,7 @@ class Message:
             return
         self._pieces.append(data)
         if self._bodySize > self._spillThreshold:
-            f = tempfile.TemporaryFile(dir=self._tempDir)
+            f = tempfile.TemporaryFile(dir=self._tempDir)  # noqa: SIM115 (kept open)
             f.writelines(self._pieces)
             self._pieces = []
             self._file = f  # type: ignore[assignment]
@@ -79,7 +79,7 @@ class Message:
         if not name or any(c in name for c in ": \t\r\n"):
             raise ValueError(f"bad header field name {name!r}")
         for line in value.split("\r\n")[1:]:
-            if not line[:1] in (" ", "\t"):
+            if line[:1] not in (" ", "\t"):
                 raise ValueError("a header value may only break before whitespace")
         if "\n" in value.replace("\r\n", "") or "\r" in value.replace("\r\n", ""):
             raise ValueError("bare CR or LF in a header value")

@@ -94,7 +94,7 @@ class Reply:
 
 
 def _encode(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> bytes:
-    prefix = "%d.%d.%d " % enhanced if enhanced is not None else ""
+    prefix = "{}.{}.{} ".format(*enhanced) if enhanced is not None else ""
     last = len(lines) - 1
     out = []
     for i, line in enumerate(lines):

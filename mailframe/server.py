@@ -45,8 +45,8 @@ from mailframe.interfaces import (
 )
 from mailframe.message import Message
 from mailframe.protocol import _events as E
-from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.protocol._state import State
+from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
 from mailframe.trace import receivedHeader
 
@@ -106,7 +106,9 @@ class SMTPServerFactory(Factory):
         clock: IReactorTime | None = None,
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
         _check(IDeliveryBackend, [backend], "backend")
         _check(IRecipientValidator, validators, "validator")
         _check(ISenderValidator, senderValidators, "sender validator")
@@ -127,8 +129,7 @@ class SMTPServerFactory(Factory):
             localDomains=frozenset(domains),
             limits=replace(
                 config.limits,
-                commandLine=config.limits.commandLine
-                + sum(e.commandLineIncrease for e in exts),
+                commandLine=config.limits.commandLine + sum(e.commandLineIncrease for e in exts),
             ),
         )
         self.backend = backend
@@ -141,11 +142,11 @@ class SMTPServerFactory(Factory):
         self.mailParameters = {p: e for e in exts for p in e.mailParameters}
         self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
         self.verbs = {v: e for e in exts for v in e.verbs}
-        self.clock = clock
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.ids = _IDs()
         self.sessions: set[SMTPServerProtocol] = set()
 
-    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # type: ignore[override]
         p = SMTPServerProtocol()
         p.factory = self
         return p
@@ -211,7 +212,7 @@ class SMTPServerProtocol(Protocol):
         while i < len(filters):
             result = filters[i].acceptConnection(self.session)
             if isinstance(result, _Deferred):
-                return result.addCallback(lambda _: self._filterConnection(i + 1))
+                return result.addCallback(lambda _, n=i + 1: self._filterConnection(n))
             i += 1
         return None
 
@@ -267,7 +268,9 @@ class SMTPServerProtocol(Protocol):
                 except SMTPError as e:
                     result = e.reply
                 except Exception:
-                    log.failure("{id} error handling {event}", id=self.session.sessionID, event=event)
+                    log.failure(
+                        "{id} error handling {event}", id=self.session.sessionID, event=event
+                    )
                     result = R.LOCAL_ERROR
                 if result is None:
                     continue
@@ -371,9 +374,7 @@ class SMTPServerProtocol(Protocol):
             self._timer = clock.callLater(cfg.commandTimeout, self._checkIdle)
             return
         limit = (
-            cfg.dataTimeout
-            if self._conn.state in (State.DATA, State.BDAT)
-            else cfg.commandTimeout
+            cfg.dataTimeout if self._conn.state in (State.DATA, State.BDAT) else cfg.commandTimeout
         )
         left = self._lastActivity + limit - clock.seconds()
         if left > 0:
@@ -527,7 +528,7 @@ class SMTPServerProtocol(Protocol):
             result = filters[i].filterMessage(self.session, envelope, message)
             if isinstance(result, _Deferred):
                 return result.addCallback(
-                    lambda _: self._filterMessage(i + 1, envelope, message)
+                    lambda _, n=i + 1: self._filterMessage(n, envelope, message)
                 )
             i += 1
         return _then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)

@@ -9,7 +9,7 @@ up (no reverse DNS here: the field names what the session knew).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from mailframe.envelope import Envelope, SessionInfo
@@ -19,7 +19,9 @@ __all__ = ["protocolName", "receivedHeader"]
 _UNSAFE = re.compile(r"[^\x21-\x7e\u0080-\U0010ffff]|[()\\]")
 
 
-def protocolName(session: SessionInfo, envelope: Envelope | None = None, lmtp: bool = False) -> str:
+def protocolName(
+    session: SessionInfo, envelope: Envelope | None = None, lmtp: bool = False
+) -> str:
     """
     The with-clause keyword: SMTP, ESMTP, ESMTPS, ESMTPA, ESMTPSA, LMTP ...,
     or UTF8SMTP and its variants when the transaction used SMTPUTF8.
@@ -57,7 +59,7 @@ def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str
     )
     if session.tls is not None:
         lines.append(f"({_clean(session.tls.version)} {_clean(session.tls.cipher)})")
-    date = format_datetime(datetime.fromtimestamp(when, timezone.utc))
+    date = format_datetime(datetime.fromtimestamp(when, UTC))
     if len(envelope.recipients) == 1:
         lines.append(f"for {_clean(envelope.recipients[0].address.toPath())}; {date}")
     else:

@@ -17,7 +17,9 @@ class MessageTests(SynchronousTestCase):
         m.prependHeader("Received", "from a\r\n\tby b")
         m.prependHeader("X-Top", "1")
         self.assertTrue(m.inMemory)
-        self.assertEqual(m.getvalue(), b"X-Top: 1\r\nReceived: from a\r\n\tby b\r\nSubject: x\r\n\r\nbody\r\n")
+        self.assertEqual(
+            m.getvalue(), b"X-Top: 1\r\nReceived: from a\r\n\tby b\r\nSubject: x\r\n\r\nbody\r\n"
+        )
         self.assertEqual(m.size, len(m.getvalue()))
         self.assertEqual(m.bodySize, 20)
         self.assertEqual(m.open().read(), m.getvalue())
@@ -32,7 +34,7 @@ class MessageTests(SynchronousTestCase):
         self.assertFalse(m.inMemory)
         self.assertEqual(b"".join(m.chunks(size=33)), b"".join(parts))
         self.assertEqual(m.open().read(), b"".join(parts))
-        self.assertEqual(list(m.chunks())[0][:1], b"A")
+        self.assertEqual(next(iter(m.chunks()))[:1], b"A")
         m.close()
 
     def test_headers(self) -> None:
@@ -62,4 +64,6 @@ class MessageTests(SynchronousTestCase):
 class ToLFTests(SynchronousTestCase):
     def test_acrossChunks(self) -> None:
         """CRLF split over two chunks becomes one LF; bare CRs stay."""
-        self.assertEqual(b"".join(toLF(iter([b"a\r", b"\nb\r\n", b"c\rd", b"\r"]))), b"a\nb\nc\rd\r")
+        self.assertEqual(
+            b"".join(toLF(iter([b"a\r", b"\nb\r\n", b"c\rd", b"\r"]))), b"a\nb\nc\rd\r"
+        )

@@ -32,7 +32,8 @@ class PathTests(SynchronousTestCase):
         """MAIL FROM with a mailbox and parameters."""
         ev = parseCommand(b"MAIL FROM:<joe@Example.COM> SIZE=100 BODY=8BITMIME")
         self.assertEqual(
-            ev, E.MailFrom(Address("joe", Domain("example.com")), {"SIZE": "100", "BODY": "8BITMIME"})
+            ev,
+            E.MailFrom(Address("joe", Domain("example.com")), {"SIZE": "100", "BODY": "8BITMIME"}),
         )
 
     def test_caseAndSpace(self) -> None:
@@ -105,7 +106,9 @@ class PathTests(SynchronousTestCase):
 class ParameterTests(SynchronousTestCase):
     def test_keywords(self) -> None:
         """Keys are uppercased; bare keywords have None."""
-        self.assertEqual(parseParameters("smtputf8 body=8BITMIME"), {"SMTPUTF8": None, "BODY": "8BITMIME"})
+        self.assertEqual(
+            parseParameters("smtputf8 body=8BITMIME"), {"SMTPUTF8": None, "BODY": "8BITMIME"}
+        )
 
     def test_bad(self) -> None:
         """A bad keyword, an empty value, a value with '=' or a duplicate is 501."""

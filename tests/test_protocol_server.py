@@ -113,7 +113,9 @@ class SequenceTests(SynchronousTestCase):
 
     def test_refusedMailKeepsState(self) -> None:
         """A refused MAIL leaves the session ready for another MAIL."""
-        d = Driver(answer=lambda e: R.Reply(550, (5, 7, 1), "no") if isinstance(e, MailFrom) else R.OK)
+        d = Driver(
+            answer=lambda e: R.Reply(550, (5, 7, 1), "no") if isinstance(e, MailFrom) else R.OK
+        )
         d.ehlo()
         d.feed(b"MAIL FROM:<a@b.c>\r\n")
         self.assertEqual(d.conn.state, State.READY)
@@ -276,13 +278,17 @@ class AddressRuleTests(SynchronousTestCase):
         """Only accepted recipients count toward the limit."""
         d = Driver(
             Limits(recipients=2),
-            answer=lambda e: R.USER_UNKNOWN
-            if isinstance(e, RcptTo) and e.address.localPart == "no"
-            else Driver.__init__.__defaults__[1](e),  # type: ignore[index]
+            answer=lambda e: (
+                R.USER_UNKNOWN
+                if isinstance(e, RcptTo) and e.address.localPart == "no"
+                else Driver.__init__.__defaults__[1](e)
+            ),  # type: ignore[index]
         )
         d.ehlo()
         d.feed(b"MAIL FROM:<a@b.c>\r\n")
-        out = d.feed(b"RCPT TO:<no@b.c>\r\nRCPT TO:<no@b.c>\r\nRCPT TO:<y@b.c>\r\nRCPT TO:<z@b.c>\r\n")
+        out = d.feed(
+            b"RCPT TO:<no@b.c>\r\nRCPT TO:<no@b.c>\r\nRCPT TO:<y@b.c>\r\nRCPT TO:<z@b.c>\r\n"
+        )
         self.assertEqual(d.codes(out), ["550 5.1.1", "550 5.1.1", "250 2.1.5", "250 2.1.5"])
 
 
@@ -485,4 +491,7 @@ class TLSResetTests(SynchronousTestCase):
         self.assertEqual(d.conn.extensions, frozenset())
         self.assertEqual(d.conn.state, State.CONNECTED)
         self.assertIs(d.conn.nextEvent(), NEED_DATA)
-        self.assertRaises(RemoteProtocolError, lambda: (d.conn.receiveData(b"RCPT TO:<a@b.c>\r\n"), d.conn.nextEvent()))
+        self.assertRaises(
+            RemoteProtocolError,
+            lambda: (d.conn.receiveData(b"RCPT TO:<a@b.c>\r\n"), d.conn.nextEvent()),
+        )

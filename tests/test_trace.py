@@ -10,7 +10,9 @@ from mailframe.trace import protocolName, receivedHeader
 
 
 def session(**kw: object) -> SessionInfo:
-    s = SessionInfo("S1", "192.0.2.1", 4000, "127.0.0.1", 25, "mx.example", heloName="client.example")
+    s = SessionInfo(
+        "S1", "192.0.2.1", 4000, "127.0.0.1", 25, "mx.example", heloName="client.example"
+    )
     for k, v in kw.items():
         setattr(s, k, v)
     return s
@@ -26,7 +28,9 @@ class ProtocolNameTests(SynchronousTestCase):
         self.assertEqual(protocolName(session(esmtp=True), env), "ESMTP")
         self.assertEqual(protocolName(session(esmtp=True, tls=tls), env), "ESMTPS")
         self.assertEqual(protocolName(session(esmtp=True, authenticated="joe"), env), "ESMTPA")
-        self.assertEqual(protocolName(session(esmtp=True, tls=tls, authenticated="joe"), env), "ESMTPSA")
+        self.assertEqual(
+            protocolName(session(esmtp=True, tls=tls, authenticated="joe"), env), "ESMTPSA"
+        )
         self.assertEqual(protocolName(session(esmtp=True, tls=tls), utf8), "UTF8SMTPS")
         self.assertEqual(protocolName(session(esmtp=True), env, lmtp=True), "LMTP")
 
@@ -34,7 +38,9 @@ class ProtocolNameTests(SynchronousTestCase):
 class ReceivedTests(SynchronousTestCase):
     def test_oneRecipient(self) -> None:
         """With one recipient the field names it; the date is RFC 5322 in UTC."""
-        env = Envelope("Q42", parseMailbox("a@b.c"), recipients=[Recipient(parseMailbox("u@example.com"))])
+        env = Envelope(
+            "Q42", parseMailbox("a@b.c"), recipients=[Recipient(parseMailbox("u@example.com"))]
+        )
         text = receivedHeader(session(esmtp=True), env, 0)
         self.assertEqual(
             text,
@@ -44,7 +50,9 @@ class ReceivedTests(SynchronousTestCase):
 
     def test_manyRecipients(self) -> None:
         """With several recipients none is named (privacy)."""
-        env = Envelope("Q", parseMailbox("a@b.c"), recipients=[Recipient(parseMailbox("u@x.y"))] * 2)
+        env = Envelope(
+            "Q", parseMailbox("a@b.c"), recipients=[Recipient(parseMailbox("u@x.y"))] * 2
+        )
         text = receivedHeader(session(tls=TLSInfo("TLSv1.3", "AES")), env, 0)
         self.assertNotIn("for <", text)
         self.assertIn("(TLSv1.3 AES);", text)

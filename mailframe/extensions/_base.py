@@ -15,7 +15,7 @@ from mailframe import reply as R
 from mailframe.envelope import Envelope, Recipient, SessionInfo
 from mailframe.interfaces import IExtension
 
-__all__ = ["Extension", "BAD_VALUE", "NO_VALUE"]
+__all__ = ["BAD_VALUE", "NO_VALUE", "Extension"]
 
 BAD_VALUE = R.Reply(501, (5, 5, 4), "Bad parameter value")
 NO_VALUE = R.Reply(501, (5, 5, 4), "This parameter takes no value")

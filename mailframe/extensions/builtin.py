@@ -17,13 +17,13 @@ from mailframe.extensions._base import BAD_VALUE, NO_VALUE, Extension
 from mailframe.reply import SMTPError
 
 __all__ = [
+    "SMTPUTF8",
     "BinaryMIME",
     "Chunking",
     "EightBitMIME",
     "EnhancedStatusCodes",
     "Pipelining",
     "Size",
-    "SMTPUTF8",
     "defaultExtensions",
 ]
 

@@ -16,7 +16,7 @@ import re
 
 from mailframe import reply as R
 
-__all__ = ["ReceiveBuffer", "DotReader", "ChunkReader", "LineTooLong"]
+__all__ = ["ChunkReader", "DotReader", "LineTooLong", "ReceiveBuffer"]
 
 _TERMINATOR = b"\r\n.\r\n"
 _BARE_RE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
@@ -29,7 +29,7 @@ class LineTooLong(Exception):
 class ReceiveBuffer:
     """Bytes received and not yet consumed."""
 
-    __slots__ = ("data", "_discardingLine")
+    __slots__ = ("_discardingLine", "data")
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -75,7 +75,7 @@ class ReceiveBuffer:
 class _MessageChecks:
     """Size accounting and the error found first, shared by both readers."""
 
-    __slots__ = ("maxSize", "size", "error")
+    __slots__ = ("error", "maxSize", "size")
 
     def __init__(self, maxSize: int) -> None:
         self.maxSize = maxSize
@@ -99,7 +99,7 @@ class DotReader:
     message that broke a rule (too big, a line too long, a bare CR or LF).
     """
 
-    __slots__ = ("_checks", "_lineLimit", "_normalise", "_atLineStart", "_discarding")
+    __slots__ = ("_atLineStart", "_checks", "_discarding", "_lineLimit", "_normalise")
 
     def __init__(self, maxSize: int, lineLimit: int, normaliseBareLineEndings: bool) -> None:
         self._checks = _MessageChecks(maxSize)
@@ -181,7 +181,7 @@ class ChunkReader:
     RFC 3030 2).  Bare CR/LF are refused unless C{binary} (BODY=BINARYMIME).
     """
 
-    __slots__ = ("remaining", "size", "_checks", "_discard", "_binary", "_normalise", "_prevCR")
+    __slots__ = ("_binary", "_checks", "_discard", "_normalise", "_prevCR", "remaining", "size")
 
     def __init__(
         self,

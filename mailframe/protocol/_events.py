@@ -15,6 +15,8 @@ from types import MappingProxyType
 from mailframe.address import Address
 
 __all__ = [
+    "NEED_DATA",
+    "PAUSED",
     "Bdat",
     "Command",
     "Data",
@@ -27,9 +29,7 @@ __all__ = [
     "Help",
     "MailFrom",
     "MessageData",
-    "NEED_DATA",
     "Noop",
-    "PAUSED",
     "Quit",
     "RcptTo",
     "Rset",

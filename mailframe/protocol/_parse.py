@@ -18,7 +18,7 @@ from mailframe import reply as R
 from mailframe.address import Address, AddressError, parseMailbox
 from mailframe.protocol import _events as E
 
-__all__ = ["CommandSyntaxError", "parseCommand", "parseParameters", "decodeXtext", "encodeXtext"]
+__all__ = ["CommandSyntaxError", "decodeXtext", "encodeXtext", "parseCommand", "parseParameters"]
 
 MAX_PATH = 256
 
@@ -49,7 +49,7 @@ _HELO_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: HELO/EHLO hostname")
 _BDAT_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: BDAT size [LAST]")
 _VRFY_SYNTAX = R.Reply(501, (5, 5, 4), "Syntax: VRFY user or mailbox")
 
-_EMPTY = MappingProxyType({})
+_EMPTY: MappingProxyType[str, str | None] = MappingProxyType({})
 
 
 def parseParameters(text: str) -> MappingProxyType[str, str | None]:
@@ -226,5 +226,5 @@ def encodeXtext(text: str) -> str:
         if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
             out.append(chr(byte))
         else:
-            out.append("+%02X" % byte)
+            out.append(f"+{byte:02X}")
     return "".join(out)

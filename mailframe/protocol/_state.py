@@ -15,7 +15,7 @@ from typing import NamedTuple
 from mailframe import reply as R
 from mailframe.protocol import _events as E
 
-__all__ = ["State", "Transition", "TRANSITIONS", "SAME", "CLEAR"]
+__all__ = ["CLEAR", "SAME", "TRANSITIONS", "State", "Transition"]
 
 
 class State(enum.Enum):
@@ -64,7 +64,10 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
         R.BAD_SEQUENCE.withText("Send HELO/EHLO first, and MAIL only once per message"),
     ),
     E.RcptTo: Transition(
-        frozenset({_S.MAIL, _S.RCPT}), _S.RCPT, SAME, R.BAD_SEQUENCE.withText("Need MAIL before RCPT")
+        frozenset({_S.MAIL, _S.RCPT}),
+        _S.RCPT,
+        SAME,
+        R.BAD_SEQUENCE.withText("Need MAIL before RCPT"),
     ),
     E.Data: Transition(
         frozenset({_S.RCPT}), _S.DATA, SAME, R.BAD_SEQUENCE.withText("Need RCPT before DATA")

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 from mailframe import reply as R
 from mailframe.protocol import _events as E
-from mailframe.protocol._buffer import ChunkReader, DotReader, LineTooLong, ReceiveBuffer, _MessageChecks
+from mailframe.protocol._buffer import (
+    ChunkReader,
+    DotReader,
+    LineTooLong,
+    ReceiveBuffer,
+    _MessageChecks,
+)
 from mailframe.protocol._parse import CommandSyntaxError, parseCommand
 from mailframe.protocol._state import CLEAR, NO_TRANSACTION, TRANSITIONS, State
 
@@ -87,7 +93,10 @@ class ServerConnection:
         self._chunkChecks: _MessageChecks | None = None
         self._chunkCR = False
         self._bdatFailed = False
-        self._resetTransaction()
+        self._smtputf8 = False
+        self._body = ""
+        self._recipients = 0
+        self._rcptAttempts = 0
 
     # -- inspection -----------------------------------------------------
 
@@ -139,7 +148,7 @@ class ServerConnection:
         self._pending = _ERROR
         raise RemoteProtocolError(reply)
 
-    def _admit(self, event: E.Event) -> E.Event:
+    def _admit(self, event: E.Event) -> E.Event | E.Sentinel:
         kind = type(event)
         transition = TRANSITIONS[kind]
         state = self.state
@@ -163,11 +172,8 @@ class ServerConnection:
             self._rcptAttempts += 1
             if self._recipients >= self.limits.recipients:
                 return self._refuse(R.TOO_MANY_RECIPIENTS)
-        elif kind is E.Data:
-            if self._body == "BINARYMIME":
-                return self._refuse(
-                    R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA")
-                )
+        elif kind is E.Data and self._body == "BINARYMIME":
+            return self._refuse(R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA"))
         self._pending = event
         return event
 
@@ -188,8 +194,10 @@ class ServerConnection:
                 self._chunkChecks = checks
         else:
             checks = self._chunkChecks
-        if refusal is None and self.limits.messageSize and (
-            checks.size + event.size > self.limits.messageSize
+        if (
+            refusal is None
+            and self.limits.messageSize
+            and (checks.size + event.size > self.limits.messageSize)
         ):
             checks.error = checks.error or R.MESSAGE_TOO_BIG
         self._reader = ChunkReader(
