@@ -212,9 +212,12 @@ class SMTPServerProtocol(Protocol):
         while i < len(filters):
             result = filters[i].acceptConnection(self.session)
             if isinstance(result, _Deferred):
-                return result.addCallback(lambda _, n=i + 1: self._filterConnection(n))
+                return result.addCallback(self._afterConnectionFilter, i + 1)
             i += 1
         return None
+
+    def _afterConnectionFilter(self, _: object, i: int) -> Any:
+        return self._filterConnection(i)
 
     def _greet(self, reply: Reply | None) -> None:
         cfg = self.factory.config
@@ -527,11 +530,12 @@ class SMTPServerProtocol(Protocol):
         while i < len(filters):
             result = filters[i].filterMessage(self.session, envelope, message)
             if isinstance(result, _Deferred):
-                return result.addCallback(
-                    lambda _, n=i + 1: self._filterMessage(n, envelope, message)
-                )
+                return result.addCallback(self._afterMessageFilter, i + 1, envelope, message)
             i += 1
         return _then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
+
+    def _afterMessageFilter(self, _: object, i: int, envelope: Envelope, message: Message) -> Any:
+        return self._filterMessage(i, envelope, message)
 
     def _delivered(self, result: DeliveryResult | None, envelope: Envelope) -> Reply:
         if result is None or result.delivered:
