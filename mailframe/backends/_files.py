@@ -1,0 +1,229 @@
+"""
+Helpers shared by the file backends (maildir, mbox): turning a local part or
+domain into a safe file name, grouping recipients by destination, mapping
+OS errors to SMTP replies, fsync of directories, and running blocking work in
+the reactor's thread pool.
+
+Owns: the name mapping (L{safeName}) and the error-to-reply mapping
+(L{replyForError}); both backends document and rely on them.  Must not:
+import mailframe.server; import the global reactor; write mail itself.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailframe.address import Address
+from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.reply import Reply
+
+__all__ = [
+    "DELIVERED",
+    "LOCAL_ERROR",
+    "LOCKED",
+    "MAILBOX_FULL",
+    "NO_SPACE",
+    "Job",
+    "MailboxLocked",
+    "deliverInThread",
+    "deliveredTo",
+    "fsyncDirectory",
+    "groupJobs",
+    "makeDirectory",
+    "replyForError",
+    "safeName",
+]
+
+log = Logger(namespace="mailframe.backends")
+
+DELIVERED = Reply(250, (2, 0, 0), "Delivered")
+NO_SPACE = Reply(452, (4, 3, 1), "Insufficient system storage; try again later")
+MAILBOX_FULL = Reply(452, (4, 2, 2), "Mailbox full; try again later")
+LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error writing the mailbox; try again later")
+LOCKED = Reply(451, (4, 2, 0), "Mailbox is locked; try again later")
+
+Job = tuple[str, bytes, list[int]]
+"""One copy to write: its destination, the octets before the message, and
+the indexes of the recipients it serves."""
+
+
+class MailboxLocked(Exception):
+    """Another process held the mailbox lock for longer than the wait allows."""
+
+
+_EMPTY_NAME = "%"
+
+
+def _unsafe(c: str) -> bool:
+    o = ord(c)
+    return (
+        c in "/%"
+        or o < 0x20
+        or 0x7F <= o <= 0x9F  # DEL and the C1 controls
+        or 0xD800 <= o <= 0xDFFF  # lone surrogates cannot be file names
+    )
+
+
+def safeName(text: str) -> str:
+    """
+    One path component for C{text} (a local part or a domain), lowercased.
+
+    C{/}, C{%}, NUL and other control characters (C0, DEL, C1) and lone
+    surrogates become C{%XX} (the UTF-8 octets, uppercase hex), as does a
+    leading C{.} (so C{.}, C{..} and hidden names cannot occur); the empty
+    string becomes C{%}.  Everything else, non-ASCII letters included, is
+    kept.  The mapping is injective: no two lowercased inputs give the same
+    name, and no output is C{.}, C{..}, empty, or contains C{/}.
+    """
+    text = text.lower()
+    if not text:
+        return _EMPTY_NAME
+    out = []
+    for i, c in enumerate(text):
+        if _unsafe(c) or (i == 0 and c == "."):
+            out.append("".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def deliveredTo(address: Address) -> bytes:
+    """A C{Delivered-To:} header line (LF ending) naming C{address}."""
+    text = "".join(c if c.isprintable() else "?" for c in str(address))
+    return b"Delivered-To: " + text.encode("utf-8") + b"\n"
+
+
+def groupJobs(
+    envelope: Envelope,
+    destination: Callable[[Recipient], str],
+    prefix: Callable[[Recipient], bytes],
+) -> list[Job]:
+    """
+    One L{Job} per distinct destination, in order of first use; the prefix
+    is computed for the first recipient of each destination.
+    """
+    jobs: dict[str, Job] = {}
+    for i, r in enumerate(envelope.recipients):
+        dest = destination(r)
+        job = jobs.get(dest)
+        if job is None:
+            jobs[dest] = (dest, prefix(r), [i])
+        else:
+            job[2].append(i)
+    return list(jobs.values())
+
+
+def replyForError(e: BaseException | None) -> Reply:
+    """
+    ENOSPC -> 452 4.3.1, EDQUOT -> 452 4.2.2, L{MailboxLocked} -> 451 4.2.0,
+    anything else -> 451 4.3.0.
+    """
+    if isinstance(e, OSError):
+        if e.errno == errno.ENOSPC:
+            return NO_SPACE
+        if e.errno == errno.EDQUOT:
+            return MAILBOX_FULL
+    elif isinstance(e, MailboxLocked):
+        return LOCKED
+    return LOCAL_ERROR
+
+
+def deliverInThread(
+    reactor: IReactorThreads,
+    envelope: Envelope,
+    jobs: Sequence[Job],
+    write: Callable[[str, bytes], object],
+    kind: str,
+) -> Deferred[DeliveryResult | None]:
+    """
+    Run C{write(destination, prefix)} for each job, in order, in the
+    reactor's thread pool; fire None if all succeeded, else the
+    L{DeliveryResult}.  Failures are logged here, in the reactor thread.
+    """
+
+    def work() -> list[Failure | None]:
+        outcomes: list[Failure | None] = []
+        for dest, prefix, _ in jobs:
+            try:
+                write(dest, prefix)
+            except Exception:
+                outcomes.append(Failure())
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def done(outcomes: list[Failure | None]) -> DeliveryResult | None:
+        replies = [DELIVERED] * len(envelope.recipients)
+        for (dest, _, indexes), failure in zip(jobs, outcomes, strict=True):
+            if failure is None:
+                continue
+            reply = replyForError(failure.value)
+            for i in indexes:
+                replies[i] = reply
+            _logFailure(envelope, kind, dest, failure, reply)
+        result = DeliveryResult(tuple(replies))
+        return None if result.delivered else result
+
+    def unexpected(failure: Failure) -> DeliveryResult:
+        log.failure("{queue} {kind} delivery failed", failure, queue=envelope.queueID, kind=kind)
+        return DeliveryResult.allDelivered(envelope, LOCAL_ERROR)
+
+    d = deferToThreadPool(reactor, reactor.getThreadPool(), work)
+    return d.addCallback(done).addErrback(unexpected)
+
+
+def _logFailure(envelope: Envelope, kind: str, dest: str, failure: Failure, reply: Reply) -> None:
+    if isinstance(failure.value, OSError | MailboxLocked):
+        log.error(
+            "{queue} {kind} delivery to {dest} failed ({code}): {error}",
+            queue=envelope.queueID,
+            kind=kind,
+            dest=dest,
+            code=reply.code,
+            error=str(failure.value),
+        )
+    else:
+        log.failure(
+            "{queue} {kind} delivery to {dest} failed ({code})",
+            failure,
+            queue=envelope.queueID,
+            kind=kind,
+            dest=dest,
+            code=reply.code,
+        )
+
+
+def fsyncDirectory(path: str) -> None:
+    """fsync a directory, making the entries created in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makeDirectory(path: str, mode: int = 0o700) -> bool:
+    """
+    Create C{path} and any missing parents with C{mode}, fsync'ing the parent
+    of each directory created.  Return True if anything was created.
+    """
+    if os.path.isdir(path):
+        return False
+    parent = os.path.dirname(os.path.abspath(path))
+    makeDirectory(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return False
+    fsyncDirectory(parent)
+    return True

@@ -1,0 +1,1 @@
+New ``maildir`` and ``mbox`` delivery backends (single, per-user and, for Maildir, per-domain layouts) that report success only after the message and its directory are fsync'd, mapping full disks and quotas to 452 replies; and new recipient validators ``AnyRecipient``, ``DomainsValidator`` and ``AddressListValidator`` (an address file re-read when it changes).
