@@ -365,6 +365,12 @@ class DataTests(SynchronousTestCase):
         out = self.d.feed(b"x" * 998 + b"\r\n.\r\n")
         self.assertEqual(self.d.codes(out), ["250 2.0.0"])
 
+    def test_stuffedDotNotCounted(self) -> None:
+        """The dot added for transparency does not count toward the 1000 octets."""
+        out = self.d.feed(b".." + b"x" * 997 + b"\r\n.\r\n")
+        self.assertEqual(self.d.codes(out), ["250 2.0.0"])
+        self.assertEqual(self.d.body(), b"." + b"x" * 997 + b"\r\n")
+
     def test_lineOverLimitByOne(self) -> None:
         """A line of 1001 octets with its CRLF is refused."""
         out = self.d.feed(b"x" * 999 + b"\r\n.\r\n")

@@ -154,13 +154,14 @@ class DotReader:
 
     def _check(self, piece: bytes) -> bytes | None:
         """Limits, unstuffing and bare line endings for a run of whole lines."""
+        if piece[:1] == b".":
+            piece = piece[1:]
+        piece = piece.replace(b"\r\n.", b"\r\n")
+        # RFC 5321 4.5.3.1.6: 1000 octets with CRLF, the stuffed dot not counted
         limit = self._lineLimit
         if len(piece) > limit - 2 and max(map(len, piece.split(b"\r\n"))) > limit - 2:
             self._fail(R.DATA_LINE_TOO_LONG)
             return None
-        if piece[:1] == b".":
-            piece = piece[1:]
-        piece = piece.replace(b"\r\n.", b"\r\n")
         crlf = piece.count(b"\r\n")
         if piece.count(b"\n") != crlf or piece.count(b"\r") != crlf:
             if not self._normalise:
