@@ -88,8 +88,7 @@ class SMTPServerFactory(Factory):
     @param connectionFilters: L{IConnectionFilter}s; each must accept.
     @param messageFilters: L{IMessageFilter}s, run in order after the data.
     @param extensions: L{IExtension}s; by default the built-ins.
-    @param clock: the reactor (or a Clock in tests); the global reactor if
-        None.
+    @param clock: the reactor (or a Clock in tests); default: the reactor.
     """
 
     protocol = None  # set below; buildProtocol is explicit

@@ -78,7 +78,8 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
         SAME,
         R.BAD_SEQUENCE.withText("BDAT needs MAIL and RCPT first"),
     ),
-    E.EndOfChunk: Transition(frozenset({_S.BDAT}), _S.CHUNKING, CLEAR, R.BAD_SEQUENCE),
+    # a refused chunk: later chunks of the message get 503 until RSET
+    E.EndOfChunk: Transition(frozenset({_S.BDAT}), _S.CHUNKING, _S.CHUNKING, R.BAD_SEQUENCE),
     E.EndOfMessage: Transition(frozenset({_S.DATA, _S.BDAT}), CLEAR, CLEAR, R.BAD_SEQUENCE),
     E.Rset: Transition(_EVERY - {_S.REJECTED}, CLEAR, SAME, R.BAD_SEQUENCE),
     E.Noop: Transition(_EVERY - {_S.REJECTED}, SAME, SAME, R.BAD_SEQUENCE),

@@ -310,15 +310,12 @@ class ServerConnection:
                 self.limits.dataLine,
                 self.limits.normaliseBareLineEndings,
             )
-        elif kind is E.EndOfChunk and positive:
-            self._bdatFailed = False
         if target is CLEAR:
             self._clear()
         elif target is not None:
             self.state = target  # type: ignore[assignment]
         if kind is E.EndOfChunk and not positive:
             self._bdatFailed = True
-            self.state = State.CHUNKING
         return reply.toBytes(enhanced)
 
     def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
