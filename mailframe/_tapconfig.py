@@ -1,0 +1,328 @@
+"""
+The settings of C{twistd mailframe}: their names, types and defaults, the
+TOML config file, and merging the file with the command line into one
+L{ListenerSpec} per listener.
+
+A setting has the same name on the command line (C{--max-size}) and in the
+file (C{max-size = "50M"}); repeatable options are lists in the file.  A
+C{[[listener]]} table takes C{listen} (required), C{name}, and any other
+setting, which it otherwise inherits from the top level.  Command-line
+options replace the file's top-level values.
+
+Owns: checking every setting, so that a mistake is a one-line
+L{ConfigError} before anything starts.  Must not: import the reactor, build
+providers or touch the file system except to read the config file (that is
+L{mailframe.tap.makeService}'s job).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mailframe import plugins
+from mailframe.address import Domain
+from mailframe.config import ServerConfig, defaultHostname
+from mailframe.interfaces import IDeliveryBackend, IRecipientValidator
+from mailframe.protocol import Limits
+
+__all__ = [
+    "DEFAULTS",
+    "SETTINGS",
+    "ConfigError",
+    "ListenerSpec",
+    "buildListeners",
+    "checkEndpoint",
+    "convert",
+    "parseSize",
+    "readConfigFile",
+]
+
+
+class ConfigError(ValueError):
+    """A bad setting or config file; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One listener: its endpoints, its settings and its plug-in descriptions."""
+
+    endpoints: tuple[str, ...]
+    config: ServerConfig
+    validate: tuple[str, ...]
+    deliver: str
+
+
+# -- converters: a command-line string or a TOML value -> the setting ---------
+
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([KMG]?)(?:I?B)?\s*\Z", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parseSize(value: Any) -> int:
+    """Octets from an int or a string such as C{"35M"} (K, M, G are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    else:
+        raise ConfigError(f"bad size {value!r} (octets, or a number with K, M or G)")
+    if size < 0:
+        raise ConfigError(f"bad size {value!r}: may not be negative")
+    return size
+
+
+def _count(minimum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"expected a whole number, not {value!r}")
+        if value < minimum:
+            raise ConfigError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(f"expected a number of seconds, not {value!r}")
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ConfigError(f"expected a number of seconds, not {value!r}")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"expected a non-empty string, not {value!r}")
+    return value
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"expected a list of strings, not {value!r}")
+    return tuple(_string(v) for v in value)
+
+
+def checkEndpoint(description: str) -> str:
+    """Check a server endpoint string by parsing it; nothing listens."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.testing import MemoryReactor
+
+    try:
+        serverFromString(MemoryReactor(), description)
+    except Exception as e:
+        raise ConfigError(f"bad endpoint {description!r}: {_oneLine(e)}")
+    return description
+
+
+def _listen(value: Any) -> tuple[str, ...]:
+    return tuple(checkEndpoint(d) for d in _strings(value))
+
+
+def _hostname(value: Any) -> str:
+    name = _string(value)
+    try:
+        Domain.parse(name)
+    except ValueError:
+        raise ConfigError(f"not a host name: {name!r}")
+    return name
+
+
+def _domains(value: Any) -> tuple[str, ...]:
+    names = [n.strip() for v in _strings(value) for n in v.split(",") if n.strip()]
+    for name in names:
+        try:
+            Domain.parse(name)
+        except ValueError as e:
+            raise ConfigError(str(e))
+    return tuple(names)
+
+
+def _validate(value: Any) -> tuple[str, ...]:
+    descriptions = _strings(value)
+    for d in descriptions:
+        _plugIn(IRecipientValidator, d)
+    return descriptions
+
+
+def _deliver(value: Any) -> str:
+    return _plugIn(IDeliveryBackend, _string(value))
+
+
+def _plugIn(interface: Any, description: str) -> str:
+    try:
+        plugins.checkDescription(interface, description)
+    except plugins.PlugInError as e:
+        raise ConfigError(str(e))
+    return description
+
+
+def _bareNewlines(value: Any) -> str:
+    choice = {"reject": "reject", "normalise": "normalise", "normalize": "normalise"}.get(value)
+    if choice is None:
+        raise ConfigError(f"expected reject or normalise, not {value!r}")
+    return choice
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"expected true or false, not {value!r}")
+    return value
+
+
+#: Every setting: its name (the long option) and its converter.
+SETTINGS: Mapping[str, Callable[[Any], Any]] = {
+    "listen": _listen,
+    "hostname": _hostname,
+    "domain": _domains,
+    "validate": _validate,
+    "deliver": _deliver,
+    "max-size": parseSize,
+    "max-recipients": _count(1),
+    "max-errors": _count(1),
+    "timeout": _seconds,
+    "data-timeout": _seconds,
+    "bare-newlines": _bareNewlines,
+    "transcript": _boolean,
+}
+
+#: The defaults, already converted.  C{hostname} None means this host's name,
+#: C{domain} empty means localhost and the host name.
+DEFAULTS: Mapping[str, Any] = {
+    "listen": ("tcp:2525:interface=127.0.0.1",),
+    "hostname": None,
+    "domain": (),
+    "validate": ("any",),
+    "deliver": "maildir:./Maildir",
+    "max-size": 35 << 20,
+    "max-recipients": 1000,
+    "max-errors": 20,
+    "timeout": 300.0,
+    "data-timeout": 300.0,
+    "bare-newlines": "reject",
+    "transcript": False,
+}
+
+
+def convert(name: str, value: Any, label: str | None = None) -> Any:
+    """Convert and check one setting; a L{ConfigError} names it (or C{label})."""
+    try:
+        return SETTINGS[name](value)
+    except ConfigError as e:
+        raise ConfigError(f"{label or name}: {e}")
+
+
+# -- the config file ---------------------------------------------------------------
+
+
+def readConfigFile(path: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """
+    Read and check a TOML config file.
+
+    @return: the top-level settings and one dict of settings per
+        C{[[listener]]} table, all converted.
+    @raise ConfigError: naming the file and the key.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: bad TOML: {_oneLine(e)}")
+    tables = data.pop("listener", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: 'listener' must be [[listener]] tables")
+    top = _section(path, data, "")
+    listeners = []
+    for i, table in enumerate(tables, 1):
+        where = f"[[listener]] {i}: "
+        if "listen" not in table:
+            raise ConfigError(f"{path}: {where}needs 'listen'")
+        name = table.pop("name", "smtp")
+        if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+            raise ConfigError(f"{path}: {where}name: expected a word, not {name!r}")
+        settings = _section(path, table, where)
+        settings["name"] = name
+        listeners.append(settings)
+    return top, listeners
+
+
+def _section(path: str, data: dict[str, Any], where: str) -> dict[str, Any]:
+    settings = {}
+    for key, value in data.items():
+        if key not in SETTINGS:
+            known = ", ".join([*SETTINGS, "listener" if not where else "name"])
+            raise ConfigError(f"{path}: {where}unknown key {key!r} (known: {known})")
+        try:
+            settings[key] = convert(key, value)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {where}{e}")
+    return settings
+
+
+# -- merging -------------------------------------------------------------------------
+
+
+def buildListeners(
+    command: Mapping[str, Any],
+    fileTop: Mapping[str, Any] | None = None,
+    fileListeners: list[dict[str, Any]] | None = None,
+) -> list[ListenerSpec]:
+    """
+    One L{ListenerSpec} per listener from converted settings: the command
+    line's replace the file's top-level ones, which a C{[[listener]]} table's
+    replace in turn.  Without C{listen} at the top level but with listener
+    tables, only the tables listen.
+    """
+    top = {**DEFAULTS, **(fileTop or {}), **command}
+    hostname: list[str] = []  # computed once, when needed
+
+    def spec(settings: Mapping[str, Any], name: str) -> ListenerSpec:
+        if settings["hostname"] is None and not hostname:
+            hostname.append(defaultHostname())
+        try:
+            limits = Limits(
+                messageSize=settings["max-size"],
+                recipients=settings["max-recipients"],
+                normaliseBareLineEndings=settings["bare-newlines"] == "normalise",
+            )
+            config = ServerConfig(
+                hostname=settings["hostname"] or hostname[0],
+                localDomains=frozenset(Domain(d) for d in settings["domain"]),
+                limits=limits,
+                listener=name,
+                commandTimeout=settings["timeout"],
+                dataTimeout=settings["data-timeout"],
+                maxErrors=settings["max-errors"],
+                transcript=settings["transcript"],
+            )
+        except ValueError as e:
+            raise ConfigError(_oneLine(e))
+        return ListenerSpec(
+            tuple(settings["listen"]), config, tuple(settings["validate"]), settings["deliver"]
+        )
+
+    listeners = []
+    if "listen" in command or "listen" in (fileTop or {}) or not fileListeners:
+        listeners.append(spec(top, "smtp"))
+    for table in fileListeners or []:
+        listeners.append(spec({**top, **table}, table.get("name", "smtp")))
+    return listeners
+
+
+def _oneLine(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
