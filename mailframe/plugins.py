@@ -272,8 +272,8 @@ class _Domains(PlugInFactory):
     provides = IRecipientValidator
     synopsis = "domains:DOMAIN[,DOMAIN...]"
     description = (
-        "Make these domains local and accept every recipient in them; "
-        "other validators may still refuse."
+        "Make these domains local and accept every address in them "
+        "(no opinion on other domains: the next validator is asked)."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
@@ -298,8 +298,8 @@ class _Addresses(PlugInFactory):
     provides = IRecipientValidator
     synopsis = "addresses:PATH"
     description = (
-        "Accept the addresses listed in the file PATH, one a line, and refuse "
-        "the others; the file is read again when it changes."
+        "Accept the addresses listed in the file PATH, one a line (no opinion "
+        "on others: the next validator decides, else 550 5.1.1); re-read when it changes."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
