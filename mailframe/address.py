@@ -51,6 +51,14 @@ class AddressError(ValueError):
         self.part = part
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: never from the wire
+        return False
+    return True
+
+
 def _utf8len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
@@ -223,7 +231,7 @@ def parseMailbox(text: str) -> Address:
     domain (RFC 5321 4.5.3.1).
     """
     m = _MAILBOX_RE.match(text)
-    if m is None:
+    if m is None or not text.isascii() and not _encodable(text):
         raise AddressError(f"not a mailbox: {text!r}")
     local, domain = m.group(1), m.group(2)
     if _utf8len(local) > MAX_LOCAL_PART:
