@@ -231,7 +231,7 @@ def parseMailbox(text: str) -> Address:
     domain (RFC 5321 4.5.3.1).
     """
     m = _MAILBOX_RE.match(text)
-    if m is None or not text.isascii() and not _encodable(text):
+    if m is None or (not text.isascii() and not _encodable(text)):
         raise AddressError(f"not a mailbox: {text!r}")
     local, domain = m.group(1), m.group(2)
     if _utf8len(local) > MAX_LOCAL_PART:
