@@ -21,8 +21,10 @@ __all__ = ["ProviderContext", "ServerConfig", "defaultHostname"]
 
 def defaultHostname() -> str:
     """This machine's fully qualified name, as well as the resolver knows it."""
-    name = socket.getfqdn()
-    return name if name and name != "localhost.localdomain" else socket.gethostname()
+    fqdn = socket.getfqdn()
+    if "." in fqdn and not fqdn.lower().startswith("localhost"):
+        return fqdn
+    return socket.gethostname() or fqdn or "localhost"
 
 
 @dataclass(frozen=True)

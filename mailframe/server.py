@@ -92,6 +92,7 @@ class SMTPServerFactory(Factory):
     """
 
     protocol = None  # set below; buildProtocol is explicit
+    noisy = False  # mailframe logs its own start-up line
 
     def __init__(
         self,

@@ -22,6 +22,18 @@ class ServerConfigTests(SynchronousTestCase):
         c = ServerConfig(hostname="mx", localDomains=frozenset({"Example.com"}))  # type: ignore[arg-type]
         self.assertTrue(c.isLocal(Domain("example.COM")))
 
+    def test_defaultHostname(self) -> None:
+        """The default host name is a real name, never localhost when the host has one."""
+        import socket
+
+        from mailframe import config
+
+        self.patch(socket, "getfqdn", lambda: "localhost")
+        self.patch(socket, "gethostname", lambda: "box")
+        self.assertEqual(config.defaultHostname(), "box")
+        self.patch(socket, "getfqdn", lambda: "box.example.org")
+        self.assertEqual(config.defaultHostname(), "box.example.org")
+
     def test_validation(self) -> None:
         """Bad host names, timeouts and limits are refused."""
         self.assertRaises(ValueError, ServerConfig, hostname="a b")
