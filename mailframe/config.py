@@ -53,8 +53,10 @@ class ServerConfig:
     tempDirectory: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.hostname or any(c.isspace() for c in self.hostname):
-            raise ValueError(f"bad hostname {self.hostname!r}")
+        try:
+            Domain.parse(self.hostname)
+        except ValueError:
+            raise ValueError(f"bad hostname {self.hostname!r}: not a domain name") from None
         domains = frozenset(Domain(d) if isinstance(d, str) else d for d in self.localDomains)
         if not domains:
             domains = frozenset({Domain("localhost"), Domain(self.hostname)})

@@ -37,6 +37,7 @@ class ServerConfigTests(SynchronousTestCase):
     def test_validation(self) -> None:
         """Bad host names, timeouts and limits are refused."""
         self.assertRaises(ValueError, ServerConfig, hostname="a b")
+        self.assertRaises(ValueError, ServerConfig, hostname="a:b:c")
         self.assertRaises(ValueError, ServerConfig, hostname="mx", commandTimeout=0)
         self.assertRaises(ValueError, ServerConfig, hostname="mx", maxErrors=0)
         self.assertRaises(ValueError, Limits, commandLine=100)
