@@ -23,7 +23,7 @@ nitpicky = False
 suppress_warnings = ["ref.python"]
 
 
-def setup(app):  # noqa: ANN001, ANN201
+def setup(app):
     """Generate the state machine page from the code before reading sources."""
     sys.path.insert(0, os.path.dirname(__file__))
     import statemachine

@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from mailframe.protocol._state import CLEAR, SAME, TRANSITIONS, State  # noqa: E402
+from mailframe.protocol._state import CLEAR, SAME, TRANSITIONS, State
 
 
 def _target(t: object) -> str:
