@@ -74,5 +74,16 @@ class AddressTests(SynchronousTestCase):
 
     def test_bad(self) -> None:
         """Malformed mailboxes are refused."""
-        for text in ["\udc80@b.c", "", "a", "@b.c", "a@", "a b@c.d", ".a@b.c", "a.@b.c", "a@b@c.d", "a@b_c.d"]:
+        for text in [
+            "\udc80@b.c",
+            "",
+            "a",
+            "@b.c",
+            "a@",
+            "a b@c.d",
+            ".a@b.c",
+            "a.@b.c",
+            "a@b@c.d",
+            "a@b_c.d",
+        ]:
             self.assertRaises(AddressError, parseMailbox, text)
