@@ -36,12 +36,15 @@ class ServerConfig:
     any other domain is relaying, refused with 550 5.7.1.  Timeouts are in
     seconds (RFC 5321 4.5.3.2); C{maxErrors} 4xx/5xx replies in a session
     end it with 421 (the count restarts after each accepted message).
+    C{requireAuthentication} (submission listeners, RFC 6409): MAIL needs an
+    authenticated session, else 530 5.7.0.
     """
 
     hostname: str = field(default_factory=defaultHostname)
     localDomains: frozenset[Domain] = frozenset()
     limits: Limits = field(default_factory=Limits)
     listener: str = "smtp"
+    requireAuthentication: bool = False
     commandTimeout: float = 300.0
     dataTimeout: float = 300.0
     pluginTimeout: float = 240.0

@@ -25,6 +25,7 @@ __all__ = [
     "IPlugInFactory",
     "IRecipientValidator",
     "ISenderValidator",
+    "ISessionControl",
 ]
 
 
@@ -140,8 +141,41 @@ class IExtension(Interface):
     def rcptParameter(session, envelope, recipient, name, value):  # type: ignore[no-untyped-def]
         """Check one RCPT TO parameter it owns; raise L{SMTPError} to refuse."""
 
-    def handleCommand(session, verb, argument):  # type: ignore[no-untyped-def]
-        """Answer one of its verbs: a L{Reply} or a Deferred of one."""
+    def handleCommand(control, verb, argument):  # type: ignore[no-untyped-def]
+        """
+        Answer one of its verbs: a L{Reply} or a Deferred of one.
+
+        @param control: an L{ISessionControl} (C{control.session} is the
+            L{SessionInfo}).  A 334 reply makes the client's next line an
+            answer, given to L{continueCommand}.
+        """
+
+    def continueCommand(control, verb, line):  # type: ignore[no-untyped-def]
+        """
+        The client's line (bytes, without CRLF) after a 334 reply to C{verb};
+        answer as L{handleCommand} does (334 again to ask for more).
+        """
+
+
+class ISessionControl(Interface):
+    """
+    What an extension's command handler may do to its session, besides
+    replying.  The server provides it; extensions never see the protocol.
+    """
+
+    session = Attribute("The L{SessionInfo}.")
+    inTransaction = Attribute("True between an accepted MAIL and the end of its message.")
+
+    def startTLS(contextFactory):  # type: ignore[no-untyped-def]
+        """
+        Start TLS once this command's reply (which must be 220) is sent.  The
+        session then forgets everything buffered, HELO/EHLO and the
+        transaction (RFC 3207 4.2).  C{contextFactory} is a Twisted TLS server
+        context factory (e.g. C{CertificateOptions}).
+        """
+
+    def authenticate(avatarId, mechanism):  # type: ignore[no-untyped-def]
+        """Mark the session authenticated as C{avatarId} (a str) via C{mechanism}."""
 
 
 class IPlugInFactory(Interface):

@@ -22,7 +22,12 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+    ISSLTransport,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,7 +36,7 @@ from zope.interface import implementer
 from mailframe import reply as R
 from mailframe.address import Address, Domain
 from mailframe.config import ServerConfig
-from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
+from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo, TLSInfo
 from mailframe.extensions import defaultExtensions
 from mailframe.interfaces import (
     IAddressVerifier,
@@ -42,6 +47,7 @@ from mailframe.interfaces import (
     IMessageFilter,
     IRecipientValidator,
     ISenderValidator,
+    ISessionControl,
 )
 from mailframe.message import Message
 from mailframe.protocol import _events as E
@@ -152,13 +158,54 @@ class SMTPServerFactory(Factory):
         return p
 
 
+def _oneLine(reason: Any) -> str:
+    value = getattr(reason, "value", reason)
+    text = " ".join(str(value).split())
+    return f"{type(value).__name__}: {text}"[:300] if text else type(value).__name__
+
+
 def _check(interface: Any, providers: Iterable[Any], what: str) -> None:
     for p in providers:
         if not interface.providedBy(p):
             raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
 
 
-@implementer(IPushProducer)
+_AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
+_TLS_READY = Reply(220, (2, 0, 0), "Ready to start TLS")
+
+
+@implementer(ISessionControl)
+class SessionControl:
+    """What an extension may do to its session (L{ISessionControl})."""
+
+    def __init__(self, protocol: SMTPServerProtocol) -> None:
+        self._protocol = protocol
+
+    @property
+    def session(self) -> SessionInfo:
+        return self._protocol.session
+
+    @property
+    def inTransaction(self) -> bool:
+        return self._protocol._conn.inTransaction
+
+    def startTLS(self, contextFactory: Any) -> None:
+        self._protocol._tlsContext = contextFactory
+
+    def authenticate(self, avatarId: str, mechanism: str) -> None:
+        session = self._protocol.session
+        session.authenticated = avatarId
+        session.extra["authMechanism"] = mechanism
+        log.info(
+            "{id} authenticated as {user} ({mechanism}) from {peer}",
+            id=session.sessionID,
+            user=avatarId,
+            mechanism=mechanism,
+            peer=session.peer,
+        )
+
+
+@implementer(IPushProducer, IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     """One SMTP server session."""
 
@@ -172,6 +219,9 @@ class SMTPServerProtocol(Protocol):
     _closing = False
     _paused = False
     _timer: Any = None
+    _tlsContext: Any = None
+    _tlsStarted = False
+    _conversation: Any = None
 
     # -- connection -----------------------------------------------------------
 
@@ -189,6 +239,10 @@ class SMTPServerProtocol(Protocol):
             listener=cfg.listener,
         )
         self._conn = ServerConnection(cfg.limits, frozenset(f.verbs))
+        self.control = SessionControl(self)
+        if ISSLTransport.providedBy(self.transport):  # implicit TLS (RFC 8314)
+            self._conn.tlsActive = True
+            self._tlsStarted = True
         self._out: list[bytes] = []
         self._errors = 0
         self._transcript = cfg.transcript
@@ -228,7 +282,34 @@ class SMTPServerProtocol(Protocol):
         self._write(reply)
         self._flush()
 
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: record the TLS version, cipher and client cert."""
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        try:
+            self.session.tls = TLSInfo(
+                version=handle.get_protocol_version_name(),
+                cipher=handle.get_cipher_name() or "",
+                bits=handle.get_cipher_bits() or 0,
+                peerCertificate=handle.get_peer_certificate(),
+            )
+        except AttributeError:  # not an OpenSSL connection (tests)
+            self.session.tls = TLSInfo("TLS", "unknown")
+        if self._transcript:
+            log.info(
+                "{id} TLS {version} {cipher}",
+                id=self.session.sessionID,
+                version=self.session.tls.version,
+                cipher=self.session.tls.cipher,
+            )
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._tlsStarted and self.session.tls is None:
+            log.info(
+                "{id} TLS handshake with {peer} failed: {why}",
+                id=self.session.sessionID,
+                peer=self.session.peer,
+                why=_oneLine(reason),
+            )
         self._closing = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -345,8 +426,32 @@ class SMTPServerProtocol(Protocol):
                 return
         if self.envelope is not None and not self._conn.inTransaction:
             self._endTransaction()
-        if self._conn.state is State.CLOSED:
+        state = self._conn.state
+        if state is State.CLOSED:
             self._close()
+        elif state is State.TLS:
+            self._startTLS()
+        elif self._tlsContext is not None:
+            self._tlsContext = None  # the handler asked for TLS but refused
+
+    def _startTLS(self) -> None:
+        """The 220 to STARTTLS is out: hand the transport to TLS, forget all."""
+        context, self._tlsContext = self._tlsContext, None
+        if context is None:
+            log.error(
+                "{id} STARTTLS answered 220 without a TLS context", id=self.session.sessionID
+            )
+            self._write(Reply(421, (4, 3, 0), "TLS not available"))
+            return
+        self._flush()
+        self.transport.startTLS(context)  # type: ignore[union-attr]
+        self._tlsStarted = True
+        self._conn.startTLS()
+        session = self.session
+        session.heloName = None
+        session.esmtp = False
+        session.extensions = frozenset()
+        self._conversation = None
 
     def _flush(self) -> None:
         if self._out:
@@ -421,9 +526,11 @@ class SMTPServerProtocol(Protocol):
         return Reply(250, None, tuple(lines))
 
     def _mail(self, event: E.MailFrom) -> Any:
+        session = self.session
+        if self.factory.config.requireAuthentication and session.authenticated is None:
+            return _AUTH_REQUIRED
         envelope = Envelope(self.factory.ids.next(), event.address, event.params)
         self.envelope = envelope
-        session = self.session
         if event.params:
             owners = self.factory.mailParameters
             for name, value in event.params.items():
@@ -459,10 +566,13 @@ class SMTPServerProtocol(Protocol):
         cfg = self.factory.config
         envelope = self.envelope
         assert envelope is not None
+        local = True
         if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
             address = Address(address.localPart, Domain(cfg.hostname))
         elif not cfg.isLocal(address.domain):
-            return R.RELAY_DENIED
+            if session.authenticated is None:
+                return R.RELAY_DENIED
+            local = False  # an authenticated client's mail to elsewhere
         recipient = Recipient(address, event.params)
         if event.params:
             owners = self.factory.rcptParameters
@@ -471,7 +581,7 @@ class SMTPServerProtocol(Protocol):
                 if ext is None or ext.keyword not in session.extensions:
                     return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
                 ext.rcptParameter(session, envelope, recipient, name, value)
-        if address.isPostmaster:
+        if address.isPostmaster or not local:
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
         return self._askValidators(0, recipient)
@@ -603,7 +713,20 @@ class SMTPServerProtocol(Protocol):
         ext = self.factory.verbs.get(event.name)
         if ext is None or ext.keyword not in self.session.extensions:
             return R.UNRECOGNIZED
-        return ext.handleCommand(self.session, event.name, event.argument)
+        self._conversation = (ext, event.name)
+        return ext.handleCommand(self.control, event.name, event.argument)
+
+    def _continuation(self, event: E.ContinuationLine) -> Any:
+        if self._conversation is None:
+            return R.BAD_SEQUENCE
+        ext, verb = self._conversation
+        return ext.continueCommand(self.control, verb, event.data)
+
+    def _starttls(self, event: E.StartTLS) -> Any:
+        ext = self.factory.verbs.get("STARTTLS")
+        if ext is None:
+            return R.UNRECOGNIZED
+        return ext.handleCommand(self.control, "STARTTLS", "")
 
     _handlers: dict[type, Callable[[SMTPServerProtocol, Any], Any]] = {
         E.Hello: _hello,
@@ -621,4 +744,6 @@ class SMTPServerProtocol(Protocol):
         E.Expn: _expn,
         E.Help: _help,
         E.ExtensionCommand: _extension,
+        E.ContinuationLine: _continuation,
+        E.StartTLS: _starttls,
     }

@@ -485,19 +485,110 @@ class BdatTests(SynchronousTestCase):
         )
 
 
-class TLSResetTests(SynchronousTestCase):
-    def test_startTLSForgets(self) -> None:
-        """startTLS discards buffered bytes, HELO, extensions and the transaction."""
-        d = Driver()
-        d.transaction()
-        d.conn.receiveData(b"RSET\r\n")
-        d.conn.startTLS()
-        self.assertEqual(d.conn.buffered, 0)
-        self.assertIsNone(d.conn.heloName)
-        self.assertEqual(d.conn.extensions, frozenset())
-        self.assertEqual(d.conn.state, State.CONNECTED)
-        self.assertIs(d.conn.nextEvent(), NEED_DATA)
-        self.assertRaises(
-            RemoteProtocolError,
-            lambda: (d.conn.receiveData(b"RCPT TO:<a@b.c>\r\n"), d.conn.nextEvent()),
+class StartTLSTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from tests._core import EHLO_REPLY
+
+        ehlo = R.Reply(250, None, (*EHLO_REPLY.lines, "STARTTLS"))
+        self.d = Driver(
+            answer=lambda e: (
+                ehlo
+                if isinstance(e, Hello) and e.extended
+                else R.Reply(220, (2, 0, 0), "Ready to start TLS")
+                if e.verb == "STARTTLS"  # type: ignore[attr-defined]
+                else Driver.__init__.__defaults__[1](e)
+            )  # type: ignore[index]
         )
+
+    def test_injectionIgnored(self) -> None:
+        """Commands pipelined after STARTTLS are never read, then discarded at the handshake."""
+        out = self.d.feed(
+            b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<x@y.z>\r\n"
+        )
+        self.assertTrue(out.endswith(b"220 2.0.0 Ready to start TLS\r\n"))
+        self.assertEqual(self.d.conn.state, State.TLS)
+        self.assertIs(self.d.conn.nextEvent(), PAUSED)
+        self.d.conn.startTLS()
+        self.assertEqual(self.d.conn.buffered, 0)
+        self.assertIs(self.d.conn.nextEvent(), NEED_DATA)
+        self.assertEqual(self.d.events[-1].verb, "STARTTLS")  # type: ignore[attr-defined]
+
+    def test_stateForgotten(self) -> None:
+        """After the handshake HELO, extensions and the transaction are gone."""
+        self.d.feed(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nSTARTTLS\r\n")
+        self.d.conn.startTLS()
+        self.assertIsNone(self.d.conn.heloName)
+        self.assertEqual(self.d.conn.extensions, frozenset())
+        self.assertEqual(self.d.conn.state, State.CONNECTED)
+        out = self.d.feed(b"RCPT TO:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n")
+        self.assertEqual(self.d.codes(out), ["503", "503"])
+
+    def test_secondStartTLS(self) -> None:
+        """STARTTLS inside TLS is 503."""
+        self.d.feed(b"EHLO c\r\nSTARTTLS\r\n")
+        self.d.conn.startTLS()
+        self.d.answer = Driver.__init__.__defaults__[1]  # type: ignore[index]
+        out = self.d.feed(b"EHLO c\r\nSTARTTLS\r\n")
+        self.assertEqual(self.d.codes(out)[-1], "503 5.5.1")
+
+    def test_notAdvertised(self) -> None:
+        """STARTTLS that was not advertised is an unknown command."""
+        d = Driver()
+        d.ehlo()
+        self.assertEqual(d.codes(d.feed(b"STARTTLS\r\n")), ["500 5.5.1"])
+
+    def test_refusedStartTLS(self) -> None:
+        """A 454 to STARTTLS leaves the session as it was."""
+        self.d.answer = lambda e: (
+            R.Reply(454, (4, 7, 0), "TLS not available") if e.verb == "STARTTLS" else R.OK
+        )  # type: ignore[attr-defined]
+        self.d.conn.receiveData(b"EHLO c\r\n")
+        ev = self.d.conn.nextEvent()
+        from tests._core import EHLO_REPLY
+
+        self.d.conn.send(R.Reply(250, None, (*EHLO_REPLY.lines, "STARTTLS")))
+        self.assertIsInstance(ev, Hello)
+        out = self.d.feed(b"STARTTLS\r\nNOOP\r\n")
+        self.assertEqual(self.d.codes(out), ["454 4.7.0", "250 2.0.0"])
+
+    def test_startTLSOnlyAfter220(self) -> None:
+        """Calling startTLS() without a 220 to STARTTLS is our own error."""
+        self.assertRaises(LocalProtocolError, self.d.conn.startTLS)
+
+    def test_startTLSArguments(self) -> None:
+        """STARTTLS takes no argument."""
+        out = self.d.feed(b"EHLO c\r\nSTARTTLS now\r\n")
+        self.assertEqual(self.d.codes(out)[-1], "501 5.5.4")
+
+
+class ContinuationTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.d = Driver(extensionVerbs=frozenset({"AUTH"}))
+        self.d.ehlo()
+
+    def test_exchange(self) -> None:
+        """After a 334 the next line is raw data, answered like a command."""
+        from mailframe.protocol import ContinuationLine
+
+        self.d.conn.receiveData(b"AUTH LOGIN\r\nam9l\r\nMAIL FROM:<a@b.c>\r\nNOOP\r\n")
+        self.assertEqual(self.d.conn.nextEvent(), ExtensionCommand("AUTH", "LOGIN"))
+        self.d.conn.send(R.Reply(334, None, "VXNlcm5hbWU6"))
+        self.assertEqual(self.d.conn.nextEvent(), ContinuationLine(b"am9l"))
+        self.d.conn.send(R.Reply(334, None, "UGFzc3dvcmQ6"))
+        self.assertEqual(self.d.conn.nextEvent(), ContinuationLine(b"MAIL FROM:<a@b.c>"))
+        self.d.conn.send(R.Reply(535, (5, 7, 8), "Authentication credentials invalid"))
+        self.assertEqual(self.d.conn.nextEvent().verb, "NOOP")  # type: ignore[union-attr]
+
+    def test_tooLong(self) -> None:
+        """A response over 12288 octets is 500 5.5.6 and the session goes on."""
+        self.d.conn.receiveData(b"AUTH PLAIN\r\n")
+        self.d.conn.nextEvent()
+        self.d.conn.send(R.Reply(334, None, ""))
+        out = self.d.feed(b"A" * 13000 + b"\r\nNOOP\r\n")
+        self.assertEqual(self.d.codes(out), ["500 5.5.6", "250 2.0.0"])
+
+    def test_334OnlyForExtensions(self) -> None:
+        """A 334 is not a valid reply to an ordinary command."""
+        self.d.conn.receiveData(b"NOOP\r\n")
+        self.d.conn.nextEvent()
+        self.assertRaises(LocalProtocolError, self.d.conn.send, R.Reply(334, None, ""))

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -652,7 +653,7 @@ class PlugPointTests(ServerTestCase):
                 if value != "ok":
                     raise SMTPError(501, (5, 5, 4), "XR must be ok")
 
-            def handleCommand(self, session: Any, verb: str, argument: str) -> Any:
+            def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
                 return defer.succeed(Reply(250, (2, 0, 0), f"pong {argument}"))
 
         ext = XTest()
@@ -727,3 +728,168 @@ class TranscriptTests(ServerTestCase):
                 if e.get("log_namespace") == "mailframe.server"
             )
         )
+
+
+class TLSTransport(CountingTransport):
+    """A transport that records startTLS and can fake a handshake."""
+
+    tlsContext: Any = None
+
+    def startTLS(self, context: Any) -> None:
+        self.tlsContext = context
+
+    def getHandle(self) -> Any:
+        class Handle:
+            def get_protocol_version_name(self) -> str:
+                return "TLSv1.3"
+
+            def get_cipher_name(self) -> str:
+                return "TLS_AES_256_GCM_SHA384"
+
+            def get_cipher_bits(self) -> int:
+                return 256
+
+            def get_peer_certificate(self) -> None:
+                return None
+
+        return Handle()
+
+
+class FakeTLS(Extension):
+    """STARTTLS with a marker context; advertised until TLS is up."""
+
+    keyword = "STARTTLS"
+    verbs = frozenset({"STARTTLS"})
+    context = object()
+
+    def ehloParameters(self, session: SessionInfo) -> str | None:
+        return None if session.tls else ""
+
+    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
+        control.startTLS(self.context)
+        return Reply(220, (2, 0, 0), "Ready to start TLS")
+
+
+class FakeAuth(Extension):
+    """AUTH TEST: one 334 round; the answer 'ok' authenticates as 'alice'."""
+
+    keyword = "AUTH"
+    verbs = frozenset({"AUTH"})
+
+    def ehloParameters(self, session: SessionInfo) -> str | None:
+        return "TEST"
+
+    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
+        if control.inTransaction:
+            return Reply(503, (5, 5, 1), "not in a transaction")
+        return Reply(334, None, "go")
+
+    def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
+        if line == b"ok":
+            control.authenticate("alice", "TEST")
+            return Reply(235, (2, 7, 0), "Authentication successful")
+        return Reply(535, (5, 7, 8), "Authentication credentials invalid")
+
+
+class SessionControlTests(ServerTestCase):
+    def connectTLS(self, **kwargs: Any) -> tuple[SMTPServerProtocol, TLSTransport]:
+        config = kwargs.pop(
+            "config", ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}))
+        )
+        factory = SMTPServerFactory(
+            config,
+            self.backend,
+            validators=[Listed("user")],
+            extensions=[*defaultExtensions(1000), FakeTLS(), FakeAuth()],
+            clock=self.clock,
+        )
+        proto = factory.buildProtocol(None)
+        transport = TLSTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_startTLS(self) -> None:
+        """STARTTLS: 220 out in plaintext, TLS started, pipelined RSET dropped, state forgotten."""
+        proto, t = self.connectTLS()
+        self.talk(proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\n")
+        out = self.talk(proto, t, b"STARTTLS\r\nRSET\r\n")
+        self.assertEqual(out, b"220 2.0.0 Ready to start TLS\r\n")
+        self.assertIs(t.tlsContext, FakeTLS.context)
+        self.assertIsNone(proto.session.heloName)
+        self.assertIsNone(proto.envelope)
+        proto.handshakeCompleted()
+        self.assertEqual(proto.session.tls, TLSInfoFor())
+        out = self.talk(proto, t, b"RCPT TO:<user@example.com>\r\nEHLO c\r\n")
+        self.assertEqual(codes(out)[0], "503")
+        self.assertNotIn(b"STARTTLS", out)
+        out = self.talk(proto, t, b"STARTTLS\r\n")
+        self.assertEqual(codes(out), ["503 5.5.1"])
+        self.talk(
+            proto, t, b"MAIL FROM:<a@b.c>\r\nRCPT TO:<user@example.com>\r\nDATA\r\nx\r\n.\r\n"
+        )
+        self.assertIn(b"with ESMTPS id", self.backend.messages[0].data)
+        self.assertIn(b"(TLSv1.3 TLS_AES_256_GCM_SHA384)", self.backend.messages[0].data)
+
+    def test_authAndRelay(self) -> None:
+        """An authenticated session may send to any domain; the trace says ESMTPA."""
+        proto, t = self.connectTLS()
+        out = self.talk(
+            proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@elsewhere.example>\r\nRSET\r\n"
+        )
+        self.assertEqual(codes(out)[-2], "550 5.7.1")
+        out = self.talk(proto, t, b"AUTH TEST\r\nnope\r\nAUTH TEST\r\nok\r\n")
+        self.assertEqual(codes(out), ["334", "535 5.7.8", "334", "235 2.7.0"])
+        self.assertEqual(proto.session.authenticated, "alice")
+        out = self.talk(
+            proto,
+            t,
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<x@elsewhere.example>\r\nAUTH TEST\r\nDATA\r\nhi\r\n.\r\n",
+        )
+        self.assertEqual(codes(out), ["250 2.1.0", "250 2.1.5", "503 5.5.1", "354", "250 2.0.0"])
+        self.assertIn(b"with ESMTPA id", self.backend.messages[0].data)
+
+    def test_continuationIsNotACommand(self) -> None:
+        """After 334 a line that looks like a command is data for the extension."""
+        proto, t = self.connectTLS()
+        out = self.talk(proto, t, b"EHLO c\r\nAUTH TEST\r\nQUIT\r\nNOOP\r\n")
+        self.assertEqual(codes(out)[-3:], ["334", "535 5.7.8", "250 2.0.0"])
+        self.assertFalse(t.disconnecting)
+
+    def test_submissionNeedsAuth(self) -> None:
+        """With requireAuthentication, MAIL before AUTH is 530 5.7.0."""
+        config = ServerConfig(
+            hostname="mx.test", localDomains=frozenset({"example.com"}), requireAuthentication=True
+        )
+        proto, t = self.connectTLS(config=config)
+        out = self.talk(
+            proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nAUTH TEST\r\nok\r\nMAIL FROM:<a@b.c>\r\n"
+        )
+        self.assertEqual(codes(out)[-4:], ["530 5.7.0", "334", "235 2.7.0", "250 2.1.0"])
+
+    def test_handshakeFailureLogged(self) -> None:
+        """A connection lost before the handshake completed is logged in one line."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, t = self.connectTLS()
+        self.talk(proto, t, b"EHLO c\r\nSTARTTLS\r\n")
+        from twisted.logger import formatEvent
+
+        proto.connectionLost(Failure(Exception("wrong version number")))
+        text = [formatEvent(e) for e in events if "TLS handshake" in formatEvent(e)]
+        self.assertEqual(len(text), 1)
+        self.assertIn("wrong version number", text[0])
+        self.assertNotIn("\n", text[0])
+
+    def test_controlProvides(self) -> None:
+        """SessionControl provides ISessionControl."""
+        from mailframe.interfaces import ISessionControl
+
+        proto, t = self.connectTLS()
+        verifyObject(ISessionControl, proto.control)
+
+
+def TLSInfoFor() -> Any:
+    from mailframe.envelope import TLSInfo
+
+    return TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None)

@@ -49,8 +49,11 @@ class Extension:
     ) -> None:
         return None
 
-    def handleCommand(self, session: SessionInfo, verb: str, argument: str) -> Any:
+    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
         return R.NOT_IMPLEMENTED
+
+    def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
+        return R.BAD_SEQUENCE
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.keyword}>"

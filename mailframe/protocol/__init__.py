@@ -10,6 +10,7 @@ from mailframe.protocol._events import (
     PAUSED,
     Bdat,
     Command,
+    ContinuationLine,
     Data,
     EndOfChunk,
     EndOfMessage,
@@ -25,6 +26,7 @@ from mailframe.protocol._events import (
     RcptTo,
     Rset,
     Sentinel,
+    StartTLS,
     Vrfy,
 )
 from mailframe.protocol._parse import decodeXtext, encodeXtext
@@ -43,6 +45,7 @@ __all__ = [
     "TRANSITIONS",
     "Bdat",
     "Command",
+    "ContinuationLine",
     "Data",
     "EndOfChunk",
     "EndOfMessage",
@@ -62,6 +65,7 @@ __all__ = [
     "Rset",
     "Sentinel",
     "ServerConnection",
+    "StartTLS",
     "State",
     "Vrfy",
     "decodeXtext",

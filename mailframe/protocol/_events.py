@@ -19,6 +19,7 @@ __all__ = [
     "PAUSED",
     "Bdat",
     "Command",
+    "ContinuationLine",
     "Data",
     "EndOfChunk",
     "EndOfMessage",
@@ -34,6 +35,7 @@ __all__ = [
     "RcptTo",
     "Rset",
     "Sentinel",
+    "StartTLS",
     "Vrfy",
 ]
 
@@ -178,6 +180,28 @@ class ExtensionCommand(Command):
     @property
     def verb(self) -> str:  # type: ignore[override]
         return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Command):
+    """
+    STARTTLS (RFC 3207).  After a 220 reply the session waits, reading
+    nothing, until C{ServerConnection.startTLS} is called as the handshake
+    begins; everything buffered before it is then discarded.
+    """
+
+    verb = "STARTTLS"
+
+
+@dataclass(frozen=True, slots=True)
+class ContinuationLine(Command):
+    """
+    The client's answer to a 334 reply (an AUTH exchange, RFC 4954): a raw
+    line, not a command.  It is answered like a command: 334 asks for another.
+    """
+
+    data: bytes
+    verb = "CONTINUATION"
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,7 @@ DATA = E.Data()
 RSET = E.Rset()
 QUIT = E.Quit()
 NOOP = E.Noop()
+STARTTLS = E.StartTLS()
 
 _PARSERS: dict[str, Callable[[str], E.Event]] = {
     "HELO": _hello(False),
@@ -180,6 +181,7 @@ _PARSERS: dict[str, Callable[[str], E.Event]] = {
     "HELP": lambda arg: E.Help(arg.strip()),
     "VRFY": _vrfy,
     "EXPN": _expn,
+    "STARTTLS": _noArgument(STARTTLS),
 }
 
 OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN"})

@@ -30,6 +30,7 @@ class State(enum.Enum):
     DATA = "data"  # reading the message after 354
     BDAT = "bdat"  # reading a BDAT chunk
     CHUNKING = "chunking"  # between BDAT chunks of one message
+    TLS = "tls"  # 220 sent to STARTTLS; nothing is read until the handshake starts
     CLOSED = "closed"  # QUIT answered or 421 sent
 
 
@@ -53,7 +54,7 @@ class Transition(NamedTuple):
 
 _S = State
 _OPEN = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT})
-_EVERY = frozenset(set(State) - {_S.GREETING, _S.CLOSED, _S.DATA, _S.BDAT})
+_EVERY = frozenset(set(State) - {_S.GREETING, _S.CLOSED, _S.DATA, _S.BDAT, _S.TLS})
 
 TRANSITIONS: dict[type[E.Event], Transition] = {
     E.Hello: Transition(_OPEN, _S.READY, SAME, R.BAD_SEQUENCE),
@@ -89,9 +90,16 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
     E.ExtensionCommand: Transition(
         _EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE
     ),
+    E.StartTLS: Transition(
+        frozenset({_S.READY, _S.MAIL, _S.RCPT}),
+        _S.TLS,
+        SAME,
+        R.BAD_SEQUENCE.withText("Send EHLO first, and STARTTLS once"),
+    ),
+    E.ContinuationLine: Transition(_OPEN, SAME, SAME, R.BAD_SEQUENCE),
     E.Quit: Transition(_EVERY, _S.CLOSED, SAME, R.BAD_SEQUENCE),
 }
 """command type -> (states where allowed, after 2xx/3xx, after 4xx/5xx, 503)."""
 
-NO_TRANSACTION = frozenset({_S.GREETING, _S.REJECTED, _S.CONNECTED, _S.READY, _S.CLOSED})
+NO_TRANSACTION = frozenset({_S.GREETING, _S.REJECTED, _S.CONNECTED, _S.READY, _S.CLOSED, _S.TLS})
 """States in which no MAIL transaction is open."""

@@ -58,6 +58,7 @@ class Limits:
     messageSize: int = 35 * 1024 * 1024
     recipients: int = 1000
     normaliseBareLineEndings: bool = False
+    continuationLine: int = 12288 + 2  # RFC 4954 4: an AUTH response line
 
     def __post_init__(self) -> None:
         if self.commandLine < 512:
@@ -69,6 +70,15 @@ class Limits:
 
 
 _ERROR = E.Event()  # the pending marker for an error reply
+_EXCHANGE_TOO_LONG = R.Reply(500, (5, 5, 6), "Authentication exchange line is too long")
+_2XX = range(200, 300)
+_POSITIVE: dict[type, range | tuple[int, ...]] = {
+    E.Data: (354,),
+    E.StartTLS: (220,),
+    E.ExtensionCommand: (*_2XX, 334),
+    E.ContinuationLine: (*_2XX, 334),
+}
+"""The positive replies a command may get, where they are not just 2xx."""
 
 
 class ServerConnection:
@@ -84,6 +94,8 @@ class ServerConnection:
         self.extended = False
         self.extensions: frozenset[str] = frozenset()
         self.lastLine = b""
+        self.tlsActive = False
+        self._continuation = False
         self._buffer = ReceiveBuffer()
         self._pending: E.Event | None = None
         self._reader: DotReader | ChunkReader | None = None
@@ -131,6 +143,10 @@ class ServerConnection:
             return E.PAUSED
         if self._reader is not None:
             return self._readMessage()
+        if self.state is State.TLS:
+            return E.PAUSED
+        if self._continuation:
+            return self._readContinuation()
         try:
             line = self._buffer.readLine(self.limits.commandLine)
         except LineTooLong:
@@ -143,6 +159,19 @@ class ServerConnection:
         except CommandSyntaxError as e:
             return self._refuse(e.reply)
         return self._admit(event)
+
+    def _readContinuation(self) -> E.Event | E.Sentinel:
+        try:
+            line = self._buffer.readLine(self.limits.continuationLine)
+        except LineTooLong:
+            self._continuation = False
+            return self._refuse(_EXCHANGE_TOO_LONG)
+        if line is None:
+            return E.NEED_DATA
+        self._continuation = False
+        event = E.ContinuationLine(line)
+        self._pending = event
+        return event
 
     def _refuse(self, reply: R.Reply) -> E.Event:  # always raises
         self._pending = _ERROR
@@ -172,6 +201,10 @@ class ServerConnection:
             self._rcptAttempts += 1
             if self._recipients >= self.limits.recipients:
                 return self._refuse(R.TOO_MANY_RECIPIENTS)
+        elif kind is E.StartTLS and "STARTTLS" not in self.extensions:
+            if self.tlsActive:
+                return self._refuse(R.BAD_SEQUENCE.withText("TLS is already active"))
+            return self._refuse(R.UNRECOGNIZED)
         elif kind is E.Data and self._body == "BINARYMIME":
             return self._refuse(R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA"))
         self._pending = event
@@ -293,9 +326,11 @@ class ServerConnection:
             return reply.toBytes(enhanced)
         kind = type(pending)
         positive = reply.code < 400
-        if positive and (reply.code == 354) != (kind is E.Data):
+        if positive and reply.code not in _POSITIVE.get(kind, _2XX):
             self._pending = pending
             raise LocalProtocolError(f"{reply.code} is not a positive reply to {kind.__name__}")
+        if reply.code == 334:
+            self._continuation = True  # the next line is the client's answer
         transition = TRANSITIONS[kind]
         target = transition.positive if positive else transition.negative
         if kind is E.Hello:
@@ -345,9 +380,13 @@ class ServerConnection:
         The TLS handshake starts: discard everything buffered before it and
         forget HELO/EHLO and the transaction (RFC 3207 4.2).
         """
+        if self.state is not State.TLS:
+            raise LocalProtocolError("startTLS() only after a 220 reply to STARTTLS")
         self._buffer.clear()
         self._resetTransaction()
         self._reader = None
+        self._continuation = False
+        self.tlsActive = True
         self.heloName = None
         self.extended = False
         self.extensions = frozenset()
