@@ -21,7 +21,6 @@ from mailframe.protocol import (
     LocalProtocolError,
     MailFrom,
     RcptTo,
-    RemoteProtocolError,
     ServerConnection,
     State,
 )

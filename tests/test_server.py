@@ -885,7 +885,7 @@ class SessionControlTests(ServerTestCase):
         """SessionControl provides ISessionControl."""
         from mailframe.interfaces import ISessionControl
 
-        proto, t = self.connectTLS()
+        proto, _t = self.connectTLS()
         verifyObject(ISessionControl, proto.control)
 
 
