@@ -1,0 +1,368 @@
+"""
+twisted.cred for SMTP AUTH: the credentials the SASL mechanisms of
+L{mailframe.sasl} produce, a L{Portal} whose checkers are tried in order
+(L{makePortal}), the realm whose avatar names the user (L{UserRealm}), and
+L{Authenticator}, what the AUTH extension asks.
+
+Which mechanisms a Portal can serve follows from its credentials
+interfaces: C{IUsernamePassword} gives PLAIN and LOGIN;
+C{IUsernameHashedPassword} (a checker that knows plaintext passwords) gives
+CRAM-MD5 and SCRAM-SHA-256; L{IScramSha256Credentials} with an
+L{IScramKeySource} checker (stored SCRAM keys) gives SCRAM-SHA-256.
+
+Twisted's checkers disagree on the type of a user name (the in-memory one
+that C{--auth memory:...} builds keys on str, C{FilePasswordDB} on bytes,
+as C{IUsernamePassword} documents): L{CheckerChain} hands each checker the
+type it keys on.  Avatar ids are reported as str.
+
+Owns: the mapping from mechanisms to credentials and checkers.  Must not:
+import mailframe.server; know SMTP replies; block (checkers may return
+Deferreds; a checker that hashes must use a thread pool itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from twisted.cred import error
+from twisted.cred.checkers import (
+    FilePasswordDB,
+    ICredentialsChecker,
+    InMemoryUsernamePasswordDatabaseDontUse,
+)
+from twisted.cred.credentials import ICredentials, IUsernameHashedPassword, IUsernamePassword
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, alsoProvides, implementer
+
+from mailframe import sasl
+
+__all__ = [
+    "AuthenticatedUser",
+    "Authenticator",
+    "CheckerChain",
+    "CramMD5Credentials",
+    "IAuthenticatedUser",
+    "IScramKeySource",
+    "IScramSha256Credentials",
+    "PasswordCredentials",
+    "ScramPasswordCredentials",
+    "ScramStoredCredentials",
+    "UserRealm",
+    "makePortal",
+    "mechanismsFor",
+]
+
+log = Logger(namespace="mailframe.auth")
+
+
+# -- interfaces of this module's own -------------------------------------------
+
+
+class IScramSha256Credentials(ICredentials):
+    """A SCRAM-SHA-256 proof, checked against the user's stored keys."""
+
+    username = Attribute("The user name (str, SASLprep'd).")
+
+    def checkScramKeys(storedKey, serverKey):  # type: ignore[no-untyped-def]
+        """
+        @return: True if the proof matches C{storedKey}; C{serverKey} is then
+            kept to sign the server's final message.
+        """
+
+
+class IScramKeySource(Interface):
+    """A checker that can tell the salt and iteration count of a user's SCRAM keys."""
+
+    def scramParameters(username):  # type: ignore[no-untyped-def]
+        """
+        @return: C{(salt, iterations)}, or None if it has no SCRAM keys for
+            C{username}; or a Deferred of either.
+        """
+
+
+class IAuthenticatedUser(Interface):
+    """The avatar of an authenticated SMTP session."""
+
+    name = Attribute("The name the session is authenticated as (str).")
+
+
+# -- credentials --------------------------------------------------------------------
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+class _Credentials:
+    """A user name that each checker gets in the type it keys on (see L{CheckerChain})."""
+
+    username: str | bytes
+
+    def withUsernameType(self, kind: type) -> Any:
+        """A copy whose C{username} (and password) are C{kind}: str or bytes."""
+        if isinstance(self.username, kind):
+            return self
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.username = _bytes(self.username) if kind is bytes else _text(self.username)
+        password = getattr(self, "password", None)
+        if password is not None:
+            copy.__dict__["password"] = _bytes(password) if kind is bytes else _text(password)
+        return copy
+
+
+@implementer(IUsernamePassword)
+class PasswordCredentials(_Credentials):
+    """A user name and password from PLAIN or LOGIN."""
+
+    def __init__(self, username: str | bytes, password: str | bytes) -> None:
+        self.username = username
+        self.password = password
+
+    def checkPassword(self, password: str | bytes) -> bool:
+        return hmac.compare_digest(_bytes(password), _bytes(self.password))
+
+    def __repr__(self) -> str:
+        return f"<PasswordCredentials {self.username!r}>"
+
+
+@implementer(IUsernameHashedPassword)
+class CramMD5Credentials(_Credentials):
+    """A CRAM-MD5 answer; the checker gives it the plaintext secret."""
+
+    def __init__(self, response: sasl.CramMD5Response) -> None:
+        self.username = response.username
+        self.response = response
+
+    def checkPassword(self, password: str | bytes) -> bool:
+        return self.response.verify(_bytes(password))
+
+
+@implementer(IUsernameHashedPassword)
+class ScramPasswordCredentials(_Credentials):
+    """A SCRAM proof for a checker that knows the plaintext password."""
+
+    serverKey: bytes | None = None
+
+    def __init__(self, response: sasl.ScramResponse) -> None:
+        self.username = response.username
+        self.response = response
+
+    def checkPassword(self, password: str | bytes) -> bool:
+        self.serverKey = self.response.verifyPassword(_text(password))
+        return self.serverKey is not None
+
+
+@implementer(IScramSha256Credentials)
+class ScramStoredCredentials(_Credentials):
+    """A SCRAM proof for a checker that stores SCRAM keys."""
+
+    serverKey: bytes | None = None
+
+    def __init__(self, response: sasl.ScramResponse) -> None:
+        self.username = response.username
+        self.response = response
+
+    def checkScramKeys(self, storedKey: bytes, serverKey: bytes) -> bool:
+        if self.response.verifyStoredKey(storedKey):
+            self.serverKey = serverKey
+            return True
+        return False
+
+
+# -- the portal ------------------------------------------------------------------------
+
+
+def _usernameType(checker: Any) -> type:
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        return str if any(isinstance(k, str) for k in checker.users) else bytes
+    if isinstance(checker, FilePasswordDB):
+        return bytes
+    return getattr(checker, "usernameType", bytes)  # bytes: IUsernamePassword's documented type
+
+
+_FAILED = (error.UnauthorizedLogin, error.LoginFailed)
+
+
+@implementer(ICredentialsChecker)
+class CheckerChain:
+    """
+    One credentials interface served by several checkers, asked in order
+    until one accepts.  If none accepts and one failed with an unexpected
+    error, the login fails with that error (a temporary failure), else with
+    L{UnauthorizedLogin}.
+    """
+
+    def __init__(self, interface: Any, checkers: Sequence[Any]) -> None:
+        self.credentialInterfaces = (interface,)
+        self.checkers = tuple(checkers)
+        self.keySources = tuple(c for c in checkers if IScramKeySource.providedBy(c))
+        if self.keySources:
+            alsoProvides(self, IScramKeySource)
+
+    @defer.inlineCallbacks
+    def requestAvatarId(self, credentials: Any) -> Any:
+        problem = None
+        for checker in self.checkers:
+            adapted = credentials
+            if isinstance(credentials, _Credentials):
+                adapted = credentials.withUsernameType(_usernameType(checker))
+            try:
+                avatarId = yield defer.maybeDeferred(checker.requestAvatarId, adapted)
+            except _FAILED:
+                continue
+            except Exception:
+                log.failure("credentials checker {checker!r} failed", checker=checker)
+                problem = problem or Failure()
+                continue
+            if adapted is not credentials:
+                credentials.__dict__.update(
+                    {k: v for k, v in adapted.__dict__.items() if k.startswith("server")}
+                )
+            return _text(avatarId)
+        if problem is not None:
+            problem.raiseException()
+        raise error.UnauthorizedLogin()
+
+    @property
+    def scramIterations(self) -> int:
+        """What the first key source tells users it has no keys for."""
+        for source in self.keySources:
+            return int(getattr(source, "scramIterations", sasl.SCRAM_DEFAULT_ITERATIONS))
+        return sasl.SCRAM_DEFAULT_ITERATIONS
+
+    @defer.inlineCallbacks
+    def scramParameters(self, username: str) -> Any:
+        for source in self.keySources:
+            found = yield defer.maybeDeferred(source.scramParameters, username)
+            if found is not None:
+                return found
+        return None
+
+    def __repr__(self) -> str:
+        return f"<CheckerChain {self.credentialInterfaces[0].__name__} {list(self.checkers)!r}>"
+
+
+@implementer(IAuthenticatedUser)
+class AuthenticatedUser:
+    """The default avatar: just the name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+@implementer(IRealm)
+class UserRealm:
+    """Gives every authenticated user an L{AuthenticatedUser} named by the avatar id."""
+
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:
+        if IAuthenticatedUser not in interfaces:
+            raise NotImplementedError("UserRealm only gives IAuthenticatedUser avatars")
+        return IAuthenticatedUser, AuthenticatedUser(_text(avatarId)), lambda: None
+
+
+def makePortal(checkers: Iterable[Any], realm: Any = None) -> Portal:
+    """
+    A Portal (with C{realm}, by default a L{UserRealm}) in which each
+    credentials interface is served by a L{CheckerChain} of the checkers
+    that support it, in the order given.
+    """
+    byInterface: dict[Any, list[Any]] = {}
+    for checker in checkers:
+        for interface in checker.credentialInterfaces:
+            byInterface.setdefault(interface, []).append(checker)
+    portal = Portal(realm if realm is not None else UserRealm())
+    for interface, members in byInterface.items():
+        portal.registerChecker(CheckerChain(interface, members), interface)
+    return portal
+
+
+def mechanismsFor(portal: Portal) -> tuple[str, ...]:
+    """The SASL mechanisms C{portal}'s checkers can serve, strongest first."""
+    interfaces = portal.listCredentialsInterfaces()
+    plaintext = IUsernameHashedPassword in interfaces
+    stored = IScramSha256Credentials in interfaces and IScramKeySource.providedBy(
+        portal.checkers[IScramSha256Credentials]
+    )
+    found = set()
+    if plaintext or stored:
+        found.add("SCRAM-SHA-256")
+    if plaintext:
+        found.add("CRAM-MD5")
+    if IUsernamePassword in interfaces:
+        found.update(("PLAIN", "LOGIN"))
+    return tuple(m for m in sasl.MECHANISMS if m in found)
+
+
+class Authenticator:
+    """
+    What the AUTH extension asks: which mechanisms there are, SCRAM
+    parameters for a user, and whether credentials log in (a Deferred of the
+    avatar's name).
+
+    @param randomBytes: the source of salts and of the secret that makes a
+        stable fake salt for users without SCRAM keys, so that an exchange
+        does not tell whether a user exists.
+    """
+
+    def __init__(
+        self,
+        portal: Portal,
+        mechanisms: Sequence[str] | None = None,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.portal = portal
+        available = mechanismsFor(portal)
+        if mechanisms is not None:
+            unknown = set(mechanisms) - set(available)
+            if unknown:
+                raise ValueError(
+                    f"the checkers cannot serve {', '.join(sorted(unknown))} "
+                    f"(they serve {', '.join(available) or 'nothing'})"
+                )
+            available = tuple(m for m in available if m in mechanisms)
+        self.mechanisms = available
+        self._random = randomBytes
+        self._secret = randomBytes(32)
+
+    @defer.inlineCallbacks
+    def scramParameters(self, username: str) -> Any:
+        """
+        C{(salt, iterations, stored)}: C{stored} says whether the proof is
+        to be checked against stored keys (else against a plaintext password).
+        """
+        checkers = self.portal.checkers
+        source = checkers.get(IScramSha256Credentials)
+        if source is not None and IScramKeySource.providedBy(source):
+            found = yield defer.maybeDeferred(source.scramParameters, username)
+            if found is not None:
+                salt, iterations = found
+                return salt, iterations, True
+        if IUsernameHashedPassword in checkers:
+            return self._random(16), sasl.SCRAM_DEFAULT_ITERATIONS, False
+        # no such user: a salt that is the same on every try, as a real one is
+        fake = hmac.new(self._secret, username.encode("utf-8"), hashlib.sha256).digest()
+        iterations = getattr(source, "scramIterations", sasl.SCRAM_DEFAULT_ITERATIONS)
+        return fake[:16], int(iterations), True
+
+    def login(self, credentials: Any) -> defer.Deferred[str]:
+        """The name of the user C{credentials} log in as; fails with UnauthorizedLogin."""
+        d = self.portal.login(credentials, None, IAuthenticatedUser)
+
+        def named(result: tuple[Any, Any, Callable[[], None]]) -> str:
+            _interface, avatar, logout = result
+            logout()  # the session keeps only the name
+            return _text(avatar.name)
+
+        return d.addCallback(named)
