@@ -1,0 +1,352 @@
+"""
+AUTH (RFC 4954) as an IExtension provider, on twisted.cred.
+
+The extension runs one SASL exchange per AUTH command with the mechanisms
+of L{mailframe.sasl}: the base64 layer, the C{*} cancel, the replies, and
+counting failures are here; the credentials are checked by a Portal's
+checkers (L{mailframe.credentials.Authenticator}), which may answer later
+(a Deferred): no check blocks the reactor.  The exchange in progress lives
+in the session's C{extra}, so one extension serves every session.
+
+Replies (RFC 4954 4 and 6): 334 for each challenge; 235 2.7.0 on success;
+501 5.5.4 for bad syntax; 501 5.5.2 for bad base64 or a malformed response;
+501 5.0.0 for a cancel; 503 5.5.1 for AUTH twice or during a transaction;
+504 5.5.4 for a mechanism not offered; 535 5.7.8 for bad credentials;
+538 5.7.11 outside TLS; 454 4.7.0 when a checker fails; 421 4.7.0 (and the
+connection closes) after C{maxFailures} failures in a session or when the
+client is over its limit (L{AuthFailureLimiter}).  A line over 12288
+octets gets 500 5.5.6 from the core.  Every other error leaves the session
+usable.
+
+Owns: the AUTH verb and the MAIL AUTH= parameter.  Must not: import
+mailframe.server; log a password or a response; block.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.cred import error
+from twisted.cred.portal import Portal
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from mailframe import sasl
+from mailframe.credentials import (
+    Authenticator,
+    CramMD5Credentials,
+    PasswordCredentials,
+    ScramPasswordCredentials,
+    ScramStoredCredentials,
+)
+from mailframe.envelope import Envelope, SessionInfo
+from mailframe.extensions._base import Extension
+from mailframe.policy.authlimits import AuthFailureLimiter
+from mailframe.protocol import decodeXtext
+from mailframe.reply import Reply, SMTPError
+
+__all__ = [
+    "AUTH_ALREADY",
+    "AUTH_CANCELLED",
+    "AUTH_FAILED",
+    "AUTH_IN_TRANSACTION",
+    "AUTH_OK",
+    "AUTH_SYNTAX",
+    "AUTH_TEMPORARY",
+    "AUTH_TOO_MANY",
+    "BAD_BASE64",
+    "ENCRYPTION_REQUIRED",
+    "UNKNOWN_MECHANISM",
+    "Auth",
+]
+
+log = Logger(namespace="mailframe.auth")
+
+AUTH_OK = Reply(235, (2, 7, 0), "Authentication successful")
+AUTH_SYNTAX = Reply(501, (5, 5, 4), "Syntax: AUTH mechanism [initial-response]")
+BAD_BASE64 = Reply(501, (5, 5, 2), "Cannot decode the response (base64)")
+MALFORMED = Reply(501, (5, 5, 2), "Malformed authentication response")
+AUTH_CANCELLED = Reply(501, (5, 0, 0), "Authentication cancelled")
+AUTH_ALREADY = Reply(503, (5, 5, 1), "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, (5, 5, 1), "AUTH is not allowed during a mail transaction")
+UNKNOWN_MECHANISM = Reply(504, (5, 5, 4), "Unrecognized authentication type")
+AUTH_FAILED = Reply(535, (5, 7, 8), "Authentication credentials invalid")
+ENCRYPTION_REQUIRED = Reply(
+    538, (5, 7, 11), "Encryption required for requested authentication mechanism"
+)
+AUTH_TEMPORARY = Reply(454, (4, 7, 0), "Temporary authentication failure")
+AUTH_TOO_MANY = Reply(
+    421, (4, 7, 0), "Too many failed authentication attempts, closing connection"
+)
+BAD_AUTH_PARAMETER = Reply(501, (5, 5, 4), "AUTH= needs an xtext value")
+
+_EXCHANGE = "authExchange"
+_FAILURES = "authFailures"
+
+
+@dataclass
+class _Exchange:
+    """One AUTH command's exchange in progress."""
+
+    name: str
+    mechanism: Any
+    username: str = ""
+    scramStored: bool = False
+    scramCredentials: Any = None
+    verified: str | None = None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _decode(text: bytes) -> bytes:
+    """Strict base64 (RFC 4648, padding required); raises ValueError."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as e:
+        raise ValueError(str(e))
+
+
+def _printable(name: str) -> str:
+    return repr(name[:64])
+
+
+class Auth(Extension):
+    """
+    AUTH with the mechanisms the Portal's checkers can serve.
+
+    @param authenticator: a L{Portal} (see L{mailframe.credentials.makePortal})
+        or an L{Authenticator}.
+    @param clock: the reactor (or a Clock), for C{failureDelay}.
+    @param allowPlaintext: offer AUTH outside TLS too (tests on localhost).
+    @param limiter: counts failures per client across sessions, or None.
+    @param maxFailures: failures in one session before 421 and close.
+    @param failureDelay: seconds before a 535 is sent (slows guessing).
+    @param mechanisms: restrict the mechanisms offered (default: all that
+        the checkers can serve).
+    """
+
+    keyword = "AUTH"
+    verbs = frozenset({"AUTH"})
+    mailParameters = frozenset({"AUTH"})
+    commandLineIncrease = 500  # RFC 4954 3 (6): the AUTH= parameter of MAIL
+
+    def __init__(
+        self,
+        authenticator: Authenticator | Portal,
+        clock: IReactorTime,
+        *,
+        allowPlaintext: bool = False,
+        limiter: AuthFailureLimiter | None = None,
+        maxFailures: int = 3,
+        failureDelay: float = 0.0,
+        mechanisms: Sequence[str] | None = None,
+        randomBytes: Callable[[int], bytes] = os.urandom,
+        scramNonce: Callable[[], str] | None = None,
+    ) -> None:
+        if isinstance(authenticator, Portal):
+            authenticator = Authenticator(authenticator, mechanisms, randomBytes)
+        elif mechanisms is not None:
+            raise ValueError("pass mechanisms to the Authenticator")
+        if maxFailures < 1 or failureDelay < 0:
+            raise ValueError("maxFailures must be >= 1 and failureDelay >= 0")
+        self.authenticator = authenticator
+        self.mechanisms = authenticator.mechanisms
+        self.clock = clock
+        self.allowPlaintext = allowPlaintext
+        self.limiter = limiter
+        self.maxFailures = maxFailures
+        self.failureDelay = failureDelay
+        self._random = randomBytes
+        self._scramNonce = scramNonce
+
+    def _offered(self, session: SessionInfo) -> bool:
+        return bool(self.mechanisms) and (session.tls is not None or self.allowPlaintext)
+
+    def ehloParameters(self, session: SessionInfo) -> str | None:
+        return " ".join(self.mechanisms) if self._offered(session) else None
+
+    # -- MAIL FROM:<...> AUTH=<mailbox> (RFC 4954 5) --------------------------------
+
+    def mailParameter(
+        self, session: SessionInfo, envelope: Envelope, name: str, value: str | None
+    ) -> None:
+        if not value:
+            raise SMTPError(BAD_AUTH_PARAMETER)
+        try:
+            mailbox = decodeXtext(value)
+        except (ValueError, UnicodeError):
+            raise SMTPError(BAD_AUTH_PARAMETER)
+        # only an authenticated (trusted) session may name the submitter
+        envelope.extra["auth"] = mailbox if session.authenticated is not None else "<>"
+
+    # -- the AUTH command -------------------------------------------------------------
+
+    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
+        session = control.session
+        session.extra.pop(_EXCHANGE, None)
+        if session.authenticated is not None:
+            return AUTH_ALREADY
+        if control.inTransaction:
+            return AUTH_IN_TRANSACTION
+        if not self._offered(session):
+            return ENCRYPTION_REQUIRED
+        if self.limiter is not None and self.limiter.isBlocked(session.peerHost):
+            return AUTH_TOO_MANY
+        parts = argument.split(" ")
+        if not parts[0] or len(parts) > 2:
+            return AUTH_SYNTAX
+        name = parts[0].upper()
+        if name not in self.mechanisms:
+            return UNKNOWN_MECHANISM
+        initial: bytes | None = None
+        if len(parts) == 2:
+            if parts[1] == "*":
+                return AUTH_CANCELLED
+            if parts[1] == "=":
+                initial = b""
+            else:
+                try:
+                    initial = _decode(parts[1].encode("ascii"))
+                except (ValueError, UnicodeEncodeError):
+                    return BAD_BASE64
+        exchange = _Exchange(name, self._mechanism(name, session))
+        try:
+            outcome = exchange.mechanism.start(initial)
+        except sasl.SASLError as e:
+            return self._saslError(control, exchange, e)
+        return self._advance(control, exchange, outcome)
+
+    def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
+        session = control.session
+        exchange = session.extra.pop(_EXCHANGE, None)
+        if exchange is None:
+            return Reply(503, (5, 5, 1), "No authentication exchange in progress")
+        if line == b"*":
+            return AUTH_CANCELLED
+        try:
+            data = _decode(line)
+        except ValueError:
+            return BAD_BASE64
+        try:
+            outcome = exchange.mechanism.respond(data)
+        except sasl.SASLError as e:
+            return self._saslError(control, exchange, e)
+        return self._advance(control, exchange, outcome)
+
+    def _mechanism(self, name: str, session: SessionInfo) -> Any:
+        if name == "PLAIN":
+            return sasl.Plain()
+        if name == "LOGIN":
+            return sasl.Login()
+        if name == "CRAM-MD5":
+            return sasl.CramMD5(session.hostname, self._random)
+        return sasl.ScramSha256(self._scramNonce)
+
+    def _advance(self, control: Any, exchange: _Exchange, outcome: Any) -> Any:
+        """The reply (or a Deferred of it) to one step of the mechanism."""
+        if isinstance(outcome, sasl.Challenge):
+            control.session.extra[_EXCHANGE] = exchange
+            return Reply(334, None, _b64(outcome.data))
+        if isinstance(outcome, sasl.PasswordResponse):
+            exchange.username = outcome.username
+            creds = PasswordCredentials(outcome.username, outcome.password)
+            return self._login(control, exchange, creds)
+        if isinstance(outcome, sasl.CramMD5Response):
+            exchange.username = outcome.username
+            return self._login(control, exchange, CramMD5Credentials(outcome))
+        if isinstance(outcome, sasl.ScramLookup):
+            exchange.username = outcome.username
+            d = defer.maybeDeferred(self.authenticator.scramParameters, outcome.username)
+            d.addCallback(self._scramFirst, control, exchange)
+            return d.addErrback(self._temporary, control, exchange)
+        if isinstance(outcome, sasl.ScramResponse):
+            cls = ScramStoredCredentials if exchange.scramStored else ScramPasswordCredentials
+            exchange.scramCredentials = cls(outcome)
+            return self._login(control, exchange, exchange.scramCredentials)
+        if isinstance(outcome, sasl.Finished) and exchange.verified is not None:
+            return self._succeed(control, exchange, exchange.verified)
+        raise AssertionError(f"unexpected SASL outcome {outcome!r}")
+
+    def _scramFirst(self, found: tuple[bytes, int, bool], control: Any, ex: _Exchange) -> Any:
+        salt, iterations, ex.scramStored = found
+        return self._advance(control, ex, ex.mechanism.serverFirst(salt, iterations))
+
+    def _login(self, control: Any, exchange: _Exchange, credentials: Any) -> Any:
+        d = defer.maybeDeferred(self.authenticator.login, credentials)
+        d.addCallbacks(
+            self._loggedIn,
+            self._loginFailed,
+            callbackArgs=(control, exchange),
+            errbackArgs=(control, exchange),
+        )
+        return d
+
+    def _loggedIn(self, name: str, control: Any, exchange: _Exchange) -> Any:
+        if exchange.scramCredentials is not None:
+            serverKey = exchange.scramCredentials.serverKey
+            if serverKey is None:  # a checker accepted without looking at the proof
+                log.error(
+                    "{id} SCRAM checker accepted {user} without checking the proof",
+                    id=control.session.sessionID,
+                    user=_printable(exchange.username),
+                )
+                return AUTH_TEMPORARY
+            exchange.verified = name
+            return self._advance(control, exchange, exchange.mechanism.serverFinal(serverKey))
+        return self._succeed(control, exchange, name)
+
+    def _succeed(self, control: Any, exchange: _Exchange, name: str) -> Reply:
+        control.session.extra.pop(_EXCHANGE, None)
+        control.authenticate(name, exchange.name)
+        return AUTH_OK
+
+    def _loginFailed(self, reason: Any, control: Any, exchange: _Exchange) -> Any:
+        if reason.check(error.UnauthorizedLogin, error.LoginFailed):
+            return self._fail(control, exchange, "bad credentials")
+        if reason.check(defer.CancelledError):
+            return reason
+        return self._temporary(reason, control, exchange)
+
+    def _temporary(self, reason: Any, control: Any, exchange: _Exchange) -> Any:
+        if reason.check(defer.CancelledError):
+            return reason
+        log.failure("{id} AUTH {mechanism}: checking credentials failed", reason,
+                    id=control.session.sessionID, mechanism=exchange.name)  # fmt: skip
+        control.session.extra.pop(_EXCHANGE, None)
+        return AUTH_TEMPORARY
+
+    def _saslError(self, control: Any, exchange: _Exchange, e: sasl.SASLError) -> Any:
+        if isinstance(e, sasl.AuthorizationRefused):
+            return self._fail(control, exchange, "authorization identity refused")
+        log.info("{id} AUTH {mechanism} malformed response from {peer}: {why}",
+                 id=control.session.sessionID, mechanism=exchange.name,
+                 peer=control.session.peer, why=str(e))  # fmt: skip
+        return MALFORMED
+
+    def _fail(self, control: Any, exchange: _Exchange, why: str) -> Any:
+        session = control.session
+        session.extra.pop(_EXCHANGE, None)
+        failures = session.extra.get(_FAILURES, 0) + 1
+        session.extra[_FAILURES] = failures
+        blocked = self.limiter.recordFailure(session.peerHost) if self.limiter else False
+        log.info(
+            "{id} AUTH {mechanism} failed for {user} from {peer} ({why}; {n} in this session)",
+            id=session.sessionID,
+            mechanism=exchange.name,
+            user=_printable(exchange.username),
+            peer=session.peer,
+            why=why,
+            n=failures,
+        )
+        reply = AUTH_TOO_MANY if blocked or failures >= self.maxFailures else AUTH_FAILED
+        if self.failureDelay > 0:
+            return task.deferLater(self.clock, self.failureDelay, lambda: reply)
+        return reply
