@@ -12,6 +12,7 @@ mailframe.protocol._parse).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -206,10 +207,7 @@ class Address:
     @property
     def quotedLocalPart(self) -> str:
         """The local part as written in a path: dot-string or quoted string."""
-        lp = self.localPart
-        if _DOT_STRING_RE.match(lp):
-            return lp
-        return '"' + _QUOTE_RE.sub(r"\\\1", lp) + '"'
+        return _quoteLocalPart(self.localPart)
 
     def __str__(self) -> str:
         if self.domain is None:
@@ -222,6 +220,13 @@ class Address:
 
 
 _NULL = Address("", None)
+
+
+@functools.lru_cache(maxsize=1024)
+def _quoteLocalPart(localPart: str) -> str:
+    if _DOT_STRING_RE.match(localPart):
+        return localPart
+    return '"' + _QUOTE_RE.sub(r"\\\1", localPart) + '"'
 
 
 def parseMailbox(text: str) -> Address:

@@ -106,10 +106,11 @@ class IDeliveryBackend(Interface):
 
     def deliver(envelope, message):  # type: ignore[no-untyped-def]
         """
-        @return: a Deferred firing a L{DeliveryResult} (one reply per
-            recipient), or None meaning every recipient succeeded.  It must
-            fire success only once the message is durable: the client is told
-            250 then, and may delete its copy.
+        @return: a L{DeliveryResult} (one reply per recipient), or None
+            meaning every recipient succeeded, or a Deferred firing either.
+            Success only once the message is durable: the client is told 250
+            then, and may delete its copy.  (A plain value is for backends
+            with nothing to wait for, such as C{memory}.)
         """
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import email.message
 import io
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from email.parser import BytesHeaderParser
@@ -26,6 +27,8 @@ SPILL_THRESHOLD = 1 << 20
 """Bodies larger than this many octets are moved to a temporary file."""
 
 _READ_SIZE = 1 << 16
+_FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")  # RFC 5322 ftext
+_FOLDED_VALUE_RE = re.compile(r"[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\Z")
 _MAX_HEADER_SECTION = 1 << 18
 
 
@@ -76,13 +79,12 @@ class Message:
         Add a header field at the top (the newest trace field first, as RFC
         5321 4.4 wants).  C{value} may be pre-folded with CRLF + whitespace.
         """
-        if not name or any(c in name for c in ": \t\r\n"):
+        if not _FIELD_NAME_RE.match(name):
             raise ValueError(f"bad header field name {name!r}")
-        for line in value.split("\r\n")[1:]:
-            if line[:1] not in (" ", "\t"):
-                raise ValueError("a header value may only break before whitespace")
-        if "\n" in value.replace("\r\n", "") or "\r" in value.replace("\r\n", ""):
-            raise ValueError("bare CR or LF in a header value")
+        if not _FOLDED_VALUE_RE.match(value):
+            raise ValueError(
+                "a header value may only break (CRLF) before whitespace, with no bare CR or LF"
+            )
         self._prefix.insert(0, f"{name}: {value}\r\n".encode())
 
     def close(self) -> None:

@@ -34,29 +34,30 @@ class Reply:
     code: int
     enhanced: Enhanced | None = None
     text: str | tuple[str, ...] = ""
-    _plain: bytes = field(init=False, repr=False, compare=False)
-    _rich: bytes = field(init=False, repr=False, compare=False)
+    _plain: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _rich: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.code, int) or not 200 <= self.code <= 599:
-            raise ValueError(f"SMTP reply code must be 200..599, not {self.code!r}")
-        if self.enhanced is not None:
-            cls, subject, detail = self.enhanced
-            if cls not in (2, 4, 5) or cls != self.code // 100:
-                raise ValueError(
-                    f"enhanced status {self.enhanced!r} does not match reply code {self.code}"
-                )
+        code = self.code
+        if type(code) is not int or not 200 <= code <= 599:
+            raise ValueError(f"SMTP reply code must be 200..599, not {code!r}")
+        enhanced = self.enhanced
+        if enhanced is not None:
+            cls, subject, detail = enhanced
+            if cls != code // 100 or cls == 3:
+                raise ValueError(f"enhanced status {enhanced!r} does not match reply code {code}")
             if not (0 <= subject <= 999 and 0 <= detail <= 999):
-                raise ValueError(f"enhanced status {self.enhanced!r} out of range")
-        lines = (self.text,) if isinstance(self.text, str) else tuple(self.text)
-        if not lines:
-            lines = ("",)
+                raise ValueError(f"enhanced status {enhanced!r} out of range")
+        text = self.text
+        if type(text) is str:
+            if "\r" in text or "\n" in text:
+                raise ValueError("reply text may not contain CR or LF")
+            return
+        lines = tuple(text) or ("",)
         for line in lines:
             if "\r" in line or "\n" in line:
                 raise ValueError("reply text may not contain CR or LF")
         object.__setattr__(self, "text", lines[0] if len(lines) == 1 else lines)
-        object.__setattr__(self, "_plain", _encode(self.code, None, lines))
-        object.__setattr__(self, "_rich", _encode(self.code, self.enhanced, lines))
 
     @property
     def lines(self) -> tuple[str, ...]:
@@ -82,15 +83,26 @@ class Reply:
         """
         The reply on the wire.  With C{enhanced} false the enhanced status code
         is left out (a session that did not negotiate ENHANCEDSTATUSCODES).
+        Encoded once, on first use.
         """
-        return self._rich if enhanced else self._plain
+        if enhanced and self.enhanced is not None:
+            data = self._rich
+            if not data:
+                data = _encode(self.code, self.enhanced, self.lines)
+                object.__setattr__(self, "_rich", data)
+            return data
+        data = self._plain
+        if not data:
+            data = _encode(self.code, None, self.lines)
+            object.__setattr__(self, "_plain", data)
+        return data
 
     def withText(self, text: str | tuple[str, ...]) -> Reply:
         """The same codes with other text."""
         return Reply(self.code, self.enhanced, text)
 
     def __str__(self) -> str:
-        return self._rich.decode("utf-8", "replace").rstrip("\r\n")
+        return self.toBytes().decode("utf-8", "replace").rstrip("\r\n")
 
 
 def _encode(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> bytes:

@@ -64,8 +64,27 @@ _Deferred = defer.Deferred
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 
+def _settled(result: Any) -> Any:
+    """
+    A Deferred that has already fired with a plain value (no callbacks
+    pending, not paused) is replaced by that value: the common case of a
+    synchronous plug point costs no callback machinery.  Anything else is
+    returned as it is.
+    """
+    if (
+        isinstance(result, _Deferred)
+        and result.called
+        and not result.callbacks
+        and not result.paused
+        and not isinstance(result.result, Failure)
+    ):
+        return result.result
+    return result
+
+
 def _then(result: Any, f: Callable[..., Any], *args: Any) -> Any:
     """C{f(result, *args)} now for a plain value, or when a Deferred fires."""
+    result = _settled(result)
     if isinstance(result, _Deferred):
         return result.addCallback(f, *args)
     return f(result, *args)
@@ -359,8 +378,10 @@ class SMTPServerProtocol(Protocol):
                 if result is None:
                     continue
                 if isinstance(result, _Deferred):
-                    self._startAsync(result)
-                    continue
+                    result = _settled(result)
+                    if isinstance(result, _Deferred):
+                        self._startAsync(result)
+                        continue
                 self._write(result)
         finally:
             self._inLoop = False
@@ -373,6 +394,9 @@ class SMTPServerProtocol(Protocol):
             self._asyncDone(result)
             return
         self._busy = True
+        if result.called:  # answered already (memory backend, cached lookups): no timer
+            result.addBoth(self._asyncDone)
+            return
         timeout = (
             self.factory.config.deliveryTimeout
             if self.message is not None and self._conn.state in (State.DATA, State.BDAT)
@@ -465,8 +489,10 @@ class SMTPServerProtocol(Protocol):
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _logIn(self, conn: ServerConnection, event: Any = None) -> None:
-        if isinstance(event, E.MessageData):
+        if isinstance(event, E.MessageData | E.EndOfMessage | E.EndOfChunk):
             text = f"<{len(event.data)} octets of message data>"
+            if not isinstance(event, E.MessageData):
+                text += f" <{type(event).__name__}>"
         elif event is not None and not isinstance(event, E.Command):
             text = f"<{type(event).__name__}>"
         else:
@@ -609,26 +635,27 @@ class SMTPServerProtocol(Protocol):
         return reply
 
     def _data(self, event: E.Data) -> Reply:
-        self._newMessage()
         return R.START_DATA
 
-    def _bdat(self, event: E.Bdat) -> None:
-        if self.message is None:
-            self._newMessage()
-
-    def _newMessage(self) -> None:
+    def _newMessage(self) -> Message:
         cfg = self.factory.config
-        self.message = Message(cfg.spillThreshold, cfg.tempDirectory)
+        message = self.message = Message(cfg.spillThreshold, cfg.tempDirectory)
+        return message
 
     def _messageData(self, event: E.MessageData) -> None:
-        self.message.write(event.data)  # type: ignore[union-attr]
+        (self.message or self._newMessage()).write(event.data)
 
     def _endOfChunk(self, event: E.EndOfChunk) -> Reply:
+        message = self.message or self._newMessage()
+        if event.data:
+            message.write(event.data)
         return R.chunkReceived(event.size)
 
     def _endOfMessage(self, event: E.EndOfMessage) -> Any:
-        message, envelope = self.message, self.envelope
-        assert message is not None and envelope is not None
+        message, envelope = self.message or self._newMessage(), self.envelope
+        assert envelope is not None
+        if event.data:
+            message.write(event.data)
         message.finish()
         message.prependHeader(
             "Received", receivedHeader(self.session, envelope, self.factory.clock.seconds())
@@ -733,7 +760,6 @@ class SMTPServerProtocol(Protocol):
         E.MailFrom: _mail,
         E.RcptTo: _rcpt,
         E.Data: _data,
-        E.Bdat: _bdat,
         E.MessageData: _messageData,
         E.EndOfChunk: _endOfChunk,
         E.EndOfMessage: _endOfMessage,

@@ -8,6 +8,7 @@ up (no reverse DNS here: the field names what the session knew).
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -38,8 +39,15 @@ def protocolName(
     return base + suffix
 
 
+@functools.lru_cache(maxsize=512)
 def _clean(text: str) -> str:
     return _UNSAFE.sub("_", text)[:255]
+
+
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """RFC 5322 date in UTC; computed once per second however many messages."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str:
@@ -59,7 +67,7 @@ def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str
     )
     if session.tls is not None:
         lines.append(f"({_clean(session.tls.version)} {_clean(session.tls.cipher)})")
-    date = format_datetime(datetime.fromtimestamp(when, UTC))
+    date = _date(int(when))
     if len(envelope.recipients) == 1:
         lines.append(f"for {_clean(envelope.recipients[0].address.toPath())}; {date}")
     else:

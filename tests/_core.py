@@ -11,7 +11,6 @@ from mailframe import reply as R
 from mailframe.protocol import (
     NEED_DATA,
     PAUSED,
-    Bdat,
     Data,
     EndOfChunk,
     EndOfMessage,
@@ -55,7 +54,7 @@ def defaultAnswer(event: Event) -> R.Reply | None:
         return R.chunkReceived(event.size)
     if isinstance(event, EndOfMessage):
         return R.accepted("Q1")
-    if isinstance(event, (MessageData, Bdat)):
+    if isinstance(event, MessageData):
         return None
     if event.verb == "QUIT":  # type: ignore[attr-defined]
         return R.closing("mx.test")
@@ -100,7 +99,9 @@ class Driver:
 
     def body(self) -> bytes:
         """The message data delivered so far."""
-        return b"".join(e.data for e in self.events if isinstance(e, MessageData))
+        return b"".join(
+            e.data for e in self.events if isinstance(e, MessageData | EndOfChunk | EndOfMessage)
+        )
 
     def codes(self, written: bytes) -> list[str]:
         """Reply codes (with enhanced codes where present) of written bytes."""

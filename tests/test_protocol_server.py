@@ -400,7 +400,7 @@ class BdatTests(SynchronousTestCase):
         self.assertEqual(self.d.codes(out), ["250 2.0.0", "250 2.0.0"])
         self.assertEqual(self.d.body(), b"MAIL FROM:\r\n.\r\n\r\n")
         ends = [e for e in self.d.events if isinstance(e, (EndOfChunk, EndOfMessage))]
-        self.assertEqual(ends, [EndOfChunk(12), EndOfMessage(17)])
+        self.assertEqual(ends, [EndOfChunk(12, b"MAIL FROM:\r\n"), EndOfMessage(17, b".\r\n\r\n")])
 
     def test_zeroLast(self) -> None:
         """BDAT 0 LAST ends the message."""
@@ -471,10 +471,11 @@ class BdatTests(SynchronousTestCase):
         out = self.d.feed(b"BDAT 1\r\nxDATA\r\n")
         self.assertEqual(self.d.codes(out), ["250 2.0.0", "503 5.5.1"])
 
-    def test_bdatEvent(self) -> None:
-        """Each BDAT yields a Bdat event that needs no reply."""
+    def test_noBdatEvent(self) -> None:
+        """A chunk that arrives whole comes as one EndOfMessage carrying its data."""
         self.d.feed(b"BDAT 1 LAST\r\nx")
-        self.assertIn(Bdat(1, True), self.d.events)
+        self.assertEqual(self.d.events[-1], EndOfMessage(1, b"x"))
+        self.assertFalse([e for e in self.d.events if isinstance(e, Bdat)])
 
     def test_badSyntax(self) -> None:
         """BDAT without a size, or with junk, is 501."""

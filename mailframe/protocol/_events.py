@@ -115,8 +115,9 @@ class Data(Command):
 @dataclass(frozen=True, slots=True)
 class Bdat(Event):
     """
-    BDAT (RFC 3030): a chunk of C{size} octets follows at once; no reply is
-    due until its L{EndOfChunk} or, for the last chunk, L{EndOfMessage}.
+    BDAT (RFC 3030) as parsed: a chunk of C{size} octets follows at once.
+    C{nextEvent} never returns it: the chunk comes as L{MessageData} and
+    ends with L{EndOfChunk} or, for the last one, L{EndOfMessage}.
     """
 
     size: int
@@ -208,7 +209,8 @@ class ContinuationLine(Command):
 class MessageData(Event):
     """
     A piece of the message: for DATA dot-unstuffed, for BDAT as sent.  Pieces
-    end at line boundaries for DATA; for BDAT they end anywhere.
+    end at line boundaries for DATA; for BDAT they end anywhere.  The last
+    piece comes in the L{EndOfMessage} or L{EndOfChunk} event instead.
     """
 
     data: bytes
@@ -216,16 +218,23 @@ class MessageData(Event):
 
 @dataclass(frozen=True, slots=True)
 class EndOfChunk(Event):
-    """A BDAT chunk that is not the last one has been read; reply 250."""
+    """
+    A BDAT chunk that is not the last one has been read; reply 250.  C{data}
+    is its last piece of message data (possibly empty).
+    """
 
     size: int
+    data: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
 class EndOfMessage(Event):
     """
     The message is complete (the final dot, or BDAT LAST): reply once it is
-    durable.  C{size} counts the octets of the message as delivered.
+    durable.  C{data} is the last piece of message data (possibly empty;
+    the pieces before it came as L{MessageData}); C{size} counts the octets
+    of the whole message as delivered.
     """
 
     size: int
+    data: bytes = b""

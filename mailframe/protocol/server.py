@@ -100,7 +100,6 @@ class ServerConnection:
         self._pending: E.Event | None = None
         self._reader: DotReader | ChunkReader | None = None
         self._readerError: R.Reply | None = None
-        self._readerDone = False
         self._lastChunk = False
         self._chunkChecks: _MessageChecks | None = None
         self._chunkCR = False
@@ -241,30 +240,24 @@ class ServerConnection:
             normaliseBareLineEndings=self.limits.normaliseBareLineEndings,
             prevCR=self._chunkCR,
         )
-        self._readerDone = False
         self._readerError = refusal
         self._lastChunk = event.last
-        if refusal is not None:
-            return self._readMessage()  # consume the chunk, then refuse it
-        self.state = State.BDAT
-        return event
+        if refusal is None:
+            self.state = State.BDAT
+        return self._readMessage()  # a refused chunk is consumed, then refused
 
     def _readMessage(self) -> E.Event | E.Sentinel:
         reader = self._reader
         assert reader is not None
-        if self._readerDone:
-            return self._end(reader)
         pieces, done = reader.read(self._buffer)
-        if pieces:
-            self._readerDone = done
-            return E.MessageData(pieces[0])
         if done:
-            return self._end(reader)
+            return self._end(reader, pieces[0] if pieces else b"")
+        if pieces:
+            return E.MessageData(pieces[0])
         return E.NEED_DATA
 
-    def _end(self, reader: DotReader | ChunkReader) -> E.Event:
+    def _end(self, reader: DotReader | ChunkReader, data: bytes) -> E.Event:
         self._reader = None
-        self._readerDone = False
         refusal, self._readerError = self._readerError, None
         if isinstance(reader, DotReader):
             error, size, last = reader.error, reader.size, True
@@ -285,7 +278,7 @@ class ServerConnection:
                 self._bdatFailed = True
                 self.state = State.CHUNKING
             return self._refuse(error)
-        event: E.Event = E.EndOfMessage(size) if last else E.EndOfChunk(reader.size)
+        event: E.Event = E.EndOfMessage(size, data) if last else E.EndOfChunk(reader.size, data)
         self._pending = event
         return event
 
