@@ -7,7 +7,9 @@ A setting has the same name on the command line (C{--max-size}) and in the
 file (C{max-size = "50M"}); repeatable options are lists in the file.  A
 C{[[listener]]} table takes C{listen} (required), C{name}, and any other
 setting, which it otherwise inherits from the top level.  Command-line
-options replace the file's top-level values.
+options replace the file's top-level values.  C{submission} and
+C{submissions} endpoints (top level only) add listeners named so, where
+MAIL needs AUTH; C{submissions} ones speak TLS from the first byte.
 
 Owns: checking every setting, so that a mistake is a one-line
 L{ConfigError} before anything starts.  Must not: import the reactor, build
@@ -32,10 +34,13 @@ from mailframe.protocol import Limits
 __all__ = [
     "DEFAULTS",
     "SETTINGS",
+    "TOP_LEVEL_ONLY",
+    "ClientLimits",
     "ConfigError",
     "ListenerSpec",
     "buildListeners",
     "checkEndpoint",
+    "clientLimits",
     "convert",
     "parseSize",
     "readConfigFile",
@@ -48,12 +53,40 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    """One listener: its endpoints, its settings and its plug-in descriptions."""
+    """
+    One listener: its endpoints, its settings and its plug-in descriptions.
+
+    C{certificates} are (certificate file, key file or None) pairs, the
+    first the default and the others chosen by SNI; C{selfSigned} asks for
+    the development certificate when there are none.  C{implicitTLS}: the
+    endpoints speak TLS from the first byte (else STARTTLS is offered when
+    there is a certificate).  C{auth}: strcred descriptions of the checkers.
+    """
 
     endpoints: tuple[str, ...]
     config: ServerConfig
     validate: tuple[str, ...]
     deliver: str
+    certificates: tuple[tuple[str, str | None], ...] = ()
+    selfSigned: bool = False
+    implicitTLS: bool = False
+    auth: tuple[str, ...] = ()
+    authPlaintext: bool = False
+    authFailures: int = 3
+    authFailureDelay: float = 1.0
+
+    @property
+    def hasTLS(self) -> bool:
+        return bool(self.certificates) or self.selfSigned
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """Failed AUTH attempts per client, shared by every listener of the service."""
+
+    failures: int = 10
+    window: float = 600.0
+    block: float = 900.0
 
 
 # -- converters: a command-line string or a TOML value -> the setting ---------
@@ -182,6 +215,27 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _delay(value: Any) -> float:
+    if value in (0, "0", 0.0):
+        return 0.0
+    return _seconds(value)
+
+
+def _authTypes(value: Any) -> tuple[str, ...]:
+    """strcred descriptions whose auth type exists; nothing is built (no file read)."""
+    from twisted.cred import strcred
+
+    descriptions = _strings(value)
+    for d in descriptions:
+        authType = d.split(":", 1)[0]
+        try:
+            strcred.findCheckerFactory(authType)
+        except strcred.InvalidAuthType:
+            known = ", ".join(sorted(f.authType for f in strcred.findCheckerFactories()))
+            raise ConfigError(f"unknown auth type {authType!r} (known: {known})")
+    return descriptions
+
+
 #: Every setting: its name (the long option) and its converter.
 SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "listen": _listen,
@@ -196,7 +250,32 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "data-timeout": _seconds,
     "bare-newlines": _bareNewlines,
     "transcript": _boolean,
+    "tls-cert": _strings,
+    "tls-key": _strings,
+    "tls": _boolean,
+    "implicit-tls": _boolean,
+    "auth": _authTypes,
+    "auth-plaintext": _boolean,
+    "require-auth": _boolean,
+    "auth-failures": _count(1),
+    "auth-failure-delay": _delay,
+    "auth-client-failures": _count(1),
+    "auth-client-window": _seconds,
+    "auth-client-block": _seconds,
+    "submission": _listen,
+    "submissions": _listen,
 }
+
+#: Settings of the whole service, refused in [[listener]] tables.
+TOP_LEVEL_ONLY = frozenset(
+    {
+        "submission",
+        "submissions",
+        "auth-client-failures",
+        "auth-client-window",
+        "auth-client-block",
+    }
+)
 
 #: The defaults, already converted.  C{hostname} None means this host's name,
 #: C{domain} empty means localhost and the host name.
@@ -213,6 +292,20 @@ DEFAULTS: Mapping[str, Any] = {
     "data-timeout": 300.0,
     "bare-newlines": "reject",
     "transcript": False,
+    "tls-cert": (),
+    "tls-key": (),
+    "tls": False,
+    "implicit-tls": False,
+    "auth": (),
+    "auth-plaintext": False,
+    "require-auth": False,
+    "auth-failures": 3,
+    "auth-failure-delay": 1.0,
+    "auth-client-failures": 10,
+    "auth-client-window": 600.0,
+    "auth-client-block": 900.0,
+    "submission": (),
+    "submissions": (),
 }
 
 
@@ -266,6 +359,8 @@ def _section(path: str, data: dict[str, Any], where: str) -> dict[str, Any]:
         if key not in SETTINGS:
             known = ", ".join([*SETTINGS, "listener" if not where else "name"])
             raise ConfigError(f"{path}: {where}unknown key {key!r} (known: {known})")
+        if where and key in TOP_LEVEL_ONLY:
+            raise ConfigError(f"{path}: {where}{key!r} is a setting of the top level only")
         try:
             settings[key] = convert(key, value)
         except ConfigError as e:
@@ -285,7 +380,7 @@ def buildListeners(
     One L{ListenerSpec} per listener from converted settings: the command
     line's replace the file's top-level ones, which a C{[[listener]]} table's
     replace in turn.  Without C{listen} at the top level but with listener
-    tables, only the tables listen.
+    tables or submission endpoints, only those listen.
     """
     top = {**DEFAULTS, **(fileTop or {}), **command}
     hostname: list[str] = []  # computed once, when needed
@@ -304,6 +399,7 @@ def buildListeners(
                 localDomains=frozenset(Domain(d) for d in settings["domain"]),
                 limits=limits,
                 listener=name,
+                requireAuthentication=settings["require-auth"],
                 commandTimeout=settings["timeout"],
                 dataTimeout=settings["data-timeout"],
                 maxErrors=settings["max-errors"],
@@ -311,16 +407,71 @@ def buildListeners(
             )
         except ValueError as e:
             raise ConfigError(_oneLine(e))
-        return ListenerSpec(
-            tuple(settings["listen"]), config, tuple(settings["validate"]), settings["deliver"]
+        listener = ListenerSpec(
+            tuple(settings["listen"]),
+            config,
+            tuple(settings["validate"]),
+            settings["deliver"],
+            certificates=_pairs(settings["tls-cert"], settings["tls-key"]),
+            selfSigned=settings["tls"],
+            implicitTLS=settings["implicit-tls"],
+            auth=tuple(settings["auth"]),
+            authPlaintext=settings["auth-plaintext"],
+            authFailures=settings["auth-failures"],
+            authFailureDelay=settings["auth-failure-delay"],
         )
+        _checkListener(listener)
+        return listener
 
     listeners = []
-    if "listen" in command or "listen" in (fileTop or {}) or not fileListeners:
+    submissions = [
+        (name, endpoints) for name in ("submission", "submissions") if (endpoints := top[name])
+    ]
+    if "listen" in command or "listen" in (fileTop or {}) or not (fileListeners or submissions):
         listeners.append(spec(top, "smtp"))
+    for name, endpoints in submissions:
+        settings = {**top, "listen": endpoints, "require-auth": True}
+        if name == "submissions":
+            settings["implicit-tls"] = True
+        listeners.append(spec(settings, name))
     for table in fileListeners or []:
         listeners.append(spec({**top, **table}, table.get("name", "smtp")))
     return listeners
+
+
+def _pairs(certs: tuple[str, ...], keys: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    if keys and len(keys) != len(certs):
+        raise ConfigError(
+            "give one tls-key per tls-cert, in the same order "
+            "(or none, if each certificate file holds its key)"
+        )
+    return tuple(zip(certs, keys or (None,) * len(certs), strict=True))
+
+
+def _checkListener(spec: ListenerSpec) -> None:
+    name = spec.config.listener
+    if spec.implicitTLS and not spec.hasTLS:
+        raise ConfigError(f"the {name} listener speaks TLS: give tls-cert and tls-key, or tls")
+    if spec.config.requireAuthentication:
+        if not spec.auth:
+            raise ConfigError(
+                f"the {name} listener requires AUTH: give auth (e.g. memory:USER:PASS)"
+            )
+        if not spec.hasTLS and not spec.authPlaintext:
+            raise ConfigError(
+                f"the {name} listener requires AUTH, offered only inside TLS: give tls-cert "
+                "and tls-key (or tls), or auth-plaintext for tests"
+            )
+
+
+def clientLimits(
+    command: Mapping[str, Any], fileTop: Mapping[str, Any] | None = None
+) -> ClientLimits:
+    """The per-client AUTH failure limits of the service."""
+    top = {**DEFAULTS, **(fileTop or {}), **command}
+    return ClientLimits(
+        top["auth-client-failures"], top["auth-client-window"], top["auth-client-block"]
+    )
 
 
 def _oneLine(error: BaseException) -> str:

@@ -25,9 +25,11 @@ from zope.interface import Interface
 
 from mailframe import plugins
 from mailframe._tapconfig import (
+    ClientLimits,
     ConfigError,
     ListenerSpec,
     buildListeners,
+    clientLimits,
     convert,
     readConfigFile,
 )
@@ -45,8 +47,15 @@ chosen with description strings, like endpoints: --deliver
 maildir:/var/mail:layout=user.  Settings can also come from a TOML file
 (--config) with the same names (lists for repeatable options) and
 [[listener]] tables; command-line options override it.  Sizes take K, M or
-G; times are seconds.
+G; times are seconds.  TLS: --tls-cert/--tls-key (STARTTLS is then offered),
+--submission (587 style) and --submissions (465 style, implicit TLS)
+listeners where MAIL needs AUTH; AUTH checkers are Twisted's --auth strings
+(--help-auth lists them), offered only inside TLS.
 """
+
+# Options given several times; lists in the config file.
+_REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "submission",
+               "submissions")  # fmt: skip
 
 # The kinds --help lists first, with the option that chooses them.
 _OPTION_KINDS: list[tuple[Any, str]] = [
@@ -76,10 +85,26 @@ class Options(usage.Options):
         ["bare-newlines", None, None, "A bare CR or LF in message data: 'reject' it "
          "with 5xx or 'normalise' it to CRLF. [default: reject]"],
         ["config", None, None, "Read settings from this TOML file."],
+        ["auth-failures", None, None, "Failed AUTH attempts in a session before 421 and "
+         "close. [default: 3]"],
+        ["auth-failure-delay", None, None, "Seconds before a failed AUTH is answered. "
+         "[default: 1]"],
+        ["auth-client-failures", None, None, "Failed AUTH attempts of one client (IPv6: "
+         "its /64) within --auth-client-window that block it. [default: 10]"],
+        ["auth-client-window", None, None, "Seconds over which a client's failures are "
+         "counted. [default: 600]"],
+        ["auth-client-block", None, None, "Seconds a blocked client is refused (421 at "
+         "connect). [default: 900]"],
     ]  # fmt: skip
     optFlags = [
         ["transcript", None, "Debugging: log every session as a readable transcript."],
-    ]
+        ["tls", None, "Offer TLS with a self-signed certificate for the host name, made "
+         "once in the working directory, when no --tls-cert is given (development)."],
+        ["auth-plaintext", None, "Offer AUTH without TLS too: passwords in clear (tests "
+         "on localhost only; logged as a warning)."],
+        ["require-auth", None, "MAIL needs AUTH on the --listen endpoints too."],
+        ["implicit-tls", None, "The --listen endpoints speak TLS from the first byte."],
+    ]  # fmt: skip
 
     compData = usage.Completions(
         optActions={
@@ -89,12 +114,12 @@ class Options(usage.Options):
     )
 
     listeners: list[ListenerSpec]
+    clientLimits: ClientLimits
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["domain"] = []
-        self["validate"] = []
+        for name in _REPEATABLE:
+            self[name] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """Listen on this endpoint (repeatable) [default: tcp:2525:interface=127.0.0.1]"""
@@ -112,6 +137,35 @@ class Options(usage.Options):
         """A recipient validator (repeatable: asked in order) [default: any]"""
         self["validate"].append(description)
 
+    def opt_tls_cert(self, path: str) -> None:
+        """A certificate file, PEM, with its chain (certbot's fullchain.pem); repeat for SNI"""
+        self["tls-cert"].append(path)
+
+    def opt_tls_key(self, path: str) -> None:
+        """The private key of each --tls-cert, in order (certbot's privkey.pem)"""
+        self["tls-key"].append(path)
+
+    def opt_auth(self, description: str) -> None:
+        """An AUTH checker, a strcred string: memory:USER:PASS, file:PATH, unix, mailframe:PATH (repeatable: asked in order)"""  # noqa: E501
+        self["auth"].append(description)
+
+    def opt_submission(self, endpoint: str) -> None:
+        """A submission listener, 587 style: STARTTLS, MAIL needs AUTH (repeatable)"""
+        self["submission"].append(endpoint)
+
+    def opt_submissions(self, endpoint: str) -> None:
+        """A submission listener with implicit TLS, 465 style: MAIL needs AUTH (repeatable)"""
+        self["submissions"].append(endpoint)
+
+    def opt_help_auth(self) -> None:
+        """List the --auth checker types installed, and exit"""
+        from twisted.cred import strcred
+
+        print("Usage: --auth TYPE[:ARGUMENTS]")
+        for factory in sorted(strcred.findCheckerFactories(), key=lambda f: f.authType):
+            print(f"  {factory.authType:<12} {factory.argStringFormat}")
+        raise SystemExit(0)
+
     def postOptions(self) -> None:
         try:
             self.listeners = self._listeners()
@@ -120,7 +174,7 @@ class Options(usage.Options):
 
     def _listeners(self) -> list[ListenerSpec]:
         command: dict[str, Any] = {}
-        for name in ("listen", "domain", "validate"):
+        for name in _REPEATABLE:
             if self[name]:
                 command[name] = convert(name, self[name], f"--{name}")
         for name in (
@@ -132,15 +186,23 @@ class Options(usage.Options):
             "timeout",
             "data-timeout",
             "bare-newlines",
+            "auth-failures",
+            "auth-failure-delay",
+            "auth-client-failures",
+            "auth-client-window",
+            "auth-client-block",
         ):
             if self[name] is not None:
                 command[name] = convert(name, self[name], f"--{name}")
-        if self["transcript"]:
-            command["transcript"] = True
+        for name in ("transcript", "tls", "auth-plaintext", "require-auth", "implicit-tls"):
+            if self[name]:
+                command[name] = True
+        fileTop: dict[str, Any] | None = None
+        fileListeners = None
         if self["config"] is not None:
             fileTop, fileListeners = readConfigFile(self["config"])
-            return buildListeners(command, fileTop, fileListeners)
-        return buildListeners(command)
+        self.clientLimits = clientLimits(command, fileTop)
+        return buildListeners(command, fileTop, fileListeners)
 
     def getUsage(self, width: int | None = None) -> str:
         return super().getUsage(width) + "\n" + plugInHelp(width)
@@ -180,20 +242,33 @@ class MailframeService(MultiService):
     def __init__(self) -> None:
         super().__init__()
         self.announcements: list[str] = []
+        self.warnings: list[str] = []
 
     def startService(self) -> None:
         super().startService()
         for line in self.announcements:
             log.info("{line}", line=line)
+        for line in self.warnings:
+            log.warn("{line}", line=line)
 
 
 def _announce(spec: ListenerSpec, factory: Any) -> str:
     config = factory.config
     domains = ", ".join(sorted(str(d) for d in config.localDomains))
-    return (
+    line = (
         f"mailframe: listening on {' and '.join(spec.endpoints)} as {config.hostname} "
         f"for {domains}; validate {', '.join(spec.validate)}; deliver {spec.deliver}"
     )
+    if spec.hasTLS:
+        line += "; TLS from the first byte" if spec.implicitTLS else "; STARTTLS"
+    auth = next((e for e in factory.extensions if e.keyword == "AUTH"), None)
+    if auth is not None:
+        line += f"; AUTH {' '.join(auth.mechanisms)}"
+        if spec.authPlaintext:
+            line += " (also without TLS)"
+    if config.requireAuthentication:
+        line += "; MAIL needs AUTH"
+    return line
 
 
 def _build(interface: Any, description: str, context: ProviderContext) -> Any:
@@ -213,25 +288,129 @@ def makeService(options: Options) -> MailframeService:
     A L{MailframeService} with a strports service per endpoint of each
     listener; each listener has its own L{SMTPServerFactory} and plug-ins.
 
-    @raise SystemExit: with a one-line message if a plug-in cannot be built.
+    @raise SystemExit: with a one-line message if a plug-in, a certificate
+        or an AUTH checker cannot be set up.
     """
     from twisted.internet import reactor
 
     from mailframe.server import SMTPServerFactory
 
     service = MailframeService()
+    security = _Security(reactor, getattr(options, "clientLimits", ClientLimits()))
     for spec in options.listeners:
         context = ProviderContext(reactor, spec.config)
         validators = [_build(IRecipientValidator, d, context) for d in spec.validate]
         backend = _build(IDeliveryBackend, spec.deliver, context)
-        factory = SMTPServerFactory(spec.config, backend, validators, clock=reactor)
+        extensions, filters, tls = security.forListener(spec)
+        factory = SMTPServerFactory(
+            spec.config,
+            backend,
+            validators,
+            connectionFilters=filters,
+            extensions=extensions,
+            clock=reactor,
+        )
+        listening: Any = factory
         for endpoint in spec.endpoints:
+            if spec.implicitTLS and not endpoint.startswith("ssl:"):
+                from mailframe.tls import implicitTLS
+
+                listening = implicitTLS(tls, factory)
+            else:
+                listening = factory
             try:
-                strports.service(endpoint, factory).setServiceParent(service)
+                strports.service(endpoint, listening).setServiceParent(service)
             except Exception as e:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
         service.announcements.append(_announce(spec, factory))
+        if spec.auth and spec.authPlaintext:
+            service.warnings.append(
+                f"mailframe: AUTH is offered without TLS on {spec.config.listener} "
+                "(--auth-plaintext): passwords cross the network in clear; use it for tests "
+                "on localhost only"
+            )
     return service
+
+
+class _Security:
+    """Builds TLS contexts, AUTH checkers and the failure limiter once each, for every listener."""
+
+    def __init__(self, reactor: Any, limits: ClientLimits) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self._contexts: dict[Any, Any] = {}
+        self._checkers: dict[str, Any] = {}
+        self._limiter: Any = None
+
+    def forListener(self, spec: ListenerSpec) -> tuple[list[Any], list[Any], Any]:
+        """The extensions and connection filters of a listener, and its TLS context."""
+        from mailframe.extensions import defaultExtensions
+
+        extensions: list[Any] = defaultExtensions(spec.config.limits.messageSize)
+        filters: list[Any] = []
+        tls = self.context(spec) if spec.hasTLS else None
+        if tls is not None and not spec.implicitTLS:
+            from mailframe.extensions.starttls import StartTLS
+
+            extensions.append(StartTLS(tls))
+        if spec.auth:
+            from mailframe.credentials import makePortal
+            from mailframe.extensions.auth import Auth
+
+            portal = makePortal([self.checker(d) for d in spec.auth])
+            extensions.append(
+                Auth(
+                    portal,
+                    self.reactor,
+                    allowPlaintext=spec.authPlaintext,
+                    limiter=self.limiter(),
+                    maxFailures=spec.authFailures,
+                    failureDelay=spec.authFailureDelay,
+                )
+            )
+            filters.append(self.limiter())
+        return extensions, filters, tls
+
+    def context(self, spec: ListenerSpec) -> Any:
+        from mailframe import tls
+
+        pairs = spec.certificates
+        if not pairs:
+            key: Any = ("self-signed", spec.config.hostname)
+        else:
+            key = pairs
+        if key not in self._contexts:
+            try:
+                if not pairs:
+                    path = tls.selfSignedCertificate(os.getcwd(), spec.config.hostname)
+                    pairs = ((path, None),)
+                self._contexts[key] = tls.ServerTLS(
+                    [tls.CertificatePair(cert, keyFile) for cert, keyFile in pairs]
+                )
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"mailframe: cannot set up TLS: {_oneLine(e)}")
+        return self._contexts[key]
+
+    def checker(self, description: str) -> Any:
+        from twisted.cred import strcred
+
+        if description not in self._checkers:
+            try:
+                self._checkers[description] = strcred.makeChecker(description)
+            except Exception as e:
+                kind = description.split(":", 1)[0]
+                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {_oneLine(e)}")
+        return self._checkers[description]
+
+    def limiter(self) -> Any:
+        if self._limiter is None:
+            from mailframe.policy.authlimits import AuthFailureLimiter
+
+            limits = self.limits
+            self._limiter = AuthFailureLimiter(
+                self.reactor, limits.failures, limits.window, limits.block
+            )
+        return self._limiter
 
 
 def _oneLine(error: BaseException) -> str:
