@@ -17,7 +17,6 @@ import sys
 import textwrap
 from typing import Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -310,18 +309,14 @@ def makeService(options: Options) -> MailframeService:
             extensions=extensions,
             clock=reactor,
         )
-        listening: Any = factory
         for endpoint in spec.endpoints:
-            if spec.implicitTLS and not endpoint.startswith("ssl:"):
-                from mailframe.tls import implicitTLS
-
-                listening = implicitTLS(tls, factory)
-            else:
-                listening = factory
             try:
-                strports.service(endpoint, listening).setServiceParent(service)
+                child = _endpointService(
+                    reactor, endpoint, factory, tls if spec.implicitTLS else None
+                )
             except Exception as e:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
+            child.setServiceParent(service)
         service.announcements.append(_announce(spec, factory))
         if spec.auth and spec.authPlaintext:
             service.warnings.append(
@@ -329,6 +324,32 @@ def makeService(options: Options) -> MailframeService:
                 "(--auth-plaintext): passwords cross the network in clear; use it for tests "
                 "on localhost only"
             )
+    return service
+
+
+def _endpointService(reactor: Any, description: str, factory: Any, tls: Any) -> Any:
+    """
+    The listening service of one endpoint.  With C{tls}, connections are TLS
+    from the first byte.  An C{ssl:} endpoint is served as TCP with
+    L{mailframe.tls.implicitTLS} and the endpoint's own context: Twisted's
+    TLS listener would stall the SMTP session before the handshake (see
+    C{mailframe.tls._ImplicitTLSProtocol}).
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
+
+    from mailframe.tls import implicitTLS
+
+    endpoint = serverFromString(reactor, description)
+    if isinstance(endpoint, SSL4ServerEndpoint):
+        tls = endpoint._sslContextFactory
+        endpoint = TCP4ServerEndpoint(
+            reactor, endpoint._port, endpoint._backlog, endpoint._interface
+        )
+    service = StreamServerEndpointService(
+        endpoint, implicitTLS(tls, factory) if tls is not None else factory
+    )
+    service._raiseSynchronously = True
     return service
 
 

@@ -10,6 +10,7 @@ Owns: nothing of mailframe.  Must not: touch the network.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,13 @@ def _pem(key: Any) -> bytes:
     )
 
 
+def _altName(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _certPem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -48,6 +56,7 @@ class Issued:
     privkey: str
     certOnly: str
     combined: str
+    chain: str
 
 
 class TestCA:
@@ -97,12 +106,12 @@ class TestCA:
             )
         if names:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+                x509.SubjectAlternativeName([_altName(n) for n in names]), critical=False
             )
         return builder.sign(issuerKey, hashes.SHA256())
 
     def issue(self, label: str, *names: str, expired: bool = False) -> Issued:
-        """A server certificate for C{names}, signed by the intermediate."""
+        """A server certificate for C{names} (DNS names or IP addresses), signed by the intermediate."""
         key = ec.generate_private_key(ec.SECP256R1())
         notAfter = _NOW - datetime.timedelta(hours=1) if expired else None
         cert = self._sign(
@@ -111,13 +120,18 @@ class TestCA:
         )  # fmt: skip
         base = os.path.join(self.directory, label)
         files = Issued(
-            f"{base}-fullchain.pem", f"{base}-privkey.pem", f"{base}-cert.pem", f"{base}-all.pem"
+            f"{base}-fullchain.pem",
+            f"{base}-privkey.pem",
+            f"{base}-cert.pem",
+            f"{base}-all.pem",
+            f"{base}-chain.pem",
         )
         contents = {
             files.fullchain: _certPem(cert) + _certPem(self.intermediate),
             files.privkey: _pem(key),
             files.certOnly: _certPem(cert),
             files.combined: _pem(key) + _certPem(cert) + _certPem(self.intermediate),
+            files.chain: _certPem(self.intermediate),
         }
         for path, data in contents.items():
             with open(path, "wb") as f:
