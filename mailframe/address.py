@@ -236,15 +236,22 @@ def parseMailbox(text: str) -> Address:
     domain (RFC 5321 4.5.3.1).
     """
     m = _MAILBOX_RE.match(text)
-    if m is None or (not text.isascii() and not _encodable(text)):
+    ascii = text.isascii()
+    if m is None or (not ascii and not _encodable(text)):
         raise AddressError(f"not a mailbox: {text!r}")
-    local, domain = m.group(1), m.group(2)
-    if _utf8len(local) > MAX_LOCAL_PART:
+    local, domain = m.group(1, 2)
+    if (len(local) if ascii else _utf8len(local)) > MAX_LOCAL_PART:
         raise AddressError("local part longer than 64 octets", "local-part-length")
-    if _utf8len(domain) > MAX_DOMAIN:
+    if (len(domain) if ascii else _utf8len(domain)) > MAX_DOMAIN:
         raise AddressError("domain longer than 255 octets", "domain-length")
-    if local.startswith('"'):
+    if local[:1] == '"':
         local = _UNQUOTE_RE.sub(r"\1", local[1:-1])
-    if domain.startswith("["):
+    if domain[:1] == "[":
         _checkLiteral(domain)
-    return Address(local, Domain(domain))
+    return Address(local, _domain(domain))
+
+
+@functools.lru_cache(maxsize=4096)
+def _domain(name: str) -> Domain:
+    """Domains are immutable: the ones seen again are shared, not rebuilt."""
+    return Domain(name)

@@ -87,6 +87,13 @@ class Message:
             )
         self._prefix.insert(0, f"{name}: {value}\r\n".encode())
 
+    def prependTrace(self, field: bytes) -> None:
+        """
+        Add a whole header field the server built itself from checked parts
+        (C{b"Received: ...\\r\\n"}), skipping L{prependHeader}'s checks.
+        """
+        self._prefix.insert(0, field)
+
     def close(self) -> None:
         """Release the temporary file, if any."""
         if self._file is not None:

@@ -106,6 +106,10 @@ class Reply:
 
 
 def _encode(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> bytes:
+    if len(lines) == 1 and lines[0]:
+        if enhanced is None:
+            return f"{code} {lines[0]}\r\n".encode()
+        return f"{code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {lines[0]}\r\n".encode()
     prefix = "{}.{}.{} ".format(*enhanced) if enhanced is not None else ""
     last = len(lines) - 1
     out = []

@@ -61,6 +61,8 @@ __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 log = Logger(namespace="mailframe.server")
 
 _Deferred = defer.Deferred
+_NEED_DATA = E.NEED_DATA
+_PAUSED = E.PAUSED
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 
@@ -71,12 +73,12 @@ def _settled(result: Any) -> Any:
     synchronous plug point costs no callback machinery.  Anything else is
     returned as it is.
     """
+    # fired and not paused means its callbacks have all run
     if (
-        isinstance(result, _Deferred)
+        type(result) is _Deferred
         and result.called
-        and not result.callbacks
         and not result.paused
-        and not isinstance(result.result, Failure)
+        and type(result.result) is not Failure
     ):
         return result.result
     return result
@@ -352,9 +354,11 @@ class SMTPServerProtocol(Protocol):
 
     def _process(self) -> None:
         conn = self._conn
+        pending = conn.receiveBuffer  # every event consumes input: none left, none due
+        handlers = self._handlers
         self._inLoop = True
         try:
-            while not self._busy and not self._closing:
+            while pending and not self._busy and not self._closing:
                 try:
                     event = conn.nextEvent()
                 except RemoteProtocolError as e:
@@ -362,12 +366,12 @@ class SMTPServerProtocol(Protocol):
                         self._logIn(conn)
                     self._write(e.reply)
                     continue
-                if event is E.NEED_DATA or event is E.PAUSED:
+                if event is _NEED_DATA or event is _PAUSED:
                     break
                 if self._transcript:
                     self._logIn(conn, event)
                 try:
-                    result = self._handlers[type(event)](self, event)
+                    result = handlers[type(event)](self, event)
                 except SMTPError as e:
                     result = e.reply
                 except Exception:
@@ -375,9 +379,9 @@ class SMTPServerProtocol(Protocol):
                         "{id} error handling {event}", id=self.session.sessionID, event=event
                     )
                     result = R.LOCAL_ERROR
-                if result is None:
-                    continue
-                if isinstance(result, _Deferred):
+                if type(result) is not Reply:
+                    if result is None:
+                        continue
                     result = _settled(result)
                     if isinstance(result, _Deferred):
                         self._startAsync(result)
@@ -657,8 +661,9 @@ class SMTPServerProtocol(Protocol):
         if event.data:
             message.write(event.data)
         message.finish()
-        message.prependHeader(
-            "Received", receivedHeader(self.session, envelope, self.factory.clock.seconds())
+        message.prependTrace(
+            b"Received: %s\r\n"
+            % receivedHeader(self.session, envelope, self.factory.clock.seconds()).encode()
         )
         return self._filterMessage(0, envelope, message)
 

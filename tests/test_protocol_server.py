@@ -359,6 +359,21 @@ class DataTests(SynchronousTestCase):
         out = self.d.feed(b"\r\nQUIT\r\n.\r\n")
         self.assertEqual(self.d.codes(out), ["550 5.6.0"])
 
+    def test_longLineInLargePiece(self) -> None:
+        """In a large piece (probed in blocks, not split) a long line is still found."""
+        d = Driver(Limits(messageSize=10_000_000))
+        d.transaction()
+        d.feed(b"DATA\r\n")
+        lines = b"y" * 78 + b"\r\n"
+        for long in (999, 1500, 5000):
+            for where in (0, 300, 599):
+                d.feed(lines * where + b"x" * long + b"\r\n" + lines * (600 - where))
+                out = d.feed(b".\r\n")
+                self.assertEqual(d.codes(out), ["550 5.6.0"], (long, where))
+                d.feed(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+        d.feed(lines * 300 + b"x" * 998 + b"\r\n" + lines * 300)
+        self.assertEqual(d.codes(d.feed(b".\r\n")), ["250 2.0.0"])
+
     def test_lineAtLimit(self) -> None:
         """A line of exactly 1000 octets with its CRLF is fine."""
         out = self.d.feed(b"x" * 998 + b"\r\n.\r\n")

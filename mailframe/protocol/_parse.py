@@ -74,28 +74,33 @@ def parseParameters(text: str) -> MappingProxyType[str, str | None]:
 def _parsePath(
     arg: str, prefix: str, syntax: R.Reply, bad: R.Reply, nullAllowed: bool
 ) -> tuple[Address, MappingProxyType[str, str | None]]:
-    if arg[: len(prefix)].upper() != prefix:
+    n = len(prefix)
+    if arg[:n].upper() != prefix:
         raise CommandSyntaxError(syntax)
-    m = _PATH_RE.match(arg, len(prefix))
+    m = _PATH_RE.match(arg, n)
     if m is None:
         raise CommandSyntaxError(syntax)
-    rest = arg[m.end() :]
-    if rest and not rest.startswith(" "):
-        raise CommandSyntaxError(syntax)
     path = m.group(1)
+    end = m.end()
+    if end == len(arg):
+        params = _EMPTY
+    else:
+        rest = arg[end:]
+        if rest[:1] != " ":
+            raise CommandSyntaxError(syntax)
+        params = parseParameters(rest.strip())
     if len(path) + 2 > MAX_PATH and len(path.encode("utf-8")) + 2 > MAX_PATH:
         raise CommandSyntaxError(R.PATH_TOO_LONG)
-    params = parseParameters(rest.strip())
     if not path:
         if not nullAllowed:
             raise CommandSyntaxError(bad)
         return Address.null(), params
-    if path.startswith("@"):
+    if path[:1] == "@":
         route = _ROUTE_RE.match(path)
         if route is None:
             raise CommandSyntaxError(bad)
         path = path[route.end() :]
-    if path.lower() == "postmaster" and not nullAllowed:
+    if not nullAllowed and len(path) == 10 and path.lower() == "postmaster":
         return Address(path, None), params
     try:
         address = parseMailbox(path)

@@ -9,8 +9,8 @@ parse, buffer, or import twisted or zope.
 
 from __future__ import annotations
 
-import enum
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import ClassVar, NamedTuple
 
 from mailframe import reply as R
 from mailframe.protocol import _events as E
@@ -18,20 +18,65 @@ from mailframe.protocol import _events as E
 __all__ = ["CLEAR", "SAME", "TRANSITIONS", "State", "Transition"]
 
 
-class State(enum.Enum):
-    """Where a server session is."""
+class _StateType(type):
+    """Iterating over L{State} gives its members, in order, as for an Enum."""
 
-    GREETING = "greeting"  # connected; our 220 (or 554) not sent yet
-    REJECTED = "rejected"  # greeted with 554: only QUIT is served
-    CONNECTED = "connected"  # greeted; no HELO/EHLO yet
-    READY = "ready"  # HELO/EHLO done, no transaction
-    MAIL = "mail"  # MAIL accepted, no recipient yet
-    RCPT = "rcpt"  # at least one recipient accepted
-    DATA = "data"  # reading the message after 354
-    BDAT = "bdat"  # reading a BDAT chunk
-    CHUNKING = "chunking"  # between BDAT chunks of one message
-    TLS = "tls"  # 220 sent to STARTTLS; nothing is read until the handshake starts
-    CLOSED = "closed"  # QUIT answered or 421 sent
+    def __iter__(cls) -> Iterator[State]:
+        return iter(cls._members)  # type: ignore[attr-defined]
+
+
+class State(metaclass=_StateType):
+    """
+    Where a server session is.  A plain class, not an C{enum.Enum}: the
+    core compares and hashes states on every command, and on Python 3.11
+    reading an Enum member and hashing it each cost a Python-level call.
+    """
+
+    __slots__ = ("name", "value")
+
+    GREETING: ClassVar[State]  # connected; our 220 (or 554) not sent yet
+    REJECTED: ClassVar[State]  # greeted with 554: only QUIT is served
+    CONNECTED: ClassVar[State]  # greeted; no HELO/EHLO yet
+    READY: ClassVar[State]  # HELO/EHLO done, no transaction
+    MAIL: ClassVar[State]  # MAIL accepted, no recipient yet
+    RCPT: ClassVar[State]  # at least one recipient accepted
+    DATA: ClassVar[State]  # reading the message after 354
+    BDAT: ClassVar[State]  # reading a BDAT chunk
+    CHUNKING: ClassVar[State]  # between BDAT chunks of one message
+    TLS: ClassVar[State]  # 220 sent to STARTTLS; nothing is read until the handshake
+    CLOSED: ClassVar[State]  # QUIT answered or 421 sent
+    _members: ClassVar[tuple[State, ...]]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.value = name.lower()
+
+    def __repr__(self) -> str:
+        return f"<State.{self.name}>"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return getattr, (State, self.name)
+
+
+State._members = tuple(
+    State(name)
+    for name in (
+        "GREETING",
+        "REJECTED",
+        "CONNECTED",
+        "READY",
+        "MAIL",
+        "RCPT",
+        "DATA",
+        "BDAT",
+        "CHUNKING",
+        "TLS",
+        "CLOSED",
+    )
+)
+for _member in State._members:
+    setattr(State, _member.name, _member)
+del _member
 
 
 SAME = None

@@ -122,6 +122,16 @@ class ServerConnection:
         return len(self._buffer)
 
     @property
+    def receiveBuffer(self) -> bytearray:
+        """
+        The octets received and not yet consumed, as the live buffer (read
+        it, never change it).  Every event consumes input, so while it is
+        empty C{nextEvent} can only return NEED_DATA or PAUSED: a driver may
+        test it instead of calling.
+        """
+        return self._buffer.data
+
+    @property
     def inTransaction(self) -> bool:
         return self.state not in NO_TRANSACTION
 
