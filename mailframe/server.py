@@ -61,6 +61,7 @@ __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 log = Logger(namespace="mailframe.server")
 
 _Deferred = defer.Deferred
+_MAX_UNREAD = 1 << 18  # octets buffered while paused before reading stops
 _NEED_DATA = E.NEED_DATA
 _PAUSED = E.PAUSED
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
@@ -238,7 +239,8 @@ class SMTPServerProtocol(Protocol):
     _busy = False
     _inLoop = False
     _closing = False
-    _paused = False
+    _writePaused = False  # the transport asked us to stop producing output
+    _readPaused = False  # we asked the transport to stop reading
     _timer: Any = None
     _tlsContext: Any = None
     _tlsStarted = False
@@ -345,12 +347,17 @@ class SMTPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self._lastActivity = self.factory.clock.seconds()
         self._conn.receiveData(data)
-        if self._busy:
-            if self._conn.buffered > 1 << 18 and not self._paused:
-                self._paused = True
+        if self._busy or self._writePaused:
+            if not self._readPaused and self._conn.buffered > _MAX_UNREAD:
+                self._readPaused = True
                 self.transport.pauseProducing()  # type: ignore[union-attr]
             return
         self._process()
+
+    def _resumeReading(self) -> None:
+        if self._readPaused and not self._busy and not self._writePaused and not self._closing:
+            self._readPaused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _process(self) -> None:
         conn = self._conn
@@ -358,7 +365,7 @@ class SMTPServerProtocol(Protocol):
         handlers = self._handlers
         self._inLoop = True
         try:
-            while pending and not self._busy and not self._closing:
+            while pending and not self._busy and not self._writePaused and not self._closing:
                 try:
                     event = conn.nextEvent()
                 except RemoteProtocolError as e:
@@ -429,9 +436,7 @@ class SMTPServerProtocol(Protocol):
         else:
             self._busy = False
             self._write(result)
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._resumeReading()
         if not self._inLoop:
             self._process()
 
@@ -524,12 +529,19 @@ class SMTPServerProtocol(Protocol):
 
     # -- IPushProducer: the transport's write buffer is full -------------------
 
+    # Paused, the session stops answering commands (input waits in the
+    # buffer) but keeps reading until that buffer is large.  Reading must go
+    # on: a TLS layer pauses us while the greeting waits for the handshake,
+    # and the handshake needs the ClientHello read.
+
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._writePaused = True
 
     def resumeProducing(self) -> None:
-        if not self._closing:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._writePaused = False
+        self._resumeReading()
+        if not self._inLoop and not self._busy and not self._closing:
+            self._process()
 
     def stopProducing(self) -> None:
         self._closing = True

@@ -399,6 +399,21 @@ class PipeliningTests(ServerTestCase):
         self.assertEqual(t.producerState, "producing")
         self.assertEqual(codes(t.value()).count("250 2.0.0"), 60000)
 
+    def test_pausedByTransport(self) -> None:
+        """Paused by its transport the session answers nothing more, yet keeps reading."""
+        proto, t = self.connect()
+        self.talk(proto, t, b"EHLO c\r\n")
+        t.clear()
+        proto.pauseProducing()
+        proto.dataReceived(b"NOOP\r\nNOOP\r\n")
+        self.assertEqual(t.value(), b"")
+        self.assertEqual(t.producerState, "producing")  # reading goes on (TLS handshakes)
+        proto.dataReceived(b"NOOP\r\n" * 50000)
+        self.assertEqual(t.producerState, "paused")  # until the backlog is large
+        proto.resumeProducing()
+        self.assertEqual(t.producerState, "producing")
+        self.assertEqual(codes(t.value()).count("250 2.0.0"), 50002)
+
 
 class ErrorTests(ServerTestCase):
     def test_tooManyErrors(self) -> None:
