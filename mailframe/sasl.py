@@ -258,6 +258,7 @@ def scramKeys(password: str, salt: bytes, iterations: int, storing: bool = True)
 
     @param storing: SASLprep the password as a stored string (unassigned
         code points refused) rather than as a query.
+
     @raise ValueError: for a password SASLprep refuses.
     """
     salted = hashlib.pbkdf2_hmac(
@@ -417,6 +418,7 @@ def saslprep(text: str, allowUnassigned: bool = False) -> str:
 
     @param allowUnassigned: a query (what a client sent) may hold unassigned
         code points; a stored string may not.
+
     @raise ValueError: for a prohibited character or bad bidirectional text.
     """
     if text.isascii() and all(" " <= c <= "~" for c in text):

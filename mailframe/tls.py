@@ -145,7 +145,8 @@ class ServerTLS:
     A server TLS context factory for C{startTLS} and for implicit TLS.
 
     The first certificate is the default; with several, the client's SNI
-    name chooses (exact name first, then a C{*.} wildcard of its parent).
+    name chooses (an exact name first, then a wildcard name for its parent
+    domain).
     The files are stat'ed at most once per C{checkInterval} seconds when a
     handshake starts; if they changed they are loaded again, and if that
     fails the previous certificates stay in use and an error is logged.

@@ -124,11 +124,17 @@ class Auth(Extension):
 
     @param authenticator: a L{Portal} (see L{mailframe.credentials.makePortal})
         or an L{Authenticator}.
+
     @param clock: the reactor (or a Clock), for C{failureDelay}.
+
     @param allowPlaintext: offer AUTH outside TLS too (tests on localhost).
+
     @param limiter: counts failures per client across sessions, or None.
+
     @param maxFailures: failures in one session before 421 and close.
+
     @param failureDelay: seconds before a 535 is sent (slows guessing).
+
     @param mechanisms: restrict the mechanisms offered (default: all that
         the checkers can serve).
     """
