@@ -222,6 +222,8 @@ class CheckerChain:
                 avatarId = yield defer.maybeDeferred(checker.requestAvatarId, adapted)
             except _FAILED:
                 continue
+            except defer.CancelledError:
+                raise  # the server gave up waiting: stop asking
             except Exception:
                 log.failure("credentials checker {checker!r} failed", checker=checker)
                 problem = problem or Failure()

@@ -446,6 +446,39 @@ class ErrorTests(AuthTestCase):
         later.pending[0].callback("alice")
         self.assertEqual(codes(t.value()), ["235 2.7.0", "250 2.0.0"])
 
+    def test_pipelinedExchange(self) -> None:
+        """AUTH LOGIN with its two answers in one write: each line goes to the exchange."""
+        proto, t = self.secure()
+        out = self.talk(
+            proto, t, b"AUTH LOGIN\r\n" + b64("alice") + b"\r\n" + b64("secret") + b"\r\nNOOP\r\n"
+        )
+        self.assertEqual(codes(out), ["334", "334", "235 2.7.0", "250 2.0.0"])
+
+    def test_emptyChallengeOnTheWire(self) -> None:
+        """An empty challenge is a bare 334 line (the Reply type drops the trailing space)."""
+        proto, t = self.secure()
+        self.assertEqual(self.talk(proto, t, b"AUTH PLAIN\r\n"), b"334\r\n")
+
+    def test_connectionLostWhileChecking(self) -> None:
+        """A checker that answers after the client left changes nothing and raises nothing."""
+        later = Later()
+        proto, t = self.secure(checkerList=[later])
+        self.talk(proto, t, b"AUTH PLAIN " + plain("alice", "secret") + b"\r\n")
+        proto.connectionLost(None)  # type: ignore[arg-type]
+        later.pending[0].callback("alice")
+        self.assertEqual(t.value(), b"")
+
+    def test_checkerTimeout(self) -> None:
+        """A checker that never answers is cancelled by the server's plug-point timeout."""
+        later = Later()
+        proto, t = self.secure(checkerList=[later])
+        self.talk(proto, t, b"AUTH PLAIN " + plain("alice", "secret") + b"\r\n")
+        self.clock.advance(proto.factory.config.pluginTimeout + 1)
+        self.assertEqual(codes(t.value()), ["451 4.3.0"])
+        self.assertIsNone(proto.session.authenticated)
+        self.assertEqual(self.limiter.failures(PEER), 0)
+        self.assertUsable(proto, t)
+
     def test_failureDelay(self) -> None:
         """With a failure delay the 535 is sent that many seconds later."""
         proto, t = self.secure(failureDelay=2.0)

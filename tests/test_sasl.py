@@ -249,3 +249,28 @@ class SASLprepTests(SynchronousTestCase):
     def test_scramKeysNormalise(self) -> None:
         """SCRAM keys of equivalent passwords are equal."""
         self.assertEqual(sasl.scramKeys("I\u00adX", SALT, 4096), sasl.scramKeys("IX", SALT, 4096))
+
+
+class StandaloneTests(SynchronousTestCase):
+    def test_noTwisted(self) -> None:
+        """mailframe.sasl imports with twisted and zope blocked (it is sans-IO)."""
+        import subprocess
+        import sys
+
+        child = (
+            "import sys\n"
+            "class Blocker:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.partition('.')[0] in ('twisted', 'zope'):\n"
+            "            raise ImportError('blocked: ' + name)\n"
+            "for name in list(sys.modules):\n"
+            "    if name.partition('.')[0] in ('twisted', 'zope'):\n"
+            "        del sys.modules[name]\n"
+            "sys.meta_path.insert(0, Blocker())\n"
+            "import mailframe.sasl\n"
+            "print(sorted(n for n in sys.modules if n.partition('.')[0] in ('twisted', 'zope')))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", child], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual((result.returncode, result.stdout.strip()), (0, "[]"), result.stderr)
