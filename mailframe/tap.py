@@ -318,6 +318,11 @@ def makeService(options: Options) -> MailframeService:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
             child.setServiceParent(service)
         service.announcements.append(_announce(spec, factory))
+        if spec.auth and not spec.hasTLS and not spec.authPlaintext:
+            service.warnings.append(
+                f"mailframe: --auth is never offered on {spec.config.listener}: AUTH needs "
+                "TLS (--tls-cert and --tls-key, or --tls), or --auth-plaintext for tests"
+            )
         if spec.auth and spec.authPlaintext:
             service.warnings.append(
                 f"mailframe: AUTH is offered without TLS on {spec.config.listener} "

@@ -297,3 +297,11 @@ class MakeServiceTests(unittest.TestCase):
                           service.announcements[0])  # fmt: skip
         finally:
             yield service.stopService()
+
+    def test_authWithoutTLSWarning(self) -> None:
+        """--auth on a listener without TLS (nor --auth-plaintext) is warned about."""
+        service = tap.makeService(
+            parse("--deliver", "memory", "--auth", "memory:a:b", "--listen", "tcp:0")
+        )
+        self.assertEqual(len(service.warnings), 1)
+        self.assertIn("--auth is never offered on smtp", service.warnings[0])
