@@ -242,6 +242,46 @@ class InjectionTests(TestCase):
         self.assertEqual(server.messages, [])
 
 
+class HandshakeFailureTests(TestCase):
+    """A client that does not speak TLS to an implicit-TLS port is logged in one line."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_plaintextToImplicit(self) -> Generator[Any, Any, None]:
+        """EHLO in clear on port 465 style: the connection ends, one readable log line."""
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        server = startSecureServer(self, TestCA(self.mktemp()), implicit=True)
+
+        def client() -> bytes:
+            with socket.create_connection((HOST, server.portNumber), CLIENT_TIMEOUT) as s:
+                s.sendall(b"EHLO client.test\r\n")
+                data = b""
+                while chunk := s.recv(1000):
+                    data += chunk
+                return data
+
+        received = yield inThread(client)
+        self.assertNotIn(b"220", received)
+        deadline = time.monotonic() + 10
+        while server.factory.sessions and time.monotonic() < deadline:
+            yield deferLater(0.05)
+        lines = [formatEvent(e) for e in events if "TLS handshake" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"with [{HOST}]:", lines[0])
+        self.assertNotIn("\n", lines[0])
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import task
+
+    return task.deferLater(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
 class SwaksTLSTests(TestCase):
     """swaks with --tls, --tlsc and --auth."""
 
