@@ -396,7 +396,7 @@ class DoneWhenTests(SynchronousTestCase):
         process = subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
              "--tls-cert", cert, "--tls-key", key, "--auth", "memory:alice:secret",
-             "--submission", f"tcp:{port}:interface=127.0.0.1", "--deliver", "memory"],
+             "--submission", f"tcp:{port}:interface=127.0.0.1"],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.addCleanup(process.wait, 30)
@@ -420,6 +420,9 @@ class DoneWhenTests(SynchronousTestCase):
         self.assertEqual(code, 0, transcript)
         self.assertIn("<~  235 2.7.0 Authentication successful", transcript)
         self.assertIn("<~  250 2.0.0 OK queued as", transcript)
+        [delivered] = os.listdir(os.path.join(cwd, "Maildir", "new"))  # the default backend
+        data = Path(cwd, "Maildir", "new", delivered).read_bytes()
+        self.assertIn(b"with ESMTPSA id", data)
 
         transcript, code = swaksSync(
             port, "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret",
