@@ -17,6 +17,7 @@ import sys
 import textwrap
 from typing import Any
 
+from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
@@ -333,29 +334,11 @@ def makeService(options: Options) -> MailframeService:
 
 
 def _endpointService(reactor: Any, description: str, factory: Any, tls: Any) -> Any:
-    """
-    The listening service of one endpoint.  With C{tls}, connections are TLS
-    from the first byte.  An C{ssl:} endpoint is served as TCP with
-    L{mailframe.tls.implicitTLS} and the endpoint's own context: Twisted's
-    TLS listener would stall the SMTP session before the handshake (see
-    C{mailframe.tls._ImplicitTLSProtocol}).
-    """
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint, serverFromString
-
+    """The listening service of one endpoint; with C{tls}, TLS from the first byte."""
     from mailframe.tls import implicitTLS
 
-    endpoint = serverFromString(reactor, description)
-    if isinstance(endpoint, SSL4ServerEndpoint):
-        tls = endpoint._sslContextFactory
-        endpoint = TCP4ServerEndpoint(
-            reactor, endpoint._port, endpoint._backlog, endpoint._interface
-        )
-    service = StreamServerEndpointService(
-        endpoint, implicitTLS(tls, factory) if tls is not None else factory
-    )
-    service._raiseSynchronously = True
-    return service
+    listening = implicitTLS(tls, factory) if tls is not None else factory
+    return strports.service(description, listening, reactor=reactor)
 
 
 class _Security:

@@ -29,7 +29,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 __all__ = [
@@ -237,32 +237,12 @@ class ServerTLS:
         return SSL.Connection(self.getContext(), None)
 
 
-class _ImplicitTLSProtocol(TLSMemoryBIOProtocol):
-    """
-    A TLS layer that never pauses its application's producer because
-    OpenSSL wants to read first.  The SMTP server registers itself as its
-    transport's producer and answers C{pauseProducing} by pausing its
-    reading; Twisted's TLS layer asks it to pause when a write has to wait
-    for the peer, notably the greeting, written before the handshake: the
-    ClientHello would then never be read, and the connection would hang.
-    The buffer this leaves unbounded only holds replies, which the server
-    writes one command at a time.
-    """
-
-    def _bufferedWrite(self, octets: bytes) -> None:
-        self._appSendBuffer.append(octets)
-
-
-class _ImplicitTLSFactory(TLSMemoryBIOFactory):
-    protocol = _ImplicitTLSProtocol
-
-
 def implicitTLS(tls: Any, factory: Any) -> TLSMemoryBIOFactory:
     """
     C{factory} wrapped so that each connection is TLS from its first byte
     (RFC 8314), with C{tls} (a L{ServerTLS} or any server context factory).
     """
-    return _ImplicitTLSFactory(tls, False, factory)
+    return TLSMemoryBIOFactory(tls, False, factory)
 
 
 def selfSignedCertificate(directory: str, hostname: str, days: int = 825) -> str:
