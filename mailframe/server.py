@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     ISSLTransport,
 )
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -180,6 +181,26 @@ class SMTPServerFactory(Factory):
         return p
 
 
+def _sendNow(transport: Any, data: bytes) -> bytes:
+    """
+    Write-through for a plain TCP transport with nothing queued: send now
+    instead of queueing the reply for the reactor's next turn (which costs
+    two epoll updates and a loop iteration per reply).  Returns what is left
+    to hand to C{transport.write}: everything if this cannot be done safely.
+    """
+    try:
+        if transport.TLS or transport._tempDataBuffer or transport.dataBuffer:
+            return data
+        if not transport.connected or transport.disconnecting:
+            return data
+        sent = transport.socket.send(data)
+    except (AttributeError, BlockingIOError, InterruptedError):
+        return data
+    except OSError:
+        return data  # let Twisted's own write path meet and report the error
+    return data[sent:]
+
+
 def _oneLine(reason: Any) -> str:
     value = getattr(reason, "value", reason)
     text = " ".join(str(value).split())
@@ -261,6 +282,7 @@ class SMTPServerProtocol(Protocol):
             hostname=cfg.hostname,
             listener=cfg.listener,
         )
+        self._direct = type(self.transport) is _TCPServer
         self._conn = ServerConnection(cfg.limits, frozenset(f.verbs))
         self.control = SessionControl(self)
         if ISSLTransport.providedBy(self.transport):  # implicit TLS (RFC 8314)
@@ -477,6 +499,7 @@ class SMTPServerProtocol(Protocol):
             self._write(Reply(421, (4, 3, 0), "TLS not available"))
             return
         self._flush()
+        self._direct = False
         self.transport.startTLS(context)  # type: ignore[union-attr]
         self._tlsStarted = True
         self._conn.startTLS()
@@ -489,8 +512,13 @@ class SMTPServerProtocol(Protocol):
     def _flush(self) -> None:
         if self._out:
             out = self._out
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
             self._out = []
+            data = out[0] if len(out) == 1 else b"".join(out)
+            if self._direct:
+                data = _sendNow(self.transport, data)
+                if not data:
+                    return
+            self.transport.write(data)  # type: ignore[union-attr]
 
     def _close(self) -> None:
         self._flush()
