@@ -250,6 +250,7 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "data-timeout": _seconds,
     "bare-newlines": _bareNewlines,
     "transcript": _boolean,
+    "quiet": _boolean,
     "tls-cert": _strings,
     "tls-key": _strings,
     "tls": _boolean,
@@ -292,6 +293,7 @@ DEFAULTS: Mapping[str, Any] = {
     "data-timeout": 300.0,
     "bare-newlines": "reject",
     "transcript": False,
+    "quiet": False,
     "tls-cert": (),
     "tls-key": (),
     "tls": False,
@@ -404,6 +406,7 @@ def buildListeners(
                 dataTimeout=settings["data-timeout"],
                 maxErrors=settings["max-errors"],
                 transcript=settings["transcript"],
+                logMessages=not settings["quiet"],
             )
         except ValueError as e:
             raise ConfigError(_oneLine(e))

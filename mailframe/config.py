@@ -37,7 +37,9 @@ class ServerConfig:
     seconds (RFC 5321 4.5.3.2); C{maxErrors} 4xx/5xx replies in a session
     end it with 421 (the count restarts after each accepted message).
     C{requireAuthentication} (submission listeners, RFC 6409): MAIL needs an
-    authenticated session, else 530 5.7.0.
+    authenticated session, else 530 5.7.0.  C{logMessages}: one log line
+    per message (accepted or refused after its data); C{transcript}: every
+    command and reply.
     """
 
     hostname: str = field(default_factory=defaultHostname)
@@ -51,6 +53,7 @@ class ServerConfig:
     deliveryTimeout: float = 540.0
     maxErrors: int = 20
     transcript: bool = False
+    logMessages: bool = True
     software: str = "mailframe"
     spillThreshold: int = 1 << 20
     tempDirectory: str | None = None

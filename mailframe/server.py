@@ -49,6 +49,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
     ISessionControl,
+    IUnadvertisedCommands,
 )
 from mailframe.message import Message
 from mailframe.protocol import _events as E
@@ -172,6 +173,7 @@ class SMTPServerFactory(Factory):
         self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
         self.verbs = {v: e for e in exts for v in e.verbs}
         self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.logMessages = config.logMessages
         self.ids = _IDs()
         self.sessions: set[SMTPServerProtocol] = set()
 
@@ -504,9 +506,11 @@ class SMTPServerProtocol(Protocol):
         self._tlsStarted = True
         self._conn.startTLS()
         session = self.session
-        session.heloName = None
+        session.heloName = None  # RFC 3207 4.2: forget what the client said
         session.esmtp = False
         session.extensions = frozenset()
+        session.authenticated = None
+        session.extra.pop("authMechanism", None)
         self._conversation = None
 
     def _flush(self) -> None:
@@ -729,16 +733,20 @@ class SMTPServerProtocol(Protocol):
             reply = next((r for r in replies if r.code < 500 and r.code >= 400), None) or next(
                 r for r in replies if r.code >= 400
             )
-        log.info(
-            "{id} {queue} {outcome} from={sender} to={to} size={size} ({code})",
-            id=self.session.sessionID,
-            queue=envelope.queueID,
-            outcome="accepted" if reply.code < 400 else "refused",
-            sender=envelope.mailFrom.toPath(),
-            to=",".join(str(r.address) for r in envelope.recipients),
-            size=self.message.size if self.message is not None else 0,
-            code=reply.code,
-        )
+        if self.factory.logMessages:
+            # one field holding the line: observers format it for almost nothing
+            size = self.message.size if self.message is not None else 0
+            user = self.session.authenticated
+            log.info(
+                "{line}",
+                line=f"{self.session.sessionID} {envelope.queueID} "
+                f"{'accepted' if reply.code < 400 else 'refused'} "
+                f"from={envelope.mailFrom.toPath()} "
+                f"to={','.join(str(r.address) for r in envelope.recipients)} "
+                f"size={size}{f' user={user}' if user else ''} ({reply.code})",
+                queueID=envelope.queueID,
+                code=reply.code,
+            )
         return reply
 
     def _endTransaction(self) -> None:
@@ -783,7 +791,13 @@ class SMTPServerProtocol(Protocol):
 
     def _extension(self, event: E.ExtensionCommand) -> Any:
         ext = self.factory.verbs.get(event.name)
-        if ext is None or ext.keyword not in self.session.extensions:
+        if ext is None:
+            return R.UNRECOGNIZED
+        if ext.keyword not in self.session.extensions:
+            if IUnadvertisedCommands.providedBy(ext):
+                reply = ext.refuseCommand(self.control, event.name, event.argument)
+                if reply is not None and reply.code >= 400:
+                    return reply
             return R.UNRECOGNIZED
         self._conversation = (ext, event.name)
         return ext.handleCommand(self.control, event.name, event.argument)

@@ -98,6 +98,8 @@ class Options(usage.Options):
     ]  # fmt: skip
     optFlags = [
         ["transcript", None, "Debugging: log every session as a readable transcript."],
+        ["quiet", None, "No log line per message (start-up, warnings and errors are "
+         "still logged)."],
         ["tls", None, "Offer TLS with a self-signed certificate for the host name, made "
          "once in the working directory, when no --tls-cert is given (development)."],
         ["auth-plaintext", None, "Offer AUTH without TLS too: passwords in clear (tests "
@@ -194,7 +196,14 @@ class Options(usage.Options):
         ):
             if self[name] is not None:
                 command[name] = convert(name, self[name], f"--{name}")
-        for name in ("transcript", "tls", "auth-plaintext", "require-auth", "implicit-tls"):
+        for name in (
+            "transcript",
+            "quiet",
+            "tls",
+            "auth-plaintext",
+            "require-auth",
+            "implicit-tls",
+        ):
             if self[name]:
                 command[name] = True
         fileTop: dict[str, Any] | None = None

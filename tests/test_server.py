@@ -713,6 +713,36 @@ class PlugPointTests(ServerTestCase):
         verifyObject(IDeliveryBackend, self.backend)
 
 
+class MessageLogTests(ServerTestCase):
+    def logged(self, **kwargs: Any) -> list[str]:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        config = ServerConfig(
+            hostname="mx.test", localDomains=frozenset({"example.com"}), **kwargs
+        )
+        proto, t = self.connect(config=config)
+        self.talk(
+            proto,
+            t,
+            b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nx\r\n.\r\n",
+        )
+        from twisted.logger import formatEvent
+
+        return [formatEvent(e) for e in events if e.get("log_namespace") == "mailframe.server"]
+
+    def test_messageLine(self) -> None:
+        """Each message gets one readable log line with its id, sender, recipients and size."""
+        [line] = self.logged()
+        self.assertRegex(
+            line, r"^\S+ \S+ accepted from=<a@b.c> to=a@example.com size=\d+ \(250\)$"
+        )
+
+    def test_quiet(self) -> None:
+        """With logMessages off nothing is logged per message."""
+        self.assertEqual(self.logged(logMessages=False), [])
+
+
 class TranscriptTests(ServerTestCase):
     def test_transcript(self) -> None:
         """With transcript on, each command line and reply is logged; data is summarised."""
@@ -895,6 +925,37 @@ class SessionControlTests(ServerTestCase):
         self.assertEqual(len(text), 1)
         self.assertIn("wrong version number", text[0])
         self.assertNotIn("\n", text[0])
+
+    def test_unadvertisedVerbAnswered(self) -> None:
+        """An extension providing IUnadvertisedCommands answers its verb when hidden."""
+        from zope.interface import implementer as impl
+
+        from mailframe.interfaces import IUnadvertisedCommands
+
+        @impl(IUnadvertisedCommands)
+        class Hidden(FakeAuth):
+            def ehloParameters(self, session: SessionInfo) -> str | None:
+                return None
+
+            def refuseCommand(self, control: Any, verb: str, argument: str) -> Any:
+                return Reply(538, (5, 7, 11), "Encryption required")
+
+        factory = SMTPServerFactory(
+            ServerConfig(hostname="mx.test"), self.backend, extensions=[Hidden()], clock=self.clock
+        )
+        proto = factory.buildProtocol(None)
+        t = TLSTransport()
+        proto.makeConnection(t)
+        out = self.talk(proto, t, b"EHLO c\r\nAUTH TEST\r\n")
+        self.assertEqual(codes(out)[-1], "538")
+
+    def test_startTLSForgetsAuthentication(self) -> None:
+        """STARTTLS forgets an earlier authentication (RFC 3207 4.2)."""
+        proto, t = self.connectTLS()
+        self.talk(proto, t, b"EHLO c\r\nAUTH TEST\r\nok\r\n")
+        self.assertEqual(proto.session.authenticated, "alice")
+        self.talk(proto, t, b"STARTTLS\r\n")
+        self.assertIsNone(proto.session.authenticated)
 
     def test_controlProvides(self) -> None:
         """SessionControl provides ISessionControl."""

@@ -144,6 +144,11 @@ class OptionsTests(unittest.TestCase):
         """--transcript sets ServerConfig.transcript."""
         self.assertTrue(parse("--transcript").listeners[0].config.transcript)
 
+    def test_quiet(self) -> None:
+        """--quiet turns the per-message log line off; it is on by default."""
+        self.assertTrue(parse().listeners[0].config.logMessages)
+        self.assertFalse(parse("--quiet").listeners[0].config.logMessages)
+
     def test_errors(self) -> None:
         """A bad value of any option is a one-line usage error naming the option."""
         cases = [
