@@ -26,6 +26,7 @@ __all__ = [
     "IRecipientValidator",
     "ISenderValidator",
     "ISessionControl",
+    "IUnadvertisedCommands",
 ]
 
 
@@ -156,6 +157,17 @@ class IExtension(Interface):
         The client's line (bytes, without CRLF) after a 334 reply to C{verb};
         answer as L{handleCommand} does (334 again to ask for more).
         """
+
+
+class IUnadvertisedCommands(Interface):
+    """
+    Optional, for an extension: answer its own verbs in a session where it
+    is not advertised, instead of the default 500 (e.g. AUTH before TLS gets
+    538 5.7.11 "Encryption required").
+    """
+
+    def refuseCommand(control, verb, argument):  # type: ignore[no-untyped-def]
+        """@return: a 4xx/5xx L{Reply}, or None for the default 500."""
 
 
 class ISessionControl(Interface):

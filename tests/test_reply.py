@@ -26,6 +26,10 @@ class ReplyTests(SynchronousTestCase):
         self.assertEqual(Reply(250).toBytes(), b"250\r\n")
         self.assertEqual(Reply(250, None, ("a", "")).toBytes(), b"250-a\r\n250\r\n")
 
+    def test_empty334(self) -> None:
+        """An empty 334 challenge keeps its space (RFC 4954 4)."""
+        self.assertEqual(Reply(334, None, "").toBytes(), b"334 \r\n")
+
     def test_validation(self) -> None:
         """Bad codes, mismatched enhanced codes and CR/LF in text are refused."""
         self.assertRaises(ValueError, Reply, 199)

@@ -36,6 +36,7 @@ from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mailframe import sasl
 from mailframe.credentials import (
@@ -47,6 +48,7 @@ from mailframe.credentials import (
 )
 from mailframe.envelope import Envelope, SessionInfo
 from mailframe.extensions._base import Extension
+from mailframe.interfaces import IUnadvertisedCommands
 from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.protocol import decodeXtext
 from mailframe.reply import Reply, SMTPError
@@ -118,6 +120,7 @@ def _printable(name: str) -> str:
     return repr(name[:64])
 
 
+@implementer(IUnadvertisedCommands)
 class Auth(Extension):
     """
     AUTH with the mechanisms the Portal's checkers can serve.
@@ -194,6 +197,12 @@ class Auth(Extension):
         envelope.extra["auth"] = mailbox if session.authenticated is not None else "<>"
 
     # -- the AUTH command -------------------------------------------------------------
+
+    def refuseCommand(self, control: Any, verb: str, argument: str) -> Reply | None:
+        """IUnadvertisedCommands: AUTH outside TLS is 538 5.7.11, not 500."""
+        if self.mechanisms and control.session.tls is None and not self.allowPlaintext:
+            return ENCRYPTION_REQUIRED
+        return None
 
     def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
         session = control.session
