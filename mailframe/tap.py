@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.application import strports
@@ -71,6 +72,10 @@ class Options(usage.Options):
     longdesc = _LONGDESC
 
     optParameters = [
+        ["workers", None, None, "Processes serving the same tcp: listening ports "
+         "(SO_REUSEPORT), to use every core. [default: 1]"],
+        ["worker", None, None, "Internal: the index of a worker process started by "
+         "--workers."],
         ["hostname", None, None, "The name in the greeting and Received fields. "
          "[default: this host's fully qualified name]"],
         ["deliver", None, None, "The delivery backend, a description. "
@@ -168,11 +173,39 @@ class Options(usage.Options):
             print(f"  {factory.authType:<12} {factory.argStringFormat}")
         raise SystemExit(0)
 
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # kept to start more workers with the very same options
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         try:
             self.listeners = self._listeners()
+            self.workers = self._workers()
         except ConfigError as e:
             raise usage.UsageError(str(e))
+
+    def _workers(self) -> int:
+        count = 1
+        if self["workers"] is not None:
+            value = self["workers"].strip()
+            if not value.isdigit() or not 1 <= int(value) <= 64:
+                raise ConfigError(f"--workers: expected 1 to 64, not {self['workers']!r}")
+            count = int(value)
+        if self["worker"] is not None and not self["worker"].strip().isdigit():
+            raise ConfigError(f"--worker: expected a number, not {self['worker']!r}")
+        if count > 1:
+            from twisted.internet.testing import MemoryReactor
+
+            from mailframe.workers import reusePortEndpoint
+
+            for spec in self.listeners:
+                for endpoint in spec.endpoints:
+                    try:
+                        reusePortEndpoint(MemoryReactor(), endpoint)
+                    except ValueError as e:
+                        raise ConfigError(str(e))
+        return count
 
     def _listeners(self) -> list[ListenerSpec]:
         command: dict[str, Any] = {}
@@ -322,7 +355,11 @@ def makeService(options: Options) -> MailframeService:
         for endpoint in spec.endpoints:
             try:
                 child = _endpointService(
-                    reactor, endpoint, factory, tls if spec.implicitTLS else None
+                    reactor,
+                    endpoint,
+                    factory,
+                    tls if spec.implicitTLS else None,
+                    shared=getattr(options, "workers", 1) > 1,
                 )
             except Exception as e:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
@@ -339,14 +376,28 @@ def makeService(options: Options) -> MailframeService:
                 "(--auth-plaintext): passwords cross the network in clear; use it for tests "
                 "on localhost only"
             )
+    workers = getattr(options, "workers", 1)
+    if workers > 1 and options["worker"] is None:  # worker 0 starts the others
+        from mailframe.workers import WorkerPool, workerArgv
+
+        WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
     return service
 
 
-def _endpointService(reactor: Any, description: str, factory: Any, tls: Any) -> Any:
-    """The listening service of one endpoint; with C{tls}, TLS from the first byte."""
+def _endpointService(
+    reactor: Any, description: str, factory: Any, tls: Any, shared: bool = False
+) -> Any:
+    """
+    The listening service of one endpoint; with C{tls}, TLS from the first
+    byte; C{shared}, a SO_REUSEPORT socket the other workers bind too.
+    """
     from mailframe.tls import implicitTLS
 
     listening = implicitTLS(tls, factory) if tls is not None else factory
+    if shared:
+        from mailframe.workers import ReusePortService
+
+        return ReusePortService(reactor, description, listening)
     return strports.service(description, listening, reactor=reactor)
 
 

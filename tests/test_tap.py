@@ -144,6 +144,40 @@ class OptionsTests(unittest.TestCase):
         """--transcript sets ServerConfig.transcript."""
         self.assertTrue(parse("--transcript").listeners[0].config.transcript)
 
+    def test_workers(self) -> None:
+        """--workers takes 1..64 and needs tcp endpoints with a fixed port."""
+        self.assertEqual(parse().workers, 1)
+        self.assertEqual(parse("--workers", "2", "--listen", "tcp:2525").workers, 2)
+        for args, message in [
+            (("--workers", "0"), "--workers: expected 1 to 64"),
+            (("--workers", "x"), "--workers: expected 1 to 64"),
+            (("--workers", "2", "--listen", "unix:/tmp/s"), "tcp: or tcp6:"),
+            (("--workers", "2", "--listen", "tcp:0"), "fixed port"),
+        ]:
+            e = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(message, str(e))
+
+    def test_workersShareThePort(self) -> None:
+        """With --workers, listeners are SO_REUSEPORT services and worker 0 starts a pool."""
+        from mailframe.workers import ReusePortService, WorkerPool
+
+        directory = self.mktemp()
+        options = parse(
+            "--workers", "3", "--listen", "tcp:2599:interface=127.0.0.1",
+            "--deliver", f"maildir:{directory}",
+        )  # fmt: skip
+        service = tap.makeService(options)
+        kinds = [type(s) for s in service]
+        self.assertIn(ReusePortService, kinds)
+        [pool] = [s for s in service if isinstance(s, WorkerPool)]
+        self.assertEqual(pool.count, 3)
+        self.assertIn("--workers", pool.argv)
+        worker = parse(
+            "--workers", "3", "--worker", "1", "--listen", "tcp:2599:interface=127.0.0.1",
+            "--deliver", f"maildir:{directory}",
+        )  # fmt: skip
+        self.assertFalse([s for s in tap.makeService(worker) if isinstance(s, WorkerPool)])
+
     def test_quiet(self) -> None:
         """--quiet turns the per-message log line off; it is on by default."""
         self.assertTrue(parse().listeners[0].config.logMessages)
