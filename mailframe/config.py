@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from mailframe.address import Domain
@@ -40,6 +41,15 @@ class ServerConfig:
     authenticated session, else 530 5.7.0.  C{logMessages}: one log line
     per message (accepted or refused after its data); C{transcript}: every
     command and reply.
+
+    Relay and abuse controls: C{relayNetworks}, client networks that may
+    relay (as authenticated sessions may).  C{enforceSync}: a client that
+    talks before the greeting or sends a command before the previous one's
+    reply without PIPELINING gets 554 5.5.0 and is dropped (Exim's
+    smtp_enforce_sync).  C{greetDelay}: seconds to wait before the greeting
+    (so that early talkers show themselves; postscreen's pregreet test).
+    C{errorDelay}: after C{softErrors} errors each error reply waits
+    C{errorDelay} seconds more than the last (a tarpit).
     """
 
     hostname: str = field(default_factory=defaultHostname)
@@ -54,6 +64,11 @@ class ServerConfig:
     maxErrors: int = 20
     transcript: bool = False
     logMessages: bool = True
+    relayNetworks: tuple[IPv4Network | IPv6Network, ...] = ()
+    enforceSync: bool = False
+    greetDelay: float = 0.0
+    errorDelay: float = 0.0
+    softErrors: int = 3
     software: str = "mailframe"
     spillThreshold: int = 1 << 20
     tempDirectory: str | None = None
@@ -72,6 +87,25 @@ class ServerConfig:
                 raise ValueError(f"{name} must be positive")
         if self.maxErrors < 1:
             raise ValueError("maxErrors must be at least 1")
+        networks = tuple(
+            n if isinstance(n, IPv4Network | IPv6Network) else ip_network(n, strict=False)
+            for n in self.relayNetworks
+        )
+        object.__setattr__(self, "relayNetworks", networks)
+        if self.greetDelay < 0 or self.errorDelay < 0 or self.softErrors < 0:
+            raise ValueError("greetDelay, errorDelay and softErrors may not be negative")
+
+    def mayRelay(self, host: str) -> bool:
+        """True if a client at C{host} (an IP address) is in a relay network."""
+        if not self.relayNetworks:
+            return False
+        try:
+            address = ip_address(host.partition("%")[0])
+        except ValueError:
+            return False
+        if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
+            address = address.ipv4_mapped  # type: ignore[union-attr]
+        return any(address in n for n in self.relayNetworks)
 
     def isLocal(self, domain: Domain | None) -> bool:
         """True if mail for C{domain} is ours to deliver."""

@@ -20,12 +20,14 @@ __all__ = [
     "IConnectionFilter",
     "IDeliveryBackend",
     "IExtension",
+    "IHeloValidator",
     "ILocalDomains",
     "IMessageFilter",
     "IPlugInFactory",
     "IRecipientValidator",
     "ISenderValidator",
     "ISessionControl",
+    "ISessionObserver",
     "IUnadvertisedCommands",
 ]
 
@@ -41,6 +43,28 @@ class IConnectionFilter(Interface):
             L{SMTPError} with a 554 reply to greet with it and serve only
             QUIT (RFC 5321 3.1), or with 421 to refuse and close.
         """
+
+
+class IHeloValidator(Interface):
+    """Accepts or refuses the name a client gives in HELO/EHLO."""
+
+    def validateHelo(session, name, extended):  # type: ignore[no-untyped-def]
+        """
+        @param name: the HELO/EHLO argument, as sent.
+        @param extended: True for EHLO.
+        @return: None (or a Deferred firing None) to accept.  Raise
+            L{SMTPError} to refuse (the client may try again).
+        """
+
+
+class ISessionObserver(Interface):
+    """
+    Optional, for any plug-in given to the server: told when a session ends
+    (connection filters that count connections, rate limits ...).
+    """
+
+    def sessionEnded(session):  # type: ignore[no-untyped-def]
+        """The connection of C{session} is gone.  Must not raise."""
 
 
 class ISenderValidator(Interface):

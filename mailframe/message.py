@@ -16,7 +16,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8 as _POLICY
 from typing import BinaryIO
@@ -29,6 +29,7 @@ SPILL_THRESHOLD = 1 << 20
 _READ_SIZE = 1 << 16
 _FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")  # RFC 5322 ftext
 _FOLDED_VALUE_RE = re.compile(r"[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\Z")
+_FIELD_START_RE = re.compile(rb"(?<=\n)(?=[^ \t])")  # a line that is not a continuation
 _MAX_HEADER_SECTION = 1 << 18
 
 
@@ -47,7 +48,7 @@ class Message:
         self._spillThreshold = spillThreshold
         self._tempDir = tempDir
         self._finished = False
-        self._body: bytes | None = None
+        self._head: tuple[int, bytes] | None = None  # (end, rewritten fields)
 
     # -- writing (the server) ------------------------------------------------
 
@@ -94,6 +95,47 @@ class Message:
         """
         self._prefix.insert(0, field)
 
+    def removeHeaderFields(self, predicate: Callable[[str, str], bool]) -> int:
+        """
+        Drop the received message's header fields for which
+        C{predicate(name, value)} is true (e.g. forged Authentication-Results
+        carrying our own id, RFC 8601 5); fields prepended here are kept.
+        Only the header section (at most 256 KiB) is read and rewritten; the
+        body is not copied.  Returns how many fields were removed.
+        """
+        if not self._finished:
+            raise RuntimeError("remove header fields once the message is complete")
+        _, end, head = self._headerSection()
+        kept: list[bytes] = []
+        removed = 0
+        for field in _FIELD_START_RE.split(head):
+            if not field:
+                continue
+            name, colon, value = field.partition(b":")
+            text = value.decode("utf-8", "replace").strip()
+            if colon and predicate(name.decode("ascii", "replace").strip(), text):
+                removed += 1
+            else:
+                kept.append(field)
+        if removed:
+            self._head = (end, b"".join(kept))
+        return removed
+
+    def _headerSection(self) -> tuple[int, int, bytes]:
+        """(start, end, bytes) of the body's header fields, without the blank line."""
+        if self._head is not None:
+            return 0, self._head[0], self._head[1]
+        data = bytearray()
+        for chunk in self._bodyChunks(0):
+            data += chunk
+            if b"\r\n\r\n" in data or len(data) > _MAX_HEADER_SECTION:
+                break
+        if data.startswith(b"\r\n"):
+            return 0, 0, b""
+        end = data.find(b"\r\n\r\n")
+        end = end + 2 if end >= 0 else min(len(data), _MAX_HEADER_SECTION)
+        return 0, end, bytes(data[:end])
+
     def close(self) -> None:
         """Release the temporary file, if any."""
         if self._file is not None:
@@ -106,7 +148,10 @@ class Message:
     @property
     def size(self) -> int:
         """Octets of the whole message, prepended header fields included."""
-        return sum(map(len, self._prefix)) + self._bodySize
+        size = sum(map(len, self._prefix)) + self._bodySize
+        if self._head is not None:
+            size += len(self._head[1]) - self._head[0]
+        return size
 
     @property
     def bodySize(self) -> int:
@@ -125,11 +170,24 @@ class Message:
         """
         if self._prefix:
             yield b"".join(self._prefix)
+        if self._head is None:
+            yield from self._bodyChunks(0, size)
+            return
+        end, head = self._head
+        yield head
+        yield from self._bodyChunks(end, size)
+
+    def _bodyChunks(self, offset: int, size: int = _READ_SIZE) -> Iterator[bytes]:
         if self._file is None:
-            yield from self._pieces
+            if offset == 0:
+                yield from self._pieces
+                return
+            for piece in self._pieces:
+                if offset < len(piece):
+                    yield piece[offset:] if offset else piece
+                offset = max(0, offset - len(piece))
             return
         fd = self._file.fileno()
-        offset = 0
         while offset < self._bodySize:
             data = os.pread(fd, min(size, self._bodySize - offset), offset)
             if not data:

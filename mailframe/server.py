@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import (
     IHandshakeListener,
     IPushProducer,
@@ -44,11 +44,13 @@ from mailframe.interfaces import (
     IConnectionFilter,
     IDeliveryBackend,
     IExtension,
+    IHeloValidator,
     ILocalDomains,
     IMessageFilter,
     IRecipientValidator,
     ISenderValidator,
     ISessionControl,
+    ISessionObserver,
     IUnadvertisedCommands,
 )
 from mailframe.message import Message
@@ -119,6 +121,10 @@ class SMTPServerFactory(Factory):
     @param messageFilters: L{IMessageFilter}s, run in order after the data.
     @param extensions: L{IExtension}s; by default the built-ins.
     @param clock: the reactor (or a Clock in tests); default: the reactor.
+    @param heloValidators: L{IHeloValidator}s; each must accept.
+
+    Any of these that also provides L{ISessionObserver} is told when each
+    session ends.
     """
 
     protocol = None  # set below; buildProtocol is explicit
@@ -134,6 +140,7 @@ class SMTPServerFactory(Factory):
         messageFilters: Sequence[Any] = (),
         extensions: Iterable[Any] | None = None,
         clock: IReactorTime | None = None,
+        heloValidators: Sequence[Any] = (),
     ) -> None:
         if clock is None:
             from twisted.internet import reactor
@@ -144,6 +151,7 @@ class SMTPServerFactory(Factory):
         _check(ISenderValidator, senderValidators, "sender validator")
         _check(IConnectionFilter, connectionFilters, "connection filter")
         _check(IMessageFilter, messageFilters, "message filter")
+        _check(IHeloValidator, heloValidators, "HELO validator")
         exts = (
             list(extensions)
             if extensions is not None
@@ -168,7 +176,20 @@ class SMTPServerFactory(Factory):
         self.senderValidators = tuple(senderValidators)
         self.connectionFilters = tuple(connectionFilters)
         self.messageFilters = tuple(messageFilters)
+        self.heloValidators = tuple(heloValidators)
         self.extensions = tuple(exts)
+        everything = [
+            backend,
+            *validators,
+            *senderValidators,
+            *connectionFilters,
+            *messageFilters,
+            *heloValidators,
+            *exts,
+        ]
+        self.observers = tuple(
+            dict.fromkeys(p for p in everything if ISessionObserver.providedBy(p))
+        )
         self.mailParameters = {p: e for e in exts for p in e.mailParameters}
         self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
         self.verbs = {v: e for e in exts for v in e.verbs}
@@ -216,6 +237,15 @@ def _check(interface: Any, providers: Iterable[Any], what: str) -> None:
 
 
 _AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
+_ROUTING_CHARACTERS = frozenset("%!@")
+_ROUTING_DENIED = Reply(
+    550, (5, 7, 1), "Routing through this server (%, ! or @ in a local part) is not allowed"
+)
+_OUT_OF_SYNC = Reply(
+    554, (5, 5, 0), "Protocol error: commands sent before the reply (no PIPELINING)"
+)
+_EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the greeting")
+_GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
 _TLS_READY = Reply(220, (2, 0, 0), "Ready to start TLS")
 
 
@@ -293,19 +323,24 @@ class SMTPServerProtocol(Protocol):
         self._out: list[bytes] = []
         self._errors = 0
         self._transcript = cfg.transcript
+        self._checkSync = cfg.enforceSync
         self._lastActivity = f.clock.seconds()
         self._timer = f.clock.callLater(cfg.commandTimeout, self._checkIdle)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         f.sessions.add(self)
         if self._transcript:
             log.info("{id} connect from {peer}", id=self.session.sessionID, peer=self.session.peer)
-        if not f.connectionFilters:
+        delay = cfg.greetDelay
+        if not f.connectionFilters and not delay:
             self._greet(None)
             return
         try:
             result = self._filterConnection(0)
         except Exception:
             result = Failure()
+        if delay:  # the filters run while we wait; the greeting needs both
+            filtered = result
+            result = task.deferLater(f.clock, delay, lambda: filtered)
         self._startAsync(result)
 
     def _filterConnection(self, i: int) -> Any:
@@ -322,12 +357,23 @@ class SMTPServerProtocol(Protocol):
 
     def _greet(self, reply: Reply | None) -> None:
         cfg = self.factory.config
+        early = False
         if reply is None or reply.code < 400:
             reply = R.greeting(cfg.hostname, cfg.software)
+            if self._conn.buffered and (cfg.enforceSync or cfg.greetDelay):
+                early = True
+                reply = _EARLY_TALKER
+                log.info(
+                    "{id} {peer} talked before the greeting: dropped",
+                    id=self.session.sessionID,
+                    peer=self.session.peer,
+                )
         elif reply.code not in (421, 554):
             reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
         self._write(reply)
         self._flush()
+        if early:
+            self._close()
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: record the TLS version, cipher and client cert."""
@@ -363,6 +409,11 @@ class SMTPServerProtocol(Protocol):
         self._timer = None
         self._endTransaction()
         self.factory.sessions.discard(self)
+        for observer in self.factory.observers:
+            try:
+                observer.sessionEnded(self.session)
+            except Exception:
+                log.failure("{id} sessionEnded failed", id=self.session.sessionID)
         if self._transcript:
             log.info("{id} disconnect", id=self.session.sessionID)
 
@@ -395,12 +446,23 @@ class SMTPServerProtocol(Protocol):
                 except RemoteProtocolError as e:
                     if self._transcript:
                         self._logIn(conn)
+                    if self._tarpit(e.reply):
+                        continue
                     self._write(e.reply)
                     continue
                 if event is _NEED_DATA or event is _PAUSED:
                     break
                 if self._transcript:
                     self._logIn(conn, event)
+                if pending and self._checkSync and self._outOfSync(event):
+                    self._write(_OUT_OF_SYNC)
+                    log.info(
+                        "{id} {peer} pipelined without PIPELINING: dropped",
+                        id=self.session.sessionID,
+                        peer=self.session.peer,
+                    )
+                    self._close()
+                    break
                 try:
                     result = handlers[type(event)](self, event)
                 except SMTPError as e:
@@ -417,11 +479,38 @@ class SMTPServerProtocol(Protocol):
                     if isinstance(result, _Deferred):
                         self._startAsync(result)
                         continue
+                if result.code >= 400 and self._tarpit(result):
+                    continue
                 self._write(result)
         finally:
             self._inLoop = False
         if not self._busy:
             self._flush()
+
+    def _outOfSync(self, event: Any) -> bool:
+        """
+        With enforceSync: input already waits behind C{event}, which is a
+        point where the client must wait for our reply (RFC 2920 3.1: every
+        command without PIPELINING; EHLO/HELO, DATA, VRFY, EXPN, NOOP and
+        STARTTLS even with it).
+        """
+        if type(event) in _GROUP_ENDERS:
+            return True
+        if "PIPELINING" in self.session.extensions:
+            return False
+        return isinstance(event, E.Command | E.EndOfMessage | E.EndOfChunk)
+
+    def _tarpit(self, reply: Reply) -> bool:
+        """
+        After softErrors errors, hold each error reply errorDelay seconds
+        longer than the last (no command is read meanwhile).  True if held.
+        """
+        cfg = self.factory.config
+        over = self._errors - cfg.softErrors + 1
+        if not cfg.errorDelay or over <= 0 or reply.code < 400 or reply.code == 421:
+            return False
+        self._startAsync(task.deferLater(self.factory.clock, cfg.errorDelay * over, lambda: reply))
+        return True
 
     def _startAsync(self, result: Any) -> None:
         """Wait for a plug point: take no command until it answers."""
@@ -580,7 +669,28 @@ class SMTPServerProtocol(Protocol):
 
     # -- commands ----------------------------------------------------------------
 
-    def _hello(self, event: E.Hello) -> Reply:
+    def _hello(self, event: E.Hello) -> Any:
+        if self.factory.heloValidators:
+            return self._checkHelo(0, event)
+        return self._helloReply(event)
+
+    def _checkHelo(self, i: int, event: E.Hello) -> Any:
+        validators = self.factory.heloValidators
+        while i < len(validators):
+            result = _settled(validators[i].validateHelo(self.session, event.name, event.extended))
+            if isinstance(result, _Deferred):
+                return result.addCallback(self._heloAnswered, i, event)
+            if isinstance(result, Reply) and result.code >= 400:
+                return result
+            i += 1
+        return self._helloReply(event)
+
+    def _heloAnswered(self, result: Any, i: int, event: E.Hello) -> Any:
+        if isinstance(result, Reply) and result.code >= 400:
+            return result
+        return self._checkHelo(i + 1, event)
+
+    def _helloReply(self, event: E.Hello) -> Reply:
         session = self.session
         cfg = self.factory.config
         session.heloName = event.name
@@ -641,12 +751,14 @@ class SMTPServerProtocol(Protocol):
         envelope = self.envelope
         assert envelope is not None
         local = True
+        if _ROUTING_CHARACTERS.intersection(address.localPart):
+            return _ROUTING_DENIED  # user%remote@here, remote!user@here, "a@b"@here
         if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
             address = Address(address.localPart, Domain(cfg.hostname))
         elif not cfg.isLocal(address.domain):
-            if session.authenticated is None:
+            if session.authenticated is None and not cfg.mayRelay(session.peerHost):
                 return R.RELAY_DENIED
-            local = False  # an authenticated client's mail to elsewhere
+            local = False  # relayed: an authenticated or trusted client's mail
         recipient = Recipient(address, event.params)
         if event.params:
             owners = self.factory.rcptParameters

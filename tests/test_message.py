@@ -67,3 +67,54 @@ class ToLFTests(SynchronousTestCase):
         self.assertEqual(
             b"".join(toLF(iter([b"a\r", b"\nb\r\n", b"c\rd", b"\r"]))), b"a\nb\nc\rd\r"
         )
+
+
+class RemoveHeaderFieldsTests(SynchronousTestCase):
+    def message(self, body: bytes, spill: int = 1 << 20) -> Message:
+        m = Message(spillThreshold=spill)
+        for i in range(0, len(body), 7):
+            m.write(body[i : i + 7])
+        m.finish()
+        m.prependHeader("Received", "by us")
+        return m
+
+    def test_removes(self) -> None:
+        """Matching fields (folded ones whole) go; others, ours and the body stay."""
+        body = (
+            b"Authentication-Results: mx.example; spf=pass\r\n\tsmtp.mailfrom=a@b\r\n"
+            b"Subject: hi\r\n"
+            b"Authentication-Results: other.example; dkim=pass\r\n"
+            b"\r\nAuthentication-Results: mx.example; in the body\r\n"
+        )
+        for spill in (1 << 20, 10):
+            m = self.message(body, spill)
+            n = m.removeHeaderFields(
+                lambda name, value: (
+                    name.lower() == "authentication-results" and value.startswith("mx.example")
+                )
+            )
+            self.assertEqual(n, 1)
+            expected = (
+                b"Received: by us\r\nSubject: hi\r\n"
+                b"Authentication-Results: other.example; dkim=pass\r\n"
+                b"\r\nAuthentication-Results: mx.example; in the body\r\n"
+            )
+            self.assertEqual(m.getvalue(), expected)
+            self.assertEqual(m.size, len(expected))
+            self.assertEqual(m.open().read(), expected)
+
+    def test_nothingToRemove(self) -> None:
+        """Without a match the message is untouched."""
+        m = self.message(b"Subject: x\r\n\r\nbody\r\n")
+        self.assertEqual(m.removeHeaderFields(lambda n, v: False), 0)
+        self.assertEqual(m.getvalue(), b"Received: by us\r\nSubject: x\r\n\r\nbody\r\n")
+
+    def test_noHeader(self) -> None:
+        """A message that starts with its body has no fields to remove."""
+        m = self.message(b"\r\nbody\r\n")
+        self.assertEqual(m.removeHeaderFields(lambda n, v: True), 0)
+
+    def test_beforeFinish(self) -> None:
+        """Fields are removed from a complete message only."""
+        m = Message()
+        self.assertRaises(RuntimeError, m.removeHeaderFields, lambda n, v: True)

@@ -969,3 +969,123 @@ def TLSInfoFor() -> Any:
     from mailframe.envelope import TLSInfo
 
     return TLSInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256, None)
+
+
+class PolicyHookTests(ServerTestCase):
+    def config(self, **kwargs: Any) -> ServerConfig:
+        return ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}), **kwargs)
+
+    def test_heloValidator(self) -> None:
+        """A HELO validator refuses a name; the client may try again."""
+        from mailframe.interfaces import IHeloValidator
+
+        @implementer(IHeloValidator)
+        class NoBare:
+            def validateHelo(self, session: Any, name: str, extended: bool) -> Any:
+                if "." not in name:
+                    return defer.fail(SMTPError(550, (5, 7, 1), "HELO needs a FQDN"))
+                return None
+
+        verifyObject(IHeloValidator, NoBare())
+        proto, t = self.connect(heloValidators=[NoBare()])
+        out = self.talk(proto, t, b"EHLO bare\r\nMAIL FROM:<a@b.c>\r\nEHLO host.example\r\n")
+        self.assertEqual(codes(out)[:2], ["550", "503"])
+        self.assertTrue(out.endswith(b"250 BINARYMIME\r\n"))
+        self.assertEqual(proto.session.heloName, "host.example")
+
+    def test_sessionObserver(self) -> None:
+        """Plug-ins providing ISessionObserver hear when a session ends."""
+        from mailframe.interfaces import ISessionObserver
+
+        ended: list[str] = []
+
+        @implementer(IConnectionFilter, ISessionObserver)
+        class Counter:
+            def acceptConnection(self, session: Any) -> None:
+                return None
+
+            def sessionEnded(self, session: SessionInfo) -> None:
+                ended.append(session.sessionID)
+
+        proto, _t = self.connect(connectionFilters=[Counter()])
+        proto.connectionLost(None)
+        self.assertEqual(ended, [proto.session.sessionID])
+
+    def test_relayNetworks(self) -> None:
+        """A client in a relay network may send elsewhere; others get 550 5.7.1."""
+        proto, t = self.connect(config=self.config(relayNetworks=("192.168.1.0/24",)))
+        out = self.talk(proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@far.example>\r\n")
+        self.assertEqual(codes(out)[-1], "250 2.1.5")
+        proto, t = self.connect(config=self.config(relayNetworks=("10.0.0.0/8",)))
+        out = self.talk(proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@far.example>\r\n")
+        self.assertEqual(codes(out)[-1], "550 5.7.1")
+
+    def test_routingForms(self) -> None:
+        """%-hacks, bang paths and quoted @ are refused even for local domains."""
+        proto, t = self.connect()
+        for rcpt in [
+            b"user%far.example@example.com",
+            b"far.example!user@example.com",
+            b'"user@far.example"@example.com',
+            b"@relay.example:user%x@example.com",
+        ]:
+            out = self.talk(
+                proto, t, b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<" + rcpt + b">\r\nRSET\r\n"
+            )
+            self.assertEqual(codes(out)[-2], "550 5.7.1", rcpt)
+
+    def test_earlyTalkerWithDelay(self) -> None:
+        """With greetDelay, a client that talks first gets 554 5.5.0 and is dropped."""
+        proto, t = self.connect(config=self.config(greetDelay=2.0))
+        self.assertEqual(t.value(), b"")
+        proto.dataReceived(b"EHLO impatient\r\n")
+        self.clock.advance(2)
+        self.assertEqual(codes(t.value()), ["554"])
+        self.assertTrue(t.disconnecting)
+
+    def test_patientClientWithDelay(self) -> None:
+        """With greetDelay, a client that waits is greeted after the delay."""
+        _proto, t = self.connect(config=self.config(greetDelay=2.0))
+        self.clock.advance(1.9)
+        self.assertEqual(t.value(), b"")
+        self.clock.advance(0.1)
+        self.assertTrue(t.value().startswith(b"220 mx.test"))
+
+    def test_pipeliningWithoutPipelining(self) -> None:
+        """enforceSync: commands sent ahead after HELO get 554 5.5.0 and a close."""
+        proto, t = self.connect(config=self.config(enforceSync=True))
+        out = self.talk(proto, t, b"HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@example.com>\r\n")
+        self.assertEqual(codes(out), ["554"])
+        self.assertTrue(t.disconnecting)
+
+    def test_pipeliningAllowedWithEhlo(self) -> None:
+        """enforceSync: after EHLO a pipelined group is fine, but not data after DATA."""
+        proto, t = self.connect(config=self.config(enforceSync=True))
+        self.talk(proto, t, b"EHLO c\r\n")
+        out = self.talk(proto, t, b"MAIL FROM:<a@b.c>\r\nRCPT TO:<a@example.com>\r\nDATA\r\n")
+        self.assertEqual(codes(out), ["250 2.1.0", "250 2.1.5", "354"])
+        out = self.talk(
+            proto,
+            t,
+            b"x\r\n.\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@example.com>\r\nDATA\r\nearly\r\n",
+        )
+        self.assertEqual(codes(out), ["250 2.0.0", "250 2.1.0", "250 2.1.5", "554 5.5.0"])
+        self.assertTrue(t.disconnecting)
+
+    def test_syncOffByDefault(self) -> None:
+        """Without enforceSync, pipelining after HELO is served (lenient default)."""
+        proto, t = self.connect()
+        out = self.talk(proto, t, b"HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<a@example.com>\r\n")
+        self.assertEqual(codes(out), ["250", "250", "250"])
+
+    def test_tarpit(self) -> None:
+        """After softErrors errors each error reply waits longer; good replies do not."""
+        proto, t = self.connect(config=self.config(errorDelay=1.0, softErrors=2))
+        self.talk(proto, t, b"EHLO c\r\n")
+        t.clear()
+        proto.dataReceived(b"FOO\r\nFOO\r\nFOO\r\nNOOP\r\nFOO\r\n")
+        self.assertEqual(codes(t.value()), [])  # the group is held with its third error
+        self.clock.advance(1)
+        self.assertEqual(codes(t.value()), [])
+        self.clock.advance(2)  # the fourth error waits 2 s
+        self.assertEqual(codes(t.value()), ["500 5.5.1"] * 3 + ["250 2.0.0", "500 5.5.1"])
