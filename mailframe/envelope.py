@@ -108,6 +108,9 @@ class DeliveryResult:
     """
 
     replies: tuple[Reply, ...]
+    remote: tuple[str | None, ...] = ()
+    """Per recipient, the server that answered (C{"mx.example.org [192.0.2.7]"}),
+    for delivery status notifications (RFC 3464 Remote-MTA); may be empty."""
 
     @classmethod
     def allDelivered(cls, envelope: Envelope, reply: Reply) -> DeliveryResult:

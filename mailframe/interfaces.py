@@ -25,6 +25,7 @@ __all__ = [
     "IMessageFilter",
     "IPlugInFactory",
     "IRecipientValidator",
+    "IRelay",
     "ISenderValidator",
     "ISessionControl",
     "ISessionObserver",
@@ -136,6 +137,22 @@ class IDeliveryBackend(Interface):
             Success only once the message is durable: the client is told 250
             then, and may delete its copy.  (A plain value is for backends
             with nothing to wait for, such as C{memory}.)
+        """
+
+
+class IRelay(Interface):
+    """Hands a message on to other mail servers (the outbound side)."""
+
+    def relay(envelope, recipients, message):  # type: ignore[no-untyped-def]
+        """
+        Send C{message} from C{envelope.mailFrom} to C{recipients} (a
+        sequence of L{Recipient}, all routed to the same destination) and
+        report what became of each.
+
+        @return: a Deferred firing a L{DeliveryResult} with one reply per
+            given recipient, in order: 2xx accepted by the next hop, 4xx try
+            again later, 5xx failed for good; C{remote} names the next hop.
+            It fires; it does not fail (a failure becomes 4xx replies).
         """
 
 
