@@ -14,10 +14,7 @@ Must not: parse or decide protocol rules (the core does), or block.
 
 from __future__ import annotations
 
-import itertools
-import os
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,9 +32,18 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe import reply as R
-from mailframe.address import Address, Domain
+from mailframe._commands import (
+    _EARLY_TALKER,
+    _GROUP_ENDERS,
+    _OUT_OF_SYNC,
+    HANDLERS,
+    CommandHandlers,
+    _settled,
+)
+from mailframe._serverutil import IDs, check, oneLine, sendNow
+from mailframe.address import Domain
 from mailframe.config import ServerConfig
-from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo, TLSInfo
+from mailframe.envelope import Envelope, SessionInfo, TLSInfo
 from mailframe.extensions import defaultExtensions
 from mailframe.interfaces import (
     IAddressVerifier,
@@ -51,14 +57,12 @@ from mailframe.interfaces import (
     ISenderValidator,
     ISessionControl,
     ISessionObserver,
-    IUnadvertisedCommands,
 )
 from mailframe.message import Message
 from mailframe.protocol import _events as E
 from mailframe.protocol._state import State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
-from mailframe.trace import receivedHeader
 
 __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 
@@ -68,45 +72,6 @@ _Deferred = defer.Deferred
 _MAX_UNREAD = 1 << 18  # octets buffered while paused before reading stops
 _NEED_DATA = E.NEED_DATA
 _PAUSED = E.PAUSED
-_CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
-
-
-def _settled(result: Any) -> Any:
-    """
-    A Deferred that has already fired with a plain value (no callbacks
-    pending, not paused) is replaced by that value: the common case of a
-    synchronous plug point costs no callback machinery.  Anything else is
-    returned as it is.
-    """
-    # fired and not paused means its callbacks have all run
-    if (
-        type(result) is _Deferred
-        and result.called
-        and not result.paused
-        and type(result.result) is not Failure
-    ):
-        return result.result
-    return result
-
-
-def _then(result: Any, f: Callable[..., Any], *args: Any) -> Any:
-    """C{f(result, *args)} now for a plain value, or when a Deferred fires."""
-    result = _settled(result)
-    if isinstance(result, _Deferred):
-        return result.addCallback(f, *args)
-    return f(result, *args)
-
-
-class _IDs:
-    """Short unique ids: a per-process prefix from the time and pid, a counter."""
-
-    def __init__(self) -> None:
-        stamp = int(time.time()) & 0xFFFFFFF
-        self._prefix = f"{stamp:07X}{os.getpid() & 0xFFF:03X}"
-        self._count = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._count):05X}"
 
 
 class SMTPServerFactory(Factory):
@@ -146,18 +111,18 @@ class SMTPServerFactory(Factory):
             from twisted.internet import reactor
 
             clock = reactor  # type: ignore[assignment]
-        _check(IDeliveryBackend, [backend], "backend")
-        _check(IRecipientValidator, validators, "validator")
-        _check(ISenderValidator, senderValidators, "sender validator")
-        _check(IConnectionFilter, connectionFilters, "connection filter")
-        _check(IMessageFilter, messageFilters, "message filter")
-        _check(IHeloValidator, heloValidators, "HELO validator")
+        check(IDeliveryBackend, [backend], "backend")
+        check(IRecipientValidator, validators, "validator")
+        check(ISenderValidator, senderValidators, "sender validator")
+        check(IConnectionFilter, connectionFilters, "connection filter")
+        check(IMessageFilter, messageFilters, "message filter")
+        check(IHeloValidator, heloValidators, "HELO validator")
         exts = (
             list(extensions)
             if extensions is not None
             else defaultExtensions(config.limits.messageSize)
         )
-        _check(IExtension, exts, "extension")
+        check(IExtension, exts, "extension")
         domains = set(config.localDomains)
         for v in validators:
             if ILocalDomains.providedBy(v):
@@ -195,58 +160,13 @@ class SMTPServerFactory(Factory):
         self.verbs = {v: e for e in exts for v in e.verbs}
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.logMessages = config.logMessages
-        self.ids = _IDs()
+        self.ids = IDs()
         self.sessions: set[SMTPServerProtocol] = set()
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # type: ignore[override]
         p = SMTPServerProtocol()
         p.factory = self
         return p
-
-
-def _sendNow(transport: Any, data: bytes) -> bytes:
-    """
-    Write-through for a plain TCP transport with nothing queued: send now
-    instead of queueing the reply for the reactor's next turn (which costs
-    two epoll updates and a loop iteration per reply).  Returns what is left
-    to hand to C{transport.write}: everything if this cannot be done safely.
-    """
-    try:
-        if transport.TLS or transport._tempDataBuffer or transport.dataBuffer:
-            return data
-        if not transport.connected or transport.disconnecting:
-            return data
-        sent = transport.socket.send(data)
-    except (AttributeError, BlockingIOError, InterruptedError):
-        return data
-    except OSError:
-        return data  # let Twisted's own write path meet and report the error
-    return data[sent:]
-
-
-def _oneLine(reason: Any) -> str:
-    value = getattr(reason, "value", reason)
-    text = " ".join(str(value).split())
-    return f"{type(value).__name__}: {text}"[:300] if text else type(value).__name__
-
-
-def _check(interface: Any, providers: Iterable[Any], what: str) -> None:
-    for p in providers:
-        if not interface.providedBy(p):
-            raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
-
-
-_AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
-_ROUTING_CHARACTERS = frozenset("%!@")
-_ROUTING_DENIED = Reply(
-    550, (5, 7, 1), "Routing through this server (%, ! or @ in a local part) is not allowed"
-)
-_OUT_OF_SYNC = Reply(
-    554, (5, 5, 0), "Protocol error: commands sent before the reply (no PIPELINING)"
-)
-_EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the greeting")
-_GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
-_TLS_READY = Reply(220, (2, 0, 0), "Ready to start TLS")
 
 
 @implementer(ISessionControl)
@@ -281,7 +201,7 @@ class SessionControl:
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class SMTPServerProtocol(Protocol):
+class SMTPServerProtocol(CommandHandlers, Protocol):
     """One SMTP server session."""
 
     factory: SMTPServerFactory
@@ -289,6 +209,7 @@ class SMTPServerProtocol(Protocol):
     envelope: Envelope | None = None
     message: Message | None = None
 
+    _handlers = HANDLERS
     _busy = False
     _inLoop = False
     _closing = False
@@ -401,7 +322,7 @@ class SMTPServerProtocol(Protocol):
                 "{id} TLS handshake with {peer} failed: {why}",
                 id=self.session.sessionID,
                 peer=self.session.peer,
-                why=_oneLine(reason),
+                why=oneLine(reason),
             )
         self._closing = True
         if self._timer is not None and self._timer.active():
@@ -608,7 +529,7 @@ class SMTPServerProtocol(Protocol):
             self._out = []
             data = out[0] if len(out) == 1 else b"".join(out)
             if self._direct:
-                data = _sendNow(self.transport, data)
+                data = sendNow(self.transport, data)
                 if not data:
                     return
             self.transport.write(data)  # type: ignore[union-attr]
@@ -666,281 +587,3 @@ class SMTPServerProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self._closing = True
-
-    # -- commands ----------------------------------------------------------------
-
-    def _hello(self, event: E.Hello) -> Any:
-        if self.factory.heloValidators:
-            return self._checkHelo(0, event)
-        return self._helloReply(event)
-
-    def _checkHelo(self, i: int, event: E.Hello) -> Any:
-        validators = self.factory.heloValidators
-        while i < len(validators):
-            result = _settled(validators[i].validateHelo(self.session, event.name, event.extended))
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._heloAnswered, i, event)
-            if isinstance(result, Reply) and result.code >= 400:
-                return result
-            i += 1
-        return self._helloReply(event)
-
-    def _heloAnswered(self, result: Any, i: int, event: E.Hello) -> Any:
-        if isinstance(result, Reply) and result.code >= 400:
-            return result
-        return self._checkHelo(i + 1, event)
-
-    def _helloReply(self, event: E.Hello) -> Reply:
-        session = self.session
-        cfg = self.factory.config
-        session.heloName = event.name
-        session.esmtp = event.extended
-        if not event.extended:
-            session.extensions = frozenset()
-            return Reply(250, None, cfg.hostname)
-        lines = [f"{cfg.hostname} greets {event.name}"]
-        keywords = []
-        for ext in self.factory.extensions:
-            params = ext.ehloParameters(session)
-            if params is None:
-                continue
-            keywords.append(ext.keyword)
-            lines.append(f"{ext.keyword} {params}" if params else ext.keyword)
-        session.extensions = frozenset(keywords)
-        return Reply(250, None, tuple(lines))
-
-    def _mail(self, event: E.MailFrom) -> Any:
-        session = self.session
-        if self.factory.config.requireAuthentication and session.authenticated is None:
-            return _AUTH_REQUIRED
-        envelope = Envelope(self.factory.ids.next(), event.address, event.params)
-        self.envelope = envelope
-        if event.params:
-            owners = self.factory.mailParameters
-            for name, value in event.params.items():
-                ext = owners.get(name)
-                if ext is None or ext.keyword not in session.extensions:
-                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
-                ext.mailParameter(session, envelope, name, value)
-        return self._checkSender(0, R.SENDER_OK)
-
-    def _checkSender(self, i: int, reply: Reply) -> Any:
-        validators = self.factory.senderValidators
-        while i < len(validators):
-            result = validators[i].validateSender(self.session, self.envelope)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._senderAnswered, i, reply)
-            if isinstance(result, Reply):
-                if result.code >= 400:
-                    return result
-                reply = result
-            i += 1
-        return reply
-
-    def _senderAnswered(self, result: Any, i: int, reply: Reply) -> Any:
-        if isinstance(result, Reply):
-            if result.code >= 400:
-                return result
-            reply = result
-        return self._checkSender(i + 1, reply)
-
-    def _rcpt(self, event: E.RcptTo) -> Any:
-        address = event.address
-        session = self.session
-        cfg = self.factory.config
-        envelope = self.envelope
-        assert envelope is not None
-        local = True
-        if _ROUTING_CHARACTERS.intersection(address.localPart):
-            return _ROUTING_DENIED  # user%remote@here, remote!user@here, "a@b"@here
-        if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
-            address = Address(address.localPart, Domain(cfg.hostname))
-        elif not cfg.isLocal(address.domain):
-            if session.authenticated is None and not cfg.mayRelay(session.peerHost):
-                return R.RELAY_DENIED
-            local = False  # relayed: an authenticated or trusted client's mail
-        recipient = Recipient(address, event.params)
-        if event.params:
-            owners = self.factory.rcptParameters
-            for name, value in event.params.items():
-                ext = owners.get(name)
-                if ext is None or ext.keyword not in session.extensions:
-                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
-                ext.rcptParameter(session, envelope, recipient, name, value)
-        if address.isPostmaster or not local:
-            envelope.recipients.append(recipient)
-            return R.RECIPIENT_OK
-        return self._askValidators(0, recipient)
-
-    def _askValidators(self, i: int, recipient: Recipient) -> Any:
-        validators = self.factory.validators
-        while i < len(validators):
-            result = validators[i].validateRecipient(self.session, self.envelope, recipient)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._validatorAnswered, i, recipient)
-            if result is not None:
-                return self._decide(result, recipient)
-            i += 1
-        return R.USER_UNKNOWN
-
-    def _validatorAnswered(self, result: Any, i: int, recipient: Recipient) -> Any:
-        if result is None:
-            return self._askValidators(i + 1, recipient)
-        return self._decide(result, recipient)
-
-    def _decide(self, result: Any, recipient: Recipient) -> Reply:
-        reply = result if isinstance(result, Reply) else R.RECIPIENT_OK
-        if reply.code < 400 and self.envelope is not None and not self._closing:
-            self.envelope.recipients.append(recipient)
-        return reply
-
-    def _data(self, event: E.Data) -> Reply:
-        return R.START_DATA
-
-    def _newMessage(self) -> Message:
-        cfg = self.factory.config
-        message = self.message = Message(cfg.spillThreshold, cfg.tempDirectory)
-        return message
-
-    def _messageData(self, event: E.MessageData) -> None:
-        (self.message or self._newMessage()).write(event.data)
-
-    def _endOfChunk(self, event: E.EndOfChunk) -> Reply:
-        message = self.message or self._newMessage()
-        if event.data:
-            message.write(event.data)
-        return R.chunkReceived(event.size)
-
-    def _endOfMessage(self, event: E.EndOfMessage) -> Any:
-        message, envelope = self.message or self._newMessage(), self.envelope
-        assert envelope is not None
-        if event.data:
-            message.write(event.data)
-        message.finish()
-        message.prependTrace(
-            b"Received: %s\r\n"
-            % receivedHeader(self.session, envelope, self.factory.clock.seconds()).encode()
-        )
-        return self._filterMessage(0, envelope, message)
-
-    def _filterMessage(self, i: int, envelope: Envelope, message: Message) -> Any:
-        filters = self.factory.messageFilters
-        while i < len(filters):
-            result = filters[i].filterMessage(self.session, envelope, message)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._afterMessageFilter, i + 1, envelope, message)
-            i += 1
-        return _then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
-
-    def _afterMessageFilter(self, _: object, i: int, envelope: Envelope, message: Message) -> Any:
-        return self._filterMessage(i, envelope, message)
-
-    def _delivered(self, result: DeliveryResult | None, envelope: Envelope) -> Reply:
-        if result is None or result.delivered:
-            reply = R.accepted(envelope.queueID)
-            self._errors = 0
-            self.session.messages += 1
-        else:
-            replies = result.replies
-            reply = next((r for r in replies if r.code < 500 and r.code >= 400), None) or next(
-                r for r in replies if r.code >= 400
-            )
-        if self.factory.logMessages:
-            # one field holding the line: observers format it for almost nothing
-            size = self.message.size if self.message is not None else 0
-            user = self.session.authenticated
-            log.info(
-                "{line}",
-                line=f"{self.session.sessionID} {envelope.queueID} "
-                f"{'accepted' if reply.code < 400 else 'refused'} "
-                f"from={envelope.mailFrom.toPath()} "
-                f"to={','.join(str(r.address) for r in envelope.recipients)} "
-                f"size={size}{f' user={user}' if user else ''} ({reply.code})",
-                queueID=envelope.queueID,
-                code=reply.code,
-            )
-        return reply
-
-    def _endTransaction(self) -> None:
-        if self.message is not None:
-            self.message.close()
-        self.message = None
-        self.envelope = None
-
-    def _rset(self, event: E.Rset) -> Reply:
-        return R.OK
-
-    def _noop(self, event: E.Noop) -> Reply:
-        return R.OK
-
-    def _quit(self, event: E.Quit) -> Reply:
-        return R.closing(self.factory.config.hostname)
-
-    def _vrfy(self, event: E.Vrfy) -> Any:
-        return self._verify(0, event.argument)
-
-    def _verify(self, i: int, argument: str) -> Any:
-        verifiers = self.factory.verifiers
-        if i >= len(verifiers):
-            return R.CANNOT_VRFY
-        return _then(
-            verifiers[i].verifyAddress(self.session, argument),
-            lambda r: r if r is not None else self._verify(i + 1, argument),
-        )
-
-    def _expn(self, event: E.Expn) -> Reply:
-        return R.NOT_IMPLEMENTED.withText("EXPN is not available")
-
-    def _help(self, event: E.Help) -> Reply:
-        verbs = " ".join([_CORE_VERBS, *sorted(self.factory.verbs)])
-        if "CHUNKING" in self.session.extensions:
-            verbs = verbs.replace("DATA", "DATA BDAT")
-        return Reply(
-            214,
-            (2, 0, 0),
-            (f"Commands: {verbs}", "See RFC 5321; mailframe https://pypi.org/project/mailframe/"),
-        )
-
-    def _extension(self, event: E.ExtensionCommand) -> Any:
-        ext = self.factory.verbs.get(event.name)
-        if ext is None:
-            return R.UNRECOGNIZED
-        if ext.keyword not in self.session.extensions:
-            if IUnadvertisedCommands.providedBy(ext):
-                reply = ext.refuseCommand(self.control, event.name, event.argument)
-                if reply is not None and reply.code >= 400:
-                    return reply
-            return R.UNRECOGNIZED
-        self._conversation = (ext, event.name)
-        return ext.handleCommand(self.control, event.name, event.argument)
-
-    def _continuation(self, event: E.ContinuationLine) -> Any:
-        if self._conversation is None:
-            return R.BAD_SEQUENCE
-        ext, verb = self._conversation
-        return ext.continueCommand(self.control, verb, event.data)
-
-    def _starttls(self, event: E.StartTLS) -> Any:
-        ext = self.factory.verbs.get("STARTTLS")
-        if ext is None:
-            return R.UNRECOGNIZED
-        return ext.handleCommand(self.control, "STARTTLS", "")
-
-    _handlers: dict[type, Callable[[SMTPServerProtocol, Any], Any]] = {
-        E.Hello: _hello,
-        E.MailFrom: _mail,
-        E.RcptTo: _rcpt,
-        E.Data: _data,
-        E.MessageData: _messageData,
-        E.EndOfChunk: _endOfChunk,
-        E.EndOfMessage: _endOfMessage,
-        E.Rset: _rset,
-        E.Noop: _noop,
-        E.Quit: _quit,
-        E.Vrfy: _vrfy,
-        E.Expn: _expn,
-        E.Help: _help,
-        E.ExtensionCommand: _extension,
-        E.ContinuationLine: _continuation,
-        E.StartTLS: _starttls,
-    }
