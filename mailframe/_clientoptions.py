@@ -1,0 +1,203 @@
+"""
+The settings of an outbound SMTP session and the values it reports:
+L{ClientOptions}, L{Timeouts}, L{Credentials}, the TLS policies
+(L{TLS_NONE}, L{TLS_OPPORTUNISTIC}, L{TLS_REQUIRE}, L{TLS_VERIFY}),
+L{SessionFailed}, and the TLS connection creators for each policy.
+
+Owns: what a client session may be told and the replies it invents for its
+own failures.  Public through L{mailframe.client}.  Must not: import
+mailframe.server or the queue; touch the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClientTLS
+from zope.interface import implementer
+
+from mailframe.protocol.client import ClientLimits
+from mailframe.reply import Reply
+
+__all__ = [
+    "TLS_NONE",
+    "TLS_OPPORTUNISTIC",
+    "TLS_POLICIES",
+    "TLS_REQUIRE",
+    "TLS_VERIFY",
+    "ClientOptions",
+    "Credentials",
+    "SessionFailed",
+    "Timeouts",
+    "checkTLSPolicy",
+    "clientTLS",
+    "temporary",
+]
+
+TLS_NONE = "none"
+"""Never STARTTLS."""
+TLS_OPPORTUNISTIC = "opportunistic"
+"""STARTTLS when offered, unverified; plain if not offered or if it fails (RFC 7435)."""
+TLS_REQUIRE = "require"
+"""No delivery without STARTTLS (4xx); the certificate is not checked."""
+TLS_VERIFY = "verify"
+"""No delivery without STARTTLS and a certificate valid for the host name."""
+TLS_POLICIES = (TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRE, TLS_VERIFY)
+
+
+def checkTLSPolicy(policy: str) -> str:
+    """C{policy} lowercased, or ValueError naming the four policies."""
+    name = policy.strip().lower()
+    if name not in TLS_POLICIES:
+        raise ValueError(f"TLS policy {policy!r}: use one of {', '.join(TLS_POLICIES)}")
+    return name
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """
+    Seconds to wait for each reply (RFC 5321 4.5.3.2): the greeting, MAIL,
+    RCPT, DATA's 354, each block of message data written, the reply to the
+    final dot (and to BDAT); C{command} for EHLO/HELO, STARTTLS, AUTH, RSET
+    and QUIT; C{handshake} for the TLS handshake.
+    """
+
+    greeting: float = 300.0
+    mail: float = 300.0
+    rcpt: float = 300.0
+    dataInit: float = 120.0
+    dataBlock: float = 180.0
+    dataEnd: float = 600.0
+    command: float = 300.0
+    handshake: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not value > 0:
+                raise ValueError(f"timeout {name} must be positive, not {value!r}")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user name and password for AUTH PLAIN or LOGIN (the password is never shown)."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """
+    How to talk to one destination.
+
+    @ivar heloName: our name in EHLO/HELO.
+    @ivar tls: the TLS policy (L{TLS_POLICIES}).
+    @ivar tlsHostname: the name the certificate must carry (C{verify}), also
+        sent as SNI; None: the destination's host name.
+    @ivar trustRoot: the CAs for C{verify} (a Twisted C{IOpenSSLTrustRoot}
+        or C{Certificate}); None: the platform's.
+    @ivar credentials: AUTH PLAIN/LOGIN with these (a smarthost).
+    @ivar authPlaintext: allow AUTH outside TLS (only for a trusted network).
+    @ivar pipelining, chunking: use PIPELINING and BDAT when offered.
+    @ivar chunkSize: octets per BDAT chunk.
+    @ivar keepAlive: seconds an idle session waits for another message
+        before QUIT (0: QUIT as soon as the queued messages are sent).
+    """
+
+    heloName: str = "localhost"
+    tls: str = TLS_OPPORTUNISTIC
+    tlsHostname: str | None = None
+    trustRoot: Any = None
+    credentials: Credentials | None = None
+    authPlaintext: bool = False
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: ClientLimits = field(default_factory=ClientLimits)
+    pipelining: bool = True
+    chunking: bool = True
+    chunkSize: int = 1 << 20
+    keepAlive: float = 0.0
+    transcript: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tls", checkTLSPolicy(self.tls))
+        if self.chunkSize < 1 or self.keepAlive < 0:
+            raise ValueError("chunkSize must be positive and keepAlive not negative")
+
+
+class SessionFailed(Exception):
+    """
+    A session could not carry a message at all (no MAIL was sent): the
+    connection failed, the greeting or EHLO/HELO was refused, TLS or AUTH
+    failed, or it timed out.  C{reply} is a 4xx to report if no other
+    destination does better; C{tryNext} says another destination may;
+    C{tlsFailed} that the TLS handshake failed (an opportunistic sender
+    may try the same host again without TLS).
+    """
+
+    def __init__(self, reply: Reply, tryNext: bool = True, tlsFailed: bool = False) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.tryNext = tryNext
+        self.tlsFailed = tlsFailed
+
+
+def temporary(reply: Reply) -> Reply:
+    """A 5xx reply as the 4xx with the same detail (a greeting or HELO refused: try later)."""
+    if reply.code < 500:
+        return reply
+    enhanced = None if reply.enhanced is None else (4, *reply.enhanced[1:])
+    return Reply(reply.code - 100, enhanced, reply.text)  # type: ignore[arg-type]
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedTLS:
+    """Encryption without authentication (opportunistic and require): SNI, no checks."""
+
+    def __init__(self, hostname: str | None, minimum: Any) -> None:
+        self._options = CertificateOptions(raiseMinimumTo=minimum) if minimum else None
+        if self._options is None:
+            self._options = CertificateOptions()
+        self._sni: bytes | None = None
+        if hostname and not _isAddress(hostname):
+            try:
+                self._sni = hostname.encode("idna")
+            except UnicodeError:
+                self._sni = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        assert self._options is not None
+        connection = SSL.Connection(self._options.getContext(), None)
+        connection.set_app_data(tlsProtocol)
+        if self._sni:
+            connection.set_tlsext_host_name(self._sni)
+        return connection
+
+
+def _isAddress(name: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def clientTLS(policy: str, hostname: str, trustRoot: Any = None) -> Any:
+    """
+    The Twisted client connection creator for C{policy}: the certificate
+    checked with service_identity against C{hostname} for C{verify} (an IP
+    address is checked as one), none checked otherwise; TLS 1.2 at least
+    where TLS is required.
+    """
+    if policy == TLS_VERIFY:
+        return optionsForClientTLS(
+            hostname.strip("[]"),
+            trustRoot=trustRoot,
+            extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
+        )
+    minimum = TLSVersion.TLSv1_2 if policy == TLS_REQUIRE else None
+    return _UnverifiedTLS(hostname, minimum)

@@ -1,0 +1,642 @@
+"""
+L{SMTPClientProtocol}: one outbound SMTP session on Twisted.
+
+Bytes from the transport go into a sans-IO L{ClientConnection}; its
+replies drive the dialogue: greeting, EHLO (HELO after a 5xx), STARTTLS
+by the TLS policy and EHLO again, AUTH PLAIN/LOGIN, then each queued
+message: MAIL, RCPT..., DATA or BDAT, with the group pipelined in one write
+when PIPELINING is offered.  Every recipient gets one reply.  Timers run on
+the clock passed in (RFC 5321 4.5.3.2).
+
+Owns: the session's I/O, timers, and which command comes next.  Must not:
+parse replies (the core does), route, retry, or queue (the relay and the
+queue do).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailframe._clientoptions import (
+    TLS_NONE,
+    TLS_OPPORTUNISTIC,
+    ClientOptions,
+    SessionFailed,
+    clientTLS,
+    temporary,
+)
+from mailframe._clientplan import Plan, makePlan, regroup
+from mailframe.envelope import DeliveryResult, Envelope, Recipient, TLSInfo
+from mailframe.message import Message
+from mailframe.protocol import _events as E
+from mailframe.protocol.client import GREETING, ClientConnection, ClientState, ServerReply
+from mailframe.protocol.server import LocalProtocolError, RemoteProtocolError
+from mailframe.reply import Reply
+
+__all__ = ["SMTPClientProtocol"]
+
+log = Logger(namespace="mailframe.client")
+
+_LOST = Reply(421, (4, 4, 2), "Connection lost before the server replied")
+_TIMEOUT = Reply(421, (4, 4, 2), "Timed out waiting for the server")
+_NO_TLS = Reply(421, (4, 7, 4), "TLS is required but the server does not offer STARTTLS")
+_TLS_REFUSED = Reply(421, (4, 7, 4), "TLS is required but STARTTLS was refused")
+_TLS_FAILED = Reply(421, (4, 7, 5), "TLS handshake failed")
+_NO_AUTH = Reply(421, (4, 7, 0), "Credentials are set; the server offers no AUTH PLAIN or LOGIN")
+_AUTH_CLEAR = Reply(421, (4, 7, 10), "AUTH is offered only without TLS; not sending credentials")
+_LOCAL = Reply(451, (4, 3, 0), "Local error in the SMTP client")
+
+
+@dataclass(eq=False)
+class Transaction:
+    """One message for some recipients, and the reply each one gets."""
+
+    envelope: Envelope
+    recipients: tuple[Recipient, ...]
+    message: Message
+    deferred: defer.Deferred[DeliveryResult] = field(default_factory=defer.Deferred)
+    replies: list[Reply | None] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    plan: Plan | None = None
+    started: bool = False  # MAIL was sent: the outcome is this session's
+    mailReply: Reply | None = None
+    sending: list[int] = field(default_factory=list)  # indices sent RCPT, in order
+    rcptAnswered: int = 0
+    chunks: Iterator[tuple[bytes, bool]] | None = None
+    emptyDot: bool = False
+    answered: bool = False  # the server replied to something of it
+
+    def __post_init__(self) -> None:
+        self.replies = [None] * len(self.recipients)
+
+    def setAll(self, reply: Reply, indices: Any = None) -> None:
+        for i in range(len(self.replies)) if indices is None else indices:
+            if self.replies[i] is None:
+                self.replies[i] = reply
+
+
+@implementer(IHandshakeListener, IPushProducer)
+class SMTPClientProtocol(Protocol):
+    """
+    One client session.  L{deliver} queues a message; the session sends
+    the queued messages in turn over one connection (RSET between them) and
+    QUITs when none is left (after C{options.keepAlive} idle seconds).
+
+    C{onIdle(protocol)} and C{onEnd(protocol)}, if set, are called when the
+    session is ready for another message and when it is over.
+    """
+
+    def __init__(self, options: ClientOptions, clock: IReactorTime, name: str = "") -> None:
+        self.options = options
+        self.clock = clock
+        self.name = name
+        self.onIdle: Callable[[SMTPClientProtocol], None] | None = None
+        self.onEnd: Callable[[SMTPClientProtocol], None] | None = None
+        self.tls: TLSInfo | None = None
+        self.usable = True  # may take another message
+        self.messagesSent = 0
+        self._queue: deque[Transaction] = deque()
+        self._current: Transaction | None = None
+        self._conn = ClientConnection(options.limits)
+        self._timer: Any = None
+        self._timedFor: object = None
+        self._phase = "connecting"
+        self._triedTLS = False
+        self._handshaking = False
+        self._tlsFailed = False
+        self._stream: Iterator[bytes] | None = None
+        self._streamPaused = False
+        self._pumping = False
+        self._authSteps: list[bytes] = []
+        self._closing = False
+        self._failure: SessionFailed | None = None
+
+    @property
+    def remote(self) -> str:
+        """The server, as DeliveryResult.remote names it: C{name [address]}."""
+        if self.name:
+            return self.name
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return f"[{getattr(peer, 'host', '?')}]"
+
+    @property
+    def idle(self) -> bool:
+        """True if connected, greeted, and not busy with a message."""
+        return self._phase == "idle" and self.usable and not self._closing
+
+    # -- the API ------------------------------------------------------------
+
+    def deliver(
+        self, envelope: Envelope, recipients: Any, message: Message
+    ) -> defer.Deferred[DeliveryResult]:
+        """
+        Queue C{message} for C{recipients}: fires one reply per recipient;
+        fails with L{SessionFailed} if the session ends before its MAIL.
+        """
+        txn = Transaction(envelope, tuple(recipients), message)
+        if self._closing or not self.usable:
+            txn.deferred.errback(self._failure or SessionFailed(_LOST))
+            return txn.deferred
+        self._queue.append(txn)
+        if self._phase == "idle":
+            self._next()
+        return txn.deferred
+
+    def quit(self) -> None:
+        """Send QUIT once the queued messages are sent (or now, if idle)."""
+        self.usable = False
+        if self._phase == "idle":
+            self._quit()
+
+    # -- connection -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._phase = "greeting"
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        conn = self._conn
+        conn.receiveData(data)
+        while not self._closing:
+            try:
+                event = conn.nextEvent()
+            except RemoteProtocolError as e:
+                log.info("{name}: {reply}", name=self.remote, reply=str(e.reply))
+                self._fail(e.reply)
+                return
+            if not isinstance(event, ServerReply):
+                break
+            if self.options.transcript:
+                log.info("{name} S: {reply}", name=self.remote, reply=str(event.reply))
+            try:
+                self._handle(event)
+            except Exception:
+                log.failure("{name}: error in the SMTP client", name=self.remote)
+                self._fail(_LOCAL)
+                return
+        self._arm()
+
+    def handshakeCompleted(self) -> None:
+        """IHandshakeListener: TLS is up (and verified, if asked): EHLO again."""
+        self._handshaking = False
+        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        try:
+            self.tls = TLSInfo(
+                version=handle.get_protocol_version_name(),
+                cipher=handle.get_cipher_name() or "",
+                bits=handle.get_cipher_bits() or 0,
+                peerCertificate=handle.get_peer_certificate(),
+            )
+        except AttributeError:
+            self.tls = TLSInfo("TLS", "unknown")
+        if self._phase == "handshake" and not self._closing:
+            self._phase = "ehlo"
+            self._send(E.Hello(self.options.heloName, True))
+            self._arm()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._cancelTimer()
+        self._conn.close()
+        self._stream = None
+        if self._handshaking:
+            why = " ".join(str(getattr(reason, "value", reason)).split())[:200]
+            log.info("{name}: TLS handshake failed: {why}", name=self.remote, why=why)
+            self._failTLS(_TLS_FAILED.withText(f"TLS handshake failed: {why}"))
+        self._closing = True
+        self.usable = False
+        self._failAll(self._failure or SessionFailed(_LOST))
+        if self.onEnd is not None:
+            self.onEnd(self)
+
+    # -- replies ----------------------------------------------------------------
+
+    def _handle(self, event: ServerReply) -> None:
+        command, reply = event.command, event.reply
+        if command is None or reply.code == 421:  # unsolicited, or closing
+            self._fail(temporary(reply))
+            return
+        if self._current is not None and self._current.started:
+            self._transactionReply(command, reply)
+            return
+        kind = type(command)
+        if command is GREETING:
+            if reply.code != 220:
+                self._fail(temporary(reply), quit=True)
+                return
+            self._phase = "ehlo"
+            self._send(E.Hello(self.options.heloName, True))
+        elif kind is E.Hello:
+            self._hello(command, reply)  # type: ignore[arg-type]
+        elif kind is E.StartTLS:
+            self._startTLS(reply)
+        elif kind is E.ExtensionCommand or kind is E.ContinuationLine:
+            self._auth(reply)
+        elif kind is E.Rset:
+            if reply.code != 250:
+                self._fail(temporary(reply), quit=True)
+                return
+            self._begin()
+        elif kind is E.Quit:
+            self._closeTransport()
+
+    def _hello(self, command: E.Hello, reply: Reply) -> None:
+        if reply.code == 250:
+            self._afterHello()
+        elif command.extended and reply.code >= 500:
+            self._phase = "helo"
+            self._send(E.Hello(self.options.heloName, False))
+        else:
+            self._fail(temporary(reply), quit=True)
+
+    def _afterHello(self) -> None:
+        options, conn = self.options, self._conn
+        policy = options.tls
+        if not conn.tlsActive and policy != TLS_NONE and not self._triedTLS:
+            if conn.supports("STARTTLS"):
+                self._triedTLS = True
+                self._phase = "starttls"
+                self._send(E.StartTLS())
+                return
+            if policy != TLS_OPPORTUNISTIC:
+                self._fail(_NO_TLS, quit=True)
+                return
+        if options.credentials is not None:
+            self._startAuth()
+            return
+        self._ready()
+
+    def _startTLS(self, reply: Reply) -> None:
+        options = self.options
+        if reply.code != 220:
+            if options.tls == TLS_OPPORTUNISTIC:
+                log.info("{name}: STARTTLS refused, going on in clear: {reply}",
+                         name=self.remote, reply=str(reply))  # fmt: skip
+                if options.credentials is not None:
+                    self._startAuth()
+                else:
+                    self._ready()
+                return
+            self._fail(_TLS_REFUSED.withText(f"TLS is required; STARTTLS got: {reply}"), quit=True)
+            return
+        self._conn.startTLS()  # what came with the 220 is dropped here
+        hostname = options.tlsHostname or self.name.split(" ")[0] or ""
+        try:
+            creator = clientTLS(options.tls, hostname, options.trustRoot)
+        except Exception:
+            log.failure("{name}: no TLS context", name=self.remote)
+            self._failTLS(_TLS_FAILED.withText("No TLS context for this destination"))
+            self._fail(self._failure.reply)  # type: ignore[union-attr]
+            return
+        self._phase = "handshake"
+        self._handshaking = True
+        self.transport.startTLS(creator)  # type: ignore[union-attr]
+
+    def _failTLS(self, reply: Reply) -> None:
+        self._tlsFailed = True
+        if self._failure is None:
+            self._failure = SessionFailed(reply, True, tlsFailed=True)
+
+    def _startAuth(self) -> None:
+        conn, options = self._conn, self.options
+        creds = options.credentials
+        assert creds is not None
+        mechanisms: set[str] = set()
+        for keyword, params in conn.extensions.items():
+            if keyword == "AUTH":
+                mechanisms.update(params.upper().split())
+            elif keyword.startswith("AUTH="):  # the old form some servers still send
+                mechanisms.update((keyword[5:] + " " + params).upper().split())
+        if not mechanisms & {"PLAIN", "LOGIN"}:
+            self._fail(_NO_AUTH, quit=True)
+            return
+        if not conn.tlsActive and not options.authPlaintext:
+            self._fail(_AUTH_CLEAR, quit=True)
+            return
+        user, password = creds.username.encode(), creds.password.encode()
+        self._phase = "auth"
+        if "PLAIN" in mechanisms:
+            token = base64.b64encode(b"\0" + user + b"\0" + password).decode("ascii")
+            self._authSteps = []
+            self._send(E.ExtensionCommand("AUTH", "PLAIN " + (token or "=")), secret=True)
+        else:
+            self._authSteps = [base64.b64encode(user), base64.b64encode(password)]
+            self._send(E.ExtensionCommand("AUTH", "LOGIN"))
+
+    def _auth(self, reply: Reply) -> None:
+        if reply.code == 235:
+            self._authSteps = []
+            self._ready()
+        elif reply.code == 334 and self._authSteps:
+            self._send(E.ContinuationLine(self._authSteps.pop(0)), secret=True)
+        else:
+            if reply.code == 334:  # asked for more than the mechanism has: cancel
+                self._send(E.ContinuationLine(b"*"))
+                return
+            log.info("{name}: authentication failed: {reply}", name=self.remote, reply=str(reply))
+            self._fail(temporary(reply), quit=True)
+
+    # -- transactions -------------------------------------------------------------
+
+    def _ready(self) -> None:
+        self._phase = "idle"
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next queued message (RSET first after one), or go idle."""
+        if not self._queue:
+            if not self.usable or not self.options.keepAlive:
+                self._quit()
+                return
+            self._phase = "idle"
+            self._arm()
+            if self.onIdle is not None:
+                self.onIdle(self)
+            return
+        if self.messagesSent:
+            self._phase = "rset"
+            self._send(E.Rset())
+            self._arm()
+            return
+        self._begin()
+
+    def _begin(self) -> None:
+        txn = self._queue.popleft()
+        self._current = txn
+        plan = txn.plan = makePlan(
+            txn.envelope, txn.recipients, txn.message, self._conn, self.options
+        )
+        for i, reply in plan.refused.items():
+            txn.replies[i] = reply
+        if not plan.send:
+            self._finish(txn)
+            return
+        txn.started = True
+        self._phase = "transaction"
+        self.messagesSent += 1
+        out = [self._conn.send(E.MailFrom(plan.mailFrom, plan.mailParams))]
+        pipelining = plan.pipelining
+        if pipelining:
+            for i in plan.send:
+                out.append(self._rcptBytes(txn, i))
+            if not plan.bdat:
+                out.append(self._conn.send(E.Data()))
+        self._write(b"".join(out))
+        self._arm()
+
+    def _rcptBytes(self, txn: Transaction, i: int) -> bytes:
+        assert txn.plan is not None
+        txn.sending.append(i)
+        return self._conn.send(E.RcptTo(txn.recipients[i].address, txn.plan.rcptParams[i]))
+
+    def _transactionReply(self, command: Any, reply: Reply) -> None:
+        txn = self._current
+        assert txn is not None and txn.plan is not None
+        plan = txn.plan
+        txn.answered = True
+        kind = type(command)
+        if kind is E.MailFrom:
+            if reply.code != 250:
+                txn.mailReply = reply
+                txn.setAll(reply)
+                if not plan.pipelining:
+                    self._finish(txn)
+                return
+            if not plan.pipelining:
+                self._write(self._rcptBytes(txn, plan.send[0]))
+        elif kind is E.RcptTo:
+            i = txn.sending[txn.rcptAnswered]
+            txn.rcptAnswered += 1
+            if txn.mailReply is None:
+                if reply.code in (250, 251):
+                    txn.accepted.append(i)
+                else:
+                    txn.replies[i] = reply
+            if txn.rcptAnswered < len(plan.send):
+                if not plan.pipelining:
+                    self._write(self._rcptBytes(txn, plan.send[txn.rcptAnswered]))
+                return
+            if txn.mailReply is not None or not txn.accepted:
+                if not plan.pipelining or plan.bdat:
+                    self._finish(txn)
+                return  # the pipelined DATA is still to be answered
+            if plan.bdat:
+                txn.chunks = regroup(txn.message.chunks(), self.options.chunkSize)
+                self._sendChunk(txn)
+            elif not plan.pipelining:
+                self._write(self._conn.send(E.Data()))
+        elif kind is E.Data:
+            if reply.code == 354:
+                if txn.mailReply is not None or not txn.accepted:
+                    txn.emptyDot = True  # RFC 2920 3.1: end the empty message at once
+                    self._write(self._conn.send(E.EndOfMessage(0)))
+                    return
+                self._startStream(txn)
+                return
+            txn.setAll(reply, txn.accepted)
+            self._finish(txn)
+        elif kind is E.EndOfMessage:
+            if not txn.emptyDot:
+                txn.setAll(reply, txn.accepted)
+            self._finish(txn)
+        elif kind is E.Bdat:
+            if reply.code != 250 or command.last:
+                txn.setAll(reply, txn.accepted)
+                self._finish(txn)
+            else:
+                self._sendChunk(txn)
+
+    def _sendChunk(self, txn: Transaction) -> None:
+        assert txn.chunks is not None
+        data, last = next(txn.chunks)
+        self._write(self._conn.sendChunk(data, last))
+
+    def _finish(self, txn: Transaction) -> None:
+        self._current = None
+        self._phase = "idle"
+        for i, reply in enumerate(txn.replies):
+            if reply is None:  # answered by RCPT and never refused: the final reply is missing
+                txn.replies[i] = _LOST
+        result = DeliveryResult(
+            tuple(txn.replies),  # type: ignore[arg-type]
+            tuple(self.remote if r is not None else None for r in txn.replies),
+        )
+        txn.deferred.callback(result)
+        if not self._closing:
+            self._next()
+
+    # -- message data ---------------------------------------------------------------
+
+    def _startStream(self, txn: Transaction) -> None:
+        self._stream = iter(txn.message.chunks())
+        self._streamPaused = False
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._timedFor = None
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        conn = self._conn
+        try:
+            while self._stream is not None and not self._streamPaused and not self._closing:
+                chunk = next(self._stream, None)
+                if chunk is None:
+                    self._stream = None
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self._write(conn.send(E.EndOfMessage(0)))
+                    break
+                data = conn.send(E.MessageData(chunk))
+                if data:
+                    self._write(data)
+                self._arm(force=True)
+        except LocalProtocolError:
+            log.failure("{name}: message data refused by the client core", name=self.remote)
+            self._fail(_LOCAL)
+        finally:
+            self._pumping = False
+        self._arm()
+
+    def pauseProducing(self) -> None:
+        self._streamPaused = True
+
+    def resumeProducing(self) -> None:
+        self._streamPaused = False
+        self._arm(force=True)
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._stream = None
+
+    # -- output, failure, timers ------------------------------------------------------
+
+    def _send(self, command: E.Event, secret: bool = False) -> None:
+        data = self._conn.send(command)
+        if self.options.transcript:
+            text = data.decode("utf-8", "replace").rstrip()
+            if secret:
+                text = text.split(" ")[0] + " ********"
+            log.info("{name} C: {line}", name=self.remote, line=text)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if not self._closing:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def _quit(self) -> None:
+        if self._closing:
+            return
+        self.usable = False
+        self._phase = "quit"
+        try:
+            self._send(E.Quit())
+        except LocalProtocolError:
+            self._closeTransport()
+            return
+        self._arm()
+
+    def _closeTransport(self) -> None:
+        self._closing = True
+        self._cancelTimer()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _fail(self, reply: Reply, quit: bool = False) -> None:
+        """End the session: what was not answered gets C{reply} (4xx)."""
+        if self._failure is None:
+            self._failure = SessionFailed(reply)
+        if self._closing:
+            return
+        sendQuit = quit and self._conn.state is ClientState.READY
+        self._closing = True
+        self.usable = False
+        self._cancelTimer()
+        self._stream = None
+        self._failAll(self._failure)
+        if sendQuit:
+            self.transport.write(self._conn.send(E.Quit()))  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _failAll(self, failure: SessionFailed) -> None:
+        """Queued messages fail with C{failure}; the current one gets its reply."""
+        txn, self._current = self._current, None
+        if txn is not None:
+            if txn.answered:
+                txn.setAll(temporary(failure.reply))
+                self._finish(txn)
+            else:  # the server said nothing about it: another server may take it
+                txn.deferred.errback(failure)
+        queued, self._queue = self._queue, deque()
+        for txn in queued:
+            txn.deferred.errback(failure)
+
+    def _timeoutFor(self) -> tuple[object, float] | None:
+        t = self.options.timeouts
+        if self._stream is not None:
+            return self._stream, t.dataBlock
+        awaiting = self._conn.awaiting
+        if awaiting:
+            first = awaiting[0]
+            kind = type(first)
+            if first is GREETING:
+                return first, t.greeting
+            if kind is E.MailFrom:
+                return first, t.mail
+            if kind is E.RcptTo:
+                return first, t.rcpt
+            if kind is E.Data:
+                return first, t.dataInit
+            if kind is E.EndOfMessage or kind is E.Bdat:
+                return first, t.dataEnd
+            return first, t.command
+        if self._phase == "handshake":
+            return "handshake", t.handshake
+        if self._phase == "idle" and self.options.keepAlive:
+            return "idle", self.options.keepAlive
+        return None
+
+    def _arm(self, force: bool = False) -> None:
+        """(Re)start the timer for what is awaited now (unchanged if it is the same)."""
+        if self._closing:
+            return
+        wanted = self._timeoutFor()
+        if wanted is None:
+            self._cancelTimer()
+            return
+        key, seconds = wanted
+        if key is self._timedFor and not force and self._timer is not None:
+            return
+        self._cancelTimer()
+        self._timedFor = key
+        self._timer = self.clock.callLater(seconds, self._timedOut, key)
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timedFor = None
+
+    def _timedOut(self, key: object) -> None:
+        self._timer = None
+        if key == "idle":
+            self._quit()
+            return
+        what = "the greeting" if key is GREETING else type(key).__name__
+        if key == "handshake":
+            what = "the TLS handshake"
+            self._failTLS(_TIMEOUT.withText("Timed out in the TLS handshake"))
+        log.info("{name}: timed out waiting for {what}", name=self.remote, what=what)
+        self._fail(_TIMEOUT.withText(f"Timed out waiting for the server ({what})"))

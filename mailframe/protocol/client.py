@@ -1,0 +1,332 @@
+"""
+L{ClientConnection}: the client side of an SMTP session, sans I/O.
+
+Server bytes go in with C{receiveData}; C{nextEvent} returns the next whole
+reply as a L{ServerReply} (multi-line replies joined, the RFC 2034 enhanced
+status code split off, and paired with the command it answers), or
+NEED_DATA / PAUSED.  Commands and message data go out with C{send} (and
+C{sendChunk} for BDAT), which return the bytes to write.  Replies are
+matched to commands in the order the commands were sent, which is what makes
+a pipelined MAIL/RCPT/DATA group (RFC 2920) safe to read back.
+
+Owns: the client's protocol rules that do not depend on policy: reply
+syntax and its bounds (a line over 512 octets, a malformed line or a reply
+of too many lines is a L{RemoteProtocolError} that ends the session),
+the capabilities of the last EHLO reply, dot-stuffing of DATA (in bulk),
+the refusal to send a bare CR or LF inside DATA (SMTP smuggling), BDAT
+framing, and the STARTTLS discard (every byte that came with the 220 is
+dropped).  Must not: import twisted or zope; decide what to send (that is
+the glue in L{mailframe.client}).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NoReturn
+
+from mailframe import reply as R
+from mailframe.protocol import _events as E
+from mailframe.protocol._buffer import ReceiveBuffer
+from mailframe.protocol._write import dotStuff, formatCommand
+from mailframe.protocol.server import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "GREETING",
+    "ClientConnection",
+    "ClientLimits",
+    "ClientState",
+    "ServerReply",
+    "formatParameters",
+]
+
+GREETING = E.Sentinel("GREETING")
+"""What the first reply answers: the connection itself."""
+
+_REPLY_LINE_RE = re.compile(rb"([2-5][0-9][0-9])([ -]|\Z)")
+_ENHANCED_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """
+    The bounds on what a server may send: C{replyLine} octets per reply
+    line, CRLF included (RFC 5321 4.5.3.1.5: 512), and C{replyLines} lines
+    per reply.
+    """
+
+    replyLine: int = 512
+    replyLines: int = 100
+
+    def __post_init__(self) -> None:
+        if self.replyLine < 512 or self.replyLines < 1:
+            raise ValueError("replyLine must be at least 512 and replyLines at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerReply(E.Event):
+    """
+    One whole reply of the server and what it answers: C{command} is the
+    event that was sent (L{E.Hello}, L{E.MailFrom}, L{E.RcptTo}, L{E.Data},
+    L{E.EndOfMessage} for the final dot, L{E.Bdat} ...), L{GREETING} for the
+    first reply, or None for an unsolicited 421.
+    """
+
+    command: E.Event | E.Sentinel | None
+    reply: R.Reply
+
+
+class ClientState:
+    """Where a client session is (plain strings, compared by identity)."""
+
+    GREETING = "GREETING"  # connected, the server's first reply not read yet
+    READY = "READY"  # commands may be sent
+    DATA = "DATA"  # DATA got its 354: message data, then the end of data
+    TLS = "TLS"  # STARTTLS got its 220: nothing is read until startTLS()
+    CLOSED = "CLOSED"  # 421, a protocol error, or QUIT answered
+
+
+def formatParameters(params: Mapping[str, str | None]) -> str:
+    """C{KEY=VALUE KEY ...} for MAIL and RCPT (values as given: xtext is the caller's)."""
+    return " ".join(k if v is None else f"{k}={v}" for k, v in params.items())
+
+
+def _text(line: bytes) -> str:
+    return line.decode("utf-8", "replace")
+
+
+class ClientConnection:
+    """One SMTP client session, as a state machine over bytes and events."""
+
+    def __init__(self, limits: ClientLimits | None = None) -> None:
+        self.limits = limits or ClientLimits()
+        self.state = ClientState.GREETING
+        self.extended = False
+        self.extensions: Mapping[str, str] = MappingProxyType({})
+        self.tlsActive = False
+        self._buffer = ReceiveBuffer()
+        self._lines: list[bytes] = []
+        self._expected: deque[E.Event | E.Sentinel] = deque([GREETING])
+        # DATA: whether the next octet starts a line, and a CR held back
+        # from the end of the previous piece (its LF may start the next one)
+        self._atLineStart = True
+        self._heldCR = False
+        self._sentData = False
+
+    # -- inspection -----------------------------------------------------
+
+    @property
+    def awaiting(self) -> tuple[E.Event | E.Sentinel, ...]:
+        """The commands sent and not yet answered, oldest first."""
+        return tuple(self._expected)
+
+    @property
+    def buffered(self) -> int:
+        """Octets received and not yet read as replies."""
+        return len(self._buffer)
+
+    def supports(self, keyword: str) -> bool:
+        """True if the last EHLO reply advertised C{keyword}."""
+        return keyword.upper() in self.extensions
+
+    # -- input ------------------------------------------------------------
+
+    def receiveData(self, data: bytes) -> None:
+        """Buffer bytes from the server."""
+        if self.state is not ClientState.CLOSED:
+            self._buffer.feed(data)
+
+    def nextEvent(self) -> ServerReply | E.Sentinel:
+        """
+        The next whole reply, NEED_DATA if more bytes are needed, or PAUSED
+        while STARTTLS waits for L{startTLS} and once the session is closed.
+        Raises L{RemoteProtocolError} (and closes) for a reply that breaks
+        the syntax or the bounds; its C{reply} is a 4xx to report.
+        """
+        state = self.state
+        if state is ClientState.TLS or state is ClientState.CLOSED:
+            return E.PAUSED
+        limits = self.limits
+        buf = self._buffer.data
+        while True:
+            end = buf.find(b"\n", 0, limits.replyLine)
+            if end < 0:
+                if len(buf) >= limits.replyLine:
+                    self._fail(f"a reply line longer than {limits.replyLine} octets")
+                return E.NEED_DATA
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            if line[-1:] == b"\r":
+                line = line[:-1]
+            m = _REPLY_LINE_RE.match(line)
+            if m is None or b"\r" in line or b"\x00" in line:
+                self._fail(f"a malformed reply line {_text(line[:60])!r}")
+            lines = self._lines
+            if lines and lines[0][:3] != line[:3]:
+                self._fail("a multi-line reply whose lines have different codes")
+            lines.append(line)
+            if len(lines) > limits.replyLines:
+                self._fail(f"a reply of more than {limits.replyLines} lines")
+            if m.group(2) != b"-":
+                self._lines = []
+                return self._reply(lines)
+
+    def _fail(self, why: str) -> NoReturn:
+        self.state = ClientState.CLOSED
+        self._buffer.clear()
+        self._lines = []
+        raise RemoteProtocolError(
+            R.Reply(451, (4, 5, 0), f"Protocol error: the server sent {why}")
+        )
+
+    def _reply(self, raw: list[bytes]) -> ServerReply:
+        code = int(raw[0][:3])
+        texts = [_text(line[4:]) for line in raw]
+        enhanced: R.Enhanced | None = None
+        m = _ENHANCED_RE.match(texts[0])
+        if m is not None and int(m.group(1)) == code // 100:
+            enhanced = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            prefix = texts[0][: m.end()].rstrip(" ")
+            texts = [t[len(prefix) :].lstrip(" ") if t.startswith(prefix) else t for t in texts]
+        reply = R.Reply(code, enhanced, tuple(texts))
+        if not self._expected:
+            if code != 421:
+                self._fail(f"a reply nobody asked for ({code})")
+            self.state = ClientState.CLOSED
+            return ServerReply(None, reply)
+        command = self._expected.popleft()
+        if code == 421:
+            self.state = ClientState.CLOSED
+            self._buffer.clear()
+            return ServerReply(command, reply)
+        kind = type(command)
+        if command is GREETING:
+            self.state = ClientState.READY
+        elif kind is E.Hello and code == 250:
+            self._acceptHello(command, reply)  # type: ignore[arg-type]
+        elif kind is E.StartTLS and code == 220:
+            self.state = ClientState.TLS
+        elif kind is E.Data and code == 354:
+            self.state = ClientState.DATA
+            self._atLineStart, self._heldCR, self._sentData = True, False, False
+        elif kind is E.Quit:
+            self.state = ClientState.CLOSED
+        return ServerReply(command, reply)
+
+    def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
+        self.extended = event.extended
+        found: dict[str, str] = {}
+        if event.extended:
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                if keyword:
+                    found.setdefault(keyword.upper(), params.strip())
+        self.extensions = MappingProxyType(found)
+
+    # -- output -----------------------------------------------------------
+
+    def send(self, event: E.Event) -> bytes:
+        """
+        The bytes for one command (L{E.Hello}, L{E.MailFrom}, L{E.RcptTo},
+        L{E.Data}, L{E.Rset}, L{E.Noop}, L{E.Quit}, L{E.StartTLS}, L{E.Vrfy},
+        L{E.ExtensionCommand} such as AUTH, L{E.ContinuationLine} to answer
+        a 334), or, after DATA got 354, of L{E.MessageData} (dot-stuffed)
+        and L{E.EndOfMessage} (the final dot).  Each command expects one
+        reply, in order.
+        """
+        state = self.state
+        if state is ClientState.DATA:
+            if type(event) is E.MessageData:
+                return self._messageData(event.data)  # type: ignore[attr-defined]
+            if type(event) is E.EndOfMessage:
+                return self._endOfData(event)
+            raise LocalProtocolError("only message data may be sent after a 354")
+        if state is not ClientState.READY:
+            raise LocalProtocolError(f"nothing may be sent in state {state}")
+        if not isinstance(event, E.Command):
+            raise LocalProtocolError(f"{type(event).__name__} is not a command")
+        data = self._format(event)
+        self._expected.append(event)
+        return data
+
+    def _format(self, event: E.Command) -> bytes:
+        kind = type(event)
+        if kind is E.MailFrom or kind is E.RcptTo:
+            prefix = "FROM:" if kind is E.MailFrom else "TO:"
+            argument = prefix + event.address.toPath()  # type: ignore[attr-defined]
+            params = event.params  # type: ignore[attr-defined]
+            if params:
+                argument += " " + formatParameters(params)
+            return formatCommand(event.verb, argument)
+        if kind is E.Hello:
+            return formatCommand(event.verb, event.name)  # type: ignore[attr-defined]
+        if kind is E.ExtensionCommand:
+            return formatCommand(event.name, event.argument)  # type: ignore[attr-defined]
+        if kind is E.ContinuationLine:
+            line = event.data  # type: ignore[attr-defined]
+            if b"\r" in line or b"\n" in line:
+                raise ValueError("a continuation line may not contain CR or LF")
+            return line + b"\r\n"
+        if kind is E.Vrfy or kind is E.Noop or kind is E.Help:
+            return formatCommand(event.verb, event.argument)  # type: ignore[attr-defined]
+        return formatCommand(event.verb)
+
+    def _messageData(self, data: bytes) -> bytes:
+        if self._heldCR:
+            data = b"\r" + data
+            self._heldCR = False
+        if data[-1:] == b"\r":
+            data = data[:-1]
+            self._heldCR = True
+        if not data:
+            return b""
+        crlf = data.count(b"\r\n")
+        if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+            raise LocalProtocolError(
+                "a bare CR or LF may not be sent in DATA (it must go by BDAT)"
+            )
+        out = dotStuff(data, self._atLineStart)
+        self._atLineStart = data[-2:] == b"\r\n"
+        self._sentData = True
+        return out
+
+    def _endOfData(self, event: E.EndOfMessage) -> bytes:
+        if self._heldCR:
+            raise LocalProtocolError("a bare CR may not be sent in DATA")
+        self.state = ClientState.READY
+        self._expected.append(event)
+        if self._sentData and not self._atLineStart:
+            return b"\r\n.\r\n"  # RFC 5321 4.1.1.4: the data ends with CRLF
+        return b".\r\n"
+
+    def sendChunk(self, data: bytes, last: bool) -> bytes:
+        """BDAT (RFC 3030): the command line and the chunk, sent as they are."""
+        if self.state is not ClientState.READY:
+            raise LocalProtocolError(f"BDAT may not be sent in state {self.state}")
+        self._expected.append(E.Bdat(len(data), last))
+        return b"BDAT %d%s\r\n%s" % (len(data), b" LAST" if last else b"", data)
+
+    # -- TLS --------------------------------------------------------------
+
+    def startTLS(self) -> None:
+        """
+        The TLS handshake starts: drop every byte that came with the 220 (a
+        server, or a man in the middle, may not pipeline replies into the
+        TLS session) and forget the capabilities; EHLO must be sent again.
+        """
+        if self.state is not ClientState.TLS:
+            raise LocalProtocolError("startTLS() only after a 220 reply to STARTTLS")
+        self._buffer.clear()
+        self._lines = []
+        self.extended = False
+        self.extensions = MappingProxyType({})
+        self.tlsActive = True
+        self.state = ClientState.READY
+
+    def close(self) -> None:
+        """The connection is gone: nothing more is read or sent."""
+        self.state = ClientState.CLOSED
+        self._buffer.clear()
