@@ -1,0 +1,118 @@
+"""
+L{MemoryResolver}: an in-memory C{twisted.names} resolver for testing the
+security checks (and third-party plug-ins that look names up) without a
+network, the way C{MemoryReactor} stands in for the reactor.
+
+Records are given as plain values; a name can instead be made to fail with
+SERVFAIL, to refuse, or to never answer (a timeout, once the caller's clock
+passes its limit).
+
+Owns: serving records from a dict.  Must not: touch the network, the
+reactor, or any global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.names import dns, error
+from twisted.names.common import ResolverBase
+
+__all__ = ["NEVER", "REFUSED", "SERVFAIL", "MemoryResolver"]
+
+SERVFAIL = "SERVFAIL"
+"""A name whose every lookup fails with a server failure."""
+REFUSED = "REFUSED"
+"""A name whose every lookup is refused."""
+NEVER = "NEVER"
+"""A name whose lookups never answer (the caller's timeout decides)."""
+
+_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns.TXT,
+          "CNAME": dns.CNAME}  # fmt: skip
+_NAMES = {v: k for k, v in _TYPES.items()}
+
+
+def _payload(qtype: str, value: Any) -> Any:
+    if qtype == "A":
+        return dns.Record_A(value)
+    if qtype == "AAAA":
+        return dns.Record_AAAA(value)
+    if qtype == "MX":
+        preference, exchange = value
+        return dns.Record_MX(preference, exchange.encode())
+    if qtype in ("PTR", "CNAME"):
+        cls = dns.Record_PTR if qtype == "PTR" else dns.Record_CNAME
+        return cls(value.encode())
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, bytes):  # long strings split as a zone file would
+        value = [value[i : i + 255] for i in range(0, len(value), 255)] or [b""]
+    return dns.Record_TXT(*value)
+
+
+class MemoryResolver(ResolverBase):
+    """
+    Serves records from memory.
+
+    @param records: C{{(name, type): [value, ...]}}, or C{{name: SERVFAIL}}
+        (also L{REFUSED}, L{NEVER}) to make every lookup of a name fail.  A
+        TXT value is a string (split in 255-octet strings) or a list of
+        strings; A/AAAA an address; MX C{(preference, exchange)}; PTR and
+        CNAME a name.  A name with a CNAME is followed, as a recursive
+        resolver would.  A name with no record at all is NXDOMAIN.
+
+    C{queries} lists C{(name, type)} in the order asked.
+    """
+
+    def __init__(self, records: dict[Any, Any] | None = None) -> None:
+        super().__init__()
+        self.records: dict[tuple[str, str], list[Any]] = {}
+        self.failures: dict[str, str] = {}
+        self.queries: list[tuple[str, str]] = []
+        self.pending: list[defer.Deferred[Any]] = []
+        for key, value in (records or {}).items():
+            if isinstance(key, str):
+                self.failures[key.lower().rstrip(".")] = value
+            else:
+                name, qtype = key
+                self.add(name, qtype, *value)
+
+    def add(self, name: str, qtype: str, *values: Any) -> None:
+        """Add records of C{qtype} to C{name}."""
+        key = (name.lower().rstrip("."), qtype.upper())
+        self.records.setdefault(key, []).extend(values)
+
+    def _exists(self, name: str) -> bool:
+        return any(n == name for n, _ in self.records)
+
+    def _rrs(self, name: str, qtype: str) -> Iterable[dns.RRHeader]:
+        for value in self.records.get((name, qtype), []):
+            yield dns.RRHeader(
+                name.encode(), _TYPES[qtype], dns.IN, 300, _payload(qtype, value), auth=False
+            )
+
+    def _lookup(self, name: Any, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+        text = (name.decode() if isinstance(name, bytes) else str(name)).lower().rstrip(".")
+        qtype = _NAMES.get(type, str(type))
+        self.queries.append((text, qtype))
+        failure = self.failures.get(text)
+        if failure == SERVFAIL:
+            return defer.fail(error.DNSServerError(text))
+        if failure == REFUSED:
+            return defer.fail(error.DNSQueryRefusedError(text))
+        if failure == NEVER:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.pending.append(d)
+            return d
+        answers: list[dns.RRHeader] = []
+        seen = 0
+        while (text, "CNAME") in self.records and qtype != "CNAME" and seen < 8:
+            answers.extend(self._rrs(text, "CNAME"))
+            text = self.records[(text, "CNAME")][0].lower().rstrip(".")
+            seen += 1
+        answers.extend(self._rrs(text, qtype))
+        if not answers and not self._exists(text):
+            return defer.fail(error.DNSNameError(text))
+        return defer.succeed((answers, [], []))
