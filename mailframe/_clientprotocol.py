@@ -467,9 +467,11 @@ class SMTPClientProtocol(Protocol):
         for i, reply in enumerate(txn.replies):
             if reply is None:  # answered by RCPT and never refused: the final reply is missing
                 txn.replies[i] = _LOST
+        refused = txn.plan.refused if txn.plan is not None else {}
+        remote = self.remote
         result = DeliveryResult(
             tuple(txn.replies),  # type: ignore[arg-type]
-            tuple(self.remote if r is not None else None for r in txn.replies),
+            tuple(None if i in refused else remote for i in range(len(txn.replies))),
         )
         txn.deferred.callback(result)
         if not self._closing:

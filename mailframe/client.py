@@ -65,6 +65,7 @@ __all__ = [
     "connectionFailed",
     "messageFrom",
     "sendMessage",
+    "temporary",
 ]
 
 log = Logger(namespace="mailframe.client")

@@ -1,0 +1,301 @@
+"""
+L{SMTPRelay}, the L{IRelay} provider: hands a message on to the next
+server.  It asks the L{Router} where the recipients' domain goes, then
+tries each destination in turn (MX hosts by preference, each of their
+addresses): a connection failure, a refused greeting or EHLO, a timeout,
+TLS that the policy requires and the server lacks, or a 421 before MAIL
+moves on to the next one; once a server has answered MAIL, its replies are
+the result (a 5xx to RCPT fails that recipient only).  With the
+opportunistic policy, a failed TLS handshake is retried on the same host
+without TLS (RFC 7435).  Idle sessions may be kept for the next message to
+the same address (C{keepAlive} seconds).
+
+Owns: trying destinations, the per-destination client settings, and the
+cache of idle sessions.  Must not: queue, retry later or bounce (the queue
+does), or parse replies (the client does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.ssl import Certificate
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mailframe.client import (
+    TLS_NONE,
+    TLS_OPPORTUNISTIC,
+    ClientOptions,
+    SessionFailed,
+    SMTPClientFactory,
+    SMTPClientProtocol,
+    Timeouts,
+    connectionFailed,
+    temporary,
+)
+from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.interfaces import IRelay
+from mailframe.message import Message
+from mailframe.reply import Reply
+from mailframe.routing import Destination, Router, RoutingError
+
+__all__ = ["SMTPRelay", "withEnhanced"]
+
+log = Logger(namespace="mailframe.relay")
+
+_NO_DESTINATION = Reply(451, (4, 4, 1), "No destination could be reached")
+_INTERNAL = Reply(451, (4, 3, 0), "Local error while relaying; will try again")
+
+
+def withEnhanced(reply: Reply) -> Reply:
+    """C{reply} with a generic enhanced status code (x.0.0) if the server gave none."""
+    if reply.enhanced is not None or reply.code // 100 not in (2, 4, 5):
+        return reply
+    return Reply(reply.code, (reply.code // 100, 0, 0), reply.text)
+
+
+def _timeouts(data: Mapping[str, Any]) -> Timeouts:
+    names = {"greeting", "mail", "rcpt", "datainit", "datablock", "dataend", "command",
+             "handshake"}  # fmt: skip
+    fields = {n.lower(): n for n in Timeouts.__dataclass_fields__}
+    values = {}
+    for key, value in data.items():
+        k = key.lower().replace("-", "").replace("_", "")
+        if k not in names:
+            raise ValueError(f"unknown timeout {key!r}")
+        values[fields[k]] = float(value)
+    return Timeouts(**values)
+
+
+@implementer(IRelay)
+class SMTPRelay:
+    """
+    Relays with C{router}.
+
+    @param reactor: connects and times (a clock in tests).
+    @param heloName: our name in EHLO.
+    @param timeouts: the RFC 5321 timeouts of each session.
+    @param connectTimeout: seconds to wait for a TCP connection.
+    @param maxAttempts: destinations (addresses) tried per message at most.
+    @param trustRoot: CAs for the C{verify} policy (None: the platform's).
+    @param keepAlive: seconds an idle session waits for another message to
+        the same address (0: QUIT after each message).
+    @param maxMessages: messages per connection before it is closed.
+    @param endpointFor: C{(destination) -> IStreamClientEndpoint}; default
+        TCP to its address and port.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        reactor: Any,
+        heloName: str,
+        *,
+        timeouts: Timeouts | None = None,
+        connectTimeout: float = 30.0,
+        maxAttempts: int = 10,
+        trustRoot: Any = None,
+        keepAlive: float = 0.0,
+        maxMessages: int = 100,
+        pipelining: bool = True,
+        chunking: bool = True,
+        transcript: bool = False,
+        endpointFor: Callable[[Destination], Any] | None = None,
+    ) -> None:
+        self.router = router
+        self.reactor = reactor
+        self.heloName = heloName
+        self.timeouts = timeouts or Timeouts()
+        self.connectTimeout = connectTimeout
+        self.maxAttempts = maxAttempts
+        self.trustRoot = trustRoot
+        self.keepAlive = keepAlive
+        self.maxMessages = maxMessages
+        self.pipelining = pipelining
+        self.chunking = chunking
+        self.transcript = transcript
+        self.endpointFor = endpointFor or self._tcpEndpoint
+        self._idle: dict[tuple[Any, ...], list[SMTPClientProtocol]] = {}
+
+    @classmethod
+    def fromConfig(
+        cls,
+        config: Mapping[str, Any],
+        reactor: Any,
+        heloName: str,
+        resolver: Any = None,
+        **kwargs: Any,
+    ) -> SMTPRelay:
+        """
+        A relay and its router from plain data: the routing keys of
+        L{Router.fromConfig} plus C{connect-timeout}, C{max-attempts},
+        C{keep-alive}, C{max-messages}, C{ca-file} (PEM CAs for
+        C{verify}), C{pipelining}, C{chunking}, C{transcript} and
+        C{timeouts} (a table: greeting, mail, rcpt, data-init, data-block,
+        data-end, command, handshake; seconds).
+
+        @raise ValueError: one line saying what is wrong.
+        """
+        mine = {"connecttimeout", "maxattempts", "keepalive", "maxmessages", "cafile",
+                "pipelining", "chunking", "transcript", "timeouts"}  # fmt: skip
+        own: dict[str, Any] = {}
+        routing: dict[str, Any] = {}
+        for key, value in config.items():
+            k = key.lower().replace("-", "").replace("_", "")
+            (own if k in mine else routing)[k] = value
+        router = Router.fromConfig(routing, resolver=resolver, random=kwargs.pop("random", None))
+        trustRoot = kwargs.pop("trustRoot", None)
+        if own.get("cafile"):
+            try:
+                with open(own["cafile"], "rb") as f:
+                    trustRoot = Certificate.loadPEM(f.read())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"ca-file {own['cafile']}: {e}") from None
+        return cls(
+            router,
+            reactor,
+            heloName,
+            timeouts=_timeouts(own.get("timeouts") or {}),
+            connectTimeout=float(own.get("connecttimeout", 30.0)),
+            maxAttempts=int(own.get("maxattempts", 10)),
+            trustRoot=trustRoot,
+            keepAlive=float(own.get("keepalive", 0.0)),
+            maxMessages=int(own.get("maxmessages", 100)),
+            pipelining=bool(own.get("pipelining", True)),
+            chunking=bool(own.get("chunking", True)),
+            transcript=bool(own.get("transcript", False)),
+            **kwargs,
+        )
+
+    # -- IRelay ---------------------------------------------------------------
+
+    def relay(
+        self, envelope: Envelope, recipients: Sequence[Recipient], message: Message
+    ) -> defer.Deferred[DeliveryResult]:
+        """Send to C{recipients} (one destination); one reply each; never fails."""
+        rcpts = tuple(recipients)
+        d = defer.ensureDeferred(self._relay(envelope, rcpts, message))
+
+        def failed(reason: Any) -> DeliveryResult:
+            log.failure("relaying {id} failed", reason, id=envelope.queueID)
+            return DeliveryResult(tuple(_INTERNAL for _ in rcpts), tuple(None for _ in rcpts))
+
+        return d.addErrback(failed)
+
+    def closeIdle(self) -> None:
+        """QUIT every idle session (at shutdown)."""
+        idle, self._idle = self._idle, {}
+        for sessions in idle.values():
+            for session in sessions:
+                session.quit()
+
+    # -- attempts ---------------------------------------------------------------
+
+    async def _relay(
+        self, envelope: Envelope, rcpts: tuple[Recipient, ...], message: Message
+    ) -> DeliveryResult:
+        if not rcpts:
+            return DeliveryResult(())
+        domain = rcpts[0].address.domain
+        try:
+            if domain is None:
+                raise RoutingError(Reply(550, (5, 1, 3), "A recipient without a domain"))
+            destinations = await self.router.destinations(domain)
+        except RoutingError as e:
+            return self._all(rcpts, e.reply, None)
+        last: SessionFailed | None = None
+        lastRemote: str | None = None
+        for destination in destinations[: self.maxAttempts]:
+            policies = [destination.tls]
+            if destination.tls == TLS_OPPORTUNISTIC:
+                policies.append(TLS_NONE)  # RFC 7435: a failed handshake, then in clear
+            for policy in policies:
+                try:
+                    result = await self._attempt(destination, policy, envelope, rcpts, message)
+                except SessionFailed as e:
+                    last, lastRemote = e, destination.remote
+                    log.info("{id}: {remote}: {reply}", id=envelope.queueID,
+                             remote=destination.remote, reply=str(e.reply))  # fmt: skip
+                    if e.tlsFailed and policy == TLS_OPPORTUNISTIC:
+                        continue
+                    break
+                return DeliveryResult(
+                    tuple(withEnhanced(r) for r in result.replies), result.remote
+                )
+            if last is not None and not last.tryNext:
+                break
+        reply = temporary(last.reply) if last is not None else _NO_DESTINATION
+        return self._all(rcpts, reply, lastRemote)
+
+    def _all(self, rcpts: Sequence[Recipient], reply: Reply, remote: str | None) -> DeliveryResult:
+        reply = withEnhanced(reply)
+        return DeliveryResult(tuple(reply for _ in rcpts), tuple(remote for _ in rcpts))
+
+    def _options(self, destination: Destination, policy: str) -> ClientOptions:
+        return ClientOptions(
+            heloName=self.heloName,
+            tls=policy,
+            tlsHostname=destination.tlsHostname or destination.hostname.strip("[]"),
+            trustRoot=self.trustRoot,
+            credentials=destination.credentials,
+            authPlaintext=destination.authPlaintext,
+            timeouts=self.timeouts,
+            pipelining=self.pipelining,
+            chunking=self.chunking,
+            keepAlive=self.keepAlive,
+            transcript=self.transcript,
+        )
+
+    def _poolKey(self, destination: Destination, policy: str) -> tuple[Any, ...]:
+        return (destination.address, destination.port, policy, destination.tlsHostname,
+                destination.credentials)  # fmt: skip
+
+    async def _attempt(
+        self,
+        destination: Destination,
+        policy: str,
+        envelope: Envelope,
+        rcpts: tuple[Recipient, ...],
+        message: Message,
+    ) -> DeliveryResult:
+        key = self._poolKey(destination, policy)
+        pool = self._idle.get(key, [])
+        while pool:
+            session = pool.pop()
+            if session.idle:
+                return await session.deliver(envelope, rcpts, message)
+        options = self._options(destination, policy)
+        factory = SMTPClientFactory(options, self.reactor, destination.remote)
+        try:
+            session = await self.endpointFor(destination).connect(factory)
+        except Exception as e:
+            raise SessionFailed(connectionFailed(e)) from None
+        if self.keepAlive:
+            session.onIdle = lambda s: self._keep(key, s)
+            session.onEnd = lambda s: self._forget(key, s)
+        return await session.deliver(envelope, rcpts, message)
+
+    def _keep(self, key: tuple[Any, ...], session: SMTPClientProtocol) -> None:
+        if session.messagesSent >= self.maxMessages:
+            session.quit()
+            return
+        pool = self._idle.setdefault(key, [])
+        if session not in pool:
+            pool.append(session)
+
+    def _forget(self, key: tuple[Any, ...], session: SMTPClientProtocol) -> None:
+        pool = self._idle.get(key)
+        if pool and session in pool:
+            pool.remove(session)
+            if not pool:
+                del self._idle[key]
+
+    def _tcpEndpoint(self, destination: Destination) -> Any:
+        endpoint = TCP6ClientEndpoint if ":" in destination.address else TCP4ClientEndpoint
+        return endpoint(
+            self.reactor, destination.address, destination.port, timeout=self.connectTimeout
+        )

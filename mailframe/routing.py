@@ -1,0 +1,494 @@
+"""
+Where mail for a domain goes: L{Router}, built from plain data with
+L{Router.fromConfig}, answers with C{routeFor} (local, a configured
+L{NextHop}, or the domain's MX hosts), C{routeKey} (what the queue groups
+and limits by) and C{destinations} (the addresses to try, in order).
+
+MX routing (RFC 5321 5.1) with twisted.names: MX hosts in preference
+order, random among equal preferences; the domain itself when it has no MX
+(implicit MX, from its AAAA and A records); RFC 7505 null MX ends at once
+with 556 5.1.10; CNAMEs followed (bounded); IPv6 and IPv4 addresses;
+address literals (C{user@[192.0.2.1]}) taken as they are.  A smarthost
+sends everything to one host; per-domain routes send a domain (or, with a
+leading dot, its subdomains) to a host, or mark it local.
+
+Owns: routing decisions and DNS lookups.  Must not: connect, send mail,
+or read configuration files (the caller hands in the data).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random as _random
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.names import dns
+from twisted.names import error as dnserror
+
+from mailframe._clientoptions import (
+    TLS_OPPORTUNISTIC,
+    TLS_VERIFY,
+    Credentials,
+    checkTLSPolicy,
+)
+from mailframe.address import Domain
+from mailframe.reply import Reply
+
+__all__ = [
+    "LOCAL",
+    "Destination",
+    "NextHop",
+    "Router",
+    "RoutingError",
+    "parseNextHop",
+]
+
+LOCAL = "local"
+"""The route of a domain that the local delivery backend takes."""
+
+NULL_MX = Reply(556, (5, 1, 10), "Recipient address has null MX (RFC 7505)")
+NO_DOMAIN = Reply(550, (5, 1, 2), "Domain not found: no MX or address records")
+NO_ROUTE = Reply(550, (5, 4, 4), "Unable to route: no mail host of the domain has an address")
+DNS_FAILURE = Reply(451, (4, 4, 3), "Temporary DNS failure looking up the mail hosts")
+BAD_LITERAL = Reply(550, (5, 1, 2), "Cannot route to this address literal")
+
+_MAX_CNAMES = 8
+_PERMANENT_DNS = (dnserror.DNSNameError, dnserror.DomainError)
+
+
+class RoutingError(Exception):
+    """No destination for a domain: C{reply} is what every recipient gets."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class NextHop:
+    """
+    A configured destination: C{host} (a name, or an IP address) and
+    C{port}; the host's MX records are used only with C{mx}, else its AAAA
+    and A records.  C{tls} None means the router's default for the route
+    (C{verify} for a smarthost, C{opportunistic} for a domain route).
+    """
+
+    host: str
+    port: int = 25
+    mx: bool = False
+    tls: str | None = None
+    tlsHostname: str | None = None
+    credentials: Credentials | None = None
+    authPlaintext: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host or not 0 < self.port < 65536:
+            raise ValueError(f"bad next hop {self.host!r} port {self.port!r}")
+        if self.tls is not None:
+            object.__setattr__(self, "tls", checkTLSPolicy(self.tls))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mx:' if self.mx else ''}{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One address to connect to, with how to talk to it."""
+
+    hostname: str  # the MX or configured host name (TLS verification, Remote-MTA)
+    address: str  # the IP address
+    port: int = 25
+    tls: str = TLS_OPPORTUNISTIC
+    tlsHostname: str | None = None
+    credentials: Credentials | None = field(default=None, repr=False)
+    authPlaintext: bool = False
+
+    @property
+    def remote(self) -> str:
+        """C{mx.example.org [192.0.2.7]}, as DSNs name the remote MTA."""
+        if self.hostname.strip("[]") == self.address:
+            return f"[{self.address}]"
+        return f"{self.hostname} [{self.address}]"
+
+
+def _key(text: str) -> str:
+    return text.strip().lower().replace("-", "").replace("_", "")
+
+
+def parseNextHop(text: str, **settings: Any) -> NextHop:
+    """
+    A L{NextHop} from C{tcp:HOST:PORT}, C{tcp:host=HOST:port=PORT},
+    C{HOST:PORT}, C{[IPV6]:PORT}, C{HOST} or C{mx:HOST[:PORT]} (the host's
+    MX records).  C{settings} are further L{NextHop} fields.
+    """
+    text = text.strip()
+    mx = False
+    kind, colon, rest = text.partition(":")
+    if colon and kind.lower() in ("tcp", "tcp6", "mx"):
+        mx = kind.lower() == "mx"
+        text = rest
+    elif colon and kind.lower() in ("tls", "ssl", "unix"):
+        raise ValueError(f"next hop {text!r}: only tcp: endpoints (STARTTLS) are supported")
+    host, port = text, 25
+    if "=" in text:
+        parts = dict(p.partition("=")[::2] for p in text.replace("\\:", "\0").split(":"))
+        host = parts.get("host", "").replace("\0", ":")
+        port = int(parts.get("port", "25"))
+    elif text.startswith("["):
+        inner, _, after = text[1:].partition("]")
+        host = inner[5:] if inner.lower().startswith("ipv6:") else inner
+        if after.startswith(":"):
+            port = int(after[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    return NextHop(host, port, mx=mx or settings.pop("mx", False), **settings)
+
+
+def _nextHopFrom(value: Any) -> NextHop | str:
+    """A route's value in configuration data: C{"local"}, a string, or a table."""
+    if isinstance(value, NextHop):
+        return value
+    if isinstance(value, str):
+        return LOCAL if value.strip().lower() == LOCAL else parseNextHop(value)
+    if not isinstance(value, Mapping):
+        raise ValueError(f"a route is 'local', a host string or a table, not {value!r}")
+    data = {_key(k): v for k, v in value.items()}
+    known = {"host", "port", "mx", "tls", "tlshostname", "username", "password", "authplaintext"}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown route settings: {', '.join(sorted(unknown))}")
+    if "host" not in data:
+        raise ValueError("a route table needs a host")
+    credentials = None
+    if data.get("username") is not None:
+        credentials = Credentials(str(data["username"]), str(data.get("password", "")))
+    hop = parseNextHop(str(data["host"]))
+    return NextHop(
+        hop.host,
+        int(data.get("port", hop.port)),
+        mx=bool(data.get("mx", hop.mx)),
+        tls=data.get("tls"),
+        tlsHostname=data.get("tlshostname"),
+        credentials=credentials,
+        authPlaintext=bool(data.get("authplaintext", False)),
+    )
+
+
+def _name(rr: Any) -> str:
+    return rr.name.name.decode("ascii", "replace").rstrip(".").lower()  # type: ignore[no-any-return]
+
+
+def _isIP(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+class Router:
+    """
+    Routes domains.  C{resolver} is a twisted.names C{IResolver} (None:
+    the system's, made when first needed); C{routes} maps a domain (or
+    C{.domain} for its subdomains) to L{LOCAL} or a L{NextHop}; C{smarthost}
+    takes every other domain.  C{mxTLS} is the policy for MX delivery,
+    C{smarthostTLS} the default for configured hops without their own.
+    C{addressOrder}: which address family to try first for each host.
+    """
+
+    def __init__(
+        self,
+        resolver: Any = None,
+        *,
+        routes: Mapping[str, NextHop | str] | None = None,
+        smarthost: NextHop | None = None,
+        mxTLS: str = TLS_OPPORTUNISTIC,
+        smarthostTLS: str = TLS_VERIFY,
+        routeTLS: str = TLS_OPPORTUNISTIC,
+        port: int = 25,
+        addressOrder: Iterable[str] = ("ipv6", "ipv4"),
+        maxHosts: int = 10,
+        random: _random.Random | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self.routes: dict[str, NextHop | str] = {}
+        for name, hop in (routes or {}).items():
+            key = name.strip().lower()
+            prefix = "." if key.startswith(".") else ""
+            self.routes[prefix + Domain(key.lstrip(".")).key] = _nextHopFrom(hop)
+        self.smarthost = smarthost
+        self.mxTLS = checkTLSPolicy(mxTLS)
+        self.smarthostTLS = checkTLSPolicy(smarthostTLS)
+        self.routeTLS = checkTLSPolicy(routeTLS)
+        self.port = port
+        self.addressOrder = tuple(a.lower() for a in addressOrder)
+        if not self.addressOrder or set(self.addressOrder) - {"ipv4", "ipv6"}:
+            raise ValueError("addressOrder lists 'ipv6' and/or 'ipv4'")
+        self.maxHosts = maxHosts
+        self.random = random or _random.Random()
+
+    @classmethod
+    def fromConfig(
+        cls,
+        config: Mapping[str, Any],
+        resolver: Any = None,
+        random: _random.Random | None = None,
+    ) -> Router:
+        """
+        A router from plain data (a TOML table, say), keys in any of
+        C{tls-hostname}, C{tls_hostname} or C{tlsHostname} spelling::
+
+            {"smarthost": "tcp:smtp.example.net:587",   # or a table:
+             # {"host": ..., "port": 587, "tls": "verify", "username": ...,
+             #  "password": ..., "auth-plaintext": False, "tls-hostname": ...},
+             "routes": {"example.org": "local", "example.net": "tcp:10.0.0.5:25",
+                        ".lan.example": {"host": "10.0.0.6", "tls": "none"}},
+             "tls": "opportunistic",        # MX delivery
+             "smarthost-tls": "verify",     # hops without their own tls
+             "address-order": ["ipv6", "ipv4"], "max-hosts": 10, "port": 25}
+
+        @raise ValueError: one line saying what is wrong.
+        """
+        data = {_key(k): v for k, v in config.items()}
+        known = {"smarthost", "routes", "tls", "smarthosttls", "routetls", "addressorder",
+                 "maxhosts", "port"}  # fmt: skip
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown routing settings: {', '.join(sorted(unknown))}")
+        smarthost = None
+        if data.get("smarthost"):
+            hop = _nextHopFrom(data["smarthost"])
+            if not isinstance(hop, NextHop):
+                raise ValueError("the smarthost cannot be 'local'")
+            smarthost = hop
+        routes = data.get("routes") or {}
+        if not isinstance(routes, Mapping):
+            raise ValueError("routes is a table of domain = route")
+        return cls(
+            resolver,
+            routes={str(k): _nextHopFrom(v) for k, v in routes.items()},
+            smarthost=smarthost,
+            mxTLS=str(data.get("tls", TLS_OPPORTUNISTIC)),
+            smarthostTLS=str(data.get("smarthosttls", TLS_VERIFY)),
+            routeTLS=str(data.get("routetls", TLS_OPPORTUNISTIC)),
+            port=int(data.get("port", 25)),
+            addressOrder=data.get("addressorder", ("ipv6", "ipv4")),
+            maxHosts=int(data.get("maxhosts", 10)),
+            random=random,
+        )
+
+    @property
+    def resolver(self) -> Any:
+        if self._resolver is None:
+            from twisted.names import client
+
+            self._resolver = client.createResolver()
+        return self._resolver
+
+    # -- decisions ------------------------------------------------------------
+
+    def routeFor(self, domain: Domain | str | None) -> NextHop | str | None:
+        """L{LOCAL}, the L{NextHop} for C{domain}, or None for its MX hosts."""
+        if domain is None:
+            return LOCAL
+        key = (Domain(domain) if isinstance(domain, str) else domain).key
+        route = self.routes.get(key)
+        if route is not None:
+            return route
+        labels = key.split(".")
+        for i in range(1, len(labels)):
+            route = self.routes.get("." + ".".join(labels[i:]))
+            if route is not None:
+                return route
+        if self.smarthost is not None and not key.startswith("["):
+            return self.smarthost
+        return None
+
+    def isLocal(self, domain: Domain | str | None) -> bool:
+        """True if C{domain} is routed to the local delivery backend."""
+        return self.routeFor(domain) == LOCAL
+
+    def routeKey(self, domain: Domain | str | None) -> str:
+        """
+        What recipients are grouped by: C{local}, C{nexthop HOST:PORT} or
+        C{mx DOMAIN} (recipients with the same key may share one message
+        transfer and one connection limit).
+        """
+        route = self.routeFor(domain)
+        if route == LOCAL:
+            return LOCAL
+        if isinstance(route, NextHop):
+            return f"nexthop {route}"
+        key = (Domain(domain) if isinstance(domain, str) else domain).key  # type: ignore[union-attr]
+        return f"mx {key}"
+
+    def tlsFor(self, route: NextHop | str | None) -> str:
+        """The TLS policy for a route."""
+        if isinstance(route, NextHop):
+            if route.tls is not None:
+                return route.tls
+            return self.smarthostTLS if route is self.smarthost else self.routeTLS
+        return self.mxTLS
+
+    # -- lookups ----------------------------------------------------------------
+
+    def destinations(self, domain: Domain | str) -> defer.Deferred[list[Destination]]:
+        """
+        The addresses to try for C{domain}, best first.  Fails with
+        L{RoutingError} (null MX, no such domain, temporary DNS failure);
+        a local domain has none.
+        """
+        return defer.ensureDeferred(self._destinations(domain))
+
+    async def _destinations(self, domain: Domain | str) -> list[Destination]:
+        dom = Domain(domain) if isinstance(domain, str) else domain
+        route = self.routeFor(dom)
+        if route == LOCAL:
+            raise RoutingError(Reply(550, (5, 4, 4), f"{dom.name} is delivered locally"))
+        tls = self.tlsFor(route)
+        if isinstance(route, NextHop):
+            return await self._nextHop(route, tls)
+        if dom.isLiteral:
+            return [self._literal(dom, tls)]
+        try:
+            name = dom.ascii
+        except ValueError:
+            raise RoutingError(NO_DOMAIN) from None
+        return await self._mx(name, tls, self.port, None, permanent=True)
+
+    def _literal(self, dom: Domain, tls: str) -> Destination:
+        inner = dom.name[1:-1]
+        if inner[:5].lower() == "ipv6:":
+            inner = inner[5:]
+        if not _isIP(inner):
+            raise RoutingError(BAD_LITERAL)
+        return Destination(dom.name, inner, self.port, tls)
+
+    async def _nextHop(self, hop: NextHop, tls: str) -> list[Destination]:
+        def make(hostname: str, address: str) -> Destination:
+            return Destination(hostname, address, hop.port, tls, hop.tlsHostname,
+                               hop.credentials, hop.authPlaintext)  # fmt: skip
+
+        if _isIP(hop.host):
+            return [make(hop.host, hop.host)]
+        if hop.mx:
+            found = await self._mx(hop.host, tls, hop.port, make, permanent=False)
+            return found
+        addresses, _ = await self._addresses(hop.host)
+        if not addresses:
+            raise RoutingError(DNS_FAILURE.withText(f"Cannot find the address of {hop.host}"))
+        return [make(hop.host, a) for a in addresses]
+
+    async def _mx(
+        self,
+        name: str,
+        tls: str,
+        port: int,
+        make: Callable[[str, str], Destination] | None,
+        permanent: bool,
+    ) -> list[Destination]:
+        try:
+            records = await self._query(dns.MX, name)
+        except _PERMANENT_DNS:
+            raise RoutingError(NO_DOMAIN if permanent else DNS_FAILURE) from None
+        except Exception:
+            raise RoutingError(DNS_FAILURE) from None
+        hosts: list[tuple[int, str]] = []
+        nulls = 0
+        for rr in records:
+            exchange = rr.payload.name.name.decode("ascii", "replace").rstrip(".")
+            if not exchange:
+                nulls += 1
+            else:
+                hosts.append((rr.payload.preference, exchange))
+        if nulls and not hosts:
+            raise RoutingError(NULL_MX)
+        implicit = not hosts
+        if implicit:
+            hosts = [(0, name)]
+        ordered = self._order(hosts)[: self.maxHosts]
+        out: list[Destination] = []
+        anyTemporary = False
+        for host in ordered:
+            addresses, temporary = await self._addresses(host)
+            anyTemporary = anyTemporary or temporary
+            for address in addresses:
+                if make is not None:
+                    out.append(make(host, address))
+                else:
+                    out.append(Destination(host, address, port, tls))
+        if out:
+            return out
+        if anyTemporary or not permanent:
+            raise RoutingError(DNS_FAILURE)
+        raise RoutingError(NO_DOMAIN if implicit else NO_ROUTE)
+
+    def _order(self, hosts: list[tuple[int, str]]) -> list[str]:
+        """By preference; hosts of equal preference in random order (RFC 5321 5.1)."""
+        byPreference: dict[int, list[str]] = {}
+        for preference, host in hosts:
+            group = byPreference.setdefault(preference, [])
+            if host.lower() not in (h.lower() for h in group):
+                group.append(host)
+        out: list[str] = []
+        for preference in sorted(byPreference):
+            group = byPreference[preference]
+            self.random.shuffle(group)
+            out.extend(group)
+        return out
+
+    async def _addresses(self, host: str) -> tuple[list[str], bool]:
+        """The host's addresses in C{addressOrder}, and whether a lookup failed for now."""
+        found: dict[str, list[str]] = {}
+        temporary = False
+        for family in self.addressOrder:
+            kind = dns.AAAA if family == "ipv6" else dns.A
+            try:
+                records = await self._query(kind, host)
+            except _PERMANENT_DNS:
+                records = []
+            except Exception:
+                temporary = True
+                records = []
+            found[family] = [_address(rr.payload) for rr in records]
+        return [a for family in self.addressOrder for a in found[family]], temporary
+
+    async def _query(self, kind: int, name: str) -> list[Any]:
+        """Records of C{kind} for C{name}, following CNAMEs (at most 8)."""
+        lookup = {
+            dns.MX: self.resolver.lookupMailExchange,
+            dns.A: self.resolver.lookupAddress,
+            dns.AAAA: self.resolver.lookupIPV6Address,
+        }[kind]
+        target = name.rstrip(".").lower()
+        steps = 0
+        while steps <= _MAX_CNAMES:
+            answers, _authority, _additional = await lookup(target)
+            followed = False
+            while steps <= _MAX_CNAMES:
+                records = [rr for rr in answers if rr.type == kind and _name(rr) == target]
+                if records:
+                    return records
+                alias = next(
+                    (rr for rr in answers if rr.type == dns.CNAME and _name(rr) == target), None
+                )
+                if alias is None:
+                    break
+                target = alias.payload.name.name.decode("ascii", "replace").rstrip(".").lower()
+                followed = True
+                steps += 1
+            if not followed:
+                return []
+        raise dnserror.DNSServerError(f"CNAME chain too long at {name}")
+
+
+def _address(payload: Any) -> str:
+    if isinstance(payload, dns.Record_AAAA):
+        return socket.inet_ntop(socket.AF_INET6, payload.address)
+    return payload.dottedQuad()  # type: ignore[no-any-return]
