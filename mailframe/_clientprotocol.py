@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -36,8 +35,8 @@ from mailframe._clientoptions import (
     clientTLS,
     temporary,
 )
-from mailframe._clientplan import Plan, makePlan, regroup
-from mailframe.envelope import DeliveryResult, Envelope, Recipient, TLSInfo
+from mailframe._clienttransaction import LOCAL_ERROR, LOST, Transaction, TransactionMixin
+from mailframe.envelope import DeliveryResult, Envelope, TLSInfo
 from mailframe.message import Message
 from mailframe.protocol import _events as E
 from mailframe.protocol.client import GREETING, ClientConnection, ClientState, ServerReply
@@ -48,46 +47,16 @@ __all__ = ["SMTPClientProtocol"]
 
 log = Logger(namespace="mailframe.client")
 
-_LOST = Reply(421, (4, 4, 2), "Connection lost before the server replied")
 _TIMEOUT = Reply(421, (4, 4, 2), "Timed out waiting for the server")
 _NO_TLS = Reply(421, (4, 7, 4), "TLS is required but the server does not offer STARTTLS")
 _TLS_REFUSED = Reply(421, (4, 7, 4), "TLS is required but STARTTLS was refused")
 _TLS_FAILED = Reply(421, (4, 7, 5), "TLS handshake failed")
 _NO_AUTH = Reply(421, (4, 7, 0), "Credentials are set; the server offers no AUTH PLAIN or LOGIN")
 _AUTH_CLEAR = Reply(421, (4, 7, 10), "AUTH is offered only without TLS; not sending credentials")
-_LOCAL = Reply(451, (4, 3, 0), "Local error in the SMTP client")
-
-
-@dataclass(eq=False)
-class Transaction:
-    """One message for some recipients, and the reply each one gets."""
-
-    envelope: Envelope
-    recipients: tuple[Recipient, ...]
-    message: Message
-    deferred: defer.Deferred[DeliveryResult] = field(default_factory=defer.Deferred)
-    replies: list[Reply | None] = field(default_factory=list)
-    accepted: list[int] = field(default_factory=list)
-    plan: Plan | None = None
-    started: bool = False  # MAIL was sent: the outcome is this session's
-    mailReply: Reply | None = None
-    sending: list[int] = field(default_factory=list)  # indices sent RCPT, in order
-    rcptAnswered: int = 0
-    chunks: Iterator[tuple[bytes, bool]] | None = None
-    emptyDot: bool = False
-    answered: bool = False  # the server replied to something of it
-
-    def __post_init__(self) -> None:
-        self.replies = [None] * len(self.recipients)
-
-    def setAll(self, reply: Reply, indices: Any = None) -> None:
-        for i in range(len(self.replies)) if indices is None else indices:
-            if self.replies[i] is None:
-                self.replies[i] = reply
 
 
 @implementer(IHandshakeListener, IPushProducer)
-class SMTPClientProtocol(Protocol):
+class SMTPClientProtocol(TransactionMixin, Protocol):
     """
     One client session.  L{deliver} queues a message; the session sends
     the queued messages in turn over one connection (RSET between them) and
@@ -146,7 +115,7 @@ class SMTPClientProtocol(Protocol):
         """
         txn = Transaction(envelope, tuple(recipients), message)
         if self._closing or not self.usable:
-            txn.deferred.errback(self._failure or SessionFailed(_LOST))
+            txn.deferred.errback(self._failure or SessionFailed(LOST))
             return txn.deferred
         self._queue.append(txn)
         if self._phase == "idle":
@@ -183,7 +152,7 @@ class SMTPClientProtocol(Protocol):
                 self._handle(event)
             except Exception:
                 log.failure("{name}: error in the SMTP client", name=self.remote)
-                self._fail(_LOCAL)
+                self._fail(LOCAL_ERROR)
                 return
         self._arm()
 
@@ -215,7 +184,7 @@ class SMTPClientProtocol(Protocol):
             self._failTLS(_TLS_FAILED.withText(f"TLS handshake failed: {why}"))
         self._closing = True
         self.usable = False
-        self._failAll(self._failure or SessionFailed(_LOST))
+        self._failAll(self._failure or SessionFailed(LOST))
         if self.onEnd is not None:
             self.onEnd(self)
 
@@ -345,181 +314,6 @@ class SMTPClientProtocol(Protocol):
                 return
             log.info("{name}: authentication failed: {reply}", name=self.remote, reply=str(reply))
             self._fail(temporary(reply), quit=True)
-
-    # -- transactions -------------------------------------------------------------
-
-    def _ready(self) -> None:
-        self._phase = "idle"
-        self._next()
-
-    def _next(self) -> None:
-        """Start the next queued message (RSET first after one), or go idle."""
-        if not self._queue:
-            if not self.usable or not self.options.keepAlive:
-                self._quit()
-                return
-            self._phase = "idle"
-            self._arm()
-            if self.onIdle is not None:
-                self.onIdle(self)
-            return
-        if self.messagesSent:
-            self._phase = "rset"
-            self._send(E.Rset())
-            self._arm()
-            return
-        self._begin()
-
-    def _begin(self) -> None:
-        txn = self._queue.popleft()
-        self._current = txn
-        plan = txn.plan = makePlan(
-            txn.envelope, txn.recipients, txn.message, self._conn, self.options
-        )
-        for i, reply in plan.refused.items():
-            txn.replies[i] = reply
-        if not plan.send:
-            self._finish(txn)
-            return
-        txn.started = True
-        self._phase = "transaction"
-        self.messagesSent += 1
-        out = [self._conn.send(E.MailFrom(plan.mailFrom, plan.mailParams))]
-        pipelining = plan.pipelining
-        if pipelining:
-            for i in plan.send:
-                out.append(self._rcptBytes(txn, i))
-            if not plan.bdat:
-                out.append(self._conn.send(E.Data()))
-        self._write(b"".join(out))
-        self._arm()
-
-    def _rcptBytes(self, txn: Transaction, i: int) -> bytes:
-        assert txn.plan is not None
-        txn.sending.append(i)
-        return self._conn.send(E.RcptTo(txn.recipients[i].address, txn.plan.rcptParams[i]))
-
-    def _transactionReply(self, command: Any, reply: Reply) -> None:
-        txn = self._current
-        assert txn is not None and txn.plan is not None
-        plan = txn.plan
-        txn.answered = True
-        kind = type(command)
-        if kind is E.MailFrom:
-            if reply.code != 250:
-                txn.mailReply = reply
-                txn.setAll(reply)
-                if not plan.pipelining:
-                    self._finish(txn)
-                return
-            if not plan.pipelining:
-                self._write(self._rcptBytes(txn, plan.send[0]))
-        elif kind is E.RcptTo:
-            i = txn.sending[txn.rcptAnswered]
-            txn.rcptAnswered += 1
-            if txn.mailReply is None:
-                if reply.code in (250, 251):
-                    txn.accepted.append(i)
-                else:
-                    txn.replies[i] = reply
-            if txn.rcptAnswered < len(plan.send):
-                if not plan.pipelining:
-                    self._write(self._rcptBytes(txn, plan.send[txn.rcptAnswered]))
-                return
-            if txn.mailReply is not None or not txn.accepted:
-                if not plan.pipelining or plan.bdat:
-                    self._finish(txn)
-                return  # the pipelined DATA is still to be answered
-            if plan.bdat:
-                txn.chunks = regroup(txn.message.chunks(), self.options.chunkSize)
-                self._sendChunk(txn)
-            elif not plan.pipelining:
-                self._write(self._conn.send(E.Data()))
-        elif kind is E.Data:
-            if reply.code == 354:
-                if txn.mailReply is not None or not txn.accepted:
-                    txn.emptyDot = True  # RFC 2920 3.1: end the empty message at once
-                    self._write(self._conn.send(E.EndOfMessage(0)))
-                    return
-                self._startStream(txn)
-                return
-            txn.setAll(reply, txn.accepted)
-            self._finish(txn)
-        elif kind is E.EndOfMessage:
-            if not txn.emptyDot:
-                txn.setAll(reply, txn.accepted)
-            self._finish(txn)
-        elif kind is E.Bdat:
-            if reply.code != 250 or command.last:
-                txn.setAll(reply, txn.accepted)
-                self._finish(txn)
-            else:
-                self._sendChunk(txn)
-
-    def _sendChunk(self, txn: Transaction) -> None:
-        assert txn.chunks is not None
-        data, last = next(txn.chunks)
-        self._write(self._conn.sendChunk(data, last))
-
-    def _finish(self, txn: Transaction) -> None:
-        self._current = None
-        self._phase = "idle"
-        for i, reply in enumerate(txn.replies):
-            if reply is None:  # answered by RCPT and never refused: the final reply is missing
-                txn.replies[i] = _LOST
-        refused = txn.plan.refused if txn.plan is not None else {}
-        remote = self.remote
-        result = DeliveryResult(
-            tuple(txn.replies),  # type: ignore[arg-type]
-            tuple(None if i in refused else remote for i in range(len(txn.replies))),
-        )
-        txn.deferred.callback(result)
-        if not self._closing:
-            self._next()
-
-    # -- message data ---------------------------------------------------------------
-
-    def _startStream(self, txn: Transaction) -> None:
-        self._stream = iter(txn.message.chunks())
-        self._streamPaused = False
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._timedFor = None
-        self._pump()
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return
-        self._pumping = True
-        conn = self._conn
-        try:
-            while self._stream is not None and not self._streamPaused and not self._closing:
-                chunk = next(self._stream, None)
-                if chunk is None:
-                    self._stream = None
-                    self.transport.unregisterProducer()  # type: ignore[union-attr]
-                    self._write(conn.send(E.EndOfMessage(0)))
-                    break
-                data = conn.send(E.MessageData(chunk))
-                if data:
-                    self._write(data)
-                self._arm(force=True)
-        except LocalProtocolError:
-            log.failure("{name}: message data refused by the client core", name=self.remote)
-            self._fail(_LOCAL)
-        finally:
-            self._pumping = False
-        self._arm()
-
-    def pauseProducing(self) -> None:
-        self._streamPaused = True
-
-    def resumeProducing(self) -> None:
-        self._streamPaused = False
-        self._arm(force=True)
-        self._pump()
-
-    def stopProducing(self) -> None:
-        self._stream = None
 
     # -- output, failure, timers ------------------------------------------------------
 

@@ -1,0 +1,277 @@
+"""
+The message half of an outbound SMTP session: L{Transaction} (one message
+for some recipients and the reply each gets) and L{TransactionMixin}, the
+part of L{mailframe._clientprotocol.SMTPClientProtocol} that sends queued
+messages: RSET between them, MAIL/RCPT/DATA (pipelined in one write when
+offered), BDAT chunks, and the message data streamed as a push producer.
+
+Owns: the order of commands within a transaction and pairing replies with
+recipients.  Must not: parse replies, route, or retry.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailframe._clientoptions import ClientOptions
+from mailframe._clientplan import Plan, makePlan, regroup
+from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.message import Message
+from mailframe.protocol import _events as E
+from mailframe.protocol.client import ClientConnection
+from mailframe.protocol.server import LocalProtocolError
+from mailframe.reply import Reply
+
+__all__ = ["LOCAL_ERROR", "LOST", "Transaction", "TransactionMixin"]
+
+log = Logger(namespace="mailframe.client")
+
+LOST = Reply(421, (4, 4, 2), "Connection lost before the server replied")
+LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the SMTP client")
+
+
+@dataclass(eq=False)
+class Transaction:
+    """One message for some recipients, and the reply each one gets."""
+
+    envelope: Envelope
+    recipients: tuple[Recipient, ...]
+    message: Message
+    deferred: defer.Deferred[DeliveryResult] = field(default_factory=defer.Deferred)
+    replies: list[Reply | None] = field(default_factory=list)
+    accepted: list[int] = field(default_factory=list)
+    plan: Plan | None = None
+    started: bool = False  # MAIL was sent: the outcome is this session's
+    mailReply: Reply | None = None
+    sending: list[int] = field(default_factory=list)  # indices sent RCPT, in order
+    rcptAnswered: int = 0
+    chunks: Iterator[tuple[bytes, bool]] | None = None
+    emptyDot: bool = False
+    answered: bool = False  # the server replied to something of it
+
+    def __post_init__(self) -> None:
+        self.replies = [None] * len(self.recipients)
+
+    def setAll(self, reply: Reply, indices: Any = None) -> None:
+        for i in range(len(self.replies)) if indices is None else indices:
+            if self.replies[i] is None:
+                self.replies[i] = reply
+
+
+class TransactionMixin:
+    """Sends the queued messages of a session (mixed into SMTPClientProtocol)."""
+
+    options: ClientOptions
+    transport: Any
+    messagesSent: int
+    usable: bool
+    onIdle: Any
+    _conn: ClientConnection
+    _queue: deque[Transaction]
+    _current: Transaction | None
+    _phase: str
+    _closing: bool
+    _stream: Iterator[bytes] | None
+    _streamPaused: bool
+    _pumping: bool
+    _timedFor: object
+
+    @property
+    def remote(self) -> str:
+        raise NotImplementedError
+
+    def _send(self, command: E.Event, secret: bool = False) -> None:
+        raise NotImplementedError
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _arm(self, force: bool = False) -> None:
+        raise NotImplementedError
+
+    def _quit(self) -> None:
+        raise NotImplementedError
+
+    def _fail(self, reply: Reply, quit: bool = False) -> None:
+        raise NotImplementedError
+
+    # -- transactions -------------------------------------------------------------
+
+    def _ready(self) -> None:
+        self._phase = "idle"
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next queued message (RSET first after one), or go idle."""
+        if not self._queue:
+            if not self.usable or not self.options.keepAlive:
+                self._quit()
+                return
+            self._phase = "idle"
+            self._arm()
+            if self.onIdle is not None:
+                self.onIdle(self)
+            return
+        if self.messagesSent:
+            self._phase = "rset"
+            self._send(E.Rset())
+            self._arm()
+            return
+        self._begin()
+
+    def _begin(self) -> None:
+        txn = self._queue.popleft()
+        self._current = txn
+        plan = txn.plan = makePlan(
+            txn.envelope, txn.recipients, txn.message, self._conn, self.options
+        )
+        for i, reply in plan.refused.items():
+            txn.replies[i] = reply
+        if not plan.send:
+            self._finish(txn)
+            return
+        txn.started = True
+        self._phase = "transaction"
+        self.messagesSent += 1
+        out = [self._conn.send(E.MailFrom(plan.mailFrom, plan.mailParams))]
+        pipelining = plan.pipelining
+        if pipelining:
+            for i in plan.send:
+                out.append(self._rcptBytes(txn, i))
+            if not plan.bdat:
+                out.append(self._conn.send(E.Data()))
+        self._write(b"".join(out))
+        self._arm()
+
+    def _rcptBytes(self, txn: Transaction, i: int) -> bytes:
+        assert txn.plan is not None
+        txn.sending.append(i)
+        return self._conn.send(E.RcptTo(txn.recipients[i].address, txn.plan.rcptParams[i]))
+
+    def _transactionReply(self, command: Any, reply: Reply) -> None:
+        txn = self._current
+        assert txn is not None and txn.plan is not None
+        plan = txn.plan
+        txn.answered = True
+        kind = type(command)
+        if kind is E.MailFrom:
+            if reply.code != 250:
+                txn.mailReply = reply
+                txn.setAll(reply)
+                if not plan.pipelining:
+                    self._finish(txn)
+                return
+            if not plan.pipelining:
+                self._write(self._rcptBytes(txn, plan.send[0]))
+        elif kind is E.RcptTo:
+            i = txn.sending[txn.rcptAnswered]
+            txn.rcptAnswered += 1
+            if txn.mailReply is None:
+                if reply.code in (250, 251):
+                    txn.accepted.append(i)
+                else:
+                    txn.replies[i] = reply
+            if txn.rcptAnswered < len(plan.send):
+                if not plan.pipelining:
+                    self._write(self._rcptBytes(txn, plan.send[txn.rcptAnswered]))
+                return
+            if txn.mailReply is not None or not txn.accepted:
+                if not plan.pipelining or plan.bdat:
+                    self._finish(txn)
+                return  # the pipelined DATA is still to be answered
+            if plan.bdat:
+                txn.chunks = regroup(txn.message.chunks(), self.options.chunkSize)
+                self._sendChunk(txn)
+            elif not plan.pipelining:
+                self._write(self._conn.send(E.Data()))
+        elif kind is E.Data:
+            if reply.code == 354:
+                if txn.mailReply is not None or not txn.accepted:
+                    txn.emptyDot = True  # RFC 2920 3.1: end the empty message at once
+                    self._write(self._conn.send(E.EndOfMessage(0)))
+                    return
+                self._startStream(txn)
+                return
+            txn.setAll(reply, txn.accepted)
+            self._finish(txn)
+        elif kind is E.EndOfMessage:
+            if not txn.emptyDot:
+                txn.setAll(reply, txn.accepted)
+            self._finish(txn)
+        elif kind is E.Bdat:
+            if reply.code != 250 or command.last:
+                txn.setAll(reply, txn.accepted)
+                self._finish(txn)
+            else:
+                self._sendChunk(txn)
+
+    def _sendChunk(self, txn: Transaction) -> None:
+        assert txn.chunks is not None
+        data, last = next(txn.chunks)
+        self._write(self._conn.sendChunk(data, last))
+
+    def _finish(self, txn: Transaction) -> None:
+        self._current = None
+        self._phase = "idle"
+        for i, reply in enumerate(txn.replies):
+            if reply is None:  # answered by RCPT and never refused: the final reply is missing
+                txn.replies[i] = LOST
+        refused = txn.plan.refused if txn.plan is not None else {}
+        remote = self.remote
+        result = DeliveryResult(
+            tuple(txn.replies),  # type: ignore[arg-type]
+            tuple(None if i in refused else remote for i in range(len(txn.replies))),
+        )
+        txn.deferred.callback(result)
+        if not self._closing:
+            self._next()
+
+    # -- message data ---------------------------------------------------------------
+
+    def _startStream(self, txn: Transaction) -> None:
+        self._stream = iter(txn.message.chunks())
+        self._streamPaused = False
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._timedFor = None
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        conn = self._conn
+        try:
+            while self._stream is not None and not self._streamPaused and not self._closing:
+                chunk = next(self._stream, None)
+                if chunk is None:
+                    self._stream = None
+                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self._write(conn.send(E.EndOfMessage(0)))
+                    break
+                data = conn.send(E.MessageData(chunk))
+                if data:
+                    self._write(data)
+                self._arm(force=True)
+        except LocalProtocolError:
+            log.failure("{name}: message data refused by the client core", name=self.remote)
+            self._fail(LOCAL_ERROR)
+        finally:
+            self._pumping = False
+        self._arm()
+
+    def pauseProducing(self) -> None:
+        self._streamPaused = True
+
+    def resumeProducing(self) -> None:
+        self._streamPaused = False
+        self._arm(force=True)
+        self._pump()
+
+    def stopProducing(self) -> None:
+        self._stream = None
