@@ -260,15 +260,19 @@ class CommandHandlers:
         return self._filterMessage(i, envelope, message)
 
     def _delivered(self, result: DeliveryResult | None, envelope: Envelope) -> Reply:
+        factory = self.factory
         if result is None or result.delivered:
             reply = R.accepted(envelope.queueID)
             self._errors = 0
             self.session.messages += 1
+            factory.accepted += 1
+            factory.acceptedRecipients += len(envelope.recipients)
         else:
             replies = result.replies
             reply = next((r for r in replies if r.code < 500 and r.code >= 400), None) or next(
                 r for r in replies if r.code >= 400
             )
+            factory.refused += 1
         if self.factory.logMessages:
             # one field holding the line: observers format it for almost nothing
             size = self.message.size if self.message is not None else 0

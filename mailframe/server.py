@@ -160,6 +160,9 @@ class SMTPServerFactory(Factory):
         self.verbs = {v: e for e in exts for v in e.verbs}
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.logMessages = config.logMessages
+        self.accepted = 0  # messages answered 250 after their data, since start
+        self.acceptedRecipients = 0
+        self.refused = 0  # messages refused after their data (by filters or the backend)
         self.ids = IDs()
         self.sessions: set[SMTPServerProtocol] = set()
 

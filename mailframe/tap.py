@@ -285,6 +285,7 @@ class MailframeService(MultiService):
         super().__init__()
         self.announcements: list[str] = []
         self.warnings: list[str] = []
+        self.factories: list[Any] = []
 
     def startService(self) -> None:
         super().startService()
@@ -292,6 +293,16 @@ class MailframeService(MultiService):
             log.info("{line}", line=line)
         for line in self.warnings:
             log.warn("{line}", line=line)
+
+    def stopService(self) -> Any:
+        for factory in dict.fromkeys(self.factories):
+            log.info(
+                "{line}",
+                line=f"mailframe: {factory.config.listener} stopping: {factory.accepted} "
+                f"messages ({factory.acceptedRecipients} recipients) accepted, "
+                f"{factory.refused} refused since start",
+            )
+        return super().stopService()
 
 
 def _announce(spec: ListenerSpec, factory: Any) -> str:
@@ -365,6 +376,7 @@ def makeService(options: Options) -> MailframeService:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
             child.setServiceParent(service)
         service.announcements.append(_announce(spec, factory))
+        service.factories.append(factory)
         if spec.auth and not spec.hasTLS and not spec.authPlaintext:
             service.warnings.append(
                 f"mailframe: --auth is never offered on {spec.config.listener}: AUTH needs "
