@@ -28,7 +28,7 @@ from typing import Any
 from mailframe import plugins
 from mailframe.address import Domain
 from mailframe.config import ServerConfig, defaultHostname
-from mailframe.interfaces import IDeliveryBackend, IRecipientValidator
+from mailframe.interfaces import IConnectionFilter, IDeliveryBackend, IRecipientValidator
 from mailframe.protocol import Limits
 
 __all__ = [
@@ -74,6 +74,8 @@ class ListenerSpec:
     authPlaintext: bool = False
     authFailures: int = 3
     authFailureDelay: float = 1.0
+    filters: tuple[str, ...] = ()
+    limits: str | None = None
 
     @property
     def hasTLS(self) -> bool:
@@ -202,6 +204,33 @@ def _plugIn(interface: Any, description: str) -> str:
     return description
 
 
+def _filters(value: Any) -> tuple[str, ...]:
+    descriptions = _strings(value)
+    for d in descriptions:
+        try:
+            plugins.checkFilter(d)
+        except plugins.PlugInError as e:
+            raise ConfigError(str(e))
+    return descriptions
+
+
+def _limits(value: Any) -> str | None:
+    """The options of the connection limits (C{client=20:rate=30}), or C{off}."""
+    if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "no")):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"expected options such as client=20:rate=30, or off; not {value!r}")
+    value = value.strip()
+    _plugIn(IConnectionFilter, f"limits:{value}" if value else "limits")
+    return value
+
+
+def _yesNo(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no", "true", "false"):
+        return value.strip().lower() in ("yes", "true")
+    return _boolean(value)
+
+
 def _bareNewlines(value: Any) -> str:
     choice = {"reject": "reject", "normalise": "normalise", "normalize": "normalise"}.get(value)
     if choice is None:
@@ -265,6 +294,12 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "auth-client-block": _seconds,
     "submission": _listen,
     "submissions": _listen,
+    "filter": _filters,
+    "limits": _limits,
+    "enforce-sync": _yesNo,
+    "greet-delay": _delay,
+    "error-delay": _delay,
+    "soft-errors": _count(0),
 }
 
 #: Settings of the whole service, refused in [[listener]] tables.
@@ -308,6 +343,12 @@ DEFAULTS: Mapping[str, Any] = {
     "auth-client-block": 900.0,
     "submission": (),
     "submissions": (),
+    "filter": (),
+    "limits": None,
+    "enforce-sync": True,
+    "greet-delay": 0.0,
+    "error-delay": 0.0,
+    "soft-errors": 3,
 }
 
 
@@ -407,6 +448,10 @@ def buildListeners(
                 maxErrors=settings["max-errors"],
                 transcript=settings["transcript"],
                 logMessages=not settings["quiet"],
+                enforceSync=settings["enforce-sync"],
+                greetDelay=settings["greet-delay"],
+                errorDelay=settings["error-delay"],
+                softErrors=settings["soft-errors"],
             )
         except ValueError as e:
             raise ConfigError(_oneLine(e))
@@ -422,6 +467,8 @@ def buildListeners(
             authPlaintext=settings["auth-plaintext"],
             authFailures=settings["auth-failures"],
             authFailureDelay=settings["auth-failure-delay"],
+            filters=tuple(settings["filter"]),
+            limits=settings["limits"],
         )
         _checkListener(listener)
         return listener

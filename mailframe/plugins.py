@@ -31,6 +31,7 @@ from mailframe.interfaces import (
     IConnectionFilter,
     IDeliveryBackend,
     IExtension,
+    IHeloValidator,
     IMessageFilter,
     IPlugInFactory,
     IRecipientValidator,
@@ -39,15 +40,18 @@ from mailframe.interfaces import (
 
 __all__ = [
     "BUILTINS",
+    "FILTER_KINDS",
     "PlugInError",
     "PlugInFactory",
     "addressesValidator",
     "anyValidator",
     "checkDescription",
+    "checkFilter",
     "domainsValidator",
     "factoriesFor",
     "kindName",
     "maildirBackend",
+    "makeFilter",
     "makeProvider",
     "mboxBackend",
     "memoryBackend",
@@ -118,7 +122,17 @@ _KINDS: dict[Any, str] = {
     IConnectionFilter: "connection filter",
     IMessageFilter: "message filter",
     IExtension: "ESMTP extension",
+    IHeloValidator: "HELO validator",
 }
+
+#: The kinds C{--filter} chooses from: a provider built from a filter
+#: description is used at every one of these plug points it provides.
+FILTER_KINDS: tuple[Any, ...] = (
+    IConnectionFilter,
+    IHeloValidator,
+    ISenderValidator,
+    IMessageFilter,
+)
 
 
 def kindName(interface: Any) -> str:
@@ -332,6 +346,11 @@ BUILTINS: tuple[PlugInFactory, ...] = (
     addressesValidator,
 )
 
+# the security checks (mailframe.policy): their factories need PlugInFactory above
+from mailframe.policy.factories import POLICY_FACTORIES  # noqa: E402
+
+BUILTINS += POLICY_FACTORIES
+
 # -- discovery ----------------------------------------------------------------
 
 _warned: list[Any] = []  # the ignored factories, kept so that each is warned about once
@@ -455,3 +474,45 @@ def makeProvider(interface: Any, description: str, context: Any) -> Any:
             f"{interface.__name__}"
         )
     return provider
+
+
+def _isFilter(factory: Any) -> bool:
+    return any(_isKind(factory, kind) for kind in FILTER_KINDS)
+
+
+def _filterKind(description: str) -> Any:
+    """The filter kind whose factories have C{description}'s prefix."""
+    prefix = parseDescription(description)[0].lower()
+    factories = _allFactories()
+    for f in factories:
+        if f.prefix.lower() == prefix:
+            for kind in FILTER_KINDS:
+                if _isKind(f, kind):
+                    return kind
+    known = ", ".join(sorted({f.prefix for f in factories if _isFilter(f)}))
+    for f in factories:
+        if f.prefix.lower() == prefix:
+            raise PlugInError(
+                f"{prefix!r} is a {kindName(f.provides)}, not a filter (filters: {known})"
+            )
+    raise PlugInError(f"unknown filter {prefix!r} (filters: {known})")
+
+
+def checkFilter(description: str) -> Any:
+    """
+    L{checkDescription} for C{--filter}: a connection filter, HELO
+    validator, sender validator or message filter.
+
+    @return: the factory.
+    @raise PlugInError: with a one-line message.
+    """
+    return checkDescription(_filterKind(description), description)
+
+
+def makeFilter(description: str, context: Any) -> Any:
+    """
+    Build the provider a C{--filter} description names.  It may provide
+    several plug points (L{FILTER_KINDS}, and L{IRecipientValidator}); the
+    caller uses it at each.
+    """
+    return makeProvider(_filterKind(description), description, context)

@@ -35,7 +35,14 @@ from mailframe._tapconfig import (
     readConfigFile,
 )
 from mailframe.config import ProviderContext
-from mailframe.interfaces import IDeliveryBackend, IRecipientValidator
+from mailframe.interfaces import (
+    IConnectionFilter,
+    IDeliveryBackend,
+    IHeloValidator,
+    IMessageFilter,
+    IRecipientValidator,
+    ISenderValidator,
+)
 
 __all__ = ["MailframeService", "Options", "makeService", "plugInHelp", "run"]
 
@@ -56,13 +63,18 @@ listeners where MAIL needs AUTH; AUTH checkers are Twisted's --auth strings
 
 # Options given several times; lists in the config file.
 _REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "submission",
-               "submissions")  # fmt: skip
+               "submissions", "filter")  # fmt: skip
 
 # The kinds --help lists first, with the option that chooses them.
 _OPTION_KINDS: list[tuple[Any, str]] = [
     (IDeliveryBackend, "Delivery backends (--deliver, one)"),
     (IRecipientValidator, "Recipient validators (--validate, repeatable, asked in order)"),
-]
+    (IConnectionFilter, "Connection filters (--filter, repeatable)"),
+    (IHeloValidator, "HELO validators (--filter, repeatable)"),
+    (ISenderValidator, "Sender validators (--filter, repeatable)"),
+    (IMessageFilter, "Message filters (--filter, repeatable; run in order, authresults "
+     "after the checks, dkim-sign last)"),
+]  # fmt: skip
 
 
 class Options(usage.Options):
@@ -100,6 +112,18 @@ class Options(usage.Options):
          "counted. [default: 600]"],
         ["auth-client-block", None, None, "Seconds a blocked client is refused (421 at "
          "connect). [default: 900]"],
+        ["limits", None, None, "Connection limits of each listener, as options of the "
+         "limits filter (total=1000:client=50:rate=0:messages=0:recipients=0:exempt=NETS), "
+         "or 'off'; an empty string is the defaults (total=1000, client=50, the relay "
+         "networks exempt). [default: off]"],
+        ["enforce-sync", None, None, "yes: a client that talks before the greeting or sends "
+         "commands ahead without PIPELINING gets 554 5.5.0 and is dropped. [default: yes]"],
+        ["greet-delay", None, None, "Seconds to wait before the greeting, so that early "
+         "talkers show themselves. [default: 0]"],
+        ["error-delay", None, None, "Tarpit: after --soft-errors errors, each error reply "
+         "waits this many seconds more than the last. [default: 0, off]"],
+        ["soft-errors", None, None, "Errors in a session before --error-delay applies. "
+         "[default: 3]"],
     ]  # fmt: skip
     optFlags = [
         ["transcript", None, "Debugging: log every session as a readable transcript."],
@@ -143,6 +167,10 @@ class Options(usage.Options):
     def opt_validate(self, description: str) -> None:
         """A recipient validator (repeatable: asked in order) [default: any]"""
         self["validate"].append(description)
+
+    def opt_filter(self, description: str) -> None:
+        """A security check or other filter: limits, dnsbl, helo, spf, dkim-verify, dmarc, authresults, dkim-sign (repeatable)"""  # noqa: E501
+        self["filter"].append(description)
 
     def opt_tls_cert(self, path: str) -> None:
         """A certificate file, PEM, with its chain (certbot's fullchain.pem); repeat for SNI"""
@@ -226,6 +254,11 @@ class Options(usage.Options):
             "auth-client-failures",
             "auth-client-window",
             "auth-client-block",
+            "limits",
+            "enforce-sync",
+            "greet-delay",
+            "error-delay",
+            "soft-errors",
         ):
             if self[name] is not None:
                 command[name] = convert(name, self[name], f"--{name}")
@@ -355,13 +388,17 @@ def makeService(options: Options) -> MailframeService:
         validators = [_build(IRecipientValidator, d, context) for d in spec.validate]
         backend = _build(IDeliveryBackend, spec.deliver, context)
         extensions, filters, tls = security.forListener(spec)
+        checks = _checks(spec, context)
         factory = SMTPServerFactory(
             spec.config,
             backend,
-            validators,
-            connectionFilters=filters,
+            [*checks[IRecipientValidator], *validators],
+            senderValidators=checks[ISenderValidator],
+            connectionFilters=[*filters, *checks[IConnectionFilter]],
+            messageFilters=checks[IMessageFilter],
             extensions=extensions,
             clock=reactor,
+            heloValidators=checks[IHeloValidator],
         )
         for endpoint in spec.endpoints:
             try:
@@ -394,6 +431,32 @@ def makeService(options: Options) -> MailframeService:
 
         WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
     return service
+
+
+def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]]:
+    """
+    The providers of a listener's --filter descriptions (and its connection
+    limits), by plug point: each is used at every plug point it provides.
+    Message filters run in the order given, except that authresults comes
+    after the checks it reports on and dkim-sign last.
+    """
+    from mailframe.policy.authresults import orderFilters
+
+    built = []
+    if spec.limits is not None:
+        limits = f"limits:{spec.limits}" if spec.limits else "limits"
+        built.append(_build(IConnectionFilter, limits, context))
+    for description in spec.filters:
+        try:
+            built.append(plugins.makeFilter(description, context))
+        except plugins.PlugInError as e:
+            raise SystemExit(f"mailframe: {e}")
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"mailframe: cannot set up filter {description!r}: {_oneLine(e)}")
+    kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
+    checks: dict[Any, list[Any]] = {k: [p for p in built if k.providedBy(p)] for k in kinds}
+    checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
+    return checks
 
 
 def _endpointService(

@@ -446,24 +446,38 @@ class HelpTests(unittest.TestCase):
 
     def test_usageListsOtherKinds(self) -> None:
         """A plug-in of a kind no option chooses is listed under its kind."""
-        from zope.interface import implementer
+        from zope.interface import Interface, implementer
         from zope.interface.verify import verifyObject
 
         from mailframe import plugins
         from mailframe.interfaces import IMessageFilter, IPlugInFactory
 
+        class IScorer(Interface):
+            """A kind of plug-in mailframe has no option for."""
+
+        @implementer(IPlugInFactory)
+        class Scorer:
+            prefix, provides = "spam", IScorer
+            synopsis, description = "spam[:score=N]", "Score spam."
+
+            def makeProvider(self, context: Any, *args: str, **kwargs: str) -> Any:
+                raise NotImplementedError
+
         @implementer(IPlugInFactory)
         class Filter:
-            prefix, provides = "spam", IMessageFilter
-            synopsis, description = "spam[:score=N]", "Refuse spam."
+            prefix, provides = "bayes", IMessageFilter
+            synopsis, description = "bayes[:score=N]", "Refuse spam."
 
             def makeProvider(self, context: Any, *args: str, **kwargs: str) -> Any:
                 raise NotImplementedError
 
         verifyObject(IPlugInFactory, Filter())
-        self.patch(plugins, "getPlugins", lambda interface: [Filter()])
+        self.patch(plugins, "getPlugins", lambda interface: [Scorer(), Filter()])
         text = tap.plugInHelp(100)
-        self.assertIn("  Message filters (no option yet):\n    spam[:score=N]\n", text)
+        self.assertIn("  IScorers (no option yet):\n    spam[:score=N]\n", text)
+        self.assertIn("Score spam.", text)
+        filters = text.index("  Message filters (--filter")
+        self.assertLess(filters, text.index("    bayes[:score=N]\n"))
         self.assertIn("Refuse spam.", text)
 
     def test_helpOption(self) -> None:
