@@ -57,7 +57,17 @@ DNS_FAILURE = Reply(451, (4, 4, 3), "Temporary DNS failure looking up the mail h
 BAD_LITERAL = Reply(550, (5, 1, 2), "Cannot route to this address literal")
 
 _MAX_CNAMES = 8
-_PERMANENT_DNS = (dnserror.DNSNameError, dnserror.DomainError)
+
+
+def _nameError(e: BaseException) -> bool:
+    """
+    True for "no such domain" (NXDOMAIN, or no resolver of a chain knows
+    it); False for SERVFAIL, timeouts, refusals, which are temporary.
+    (DNSServerError and the others are subclasses of DomainError.)
+    """
+    if isinstance(e, dnserror.DNSNameError | dnserror.AuthoritativeDomainError):
+        return True
+    return type(e) is dnserror.DomainError
 
 
 class RoutingError(Exception):
@@ -395,10 +405,9 @@ class Router:
     ) -> list[Destination]:
         try:
             records = await self._query(dns.MX, name)
-        except _PERMANENT_DNS:
-            raise RoutingError(NO_DOMAIN if permanent else DNS_FAILURE) from None
-        except Exception:
-            raise RoutingError(DNS_FAILURE) from None
+        except Exception as e:
+            gone = _nameError(e) and permanent
+            raise RoutingError(NO_DOMAIN if gone else DNS_FAILURE) from None
         hosts: list[tuple[int, str]] = []
         nulls = 0
         for rr in records:
@@ -451,10 +460,8 @@ class Router:
             kind = dns.AAAA if family == "ipv6" else dns.A
             try:
                 records = await self._query(kind, host)
-            except _PERMANENT_DNS:
-                records = []
-            except Exception:
-                temporary = True
+            except Exception as e:
+                temporary = temporary or not _nameError(e)
                 records = []
             found[family] = [_address(rr.payload) for rr in records]
         return [a for family in self.addressOrder for a in found[family]], temporary
