@@ -20,7 +20,15 @@ from twisted.internet import defer
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
 
-__all__ = ["NEVER", "REFUSED", "SERVFAIL", "MemoryResolver"]
+__all__ = [
+    "NEVER",
+    "REFUSED",
+    "SERVFAIL",
+    "MemoryResolver",
+    "makeEnvelope",
+    "makeMessage",
+    "makeSession",
+]
 
 SERVFAIL = "SERVFAIL"
 """A name whose every lookup fails with a server failure."""
@@ -116,3 +124,44 @@ class MemoryResolver(ResolverBase):
         if not answers and not self._exists(text):
             return defer.fail(error.DNSNameError(text))
         return defer.succeed((answers, [], []))
+
+
+def makeSession(
+    peerHost: str = "192.0.2.1",
+    heloName: str | None = "client.example.org",
+    authenticated: str | None = None,
+    hostname: str = "mx.example.com",
+) -> Any:
+    """A L{SessionInfo} as a check sees it after HELO."""
+    from mailframe.envelope import SessionInfo
+
+    return SessionInfo(
+        "S1",
+        peerHost,
+        40000,
+        "198.51.100.25",
+        25,
+        hostname,
+        heloName=heloName,
+        esmtp=True,
+        authenticated=authenticated,
+    )
+
+
+def makeEnvelope(sender: str = "alice@example.org", *recipients: str) -> Any:
+    """An L{Envelope} from C{sender} (C{""} for the null sender) to C{recipients}."""
+    from mailframe.address import Address, parseMailbox
+    from mailframe.envelope import Envelope, Recipient
+
+    mailFrom = parseMailbox(sender) if sender else Address.null()
+    return Envelope("Q1", mailFrom, recipients=[Recipient(parseMailbox(r)) for r in recipients])
+
+
+def makeMessage(data: bytes) -> Any:
+    """A finished L{Message} holding C{data} (CRLF line endings)."""
+    from mailframe.message import Message
+
+    message = Message()
+    message.write(data)
+    message.finish()
+    return message
