@@ -168,7 +168,7 @@ class AuthenticationResults:
             authserv_id=self.authservID, results=results(session, envelope)
         )
         text = str(header.header_value())
-        return text.replace("; ", ";\r\n\t")
+        return text.replace("; ", ";\r\n\t") if header.results else text
 
     def removeForged(self, message: Any) -> int:
         """Drop received Authentication-Results fields with our authserv-id."""
