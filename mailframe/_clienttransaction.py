@@ -228,9 +228,9 @@ class TransactionMixin:
             tuple(txn.replies),  # type: ignore[arg-type]
             tuple(None if i in refused else remote for i in range(len(txn.replies))),
         )
-        txn.deferred.callback(result)
         if not self._closing:
-            self._next()
+            self._next()  # first: whoever gets the result may already reuse this session
+        txn.deferred.callback(result)
 
     # -- message data ---------------------------------------------------------------
 
