@@ -1,0 +1,122 @@
+"""
+L{SpoolBackend}, the delivery backend of a server with a queue, and
+L{QueueService}, which starts and stops the spool and its runner.
+
+The server hands each accepted message to L{SpoolBackend.deliver}; it
+writes the message into the spool and answers (so the client gets its 250)
+only once the spool says it is durable.  The runner then delivers each
+recipient: those of local domains through the listener's local backend
+(C{--deliver}), the others through the relay.  A spool that cannot write
+the message answers 452 4.3.1 (disk full) or 451 4.3.0, and nothing is
+queued.
+
+The backend is also an L{IMessageFilter}: given to the server as a
+message filter too, it records in the envelope the session facts that a
+report names (the client's HELO name and address, the protocol); it never
+refuses a message.
+
+Owns: turning a server transaction into a queue entry.  Must not: deliver
+(the runner does) or write files itself (the spool does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailframe.backends._files import replyForError
+from mailframe.envelope import DeliveryResult, Envelope, SessionInfo
+from mailframe.interfaces import IDeliveryBackend, IMessageFilter
+from mailframe.message import Message
+from mailframe.queue.entry import QueueEntry
+from mailframe.queue.runner import QueueRunner
+from mailframe.queue.spool import Spool
+from mailframe.trace import protocolName
+
+__all__ = ["RECEIVED", "QueueService", "SpoolBackend"]
+
+log = Logger(namespace="mailframe.queue")
+
+RECEIVED = "mailframe.received"
+"""The key, in C{envelope.extra}, of the session facts kept for reports."""
+
+
+@implementer(IDeliveryBackend, IMessageFilter)
+class SpoolBackend:
+    """
+    Queues every message in C{spool} for the runner.
+
+    @param clock: gives the arrival time.
+    @param listener: the listener name recorded in each entry (the runner
+        delivers it with that listener's local backend).
+    @param keepInMemory: messages up to this size are kept in memory for
+        the first attempt (no need to read the file back).
+    """
+
+    def __init__(
+        self, spool: Spool, clock: Any, listener: str = "smtp", keepInMemory: int = 1 << 20
+    ) -> None:
+        self.spool = spool
+        self.clock = clock
+        self.listener = listener
+        self.keepInMemory = keepInMemory
+
+    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Message) -> None:
+        """Record the session facts of C{envelope} for reports; refuse nothing."""
+        envelope.extra[RECEIVED] = {
+            "helo": session.heloName or "",
+            "peer": session.peerHost,
+            "protocol": protocolName(session, envelope),
+        }
+
+    def deliver(
+        self, envelope: Envelope, message: Message
+    ) -> defer.Deferred[DeliveryResult | None]:
+        """Write the message into the spool; fire None (250) once it is durable."""
+        entry = QueueEntry.fromEnvelope(
+            self.spool.newID(envelope.queueID),
+            envelope,
+            self.clock.seconds(),
+            message.size,
+            self.listener,
+        )
+        data: bytes | Message = message
+        if message.inMemory and message.size <= self.keepInMemory:
+            data = message.getvalue()
+        d = self.spool.add(entry, data)
+
+        def failed(reason: Failure) -> DeliveryResult:
+            if reason.check(defer.CancelledError):
+                return reason  # type: ignore[return-value]
+            reply = replyForError(reason.value)
+            return DeliveryResult.allDelivered(envelope, reply)
+
+        return d.addErrback(failed)
+
+
+class QueueService(Service):
+    """Starts the runner (which reads the spool) and stops it with the spool."""
+
+    name = "mailframe-queue"
+
+    def __init__(self, runner: QueueRunner) -> None:
+        self.runner = runner
+
+    def startService(self) -> None:
+        super().startService()
+
+        def failed(reason: Failure) -> None:
+            log.failure("the queue cannot start", reason)
+
+        self.runner.start().addErrback(failed)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.runner.stop()
+        self.runner.spool.stop()
+        return None
