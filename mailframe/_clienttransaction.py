@@ -28,12 +28,24 @@ from mailframe.protocol.client import ClientConnection
 from mailframe.protocol.server import LocalProtocolError
 from mailframe.reply import Reply
 
-__all__ = ["LOCAL_ERROR", "LOST", "Transaction", "TransactionMixin"]
+__all__ = ["LOCAL_ERROR", "LOST", "SMTPResult", "Transaction", "TransactionMixin"]
 
 log = Logger(namespace="mailframe.client")
 
 LOST = Reply(421, (4, 4, 2), "Connection lost before the server replied")
 LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the SMTP client")
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPResult(DeliveryResult):
+    """
+    A L{DeliveryResult} from an SMTP server, with C{dsn}: per recipient,
+    True if the server offered DSN, so the NOTIFY/ORCPT/RET/ENVID
+    parameters went on with the message (RFC 3461 5.2: it then reports
+    "delivered" itself; when False a NOTIFY=SUCCESS is answered "relayed").
+    """
+
+    dsn: tuple[bool, ...] = ()
 
 
 @dataclass(eq=False)
@@ -146,7 +158,7 @@ class TransactionMixin:
                 out.append(self._rcptBytes(txn, i))
             if not plan.bdat:
                 out.append(self._conn.send(E.Data()))
-        self._write(b"".join(out))
+        self._command(b"".join(out))
         self._arm()
 
     def _rcptBytes(self, txn: Transaction, i: int) -> bytes:
@@ -168,7 +180,7 @@ class TransactionMixin:
                     self._finish(txn)
                 return
             if not plan.pipelining:
-                self._write(self._rcptBytes(txn, plan.send[0]))
+                self._command(self._rcptBytes(txn, plan.send[0]))
         elif kind is E.RcptTo:
             i = txn.sending[txn.rcptAnswered]
             txn.rcptAnswered += 1
@@ -179,7 +191,7 @@ class TransactionMixin:
                     txn.replies[i] = reply
             if txn.rcptAnswered < len(plan.send):
                 if not plan.pipelining:
-                    self._write(self._rcptBytes(txn, plan.send[txn.rcptAnswered]))
+                    self._command(self._rcptBytes(txn, plan.send[txn.rcptAnswered]))
                 return
             if txn.mailReply is not None or not txn.accepted:
                 if not plan.pipelining or plan.bdat:
@@ -189,7 +201,7 @@ class TransactionMixin:
                 txn.chunks = regroup(txn.message.chunks(), self.options.chunkSize)
                 self._sendChunk(txn)
             elif not plan.pipelining:
-                self._write(self._conn.send(E.Data()))
+                self._command(self._conn.send(E.Data()))
         elif kind is E.Data:
             if reply.code == 354:
                 if txn.mailReply is not None or not txn.accepted:
@@ -211,10 +223,18 @@ class TransactionMixin:
             else:
                 self._sendChunk(txn)
 
+    def _command(self, data: bytes, payload: int = 0) -> None:
+        """Write command lines (and a BDAT chunk of C{payload} octets), logged with transcript."""
+        if self.options.transcript:
+            head = data[: len(data) - payload] if payload else data
+            for line in head.decode("utf-8", "replace").splitlines():
+                log.info("{name} C: {line}", name=self.remote, line=line)
+        self._write(data)
+
     def _sendChunk(self, txn: Transaction) -> None:
         assert txn.chunks is not None
         data, last = next(txn.chunks)
-        self._write(self._conn.sendChunk(data, last))
+        self._command(self._conn.sendChunk(data, last), len(data))
 
     def _finish(self, txn: Transaction) -> None:
         self._current = None
@@ -222,11 +242,14 @@ class TransactionMixin:
         for i, reply in enumerate(txn.replies):
             if reply is None:  # answered by RCPT and never refused: the final reply is missing
                 txn.replies[i] = LOST
-        refused = txn.plan.refused if txn.plan is not None else {}
+        plan = txn.plan
+        refused = plan.refused if plan is not None else {}
         remote = self.remote
-        result = DeliveryResult(
+        n = len(txn.replies)
+        result = SMTPResult(
             tuple(txn.replies),  # type: ignore[arg-type]
-            tuple(None if i in refused else remote for i in range(len(txn.replies))),
+            tuple(None if i in refused else remote for i in range(n)),
+            tuple(plan is not None and plan.dsn and i not in refused for i in range(n)),
         )
         if not self._closing:
             self._next()  # first: whoever gets the result may already reuse this session

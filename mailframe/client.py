@@ -42,6 +42,7 @@ from mailframe._clientoptions import (
     temporary,
 )
 from mailframe._clientprotocol import SMTPClientProtocol
+from mailframe._clienttransaction import SMTPResult
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
 from mailframe.protocol.client import ClientLimits
@@ -58,6 +59,7 @@ __all__ = [
     "Credentials",
     "SMTPClientFactory",
     "SMTPClientProtocol",
+    "SMTPResult",
     "SessionFailed",
     "Timeouts",
     "checkTLSPolicy",

@@ -344,7 +344,7 @@ class ExtensionTests(SynchronousTestCase):
             self.assertEqual(s.codes(), [(553, (5, 6, 7))])
 
     def test_dsn(self) -> None:
-        """NOTIFY, ORCPT, RET and ENVID are passed on when DSN is offered, dropped otherwise."""
+        """DSN parameters go on when DSN is offered, else are dropped; SMTPResult.dsn tells which."""
         env = envelope("bob@b.example", RET="HDRS", ENVID="Q1")
         env.recipients[0] = Recipient(
             env.recipients[0].address,
@@ -355,10 +355,18 @@ class ExtensionTests(SynchronousTestCase):
         self.assertEqual(s.greet("DSN"), b"MAIL FROM:<alice@a.example> RET=HDRS ENVID=Q1\r\n")
         self.assertEqual(s.server(b"250 ok\r\n"),
                          b"RCPT TO:<bob@b.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@b.example\r\n")  # fmt: skip
+        s.server(b"250 ok\r\n")
+        s.server(b"354 go\r\n")
+        s.server(b"250 ok\r\n")
+        self.assertEqual(s.results[0].dsn, (True,))
         s = Session()
         s.deliver(env)
         self.assertEqual(s.greet(), b"MAIL FROM:<alice@a.example>\r\n")
         self.assertEqual(s.server(b"250 ok\r\n"), b"RCPT TO:<bob@b.example>\r\n")
+        s.server(b"250 ok\r\n")
+        s.server(b"354 go\r\n")
+        s.server(b"250 ok\r\n")
+        self.assertEqual(s.results[0].dsn, (False,))
 
     def test_bdat(self) -> None:
         """With CHUNKING the message goes by BDAT, unstuffed, in chunks of chunkSize."""
