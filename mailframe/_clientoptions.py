@@ -93,18 +93,16 @@ class ClientOptions:
     """
     How to talk to one destination.
 
-    @ivar heloName: our name in EHLO/HELO.
-    @ivar tls: the TLS policy (L{TLS_POLICIES}).
-    @ivar tlsHostname: the name the certificate must carry (C{verify}), also
-        sent as SNI; None: the destination's host name.
-    @ivar trustRoot: the CAs for C{verify} (a Twisted C{IOpenSSLTrustRoot}
-        or C{Certificate}); None: the platform's.
-    @ivar credentials: AUTH PLAIN/LOGIN with these (a smarthost).
-    @ivar authPlaintext: allow AUTH outside TLS (only for a trusted network).
-    @ivar pipelining, chunking: use PIPELINING and BDAT when offered.
-    @ivar chunkSize: octets per BDAT chunk.
-    @ivar keepAlive: seconds an idle session waits for another message
-        before QUIT (0: QUIT as soon as the queued messages are sent).
+    C{heloName}: our name in EHLO/HELO.  C{tls}: the TLS policy (one of
+    L{TLS_POLICIES}).  C{tlsHostname}: the name the certificate must carry
+    (C{verify}), also sent as SNI; None means the destination's host name.
+    C{trustRoot}: the CAs for C{verify} (a Twisted C{IOpenSSLTrustRoot} or
+    C{Certificate}); None means the platform's.  C{credentials}: AUTH
+    PLAIN/LOGIN with these (a smarthost); C{authPlaintext} allows AUTH
+    outside TLS.  C{pipelining}, C{chunking}: use PIPELINING and BDAT when
+    offered; C{chunkSize}: octets per BDAT chunk.  C{keepAlive}: seconds an
+    idle session waits for another message before QUIT (0: QUIT once the
+    queued messages are sent).  C{transcript}: log every command and reply.
     """
 
     heloName: str = "localhost"

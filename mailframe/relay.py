@@ -74,19 +74,16 @@ def _timeouts(data: Mapping[str, Any]) -> Timeouts:
 @implementer(IRelay)
 class SMTPRelay:
     """
-    Relays with C{router}.
-
-    @param reactor: connects and times (a clock in tests).
-    @param heloName: our name in EHLO.
-    @param timeouts: the RFC 5321 timeouts of each session.
-    @param connectTimeout: seconds to wait for a TCP connection.
-    @param maxAttempts: destinations (addresses) tried per message at most.
-    @param trustRoot: CAs for the C{verify} policy (None: the platform's).
-    @param keepAlive: seconds an idle session waits for another message to
-        the same address (0: QUIT after each message).
-    @param maxMessages: messages per connection before it is closed.
-    @param endpointFor: C{(destination) -> IStreamClientEndpoint}; default
-        TCP to its address and port.
+    Relays with C{router}.  C{reactor} connects and times (a clock in
+    tests); C{heloName} is our name in EHLO; C{timeouts} the RFC 5321
+    timeouts of each session; C{connectTimeout} the seconds to wait for a
+    TCP connection; C{maxAttempts} the most destinations (addresses) tried
+    per message; C{trustRoot} the CAs for the C{verify} policy (None: the
+    platform's); C{keepAlive} the seconds an idle session waits for another
+    message to the same address (0: QUIT after each message);
+    C{maxMessages} the messages per connection before it is closed;
+    C{endpointFor}, C{(destination) -> IStreamClientEndpoint}, by default
+    TCP to its address and port.
     """
 
     def __init__(
