@@ -1,0 +1,95 @@
+"""
+Tests for L{mailframe.dkimtool}, the C{mailframe-dkim} console script: the
+key and record files, the printed DNS record, and a key that signs mail
+dkimpy verifies against that very record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from pathlib import Path
+
+import dkim
+from twisted.trial import unittest
+
+from mailframe.dkimtool import dnsRecord, generateKey, main, zoneLine
+from mailframe.policy.dkim import DKIMSigner, inlineRunner
+from mailframe.policy.testing import makeEnvelope, makeMessage, makeSession
+
+BODY = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+
+
+class KeygenTests(unittest.TestCase):
+    """mailframe-dkim keygen."""
+
+    def keygen(self, *args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["keygen", *args])
+        return code, out.getvalue(), err.getvalue()
+
+    def roundTrip(self, keyType: str) -> None:
+        directory = os.path.abspath(self.mktemp())
+        code, out, err = self.keygen(
+            "example.org", "s1", "--type", keyType, "--directory", directory
+        )
+        self.assertEqual((code, err), (0, ""))
+        keyPath = os.path.join(directory, "example.org.s1.key")
+        self.assertEqual(stat.S_IMODE(os.stat(keyPath).st_mode), 0o600)
+        record = Path(directory, "example.org.s1.txt").read_text()
+        self.assertIn(record.strip(), out)
+        self.assertTrue(record.startswith("s1._domainkey.example.org. IN TXT ( "))
+        self.assertIn(f"--filter dkim-sign:example.org:s1:{keyPath}", out)
+        text = "".join(record.split('"')[1::2])  # the strings of the record, joined
+        self.assertTrue(text.startswith(f"v=DKIM1; k={keyType}; p="))
+        signer = DKIMSigner("example.org", "s1", Path(keyPath).read_bytes(), runner=inlineRunner)
+        message = makeMessage(BODY)
+        signer.filterMessage(makeSession(authenticated="a"), makeEnvelope(), message)
+        self.assertTrue(
+            dkim.verify(message.getvalue(), dnsfunc=lambda name, timeout=5: text.encode())
+        )
+
+    def test_rsa(self) -> None:
+        """An RSA key (the default type) signs mail dkimpy verifies with the printed record."""
+        self.roundTrip("rsa")
+
+    def test_ed25519(self) -> None:
+        """An ed25519 key does too."""
+        self.roundTrip("ed25519")
+
+    def test_noOverwrite(self) -> None:
+        """An existing key is kept unless --force."""
+        directory = self.mktemp()
+        self.assertEqual(self.keygen("example.org", "s", "--directory", directory)[0], 0)
+        key = Path(directory, "example.org.s.key").read_bytes()
+        code, _, err = self.keygen("example.org", "s", "--directory", directory)
+        self.assertEqual(code, 1)
+        self.assertIn("--force", err)
+        self.assertEqual(Path(directory, "example.org.s.key").read_bytes(), key)
+        self.assertEqual(
+            self.keygen("example.org", "s", "--directory", directory, "--force")[0], 0
+        )
+        self.assertNotEqual(Path(directory, "example.org.s.key").read_bytes(), key)
+
+    def test_badArguments(self) -> None:
+        """A bad domain, selector or size exits 2 with one line."""
+        directory = self.mktemp()
+        for args in (("not a domain", "s"), ("example.org", "bad selector!"),
+                     ("example.org", "s", "--bits", "512")):  # fmt: skip
+            code, out, err = self.keygen(*args, "--directory", directory)
+            self.assertEqual((code, out), (2, ""), args)
+            self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertFalse(os.path.exists(directory))
+
+    def test_zoneLine(self) -> None:
+        """Long records are split into strings of at most 255 octets."""
+        private, public = generateKey("rsa", 4096)
+        self.assertIn(b"BEGIN RSA PRIVATE KEY", private)
+        line = zoneLine("example.org.", "big", dnsRecord("rsa", public))
+        strings = line.split('"')[1::2]
+        self.assertGreater(len(strings), 2)
+        self.assertTrue(all(len(s) <= 255 for s in strings))
+        self.assertRaises(ValueError, generateKey, "dsa")
