@@ -84,8 +84,9 @@ class Server:
         the load generator).
     @ivar count: how the driver checks what the server took: C{sink} (a
         "bench-sink:" line on SIGTERM), C{mailframe-log} (mailframe's
-        per-message log lines), C{maildir} (files in {scratch}/Maildir/new,
-        one per message), or C{none}.
+        per-message log lines), C{mailframe-stop} (the "stopping: N messages"
+        line of each mailframe process), C{maildir} (files in
+        {scratch}/Maildir/new, one per message), or C{none}.
     @ivar default: run when no --only is given.
     @ivar placeholder: if set, the server cannot run yet; the text says why.
     """
@@ -105,14 +106,30 @@ SERVERS = {
     for s in [
         Server(
             "mailframe",
+            MAILFRAME + " --quiet --deliver memory:keep=no",
+            "null",
+            "mailframe-stop",
+            "twistd mailframe, memory backend dropping each message, no per-message log "
+            "line (--quiet: the peers log none either)",
+        ),
+        Server(
+            "mailframe-w2",
+            MAILFRAME + " --quiet --workers 2 --deliver memory:keep=no",
+            "null",
+            "mailframe-stop",
+            "the same with --workers 2 (two processes on one port, SO_REUSEPORT)",
+        ),
+        Server(
+            "mailframe-logged",
             MAILFRAME + " --deliver memory:keep=no",
             "null",
             "mailframe-log",
-            "twistd mailframe, memory backend counting and dropping each message",
+            "twistd mailframe as it runs by default: one log line per message",
+            default=False,
         ),
         Server(
             "mailframe-maildir",
-            MAILFRAME + " --deliver maildir:{scratch}/Maildir",
+            MAILFRAME + " --quiet --deliver maildir:{scratch}/Maildir",
             "durable",
             "maildir",
             "twistd mailframe, Maildir backend (file and new/ fsync'd before 250)",
@@ -191,7 +208,7 @@ SERVERS = {
 
 # --only also takes these names
 PRESETS = {
-    "null": ["mailframe", "twisted.mail", "aiosmtpd", "smtp-sink"],
+    "null": ["mailframe", "mailframe-w2", "twisted.mail", "aiosmtpd", "smtp-sink"],
     "durable": [
         "mailframe-maildir",
         "postfix-durable",
@@ -227,9 +244,11 @@ TARGETS = [
     ("mailframe", "twisted.mail", ["large", "rcpt50"], 2.0),
     ("mailframe-spool", "postfix-durable", ["small", "persist"], 2.0),
     ("mailframe-maildir", "postfix-durable", ["small", "persist"], 1.5),
+    ("mailframe-w2", "mailframe", ["small", "persist", "large", "rcpt50"], 1.6),
 ]
 
 ACCEPTED_LINE = re.compile(rb" accepted from=\S* to=(\S+)")
+STOP_LINE = re.compile(rb"stopping: (\d+) messages \((\d+) recipients\) accepted")
 
 
 # ---------------------------------------------------------------- /proc helpers
@@ -446,6 +465,18 @@ def count_mailframe_log(path: str) -> tuple[int, int]:
     return messages, deliveries
 
 
+def count_mailframe_stop(path: str) -> tuple[int, int]:
+    """Messages and recipients from the line each mailframe process logs when
+    it stops ("stopping: N messages (R recipients) accepted"), summed over
+    the worker processes."""
+    messages = deliveries = 0
+    with open(path, "rb") as f:
+        for mo in STOP_LINE.finditer(f.read()):
+            messages += int(mo.group(1))
+            deliveries += int(mo.group(2))
+    return messages, deliveries
+
+
 def check_counts(res: dict, server: Server, logpath: str, scratch: str) -> None:
     """Fill in what the server says it took; fail the run if it is not all."""
     expected_msgs, expected_dels = res.get("messages"), res.get("expected_deliveries")
@@ -461,6 +492,8 @@ def check_counts(res: dict, server: Server, logpath: str, scratch: str) -> None:
             res["count_error"] = "no bench-sink: line"
     elif server.count == "mailframe-log":
         got["messages"], got["deliveries"] = count_mailframe_log(logpath)
+    elif server.count == "mailframe-stop":
+        got["messages"], got["deliveries"] = count_mailframe_stop(logpath)
     elif server.count == "maildir":
         box = os.path.join(scratch, "Maildir")
         try:
