@@ -36,6 +36,11 @@ LOST = Reply(421, (4, 4, 2), "Connection lost before the server replied")
 LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the SMTP client")
 
 
+def unexpected(reply: Reply) -> Reply:
+    """The 4xx for a reply that makes no sense where it came (a 354 to the final dot ...)."""
+    return Reply(451, (4, 5, 0), f"Protocol error: unexpected reply: {reply}"[:400])
+
+
 @dataclass(frozen=True, slots=True)
 class SMTPResult(DeliveryResult):
     """
@@ -172,8 +177,13 @@ class TransactionMixin:
         plan = txn.plan
         txn.answered = True
         kind = type(command)
+        code = reply.code
+        if 300 <= code < 400 and not (kind is E.Data and code == 354):
+            # out of step with the protocol: nothing more it says can be trusted
+            self._fail(unexpected(reply))
+            return
         if kind is E.MailFrom:
-            if reply.code != 250:
+            if code >= 400:
                 txn.mailReply = reply
                 txn.setAll(reply)
                 if not plan.pipelining:
@@ -185,7 +195,7 @@ class TransactionMixin:
             i = txn.sending[txn.rcptAnswered]
             txn.rcptAnswered += 1
             if txn.mailReply is None:
-                if reply.code in (250, 251):
+                if code < 300:
                     txn.accepted.append(i)
                 else:
                     txn.replies[i] = reply
@@ -203,12 +213,15 @@ class TransactionMixin:
             elif not plan.pipelining:
                 self._command(self._conn.send(E.Data()))
         elif kind is E.Data:
-            if reply.code == 354:
+            if code == 354:
                 if txn.mailReply is not None or not txn.accepted:
                     txn.emptyDot = True  # RFC 2920 3.1: end the empty message at once
                     self._write(self._conn.send(E.EndOfMessage(0)))
                     return
                 self._startStream(txn)
+                return
+            if code < 300:  # a 2xx to DATA: no data was taken
+                self._fail(unexpected(reply))
                 return
             txn.setAll(reply, txn.accepted)
             self._finish(txn)
@@ -217,7 +230,7 @@ class TransactionMixin:
                 txn.setAll(reply, txn.accepted)
             self._finish(txn)
         elif kind is E.Bdat:
-            if reply.code != 250 or command.last:
+            if code >= 300 or command.last:
                 txn.setAll(reply, txn.accepted)
                 self._finish(txn)
             else:

@@ -615,6 +615,27 @@ class MalformedReplyTests(SynchronousTestCase):
         self.assertEqual(s.codes(), [(550, (5, 1, 1)), (451, (4, 5, 0))])
         self.assertTrue(s.transport.aborted)
 
+    def test_outOfStep(self) -> None:
+        """A 2xx to DATA or a 3xx to the final dot is never taken as delivery: 451 4.5.0."""
+        for replies in ([b"250 ok\r\n250 ok\r\n250 taken?\r\n"],
+                        [b"250 ok\r\n250 ok\r\n354 go\r\n", b"354 again\r\n"],
+                        [b"250 ok\r\n354 what\r\n"]):  # fmt: skip
+            s = Session()
+            s.deliver(envelope("bob@b.example"))
+            s.greet("PIPELINING")
+            for data in replies:
+                s.server(data)
+            self.assertEqual(s.codes(), [(451, (4, 5, 0))])
+            self.assertTrue(s.transport.aborted)
+
+    def test_other2xx(self) -> None:
+        """Any 2xx to MAIL or RCPT accepts (251, 252 ...)."""
+        s = Session()
+        s.deliver(envelope("bob@b.example"))
+        s.greet("PIPELINING")
+        s.server(b"251 ok\r\n252 forwarded\r\n354 go\r\n250 done\r\n")
+        self.assertEqual(s.codes(), [(250, None)])
+
     def test_overlongReply(self) -> None:
         """An over-long reply line before MAIL fails the session (another server may do better)."""
         s = Session()
