@@ -194,6 +194,13 @@ def _name(rr: Any) -> str:
     return rr.name.name.decode("ascii", "replace").rstrip(".").lower()  # type: ignore[no-any-return]
 
 
+def _isLoopback(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).is_loopback
+    except ValueError:
+        return text.lower() == "localhost"
+
+
 def _isIP(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -339,11 +346,20 @@ class Router:
         return f"mx {key}"
 
     def tlsFor(self, route: NextHop | str | None) -> str:
-        """The TLS policy for a route."""
+        """
+        The TLS policy for a route: its own, else C{smarthostTLS} for the
+        smarthost (but C{opportunistic} for a loopback address, where no
+        certificate names the host and no network lies in between),
+        C{routeTLS} for a domain route, C{mxTLS} for MX delivery.
+        """
         if isinstance(route, NextHop):
             if route.tls is not None:
                 return route.tls
-            return self.smarthostTLS if route is self.smarthost else self.routeTLS
+            if route is not self.smarthost:
+                return self.routeTLS
+            if _isLoopback(route.host) and self.smarthostTLS == TLS_VERIFY:
+                return TLS_OPPORTUNISTIC
+            return self.smarthostTLS
         return self.mxTLS
 
     # -- lookups ----------------------------------------------------------------

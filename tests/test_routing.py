@@ -231,12 +231,16 @@ class RouteTests(SynchronousTestCase):
         self.assertEqual(router.routeKey("b.example"), router.routeKey("a.example"))
 
     def test_smarthostByAddress(self) -> None:
-        """A smarthost given by IP address needs no DNS."""
+        """A smarthost given by IP address needs no DNS; on loopback it defaults to opportunistic."""
         r = resolver()
         router = Router(r, smarthost=parseNextHop("127.0.0.1:2525"))
         [d] = self.successResultOf(router.destinations("x.example"))
-        self.assertEqual((d.address, d.port), ("127.0.0.1", 2525))
+        self.assertEqual((d.address, d.port, d.tls), ("127.0.0.1", 2525, "opportunistic"))
         self.assertEqual(r.queries, [])
+        router = Router(r, smarthost=parseNextHop("192.0.2.9:2525"))
+        self.assertEqual(self.successResultOf(router.destinations("x.example"))[0].tls, "verify")
+        router = Router(r, smarthost=parseNextHop("[::1]:2525", tls="verify"))
+        self.assertEqual(self.successResultOf(router.destinations("x.example"))[0].tls, "verify")
 
     def test_smarthostNotFound(self) -> None:
         """A smarthost name that does not resolve is temporary (our configuration, not the sender's)."""
