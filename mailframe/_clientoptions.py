@@ -103,6 +103,8 @@ class ClientOptions:
     offered; C{chunkSize}: octets per BDAT chunk.  C{keepAlive}: seconds an
     idle session waits for another message before QUIT (0: QUIT once the
     queued messages are sent).  C{transcript}: log every command and reply.
+    C{implicitTLS}: the transport is TLS from the first byte (RFC 8314);
+    no STARTTLS, and AUTH is allowed.
     """
 
     heloName: str = "localhost"
@@ -118,6 +120,7 @@ class ClientOptions:
     chunkSize: int = 1 << 20
     keepAlive: float = 0.0
     transcript: bool = False
+    implicitTLS: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tls", checkTLSPolicy(self.tls))

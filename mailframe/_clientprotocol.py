@@ -132,6 +132,10 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
 
     def connectionMade(self) -> None:
         self._phase = "greeting"
+        if self.options.implicitTLS:  # TLS from the first byte (RFC 8314)
+            self._conn.tlsActive = True
+            self._triedTLS = True
+            self._handshaking = True
         self._arm()
 
     def dataReceived(self, data: bytes) -> None:

@@ -18,10 +18,11 @@ does), or parse replies (the client does).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -34,6 +35,7 @@ from mailframe.client import (
     SMTPClientFactory,
     SMTPClientProtocol,
     Timeouts,
+    clientTLS,
     connectionFailed,
     temporary,
 )
@@ -208,7 +210,7 @@ class SMTPRelay:
         lastRemote: str | None = None
         for destination in destinations[: self.maxAttempts]:
             policies = [destination.tls]
-            if destination.tls == TLS_OPPORTUNISTIC:
+            if destination.tls == TLS_OPPORTUNISTIC and not destination.implicitTLS:
                 policies.append(TLS_NONE)  # RFC 7435: a failed handshake, then in clear
             for policy in policies:
                 try:
@@ -220,9 +222,8 @@ class SMTPRelay:
                     if e.tlsFailed and policy == TLS_OPPORTUNISTIC:
                         continue
                     break
-                return DeliveryResult(
-                    tuple(withEnhanced(r) for r in result.replies), result.remote
-                )
+                replies = tuple(withEnhanced(r) for r in result.replies)
+                return replace(result, replies=replies)  # an SMTPResult stays one
             if last is not None and not last.tryNext:
                 break
         reply = temporary(last.reply) if last is not None else _NO_DESTINATION
@@ -245,6 +246,7 @@ class SMTPRelay:
             chunking=self.chunking,
             keepAlive=self.keepAlive,
             transcript=self.transcript,
+            implicitTLS=destination.implicitTLS,
         )
 
     def _poolKey(self, destination: Destination, policy: str) -> tuple[Any, ...]:
@@ -268,7 +270,8 @@ class SMTPRelay:
         options = self._options(destination, policy)
         factory = SMTPClientFactory(options, self.reactor, destination.remote)
         try:
-            session = await self.endpointFor(destination).connect(factory)
+            endpoint = self.endpointFor(replace(destination, tls=policy))
+            session = await endpoint.connect(factory)
         except Exception as e:
             raise SessionFailed(connectionFailed(e)) from None
         if self.keepAlive:
@@ -292,7 +295,12 @@ class SMTPRelay:
                 del self._idle[key]
 
     def _tcpEndpoint(self, destination: Destination) -> Any:
-        endpoint = TCP6ClientEndpoint if ":" in destination.address else TCP4ClientEndpoint
-        return endpoint(
+        """TCP to the destination's address; wrapped in TLS for implicit TLS."""
+        kind = TCP6ClientEndpoint if ":" in destination.address else TCP4ClientEndpoint
+        endpoint = kind(
             self.reactor, destination.address, destination.port, timeout=self.connectTimeout
         )
+        if not destination.implicitTLS:
+            return endpoint
+        hostname = destination.tlsHostname or destination.hostname.strip("[]")
+        return wrapClientTLS(clientTLS(destination.tls, hostname, self.trustRoot), endpoint)

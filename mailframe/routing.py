@@ -85,6 +85,8 @@ class NextHop:
     C{port}; the host's MX records are used only with C{mx}, else its AAAA
     and A records.  C{tls} None means the router's default for the route
     (C{verify} for a smarthost, C{opportunistic} for a domain route).
+    C{implicitTLS}: TLS from the first byte (RFC 8314, port 465), not
+    STARTTLS; C{tls} then says only whether the certificate is verified.
     """
 
     host: str
@@ -94,6 +96,7 @@ class NextHop:
     tlsHostname: str | None = None
     credentials: Credentials | None = None
     authPlaintext: bool = False
+    implicitTLS: bool = False
 
     def __post_init__(self) -> None:
         if not self.host or not 0 < self.port < 65536:
@@ -103,7 +106,8 @@ class NextHop:
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'mx:' if self.mx else ''}{host}:{self.port}"
+        kind = "mx:" if self.mx else "tls:" if self.implicitTLS else ""
+        return f"{kind}{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class Destination:
     tlsHostname: str | None = None
     credentials: Credentials | None = field(default=None, repr=False)
     authPlaintext: bool = False
+    implicitTLS: bool = False
 
     @property
     def remote(self) -> str:
@@ -133,22 +138,27 @@ def _key(text: str) -> str:
 def parseNextHop(text: str, **settings: Any) -> NextHop:
     """
     A L{NextHop} from C{tcp:HOST:PORT}, C{tcp:host=HOST:port=PORT},
-    C{HOST:PORT}, C{[IPV6]:PORT}, C{HOST} or C{mx:HOST[:PORT]} (the host's
-    MX records).  C{settings} are further L{NextHop} fields.
+    C{HOST:PORT}, C{[IPV6]:PORT}, C{HOST}, C{mx:HOST[:PORT]} (the host's
+    MX records) or C{tls:HOST[:PORT]} (implicit TLS, port 465 by default).
+    C{settings} are further L{NextHop} fields.
     """
     text = text.strip()
-    mx = False
+    mx = implicit = False
     kind, colon, rest = text.partition(":")
-    if colon and kind.lower() in ("tcp", "tcp6", "mx"):
-        mx = kind.lower() == "mx"
+    kind = kind.lower() if colon else ""
+    if kind in ("tcp", "tcp6", "mx", "tls", "ssl"):
+        mx = kind == "mx"
+        implicit = kind in ("tls", "ssl")
         text = rest
-    elif colon and kind.lower() in ("tls", "ssl", "unix"):
-        raise ValueError(f"next hop {text!r}: only tcp: endpoints (STARTTLS) are supported")
-    host, port = text, 25
+    elif kind == "unix":
+        raise ValueError(f"next hop {text!r}: only tcp:, tls: and mx: are supported")
+    mx = bool(settings.pop("mx", False)) or mx
+    implicit = bool(settings.pop("implicitTLS", False)) or implicit
+    host, port = text, 465 if implicit else 25
     if "=" in text:
         parts = dict(p.partition("=")[::2] for p in text.replace("\\:", "\0").split(":"))
         host = parts.get("host", "").replace("\0", ":")
-        port = int(parts.get("port", "25"))
+        port = int(parts.get("port", str(port)))
     elif text.startswith("["):
         inner, _, after = text[1:].partition("]")
         host = inner[5:] if inner.lower().startswith("ipv6:") else inner
@@ -157,7 +167,7 @@ def parseNextHop(text: str, **settings: Any) -> NextHop:
     elif text.count(":") == 1:
         host, _, number = text.partition(":")
         port = int(number)
-    return NextHop(host, port, mx=mx or settings.pop("mx", False), **settings)
+    return NextHop(host, port, mx=mx, implicitTLS=implicit, **settings)
 
 
 def _nextHopFrom(value: Any) -> NextHop | str:
@@ -169,7 +179,8 @@ def _nextHopFrom(value: Any) -> NextHop | str:
     if not isinstance(value, Mapping):
         raise ValueError(f"a route is 'local', a host string or a table, not {value!r}")
     data = {_key(k): v for k, v in value.items()}
-    known = {"host", "port", "mx", "tls", "tlshostname", "username", "password", "authplaintext"}
+    known = {"host", "port", "mx", "tls", "tlshostname", "username", "password", "authplaintext",
+             "implicittls"}  # fmt: skip
     unknown = set(data) - known
     if unknown:
         raise ValueError(f"unknown route settings: {', '.join(sorted(unknown))}")
@@ -178,7 +189,7 @@ def _nextHopFrom(value: Any) -> NextHop | str:
     credentials = None
     if data.get("username") is not None:
         credentials = Credentials(str(data["username"]), str(data.get("password", "")))
-    hop = parseNextHop(str(data["host"]))
+    hop = parseNextHop(str(data["host"]), implicitTLS=bool(data.get("implicittls", False)))
     return NextHop(
         hop.host,
         int(data.get("port", hop.port)),
@@ -187,6 +198,7 @@ def _nextHopFrom(value: Any) -> NextHop | str:
         tlsHostname=data.get("tlshostname"),
         credentials=credentials,
         authPlaintext=bool(data.get("authplaintext", False)),
+        implicitTLS=hop.implicitTLS,
     )
 
 
@@ -399,7 +411,7 @@ class Router:
     async def _nextHop(self, hop: NextHop, tls: str) -> list[Destination]:
         def make(hostname: str, address: str) -> Destination:
             return Destination(hostname, address, hop.port, tls, hop.tlsHostname,
-                               hop.credentials, hop.authPlaintext)  # fmt: skip
+                               hop.credentials, hop.authPlaintext, hop.implicitTLS)  # fmt: skip
 
         if _isIP(hop.host):
             return [make(hop.host, hop.host)]

@@ -287,12 +287,20 @@ class RouteTests(SynchronousTestCase):
             "[2001:db8::1]:2525": ("2001:db8::1", 2525, False),
             "[IPv6:2001:db8::1]": ("2001:db8::1", 25, False),
             "mx:example.net": ("example.net", 25, True),
+            "tls:smtp.example.net": ("smtp.example.net", 465, False),
+            "ssl:smtp.example.net:2465": ("smtp.example.net", 2465, False),
         }
         for text, (host, port, mx) in cases.items():
             hop = parseNextHop(text)
             self.assertEqual((hop.host, hop.port, hop.mx), (host, port, mx), text)
         self.assertEqual(str(parseNextHop("[2001:db8::1]:2525")), "[2001:db8::1]:2525")
-        self.assertRaises(ValueError, parseNextHop, "ssl:mx.example:465")
+        self.assertTrue(parseNextHop("tls:smtp.example.net").implicitTLS)
+        self.assertEqual(str(parseNextHop("tls:smtp.example.net")), "tls:smtp.example.net:465")
+        hop = Router.fromConfig(
+            {"smarthost": {"host": "smtp.example.net", "implicit-tls": True}}
+        ).smarthost
+        self.assertEqual((hop.port, hop.implicitTLS), (465, True))  # type: ignore[union-attr]
+        self.assertRaises(ValueError, parseNextHop, "unix:/var/run/smtp")
         self.assertRaises(ValueError, parseNextHop, "mx.example:0")
         self.assertRaises(ValueError, NextHop, "mx.example", tls="maybe")
 

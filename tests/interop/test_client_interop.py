@@ -347,6 +347,31 @@ class MailframeTests(TestCase):
         self.assertEqual(body, MESSAGE)
 
     @defer.inlineCallbacks
+    def test_implicitTLS(self) -> Any:
+        """A smarthost on implicit TLS (tls:HOST:PORT, RFC 8314) with AUTH: verified, ESMTPSA."""
+        ca = TestCA(self.mktemp())
+        server = startSecureServer(self, ca, implicit=True)
+        with open(ca.rootFile, "rb") as f:
+            trustRoot = Certificate.loadPEM(f.read())
+        relay = SMTPRelay.fromConfig(
+            {"smarthost": {"host": f"tls:{HOST}:{server.portNumber}", "tls-hostname": "mx.test",
+                           "username": "alice", "password": "secret", "tls": "verify"}},
+            reactor, "relay.test", trustRoot=trustRoot,
+        )  # fmt: skip
+        env = envelope("bob@far.example")
+        result = yield relay.relay(env, env.recipients, messageFrom(MESSAGE))
+        self.assertEqual(codes(result), [250])
+        self.assertIn(b"with ESMTPSA", server.messages[0].data)
+        relay = SMTPRelay.fromConfig(
+            {"smarthost": {"host": f"tls:{HOST}:{server.portNumber}", "tls-hostname": "other.test",
+                           "username": "alice", "password": "secret", "tls": "verify"}},
+            reactor, "relay.test", trustRoot=trustRoot,
+        )  # fmt: skip
+        result = yield relay.relay(env, env.recipients, messageFrom(MESSAGE))
+        self.assertEqual(result.replies[0].enhanced, (4, 7, 5))
+        self.assertEqual(len(server.messages), 1)
+
+    @defer.inlineCallbacks
     def test_authRefused(self) -> Any:
         """Wrong credentials: 4xx (a configuration problem: the queue retries), nothing sent."""
         ca = TestCA(self.mktemp())
