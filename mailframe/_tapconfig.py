@@ -30,6 +30,7 @@ from mailframe.address import Domain
 from mailframe.config import ServerConfig, defaultHostname
 from mailframe.interfaces import IConnectionFilter, IDeliveryBackend, IRecipientValidator
 from mailframe.protocol import Limits
+from mailframe.queue.settings import QUEUE_DEFAULTS, QUEUE_SETTINGS, QUEUE_TOP_LEVEL, SettingError
 
 __all__ = [
     "DEFAULTS",
@@ -300,6 +301,7 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "greet-delay": _delay,
     "error-delay": _delay,
     "soft-errors": _count(0),
+    **QUEUE_SETTINGS,  # spool, relay-host, relay-network, routes, retry ... (mailframe.queue)
 }
 
 #: Settings of the whole service, refused in [[listener]] tables.
@@ -311,6 +313,7 @@ TOP_LEVEL_ONLY = frozenset(
         "auth-client-window",
         "auth-client-block",
     }
+    | QUEUE_TOP_LEVEL
 )
 
 #: The defaults, already converted.  C{hostname} None means this host's name,
@@ -349,6 +352,7 @@ DEFAULTS: Mapping[str, Any] = {
     "greet-delay": 0.0,
     "error-delay": 0.0,
     "soft-errors": 3,
+    **QUEUE_DEFAULTS,
 }
 
 
@@ -356,7 +360,7 @@ def convert(name: str, value: Any, label: str | None = None) -> Any:
     """Convert and check one setting; a L{ConfigError} names it (or C{label})."""
     try:
         return SETTINGS[name](value)
-    except ConfigError as e:
+    except (ConfigError, SettingError) as e:
         raise ConfigError(f"{label or name}: {e}")
 
 
@@ -452,6 +456,7 @@ def buildListeners(
                 greetDelay=settings["greet-delay"],
                 errorDelay=settings["error-delay"],
                 softErrors=settings["soft-errors"],
+                relayNetworks=settings["relay-network"],
             )
         except ValueError as e:
             raise ConfigError(_oneLine(e))

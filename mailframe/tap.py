@@ -43,6 +43,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
+from mailframe.queue.settings import SettingError, queueSpec
 
 __all__ = ["MailframeService", "Options", "makeService", "plugInHelp", "run"]
 
@@ -63,7 +64,12 @@ listeners where MAIL needs AUTH; AUTH checkers are Twisted's --auth strings
 
 # Options given several times; lists in the config file.
 _REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "submission",
-               "submissions", "filter")  # fmt: skip
+               "submissions", "filter", "relay-network")  # fmt: skip
+
+# The queue's options with a value (mailframe.queue.settings).
+_QUEUE_OPTIONS = ("spool", "relay-host", "retry-initial", "retry-max", "give-up", "delay-warning",
+                  "bounce-body-size", "bounce-full-size", "queue-connections",
+                  "queue-destination-connections", "spool-threads")  # fmt: skip
 
 # The kinds --help lists first, with the option that chooses them.
 _OPTION_KINDS: list[tuple[Any, str]] = [
@@ -124,6 +130,30 @@ class Options(usage.Options):
          "waits this many seconds more than the last. [default: 0, off]"],
         ["soft-errors", None, None, "Errors in a session before --error-delay applies. "
          "[default: 3]"],
+        ["spool", None, None, "Queue accepted mail in this directory and deliver it from "
+         "there: local domains with --deliver, others relayed, with retries and bounces. "
+         "[default: ./spool, when a relay setting turns the queue on; else no queue]"],
+        ["relay-host", None, None, "Relay all mail for other domains through this host "
+         "(a smarthost: tcp:HOST:PORT, HOST:PORT, [ADDRESS]:PORT or mx:DOMAIN); "
+         "credentials and TLS policy in the config file. [default: the MX hosts]"],
+        ["retry-initial", None, None, "First retry after a temporary failure (seconds, or "
+         "5m, 1h, 2d). [default: 5m]"],
+        ["retry-max", None, None, "Longest time between retries (back-off doubles). "
+         "[default: 1h]"],
+        ["give-up", None, None, "Bounce what is still undelivered this long after arrival. "
+         "[default: 5d]"],
+        ["delay-warning", None, None, "Tell the sender once when a message is still "
+         "undelivered this long after arrival; 0 for never. [default: 0]"],
+        ["bounce-body-size", None, None, "Octets of the body returned in a bounce "
+         "(K, M, G). [default: 16K]"],
+        ["bounce-full-size", None, None, "The largest message returned whole when the "
+         "sender asked with RET=FULL. [default: 1M]"],
+        ["queue-connections", None, None, "Relay deliveries at once, in total. "
+         "[default: 20]"],
+        ["queue-destination-connections", None, None, "Relay deliveries at once to one "
+         "destination. [default: 5]"],
+        ["spool-threads", None, None, "Threads writing and fsyncing spool files. "
+         "[default: 16]"],
     ]  # fmt: skip
     optFlags = [
         ["transcript", None, "Debugging: log every session as a readable transcript."],
@@ -163,6 +193,10 @@ class Options(usage.Options):
     def opt_domain(self, domain: str) -> None:
         """A local domain (repeatable; a,b for two) [default: localhost, the host name]"""
         self["domain"].append(domain)
+
+    def opt_relay_network(self, network: str) -> None:
+        """Clients in this network (CIDR; repeatable) may relay, as authenticated ones may"""
+        self["relay-network"].append(network)
 
     def opt_validate(self, description: str) -> None:
         """A recipient validator (repeatable: asked in order) [default: any]"""
@@ -259,6 +293,7 @@ class Options(usage.Options):
             "greet-delay",
             "error-delay",
             "soft-errors",
+            *_QUEUE_OPTIONS,
         ):
             if self[name] is not None:
                 command[name] = convert(name, self[name], f"--{name}")
@@ -277,7 +312,13 @@ class Options(usage.Options):
         if self["config"] is not None:
             fileTop, fileListeners = readConfigFile(self["config"])
         self.clientLimits = clientLimits(command, fileTop)
-        return buildListeners(command, fileTop, fileListeners)
+        listeners = buildListeners(command, fileTop, fileListeners)
+        networks = [n for spec in listeners for n in spec.config.relayNetworks]
+        try:
+            self.queue = queueSpec(command, fileTop, networks)
+        except SettingError as e:
+            raise ConfigError(str(e))
+        return listeners
 
     def getUsage(self, width: int | None = None) -> str:
         return super().getUsage(width) + "\n" + plugInHelp(width)
@@ -383,23 +424,31 @@ def makeService(options: Options) -> MailframeService:
 
     service = MailframeService()
     security = _Security(reactor, getattr(options, "clientLimits", ClientLimits()))
+    queue = _queue(reactor, options, service)
     for spec in options.listeners:
         context = ProviderContext(reactor, spec.config)
         validators = [_build(IRecipientValidator, d, context) for d in spec.validate]
         backend = _build(IDeliveryBackend, spec.deliver, context)
         extensions, filters, tls = security.forListener(spec)
         checks = _checks(spec, context)
+        config, messageFilters = spec.config, checks[IMessageFilter]
+        if queue is not None:  # the queue takes the mail; the backend delivers local mail
+            config, backend, messageFilters = queue.listener(
+                config, backend, extensions, messageFilters
+            )
         factory = SMTPServerFactory(
-            spec.config,
+            config,
             backend,
             [*checks[IRecipientValidator], *validators],
             senderValidators=checks[ISenderValidator],
             connectionFilters=[*filters, *checks[IConnectionFilter]],
-            messageFilters=checks[IMessageFilter],
+            messageFilters=messageFilters,
             extensions=extensions,
             clock=reactor,
             heloValidators=checks[IHeloValidator],
         )
+        if queue is not None:
+            queue.addLocalDomains(factory.config.localDomains)
         for endpoint in spec.endpoints:
             try:
                 child = _endpointService(
@@ -425,12 +474,42 @@ def makeService(options: Options) -> MailframeService:
                 "(--auth-plaintext): passwords cross the network in clear; use it for tests "
                 "on localhost only"
             )
+    if queue is not None:
+        _finishQueue(queue, options, service)
     workers = getattr(options, "workers", 1)
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
         from mailframe.workers import WorkerPool, workerArgv
 
         WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
     return service
+
+
+def _queue(reactor: Any, options: Options, service: MailframeService) -> Any:
+    """The queue's wiring, its service the first child (it starts before the listeners)."""
+    spec = getattr(options, "queue", None)
+    if spec is None:
+        return None
+    from mailframe.queue.wiring import QueueWiring
+
+    worker = options["worker"]
+    try:
+        queue = QueueWiring(
+            reactor, spec, int(worker) if worker else 0, getattr(options, "workers", 1)
+        )
+    except OSError as e:
+        raise SystemExit(f"mailframe: cannot create the spool {spec.spool}: {e.strerror or e}")
+    queue.service.setServiceParent(service)
+    return queue
+
+
+def _finishQueue(queue: Any, options: Options, service: MailframeService) -> None:
+    """Build the relay and the runner once every listener's local backend is known."""
+    first = options.listeners[0].config
+    try:
+        queue.finish(first.hostname, logDeliveries=first.logMessages)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mailframe: cannot set up the relay: {_oneLine(e)}")
+    service.announcements.append(queue.describe())
 
 
 def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]]:

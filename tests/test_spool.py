@@ -451,3 +451,19 @@ class ThreadPoolTests(TestCase):
         self.assertLessEqual(spool.batches, 20)
         spool.stop()
         self.assertFalse(spool._pool.started)  # type: ignore[union-attr]
+
+
+class EarlyTests(SpoolCase):
+    """Messages that arrive while the spool is still starting."""
+
+    def test_waitForRecovery(self) -> None:
+        """An add before recovery has cleaned tmp/ waits for it, then commits."""
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker)
+        started = spool.start()
+        d = spool.add(makeEntry(spool.newID("E1")), b"x\r\n")
+        self.assertEqual(len(worker.jobs), 1)  # only recovery
+        worker.runAll()
+        self.successResultOf(started)
+        self.successResultOf(d)
+        self.assertEqual(self.queued(), ["E1.json", "E1.msg"])

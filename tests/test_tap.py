@@ -589,3 +589,273 @@ class TwistdTests(unittest.TestCase):
             code, message = client.ehlo("client.example")
             self.assertEqual(code, 250)
             self.assertTrue(message.startswith(b"mx.example"), message)
+
+
+class QueueOptionsTests(unittest.TestCase):
+    """The queue's options (--spool, --relay-host, --relay-network, retry, bounce) and keys."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        Path(path).write_text(text)
+        return path
+
+    def test_off(self) -> None:
+        """Without a queue setting there is no queue and no relay network."""
+        options = parse()
+        self.assertIsNone(options.queue)
+        self.assertEqual(options.listeners[0].config.relayNetworks, ())
+
+    def test_spoolDefaults(self) -> None:
+        """--spool turns the queue on with the documented defaults."""
+        queue = parse("--spool", "/var/spool/mf").queue
+        assert queue is not None
+        self.assertEqual(queue.spool, "/var/spool/mf")
+        retry = queue.retry
+        self.assertEqual(
+            (retry.initial, retry.maximum, retry.giveUp, retry.delayWarning),
+            (300.0, 3600.0, 432000.0, 0.0),
+        )
+        self.assertEqual((queue.bounceBodySize, queue.bounceFullSize), (16 << 10, 1 << 20))
+        self.assertEqual(
+            (queue.connections, queue.destinationConnections, queue.threads), (20, 5, 16)
+        )
+        self.assertEqual(dict(queue.relay), {})
+
+    def test_values(self) -> None:
+        """Durations take s, m, h, d; sizes K, M; counts numbers."""
+        queue = parse(
+            "--spool",
+            "q",
+            "--retry-initial",
+            "90s",
+            "--retry-max",
+            "2h",
+            "--give-up",
+            "3d",
+            "--delay-warning",
+            "4h",
+            "--bounce-body-size",
+            "8K",
+            "--bounce-full-size",
+            "2M",
+            "--queue-connections",
+            "7",
+            "--queue-destination-connections",
+            "2",
+            "--spool-threads",
+            "4",
+        ).queue
+        assert queue is not None
+        retry = queue.retry
+        self.assertEqual(
+            (retry.initial, retry.maximum, retry.giveUp, retry.delayWarning),
+            (90.0, 7200.0, 3 * 86400.0, 4 * 3600.0),
+        )
+        self.assertEqual((queue.bounceBodySize, queue.bounceFullSize), (8192, 2 << 20))
+        self.assertEqual(
+            (queue.connections, queue.destinationConnections, queue.threads), (7, 2, 4)
+        )
+
+    def test_relayNetwork(self) -> None:
+        """--relay-network is repeatable, sets the relay networks, and turns the queue on."""
+        options = parse(
+            "--relay-network", "10.0.0.0/8", "--relay-network", "2001:db8::/32,192.0.2.1"
+        )
+        config = options.listeners[0].config
+        self.assertEqual(
+            [str(n) for n in config.relayNetworks], ["10.0.0.0/8", "2001:db8::/32", "192.0.2.1/32"]
+        )
+        self.assertTrue(config.mayRelay("10.1.2.3"))
+        self.assertFalse(config.mayRelay("192.0.2.2"))
+        assert options.queue is not None
+        self.assertEqual(options.queue.spool, "./spool")
+
+    def test_relayHost(self) -> None:
+        """--relay-host is the smarthost; its credentials and TLS policy come from the file."""
+        path = self.write(
+            'relay-host = "tcp:smtp.example.net:587"\nrelay-tls = "require"\n'
+            'relay-user = "me"\nrelay-password = "secret"\n'
+        )
+        queue = parse("--config", path).queue
+        assert queue is not None
+        self.assertEqual(
+            queue.relay["smarthost"],
+            {
+                "host": "tcp:smtp.example.net:587",
+                "tls": "require",
+                "username": "me",
+                "password": "secret",
+            },
+        )
+        self.assertEqual(queue.relayHost, "tcp:smtp.example.net:587")
+        queue = parse("--config", path, "--relay-host", "[192.0.2.5]:25").queue
+        assert queue is not None
+        self.assertEqual(queue.relay["smarthost"]["host"], "[192.0.2.5]:25")
+
+    def test_fileKeys(self) -> None:
+        """The queue's keys in TOML: routes and relay tables, relay-network per listener."""
+        path = self.write(
+            'spool = "/srv/spool"\nretry-initial = 60\ngive-up = "2d"\ndelay-warning = "off"\n'
+            'bounce-body-size = "4K"\n'
+            '[routes]\n"example.org" = "local"\n"example.net" = "tcp:10.0.0.5:25"\n'
+            '".lan.example" = { host = "10.0.0.6", tls = "none" }\n'
+            '[relay]\nconnect-timeout = 10\ntls = "require"\n'
+            '[[listener]]\nlisten = "tcp:2600"\nrelay-network = ["192.0.2.0/24"]\n'
+        )
+        options = parse("--config", path)
+        queue = options.queue
+        assert queue is not None
+        self.assertEqual(queue.spool, "/srv/spool")
+        self.assertEqual(
+            (queue.retry.initial, queue.retry.giveUp, queue.retry.delayWarning),
+            (60.0, 172800.0, 0.0),
+        )
+        self.assertEqual(queue.bounceBodySize, 4096)
+        self.assertEqual(queue.relay["routes"]["example.net"], "tcp:10.0.0.5:25")
+        self.assertEqual((queue.relay["connect-timeout"], queue.relay["tls"]), (10, "require"))
+        self.assertEqual(queue.localRoutes, ("example.org",))
+        [spec] = options.listeners
+        self.assertEqual([str(n) for n in spec.config.relayNetworks], ["192.0.2.0/24"])
+
+    def test_errors(self) -> None:
+        """Bad values are one-line usage errors naming the option."""
+        cases = [
+            (["--spool", "q", "--retry-initial", "soon"], "--retry-initial: expected a duration"),
+            (["--spool", "q", "--give-up", "0"], "--give-up: must be a positive duration"),
+            (
+                ["--spool", "q", "--retry-initial", "2h", "--retry-max", "1h"],
+                "retry-initial must be at most retry-max",
+            ),
+            (["--relay-network", "10.0.0.0/33"], "--relay-network: not a network"),
+            (["--relay-host", "unix:/tmp/x"], "--relay-host: bad relay host"),
+            (["--spool", "q", "--bounce-body-size", "lots"], "--bounce-body-size: bad size"),
+            (
+                ["--spool", "q", "--queue-connections", "0"],
+                "--queue-connections: expected a whole",
+            ),
+        ]
+        for args, words in cases:
+            e = self.assertRaises(usage.UsageError, parse, *args)
+            self.assertIn(words, str(e), args)
+            self.assertNotIn("\n", str(e))
+
+    def test_fileErrors(self) -> None:
+        """Bad queue keys in the file are one-line errors naming the file and key."""
+        cases = [
+            ('relay-user = "me"\nrelay-password = "x"', "relay-user needs relay-host"),
+            ('relay-host = "h:25"\nrelay-user = "me"', "give relay-user and relay-password"),
+            ('relay-host = "h:25"\nrelay-tls = "maybe"', "relay-tls: TLS policy 'maybe'"),
+            ('[routes]\n"example.org" = 5', "routes: a route is 'local'"),
+            ('[routes]\n"example.org" = { port = 25 }', "routes: a route table needs a host"),
+            ('[relay]\ncolour = "blue"', "relay: unknown relay settings: colour"),
+            ('[relay]\nconnect-timeout = "soon"', "connect-timeout: expected a number"),
+            (
+                '[[listener]]\nlisten = "tcp:1"\nspool = "x"',
+                "'spool' is a setting of the top level",
+            ),
+        ]
+        for text, words in cases:
+            path = self.write(text)
+            e = self.assertRaises(usage.UsageError, parse, "--config", path)
+            self.assertIn(words, str(e), text)
+            self.assertNotIn("\n", str(e))
+
+    def test_makeService(self) -> None:
+        """With a queue: a SpoolBackend before the --deliver backend, DSN, the queue service first."""
+        from mailframe.extensions.dsn import DSN
+        from mailframe.queue import QueueService, SpoolBackend
+        from mailframe.relay import SMTPRelay
+
+        spool = self.mktemp()
+        service = tap.makeService(
+            parse(
+                "--spool",
+                spool,
+                "--deliver",
+                "memory",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--relay-network",
+                "127.0.0.0/8",
+                "--hostname",
+                "mx.example",
+                "--quiet",
+            )
+        )
+        children = list(service)
+        self.assertIsInstance(children[0], QueueService)
+        queueService = children[0]
+        factory = children[1].factory  # type: ignore[attr-defined]
+        self.assertIsInstance(factory.backend, SpoolBackend)
+        self.assertIn(factory.backend, factory.messageFilters)
+        self.assertTrue(any(isinstance(e, DSN) for e in factory.extensions))
+        runner = queueService.runner  # type: ignore[attr-defined]
+        self.assertIsInstance(runner.backends["smtp"], MemoryBackend)
+        self.assertIsInstance(runner.relay, SMTPRelay)
+        self.assertFalse(runner.logDeliveries)
+        self.assertTrue(os.path.isdir(os.path.join(spool, "queue")))
+        from mailframe.address import parseMailbox
+
+        self.assertEqual(runner.routeKey(parseMailbox("a@mx.example")), "local")
+        self.assertEqual(runner.routeKey(parseMailbox("a@example.org")), "mx example.org")
+        self.assertIn(f"mailframe: queue in {os.path.abspath(spool)}", service.announcements[-1])
+
+    def test_makeServiceRoutes(self) -> None:
+        """Routes: 'local' domains become local; a routed local domain is relayed there."""
+        path = self.write(
+            '[routes]\n"partner.example" = "local"\n"mx.example" = "tcp:10.0.0.5:25"\n'
+        )
+        service = tap.makeService(
+            parse(
+                "--config",
+                path,
+                "--spool",
+                self.mktemp(),
+                "--deliver",
+                "memory",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                "--hostname",
+                "mx.example",
+            )
+        )
+        from mailframe.address import parseMailbox
+
+        queueService, listening = list(service)
+        factory = listening.factory  # type: ignore[attr-defined]
+        self.assertIn(Domain("partner.example"), factory.config.localDomains)
+        routeKey = queueService.runner.routeKey  # type: ignore[attr-defined]
+        self.assertEqual(routeKey(parseMailbox("a@partner.example")), "local")
+        self.assertEqual(routeKey(parseMailbox("a@localhost")), "local")
+        self.assertEqual(routeKey(parseMailbox("a@mx.example")), "nexthop 10.0.0.5:25")
+
+    def test_workersSpool(self) -> None:
+        """With --workers, each worker has its own spool directory."""
+        spool = self.mktemp()
+        options = parse(
+            "--spool",
+            spool,
+            "--deliver",
+            "memory",
+            "--workers",
+            "2",
+            "--listen",
+            "tcp:2525",
+            "--worker",
+            "1",
+        )
+        service = tap.makeService(options)
+        runner = next(iter(service)).runner  # type: ignore[attr-defined]
+        self.assertEqual(runner.spool.path, os.path.join(os.path.abspath(spool), "worker-1"))
+
+    def test_unusableSpool(self) -> None:
+        """A spool that cannot be created is a one-line SystemExit."""
+        blocker = self.mktemp()
+        Path(blocker).write_text("a file")
+        e = self.assertRaises(
+            SystemExit,
+            tap.makeService,
+            parse("--spool", f"{blocker}/spool", "--deliver", "memory"),
+        )
+        self.assertTrue(str(e.code).startswith("mailframe: cannot create the spool"), e.code)
+        self.assertNotIn("\n", str(e.code))

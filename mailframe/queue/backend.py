@@ -100,15 +100,22 @@ class SpoolBackend:
 
 
 class QueueService(Service):
-    """Starts the runner (which reads the spool) and stops it with the spool."""
+    """
+    Starts the runner (which reads the spool) and stops it, the relay's idle
+    sessions and the spool's threads.  C{runner} may be set after
+    construction, before the service starts.
+    """
 
     name = "mailframe-queue"
 
-    def __init__(self, runner: QueueRunner) -> None:
+    def __init__(self, runner: QueueRunner | None, relay: Any = None) -> None:
         self.runner = runner
+        self.relay = relay
 
     def startService(self) -> None:
         super().startService()
+        if self.runner is None:
+            raise RuntimeError("QueueService started without a runner")
 
         def failed(reason: Failure) -> None:
             log.failure("the queue cannot start", reason)
@@ -117,6 +124,10 @@ class QueueService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
-        self.runner.stop()
-        self.runner.spool.stop()
+        if self.runner is not None:
+            self.runner.stop()
+            self.runner.spool.stop()
+        closeIdle = getattr(self.relay, "closeIdle", None)
+        if closeIdle is not None:
+            closeIdle()
         return None

@@ -157,6 +157,8 @@ class Spool:
             worker = threadWorker(reactor, self._pool)
         self._worker = worker
         self._ready: list[_Pending] = []
+        self._early: list[_Pending] = []
+        self._recoveredAll = False
         self._committing = False
         self._removals: list[str] = []
         self._removing = False
@@ -190,6 +192,11 @@ class Spool:
         for note in notes:
             log.warn("spool {path}: {note}", path=self.path, note=note)
         self._ids.update(e.id for e in entries)
+        self._recoveredAll = True
+        early, self._early = self._early, []
+        for pending in early:
+            if not pending.cancelled:
+                self._write(pending)
         return entries
 
     # -- ids ----------------------------------------------------------------------
@@ -212,7 +219,8 @@ class Spool:
         Make C{entry} and its message durable.  C{entry.id} must come from
         L{newID}.  The Deferred fires None once both files are in
         C{queue/} and fsync'd, or fails with the C{OSError}.  Cancelling it
-        before its commit leaves nothing behind.
+        before its commit leaves nothing behind.  Messages added before
+        L{start} has cleaned up wait for it.
         """
         self._ids.add(entry.id)
         pending = _Pending(entry, data)
@@ -221,10 +229,16 @@ class Spool:
             pending.cancelled = True
 
         pending.deferred = defer.Deferred(cancel)
+        if self._recoveredAll:
+            self._write(pending)
+        else:
+            self._early.append(pending)
+        return pending.deferred
+
+    def _write(self, pending: _Pending) -> None:
         self._worker(lambda: self._writeFiles(pending)).addCallbacks(
             self._written, self._failed, callbackArgs=(pending,), errbackArgs=(pending,)
         )
-        return pending.deferred
 
     def _writeFiles(self, pending: _Pending) -> None:
         """Blocking: step 1, the two files in tmp/, each fsync'd."""

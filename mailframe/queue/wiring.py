@@ -1,0 +1,143 @@
+"""
+L{QueueWiring}: puts together the queue of C{twistd mailframe} from a
+L{QueueSpec}: the spool, a L{SpoolBackend} in front of each listener's
+local backend, the L{mailframe.relay.SMTPRelay} (smarthost, per-domain
+routes, MX), the runner, and the L{QueueService} that starts and stops
+them.  Embedding code can do the same by hand (see docs/queue.rst).
+
+Route keys (L{routeKeyFor}): a domain routed C{local} goes to the local
+backend; a domain with its own route goes there, even when it is a local
+domain (a gateway); other local domains go to the local backend; the rest
+to the smarthost, or to their MX hosts.
+
+Owns: the wiring.  Must not: import the reactor at import time; parse
+settings (L{mailframe.queue.settings} does).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from mailframe.address import Address, Domain
+from mailframe.backends._files import makeDirectory
+from mailframe.config import ServerConfig
+from mailframe.queue.backend import QueueService, SpoolBackend
+from mailframe.queue.bounce import ReportSettings
+from mailframe.queue.runner import LOCAL, QueueRunner
+from mailframe.queue.settings import QueueSpec
+from mailframe.queue.spool import Spool
+
+__all__ = ["QueueWiring", "routeKeyFor"]
+
+
+def routeKeyFor(router: Any, isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
+    """The runner's C{routeKey} from a L{mailframe.routing.Router} and the local domains."""
+
+    def routeKey(address: Address) -> str:
+        domain = address.domain
+        if domain is None:
+            return LOCAL
+        route = router.routeFor(domain)
+        if route == LOCAL:
+            return LOCAL
+        if (route is None or route is router.smarthost) and isLocal(domain):
+            return LOCAL
+        return str(router.routeKey(domain))
+
+    return routeKey
+
+
+class QueueWiring:
+    """
+    The queue of one process.  With several C{--workers}, each has its own
+    spool, C{SPOOL/worker-N}: a spool is never shared between processes.
+
+    @raise OSError: if the spool directory cannot be created.
+    """
+
+    def __init__(self, reactor: Any, spec: QueueSpec, worker: int = 0, workers: int = 1) -> None:
+        self.reactor = reactor
+        self.spec = spec
+        path = os.path.abspath(spec.spool)
+        if workers > 1:
+            path = os.path.join(path, f"worker-{worker}")
+        for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
+            makeDirectory(directory)
+        self.spool = Spool(path, reactor, threads=spec.threads)
+        self.local: dict[str, Any] = {}
+        self.localDomains: set[Domain] = set()
+        self.service = QueueService(None)
+        self.relay: Any = None
+
+    def configFor(self, config: ServerConfig) -> ServerConfig:
+        """A listener's settings with the domains that C{routes} makes local."""
+        extra = {Domain(d) for d in self.spec.localRoutes}
+        if not extra:
+            return config
+        return replace(config, localDomains=frozenset(config.localDomains | extra))
+
+    def backendFor(self, config: ServerConfig, local: Any) -> SpoolBackend:
+        """The backend a listener's server gets; C{local} delivers its local mail."""
+        self.local.setdefault(config.listener, local)
+        return SpoolBackend(self.spool, self.reactor, config.listener, config.spillThreshold)
+
+    def listener(
+        self, config: ServerConfig, local: Any, extensions: list[Any], messageFilters: list[Any]
+    ) -> tuple[ServerConfig, SpoolBackend, list[Any]]:
+        """
+        What a listener's server gets with the queue on: its settings (with
+        the locally routed domains), the L{SpoolBackend} in front of its
+        C{local} backend, and its message filters with the backend last (it
+        records the session facts reports name).  Adds DSN to C{extensions}.
+        """
+        from mailframe.extensions.dsn import DSN
+
+        config = self.configFor(config)
+        backend = self.backendFor(config, local)
+        if not any(getattr(e, "keyword", None) == "DSN" for e in extensions):
+            extensions.append(DSN())
+        return config, backend, [*messageFilters, backend]
+
+    def addLocalDomains(self, domains: Iterable[Domain]) -> None:
+        """Domains a server treats as local (its settings' and its validators')."""
+        self.localDomains.update(domains)
+
+    def finish(self, hostname: str, logDeliveries: bool = True) -> QueueService:
+        """
+        Build the relay and the runner.
+
+        @raise ValueError: one line, for relay settings that cannot be used.
+        """
+        from mailframe.relay import SMTPRelay
+
+        spec = self.spec
+        self.relay = SMTPRelay.fromConfig(dict(spec.relay), self.reactor, hostname)
+        domains = self.localDomains
+        runner = QueueRunner(
+            self.reactor,
+            self.spool,
+            self.local,
+            self.relay,
+            routeKeyFor(self.relay.router, lambda d: d in domains),
+            ReportSettings(hostname, spec.bounceBodySize, spec.bounceFullSize),
+            retry=spec.retry,
+            maxConnections=spec.connections,
+            maxPerDestination=spec.destinationConnections,
+            logDeliveries=logDeliveries,
+        )
+        self.service.runner = runner
+        self.service.relay = self.relay
+        return self.service
+
+    def describe(self) -> str:
+        """One line for the start-up log."""
+        spec = self.spec
+        via = f"via {spec.relayHost}" if spec.relayHost else "to the MX hosts"
+        return (
+            f"mailframe: queue in {self.spool.path}; other domains {via}; retry after "
+            f"{spec.retry.initial:g} s, at most {spec.retry.maximum:g} s apart, "
+            f"give up after {spec.retry.giveUp:g} s"
+        )
