@@ -13,7 +13,11 @@ from typing import Any
 
 from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.interfaces import (
+    IHandshakeListener,
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+)
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -26,6 +30,7 @@ from mailframe.client import (
     SessionFailed,
     SMTPClientProtocol,
     Timeouts,
+    clientTLS,
     messageFrom,
     sendMessage,
 )
@@ -745,6 +750,15 @@ class SendMessageTests(SynchronousTestCase):
         d = sendMessage(endpoint, envelope("bob@b.example"), MESSAGE, reactor=task.Clock())
         endpoint.protocol.dataReceived(b"554 5.7.1 no\r\n")
         self.assertEqual(self.successResultOf(d).replies[0].code, 454)
+
+    def test_tlsCreators(self) -> None:
+        """Each policy's TLS creator provides IOpenSSLClientConnectionCreator; SNI names the host."""
+        for policy in ("opportunistic", "require", "verify"):
+            verifyObject(IOpenSSLClientConnectionCreator, clientTLS(policy, "mx.example"))
+        connection = clientTLS("opportunistic", "mx.example").clientConnectionForTLS(None)
+        self.assertEqual(connection.get_servername(), b"mx.example")
+        connection = clientTLS("require", "192.0.2.1").clientConnectionForTLS(None)
+        self.assertIsNone(connection.get_servername())
 
     def test_options(self) -> None:
         """Bad options are refused when made."""
