@@ -93,3 +93,65 @@ class KeygenTests(unittest.TestCase):
         self.assertGreater(len(strings), 2)
         self.assertTrue(all(len(s) <= 255 for s in strings))
         self.assertRaises(ValueError, generateKey, "dsa")
+
+
+class TwistdSigningTests(unittest.TestCase):
+    """The issue's check: twistd with a relay network and a DKIM key signs what dkimpy verifies."""
+
+    def test_signedByTwistd(self) -> None:
+        """Mail from 127.0.0.1 (a relay network) is signed with keygen's key; dkimpy verifies it."""
+        import re
+        import select
+        import smtplib
+        import subprocess
+        import sys
+        import time
+
+        twistd = Path(sys.executable).with_name("twistd")
+        if not twistd.exists():
+            raise unittest.SkipTest(f"no twistd next to {sys.executable}")
+        repo = Path(__file__).resolve().parents[1]
+        cwd = os.path.abspath(self.mktemp())
+        os.mkdir(cwd)
+        code, _out, _ = KeygenTests.keygen(self, "example.org", "s1", "--directory", cwd)  # type: ignore[arg-type]
+        self.assertEqual(code, 0)
+        record = "".join(Path(cwd, "example.org.s1.txt").read_text().split('"')[1::2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), *sys.path])}
+        process = subprocess.Popen(
+            [str(twistd), "-n", "--pidfile=", "--logfile=-", "mailframe",
+             "--listen", "tcp:0:interface=127.0.0.1", "--hostname", "mx.example",
+             "--relay-network", "127.0.0.0/8", "--deliver", "maildir:./Maildir",
+             "--filter", f"dkim-sign:example.org:s1:{cwd}/example.org.s1.key"],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.addCleanup(process.wait, 30)
+        self.addCleanup(process.kill)
+        assert process.stdout is not None
+        output, port = b"", None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (port and b"listening on" in output):
+            ready, _, _ = select.select([process.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                output += chunk
+                found = re.search(rb"starting on (\d+)", output)
+                port = int(found.group(1)) if found else None
+        assert port is not None, output
+        with smtplib.SMTP("127.0.0.1", port, timeout=15) as client:
+            client.sendmail("a@example.org", ["user@localhost"], BODY)
+        new = Path(cwd, "Maildir", "new")
+        files: list[Path] = []
+        deadline = time.monotonic() + 20  # a queue may deliver after its 250
+        while not files and time.monotonic() < deadline:
+            files = list(new.iterdir()) if new.exists() else []
+            if not files:
+                time.sleep(0.05)
+        self.assertEqual(len(files), 1, (list(Path(cwd).rglob("*")), output))
+        [stored] = files
+        data = stored.read_bytes()
+        self.assertIn(
+            b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org;", data
+        )
+        self.assertTrue(dkim.verify(data, dnsfunc=lambda name, timeout=5: record.encode()))
