@@ -2,13 +2,21 @@
 Tests for L{mailframe.protocol.client.ClientConnection}, the sans-IO client
 core on its own: reply syntax and bounds, multi-line replies, enhanced
 status codes, matching replies to pipelined commands, STARTTLS discard,
-dot-stuffing and the bare CR/LF refusal, BDAT framing.
+dot-stuffing and the bare CR/LF refusal, BDAT framing; and properties
+(hypothesis): replies round-trip through any TCP chunking, no byte stream
+raises anything but RemoteProtocolError, dot-stuffing round-trips through
+the server core.
 """
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+import string
 
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from mailframe import reply as R
 from mailframe.address import parseMailbox
 from mailframe.protocol import (
     NEED_DATA,
@@ -20,6 +28,7 @@ from mailframe.protocol import (
     LocalProtocolError,
     MailFrom,
     MessageData,
+    Noop,
     Quit,
     RcptTo,
     RemoteProtocolError,
@@ -34,6 +43,7 @@ from mailframe.protocol.client import (
     ServerReply,
     formatParameters,
 )
+from tests.test_properties import PROFILE, cut, opened, readMessage
 
 
 def greeted(**kwargs: object) -> ClientConnection:
@@ -346,3 +356,78 @@ class CommandTests(SynchronousTestCase):
         conn.close()
         conn.receiveData(b"250 x\r\n")
         self.assertIs(conn.nextEvent(), PAUSED)
+
+
+# -- properties (hypothesis) -------------------------------------------------------
+
+_LINE = (
+    st.text(string.ascii_letters + string.digits + " .,-", min_size=1, max_size=60)
+    .map(str.strip)
+    .filter(bool)
+)
+_CODE = st.sampled_from([220, 221, 235, 250, 251, 334, 354, 421, 450, 451, 452, 500, 550, 554])
+
+
+@st.composite
+def replies(draw: st.DrawFn) -> R.Reply:
+    code = draw(_CODE)
+    enhanced = None
+    if code // 100 != 3 and draw(st.booleans()):
+        enhanced = (code // 100, draw(st.integers(0, 999)), draw(st.integers(0, 999)))
+    lines = tuple(draw(st.lists(_LINE, min_size=1, max_size=5)))
+    if enhanced is None:  # text that merely looks like a code would be read as one
+        assume(not any(line[:1].isdigit() for line in lines))
+    return R.Reply(code, enhanced, lines)
+
+
+class ClientPropertyTests(TestCase):
+    @PROFILE
+    @given(st.lists(replies(), min_size=1, max_size=6), st.lists(st.integers(0, 2000)))
+    def test_repliesRoundTrip(self, sent: list[R.Reply], cuts: list[int]) -> None:
+        """Replies written by mailframe read back the same, however TCP cuts them."""
+        conn = greeted()
+        for _ in sent:
+            conn.send(Noop())
+        wire = b"".join(r.toBytes() for r in sent)
+        got: list[ServerReply] = []
+        for piece in cut(wire, cuts):
+            conn.receiveData(piece)
+            got.extend(events(conn))
+            if conn.state == ClientState.CLOSED:
+                break
+        self.assertEqual([(e.reply.code, e.reply.enhanced, e.reply.lines) for e in got],
+                         [(r.code, r.enhanced, r.lines) for r in sent][: len(got)])  # fmt: skip
+        closedAt = next((i for i, r in enumerate(sent) if r.code == 421), None)
+        self.assertEqual(len(got), len(sent) if closedAt is None else closedAt + 1)
+
+    @PROFILE
+    @given(st.binary(max_size=3000), st.lists(st.integers(0, 3000)))
+    def test_anyBytes(self, wire: bytes, cuts: list[int]) -> None:
+        """No byte stream makes the client core raise anything but RemoteProtocolError."""
+        conn = greeted()
+        for _ in range(5):
+            conn.send(Noop())
+        for piece in cut(wire, cuts):
+            conn.receiveData(piece)
+            try:
+                events(conn)
+            except RemoteProtocolError as e:
+                self.assertEqual(e.reply.code, 451)
+                return
+
+    @PROFILE
+    @given(st.lists(st.sampled_from([b"a", b".", b"..", b"\r\n", b"x\r\n.", b" "]), max_size=40),
+           st.lists(st.integers(0, 200)))  # fmt: skip
+    def test_dotStuffingRoundTrip(self, parts: list[bytes], cuts: list[int]) -> None:
+        """Message data dot-stuffed by the client, in any pieces, reads back the same in a server."""
+        data = b"".join(parts)
+        conn = greeted()
+        conn.send(Data())
+        conn.receiveData(b"354 go\r\n")
+        events(conn)
+        wire = b"".join(conn.send(MessageData(p)) for p in cut(data, cuts))
+        wire += conn.send(EndOfMessage(0))
+        server = opened()
+        pieces, _ = readMessage(server, iter([wire]))
+        expected = data if not data or data.endswith(b"\r\n") else data + b"\r\n"
+        self.assertEqual(b"".join(pieces), expected)
