@@ -332,6 +332,18 @@ class MailframeTests(TestCase):
         self.assertEqual(server.bodies(), [MESSAGE])
 
     @defer.inlineCallbacks
+    def test_relayHostOnLoopback(self) -> Any:
+        """The issue's --relay-host tcp:127.0.0.1:PORT: a plain server on loopback takes the mail."""
+        server = startServer(self)
+        relay = SMTPRelay.fromConfig({"smarthost": f"tcp:{HOST}:{server.portNumber}"}, reactor,
+                                     "relay.test")  # fmt: skip
+        env = envelope("bob@example.com", "nobody@example.com")
+        result = yield relay.relay(env, env.recipients, messageFrom(MESSAGE))
+        self.assertEqual(codes(result), [250, 550])
+        self.assertEqual(result.remote, (f"[{HOST}]",) * 2)
+        self.assertEqual(server.bodies(), [MESSAGE])
+
+    @defer.inlineCallbacks
     def test_starttlsAndAuth(self) -> Any:
         """A smarthost with STARTTLS (verified) and AUTH PLAIN: ESMTPSA."""
         ca = TestCA(self.mktemp())
