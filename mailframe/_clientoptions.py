@@ -187,18 +187,32 @@ def _isAddress(name: str) -> bool:
     return True
 
 
+_CREATORS: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_MAX_CREATORS = 256
+
+
 def clientTLS(policy: str, hostname: str, trustRoot: Any = None) -> Any:
     """
     The Twisted client connection creator for C{policy}: the certificate
     checked with service_identity against C{hostname} for C{verify} (an IP
     address is checked as one), none checked otherwise; TLS 1.2 at least
-    where TLS is required.
+    where TLS is required.  Creators are kept (a few hundred at most), so
+    that the CA store is not loaded again for every connection.
     """
+    key = (policy, hostname.lower(), id(trustRoot))
+    cached = _CREATORS.get(key)
+    if cached is not None and cached[0] is trustRoot:
+        return cached[1]
     if policy == TLS_VERIFY:
-        return optionsForClientTLS(
+        creator: Any = optionsForClientTLS(
             hostname.strip("[]"),
             trustRoot=trustRoot,
             extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},
         )
-    minimum = TLSVersion.TLSv1_2 if policy == TLS_REQUIRE else None
-    return _UnverifiedTLS(hostname, minimum)
+    else:
+        minimum = TLSVersion.TLSv1_2 if policy == TLS_REQUIRE else None
+        creator = _UnverifiedTLS(hostname, minimum)
+    if len(_CREATORS) >= _MAX_CREATORS:
+        _CREATORS.clear()
+    _CREATORS[key] = (trustRoot, creator)  # the root is kept: its id stays its own
+    return creator

@@ -759,6 +759,8 @@ class SendMessageTests(SynchronousTestCase):
         self.assertEqual(connection.get_servername(), b"mx.example")
         connection = clientTLS("require", "192.0.2.1").clientConnectionForTLS(None)
         self.assertIsNone(connection.get_servername())
+        self.assertIs(clientTLS("verify", "mx.example"), clientTLS("verify", "MX.example"))
+        self.assertIsNot(clientTLS("verify", "mx.example"), clientTLS("require", "mx.example"))
 
     def test_options(self) -> None:
         """Bad options are refused when made."""
