@@ -347,7 +347,7 @@ DEFAULTS: Mapping[str, Any] = {
     "submission": (),
     "submissions": (),
     "filter": (),
-    "limits": None,
+    "limits": "",  # on, with the built-in values (1000 in all, 50 per client)
     "enforce-sync": True,
     "greet-delay": 0.0,
     "error-delay": 0.0,

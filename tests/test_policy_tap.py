@@ -125,9 +125,9 @@ class OptionTests(unittest.TestCase):
     """The twistd options and TOML keys of the checks."""
 
     def test_defaults(self) -> None:
-        """By default: no filters, no limits, enforce-sync on, no delays."""
+        """By default: no filters, the built-in connection limits, enforce-sync on, no delays."""
         [spec] = parse().listeners
-        self.assertEqual((spec.filters, spec.limits), ((), None))
+        self.assertEqual((spec.filters, spec.limits), ((), ""))
         c = spec.config
         self.assertEqual(
             (c.enforceSync, c.greetDelay, c.errorDelay, c.softErrors), (True, 0, 0, 3)

@@ -365,7 +365,12 @@ class MakeServiceTests(unittest.TestCase):
         self.assertEqual(first.backend.path, os.path.abspath(maildir))
         self.assertEqual(first.backend.layout, "user")
         self.assertTrue(os.path.isdir(maildir))
-        self.assertEqual([type(v) for v in first.validators], [DomainsValidator, AnyRecipient])
+        from mailframe.policy.limits import ConnectionLimits
+
+        # the connection limits (on by default) count recipients first
+        self.assertEqual(
+            [type(v) for v in first.validators], [ConnectionLimits, DomainsValidator, AnyRecipient]
+        )
         self.assertEqual(first.config.hostname, "mx.example")
         self.assertEqual(first.config.maxErrors, 7)
         self.assertEqual(first.config.limits.messageSize, 1 << 20)

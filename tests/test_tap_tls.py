@@ -220,9 +220,13 @@ class MakeServiceTests(unittest.TestCase):
             auth = extension(factory, Auth)
             self.assertEqual(auth.mechanisms, ("SCRAM-SHA-256", "CRAM-MD5", "PLAIN", "LOGIN"))
             self.assertFalse(auth.allowPlaintext)
-            [limiter] = factory.connectionFilters
-            self.assertIsInstance(limiter, AuthFailureLimiter)
-        self.assertIs(smtp.connectionFilters[0], submission.connectionFilters[0])
+            [_limiter] = [
+                f for f in factory.connectionFilters if isinstance(f, AuthFailureLimiter)
+            ]
+        self.assertIs(
+            next(f for f in smtp.connectionFilters if isinstance(f, AuthFailureLimiter)),
+            next(f for f in submission.connectionFilters if isinstance(f, AuthFailureLimiter)),
+        )
         self.assertIs(extension(smtp, StartTLS).contextFactory,
                       extension(submission, StartTLS).contextFactory)  # fmt: skip
         self.assertTrue(submission.config.requireAuthentication)
@@ -241,11 +245,13 @@ class MakeServiceTests(unittest.TestCase):
         self.assertIn("; TLS from the first byte;", service.announcements[0])
 
     def test_noAuth(self) -> None:
-        """TLS without --auth: STARTTLS only, no limiter."""
+        """TLS without --auth: STARTTLS only, no AUTH failure limiter."""
+        from mailframe.policy.limits import ConnectionLimits
+
         [child] = list(self.service("--listen", "tcp:0"))
         factory = child.factory  # type: ignore[attr-defined]
         self.assertIsNone(extension(factory, Auth))
-        self.assertEqual(factory.connectionFilters, ())
+        self.assertEqual([type(f) for f in factory.connectionFilters], [ConnectionLimits])
 
     def test_badCertificate(self) -> None:
         """A certificate that cannot be loaded is a one-line SystemExit."""

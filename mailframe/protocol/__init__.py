@@ -32,6 +32,7 @@ from mailframe.protocol._events import (
 from mailframe.protocol._parse import decodeXtext, encodeXtext
 from mailframe.protocol._state import TRANSITIONS, State
 from mailframe.protocol._write import dotStuff
+from mailframe.protocol.client import GREETING, ClientConnection, ClientLimits, ServerReply
 from mailframe.protocol.server import (
     Limits,
     LocalProtocolError,
@@ -43,7 +44,10 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "TRANSITIONS",
+    "GREETING",
     "Bdat",
+    "ClientConnection",
+    "ClientLimits",
     "Command",
     "ContinuationLine",
     "Data",
@@ -65,6 +69,7 @@ __all__ = [
     "Rset",
     "Sentinel",
     "ServerConnection",
+    "ServerReply",
     "StartTLS",
     "State",
     "Vrfy",

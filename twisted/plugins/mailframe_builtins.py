@@ -1,7 +1,8 @@
 # The built-in mailframe plug-ins (maildir, mbox, memory, any, domains,
-# addresses) as twisted.plugin dropins, for getPlugins(IPlugInFactory).
-# twistd imports every dropin when it scans for service makers, so this
-# imports only mailframe.plugins, which imports no provider module.
+# addresses, and the security checks) as twisted.plugin dropins, for
+# getPlugins(IPlugInFactory).  twistd imports every dropin when it scans for
+# service makers, so this imports only the factories, which import no
+# provider module.
 from mailframe.plugins import (
     addressesValidator,
     anyValidator,
@@ -10,12 +11,32 @@ from mailframe.plugins import (
     mboxBackend,
     memoryBackend,
 )
+from mailframe.policy.factories import POLICY_FACTORIES
+
+(
+    limitsFilter,
+    dnsblFilter,
+    heloFilter,
+    spfFilter,
+    dkimVerifyFilter,
+    dmarcFilter,
+    authResultsFilter,
+    dkimSignFilter,
+) = POLICY_FACTORIES
 
 __all__ = [
     "addressesValidator",
     "anyValidator",
+    "authResultsFilter",
+    "dkimSignFilter",
+    "dkimVerifyFilter",
+    "dmarcFilter",
+    "dnsblFilter",
     "domainsValidator",
+    "heloFilter",
+    "limitsFilter",
     "maildirBackend",
     "mboxBackend",
     "memoryBackend",
+    "spfFilter",
 ]
