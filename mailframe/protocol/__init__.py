@@ -41,10 +41,10 @@ from mailframe.protocol.server import (
 )
 
 __all__ = [
+    "GREETING",
     "NEED_DATA",
     "PAUSED",
     "TRANSITIONS",
-    "GREETING",
     "Bdat",
     "ClientConnection",
     "ClientLimits",
