@@ -19,10 +19,10 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 def modules() -> Iterator[tuple[str, set[str]]]:
     """(module name, the mailframe modules it imports) for every module."""
     for directory, _, files in os.walk(ROOT):
-        for name in files:
-            if not name.endswith(".py"):
+        for fileName in files:
+            if not fileName.endswith(".py"):
                 continue
-            path = os.path.join(directory, name)
+            path = os.path.join(directory, fileName)
             rel = os.path.relpath(path, os.path.dirname(ROOT))[:-3].replace(os.sep, ".")
             name = rel.removesuffix(".__init__")
             with open(path, encoding="utf-8") as f:
