@@ -158,6 +158,7 @@ class SMTPServerFactory(Factory):
         self.mailParameters = {p: e for e in exts for p in e.mailParameters}
         self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
         self.verbs = {v: e for e in exts for v in e.verbs}
+        self.verbNames = frozenset(self.verbs)
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.logMessages = config.logMessages
         self.accepted = 0  # messages answered 250 after their data, since start
@@ -239,7 +240,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
             listener=cfg.listener,
         )
         self._direct = type(self.transport) is _TCPServer
-        self._conn = ServerConnection(cfg.limits, frozenset(f.verbs))
+        self._conn = ServerConnection(cfg.limits, f.verbNames)
         self.control = SessionControl(self)
         if ISSLTransport.providedBy(self.transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
