@@ -69,7 +69,7 @@ _REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "s
 # The queue's options with a value (mailframe.queue.settings).
 _QUEUE_OPTIONS = ("spool", "relay-host", "retry-initial", "retry-max", "give-up", "delay-warning",
                   "bounce-body-size", "bounce-full-size", "queue-connections",
-                  "queue-destination-connections", "spool-threads")  # fmt: skip
+                  "queue-destination-connections", "spool-threads", "spool-sync")  # fmt: skip
 
 # The kinds --help lists first, with the option that chooses them.
 _OPTION_KINDS: list[tuple[Any, str]] = [
@@ -152,8 +152,9 @@ class Options(usage.Options):
          "[default: 20]"],
         ["queue-destination-connections", None, None, "Relay deliveries at once to one "
          "destination. [default: 5]"],
-        ["spool-threads", None, None, "Threads writing and fsyncing spool files. "
-         "[default: 16]"],
+        ["spool-threads", None, None, "Spool files fsync'd in parallel. [default: 16]"],
+        ["spool-sync", None, None, "How the spool makes a commit durable: fsync (each "
+         "file) or syncfs (one syncfs(2) of its file system; Linux). [default: fsync]"],
     ]  # fmt: skip
     optFlags = [
         ["transcript", None, "Debugging: log every session as a readable transcript."],

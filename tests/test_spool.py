@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailframe.address import Address, Domain
 from mailframe.envelope import Envelope, Recipient
 from mailframe.message import Message
+from mailframe.queue import spool as spoolModule
 from mailframe.queue.entry import (
     DELIVERED,
     FAILED,
@@ -164,8 +165,9 @@ class SpoolCase(SynchronousTestCase):
         self.path = self.mktemp()
         self.committed: list[tuple[QueueEntry, bytes | None]] = []
 
-    def makeSpool(self, worker: Any = syncWorker) -> Spool:
-        spool = Spool(self.path, None, worker=worker, committed=self._committed)
+    def makeSpool(self, worker: Any = syncWorker, **kwargs: Any) -> Spool:
+        kwargs.setdefault("threads", 1)  # fsyncs one after the other: a fixed order to check
+        spool = Spool(self.path, None, worker=worker, committed=self._committed, **kwargs)
         self.successResultOf(spool.start())
         return spool
 
@@ -230,17 +232,83 @@ class OrderTests(SpoolCase):
         self.assertEqual([e.id for e, _ in self.committed], ["A1"])
 
     def test_firesOnlyAfterDirectoryFsync(self) -> None:
-        """The Deferred has not fired while the directory fsync is still to come."""
+        """The Deferred fires after the commit job, whose last step is the directory fsync."""
         worker = ManualWorker()
         spool = Spool(self.path, None, worker=worker)
         self.successResultOf(_started(spool, worker))
         fired: list[object] = []
         spool.add(makeEntry(spool.newID("A1")), b"x\r\n").addCallback(fired.append)
-        worker.runNext()  # the files, fsync'd
-        self.assertEqual(fired, [])
-        self.assertEqual(self.queued(), [])
-        worker.runNext()  # renames and directory fsync
+        seen: list[tuple[list[object], list[str]]] = []
+        realFsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            seen.append((list(fired), self.queued()))
+            realFsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        self.assertEqual(len(worker.jobs), 1)
+        worker.runNext()
+        self.assertEqual(seen[-1], ([], ["A1.json", "A1.msg"]))  # the directory fsync
         self.assertEqual(fired, [None])
+
+    def test_parallelFsyncs(self) -> None:
+        """With several threads every file is fsync'd, in any order, before any rename."""
+        worker = ManualWorker()
+        spool = self.makeSpool(threads=4)
+        spool._worker = worker
+        self.addCleanup(spool.stop)
+        calls = self.record()
+        ds = [spool.add(makeEntry(spool.newID(n)), b"x\r\n") for n in ("A", "B", "C")]
+        worker.runNext()  # A alone
+        worker.runNext()  # B and C together
+        for d in ds:
+            self.successResultOf(d)
+        second = calls[5:]
+        self.assertEqual(
+            sorted(second[:4]), [("fsync", f"tmp/{n}{x}") for n in "BC" for x in (".json", ".msg")]
+        )
+        self.assertEqual([c[0] for c in second[4:]], ["rename"] * 4 + ["fsync"])
+        self.assertEqual(second[-1], ("fsync", "queue"))
+
+    def test_syncfs(self) -> None:
+        """The syncfs mode: no file fsync, one syncfs per commit, renames, the directory fsync."""
+        synced: list[str] = []
+        calls: list[tuple[str, ...]] = []
+
+        def syncfs(fd: int) -> int:
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            calls.append(("syncfs",))
+            return 0
+
+        self.patch(spoolModule, "_SYNCFS", syncfs)
+        worker = ManualWorker()
+        spool = self.makeSpool(sync="syncfs")
+        spool._worker = worker
+        calls = self.record()  # the syncfs above appends to this list too
+        ds = [spool.add(makeEntry(spool.newID(n)), b"x\r\n") for n in ("A", "B", "C")]
+        worker.runAll()
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(
+            [c for c in calls if c[0] != "rename"],
+            [("syncfs",), ("fsync", "queue"), ("syncfs",), ("fsync", "queue")],
+        )
+        self.assertEqual(len([c for c in calls if c[0] == "rename"]), 6)
+        self.assertTrue(synced[0].startswith(os.path.abspath(self.path)))
+
+    def test_syncfsFailure(self) -> None:
+        """A failed syncfs fails every message of its commit, and nothing is queued."""
+        self.patch(spoolModule, "_SYNCFS", lambda fd: -1)
+        spool = self.makeSpool(sync="syncfs")
+        self.failureResultOf(spool.add(makeEntry(spool.newID("A")), b"x\r\n"), OSError)
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+
+    def test_syncfsUnavailable(self) -> None:
+        """Asking for syncfs where there is none is a ValueError; an unknown mode too."""
+        self.patch(spoolModule, "_SYNCFS", None)
+        self.assertRaises(ValueError, Spool, self.path, None, sync="syncfs")
+        self.assertRaises(ValueError, Spool, self.path, None, sync="sometimes")
 
     def test_updateOrder(self) -> None:
         """An update writes a new envelope in tmp/, fsyncs it, and renames it over the old."""
@@ -274,47 +342,87 @@ class GroupCommitTests(SpoolCase):
     """Messages that arrive together share one commit."""
 
     def test_batch(self) -> None:
-        """Messages ready while a commit runs go together in the next: one directory fsync for them."""
+        """Messages that come in while a commit runs share the next: one directory fsync for them."""
         worker = ManualWorker()
         spool = Spool(self.path, None, worker=worker)
         self.successResultOf(_started(spool, worker))
         fired: list[str] = []
-        for name in ("A", "B", "C", "D"):
+
+        def add(name: str) -> None:
             spool.add(makeEntry(spool.newID(name)), b"x\r\n").addCallback(
-                lambda _, n=name: fired.append(n)
+                lambda _: fired.append(name)
             )
-        self.assertEqual(len(worker.jobs), 4)  # four file writes, in parallel
-        worker.runNext()  # A written: a commit of A starts
-        self.assertEqual(spool.batches, 1)
-        for _ in range(3):  # B, C, D written while A's commit is in flight
-            worker.runNext()
-        self.assertEqual(spool.batches, 1)
-        self.assertEqual(fired, [])
-        dirSyncs = []
+
+        add("A")  # a commit of A alone starts at once
+        self.assertEqual((len(worker.jobs), spool.batches), (1, 1))
+        for name in ("B", "C", "D"):  # they wait for A's commit
+            add(name)
+        self.assertEqual((len(worker.jobs), spool.batches), (1, 1))
+        dirSyncs: list[int] = []
         realFsync = os.fsync
-        self.patch(os, "fsync", lambda fd: (dirSyncs.append(fd), realFsync(fd)))
-        worker.runNext()  # A's commit
+
+        def fsync(fd: int) -> None:
+            if os.path.isdir(f"/proc/self/fd/{fd}"):
+                dirSyncs.append(fd)
+            realFsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        worker.runNext()
         self.assertEqual(fired, ["A"])
-        self.assertEqual(spool.batches, 2)  # B, C and D in one more
+        self.assertEqual((len(worker.jobs), spool.batches), (1, 2))  # B, C and D together
         worker.runNext()
         self.assertEqual(fired, ["A", "B", "C", "D"])
         self.assertEqual(len(dirSyncs), 2)
         self.assertEqual(len(self.queued()), 8)
+        self.assertEqual(worker.jobs, [])
+        spool.stop()
+
+    def test_removalsRideOnCommits(self) -> None:
+        """A removal made while a commit runs is done by the next commit's job, not its own."""
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker)
+        self.successResultOf(_started(spool, worker))
+        spool.add(makeEntry(spool.newID("A")), b"x\r\n")
+        worker.runNext()
+        spool.add(makeEntry(spool.newID("B")), b"x\r\n")  # its commit is now running
+        spool.remove("A")
+        spool.add(makeEntry(spool.newID("C")), b"x\r\n")
+        self.assertEqual(len(worker.jobs), 1)
+        worker.runNext()  # B's commit
+        self.assertEqual(len(worker.jobs), 1)  # C's commit, which also removes A
+        self.assertIn("A.json", self.queued())
+        worker.runNext()
+        self.assertEqual(self.queued(), ["B.json", "B.msg", "C.json", "C.msg"])
+        spool.remove("B")  # nothing running: a job of its own
+        self.assertEqual(len(worker.jobs), 1)
+        worker.runNext()
+        self.assertEqual(self.queued(), ["C.json", "C.msg"])
 
     def test_cancelBeforeCommit(self) -> None:
-        """A message cancelled before its commit leaves no file and is not queued."""
+        """A message cancelled before its commit starts leaves no file and is not queued."""
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker, committed=self._committed)
+        self.successResultOf(_started(spool, worker))
+        spool.add(makeEntry(spool.newID("A1")), b"x\r\n")
+        d = spool.add(makeEntry(spool.newID("B1")), b"x\r\n")
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        worker.runAll()
+        self.assertEqual(self.queued(), ["A1.json", "A1.msg"])
+        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
+        self.assertEqual([e.id for e, _ in self.committed], ["A1"])
+        self.assertNotIn("B1", spool)
+
+    def test_cancelledDuringCommit(self) -> None:
+        """A message whose client gave up during its commit is durable: it is still queued."""
         worker = ManualWorker()
         spool = Spool(self.path, None, worker=worker, committed=self._committed)
         self.successResultOf(_started(spool, worker))
         d = spool.add(makeEntry(spool.newID("A1")), b"x\r\n")
-        worker.runNext()
         d.cancel()
         self.failureResultOf(d, defer.CancelledError)
         worker.runAll()
-        self.assertEqual(self.queued(), [])
-        self.assertEqual(os.listdir(os.path.join(self.path, "tmp")), [])
-        self.assertEqual(self.committed, [])
-        self.assertNotIn("A1", spool)
+        self.assertEqual([e.id for e, _ in self.committed], ["A1"])
 
     def test_writeFailure(self) -> None:
         """A file that cannot be written fails that message's Deferred, and nothing is left."""

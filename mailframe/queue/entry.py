@@ -14,6 +14,7 @@ file system, or decide anything (the runner does).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class EntryError(ValueError):
     """An envelope file that is not a valid queue entry."""
 
 
+@functools.lru_cache(maxsize=4096)
 def addressFromText(text: str) -> Address:
     """An L{Address} from its C{str()}: C{""} is the null path, no C{@} a bare name."""
     if not text:

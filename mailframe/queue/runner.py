@@ -337,7 +337,8 @@ class QueueRunner:
                 return [(_NO_RELAY, None)] * len(rcpts)
             else:
                 d = defer.maybeDeferred(self.relay.relay, envelope, envelope.recipients, message)
-            d.addTimeout(self.deliveryTimeout, self.clock)
+            if not d.called:  # a backend that answered at once needs no timer
+                d.addTimeout(self.deliveryTimeout, self.clock)
             try:
                 result = await d
             except defer.TimeoutError:

@@ -134,6 +134,17 @@ def _tlsPolicy(value: Any) -> str:
         raise SettingError(str(e)) from None
 
 
+def _syncMode(value: Any) -> str:
+    from mailframe.queue.spool import SYNC_MODES, syncfsAvailable
+
+    text = _text(value).strip().lower()
+    if text not in SYNC_MODES:
+        raise SettingError(f"expected {' or '.join(SYNC_MODES)}, not {value!r}")
+    if text == "syncfs" and not syncfsAvailable():
+        raise SettingError("syncfs needs Linux's syncfs(2)")
+    return text
+
+
 def _routes(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise SettingError("expected a table of domain = route ('local', a host, or a table)")
@@ -178,6 +189,7 @@ def _checkRouting(data: Mapping[str, Any]) -> None:
 QUEUE_SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "spool": _path,
     "spool-threads": _count,
+    "spool-sync": _syncMode,
     "relay-host": _nextHop,
     "relay-tls": _tlsPolicy,
     "relay-user": _text,
@@ -201,6 +213,7 @@ QUEUE_TOP_LEVEL = frozenset(set(QUEUE_SETTINGS) - {"relay-network"})
 QUEUE_DEFAULTS: Mapping[str, Any] = {
     "spool": None,
     "spool-threads": 16,
+    "spool-sync": "fsync",
     "relay-host": None,
     "relay-tls": None,
     "relay-user": None,
@@ -235,6 +248,7 @@ class QueueSpec:
     connections: int = 20
     destinationConnections: int = 5
     threads: int = 16
+    sync: str = "fsync"
     relay: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -306,5 +320,6 @@ def queueSpec(
         connections=top["queue-connections"],
         destinationConnections=top["queue-destination-connections"],
         threads=top["spool-threads"],
+        sync=top["spool-sync"],
         relay=relay,
     )

@@ -10,35 +10,38 @@ Layout of the spool directory::
     corrupt/          envelopes that could not be read, and their data, kept for
                       a person to look at (never delivered, never deleted)
 
-Adding a message (L{Spool.add}), in this order:
+Adding messages (L{Spool.add}) is a commit of a batch: every message
+that came in while the previous commit ran, or the one message that came in
+when none was running.  In one spool thread, in this order:
 
-  1. In a spool thread (one job per message, many in parallel): write the
-     data to C{tmp/ID.msg}, C{fsync} it; write the envelope to
-     C{tmp/ID.json}, C{fsync} it.
-  2. The message joins the next commit batch.  One commit runs at a time;
-     messages that become ready while one runs wait for the next, so they
-     share its work.  In a spool thread: for each message of the batch,
-     rename C{tmp/ID.msg} to C{queue/ID.msg}, then C{tmp/ID.json} to
-     C{queue/ID.json}; then C{fsync} the C{queue/} directory once.
-  3. Only then does the Deferred of each message of the batch fire, and the
-     server answer 250.
+  1. For each message, write the data to C{tmp/ID.msg} and the envelope
+     to C{tmp/ID.json}.
+  2. Make every file written in step 1 durable: C{fsync} each (the fsyncs
+     run in parallel threads, so the file system's journal merges their
+     flushes), or, in the C{syncfs} mode, one C{syncfs(2)} of the spool's
+     file system.
+  3. For each message, rename C{tmp/ID.msg} to C{queue/ID.msg}, then
+     C{tmp/ID.json} to C{queue/ID.json}.
+  4. C{fsync} the C{queue/} directory, once for the whole batch.
+  5. Only then, in the reactor thread, does the Deferred of each message
+     fire, and the server answer 250.
 
 Why nothing that got a 250 is lost, step by step:
 
-  - The 250 goes out after step 3, so after both files' contents were
-    fsync'd (step 1) and after their names in C{queue/} were fsync'd (the
-    directory fsync of step 2 comes after both renames).  A crash after
+  - The 250 goes out after step 5, so after both files' contents were on
+    disk (step 2) and after their names in C{queue/} were (the directory
+    fsync of step 4 comes after every rename of step 3).  A crash after
     the 250, of the process or of the machine, finds both files complete
     under their final names.
-  - A crash before step 3 loses only messages that got no 250 (the client
+  - A crash before step 5 loses only messages that got no 250 (the client
     still has them and tries again).  What it may leave: files in
     C{tmp/} (removed at start); or, for a batch whose directory fsync had
     not finished, one of a message's two names without the other.  An
     envelope without its data file, or a data file without its envelope,
     was never acknowledged, because the acknowledgement needs both: it is
-    removed at start.  A message with both names is complete (each file was
-    fsync'd before it was renamed) and is delivered, although its client
-    may send it again: a duplicate, never a loss.
+    removed at start.  A message with both names is complete (its files
+    were durable before they were renamed) and is delivered, although its
+    client may send it again: a duplicate, never a loss.
   - A committed envelope is only ever replaced whole: the new version is
     written to C{tmp/}, fsync'd and renamed over the old one, so a crash
     leaves the old or the new, both valid.  Replacing it without a
@@ -52,12 +55,14 @@ Why nothing that got a 250 is lost, step by step:
     an envelope that does not parse, or whose data has the wrong size,
     cannot come from this sequence: it is moved to C{corrupt/} and logged.
 
-Group commit: the directory fsync and the renames, the part that must be
-serialised, are done once per batch; the file fsyncs run in parallel in a
-dedicated, bounded thread pool, where the file system's journal merges the
-flushes of concurrent fsyncs.  Under load each 250 costs two file fsyncs,
-about 1/N of a directory fsync, and no fsync waits behind another message's
-fsync.
+Group commit: the fixed costs of a commit (a thread hop each way, the
+journal commits of step 2, the directory fsync of step 4) are paid once per
+batch, and a batch is everything that arrived while the previous one was
+being committed: the more sessions deliver at once, the more messages share
+each commit, with no timer and no added wait when the spool is idle.
+C{syncfs} makes step 2 one system call however large the batch, but it
+also writes out whatever else is pending on that file system: use it when
+the spool has a file system (or at least a disk) of its own.
 
 Owns: the files, their order of operations, and recovery at start.  Must
 not: decide what to deliver (the runner does), block the reactor thread
@@ -68,11 +73,15 @@ reactor's shared thread pool.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.internet import defer
@@ -85,7 +94,7 @@ from mailframe.backends._files import fsyncDirectory, makeDirectory
 from mailframe.message import Message
 from mailframe.queue.entry import EntryError, QueueEntry
 
-__all__ = ["Spool", "SpoolError", "Worker", "threadWorker"]
+__all__ = ["SYNC_MODES", "Spool", "SpoolError", "Worker", "syncfsAvailable", "threadWorker"]
 
 log = Logger(namespace="mailframe.queue")
 
@@ -93,6 +102,7 @@ T = TypeVar("T")
 Worker = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 """Runs a blocking function away from the reactor thread; a Deferred of its result."""
 
+SYNC_MODES = ("fsync", "syncfs")
 DATA = ".msg"
 ENVELOPE = ".json"
 _READ_SIZE = 1 << 16
@@ -118,23 +128,23 @@ class _Pending:
     entry: QueueEntry
     data: bytes | Message
     deferred: defer.Deferred[None] | None = None
-    written: bool = False
     cancelled: bool = False
-    renamed: list[str] = field(default_factory=list)
 
 
 class Spool:
     """
     The spool directory C{path} (created, mode 0700, if missing).
 
-    @param reactor: the reactor (its threads run nothing of ours unless
-        C{worker} is given; a pool of C{threads} threads is made instead).
-    @param threads: the most spool threads (file writes run in parallel).
+    @param reactor: the reactor (its thread pool runs nothing of ours: the
+        spool has its own, of at most 4 threads, unless C{worker} is given).
+    @param threads: how many fsyncs of one commit run in parallel.
     @param worker: a L{Worker} to use instead of the spool's own pool
         (tests pass one that runs functions at once, or when told).
     @param committed: called in the reactor thread with each entry (and its
         data when it was given as bytes) once it is durable; the runner's
         C{enqueue}.
+    @param sync: C{"fsync"} (each file, in parallel) or C{"syncfs"} (one
+        syncfs(2) of the spool's file system per commit; Linux only).
     """
 
     def __init__(
@@ -144,7 +154,15 @@ class Spool:
         threads: int = 16,
         worker: Worker | None = None,
         committed: Callable[[QueueEntry, bytes | None], None] | None = None,
+        sync: str = "fsync",
     ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be {' or '.join(SYNC_MODES)}, not {sync!r}")
+        if sync == "syncfs" and _SYNCFS is None:
+            raise ValueError("sync=syncfs needs Linux's syncfs(2)")
+        self.sync = sync
+        self._fsyncThreads = threads
+        self._fsyncPool: ThreadPoolExecutor | None = None
         self.path = os.path.abspath(path)
         self.reactor = reactor
         self.tmp = os.path.join(self.path, "tmp")
@@ -153,10 +171,10 @@ class Spool:
         self.committed = committed
         self._pool: ThreadPool | None = None
         if worker is None:
-            self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="mailframe-spool")
+            self._pool = ThreadPool(minthreads=0, maxthreads=4, name="mailframe-spool")
             worker = threadWorker(reactor, self._pool)
         self._worker = worker
-        self._ready: list[_Pending] = []
+        self._incoming: list[_Pending] = []
         self._early: list[_Pending] = []
         self._recoveredAll = False
         self._committing = False
@@ -183,9 +201,12 @@ class Spool:
         return d.addCallback(self._recovered)
 
     def stop(self) -> None:
-        """Stop the thread pool (waits for running file operations)."""
+        """Stop the thread pools (waits for running file operations)."""
         if self._pool is not None and self._pool.started:
             self._pool.stop()
+        if self._fsyncPool is not None:
+            self._fsyncPool.shutdown()
+            self._fsyncPool = None
 
     def _recovered(self, result: tuple[list[QueueEntry], list[str]]) -> list[QueueEntry]:
         entries, notes = result
@@ -194,9 +215,8 @@ class Spool:
         self._ids.update(e.id for e in entries)
         self._recoveredAll = True
         early, self._early = self._early, []
-        for pending in early:
-            if not pending.cancelled:
-                self._write(pending)
+        self._incoming.extend(early)
+        self._commit()
         return entries
 
     # -- ids ----------------------------------------------------------------------
@@ -219,8 +239,8 @@ class Spool:
         Make C{entry} and its message durable.  C{entry.id} must come from
         L{newID}.  The Deferred fires None once both files are in
         C{queue/} and fsync'd, or fails with the C{OSError}.  Cancelling it
-        before its commit leaves nothing behind.  Messages added before
-        L{start} has cleaned up wait for it.
+        before its commit starts leaves nothing behind.  Messages added
+        before L{start} has cleaned up wait for it.
         """
         self._ids.add(entry.id)
         pending = _Pending(entry, data)
@@ -230,96 +250,144 @@ class Spool:
 
         pending.deferred = defer.Deferred(cancel)
         if self._recoveredAll:
-            self._write(pending)
+            self._incoming.append(pending)
+            self._commit()
         else:
             self._early.append(pending)
         return pending.deferred
 
-    def _write(self, pending: _Pending) -> None:
-        self._worker(lambda: self._writeFiles(pending)).addCallbacks(
-            self._written, self._failed, callbackArgs=(pending,), errbackArgs=(pending,)
-        )
+    def _commit(self) -> None:
+        """Start a commit of everything that came in, unless one is running."""
+        if self._committing:
+            return
+        batch = []
+        for pending in self._incoming:
+            if pending.cancelled:
+                self._ids.discard(pending.entry.id)
+            else:
+                batch.append(pending)
+        self._incoming = []
+        if not batch:
+            return
+        self._committing = True
+        self.batches += 1
+        removals, self._removals = self._removals, []
 
-    def _writeFiles(self, pending: _Pending) -> None:
-        """Blocking: step 1, the two files in tmp/, each fsync'd."""
+        def work() -> list[BaseException | None]:
+            try:
+                return self._commitBatch(batch)
+            finally:
+                self._unlinkEntries(removals)
+
+        self._worker(work).addBoth(self._committed, batch)
+
+    def _commitBatch(self, batch: list[_Pending]) -> list[BaseException | None]:
+        """
+        Blocking: the whole commit of a batch, steps 1 and 2 of the module
+        docstring.  Returns an error (or None) per message.
+        """
+        errors: list[BaseException | None] = [None] * len(batch)
+        files: list[tuple[int, int, str]] = []  # (message index, fd, tmp path)
+        try:
+            for i, pending in enumerate(batch):
+                try:
+                    files.extend((i, fd, path) for fd, path in self._writeFiles(pending))
+                except Exception as e:
+                    errors[i] = e
+            for i, error in self._makeDurable(files):
+                errors[i] = errors[i] or error
+        finally:
+            for _, fd, _ in files:
+                os.close(fd)
+        renamed: list[str] = []
+        for i, pending in enumerate(batch):
+            tmpPaths = [os.path.join(self.tmp, pending.entry.id + s) for s in (DATA, ENVELOPE)]
+            if errors[i] is not None:
+                _unlinkAll(tmpPaths)
+                continue
+            try:
+                for tmpPath, suffix in zip(tmpPaths, (DATA, ENVELOPE), strict=True):
+                    target = os.path.join(self.queue, pending.entry.id + suffix)
+                    os.rename(tmpPath, target)
+                    renamed.append(target)
+            except Exception as e:
+                errors[i] = e
+                _unlinkAll(tmpPaths)
+        try:
+            fsyncDirectory(self.queue)
+        except Exception as e:
+            _unlinkAll(renamed)
+            return [error or e for error in errors]
+        return errors
+
+    def _writeFiles(self, pending: _Pending) -> list[tuple[int, str]]:
+        """Blocking: the two files in tmp/, written, not yet synced; open fds and paths."""
         entry = pending.entry
         data = pending.data
         chunks: Iterable[bytes] = (data,) if isinstance(data, bytes) else data.chunks()
         dataPath = os.path.join(self.tmp, entry.id + DATA)
+        envelopePath = os.path.join(self.tmp, entry.id + ENVELOPE)
+        opened: list[tuple[int, str]] = []
         try:
-            size = _writeDurably(dataPath, chunks)
-            entry.size = size
-            _writeDurably(os.path.join(self.tmp, entry.id + ENVELOPE), (entry.toBytes(),))
+            fd, entry.size = _writeFile(dataPath, chunks)
+            opened.append((fd, dataPath))
+            fd, _ = _writeFile(envelopePath, (entry.toBytes(),))
+            opened.append((fd, envelopePath))
         except BaseException:
-            _unlinkQuietly(dataPath)
-            _unlinkQuietly(os.path.join(self.tmp, entry.id + ENVELOPE))
+            for fd, _ in opened:
+                os.close(fd)
+            _unlinkAll((dataPath, envelopePath))
             raise
+        return opened
 
-    def _written(self, _: object, pending: _Pending) -> None:
-        pending.written = True
-        self._ready.append(pending)
-        if not self._committing:
-            self._commit()
-
-    def _failed(self, reason: Failure, pending: _Pending) -> None:
-        self._ids.discard(pending.entry.id)
-        log.error(
-            "{id} cannot be written to the spool: {error}",
-            id=pending.entry.id,
-            error=_oneLine(reason),
-        )
-        if pending.deferred is not None and not pending.cancelled:
-            pending.deferred.errback(reason)
-
-    def _commit(self) -> None:
-        batch, self._ready = self._ready, []
-        self._committing = True
-        self.batches += 1
-        self._worker(lambda: self._commitBatch(batch)).addBoth(self._committed, batch)
-
-    def _commitBatch(self, batch: list[_Pending]) -> None:
-        """Blocking: step 2, the renames and one directory fsync."""
-        for pending in batch:
-            entryID = pending.entry.id
-            tmpData = os.path.join(self.tmp, entryID + DATA)
-            tmpEnvelope = os.path.join(self.tmp, entryID + ENVELOPE)
-            if pending.cancelled:
-                _unlinkQuietly(tmpData)
-                _unlinkQuietly(tmpEnvelope)
-                continue
-            for tmpPath, suffix in ((tmpData, DATA), (tmpEnvelope, ENVELOPE)):
-                target = os.path.join(self.queue, entryID + suffix)
-                os.rename(tmpPath, target)
-                pending.renamed.append(target)
-        fsyncDirectory(self.queue)
+    def _makeDurable(self, files: list[tuple[int, int, str]]) -> list[tuple[int, BaseException]]:
+        """Blocking: the written files' contents on disk; the messages that failed."""
+        if not files:
+            return []
+        if self.sync == "syncfs":
+            try:
+                _syncfs(files[0][1])
+            except OSError as e:
+                return [(i, e) for i, _, _ in files]
+            return []
+        if len(files) == 1 or self._fsyncThreads <= 1:
+            results = [_fsyncResult(fd) for _, fd, _ in files]
+        else:
+            if self._fsyncPool is None:
+                self._fsyncPool = ThreadPoolExecutor(self._fsyncThreads, "mailframe-fsync")
+            results = list(self._fsyncPool.map(_fsyncResult, [fd for _, fd, _ in files]))
+        return [(i, e) for (i, _, _), e in zip(files, results, strict=True) if e is not None]
 
     def _committed(self, result: object, batch: list[_Pending]) -> None:
         self._committing = False
-        failed = isinstance(result, Failure)
-        if failed:
-            log.error("spool commit failed: {error}", error=_oneLine(result))
-            paths = [p for pending in batch for p in pending.renamed]
-            names = [
-                os.path.join(self.tmp, p.entry.id + s) for p in batch for s in (DATA, ENVELOPE)
-            ]
-            self._worker(lambda: _unlinkAll(paths + names))
-        for pending in batch:
+        if isinstance(result, Failure):  # a bug: nothing is known to be durable
+            log.failure("spool commit failed", result)
+            errors: list[Any] = [result.value] * len(batch)
+        else:
+            errors = result  # type: ignore[assignment]
+        for pending, error in zip(batch, errors, strict=True):
             d = pending.deferred
-            if failed or pending.cancelled:
+            if error is not None:
                 self._ids.discard(pending.entry.id)
-                if failed and d is not None and not pending.cancelled:
-                    d.errback(result)  # type: ignore[arg-type]
+                log.error(
+                    "{id} cannot be written to the spool: {error}",
+                    id=pending.entry.id,
+                    error=_oneLine(error),
+                )
+                if d is not None and not pending.cancelled:
+                    d.errback(Failure(error))
                 continue
-            if self.committed is not None:
+            if self.committed is not None:  # durable: delivered even if its client gave up
                 data = pending.data if isinstance(pending.data, bytes) else None
                 try:
                     self.committed(pending.entry, data)
                 except Exception:
                     log.failure("{id}: queueing a committed message failed", id=pending.entry.id)
-            if d is not None:
+            if d is not None and not pending.cancelled:
                 d.callback(None)
-        if self._ready:
-            self._commit()
+        self._commit()
+        if self._removals and not self._committing and not self._removing:
+            self._removeBatch()
 
     # -- changing and removing ---------------------------------------------------------
 
@@ -340,29 +408,34 @@ class Spool:
         return self._worker(replace)
 
     def remove(self, entryID: str) -> None:
-        """Remove a finished entry: its envelope, then its data (batched, not fsync'd)."""
+        """
+        Remove a finished entry: its envelope, then its data (not fsync'd).
+        Removals wait for the next commit, whose thread job does them after
+        its own work, or get a job of their own when no commit is running.
+        """
         self._ids.discard(entryID)
         self._removals.append(entryID)
-        if not self._removing:
+        if not self._committing and not self._removing:
             self._removeBatch()
 
     def _removeBatch(self) -> None:
         batch, self._removals = self._removals, []
         self._removing = True
 
-        def work() -> None:
-            for entryID in batch:
-                _unlinkQuietly(os.path.join(self.queue, entryID + ENVELOPE))
-                _unlinkQuietly(os.path.join(self.queue, entryID + DATA))
-
         def done(result: object) -> None:
             self._removing = False
             if isinstance(result, Failure):
                 log.failure("removing finished messages failed", result)
-            if self._removals:
+            if self._removals and not self._committing:
                 self._removeBatch()
 
-        self._worker(work).addBoth(done)
+        self._worker(lambda: self._unlinkEntries(batch)).addBoth(done)
+
+    def _unlinkEntries(self, entryIDs: list[str]) -> None:
+        """Blocking: remove the files of finished entries, envelope first."""
+        for entryID in entryIDs:
+            _unlinkQuietly(os.path.join(self.queue, entryID + ENVELOPE))
+            _unlinkQuietly(os.path.join(self.queue, entryID + DATA))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -449,6 +522,62 @@ class Spool:
             notes.append(f"moved {stem} to corrupt/: {e}")
             return None
         return entry
+
+
+def _writeFile(path: str, chunks: Iterable[bytes]) -> tuple[int, int]:
+    """Write a new file (mode 0600); return its still open fd and its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    size = 0
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                size += n
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, size
+
+
+def _fsyncResult(fd: int) -> BaseException | None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        return e
+    return None
+
+
+def _loadSyncfs() -> Callable[[int], int] | None:
+    """libc's syncfs(2), or None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_SYNCFS = _loadSyncfs()
+
+
+def syncfsAvailable() -> bool:
+    """True where the C{syncfs} mode can be used."""
+    return _SYNCFS is not None
+
+
+def _syncfs(fd: int) -> None:
+    """Commit the whole file system holding C{fd} (Linux syncfs(2))."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available")
+    if _SYNCFS(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _writeDurably(path: str, chunks: Iterable[bytes]) -> int:

@@ -66,7 +66,7 @@ class QueueWiring:
             path = os.path.join(path, f"worker-{worker}")
         for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
             makeDirectory(directory)
-        self.spool = Spool(path, reactor, threads=spec.threads)
+        self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync)
         self.local: dict[str, Any] = {}
         self.localDomains: set[Domain] = set()
         self.service = QueueService(None)
