@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mailframe.address import Address, Domain
 from mailframe.envelope import Envelope, Recipient
 from mailframe.message import Message
-from mailframe.queue import spool as spoolModule
+from mailframe.queue import _files as filesModule
 from mailframe.queue.entry import (
     DELIVERED,
     FAILED,
@@ -280,7 +280,7 @@ class OrderTests(SpoolCase):
             calls.append(("syncfs",))
             return 0
 
-        self.patch(spoolModule, "_SYNCFS", syncfs)
+        self.patch(filesModule, "_SYNCFS", syncfs)
         worker = ManualWorker()
         spool = self.makeSpool(sync="syncfs")
         spool._worker = worker
@@ -298,7 +298,7 @@ class OrderTests(SpoolCase):
 
     def test_syncfsFailure(self) -> None:
         """A failed syncfs fails every message of its commit, and nothing is queued."""
-        self.patch(spoolModule, "_SYNCFS", lambda fd: -1)
+        self.patch(filesModule, "_SYNCFS", lambda fd: -1)
         spool = self.makeSpool(sync="syncfs")
         self.failureResultOf(spool.add(makeEntry(spool.newID("A")), b"x\r\n"), OSError)
         self.assertEqual(self.queued(), [])
@@ -306,7 +306,7 @@ class OrderTests(SpoolCase):
 
     def test_syncfsUnavailable(self) -> None:
         """Asking for syncfs where there is none is a ValueError; an unknown mode too."""
-        self.patch(spoolModule, "_SYNCFS", None)
+        self.patch(filesModule, "_SYNCFS", None)
         self.assertRaises(ValueError, Spool, self.path, None, sync="syncfs")
         self.assertRaises(ValueError, Spool, self.path, None, sync="sometimes")
 
@@ -326,14 +326,16 @@ class OrderTests(SpoolCase):
             self.assertEqual(QueueEntry.fromBytes(f.read()).attempts, 7)
 
     def test_removeEnvelopeFirst(self) -> None:
-        """A finished entry loses its envelope, then its data."""
+        """A finished entry loses its envelope, then its data (both recycled into free/)."""
         spool = self.makeSpool()
         self.successResultOf(spool.add(makeEntry(spool.newID("A1")), b"x\r\n"))
-        removed: list[str] = []
-        realUnlink = os.unlink
-        self.patch(os, "unlink", lambda p: (removed.append(os.path.basename(p)), realUnlink(p)))
+        calls = self.record()
         spool.remove("A1")
-        self.assertEqual(removed, ["A1.json", "A1.msg"])
+        self.assertEqual(
+            [(kind, src) for kind, src, dst in calls],  # type: ignore[misc]
+            [("rename", "queue/A1.json"), ("rename", "queue/A1.msg")],
+        )
+        self.assertTrue(all(c[2].startswith("free/") for c in calls))
         self.assertEqual(self.queued(), [])
         self.assertNotIn("A1", spool)
 
@@ -397,6 +399,40 @@ class GroupCommitTests(SpoolCase):
         self.assertEqual(len(worker.jobs), 1)
         worker.runNext()
         self.assertEqual(self.queued(), ["C.json", "C.msg"])
+
+    def test_recycled(self) -> None:
+        """A finished message's files go to free/ and the next message is written into them."""
+        spool = self.makeSpool()
+        self.successResultOf(
+            spool.add(makeEntry(spool.newID("A")), b"a long first message\r\n" * 9)
+        )
+        inodes = {os.stat(os.path.join(spool.queue, n)).st_ino for n in self.queued()}
+        spool.remove("A")
+        self.assertEqual(self.queued(), [])
+        self.assertEqual(len(spool.free), 2)
+        self.successResultOf(spool.add(makeEntry(spool.newID("B")), b"short\r\n"))
+        self.assertEqual(len(spool.free), 0)
+        self.assertEqual(
+            {os.stat(os.path.join(spool.queue, n)).st_ino for n in self.queued()}, inodes
+        )
+        with open(spool.dataPath("B"), "rb") as f:
+            self.assertEqual(f.read(), b"short\r\n")
+        with open(os.path.join(spool.queue, "B.json"), "rb") as f:
+            self.assertEqual(QueueEntry.fromBytes(f.read()).id, "B")
+        again = Spool(self.path, None, worker=syncWorker)
+        self.assertEqual([e.id for e in self.successResultOf(again.start())], ["B"])
+
+    def test_freeFilesKeptAcrossRestart(self) -> None:
+        """Recycled files found at start are used again; the pool is bounded."""
+        spool = self.makeSpool()
+        self.successResultOf(spool.add(makeEntry(spool.newID("A")), b"x\r\n"))
+        spool.remove("A")
+        again = Spool(self.path, None, worker=syncWorker)
+        self.successResultOf(again.start())
+        self.assertEqual(len(again.free), 2)
+        again.free.limit = 1
+        again.free.give(os.path.join(self.path, "nothing-there"))
+        self.assertEqual(len(again.free), 2)
 
     def test_cancelBeforeCommit(self) -> None:
         """A message cancelled before its commit starts leaves no file and is not queued."""

@@ -7,6 +7,8 @@ Layout of the spool directory::
     tmp/              files being written; whatever is here at start is removed
     queue/ID.msg      the message as received (CRLF), the Received: field first
     queue/ID.json     its envelope (L{mailframe.queue.entry.QueueEntry}, JSON)
+    free/             files of finished messages, recycled for new ones (see
+                      L{mailframe.queue._files}); nothing in them matters
     corrupt/          envelopes that could not be read, and their data, kept for
                       a person to look at (never delivered, never deleted)
 
@@ -47,10 +49,11 @@ Why nothing that got a 250 is lost, step by step:
     leaves the old or the new, both valid.  Replacing it without a
     directory fsync is safe for the same reason: either version is correct,
     the older one merely repeats a delivery.
-  - A finished message loses its envelope first, then its data; a data file
-    whose envelope is gone is an orphan and is removed at start.  Removal is
-    not fsync'd: after a machine crash a finished message may come back and
-    be delivered again (at least once, at worst twice).
+  - A finished message loses its envelope first, then its data (both are
+    renamed into C{free/}, to be rewritten whole for a later message); a
+    data file whose envelope is gone is an orphan and is removed at start.
+    Removal is not fsync'd: after a machine crash a finished message may
+    come back and be delivered again (at least once, at worst twice).
   - The data file's size is recorded in the envelope and checked at start;
     an envelope that does not parse, or whose data has the wrong size,
     cannot come from this sequence: it is moved to C{corrupt/} and logged.
@@ -73,12 +76,9 @@ reactor's shared thread pool.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import itertools
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +92,16 @@ from twisted.python.threadpool import ThreadPool
 
 from mailframe.backends._files import fsyncDirectory, makeDirectory
 from mailframe.message import Message
+from mailframe.queue._files import (
+    FilePool,
+    fsyncResult,
+    syncfs,
+    syncfsAvailable,
+    unlinkAll,
+    unlinkQuietly,
+    writeDurably,
+    writeFile,
+)
 from mailframe.queue.entry import EntryError, QueueEntry
 
 __all__ = ["SYNC_MODES", "Spool", "SpoolError", "Worker", "syncfsAvailable", "threadWorker"]
@@ -158,7 +168,7 @@ class Spool:
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be {' or '.join(SYNC_MODES)}, not {sync!r}")
-        if sync == "syncfs" and _SYNCFS is None:
+        if sync == "syncfs" and not syncfsAvailable():
             raise ValueError("sync=syncfs needs Linux's syncfs(2)")
         self.sync = sync
         self._fsyncThreads = threads
@@ -168,6 +178,7 @@ class Spool:
         self.tmp = os.path.join(self.path, "tmp")
         self.queue = os.path.join(self.path, "queue")
         self.corrupt = os.path.join(self.path, "corrupt")
+        self.free = FilePool(os.path.join(self.path, "free"))
         self.committed = committed
         self._pool: ThreadPool | None = None
         if worker is None:
@@ -303,7 +314,7 @@ class Spool:
         for i, pending in enumerate(batch):
             tmpPaths = [os.path.join(self.tmp, pending.entry.id + s) for s in (DATA, ENVELOPE)]
             if errors[i] is not None:
-                _unlinkAll(tmpPaths)
+                unlinkAll(tmpPaths)
                 continue
             try:
                 for tmpPath, suffix in zip(tmpPaths, (DATA, ENVELOPE), strict=True):
@@ -312,11 +323,11 @@ class Spool:
                     renamed.append(target)
             except Exception as e:
                 errors[i] = e
-                _unlinkAll(tmpPaths)
+                unlinkAll(tmpPaths)
         try:
             fsyncDirectory(self.queue)
         except Exception as e:
-            _unlinkAll(renamed)
+            unlinkAll(renamed)
             return [error or e for error in errors]
         return errors
 
@@ -329,14 +340,14 @@ class Spool:
         envelopePath = os.path.join(self.tmp, entry.id + ENVELOPE)
         opened: list[tuple[int, str]] = []
         try:
-            fd, entry.size = _writeFile(dataPath, chunks)
+            fd, entry.size = writeFile(dataPath, chunks, self.free)
             opened.append((fd, dataPath))
-            fd, _ = _writeFile(envelopePath, (entry.toBytes(),))
+            fd, _ = writeFile(envelopePath, (entry.toBytes(),), self.free)
             opened.append((fd, envelopePath))
         except BaseException:
             for fd, _ in opened:
                 os.close(fd)
-            _unlinkAll((dataPath, envelopePath))
+            unlinkAll((dataPath, envelopePath))
             raise
         return opened
 
@@ -346,16 +357,16 @@ class Spool:
             return []
         if self.sync == "syncfs":
             try:
-                _syncfs(files[0][1])
+                syncfs(files[0][1])
             except OSError as e:
                 return [(i, e) for i, _, _ in files]
             return []
         if len(files) == 1 or self._fsyncThreads <= 1:
-            results = [_fsyncResult(fd) for _, fd, _ in files]
+            results = [fsyncResult(fd) for _, fd, _ in files]
         else:
             if self._fsyncPool is None:
                 self._fsyncPool = ThreadPoolExecutor(self._fsyncThreads, "mailframe-fsync")
-            results = list(self._fsyncPool.map(_fsyncResult, [fd for _, fd, _ in files]))
+            results = list(self._fsyncPool.map(fsyncResult, [fd for _, fd, _ in files]))
         return [(i, e) for (i, _, _), e in zip(files, results, strict=True) if e is not None]
 
     def _committed(self, result: object, batch: list[_Pending]) -> None:
@@ -399,10 +410,10 @@ class Spool:
 
         def replace() -> None:
             try:
-                _writeDurably(tmpPath, (data,))
+                writeDurably(tmpPath, (data,))
                 os.rename(tmpPath, target)
             except BaseException:
-                _unlinkQuietly(tmpPath)
+                unlinkQuietly(tmpPath)
                 raise
 
         return self._worker(replace)
@@ -432,10 +443,10 @@ class Spool:
         self._worker(lambda: self._unlinkEntries(batch)).addBoth(done)
 
     def _unlinkEntries(self, entryIDs: list[str]) -> None:
-        """Blocking: remove the files of finished entries, envelope first."""
+        """Blocking: remove finished entries, envelope first (their files are recycled)."""
         for entryID in entryIDs:
-            _unlinkQuietly(os.path.join(self.queue, entryID + ENVELOPE))
-            _unlinkQuietly(os.path.join(self.queue, entryID + DATA))
+            self.free.give(os.path.join(self.queue, entryID + ENVELOPE))
+            self.free.give(os.path.join(self.queue, entryID + DATA))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -477,24 +488,25 @@ class Spool:
         """Blocking: create the directories, clean up, read the entries."""
         notes: list[str] = []
         try:
-            for path in (self.path, self.tmp, self.queue):
+            for path in (self.path, self.tmp, self.queue, self.free.directory):
                 makeDirectory(path)
+            self.free.load()
         except OSError as e:
             raise SpoolError(f"cannot create spool {self.path}: {e.strerror or e}") from None
         if not os.access(self.queue, os.W_OK | os.X_OK):
             raise SpoolError(f"spool {self.path} is not writable")
         for name in os.listdir(self.tmp):
-            _unlinkQuietly(os.path.join(self.tmp, name))
+            unlinkQuietly(os.path.join(self.tmp, name))
         names = set(os.listdir(self.queue))
         entries: list[QueueEntry] = []
         for name in sorted(names):
             stem, suffix = os.path.splitext(name)
             if suffix == DATA and stem + ENVELOPE not in names:
-                _unlinkQuietly(os.path.join(self.queue, name))
+                unlinkQuietly(os.path.join(self.queue, name))
                 notes.append(f"removed {name}: a message never acknowledged, or finished")
             elif suffix == ENVELOPE:
                 if stem + DATA not in names:
-                    _unlinkQuietly(os.path.join(self.queue, name))
+                    unlinkQuietly(os.path.join(self.queue, name))
                     notes.append(f"removed {name}: an envelope never acknowledged (no data)")
                     continue
                 entry = self._readEntry(stem, notes)
@@ -522,89 +534,6 @@ class Spool:
             notes.append(f"moved {stem} to corrupt/: {e}")
             return None
         return entry
-
-
-def _writeFile(path: str, chunks: Iterable[bytes]) -> tuple[int, int]:
-    """Write a new file (mode 0600); return its still open fd and its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    size = 0
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                size += n
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, size
-
-
-def _fsyncResult(fd: int) -> BaseException | None:
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        return e
-    return None
-
-
-def _loadSyncfs() -> Callable[[int], int] | None:
-    """libc's syncfs(2), or None where there is none (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        function = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function  # type: ignore[no-any-return]
-
-
-_SYNCFS = _loadSyncfs()
-
-
-def syncfsAvailable() -> bool:
-    """True where the C{syncfs} mode can be used."""
-    return _SYNCFS is not None
-
-
-def _syncfs(fd: int) -> None:
-    """Commit the whole file system holding C{fd} (Linux syncfs(2))."""
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    if _SYNCFS(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _writeDurably(path: str, chunks: Iterable[bytes]) -> int:
-    """Write a new file (mode 0600), fsync it; return its size."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    size = 0
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-                size += n
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return size
-
-
-def _unlinkAll(paths: Iterable[str]) -> None:
-    for path in paths:
-        _unlinkQuietly(path)
-
-
-def _unlinkQuietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _oneLine(reason: Any) -> str:
