@@ -7,11 +7,11 @@ moment later.  Some file systems pay for that churn on every creation;
 ext4 without a journal, for one, skips every inode freed in the last
 seconds when it looks for a free one, so under load each creation scans
 thousands of them.  Renaming a finished message's files into C{free/} and
-writing the next message into them instead (overwritten from the start,
-then truncated to the new size) allocates no inode at all.  A recycled
-file holds nothing anyone relies on: it is only ever used under a new name
-in C{tmp/}, rewritten whole and made durable before it is renamed into
-C{queue/}, exactly like a new file.
+writing the next message into them instead (in place, overwritten from the
+start, then truncated to the new size) allocates no inode at all.  A file
+in C{free/} holds nothing anyone relies on: it is rewritten whole and made
+durable before it is renamed into C{queue/}, exactly like a new file, and
+one left half-rewritten by a crash is just another free file.
 
 Owns: the blocking system calls of the spool.  Must not: import twisted;
 decide the order of operations (L{mailframe.queue.spool} does).
@@ -66,17 +66,13 @@ class FilePool:
         with self._lock:
             self._counter = itertools.count(len(names) + 1)
 
-    def take(self, path: str) -> bool:
-        """Blocking: move a recycled file to C{path}; False if there is none."""
+    def take(self) -> str | None:
+        """The path of a recycled file, now out of the pool, or None if there is none."""
         with self._lock:
             if not self._names:
-                return False
+                return None
             name = self._names.pop()
-        try:
-            os.rename(os.path.join(self.directory, name), path)
-        except OSError:
-            return False
-        return True
+        return os.path.join(self.directory, name)
 
     def give(self, path: str) -> None:
         """Blocking: recycle the file at C{path} (or remove it when the pool is full)."""
@@ -96,17 +92,25 @@ class FilePool:
             self._names.append(name)
 
 
-def writeFile(path: str, chunks: Iterable[bytes], pool: FilePool | None = None) -> tuple[int, int]:
+def writeFile(
+    path: str, chunks: Iterable[bytes], pool: FilePool | None = None
+) -> tuple[int, int, str]:
     """
-    Write C{chunks} to a file at C{path}: a recycled one from C{pool},
-    truncated to its new size, or a new one (mode 0600).  Not synced.
+    Write C{chunks} into a recycled file from C{pool} (in place, truncated
+    to its new size) or, when there is none, a new file at C{path} (mode
+    0600).  Not synced.
 
-    @return: its still open fd and its size.
+    @return: the still open fd, the size, and the path written.
     """
-    reused = pool is not None and pool.take(path)
-    if reused:
-        fd = os.open(path, os.O_WRONLY | _CLOEXEC)
-    else:
+    recycled = pool.take() if pool is not None else None
+    fd = -1
+    if recycled is not None:
+        try:
+            fd = os.open(recycled, os.O_WRONLY | _CLOEXEC)
+            path = recycled
+        except OSError:
+            recycled = None
+    if fd < 0:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
     size = 0
     try:
@@ -116,17 +120,18 @@ def writeFile(path: str, chunks: Iterable[bytes], pool: FilePool | None = None) 
                 n = os.write(fd, view)
                 view = view[n:]
                 size += n
-        if reused:
+        if recycled is not None:
             os.ftruncate(fd, size)
     except BaseException:
         os.close(fd)
+        unlinkQuietly(path)
         raise
-    return fd, size
+    return fd, size, path
 
 
 def writeDurably(path: str, chunks: Iterable[bytes]) -> int:
     """Write a new file (mode 0600), fsync it; return its size."""
-    fd, size = writeFile(path, chunks)
+    fd, size, _ = writeFile(path, chunks)
     try:
         os.fsync(fd)
     finally:

@@ -16,14 +16,15 @@ Adding messages (L{Spool.add}) is a commit of a batch: every message
 that came in while the previous commit ran, or the one message that came in
 when none was running.  In one spool thread, in this order:
 
-  1. For each message, write the data to C{tmp/ID.msg} and the envelope
-     to C{tmp/ID.json}.
+  1. For each message, write the data and the envelope, each into a
+     recycled file of C{free/} (overwritten from the start, truncated) or a
+     new one (C{tmp/ID.msg}, C{tmp/ID.json}).
   2. Make every file written in step 1 durable: C{fsync} each (the fsyncs
      run in parallel threads, so the file system's journal merges their
      flushes), or, in the C{syncfs} mode, one C{syncfs(2)} of the spool's
      file system.
-  3. For each message, rename C{tmp/ID.msg} to C{queue/ID.msg}, then
-     C{tmp/ID.json} to C{queue/ID.json}.
+  3. For each message, rename its data file to C{queue/ID.msg}, then its
+     envelope file to C{queue/ID.json}.
   4. C{fsync} the C{queue/} directory, once for the whole batch.
   5. Only then, in the reactor thread, does the Deferred of each message
      fire, and the server answer 250.
@@ -37,7 +38,8 @@ Why nothing that got a 250 is lost, step by step:
     under their final names.
   - A crash before step 5 loses only messages that got no 250 (the client
     still has them and tries again).  What it may leave: files in
-    C{tmp/} (removed at start); or, for a batch whose directory fsync had
+    C{tmp/} (removed at start) and half-rewritten files in C{free/} (which
+    only ever hold garbage); or, for a batch whose directory fsync had
     not finished, one of a message's two names without the other.  An
     envelope without its data file, or a data file without its envelope,
     was never acknowledged, because the acknowledgement needs both: it is
@@ -294,15 +296,18 @@ class Spool:
 
     def _commitBatch(self, batch: list[_Pending]) -> list[BaseException | None]:
         """
-        Blocking: the whole commit of a batch, steps 1 and 2 of the module
+        Blocking: the whole commit of a batch, steps 1 to 4 of the module
         docstring.  Returns an error (or None) per message.
         """
         errors: list[BaseException | None] = [None] * len(batch)
-        files: list[tuple[int, int, str]] = []  # (message index, fd, tmp path)
+        written: list[list[str]] = [[] for _ in batch]  # per message: data, envelope
+        files: list[tuple[int, int, str]] = []  # (message index, fd, path)
         try:
             for i, pending in enumerate(batch):
                 try:
-                    files.extend((i, fd, path) for fd, path in self._writeFiles(pending))
+                    for fd, path in self._writeFiles(pending):
+                        files.append((i, fd, path))
+                        written[i].append(path)
                 except Exception as e:
                     errors[i] = e
             for i, error in self._makeDurable(files):
@@ -312,18 +317,17 @@ class Spool:
                 os.close(fd)
         renamed: list[str] = []
         for i, pending in enumerate(batch):
-            tmpPaths = [os.path.join(self.tmp, pending.entry.id + s) for s in (DATA, ENVELOPE)]
             if errors[i] is not None:
-                unlinkAll(tmpPaths)
+                unlinkAll(written[i])
                 continue
             try:
-                for tmpPath, suffix in zip(tmpPaths, (DATA, ENVELOPE), strict=True):
+                for path, suffix in zip(written[i], (DATA, ENVELOPE), strict=True):
                     target = os.path.join(self.queue, pending.entry.id + suffix)
-                    os.rename(tmpPath, target)
+                    os.rename(path, target)
                     renamed.append(target)
             except Exception as e:
                 errors[i] = e
-                unlinkAll(tmpPaths)
+                unlinkAll(written[i])
         try:
             fsyncDirectory(self.queue)
         except Exception as e:
@@ -332,22 +336,30 @@ class Spool:
         return errors
 
     def _writeFiles(self, pending: _Pending) -> list[tuple[int, str]]:
-        """Blocking: the two files in tmp/, written, not yet synced; open fds and paths."""
+        """
+        Blocking: the message's data and envelope written, not yet synced,
+        each into a recycled file from C{free/} or a new one in C{tmp/}.
+
+        @return: the open fds and paths, data first.
+        """
         entry = pending.entry
         data = pending.data
         chunks: Iterable[bytes] = (data,) if isinstance(data, bytes) else data.chunks()
-        dataPath = os.path.join(self.tmp, entry.id + DATA)
-        envelopePath = os.path.join(self.tmp, entry.id + ENVELOPE)
         opened: list[tuple[int, str]] = []
         try:
-            fd, entry.size = writeFile(dataPath, chunks, self.free)
-            opened.append((fd, dataPath))
-            fd, _ = writeFile(envelopePath, (entry.toBytes(),), self.free)
-            opened.append((fd, envelopePath))
+            fd, entry.size, path = writeFile(
+                os.path.join(self.tmp, entry.id + DATA), chunks, self.free
+            )
+            opened.append((fd, path))
+            envelope = (entry.toBytes(),)
+            fd, _, path = writeFile(
+                os.path.join(self.tmp, entry.id + ENVELOPE), envelope, self.free
+            )
+            opened.append((fd, path))
         except BaseException:
-            for fd, _ in opened:
+            for fd, path in opened:
                 os.close(fd)
-            unlinkAll((dataPath, envelopePath))
+                unlinkQuietly(path)
             raise
         return opened
 
