@@ -257,6 +257,45 @@ class RetryTests(QueueCase):
         self.assertEqual(onDisk.recipients[0].reply, LATER)
         self.assertEqual(self.reports(), [])
 
+    def test_scheduleWithThreadedSpool(self) -> None:
+        """With spool writes that complete later (threads), the retry is still scheduled."""
+        worker = ManualWorker()
+        self.start(worker=worker)
+        self.relay.answer = lambda a: LATER
+        d = self.backend.deliver(envelope("s@example.com", "a@remote.example"), message())
+        worker.runAll()  # the commit
+        self.successResultOf(d)
+        self.clock.advance(0)  # the attempt; its envelope update waits for a thread
+        self.assertEqual(len(self.relay.calls), 1)
+        self.assertFalse(self.runner.idle())
+        worker.runAll()
+        self.assertTrue(self.runner.idle())
+        self.clock.advance(300)
+        worker.runAll()  # the message is read back from the spool this time
+        self.assertEqual(len(self.relay.calls), 2)
+
+    def test_slowRelay(self) -> None:
+        """A relay that answers later: the outcome is recorded when it does, and the slot freed."""
+        self.relay.hold = True
+        self.send(envelope("s@example.com", "a@remote.example"))
+        self.assertEqual(self.runner.remoteLimits.active, 1)
+        self.relay.release(NO_USER)
+        self.assertEqual(self.runner.remoteLimits.active, 0)
+        self.clock.advance(0)  # the report's own delivery
+        self.assertEqual(len(self.reports()), 1)
+        self.assertEqual(self.queued(), [])
+
+    def test_unreadableMessage(self) -> None:
+        """A queued message whose data cannot be read waits with 4xx (and is logged)."""
+        self.relay.answer = lambda a: LATER
+        self.send(envelope("s@example.com", "a@remote.example"))
+        [entry] = self.runner.entries.values()
+        os.rename(self.spool.dataPath(entry.id), self.spool.dataPath(entry.id) + ".gone")
+        self.clock.advance(300)
+        self.assertEqual(len(self.relay.calls), 1)
+        self.assertEqual(entry.recipients[0].reply.code, 451)  # type: ignore[union-attr]
+        self.assertIn("cannot be read", str(entry.recipients[0].reply))
+
     def test_onlyPendingRetried(self) -> None:
         """A retry sends only to the recipients still pending."""
         answers = {"a@remote.example": OK, "b@remote.example": LATER}

@@ -121,9 +121,15 @@ class _Limiter:
     def _free(self, key: str) -> bool:
         return self.active < self.total and self.byKey.get(key, 0) < self.perKey
 
-    def acquire(self, key: str) -> defer.Deferred[None]:
+    def tryAcquire(self, key: str) -> bool:
+        """Take a place now if one is free (and nobody waits for this key)."""
         if self._free(key) and all(k != key for k, _ in self._waiting):
             self._take(key)
+            return True
+        return False
+
+    def acquire(self, key: str) -> defer.Deferred[None]:
+        if self.tryAcquire(key):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._waiting.append((key, d))
@@ -201,7 +207,7 @@ class QueueRunner:
         self.localLimits = _Limiter(maxLocal, maxLocal)
         self.entries: dict[str, QueueEntry] = {}
         self._timers: dict[str, IDelayedCall] = {}
-        self._active: dict[str, defer.Deferred[None]] = {}
+        self._active: set[str] = set()
         self._cache: dict[str, bytes] = {}
         self._reportIDs = itertools.count(1)
         self.running = False
@@ -266,40 +272,75 @@ class QueueRunner:
         entry = self.entries.get(entryID)
         if entry is None or entryID in self._active:
             return
-        d = defer.ensureDeferred(self._deliver(entry))
-        self._active[entryID] = d
+        self._active.add(entryID)
+        try:
+            result = self._deliver(entry)
+        except Exception:
+            result = Failure()
+        _then(result, self._attempted, entry)
 
-        def done(result: object) -> None:
-            self._active.pop(entryID, None)
-            if isinstance(result, Failure):
-                log.failure("{id}: delivery attempt failed", result, id=entryID)
-                if entryID in self.entries and self.running:
-                    self._schedule(entry, self.clock.seconds() + self.retry.initial)
-
-        d.addBoth(done)
+    def _attempted(self, result: object, entry: QueueEntry) -> None:
+        """The attempt is over: C{result} is when to try again (None: never), or a Failure."""
+        self._active.discard(entry.id)
+        if isinstance(result, Failure):
+            log.failure("{id}: delivery attempt failed", result, id=entry.id)
+            result = self.clock.seconds() + self.retry.initial
+        if isinstance(result, float) and entry.id in self.entries:
+            self._schedule(entry, result)
 
     # -- one attempt ----------------------------------------------------------------
+    #
+    # Each step returns its value, or a Deferred of it when it has to wait;
+    # a backend that answers at once costs no Deferred, timer or coroutine.
 
-    async def _deliver(self, entry: QueueEntry) -> None:
+    def _deliver(self, entry: QueueEntry) -> Any:
         groups: dict[str, list[RecipientState]] = {}
         for r in entry.pending:
             groups.setdefault(self._routeKeyOf(r), []).append(r)
-        outcomes: list[tuple[RecipientState, Reply, str | None, bool]] = []
-        message = await self._message(entry)
-        try:
-            results = await defer.gatherResults(
-                [
-                    defer.ensureDeferred(self._deliverGroup(entry, key, rcpts, message))
-                    for key, rcpts in groups.items()
-                ]
-            )
-        finally:
+        data = self._cache.pop(entry.id, None)
+        if data is not None:
+            message = Message(self.spillThreshold)
+            message.write(data)
+            message.finish()
+            return self._deliverGroups(message, entry, groups)
+
+        def unreadable(reason: Failure) -> None:
+            log.error("{id}: cannot read the queued message: {error}", id=entry.id,
+                      error=str(reason.value))  # fmt: skip
+            return None
+
+        d = self.spool.readMessage(entry.id, self.spillThreshold).addErrback(unreadable)
+        return d.addCallback(self._deliverGroups, entry, groups)
+
+    def _deliverGroups(
+        self, message: Message | None, entry: QueueEntry, groups: dict[str, list[RecipientState]]
+    ) -> Any:
+        results = [
+            _settled(self._deliverGroup(entry, key, rcpts, message))
+            for key, rcpts in groups.items()
+        ]
+        if not any(isinstance(r, defer.Deferred) for r in results):
             if message is not None:
                 message.close()
+            return self._outcomes(results, entry, groups)
+
+        def closed(result: Any) -> Any:
+            if message is not None:
+                message.close()
+            return result
+
+        waiting = [r if isinstance(r, defer.Deferred) else defer.succeed(r) for r in results]
+        d = defer.gatherResults(waiting, consumeErrors=True).addBoth(closed)
+        return d.addCallback(self._outcomes, entry, groups)
+
+    def _outcomes(
+        self, results: list[Any], entry: QueueEntry, groups: dict[str, list[RecipientState]]
+    ) -> Any:
+        outcomes: list[tuple[RecipientState, Reply, str | None, bool]] = []
         for (key, rcpts), result in zip(groups.items(), results, strict=True):
             for r, (reply, remote) in zip(rcpts, result, strict=True):
                 outcomes.append((r, reply, remote, key == LOCAL))
-        await self._settle(entry, outcomes)
+        return self._settle(entry, outcomes)
 
     def _routeKeyOf(self, r: RecipientState) -> str:
         try:
@@ -308,51 +349,63 @@ class QueueRunner:
             log.failure("{address}: routing failed", address=r.address)
             return LOCAL
 
-    async def _message(self, entry: QueueEntry) -> Message | None:
-        data = self._cache.pop(entry.id, None)
-        if data is not None:
-            message = Message(self.spillThreshold)
-            message.write(data)
-            message.finish()
-            return message
-        try:
-            return await self.spool.readMessage(entry.id, self.spillThreshold)
-        except Exception as e:
-            log.error("{id}: cannot read the queued message: {error}", id=entry.id, error=str(e))
-            return None
-
-    async def _deliverGroup(
+    def _deliverGroup(
         self, entry: QueueEntry, key: str, rcpts: list[RecipientState], message: Message | None
-    ) -> list[tuple[Reply, str | None]]:
+    ) -> Any:
+        """One reply and remote per recipient of C{rcpts} (or a Deferred of them); never fails."""
         if message is None:
             return [(_UNREADABLE, None)] * len(rcpts)
         limits = self.localLimits if key == LOCAL else self.remoteLimits
-        await limits.acquire(key)
+        if limits.tryAcquire(key):
+            return self._deliverHeld(entry, key, rcpts, message, limits)
+        return limits.acquire(key).addCallback(
+            lambda _: self._deliverHeld(entry, key, rcpts, message, limits)
+        )
+
+    def _deliverHeld(
+        self,
+        entry: QueueEntry,
+        key: str,
+        rcpts: list[RecipientState],
+        message: Message,
+        limits: _Limiter,
+    ) -> Any:
+        count = len(rcpts)
         try:
             envelope = entry.envelopeFor(rcpts)
             if key == LOCAL:
                 backend = self.backends.get(entry.listener) or next(iter(self.backends.values()))
-                d = defer.maybeDeferred(backend.deliver, envelope, message)
+                result = _settled(backend.deliver(envelope, message))
             elif self.relay is None:
-                return [(_NO_RELAY, None)] * len(rcpts)
+                result = DeliveryResult((_NO_RELAY,) * count)
             else:
-                d = defer.maybeDeferred(self.relay.relay, envelope, envelope.recipients, message)
-            if not d.called:  # a backend that answered at once needs no timer
-                d.addTimeout(self.deliveryTimeout, self.clock)
-            try:
-                result = await d
-            except defer.TimeoutError:
-                return [(_TIMED_OUT, None)] * len(rcpts)
-            except Exception:
-                log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
-                return [(_LOCAL_ERROR, None)] * len(rcpts)
-            return _replies(result, len(rcpts), entry.id)
-        finally:
+                result = _settled(self.relay.relay(envelope, envelope.recipients, message))
+        except Exception:
+            log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
             limits.release(key)
+            return [(_LOCAL_ERROR, None)] * count
+        if not isinstance(result, defer.Deferred):
+            limits.release(key)
+            return _replies(result, count, entry.id)
 
-    async def _settle(
+        def failed(reason: Failure) -> list[tuple[Reply, str | None]]:
+            if reason.check(defer.TimeoutError):
+                return [(_TIMED_OUT, None)] * count
+            log.failure("{id}: delivery to {key} failed", reason, id=entry.id, key=key)
+            return [(_LOCAL_ERROR, None)] * count
+
+        def released(replies: Any) -> Any:
+            limits.release(key)
+            return replies
+
+        result.addTimeout(self.deliveryTimeout, self.clock)
+        result.addCallback(_replies, count, entry.id)
+        return result.addErrback(failed).addBoth(released)
+
+    def _settle(
         self, entry: QueueEntry, outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool]]
-    ) -> None:
+    ) -> Any:
+        """Record the outcomes; the next attempt's time (None: finished), or a Deferred of it."""
         now = self.clock.seconds()
         entry.attempts += 1
         entry.lastAttempt = now
@@ -391,30 +444,44 @@ class QueueRunner:
             )
         for r in still:
             self._log(entry, r, "deferred")
-        if items:
-            if entry.sender == "" or entry.report:
-                log.info(
-                    "{id}: no report for {n} recipient(s): the sender is the null path",
-                    id=entry.id,
-                    n=len(items),
-                )
-            elif not await self._sendReport(entry, items, now):
-                for item in items:  # try again, and report again, next time
+        if not items:
+            return self._finish(entry, now)
+        if entry.sender == "" or entry.report:
+            log.info(
+                "{id}: no report for {n} recipient(s): the sender is the null path",
+                id=entry.id,
+                n=len(items),
+            )
+            return self._finish(entry, now)
+
+        def reported(ok: bool) -> Any:
+            if not ok:  # try again, and report again, next time
+                for item in items:
                     if item.action == bounce.FAILED:
                         item.recipient.state = PENDING
                 if delayed:
                     entry.delayWarned = False
+            return self._finish(entry, now)
+
+        d = defer.ensureDeferred(self._sendReport(entry, items, now))
+        return d.addCallback(reported)
+
+    def _finish(self, entry: QueueEntry, now: float) -> Any:
+        """Remove a finished entry, or record when to try it again (the time, or a Deferred)."""
         if entry.done:
             self.entries.pop(entry.id, None)
             self.spool.remove(entry.id)
-            return
+            return None
+        retry = self.retry
         wait = retry.delayAfter(entry.attempts)
         entry.nextAttempt = max(now, min(now + wait, entry.arrival + retry.giveUp))
-        try:
-            await self.spool.update(entry)
-        except Exception as e:
-            log.error("{id}: cannot update the queue entry: {error}", id=entry.id, error=str(e))
-        self._schedule(entry, entry.nextAttempt)
+
+        def failed(reason: Failure) -> None:
+            log.error("{id}: cannot update the queue entry: {error}", id=entry.id,
+                      error=str(reason.value))  # fmt: skip
+
+        d = self.spool.update(entry).addErrback(failed)
+        return d.addCallback(lambda _: entry.nextAttempt)
 
     def _delayWarningDue(self, entry: QueueEntry, now: float) -> bool:
         warning = self.retry.delayWarning
@@ -469,6 +536,27 @@ class QueueRunner:
             queueID=entry.id,
             status=status,
         )
+
+
+def _settled(result: Any) -> Any:
+    """A Deferred that has already fired with a value becomes that value (no callbacks)."""
+    if (
+        isinstance(result, defer.Deferred)
+        and result.called
+        and not result.paused
+        and not isinstance(result.result, Failure)
+    ):
+        return result.result
+    return result
+
+
+def _then(result: Any, f: Callable[..., Any], *args: Any) -> None:
+    """C{f(result, *args)} now for a plain value, or when a Deferred fires (with a Failure too)."""
+    result = _settled(result)
+    if isinstance(result, defer.Deferred):
+        result.addBoth(f, *args)
+    else:
+        f(result, *args)
 
 
 def _replies(result: Any, count: int, entryID: str) -> list[tuple[Reply, str | None]]:
