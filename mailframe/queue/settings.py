@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_network
 from typing import Any
 
-from mailframe.queue.runner import RetryPolicy
+from mailframe.queue.limits import RetryPolicy
 
 __all__ = [
     "QUEUE_DEFAULTS",
