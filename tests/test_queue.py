@@ -438,6 +438,26 @@ class ReportTests(QueueCase):
             actions, {"rfc822; a@example.com": "delivered", "rfc822; b@remote.example": "relayed"}
         )
 
+    def test_nextHopWithDSN(self) -> None:
+        """No 'relayed' notice when the next hop took the DSN request (it reports itself)."""
+        from mailframe.client import SMTPResult
+
+        def relay(envelope: Envelope, recipients: Any, message: Message) -> Any:
+            rcpts = list(recipients)
+            dsn = tuple(str(r.address).startswith("dsn") for r in rcpts)
+            return defer.succeed(SMTPResult(tuple(OK for _ in rcpts), ("mx",) * len(rcpts), dsn))
+
+        self.relay.relay = relay  # type: ignore[method-assign]
+        self.send(
+            envelope("s@example.com", "dsn@remote.example SUCCESS", "plain@remote.example SUCCESS")
+        )
+        [report] = self.reports()
+        status = report.get_payload()[1].get_payload()  # type: ignore[index]
+        self.assertEqual(
+            [(s["Final-Recipient"], s["Action"]) for s in status[1:]],
+            [("rfc822; plain@remote.example", "relayed")],
+        )
+
     def test_delayWarning(self) -> None:
         """After delay-warning, one 'delayed' report (not for NOTIFY without DELAY)."""
         self.start(retry=RetryPolicy(initial=300, maximum=3600, delayWarning=600))

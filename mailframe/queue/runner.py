@@ -70,6 +70,9 @@ _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in delivery; will try again")
 _UNREADABLE = Reply(451, (4, 3, 0), "The queued message cannot be read; will try again")
 _EXPIRED = (4, 4, 7)
 
+_Answer = tuple[Reply, str | None, bool]
+"""Per recipient: the reply, the server that gave it, whether DSN went on with it."""
+
 
 def defaultRouteKey(isLocal: Callable[[Any], bool]) -> Callable[[Address], str]:
     """Local domains to L{LOCAL}, every other domain to C{"mx DOMAIN"}."""
@@ -262,10 +265,10 @@ class QueueRunner:
     def _outcomes(
         self, results: list[Any], entry: QueueEntry, groups: dict[str, list[RecipientState]]
     ) -> Any:
-        outcomes: list[tuple[RecipientState, Reply, str | None, bool]] = []
+        outcomes: list[tuple[RecipientState, Reply, str | None, bool, bool]] = []
         for (key, rcpts), result in zip(groups.items(), results, strict=True):
-            for r, (reply, remote) in zip(rcpts, result, strict=True):
-                outcomes.append((r, reply, remote, key == LOCAL))
+            for r, (reply, remote, passedOn) in zip(rcpts, result, strict=True):
+                outcomes.append((r, reply, remote, key == LOCAL, passedOn))
         return self._settle(entry, outcomes)
 
     def _routeKeyOf(self, r: RecipientState) -> str:
@@ -280,7 +283,7 @@ class QueueRunner:
     ) -> Any:
         """One reply and remote per recipient of C{rcpts} (or a Deferred of them); never fails."""
         if message is None:
-            return [(_UNREADABLE, None)] * len(rcpts)
+            return [(_UNREADABLE, None, False)] * len(rcpts)
         limits = self.localLimits if key == LOCAL else self.remoteLimits
         if limits.tryAcquire(key):
             return self._deliverHeld(entry, key, rcpts, message, limits)
@@ -309,16 +312,16 @@ class QueueRunner:
         except Exception:
             log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
             limits.release(key)
-            return [(_LOCAL_ERROR, None)] * count
+            return [(_LOCAL_ERROR, None, False)] * count
         if not isinstance(result, defer.Deferred):
             limits.release(key)
             return _replies(result, count, entry.id)
 
-        def failed(reason: Failure) -> list[tuple[Reply, str | None]]:
+        def failed(reason: Failure) -> list[_Answer]:
             if reason.check(defer.TimeoutError):
-                return [(_TIMED_OUT, None)] * count
+                return [(_TIMED_OUT, None, False)] * count
             log.failure("{id}: delivery to {key} failed", reason, id=entry.id, key=key)
-            return [(_LOCAL_ERROR, None)] * count
+            return [(_LOCAL_ERROR, None, False)] * count
 
         def released(replies: Any) -> Any:
             limits.release(key)
@@ -329,18 +332,23 @@ class QueueRunner:
         return result.addErrback(failed).addBoth(released)
 
     def _settle(
-        self, entry: QueueEntry, outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool]]
+        self,
+        entry: QueueEntry,
+        outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool, bool]],
     ) -> Any:
         """Record the outcomes; the next attempt's time (None: finished), or a Deferred of it."""
         now = self.clock.seconds()
         entry.attempts += 1
         entry.lastAttempt = now
         items: list[bounce.ReportItem] = []
-        for r, reply, remote, local in outcomes:
+        for r, reply, remote, local, passedOn in outcomes:
             r.reply, r.remote, r.lastAttempt = reply, remote, now
             if reply.code < 400:
                 r.state = DELIVERED if local else RELAYED
                 action = bounce.DELIVERED if local else bounce.RELAYED
+                if passedOn:  # the next hop took NOTIFY and reports for itself (RFC 3461 5.2)
+                    self._log(entry, r, r.state)
+                    continue
             elif reply.code >= 500:
                 r.state, action = FAILED, bounce.FAILED
             else:
@@ -485,12 +493,17 @@ def _then(result: Any, f: Callable[..., Any], *args: Any) -> None:
         f(result, *args)
 
 
-def _replies(result: Any, count: int, entryID: str) -> list[tuple[Reply, str | None]]:
-    """One (reply, remote) per recipient from a backend's or relay's answer."""
+def _replies(result: Any, count: int, entryID: str) -> list[_Answer]:
+    """
+    Per recipient, from a backend's or relay's answer: the reply, the
+    remote server, and whether the DSN request went on with the message
+    (an SMTP result's C{dsn}).
+    """
     if result is None:
-        return [(_LOCAL_OK, None)] * count
+        return [(_LOCAL_OK, None, False)] * count
     if not isinstance(result, DeliveryResult) or len(result.replies) != count:
         log.error("{id}: a delivery answered {result!r}", id=entryID, result=result)
-        return [(_LOCAL_ERROR, None)] * count
-    remotes = tuple(result.remote) + (None,) * (count - len(result.remote))
-    return list(zip(result.replies, remotes[:count], strict=True))
+        return [(_LOCAL_ERROR, None, False)] * count
+    remotes = tuple(result.remote) + (None,) * count
+    dsn = tuple(getattr(result, "dsn", ())) + (False,) * count
+    return list(zip(result.replies, remotes[:count], dsn[:count], strict=True))
