@@ -722,6 +722,23 @@ class QueueOptionsTests(unittest.TestCase):
         [spec] = options.listeners
         self.assertEqual([str(n) for n in spec.config.relayNetworks], ["192.0.2.0/24"])
 
+    def test_relayTable(self) -> None:
+        """[relay] takes the relay's own keys and smarthost/routes; [routes] and relay-host win."""
+        path = self.write(
+            '[relay]\nkeep-alive = 5\n[relay.smarthost]\nhost = "smtp.example.net"\nport = 587\n'
+            '[relay.routes]\n"a.example" = "local"\n".lan.example" = "local"\n'
+            '"b.example" = "tcp:192.0.2.5:25"\n[routes]\n"b.example" = "local"\n'
+        )
+        queue = parse("--config", path).queue
+        assert queue is not None
+        self.assertEqual(queue.relay["keep-alive"], 5)
+        self.assertEqual(queue.relay["smarthost"], {"host": "smtp.example.net", "port": 587})
+        self.assertEqual(queue.relay["routes"]["b.example"], "local")
+        self.assertEqual(queue.localRoutes, ("a.example", "b.example"))
+        queue = parse("--config", path, "--relay-host", "tcp:10.0.0.1:25").queue
+        assert queue is not None
+        self.assertEqual(queue.relay["smarthost"], {"host": "tcp:10.0.0.1:25"})
+
     def test_errors(self) -> None:
         """Bad values are one-line usage errors naming the option."""
         cases = [

@@ -4,8 +4,8 @@ C{relay-network}, C{routes}, the retry and report settings ...): their
 converters, defaults, and L{queueSpec}, which decides whether the queue is
 on and gathers them into a L{QueueSpec}.
 
-The queue is on when C{spool}, C{relay-host} or C{routes} is set, or a
-listener has C{relay-network}s (relayed mail needs somewhere to wait);
+The queue is on when C{spool}, C{relay-host}, C{routes} or C{relay} is
+set, or a listener has C{relay-network}s (relayed mail needs somewhere to wait);
 its directory is then C{spool}, by default C{./spool}.  Without it the
 server delivers everything with its C{deliver} backend, as before.
 
@@ -153,9 +153,10 @@ def _routes(value: Any) -> dict[str, Any]:
 
 
 _ROUTING_KEYS = frozenset({"tls", "smarthosttls", "routetls", "addressorder", "maxhosts", "port"})
+_HOPS = frozenset({"smarthost", "routes"})
 _OWN_KEYS = ("connecttimeout", "maxattempts", "keepalive", "maxmessages", "cafile", "pipelining",
              "chunking", "transcript", "timeouts")  # fmt: skip
-_RELAY_KEYS = _ROUTING_KEYS | set(_OWN_KEYS)
+_RELAY_KEYS = _ROUTING_KEYS | set(_OWN_KEYS) | {"smarthost", "routes"}
 
 
 def _key(name: str) -> str:
@@ -168,7 +169,7 @@ def _relayTable(value: Any) -> dict[str, Any]:
     unknown = sorted(k for k in value if _key(k) not in _RELAY_KEYS)
     if unknown:
         raise SettingError(f"unknown relay settings: {', '.join(unknown)}")
-    _checkRouting({k: v for k, v in value.items() if _key(k) in _ROUTING_KEYS})
+    _checkRouting({k: v for k, v in value.items() if _key(k) in _ROUTING_KEYS | _HOPS})
     for name in ("connecttimeout", "keepalive"):
         for k, v in value.items():
             if _key(k) == name and (isinstance(v, bool) or not isinstance(v, int | float)):
@@ -258,10 +259,12 @@ class QueueSpec:
 
     @property
     def localRoutes(self) -> tuple[str, ...]:
-        """The domains C{routes} sends to the local backend."""
+        """The domains (not C{.domain} patterns) that C{routes} sends to the local backend."""
         routes = self.relay.get("routes") or {}
         return tuple(
-            d for d, r in routes.items() if isinstance(r, str) and r.strip().lower() == "local"
+            d
+            for d, r in routes.items()
+            if isinstance(r, str) and r.strip().lower() == "local" and not d.startswith(".")
         )
 
 
@@ -285,7 +288,7 @@ def queueSpec(
             raise SettingError(f"{name} needs relay-host")
     if (top["relay-user"] is None) != (top["relay-password"] is None):
         raise SettingError("give relay-user and relay-password together")
-    if not ({"spool", "relay-host", "routes"} & set(given)) and not relayNetworks:
+    if not ({"spool", "relay-host", "routes", "relay"} & set(given)) and not relayNetworks:
         return None
     try:
         retry = RetryPolicy(
@@ -298,7 +301,9 @@ def queueSpec(
         raise SettingError(
             "retry-initial must be at most retry-max (defaults 5m and 1h)"
         ) from None
-    relay: dict[str, Any] = dict(top["relay"])
+    relay: dict[str, Any] = {
+        _key(k) if _key(k) in _HOPS else k: v for k, v in top["relay"].items()
+    }
     if top["relay-host"] is not None:
         smarthost: dict[str, Any] = {"host": top["relay-host"]}
         if top["relay-tls"] is not None:
@@ -307,11 +312,9 @@ def queueSpec(
             smarthost["username"] = top["relay-user"]
             smarthost["password"] = top["relay-password"]
         relay["smarthost"] = smarthost
-    if top["routes"]:
-        relay["routes"] = dict(top["routes"])
-    _checkRouting(
-        {k: v for k, v in relay.items() if _key(k) in _ROUTING_KEYS | {"smarthost", "routes"}}
-    )
+    if top["routes"]:  # [routes] adds to (and overrides) [relay.routes]
+        relay["routes"] = {**(relay.get("routes") or {}), **top["routes"]}
+    _checkRouting({k: v for k, v in relay.items() if _key(k) in _ROUTING_KEYS | _HOPS})
     return QueueSpec(
         spool=top["spool"] or DEFAULT_SPOOL,
         retry=retry,
