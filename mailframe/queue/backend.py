@@ -52,8 +52,10 @@ class SpoolBackend:
     Queues every message in C{spool} for the runner.
 
     @param clock: gives the arrival time.
+
     @param listener: the listener name recorded in each entry (the runner
         delivers it with that listener's local backend).
+
     @param keepInMemory: messages up to this size are kept in memory for
         the first attempt (no need to read the file back).
     """

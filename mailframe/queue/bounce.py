@@ -207,6 +207,7 @@ def buildReport(
 
     @param original: the start of the queued message, as much as
         L{ReportSettings.readLimit} asked for (the whole of it if shorter).
+
     @param messageID: a unique left-hand side for the Message-ID field.
     """
     failure = any(i.action == FAILED for i in items)

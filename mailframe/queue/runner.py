@@ -90,13 +90,19 @@ class QueueRunner:
     Delivers the entries of C{spool}; becomes its C{committed} callback.
 
     @param clock: times every retry (a C{task.Clock} in tests).
+
     @param local: the local delivery backend, or a mapping of listener name
         to backend (the first is used for unknown names).
+
     @param relay: the L{IRelay} for other destinations, or None (they then
         wait with 4xx and eventually fail).
+
     @param routeKey: C{(address) -> key}; L{LOCAL} for the local backend.
+
     @param reports: how delivery status notifications are made.
+
     @param deliveryTimeout: seconds a backend or relay may take per attempt.
+
     @param logDeliveries: one log line per recipient outcome.
     """
 

@@ -149,12 +149,16 @@ class Spool:
 
     @param reactor: the reactor (its thread pool runs nothing of ours: the
         spool has its own, of at most 4 threads, unless C{worker} is given).
+
     @param threads: how many fsyncs of one commit run in parallel.
+
     @param worker: a L{Worker} to use instead of the spool's own pool
         (tests pass one that runs functions at once, or when told).
+
     @param committed: called in the reactor thread with each entry (and its
         data when it was given as bytes) once it is durable; the runner's
         C{enqueue}.
+
     @param sync: C{"fsync"} (each file, in parallel) or C{"syncfs"} (one
         syncfs(2) of the spool's file system per commit; Linux only).
     """
