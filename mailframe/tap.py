@@ -152,7 +152,7 @@ class Options(usage.Options):
          "[default: 20]"],
         ["queue-destination-connections", None, None, "Relay deliveries at once to one "
          "destination. [default: 5]"],
-        ["spool-threads", None, None, "Spool files fsync'd in parallel. [default: 16]"],
+        ["spool-threads", None, None, "Spool files fsync'd in parallel. [default: 8]"],
         ["spool-sync", None, None, "How the spool makes a commit durable: fsync (each "
          "file) or syncfs (one syncfs(2) of its file system; Linux). [default: fsync]"],
     ]  # fmt: skip

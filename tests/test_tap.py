@@ -622,7 +622,7 @@ class QueueOptionsTests(unittest.TestCase):
         )
         self.assertEqual((queue.bounceBodySize, queue.bounceFullSize), (16 << 10, 1 << 20))
         self.assertEqual(
-            (queue.connections, queue.destinationConnections, queue.threads), (20, 5, 16)
+            (queue.connections, queue.destinationConnections, queue.threads), (20, 5, 8)
         )
         self.assertEqual(dict(queue.relay), {})
 

@@ -213,7 +213,7 @@ QUEUE_TOP_LEVEL = frozenset(set(QUEUE_SETTINGS) - {"relay-network"})
 
 QUEUE_DEFAULTS: Mapping[str, Any] = {
     "spool": None,
-    "spool-threads": 16,
+    "spool-threads": 8,
     "spool-sync": "fsync",
     "relay-host": None,
     "relay-tls": None,
@@ -248,7 +248,7 @@ class QueueSpec:
     bounceFullSize: int = 1 << 20
     connections: int = 20
     destinationConnections: int = 5
-    threads: int = 16
+    threads: int = 8
     sync: str = "fsync"
     relay: Mapping[str, Any] = field(default_factory=dict)
 

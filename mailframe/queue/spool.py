@@ -167,7 +167,7 @@ class Spool:
         self,
         path: str,
         reactor: Any,
-        threads: int = 16,
+        threads: int = 8,
         worker: Worker | None = None,
         committed: Callable[[QueueEntry, bytes | None], None] | None = None,
         sync: str = "fsync",
