@@ -570,6 +570,9 @@ class RestartTests(QueueCase):
             self.clock, spool, self.local, None, lambda a: LOCAL, ReportSettings("x")
         )
         service = QueueService(runner)
+        from twisted.application.service import IService
+
+        self.assertTrue(verifyObject(IService, service))
         service.startService()
         self.assertTrue(runner.running)
         service.stopService()

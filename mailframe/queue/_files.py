@@ -29,7 +29,10 @@ import threading
 from collections.abc import Callable, Iterable
 
 __all__ = [
+    "DATA",
+    "ENVELOPE",
     "FilePool",
+    "SpoolError",
     "fsyncResult",
     "syncfs",
     "syncfsAvailable",
@@ -40,6 +43,15 @@ __all__ = [
 ]
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+DATA = ".msg"
+"""The suffix of a queued message's data file."""
+ENVELOPE = ".json"
+"""The suffix of its envelope file."""
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used."""
 
 
 class FilePool:

@@ -77,10 +77,8 @@ reactor's shared thread pool.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,10 +90,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from mailframe.backends._files import fsyncDirectory, makeDirectory
+from mailframe.backends._files import fsyncDirectory
 from mailframe.message import Message
 from mailframe.queue._files import (
+    DATA,
+    ENVELOPE,
     FilePool,
+    SpoolError,
     fsyncResult,
     syncfs,
     syncfsAvailable,
@@ -104,7 +105,8 @@ from mailframe.queue._files import (
     writeDurably,
     writeFile,
 )
-from mailframe.queue.entry import EntryError, QueueEntry
+from mailframe.queue._recovery import recover
+from mailframe.queue.entry import QueueEntry
 
 __all__ = ["SYNC_MODES", "Spool", "SpoolError", "Worker", "syncfsAvailable", "threadWorker"]
 
@@ -115,13 +117,7 @@ Worker = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
 """Runs a blocking function away from the reactor thread; a Deferred of its result."""
 
 SYNC_MODES = ("fsync", "syncfs")
-DATA = ".msg"
-ENVELOPE = ".json"
 _READ_SIZE = 1 << 16
-
-
-class SpoolError(Exception):
-    """The spool directory cannot be used."""
 
 
 def threadWorker(reactor: Any, pool: ThreadPool) -> Worker:
@@ -214,7 +210,7 @@ class Spool:
         """
         if self._pool is not None and not self._pool.started:
             self._pool.start()
-        d = self._worker(self._recover)
+        d = self._worker(lambda: recover(self.path, self.free, self.corrupt))
         return d.addCallback(self._recovered)
 
     def stop(self) -> None:
@@ -497,59 +493,6 @@ class Spool:
             return data[:limit], len(data) <= limit
 
         return self._worker(read)
-
-    # -- recovery ---------------------------------------------------------------------------
-
-    def _recover(self) -> tuple[list[QueueEntry], list[str]]:
-        """Blocking: create the directories, clean up, read the entries."""
-        notes: list[str] = []
-        try:
-            for path in (self.path, self.tmp, self.queue, self.free.directory):
-                makeDirectory(path)
-            self.free.load()
-        except OSError as e:
-            raise SpoolError(f"cannot create spool {self.path}: {e.strerror or e}") from None
-        if not os.access(self.queue, os.W_OK | os.X_OK):
-            raise SpoolError(f"spool {self.path} is not writable")
-        for name in os.listdir(self.tmp):
-            unlinkQuietly(os.path.join(self.tmp, name))
-        names = set(os.listdir(self.queue))
-        entries: list[QueueEntry] = []
-        for name in sorted(names):
-            stem, suffix = os.path.splitext(name)
-            if suffix == DATA and stem + ENVELOPE not in names:
-                unlinkQuietly(os.path.join(self.queue, name))
-                notes.append(f"removed {name}: a message never acknowledged, or finished")
-            elif suffix == ENVELOPE:
-                if stem + DATA not in names:
-                    unlinkQuietly(os.path.join(self.queue, name))
-                    notes.append(f"removed {name}: an envelope never acknowledged (no data)")
-                    continue
-                entry = self._readEntry(stem, notes)
-                if entry is not None:
-                    entries.append(entry)
-        entries.sort(key=lambda e: (e.arrival, e.id))
-        return entries, notes
-
-    def _readEntry(self, stem: str, notes: list[str]) -> QueueEntry | None:
-        envelopePath = os.path.join(self.queue, stem + ENVELOPE)
-        dataPath = os.path.join(self.queue, stem + DATA)
-        try:
-            with open(envelopePath, "rb") as f:
-                entry = QueueEntry.fromBytes(f.read())
-            if entry.id != stem:
-                raise EntryError(f"the envelope names {entry.id!r}")
-            size = os.path.getsize(dataPath)
-            if size != entry.size:
-                raise EntryError(f"the data has {size} octets, the envelope says {entry.size}")
-        except (OSError, EntryError) as e:
-            makeDirectory(self.corrupt)
-            for path in (envelopePath, dataPath):
-                with contextlib.suppress(OSError):
-                    shutil.move(path, os.path.join(self.corrupt, os.path.basename(path)))
-            notes.append(f"moved {stem} to corrupt/: {e}")
-            return None
-        return entry
 
 
 def _oneLine(reason: Any) -> str:
