@@ -136,16 +136,27 @@ SERVERS = {
         ),
         Server(
             "mailframe-spool",
-            MAILFRAME + " --spool {scratch}/spool --deliver memory:keep=no",
+            MAILFRAME + " --quiet --spool {scratch}/spool --deliver memory:keep=no",
             "durable",
-            "mailframe-log",
-            "twistd mailframe with its durable spool (group commit): not written yet",
+            "mailframe-stop",
+            "twistd mailframe with its durable spool (group commit, fsync), then delivered "
+            "to memory",
+        ),
+        Server(
+            "mailframe-spool-syncfs",
+            MAILFRAME
+            + " --quiet --spool {scratch}/spool --spool-sync syncfs --deliver memory:keep=no",
+            "durable",
+            "mailframe-stop",
+            "the same with one syncfs(2) per group commit instead of fsyncs (Linux)",
             default=False,
-            placeholder=(
-                "mailframe has no --spool yet (the outbound-queue issue adds it); "
-                "once `twistd mailframe --help` lists --spool, pass "
-                "--only ...,mailframe-spool (or --server mailframe-spool=CMD)"
-            ),
+        ),
+        Server(
+            "mailframe-spool-w2",
+            MAILFRAME + " --quiet --workers 2 --spool {scratch}/spool --deliver memory:keep=no",
+            "durable",
+            "mailframe-stop",
+            "the spool with --workers 2 (a spool per worker)",
         ),
         Server(
             "twisted.mail",
@@ -210,6 +221,8 @@ SERVERS = {
 PRESETS = {
     "null": ["mailframe", "mailframe-w2", "twisted.mail", "aiosmtpd", "smtp-sink"],
     "durable": [
+        "mailframe-spool",
+        "mailframe-spool-w2",
         "mailframe-maildir",
         "postfix-durable",
         "twisted-mail-maildir",
@@ -243,6 +256,7 @@ TARGETS = [
     ("mailframe", "twisted.mail", ["small", "persist"], 1.5),
     ("mailframe", "twisted.mail", ["large", "rcpt50"], 2.0),
     ("mailframe-spool", "postfix-durable", ["small", "persist"], 2.0),
+    ("mailframe-spool-w2", "postfix-durable", ["small", "persist"], 2.0),
     ("mailframe-maildir", "postfix-durable", ["small", "persist"], 1.5),
     ("mailframe-w2", "mailframe", ["small", "persist", "large", "rcpt50"], 1.6),
 ]
