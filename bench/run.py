@@ -66,9 +66,11 @@ def default_venv() -> str:
 
 # ---------------------------------------------------------------- servers
 
+# --greet-delay 0: the peers have no pregreet wait either (mailframe's default
+# makes a client's first connection wait 1 s)
 MAILFRAME = (
     "{twistd} -n --pidfile= mailframe --listen tcp:{port}:interface={host} "
-    "--hostname localhost --domain example.com --domain localhost"
+    "--hostname localhost --domain example.com --domain localhost --greet-delay 0"
 )
 
 

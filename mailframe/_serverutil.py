@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["IDs", "check", "oneLine", "sendNow"]
+__all__ = ["GreetPasses", "IDs", "check", "oneLine", "sendNow"]
 
 
 class IDs:
@@ -58,3 +59,33 @@ def check(interface: Any, providers: Iterable[Any], what: str) -> None:
     for p in providers:
         if not interface.providedBy(p):
             raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
+
+
+class GreetPasses:
+    """
+    Clients that waited for their greeting (postscreen's cache): greeted at
+    once for C{ttl} seconds after.  Bounded: the oldest passes go first.
+    """
+
+    def __init__(self, clock: Any, ttl: float, maxSize: int = 100_000) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._maxSize = maxSize
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def passed(self, host: str) -> bool:
+        until = self._until.get(host)
+        if until is None:
+            return False
+        if until < self._clock.seconds():
+            del self._until[host]
+            return False
+        return True
+
+    def add(self, host: str) -> None:
+        if not self._ttl:
+            return
+        self._until[host] = self._clock.seconds() + self._ttl
+        self._until.move_to_end(host)
+        while len(self._until) > self._maxSize:
+            self._until.popitem(last=False)

@@ -316,6 +316,11 @@ TOP_LEVEL_ONLY = frozenset(
     | QUEUE_TOP_LEVEL
 )
 
+#: The pregreet wait of a listener where MAIL needs no AUTH (port 25 style);
+#: submission listeners wait 0 (their clients are people's mail programs).
+#: Only a client's first connection waits: one that passed is remembered.
+DEFAULT_GREET_DELAY = 1.0
+
 #: The defaults, already converted.  C{hostname} None means this host's name,
 #: C{domain} empty means localhost and the host name.
 DEFAULTS: Mapping[str, Any] = {
@@ -349,7 +354,7 @@ DEFAULTS: Mapping[str, Any] = {
     "filter": (),
     "limits": "",  # on, with the built-in values (1000 in all, 50 per client)
     "enforce-sync": True,
-    "greet-delay": 0.0,
+    "greet-delay": None,  # 1 s on listeners without AUTH required, 0 on submission
     "error-delay": 0.0,
     "soft-errors": 3,
     **QUEUE_DEFAULTS,
@@ -453,7 +458,11 @@ def buildListeners(
                 transcript=settings["transcript"],
                 logMessages=not settings["quiet"],
                 enforceSync=settings["enforce-sync"],
-                greetDelay=settings["greet-delay"],
+                greetDelay=(
+                    settings["greet-delay"]
+                    if settings["greet-delay"] is not None
+                    else (0.0 if settings["require-auth"] else DEFAULT_GREET_DELAY)
+                ),
                 errorDelay=settings["error-delay"],
                 softErrors=settings["soft-errors"],
                 relayNetworks=settings["relay-network"],

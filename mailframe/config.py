@@ -47,7 +47,9 @@ class ServerConfig:
     talks before the greeting or sends a command before the previous one's
     reply without PIPELINING gets 554 5.5.0 and is dropped (Exim's
     smtp_enforce_sync).  C{greetDelay}: seconds to wait before the greeting
-    (so that early talkers show themselves; postscreen's pregreet test).
+    (so that early talkers show themselves; postscreen's pregreet test), on
+    a client's first connection only: a client that passed is greeted at
+    once for C{greetPassTime} seconds (postscreen's cache).
     C{errorDelay}: after C{softErrors} errors each error reply waits
     C{errorDelay} seconds more than the last (a tarpit).
     """
@@ -67,6 +69,7 @@ class ServerConfig:
     relayNetworks: tuple[IPv4Network | IPv6Network, ...] = ()
     enforceSync: bool = False
     greetDelay: float = 0.0
+    greetPassTime: float = 86400.0
     errorDelay: float = 0.0
     softErrors: int = 3
     software: str = "mailframe"
@@ -92,8 +95,10 @@ class ServerConfig:
             for n in self.relayNetworks
         )
         object.__setattr__(self, "relayNetworks", networks)
-        if self.greetDelay < 0 or self.errorDelay < 0 or self.softErrors < 0:
-            raise ValueError("greetDelay, errorDelay and softErrors may not be negative")
+        if min(self.greetDelay, self.greetPassTime, self.errorDelay, self.softErrors) < 0:
+            raise ValueError(
+                "greetDelay, greetPassTime, errorDelay and softErrors may not be negative"
+            )
 
     def mayRelay(self, host: str) -> bool:
         """True if a client at C{host} (an IP address) is in a relay network."""

@@ -40,7 +40,7 @@ from mailframe._commands import (
     CommandHandlers,
     _settled,
 )
-from mailframe._serverutil import IDs, check, oneLine, sendNow
+from mailframe._serverutil import GreetPasses, IDs, check, oneLine, sendNow
 from mailframe.address import Domain
 from mailframe.config import ServerConfig
 from mailframe.envelope import Envelope, SessionInfo, TLSInfo
@@ -159,6 +159,7 @@ class SMTPServerFactory(Factory):
         self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
         self.verbs = {v: e for e in exts for v in e.verbs}
         self.verbNames = frozenset(self.verbs)
+        self.greetPasses = GreetPasses(clock, self.config.greetPassTime)  # type: ignore[arg-type]
         self.clock: IReactorTime = clock  # type: ignore[assignment]
         self.logMessages = config.logMessages
         self.accepted = 0  # messages answered 250 after their data, since start
@@ -220,6 +221,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     _writePaused = False  # the transport asked us to stop producing output
     _readPaused = False  # we asked the transport to stop reading
     _timer: Any = None
+    _pregreet = False
     _tlsContext: Any = None
     _tlsStarted = False
     _conversation: Any = None
@@ -256,6 +258,9 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         if self._transcript:
             log.info("{id} connect from {peer}", id=self.session.sessionID, peer=self.session.peer)
         delay = cfg.greetDelay
+        if delay and f.greetPasses.passed(self.session.peerHost):
+            delay = 0.0  # seen to wait for its greeting not long ago
+        self._pregreet = bool(delay)
         if not f.connectionFilters and not delay:
             self._greet(None)
             return
@@ -285,7 +290,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         early = False
         if reply is None or reply.code < 400:
             reply = R.greeting(cfg.hostname, cfg.software)
-            if self._conn.buffered and (cfg.enforceSync or cfg.greetDelay):
+            if self._conn.buffered and (cfg.enforceSync or self._pregreet):
                 early = True
                 reply = _EARLY_TALKER
                 log.info(
@@ -293,6 +298,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                     id=self.session.sessionID,
                     peer=self.session.peer,
                 )
+            elif self._pregreet:
+                self.factory.greetPasses.add(self.session.peerHost)
         elif reply.code not in (421, 554):
             reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
         self._write(reply)

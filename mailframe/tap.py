@@ -124,8 +124,9 @@ class Options(usage.Options):
          "networks exempt). [default: off]"],
         ["enforce-sync", None, None, "yes: a client that talks before the greeting or sends "
          "commands ahead without PIPELINING gets 554 5.5.0 and is dropped. [default: yes]"],
-        ["greet-delay", None, None, "Seconds to wait before the greeting, so that early "
-         "talkers show themselves. [default: 0]"],
+        ["greet-delay", None, None, "Seconds to wait before greeting a client's first "
+         "connection, so that early talkers show themselves. [default: 1; 0 on "
+         "submission listeners]"],
         ["error-delay", None, None, "Tarpit: after --soft-errors errors, each error reply "
          "waits this many seconds more than the last. [default: 0, off]"],
         ["soft-errors", None, None, "Errors in a session before --error-delay applies. "

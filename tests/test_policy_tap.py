@@ -125,13 +125,37 @@ class OptionTests(unittest.TestCase):
     """The twistd options and TOML keys of the checks."""
 
     def test_defaults(self) -> None:
-        """By default: no filters, the built-in connection limits, enforce-sync on, no delays."""
+        """By default: no filters, the built-in connection limits, enforce-sync on, a 1 s pregreet."""
         [spec] = parse().listeners
         self.assertEqual((spec.filters, spec.limits), ((), ""))
         c = spec.config
         self.assertEqual(
-            (c.enforceSync, c.greetDelay, c.errorDelay, c.softErrors), (True, 0, 0, 3)
+            (c.enforceSync, c.greetDelay, c.errorDelay, c.softErrors), (True, 1.0, 0, 3)
         )
+
+    def test_noPregreetOnSubmission(self) -> None:
+        """Submission listeners greet at once unless --greet-delay says otherwise."""
+        listeners = parse(
+            "--submission",
+            "tcp:5870",
+            "--listen",
+            "tcp:2525",
+            "--auth",
+            "memory:a:b",
+            "--auth-plaintext",
+        ).listeners
+        delays = {spec.config.listener: spec.config.greetDelay for spec in listeners}
+        self.assertEqual(delays, {"smtp": 1.0, "submission": 0.0})
+        listeners = parse(
+            "--submission",
+            "tcp:5870",
+            "--greet-delay",
+            "3",
+            "--auth",
+            "memory:a:b",
+            "--auth-plaintext",
+        ).listeners
+        self.assertEqual({spec.config.greetDelay for spec in listeners}, {3.0})
 
     def test_options(self) -> None:
         """--filter repeats in order; the session settings reach ServerConfig."""

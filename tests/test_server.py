@@ -1043,6 +1043,24 @@ class PolicyHookTests(ServerTestCase):
         self.assertEqual(codes(t.value()), ["554"])
         self.assertTrue(t.disconnecting)
 
+    def test_passedClientGreetedAtOnce(self) -> None:
+        """A client that waited once is greeted at once afterwards, until its pass expires."""
+        config = self.config(greetDelay=2.0, greetPassTime=60.0)
+        factory = SMTPServerFactory(config, self.backend, clock=self.clock)
+
+        def connect() -> CountingTransport:
+            proto = factory.buildProtocol(None)
+            t = CountingTransport()
+            proto.makeConnection(t)
+            return t
+
+        t = connect()
+        self.clock.advance(2)
+        self.assertTrue(t.value().startswith(b"220 "))
+        self.assertTrue(connect().value().startswith(b"220 "))  # at once
+        self.clock.advance(61)
+        self.assertEqual(connect().value(), b"")  # the pass has expired
+
     def test_patientClientWithDelay(self) -> None:
         """With greetDelay, a client that waits is greeted after the delay."""
         _proto, t = self.connect(config=self.config(greetDelay=2.0))
