@@ -125,6 +125,14 @@ class OpenRelayTests(TestCase):
         self.assertEqual([code for code, _ in replies], [220, 554])
         self.assertIn("Protocol error", replies[1][1])
 
+    @defer.inlineCallbacks
+    def test_twistdPregreet(self) -> Generator[Any, Any, None]:
+        """Default twistd: a first contact that says EHLO before its greeting gets 554 5.5.0."""
+        port = yield inThread(self.startTwistd)
+        replies = yield inThread(pregreetTalker, port)
+        self.assertEqual(replies[0][0], 554)
+        self.assertIn("talked before the greeting", replies[0][1])
+
     def startTwistd(self) -> int:
         """twistd -n mailframe on a free port with only --listen and --deliver memory."""
         if not TWISTD.exists():
@@ -249,3 +257,14 @@ class LimitsTests(TestCase):
         greetings = yield inThread(oneByOne, 12)
         self.assertEqual([g[:3] for g in greetings], [b"220"] * 10 + [b"421"] * 2)
         self.assertIn(b"per minute", greetings[-1])
+
+
+def pregreetTalker(port: int) -> list[tuple[int, str]]:
+    """Connect and say EHLO at once, as bots do, without waiting for the greeting."""
+    with socket.create_connection((HOST, port), timeout=CLIENT_TIMEOUT) as sock:
+        sock.sendall(b"EHLO bot.example\r\n")
+        client = RawClient.__new__(RawClient)
+        client.sock, client.buffer, client.recvSizes = sock, b"", []
+        replies = client.replies(1)
+        assert client.atEOF()
+        return replies
