@@ -34,6 +34,7 @@ from mailframe._tapconfig import (
     convert,
     readConfigFile,
 )
+from mailframe._tapsecurity import Security
 from mailframe.config import ProviderContext
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -425,7 +426,7 @@ def makeService(options: Options) -> MailframeService:
     from mailframe.server import SMTPServerFactory
 
     service = MailframeService()
-    security = _Security(reactor, getattr(options, "clientLimits", ClientLimits()))
+    security = Security(reactor, getattr(options, "clientLimits", ClientLimits()))
     queue = _queue(reactor, options, service)
     for spec in options.listeners:
         context = ProviderContext(reactor, spec.config)
@@ -555,87 +556,6 @@ def _endpointService(
 
         return ReusePortService(reactor, description, listening)
     return strports.service(description, listening, reactor=reactor)
-
-
-class _Security:
-    """Builds TLS contexts, AUTH checkers and the failure limiter once each, for every listener."""
-
-    def __init__(self, reactor: Any, limits: ClientLimits) -> None:
-        self.reactor = reactor
-        self.limits = limits
-        self._contexts: dict[Any, Any] = {}
-        self._checkers: dict[str, Any] = {}
-        self._limiter: Any = None
-
-    def forListener(self, spec: ListenerSpec) -> tuple[list[Any], list[Any], Any]:
-        """The extensions and connection filters of a listener, and its TLS context."""
-        from mailframe.extensions import defaultExtensions
-
-        extensions: list[Any] = defaultExtensions(spec.config.limits.messageSize)
-        filters: list[Any] = []
-        tls = self.context(spec) if spec.hasTLS else None
-        if tls is not None and not spec.implicitTLS:
-            from mailframe.extensions.starttls import StartTLS
-
-            extensions.append(StartTLS(tls))
-        if spec.auth:
-            from mailframe.credentials import makePortal
-            from mailframe.extensions.auth import Auth
-
-            portal = makePortal([self.checker(d) for d in spec.auth])
-            extensions.append(
-                Auth(
-                    portal,
-                    self.reactor,
-                    allowPlaintext=spec.authPlaintext,
-                    limiter=self.limiter(),
-                    maxFailures=spec.authFailures,
-                    failureDelay=spec.authFailureDelay,
-                )
-            )
-            filters.append(self.limiter())
-        return extensions, filters, tls
-
-    def context(self, spec: ListenerSpec) -> Any:
-        from mailframe import tls
-
-        pairs = spec.certificates
-        if not pairs:
-            key: Any = ("self-signed", spec.config.hostname)
-        else:
-            key = pairs
-        if key not in self._contexts:
-            try:
-                if not pairs:
-                    path = tls.selfSignedCertificate(os.getcwd(), spec.config.hostname)
-                    pairs = ((path, None),)
-                self._contexts[key] = tls.ServerTLS(
-                    [tls.CertificatePair(cert, keyFile) for cert, keyFile in pairs]
-                )
-            except (OSError, ValueError) as e:
-                raise SystemExit(f"mailframe: cannot set up TLS: {_oneLine(e)}")
-        return self._contexts[key]
-
-    def checker(self, description: str) -> Any:
-        from twisted.cred import strcred
-
-        if description not in self._checkers:
-            try:
-                self._checkers[description] = strcred.makeChecker(description)
-            except Exception as e:
-                kind = description.split(":", 1)[0]
-                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {_oneLine(e)}")
-        return self._checkers[description]
-
-    def limiter(self) -> Any:
-        if self._limiter is None:
-            from mailframe.policy.authlimits import AuthFailureLimiter
-
-            limits = self.limits
-            self._limiter = AuthFailureLimiter(
-                self.reactor, limits.failures, limits.window, limits.block
-            )
-        return self._limiter
 
 
 def _oneLine(error: BaseException) -> str:

@@ -47,7 +47,7 @@ def under(module: str, *prefixes: str) -> bool:
 
 
 GLUE = ("mailframe.server", "mailframe._commands", "mailframe._serverutil")
-WIRING = ("mailframe.tap", "mailframe._tapconfig", "mailframe.workers")
+WIRING = ("mailframe.tap", "mailframe._tapconfig", "mailframe._tapsecurity", "mailframe.workers")
 OUTBOUND = ("mailframe.client", "mailframe.relay", "mailframe.routing", "mailframe.queue")
 
 

@@ -1,0 +1,103 @@
+"""
+The security parts of C{twistd mailframe}'s listeners: TLS contexts, AUTH
+checkers and the AUTH failure limiter, each built once and shared by every
+listener that needs it.
+
+Owns: building those from a L{ListenerSpec}; a failure to build one is a
+one-line C{SystemExit}.  Must not: import the reactor at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from mailframe._tapconfig import ClientLimits, ListenerSpec
+
+__all__ = ["Security"]
+
+
+class Security:
+    """Builds TLS contexts, AUTH checkers and the failure limiter once each, for every listener."""
+
+    def __init__(self, reactor: Any, limits: ClientLimits) -> None:
+        self.reactor = reactor
+        self.limits = limits
+        self._contexts: dict[Any, Any] = {}
+        self._checkers: dict[str, Any] = {}
+        self._limiter: Any = None
+
+    def forListener(self, spec: ListenerSpec) -> tuple[list[Any], list[Any], Any]:
+        """The extensions and connection filters of a listener, and its TLS context."""
+        from mailframe.extensions import defaultExtensions
+
+        extensions: list[Any] = defaultExtensions(spec.config.limits.messageSize)
+        filters: list[Any] = []
+        tls = self.context(spec) if spec.hasTLS else None
+        if tls is not None and not spec.implicitTLS:
+            from mailframe.extensions.starttls import StartTLS
+
+            extensions.append(StartTLS(tls))
+        if spec.auth:
+            from mailframe.credentials import makePortal
+            from mailframe.extensions.auth import Auth
+
+            portal = makePortal([self.checker(d) for d in spec.auth])
+            extensions.append(
+                Auth(
+                    portal,
+                    self.reactor,
+                    allowPlaintext=spec.authPlaintext,
+                    limiter=self.limiter(),
+                    maxFailures=spec.authFailures,
+                    failureDelay=spec.authFailureDelay,
+                )
+            )
+            filters.append(self.limiter())
+        return extensions, filters, tls
+
+    def context(self, spec: ListenerSpec) -> Any:
+        from mailframe import tls
+
+        pairs = spec.certificates
+        if not pairs:
+            key: Any = ("self-signed", spec.config.hostname)
+        else:
+            key = pairs
+        if key not in self._contexts:
+            try:
+                if not pairs:
+                    path = tls.selfSignedCertificate(os.getcwd(), spec.config.hostname)
+                    pairs = ((path, None),)
+                self._contexts[key] = tls.ServerTLS(
+                    [tls.CertificatePair(cert, keyFile) for cert, keyFile in pairs]
+                )
+            except (OSError, ValueError) as e:
+                raise SystemExit(f"mailframe: cannot set up TLS: {_oneLine(e)}")
+        return self._contexts[key]
+
+    def checker(self, description: str) -> Any:
+        from twisted.cred import strcred
+
+        if description not in self._checkers:
+            try:
+                self._checkers[description] = strcred.makeChecker(description)
+            except Exception as e:
+                kind = description.split(":", 1)[0]
+                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {_oneLine(e)}")
+        return self._checkers[description]
+
+    def limiter(self) -> Any:
+        if self._limiter is None:
+            from mailframe.policy.authlimits import AuthFailureLimiter
+
+            limits = self.limits
+            self._limiter = AuthFailureLimiter(
+                self.reactor, limits.failures, limits.window, limits.block
+            )
+        return self._limiter
+
+
+def _oneLine(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
