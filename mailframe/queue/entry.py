@@ -139,7 +139,9 @@ class QueueEntry:
     C{nextAttempt} are clock seconds.  C{received} holds the session facts a
     report names (C{helo}, C{peer}, C{protocol}); C{listener} the listener
     that took it (whose local backend delivers it); C{report} is true for
-    the delivery status notifications the queue made itself.
+    the delivery status notifications the queue made itself; C{held} for a
+    message put on hold (C{mailframe-queue hold}): never attempted until
+    released.
     """
 
     id: str
@@ -156,6 +158,7 @@ class QueueEntry:
     auth: str | None = None
     delayWarned: bool = False
     report: bool = False
+    held: bool = False
 
     @classmethod
     def fromEnvelope(
@@ -220,6 +223,7 @@ class QueueEntry:
             "auth": self.auth,
             "delayWarned": self.delayWarned,
             "report": self.report,
+            "held": self.held,
         }
 
     def toBytes(self) -> bytes:
@@ -250,6 +254,7 @@ class QueueEntry:
                 auth=data.get("auth") if isinstance(data.get("auth"), str) else None,
                 delayWarned=bool(data.get("delayWarned", False)),
                 report=bool(data.get("report", False)),
+                held=bool(data.get("held", False)),
             )
         except EntryError:
             raise

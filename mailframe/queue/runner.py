@@ -23,6 +23,11 @@ report or a delivery but loses neither.  A message with the null sender
 gets no report (the failure is logged).  Every timer runs on the clock
 passed in; on start the runner reads the spool and schedules everything.
 
+The queue tools (L{mailframe.queue.control}) act through L{hold},
+L{release}, L{delete} and L{flush}: a held entry has no timer and is
+never attempted; the writes of one entry's envelope run one after
+another, so the last state is the one on disk.
+
 Owns: scheduling, limits, per-recipient outcomes.  Must not: touch files
 (the spool does), speak SMTP (the relay does), or format reports (see
 L{mailframe.queue.bounce}).
@@ -56,7 +61,7 @@ from mailframe.queue.limits import Limiter, RetryPolicy
 from mailframe.queue.spool import Spool
 from mailframe.reply import Reply
 
-__all__ = ["LOCAL", "QueueRunner", "RetryPolicy", "defaultRouteKey"]
+__all__ = ["LOCAL", "QueueRunner", "RetryPolicy", "UnknownEntry", "defaultRouteKey"]
 
 log = Logger(namespace="mailframe.queue")
 
@@ -72,6 +77,10 @@ _EXPIRED = (4, 4, 7)
 
 _Answer = tuple[Reply, str | None, bool]
 """Per recipient: the reply, the server that gave it, whether DSN went on with it."""
+
+
+class UnknownEntry(KeyError):
+    """No entry of the queue has this id."""
 
 
 def defaultRouteKey(isLocal: Callable[[Any], bool]) -> Callable[[Address], str]:
@@ -145,6 +154,9 @@ class QueueRunner:
         self._active: set[str] = set()
         self._cache: dict[str, bytes] = {}
         self._reportIDs = itertools.count(1)
+        self._writing: dict[str, list[defer.Deferred[None]]] = {}
+        self._deleted: set[str] = set()
+        self._startWaiters: list[defer.Deferred[None]] = []
         self.running = False
         spool.committed = self.enqueue
 
@@ -163,8 +175,19 @@ class QueueRunner:
                 )
             for entry in list(self.entries.values()):
                 self._schedule(entry, entry.nextAttempt)
+            waiters, self._startWaiters = self._startWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
         return self.spool.start().addCallback(loaded)
+
+    def whenRunning(self) -> defer.Deferred[None]:
+        """Fires once L{start} has read the spool (at once if it has)."""
+        if self.running:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._startWaiters.append(d)
+        return d
 
     def stop(self) -> None:
         """Stop scheduling (attempts under way finish and record their outcome)."""
@@ -182,19 +205,120 @@ class QueueRunner:
         if self.running:
             self._schedule(entry, entry.nextAttempt)
 
-    def flush(self) -> None:
-        """Try every waiting entry now."""
+    def flush(self) -> int:
+        """Try every waiting entry now, except held ones; how many that is."""
+        count = 0
         for entry in self.entries.values():
-            self._schedule(entry, self.clock.seconds())
+            if not entry.held:
+                count += 1
+                self._schedule(entry, self.clock.seconds())
+        return count
 
     def idle(self) -> bool:
         """True when no attempt is under way."""
         return not self._active
 
+    def underWay(self, entryID: str) -> bool:
+        """True while an attempt of the entry runs."""
+        return entryID in self._active
+
+    def scheduledAt(self, entryID: str) -> float | None:
+        """When the entry's next attempt is due (clock seconds), or None: no timer."""
+        call = self._timers.get(entryID)
+        return call.getTime() if call is not None and call.active() else None
+
+    # -- the queue tools ------------------------------------------------------------
+
+    def _entry(self, entryID: str) -> QueueEntry:
+        entry = self.entries.get(entryID)
+        if entry is None:
+            raise UnknownEntry(entryID)
+        return entry
+
+    def hold(self, entryID: str, held: bool = True) -> defer.Deferred[bool]:
+        """
+        Hold the entry (no attempt until released; one under way finishes),
+        or release it (C{held=False}: tried at its next attempt time, at
+        once if that has passed).  Fires True once the envelope on disk says
+        so, False if it said so already.  @raise UnknownEntry: no such id.
+        """
+        entry = self._entry(entryID)
+        if entry.held == held:
+            return defer.succeed(False)
+        entry.held = held
+        if held:
+            self._cancelTimer(entryID)
+        else:
+            self._schedule(entry, entry.nextAttempt)
+        return self._write(entry).addCallback(lambda _: True)
+
+    def release(self, entryID: str) -> defer.Deferred[bool]:
+        """L{hold} with C{held=False}."""
+        return self.hold(entryID, held=False)
+
+    def delete(self, entryID: str) -> None:
+        """
+        Forget the entry and remove its files, with no report to anyone
+        (after an attempt under way).  @raise UnknownEntry: no such id.
+        """
+        self._entry(entryID)
+        del self.entries[entryID]
+        self._cancelTimer(entryID)
+        self._cache.pop(entryID, None)
+        log.info("{id}: deleted from the queue", id=entryID)
+        if entryID in self._active:
+            self._deleted.add(entryID)
+        else:
+            self._remove(entryID)
+
+    def _cancelTimer(self, entryID: str) -> None:
+        call = self._timers.pop(entryID, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _write(self, entry: QueueEntry) -> defer.Deferred[None]:
+        """
+        Replace the entry's envelope on disk, one write of an entry at a
+        time (two in spool threads could finish in either order); those
+        asked for meanwhile share the next, which writes the entry as it is then.
+        """
+        d: defer.Deferred[None] = defer.Deferred()
+        queued = self._writing.get(entry.id)
+        if queued is not None:
+            queued.append(d)
+        else:
+            self._writeNow(entry, [d])
+        return d
+
+    def _writeNow(self, entry: QueueEntry, waiters: list[defer.Deferred[None]]) -> None:
+        self._writing[entry.id] = []
+
+        def written(result: object) -> None:
+            queued = self._writing.pop(entry.id)
+            if queued:
+                self._writeNow(entry, queued)
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+
+        self.spool.update(entry).addBoth(written)
+
+    def _remove(self, entryID: str) -> None:
+        """Remove the entry's files, after any write of its envelope (it would come back)."""
+        queued = self._writing.get(entryID)
+        if queued is None:
+            self.spool.remove(entryID)
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        queued.append(d)
+        d.addBoth(lambda _: self._remove(entryID))
+
     # -- scheduling -----------------------------------------------------------------
 
     def _schedule(self, entry: QueueEntry, when: float) -> None:
-        if not self.running or entry.id in self._active:
+        if not self.running or entry.id in self._active or entry.held:
             return
         old = self._timers.pop(entry.id, None)
         if old is not None and old.active():
@@ -217,6 +341,13 @@ class QueueRunner:
     def _attempted(self, result: object, entry: QueueEntry) -> None:
         """The attempt is over: C{result} is when to try again (None: never), or a Failure."""
         self._active.discard(entry.id)
+        if entry.id in self._deleted:  # deleted while the attempt ran
+            self._deleted.discard(entry.id)
+            if result is not None:  # None: finished, and its files removed already
+                self._remove(entry.id)
+            if isinstance(result, Failure):
+                log.failure("{id}: delivery attempt failed", result, id=entry.id)
+            return
         if isinstance(result, Failure):
             log.failure("{id}: delivery attempt failed", result, id=entry.id)
             result = self.clock.seconds() + self.retry.initial
@@ -410,7 +541,7 @@ class QueueRunner:
         """Remove a finished entry, or record when to try it again (the time, or a Deferred)."""
         if entry.done:
             self.entries.pop(entry.id, None)
-            self.spool.remove(entry.id)
+            self._remove(entry.id)
             return None
         retry = self.retry
         wait = retry.delayAfter(entry.attempts)
@@ -420,7 +551,7 @@ class QueueRunner:
             log.error("{id}: cannot update the queue entry: {error}", id=entry.id,
                       error=str(reason.value))  # fmt: skip
 
-        d = self.spool.update(entry).addErrback(failed)
+        d = self._write(entry).addErrback(failed)
         return d.addCallback(lambda _: entry.nextAttempt)
 
     def _delayWarningDue(self, entry: QueueEntry, now: float) -> bool:

@@ -3,7 +3,8 @@ L{QueueWiring}: puts together the queue of C{twistd mailframe} from a
 L{QueueSpec}: the spool, a L{SpoolBackend} in front of each listener's
 local backend, the L{mailframe.relay.SMTPRelay} (smarthost, per-domain
 routes, MX), the runner, and the L{QueueService} that starts and stops
-them.  Embedding code can do the same by hand (see docs/queue.rst).
+them (with the spool's lock and control socket: L{mailframe.queue.control}).
+Embedding code can do the same by hand (see docs/queue.rst).
 
 Route keys (L{routeKeyFor}): a domain routed C{local} goes to the local
 backend; a domain with its own route goes there, even when it is a local
@@ -26,6 +27,7 @@ from mailframe.backends._files import makeDirectory
 from mailframe.config import ServerConfig
 from mailframe.queue.backend import QueueService, SpoolBackend
 from mailframe.queue.bounce import ReportSettings
+from mailframe.queue.control import ControlledQueueService, QueueControl
 from mailframe.queue.runner import LOCAL, QueueRunner
 from mailframe.queue.settings import QueueSpec
 from mailframe.queue.spool import Spool
@@ -69,7 +71,8 @@ class QueueWiring:
         self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync)
         self.local: dict[str, Any] = {}
         self.localDomains: set[Domain] = set()
-        self.service = QueueService(None)
+        self.control = QueueControl(reactor, path)
+        self.service: QueueService = ControlledQueueService(None, self.control)
         self.relay: Any = None
 
     def configFor(self, config: ServerConfig) -> ServerConfig:

@@ -1,0 +1,457 @@
+"""
+The queue's control socket: the AMP commands C{mailframe-queue} sends to a
+running server (L{ListQueue}, L{ShowEntry}, L{FlushQueue}, L{DeleteEntry},
+L{DeleteAll}, L{HoldEntry}, L{ReleaseEntry}), the responder that carries
+them out through the L{QueueRunner} (L{ControlProtocol}), and the spool's
+lock.
+
+Each spool directory has, while a server uses it:
+
+    SPOOL/lock           an exclusive flock(2), held from before the spool is
+                         read until the server stops (a crash releases it);
+                         the file says who holds it (pid, role)
+    SPOOL/control.sock   a UNIX socket (mode 0600, in the 0700 spool), listening
+                         once the runner has read the spool
+
+The lock is what keeps the offline mode of C{mailframe-queue} (which edits
+the spool's files when no server answers) and a server apart: the tool
+changes files only while it holds the lock, and a server starting waits
+for it (L{LOCK_WAIT} seconds) before it reads the spool.  Two servers on
+one spool are refused the same way.
+
+Owns: the control protocol, the lock, and the JSON each listed message is
+described with (L{describeEntry}).  Must not: change entries except
+through the runner; import mailframe.server or mailframe.tap.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from mailframe.queue._files import SpoolError
+from mailframe.queue.backend import QueueService
+from mailframe.queue.entry import QueueEntry
+from mailframe.queue.runner import QueueRunner, UnknownEntry
+
+__all__ = [
+    "HEAD_LIMIT",
+    "LOCK",
+    "LOCK_WAIT",
+    "SOCKET",
+    "ControlError",
+    "ControlFactory",
+    "ControlProtocol",
+    "ControlledQueueService",
+    "DeleteAll",
+    "DeleteEntry",
+    "FlushQueue",
+    "HoldEntry",
+    "ListQueue",
+    "LongJSON",
+    "NoSuchEntry",
+    "QueueControl",
+    "ReleaseEntry",
+    "ShowEntry",
+    "SpoolBusy",
+    "describeEntry",
+    "lockHolder",
+    "lockSpool",
+]
+
+log = Logger(namespace="mailframe.queue")
+
+SOCKET = "control.sock"
+"""The control socket's name in the spool directory."""
+LOCK = "lock"
+"""The lock file's name in the spool directory."""
+LOCK_WAIT = 30.0
+"""Seconds a server starting waits for the spool's lock."""
+HEAD_LIMIT = 16384
+"""Octets of a message's beginning L{ShowEntry} returns."""
+_CHUNK = 60000
+_MAX_PARTS = 4096
+
+
+# -- the lock --------------------------------------------------------------------
+
+
+class SpoolBusy(SpoolError):
+    """Another process holds the spool's lock; C{holder} is what its file says."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(f"the spool {path} is in use by {holder}")
+        self.holder = holder
+
+
+def lockHolder(path: str) -> str:
+    """Who holds (or last held) the spool's lock, from its file: C{"pid 123 (server)"}."""
+    try:
+        with open(os.path.join(path, LOCK), encoding="utf-8", errors="replace") as f:
+            pid, _, role = f.read(200).strip().partition(" ")
+    except OSError:
+        pid, role = "", ""
+    return f"pid {pid} ({role or '?'})" if pid.isdigit() else "another process"
+
+
+def lockSpool(path: str, role: str) -> int:
+    """
+    Take the spool's lock without waiting and write C{"PID ROLE"} into it.
+
+    @return: the file descriptor that holds it (close it to let go).
+    @raise SpoolBusy: another process holds it.
+    @raise OSError: the lock file cannot be opened.
+    """
+    fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise SpoolBusy(path, lockHolder(path)) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {role}\n".encode(), 0)
+    return fd
+
+
+# -- the commands ------------------------------------------------------------------
+
+
+class LongJSON(amp.Argument):
+    """
+    A JSON value of any size.  An AMP value holds at most 65535 octets, so
+    the text is split over the keys C{NAME}, C{NAME.1}, C{NAME.2} ...
+    """
+
+    def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        value = objects[name.decode("ascii")]
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+        strings[name] = text[:_CHUNK]
+        for i, start in enumerate(range(_CHUNK, len(text), _CHUNK), 1):
+            strings[name + b".%d" % i] = text[start : start + _CHUNK]
+
+    def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+        parts = [strings.pop(name)]
+        while (key := name + b".%d" % len(parts)) in strings and len(parts) < _MAX_PARTS:
+            parts.append(strings.pop(key))
+        objects[name.decode("ascii")] = json.loads(b"".join(parts))
+
+
+class NoSuchEntry(Exception):
+    """The queue has no message with this id."""
+
+
+class ControlError(Exception):
+    """A command the server could not carry out; the text is one line."""
+
+
+_ERRORS: dict[type[Exception], bytes] = {
+    NoSuchEntry: b"NO_SUCH_ENTRY",
+    ControlError: b"CONTROL_ERROR",
+}
+
+
+class ListQueue(amp.Command):
+    """
+    A page of the queue, oldest first: at most C{limit} messages after the
+    one with C{afterArrival}/C{afterID} (none: from the start).  C{entries}
+    are L{describeEntry} objects; C{more} says whether others follow;
+    C{now} is the server's clock.
+    """
+
+    arguments = [
+        (b"limit", amp.Integer()),
+        (b"afterArrival", amp.Float(optional=True)),
+        (b"afterID", amp.Unicode(optional=True)),
+    ]
+    response = [(b"entries", LongJSON()), (b"more", amp.Boolean()), (b"now", amp.Float())]
+    errors = _ERRORS
+
+
+class ShowEntry(amp.Command):
+    """One message: its L{describeEntry} object and its first L{HEAD_LIMIT} octets."""
+
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"entry", LongJSON()), (b"head", amp.String()), (b"now", amp.Float())]
+    errors = _ERRORS
+
+
+class FlushQueue(amp.Command):
+    """Try every message now, except held ones; C{count}: how many."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"count", amp.Integer())]
+    errors = _ERRORS
+
+
+class DeleteEntry(amp.Command):
+    """Delete one message (no report to anyone)."""
+
+    arguments = [(b"id", amp.Unicode())]
+    response = []  # type: ignore[var-annotated]
+    errors = _ERRORS
+
+
+class DeleteAll(amp.Command):
+    """Delete every message; C{count}: how many."""
+
+    arguments = []  # type: ignore[var-annotated]
+    response = [(b"count", amp.Integer())]
+    errors = _ERRORS
+
+
+class HoldEntry(amp.Command):
+    """Hold one message; C{changed} is false if it was held already."""
+
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"changed", amp.Boolean())]
+    errors = _ERRORS
+
+
+class ReleaseEntry(amp.Command):
+    """Release one held message; C{changed} is false if it was not held."""
+
+    arguments = [(b"id", amp.Unicode())]
+    response = [(b"changed", amp.Boolean())]
+    errors = _ERRORS
+
+
+def describeEntry(
+    entry: QueueEntry,
+    spool: str,
+    scheduled: float | None = None,
+    underWay: bool = False,
+) -> dict[str, Any]:
+    """
+    What C{list} and C{show} say about a message: its envelope
+    (L{QueueEntry.toJSON}) and C{spool} (the directory), C{scheduled} (when
+    its timer fires, or null) and C{underWay} (an attempt is running).
+    """
+    data = entry.toJSON()
+    data.update(spool=spool, scheduled=scheduled, underWay=underWay)
+    return data
+
+
+# -- the responder -----------------------------------------------------------------
+
+
+class ControlProtocol(amp.AMP):
+    """One connection of C{mailframe-queue}; every command goes to C{runner}."""
+
+    def __init__(self, runner: QueueRunner) -> None:
+        super().__init__()
+        self.runner = runner
+
+    def _describe(self, entry: QueueEntry) -> dict[str, Any]:
+        runner = self.runner
+        return describeEntry(
+            entry, runner.spool.path, runner.scheduledAt(entry.id), runner.underWay(entry.id)
+        )
+
+    def _entry(self, entryID: str) -> QueueEntry:
+        entry = self.runner.entries.get(entryID)
+        if entry is None:
+            raise NoSuchEntry(f"no message {entryID} in the queue")
+        return entry
+
+    @ListQueue.responder
+    def listQueue(
+        self, limit: int, afterArrival: float | None = None, afterID: str | None = None
+    ) -> dict[str, Any]:
+        entries = sorted(self.runner.entries.values(), key=lambda e: (e.arrival, e.id))
+        start = 0
+        if afterArrival is not None:
+            keys = [(e.arrival, e.id) for e in entries]
+            start = bisect.bisect_right(keys, (afterArrival, afterID or ""))
+        page = entries[start : start + max(1, limit)]
+        return {
+            "entries": [self._describe(e) for e in page],
+            "more": start + len(page) < len(entries),
+            "now": self.runner.clock.seconds(),
+        }
+
+    @ShowEntry.responder
+    def showEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+        entry = self._entry(id)
+        described = self._describe(entry)
+
+        def unreadable(reason: Failure) -> tuple[bytes, bool]:
+            return b"", True
+
+        d = self.runner.spool.readHead(id, HEAD_LIMIT).addErrback(unreadable)
+        return d.addCallback(
+            lambda head: {"entry": described, "head": head[0], "now": self.runner.clock.seconds()}
+        )
+
+    @FlushQueue.responder
+    def flushQueue(self) -> dict[str, Any]:
+        count = self.runner.flush()
+        log.info("queue {path}: flush ({n} message(s))", path=self.runner.spool.path, n=count)
+        return {"count": count}
+
+    @DeleteEntry.responder
+    def deleteEntry(self, id: str) -> dict[str, Any]:
+        try:
+            self.runner.delete(id)
+        except UnknownEntry:
+            raise NoSuchEntry(f"no message {id} in the queue") from None
+        return {}
+
+    @DeleteAll.responder
+    def deleteAll(self) -> dict[str, Any]:
+        entryIDs = list(self.runner.entries)
+        for entryID in entryIDs:
+            self.runner.delete(entryID)
+        return {"count": len(entryIDs)}
+
+    @HoldEntry.responder
+    def holdEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+        return self._hold(id, True)
+
+    @ReleaseEntry.responder
+    def releaseEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+        return self._hold(id, False)
+
+    def _hold(self, entryID: str, held: bool) -> defer.Deferred[dict[str, Any]]:
+        self._entry(entryID)
+        what = "held" if held else "released"
+
+        def done(changed: bool) -> dict[str, Any]:
+            if changed:
+                log.info("{id}: {what}", id=entryID, what=what)
+            return {"changed": changed}
+
+        def failed(reason: Failure) -> Failure:
+            error = " ".join(str(reason.value).split())
+            return Failure(ControlError(f"{entryID}: cannot record that it is {what}: {error}"))
+
+        return self.runner.hold(entryID, held).addCallbacks(done, failed)
+
+
+class ControlFactory(Factory):
+    """Makes a L{ControlProtocol} for each connection."""
+
+    def __init__(self, runner: QueueRunner) -> None:
+        self.runner = runner
+
+    def buildProtocol(self, addr: Any) -> ControlProtocol:
+        protocol = ControlProtocol(self.runner)
+        protocol.factory = self
+        return protocol
+
+
+# -- the service -------------------------------------------------------------------
+
+
+class QueueControl:
+    """
+    The lock and the control socket of the spool C{path}.
+
+    @param lockWait: seconds L{lock} waits for another holder to let go.
+    """
+
+    def __init__(self, reactor: Any, path: str, lockWait: float = LOCK_WAIT) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.socketPath = os.path.join(path, SOCKET)
+        self.lockWait = lockWait
+        self.lockFD: int | None = None
+        self.port: Any = None
+
+    def lock(self) -> None:
+        """
+        Blocking (at start, before the reactor serves anything): take the
+        lock, waiting up to C{lockWait} seconds for a C{mailframe-queue}
+        working offline.  @raise SpoolBusy: it is still held.
+        """
+        if self.lockFD is not None:
+            return
+        deadline = time.monotonic() + self.lockWait
+        while True:
+            try:
+                self.lockFD = lockSpool(self.path, "server")
+                return
+            except SpoolBusy:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
+
+    def listen(self, runner: QueueRunner) -> None:
+        """Listen on the control socket (one a crash left behind is replaced)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socketPath)
+        try:
+            self.port = self.reactor.listenUNIX(
+                self.socketPath, ControlFactory(runner), mode=0o600
+            )
+        except Exception as e:
+            log.warn(
+                "queue {path}: no control socket ({error}); mailframe-queue cannot "
+                "reach this server",
+                path=self.path,
+                error=" ".join(str(e).split()),
+            )
+
+    def stopListening(self) -> Any:
+        """Stop listening (the socket file goes); a Deferred, or None."""
+        port, self.port = self.port, None
+        return port.stopListening() if port is not None else None
+
+    def unlock(self) -> None:
+        """Let go of the lock."""
+        if self.lockFD is not None:
+            os.close(self.lockFD)
+            self.lockFD = None
+
+
+class ControlledQueueService(QueueService):
+    """
+    A L{QueueService} with the spool's lock and control socket: the lock
+    before the runner reads the spool (L{SystemExit} if another process
+    keeps it), the socket once it has.
+    """
+
+    def __init__(self, runner: QueueRunner | None, control: QueueControl, relay: Any = None):
+        super().__init__(runner, relay)
+        self.control = control
+
+    def _lock(self) -> None:
+        try:
+            self.control.lock()
+        except (SpoolError, OSError) as e:
+            raise SystemExit(f"mailframe: cannot use the spool: {e}") from None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._lock()
+
+    def startService(self) -> None:
+        self._lock()
+        super().startService()
+        runner = self.runner
+        assert runner is not None
+
+        def listen(_: None) -> None:
+            if self.running:
+                self.control.listen(runner)
+
+        runner.whenRunning().addCallback(listen)
+
+    def stopService(self) -> Any:
+        stopping = self.control.stopListening()
+        super().stopService()
+        self.control.unlock()
+        return stopping
