@@ -2,7 +2,8 @@
 Tests for L{mailframe.queue.runner} and L{mailframe.queue.backend}: the
 queue runner with a C{task.Clock}, a synchronous spool and a fake IRelay
 (retry schedule, give-up and 5xx reports, local and relayed recipients,
-limits, restart), and the spool backend behind the real server in memory.
+limits, restart; hold, release, delete and flush), and the spool backend
+behind the real server in memory.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from mailframe.queue import (
     defaultRouteKey,
 )
 from mailframe.queue.entry import PENDING, QueueEntry
+from mailframe.queue.runner import UnknownEntry
 from mailframe.reply import Reply
 from mailframe.server import SMTPServerFactory
 from mailframe.validators.basic import AnyRecipient
@@ -670,6 +672,189 @@ class ServerTests(QueueCase):
         self.assertEqual(status[0]["Received-From-MTA"], "dns; client.example ([192.0.2.9])")
         self.assertEqual(status[1]["Original-Recipient"], "rfc822; Orig@remote.example")
         self.assertEqual(report.get_payload()[2].get_content_type(), "text/rfc822-headers")  # type: ignore[index]
+
+
+class ToolOperationTests(QueueCase):
+    """hold, release, delete and flush (what mailframe-queue asks the runner to do)."""
+
+    def onDisk(self, entryID: str) -> QueueEntry:
+        with open(os.path.join(self.path, "queue", entryID + ".json"), "rb") as f:
+            return QueueEntry.fromBytes(f.read())
+
+    def deferred(self) -> QueueEntry:
+        """A message whose first attempt got 4xx (its retry in 300 s)."""
+        self.relay.answer = lambda a: LATER
+        self.send(envelope("s@example.com", "a@remote.example"))
+        [entry] = self.runner.entries.values()
+        return entry
+
+    def test_heldInJSON(self) -> None:
+        """C{held} survives the envelope's JSON; an envelope without it is not held."""
+        entry = self.deferred()
+        entry.held = True
+        self.assertTrue(QueueEntry.fromBytes(entry.toBytes()).held)
+        data = entry.toJSON()
+        del data["held"]
+        self.assertFalse(QueueEntry.fromJSON(data).held)
+
+    def test_heldNeverAttempted(self) -> None:
+        """A held message's timer is gone: no attempt, no delay warning, no give-up, ever."""
+        self.start(retry=RetryPolicy(initial=300, maximum=3600, giveUp=1000, delayWarning=400))
+        entry = self.deferred()
+        self.assertTrue(self.successResultOf(self.runner.hold(entry.id)))
+        self.assertIsNone(self.runner.scheduledAt(entry.id))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(10 * 86400)
+        self.runner.flush()
+        self.clock.advance(0)
+        self.assertEqual(len(self.relay.calls), 1)
+        self.assertEqual((self.reports(), len(self.queued())), ([], 2))
+        self.assertTrue(self.onDisk(entry.id).held)
+
+    def test_release(self) -> None:
+        """Released, a message is tried at its next attempt time, at once when that has passed."""
+        entry = self.deferred()
+        self.successResultOf(self.runner.hold(entry.id))
+        self.clock.advance(200)
+        self.assertTrue(self.successResultOf(self.runner.release(entry.id)))
+        self.assertFalse(self.onDisk(entry.id).held)
+        self.assertEqual(self.runner.scheduledAt(entry.id), entry.nextAttempt)
+        self.clock.advance(200)  # past the next attempt: it is made then
+        self.assertEqual(len(self.relay.calls), 2)
+        self.successResultOf(self.runner.hold(entry.id))
+        self.clock.advance(86400)
+        self.relay.answer = lambda a: OK
+        self.successResultOf(self.runner.release(entry.id))
+        self.clock.advance(0)  # overdue: at once
+        self.assertEqual((len(self.relay.calls), self.queued()), (3, []))
+
+    def test_holdTwice(self) -> None:
+        """hold of a held message and release of one not held change nothing (False)."""
+        entry = self.deferred()
+        self.assertFalse(self.successResultOf(self.runner.release(entry.id)))
+        self.assertTrue(self.successResultOf(self.runner.hold(entry.id)))
+        self.assertFalse(self.successResultOf(self.runner.hold(entry.id)))
+        self.assertRaises(UnknownEntry, self.runner.hold, "nope")
+        self.assertRaises(UnknownEntry, self.runner.delete, "nope")
+
+    def test_heldAcrossRestart(self) -> None:
+        """The hold is in the envelope: a new runner on the spool does not schedule it."""
+        entry = self.deferred()
+        self.successResultOf(self.runner.hold(entry.id))
+        self.runner.stop()
+        self.relay = FakeRelay()
+        self.start()
+        self.assertTrue(self.runner.entries[entry.id].held)
+        self.clock.advance(86400)
+        self.assertEqual(self.relay.calls, [])
+        self.successResultOf(self.runner.release(entry.id))
+        self.clock.advance(0)
+        self.assertEqual((len(self.relay.calls), self.queued()), (1, []))
+
+    def test_holdDuringAttempt(self) -> None:
+        """Held while an attempt runs: it finishes, and is not scheduled again."""
+        self.relay.hold = True
+        self.send(envelope("s@example.com", "a@remote.example"))
+        [entry] = self.runner.entries.values()
+        self.assertTrue(self.runner.underWay(entry.id))
+        self.successResultOf(self.runner.hold(entry.id))
+        self.relay.release(LATER)
+        self.assertFalse(self.runner.underWay(entry.id))
+        self.assertIsNone(self.runner.scheduledAt(entry.id))
+        on = self.onDisk(entry.id)
+        self.assertEqual((on.held, on.attempts), (True, 1))
+
+    def test_flushSkipsHeld(self) -> None:
+        """flush tries every message not held now, and says how many."""
+        entry = self.deferred()
+        self.send(envelope("s@example.com", "b@remote.example"))
+        self.successResultOf(self.runner.hold(entry.id))
+        self.assertEqual(self.runner.flush(), 1)
+        self.clock.advance(0)
+        self.assertEqual([r for _, r, _ in self.relay.calls][-1], ["b@remote.example"])
+        self.assertEqual(len(self.relay.calls), 3)
+
+    def test_delete(self) -> None:
+        """delete forgets the message, removes its files, and reports to no one."""
+        entry = self.deferred()
+        self.runner.delete(entry.id)
+        self.assertEqual((self.runner.entries, self.queued()), ({}, []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(86400)
+        self.assertEqual((len(self.relay.calls), self.reports()), (1, []))
+        self.assertEqual(self.lines("deleted from the queue"), ["{id}: deleted from the queue"])
+
+    def test_deleteDuringAttempt(self) -> None:
+        """Deleted while an attempt runs: the files go when it ends, and no retry follows."""
+        self.relay.hold = True
+        self.send(envelope("s@example.com", "a@remote.example"))
+        [entryID] = self.runner.entries
+        self.runner.delete(entryID)
+        self.assertEqual(len(self.queued()), 2)
+        self.relay.release(LATER)
+        self.assertEqual(self.queued(), [])
+        self.clock.advance(86400)
+        self.assertEqual(len(self.relay.calls), 1)
+
+    def test_deleteDuringFinishingAttempt(self) -> None:
+        """Deleted while an attempt that delivers runs: removed once, nothing left."""
+        self.relay.hold = True
+        self.send(envelope("s@example.com", "a@remote.example"))
+        [entryID] = self.runner.entries
+        self.runner.delete(entryID)
+        self.relay.release(OK)
+        self.assertEqual((self.queued(), self.runner.entries), ([], {}))
+        self.assertEqual(len(self.spool.free), 2)  # each file given back once
+
+    def test_writesOneAtATime(self) -> None:
+        """Envelope writes of one entry never overlap; the last state is the one on disk."""
+        worker = ManualWorker()
+        self.start(worker=worker)
+        self.relay.answer = lambda a: LATER
+        d = self.backend.deliver(envelope("s@example.com", "a@remote.example"), message())
+        worker.runAll()
+        self.successResultOf(d)
+        self.clock.advance(0)  # the attempt: its envelope write waits in the worker
+        [entry] = self.runner.entries.values()
+        self.assertEqual(len(worker.jobs), 1)
+        held = self.runner.hold(entry.id)
+        released = self.runner.release(entry.id)
+        again = self.runner.hold(entry.id)
+        self.assertEqual(len(worker.jobs), 1)  # the three wait for the first write
+        worker.runNext()
+        self.assertEqual(len(worker.jobs), 1)  # one write for all three
+        self.assertNoResult(held)
+        worker.runNext()
+        self.assertEqual([self.successResultOf(x) for x in (held, released, again)], [True] * 3)
+        self.assertTrue(self.onDisk(entry.id).held)
+        self.assertEqual(worker.jobs, [])
+
+    def test_removeWaitsForWrite(self) -> None:
+        """A message deleted while its envelope is written loses its files after the write."""
+        worker = ManualWorker()
+        self.start(worker=worker)
+        d = self.backend.deliver(envelope("s@example.com", "a@remote.example"), message())
+        self.runner.stop()  # no attempt: the entry just waits
+        worker.runAll()
+        self.successResultOf(d)
+        [entryID] = self.runner.entries
+        self.runner.hold(entryID)
+        self.runner.delete(entryID)
+        worker.runAll()
+        self.assertEqual(self.queued(), [])
+
+    def test_whenRunning(self) -> None:
+        """whenRunning fires once the spool has been read (at once after)."""
+        worker = ManualWorker()
+        self.spool = Spool(self.path, None, worker=worker)
+        runner = QueueRunner(self.clock, self.spool, self.local, None, lambda a: LOCAL,
+                             ReportSettings("x"))  # fmt: skip
+        runner.start()
+        d = runner.whenRunning()
+        self.assertNoResult(d)
+        worker.runAll()
+        self.successResultOf(d)
+        self.successResultOf(runner.whenRunning())
 
 
 class _Peer:

@@ -255,6 +255,16 @@ class ControlProtocol(amp.AMP):
         super().__init__()
         self.runner = runner
 
+    def makeConnection(self, transport: Any) -> None:
+        """Without AMP's log line for every connection."""
+        self._transportPeer = transport.getPeer()
+        self._transportHost = transport.getHost()
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
+
     def _describe(self, entry: QueueEntry) -> dict[str, Any]:
         runner = self.runner
         return describeEntry(
@@ -343,6 +353,8 @@ class ControlProtocol(amp.AMP):
 
 class ControlFactory(Factory):
     """Makes a L{ControlProtocol} for each connection."""
+
+    noisy = False
 
     def __init__(self, runner: QueueRunner) -> None:
         self.runner = runner
