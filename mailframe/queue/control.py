@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from mailframe.backends._files import makeDirectory
 from mailframe.queue._files import SpoolError
 from mailframe.queue.backend import QueueService
 from mailframe.queue.entry import QueueEntry
@@ -391,6 +392,7 @@ class QueueControl:
         """
         if self.lockFD is not None:
             return
+        makeDirectory(self.path)
         deadline = time.monotonic() + self.lockWait
         while True:
             try:
