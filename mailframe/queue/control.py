@@ -5,7 +5,7 @@ L{DeleteAll}, L{HoldEntry}, L{ReleaseEntry}), the responder that carries
 them out through the L{QueueRunner} (L{ControlProtocol}), and the spool's
 lock.
 
-Each spool directory has, while a server uses it:
+Each spool directory has, while a server uses it::
 
     SPOOL/lock           an exclusive flock(2), held from before the spool is
                          read until the server stops (a crash releases it);
