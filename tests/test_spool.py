@@ -611,3 +611,33 @@ class EarlyTests(SpoolCase):
         self.successResultOf(started)
         self.successResultOf(d)
         self.assertEqual(self.queued(), ["E1.json", "E1.msg"])
+
+
+class FilePoolTests(SynchronousTestCase):
+    def test_namesAfterRestartNeverCollide(self) -> None:
+        """Loaded with gaps (F1 F2 F3 F6), the pool never makes a name it already has."""
+        from mailframe.queue._files import FilePool
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        for name in ("F1", "F2", "F3", "F6"):
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(name)
+        pool = FilePool(directory)
+        pool.load()
+        for i in range(4):
+            path = os.path.join(directory, f"..new{i}")
+            with open(path, "w") as f:
+                f.write(f"new{i}")
+            pool.give(path)
+        names = sorted(os.listdir(directory))
+        self.assertEqual(len(names), 8)
+        self.assertEqual(len(pool), 8)
+        taken = [pool.take() for _ in range(8)]
+        self.assertEqual(len(set(taken)), 8)
+        contents = set()
+        for path in taken:
+            assert path is not None
+            with open(path) as f:
+                contents.add(f.read())
+        self.assertEqual(contents, {"F1", "F2", "F3", "F6", "new0", "new1", "new2", "new3"})

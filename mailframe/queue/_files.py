@@ -75,8 +75,12 @@ class FilePool:
         with self._lock:
             self._names = names[: self.limit]
         unlinkAll(os.path.join(self.directory, n) for n in names[self.limit :])
+        # new names must not collide with any left behind (they need not be
+        # consecutive: F1 F2 F6 after a restart would make F3..F6 again, and a
+        # rename onto F6 would put two messages' data in one inode)
+        highest = max((int(n[1:]) for n in names if n[:1] == "F" and n[1:].isdigit()), default=0)
         with self._lock:
-            self._counter = itertools.count(len(names) + 1)
+            self._counter = itertools.count(highest + 1)
 
     def take(self) -> str | None:
         """The path of a recycled file, now out of the pool, or None if there is none."""
