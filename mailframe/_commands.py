@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from mailframe import reply as R
+from mailframe._deferreds import settled, then
 from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
 from mailframe.interfaces import IUnadvertisedCommands
@@ -54,32 +54,6 @@ _EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the 
 _GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
 
 
-def _settled(result: Any) -> Any:
-    """
-    A Deferred that has already fired with a plain value (no callbacks
-    pending, not paused) is replaced by that value: the common case of a
-    synchronous plug point costs no callback machinery.  Anything else is
-    returned as it is.
-    """
-    # fired and not paused means its callbacks have all run
-    if (
-        type(result) is _Deferred
-        and result.called
-        and not result.paused
-        and type(result.result) is not Failure
-    ):
-        return result.result
-    return result
-
-
-def _then(result: Any, f: Callable[..., Any], *args: Any) -> Any:
-    """C{f(result, *args)} now for a plain value, or when a Deferred fires."""
-    result = _settled(result)
-    if isinstance(result, _Deferred):
-        return result.addCallback(f, *args)
-    return f(result, *args)
-
-
 class CommandHandlers:
     """The command and message-event handlers of a server session."""
 
@@ -101,7 +75,7 @@ class CommandHandlers:
     def _checkHelo(self, i: int, event: E.Hello) -> Any:
         validators = self.factory.heloValidators
         while i < len(validators):
-            result = _settled(validators[i].validateHelo(self.session, event.name, event.extended))
+            result = settled(validators[i].validateHelo(self.session, event.name, event.extended))
             if isinstance(result, _Deferred):
                 return result.addCallback(self._heloAnswered, i, event)
             if isinstance(result, Reply) and result.code >= 400:
@@ -254,7 +228,7 @@ class CommandHandlers:
             if isinstance(result, _Deferred):
                 return result.addCallback(self._afterMessageFilter, i + 1, envelope, message)
             i += 1
-        return _then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
+        return then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
 
     def _afterMessageFilter(self, _: object, i: int, envelope: Envelope, message: Message) -> Any:
         return self._filterMessage(i, envelope, message)
@@ -311,7 +285,7 @@ class CommandHandlers:
         verifiers = self.factory.verifiers
         if i >= len(verifiers):
             return R.CANNOT_VRFY
-        return _then(
+        return then(
             verifiers[i].verifyAddress(self.session, argument),
             lambda r: r if r is not None else self._verify(i + 1, argument),
         )

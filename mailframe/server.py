@@ -38,8 +38,8 @@ from mailframe._commands import (
     _OUT_OF_SYNC,
     HANDLERS,
     CommandHandlers,
-    _settled,
 )
+from mailframe._deferreds import settled
 from mailframe._serverutil import GreetPasses, IDs, check, oneLine, sendNow
 from mailframe.address import Domain
 from mailframe.config import ServerConfig
@@ -407,7 +407,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                 if type(result) is not Reply:
                     if result is None:
                         continue
-                    result = _settled(result)
+                    result = settled(result)
                     if isinstance(result, _Deferred):
                         self._startAsync(result)
                         continue

@@ -47,6 +47,7 @@ def under(module: str, *prefixes: str) -> bool:
 
 
 GLUE = ("mailframe.server", "mailframe._commands", "mailframe._serverutil")
+# mailframe._deferreds is a shared utility: anything may use it
 WIRING = ("mailframe.tap", "mailframe._tapconfig", "mailframe._tapsecurity", "mailframe.workers")
 OUTBOUND = ("mailframe.client", "mailframe.relay", "mailframe.routing", "mailframe.queue")
 

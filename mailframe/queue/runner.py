@@ -44,11 +44,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailframe._deferreds import always, settled
 from mailframe.address import Address
 from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IRelay
 from mailframe.message import Message
 from mailframe.queue import bounce
+from mailframe.queue._tools import QueueTools, UnknownEntry
 from mailframe.queue.entry import (
     DELIVERED,
     FAILED,
@@ -79,10 +81,6 @@ _Answer = tuple[Reply, str | None, bool]
 """Per recipient: the reply, the server that gave it, whether DSN went on with it."""
 
 
-class UnknownEntry(KeyError):
-    """No entry of the queue has this id."""
-
-
 def defaultRouteKey(isLocal: Callable[[Any], bool]) -> Callable[[Address], str]:
     """Local domains to L{LOCAL}, every other domain to C{"mx DOMAIN"}."""
 
@@ -94,7 +92,7 @@ def defaultRouteKey(isLocal: Callable[[Any], bool]) -> Callable[[Address], str]:
     return routeKey
 
 
-class QueueRunner:
+class QueueRunner(QueueTools):
     """
     Delivers the entries of C{spool}; becomes its C{committed} callback.
 
@@ -218,64 +216,6 @@ class QueueRunner:
         """True when no attempt is under way."""
         return not self._active
 
-    def underWay(self, entryID: str) -> bool:
-        """True while an attempt of the entry runs."""
-        return entryID in self._active
-
-    def scheduledAt(self, entryID: str) -> float | None:
-        """When the entry's next attempt is due (clock seconds), or None: no timer."""
-        call = self._timers.get(entryID)
-        return call.getTime() if call is not None and call.active() else None
-
-    # -- the queue tools ------------------------------------------------------------
-
-    def _entry(self, entryID: str) -> QueueEntry:
-        entry = self.entries.get(entryID)
-        if entry is None:
-            raise UnknownEntry(entryID)
-        return entry
-
-    def hold(self, entryID: str, held: bool = True) -> defer.Deferred[bool]:
-        """
-        Hold the entry (no attempt until released; one under way finishes),
-        or release it (C{held=False}: tried at its next attempt time, at
-        once if that has passed).  Fires True once the envelope on disk says
-        so, False if it said so already.  @raise UnknownEntry: no such id.
-        """
-        entry = self._entry(entryID)
-        if entry.held == held:
-            return defer.succeed(False)
-        entry.held = held
-        if held:
-            self._cancelTimer(entryID)
-        else:
-            self._schedule(entry, entry.nextAttempt)
-        return self._write(entry).addCallback(lambda _: True)
-
-    def release(self, entryID: str) -> defer.Deferred[bool]:
-        """L{hold} with C{held=False}."""
-        return self.hold(entryID, held=False)
-
-    def delete(self, entryID: str) -> None:
-        """
-        Forget the entry and remove its files, with no report to anyone
-        (after an attempt under way).  @raise UnknownEntry: no such id.
-        """
-        self._entry(entryID)
-        del self.entries[entryID]
-        self._cancelTimer(entryID)
-        self._cache.pop(entryID, None)
-        log.info("{id}: deleted from the queue", id=entryID)
-        if entryID in self._active:
-            self._deleted.add(entryID)
-        else:
-            self._remove(entryID)
-
-    def _cancelTimer(self, entryID: str) -> None:
-        call = self._timers.pop(entryID, None)
-        if call is not None and call.active():
-            call.cancel()
-
     def _write(self, entry: QueueEntry) -> defer.Deferred[None]:
         """
         Replace the entry's envelope on disk, one write of an entry at a
@@ -336,7 +276,7 @@ class QueueRunner:
             result = self._deliver(entry)
         except Exception:
             result = Failure()
-        _then(result, self._attempted, entry)
+        always(result, self._attempted, entry)
 
     def _attempted(self, result: object, entry: QueueEntry) -> None:
         """The attempt is over: C{result} is when to try again (None: never), or a Failure."""
@@ -382,7 +322,7 @@ class QueueRunner:
         self, message: Message | None, entry: QueueEntry, groups: dict[str, list[RecipientState]]
     ) -> Any:
         results = [
-            _settled(self._deliverGroup(entry, key, rcpts, message))
+            settled(self._deliverGroup(entry, key, rcpts, message))
             for key, rcpts in groups.items()
         ]
         if not any(isinstance(r, defer.Deferred) for r in results):
@@ -441,11 +381,11 @@ class QueueRunner:
             envelope = entry.envelopeFor(rcpts)
             if key == LOCAL:
                 backend = self.backends.get(entry.listener) or next(iter(self.backends.values()))
-                result = _settled(backend.deliver(envelope, message))
+                result = settled(backend.deliver(envelope, message))
             elif self.relay is None:
                 result = DeliveryResult((_NO_RELAY,) * count)
             else:
-                result = _settled(self.relay.relay(envelope, envelope.recipients, message))
+                result = settled(self.relay.relay(envelope, envelope.recipients, message))
         except Exception:
             log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
             limits.release(key)
@@ -607,27 +547,6 @@ class QueueRunner:
             queueID=entry.id,
             status=status,
         )
-
-
-def _settled(result: Any) -> Any:
-    """A Deferred that has already fired with a value becomes that value (no callbacks)."""
-    if (
-        isinstance(result, defer.Deferred)
-        and result.called
-        and not result.paused
-        and not isinstance(result.result, Failure)
-    ):
-        return result.result
-    return result
-
-
-def _then(result: Any, f: Callable[..., Any], *args: Any) -> None:
-    """C{f(result, *args)} now for a plain value, or when a Deferred fires (with a Failure too)."""
-    result = _settled(result)
-    if isinstance(result, defer.Deferred):
-        result.addBoth(f, *args)
-    else:
-        f(result, *args)
 
 
 def _replies(result: Any, count: int, entryID: str) -> list[_Answer]:
