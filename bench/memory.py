@@ -46,7 +46,7 @@ def wait_port(host: str, port: int, limit: float = 30) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, port), timeout=1) as s:
+            with socket.create_connection((host, port), timeout=5) as s:
                 s.recv(100)
                 return
         except OSError:
@@ -158,7 +158,7 @@ def main() -> None:
     cmd = [
         opt.twistd, "-n", "--pidfile=", "mailframe", "--quiet",
         "--listen", f"tcp:{port}:interface={opt.host}:backlog=1024",
-        "--hostname", "localhost", "--max-size", f"{opt.size + 10}M",
+        "--hostname", "localhost", "--max-size", f"{opt.size + 10}M", "--greet-delay", "0",
         "--deliver", f"maildir:{scratch}/Maildir",
     ]  # fmt: skip
     server = subprocess.Popen(

@@ -44,7 +44,7 @@ class ServerMemoryTests(SynchronousTestCase):
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
              "-n", "--pidfile=", "mailframe", "--quiet",
              "--listen", f"tcp:{self.port}:interface=127.0.0.1:backlog=1024",
-             "--hostname", "localhost", "--max-size", "60M",
+             "--hostname", "localhost", "--max-size", "60M", "--greet-delay", "0",
              "--deliver", f"maildir:{scratch}/Maildir"],
             cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
