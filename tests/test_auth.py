@@ -33,6 +33,7 @@ from mailframe.interfaces import IExtension
 from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.server import SMTPServerFactory, SMTPServerProtocol
 from mailframe.validators.basic import AnyRecipient
+from tests._transports import TLSTransport
 
 PEER = "192.0.2.7"
 CONTEXT = object()  # what StartTLS hands to transport.startTLS
@@ -57,31 +58,6 @@ def codes(data: bytes) -> list[str]:
                 code += " " + words[1]
             out.append(code)
     return out
-
-
-class TLSTransport(StringTransport):
-    """A transport that records startTLS; its handle tells a TLS version and cipher."""
-
-    tlsContext: Any = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tlsContext = context
-
-    def getHandle(self) -> Any:
-        class Handle:
-            def get_protocol_version_name(self) -> str:
-                return "TLSv1.3"
-
-            def get_cipher_name(self) -> str:
-                return "TLS_AES_128_GCM_SHA256"
-
-            def get_cipher_bits(self) -> int:
-                return 128
-
-            def get_peer_certificate(self) -> None:
-                return None
-
-        return Handle()
 
 
 @implementer(ICredentialsChecker)

@@ -34,18 +34,7 @@ from mailframe.message import Message
 from mailframe.protocol import Limits
 from mailframe.reply import Reply, SMTPError
 from mailframe.server import SMTPServerFactory, SMTPServerProtocol
-
-
-class CountingTransport(StringTransport):
-    """A StringTransport that counts write calls."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        super().write(data)
+from tests._transports import CountingTransport, TLSTransport
 
 
 @implementer(IRecipientValidator)
@@ -773,31 +762,6 @@ class TranscriptTests(ServerTestCase):
                 if e.get("log_namespace") == "mailframe.server"
             )
         )
-
-
-class TLSTransport(CountingTransport):
-    """A transport that records startTLS and can fake a handshake."""
-
-    tlsContext: Any = None
-
-    def startTLS(self, context: Any) -> None:
-        self.tlsContext = context
-
-    def getHandle(self) -> Any:
-        class Handle:
-            def get_protocol_version_name(self) -> str:
-                return "TLSv1.3"
-
-            def get_cipher_name(self) -> str:
-                return "TLS_AES_256_GCM_SHA384"
-
-            def get_cipher_bits(self) -> int:
-                return 256
-
-            def get_peer_certificate(self) -> None:
-                return None
-
-        return Handle()
 
 
 class FakeTLS(Extension):

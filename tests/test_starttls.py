@@ -48,7 +48,7 @@ class StartTLSTests(AuthTestCase):
         self.assertEqual(codes(out)[-4:], ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"])
         received = self.backend.messages[0].data
         self.assertIn(b"with ESMTPS id", received)
-        self.assertIn(b"(TLSv1.3 TLS_AES_128_GCM_SHA256)", received)
+        self.assertIn(b"(TLSv1.3 TLS_AES_256_GCM_SHA384)", received)
 
     def test_secondStartTLS(self) -> None:
         """STARTTLS is not offered inside TLS, and a second one is 503 5.5.1."""

@@ -9,7 +9,8 @@ pipelined commands in order whatever the plug points do.
 
 Owns: the protocol rules that do not depend on policy (sequence, limits,
 SMTPUTF8, BINARYMIME, BDAT framing, STARTTLS buffer discard).  Must not:
-import twisted or zope, decide whether to accept an address or a message.
+depend on twisted or zope, or decide whether to accept an address or a
+message.
 """
 
 from __future__ import annotations
