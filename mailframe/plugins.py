@@ -194,6 +194,15 @@ class PlugInFactory:
                 names = ", ".join(known) if known else "none"
                 raise ValueError(f"unknown option {key!r} (options: {names})")
 
+    def _flag(self, kwargs: dict[str, str], key: str, default: bool) -> bool:
+        """A yes/no option (also true/false, on/off, 1/0)."""
+        value = kwargs.get(key)
+        if value is None:
+            return default
+        if value.lower() not in _BOOLEANS:
+            raise ValueError(f"{key} must be yes or no, not {value!r}")
+        return _BOOLEANS[value.lower()]
+
     def _choice(self, kwargs: dict[str, str], key: str, choices: tuple[str, ...]) -> str:
         value = kwargs.get(key, choices[0])
         if value not in choices:
@@ -253,10 +262,7 @@ class _Memory(PlugInFactory):
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
         self._options(kwargs, ["keep"])
-        value = kwargs.get("keep", "yes")
-        if value.lower() not in _BOOLEANS:
-            raise ValueError(f"keep must be yes or no, not {value!r}")
-        return {"keep": _BOOLEANS[value.lower()]}
+        return {"keep": self._flag(kwargs, "keep", True)}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.backends.memory import MemoryBackend

@@ -26,18 +26,6 @@ from mailframe.plugins import PlugInFactory
 
 __all__ = ["POLICY_FACTORIES"]
 
-_BOOLEANS = {"yes": True, "true": True, "on": True, "1": True}
-_BOOLEANS.update({"no": False, "false": False, "off": False, "0": False})
-
-
-def _flag(kwargs: dict[str, str], key: str, default: bool) -> bool:
-    value = kwargs.get(key)
-    if value is None:
-        return default
-    if value.lower() not in _BOOLEANS:
-        raise ValueError(f"{key} must be yes or no, not {value!r}")
-    return _BOOLEANS[value.lower()]
-
 
 def _number(kwargs: dict[str, str], key: str, default: int) -> int:
     value = kwargs.get(key)
@@ -131,7 +119,7 @@ class _DNSBL(PlugInFactory):
             "zones": zones,
             "allow": allow,
             "timeout": _timeout(kwargs, 5.0),
-            "refuse": _flag(kwargs, "refuse", True),
+            "refuse": self._flag(kwargs, "refuse", True),
         }
 
     def build(self, context: Any, **arguments: Any) -> Any:
@@ -155,8 +143,8 @@ class _Helo(PlugInFactory):
         self._noArguments(args)
         self._options(kwargs, ["fqdn", "literal", "fcrdns", "timeout"])
         return {
-            "fqdn": _flag(kwargs, "fqdn", True),
-            "literal": _flag(kwargs, "literal", True),
+            "fqdn": self._flag(kwargs, "fqdn", True),
+            "literal": self._flag(kwargs, "literal", True),
             "fcrdns": self._choice(kwargs, "fcrdns", ("no", "record", "require")),
             "timeout": _timeout(kwargs),
         }
@@ -244,7 +232,7 @@ class _DKIMSign(PlugInFactory):
             "domain": domain,
             "selector": selector,
             "path": path,
-            "signAll": _flag(kwargs, "all", False),
+            "signAll": self._flag(kwargs, "all", False),
         }
 
     def build(self, context: Any, **arguments: Any) -> Any:
@@ -276,8 +264,8 @@ class _DMARC(PlugInFactory):
         self._noArguments(args)
         self._options(kwargs, ["reject", "quarantine", "temperror", "timeout"])
         return {
-            "reject": _flag(kwargs, "reject", True),
-            "quarantine": _flag(kwargs, "quarantine", True),
+            "reject": self._flag(kwargs, "reject", True),
+            "quarantine": self._flag(kwargs, "quarantine", True),
             "deferTemporary": self._choice(kwargs, "temperror", ("accept", "defer")) == "defer",
             "timeout": _timeout(kwargs),
         }
