@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import string
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ from mailframe.protocol import (
     Event,
     ExtensionCommand,
     Hello,
+    Limits,
     MailFrom,
     MessageData,
     Quit,
@@ -76,9 +78,13 @@ EXTENSION_VERBS = frozenset({"XFOO", "STARTTLS", "AUTH"})
 # -- driving a ServerConnection in memory ------------------------------------------
 
 
-def opened(mail: bytes = b"MAIL FROM:<sender@example.org>", data: bool = True) -> ServerConnection:
+def opened(
+    mail: bytes = b"MAIL FROM:<sender@example.org>",
+    data: bool = True,
+    limits: Limits | None = None,
+) -> ServerConnection:
     """A connection after EHLO, MAIL, RCPT (and DATA), each answered positively."""
-    conn = ServerConnection(extensionVerbs=EXTENSION_VERBS)
+    conn = ServerConnection(limits, extensionVerbs=EXTENSION_VERBS)
     conn.send(R.greeting("mx.test"))
     steps: list[tuple[bytes, type[Event], R.Reply]] = [
         (b"EHLO client.test", Hello, EHLO_REPLY),
@@ -200,11 +206,7 @@ class MessageDataProperties(TestCase):
         zeroLast = data.draw(st.booleans())
         if zeroLast:
             chunks.append(b"")
-        wire = b"".join(
-            b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
-            for i, c in enumerate(chunks)
-        )
-        wire += b"QUIT\r\n"
+        wire = bdatWire(chunks) + b"QUIT\r\n"
         cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=30))
         pieces = iter(cut(wire, cuts))
         conn = opened(mail, data=False)
@@ -213,6 +215,69 @@ class MessageDataProperties(TestCase):
         self.assertEqual(size, len(message))
         self.assertIsInstance(nextCommand(conn, pieces), Quit)
         self.assertEqual(conn.buffered, 0)
+
+
+def bdatWire(chunks: list[bytes]) -> bytes:
+    """C{chunks} as BDAT commands, the last one with LAST."""
+    return b"".join(
+        b"BDAT %d%s\r\n" % (len(c), b" LAST" if i == len(chunks) - 1 else b"") + c
+        for i, c in enumerate(chunks)
+    )
+
+
+def normalised(message: bytes) -> bytes:
+    """The reference: every CRLF kept, every bare CR or LF made CRLF."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+
+
+# any bytes, rich in CR, LF and dots next to each other
+_ragged = st.lists(
+    st.one_of(
+        st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r", b".", b"a", b"\r\n.", b"\n."]),
+        st.binary(max_size=4),
+    ),
+    max_size=40,
+).map(b"".join)
+_offsets = st.lists(st.integers(0, 10_000), max_size=30)
+
+
+class NormaliseProperties(TestCase):
+    """With Limits(normaliseBareLineEndings=True) the stored bytes do not depend on the cuts."""
+
+    def store(self, wire: bytes, cuts: list[int], mail: bool = False) -> bytes:
+        """Send C{wire} (after DATA, or BDAT commands) cut at C{cuts}: the stored bytes."""
+        limits = Limits(normaliseBareLineEndings=True)
+        conn = opened(data=mail, limits=limits)
+        pieces = iter(cut(wire + b"QUIT\r\n", [c % (len(wire) + 7) for c in cuts]))
+        out, size = readMessage(conn, pieces)
+        stored = b"".join(out)
+        self.assertEqual(size, len(stored))
+        self.assertIsInstance(nextCommand(conn, pieces), Quit)
+        self.assertEqual(conn.buffered, 0)
+        return stored
+
+    def bdat(self, message: bytes, bounds: list[int], cuts: list[int]) -> bytes:
+        points = [0, *sorted(b % (len(message) + 1) for b in bounds), len(message)]
+        chunks = [message[a:b] for a, b in itertools.pairwise(points)]
+        return self.store(bdatWire(chunks), cuts)
+
+    @settings(PROFILE)
+    @given(_ragged, _offsets, _offsets, _offsets)
+    @example(b"\ra", [], list(range(20)), [])
+    @example(b"a\r\nb\nc\r\n", [2], [], [])
+    @example(b"a\r\nb\nc\r\n", [], [15], [])
+    @example(b"a\r", [], [], [])
+    @example(b"a\r", [2], [], [])
+    def test_normaliseIndependentOfCuts(
+        self, message: bytes, bounds: list[int], cuts: list[int], dataCuts: list[int]
+    ) -> None:
+        """Any bytes, any BDAT chunks, any reads: BDAT and DATA store the reference normalisation."""
+        self.assertEqual(self.bdat(message, bounds, cuts), normalised(message))
+        # DATA can only carry data that ends with a line: compare on message + CRLF
+        lined = message + b"\r\n"
+        expected = normalised(lined)
+        self.assertEqual(self.bdat(lined, bounds, cuts), expected)
+        self.assertEqual(self.store(dotStuff(lined) + b".\r\n", dataCuts, mail=True), expected)
 
 
 # -- addresses -------------------------------------------------------------------

@@ -471,6 +471,45 @@ class BdatTests(SynchronousTestCase):
         out = self.d.feed(b"BDAT 2 LAST\r\na\r")
         self.assertEqual(self.d.codes(out), ["550 5.5.2"])
 
+    def normalising(self, *pieces: bytes) -> tuple[bytes, list[str]]:
+        """Feed C{pieces} to a normalising session in a transaction: the body and the codes."""
+        d = Driver(Limits(normaliseBareLineEndings=True))
+        d.transaction()
+        out = b"".join(d.feed(piece) for piece in pieces)
+        return d.body(), d.codes(out)
+
+    def test_normaliseCutAtCR(self) -> None:
+        """Normalising, a chunk cut right after a CR keeps the LF that follows it."""
+        wire = b"BDAT 8 LAST\r\na\r\nb\nc\r\n"
+        expected = (b"a\r\nb\r\nc\r\n", ["250 2.0.0"])
+        self.assertEqual(self.normalising(wire), expected)
+        self.assertEqual(self.normalising(wire[:15], wire[15:]), expected)
+        self.assertEqual(self.normalising(*[bytes([c]) for c in wire]), expected)
+
+    def test_normaliseCRLFAcrossChunks(self) -> None:
+        """Normalising, a CRLF split between two chunks is one CRLF."""
+        body, codes = self.normalising(b"BDAT 2\r\na\r", b"BDAT 6 LAST\r\n\nb\nc\r\n")
+        self.assertEqual((body, codes), (b"a\r\nb\r\nc\r\n", ["250 2.0.0", "250 2.0.0"]))
+
+    def test_normaliseBareCRAtCut(self) -> None:
+        """Normalising, a bare CR at the end of a read or a chunk becomes CRLF, whatever the cut."""
+        wire = b"BDAT 2 LAST\r\n\ra"
+        self.assertEqual(self.normalising(wire), (b"\r\na", ["250 2.0.0"]))
+        self.assertEqual(self.normalising(*[bytes([c]) for c in wire]), (b"\r\na", ["250 2.0.0"]))
+        body, codes = self.normalising(b"BDAT 1\r\n\rBDAT 1 LAST\r\na")
+        self.assertEqual((body, codes), (b"\r\na", ["250 2.0.0", "250 2.0.0"]))
+
+    def test_normaliseTrailingCR(self) -> None:
+        """Normalising, a CR at the very end of the message is a bare CR: it becomes CRLF."""
+        self.assertEqual(self.normalising(b"BDAT 2 LAST\r\na\r"), (b"a\r\n", ["250 2.0.0"]))
+        body, codes = self.normalising(b"BDAT 2\r\na\rBDAT 0 LAST\r\n")
+        self.assertEqual((body, codes), (b"a\r\n", ["250 2.0.0", "250 2.0.0"]))
+
+    def test_trailingCRBeforeZeroLast(self) -> None:
+        """Refusing bare line endings, a CR that ends the data before BDAT 0 LAST is bare."""
+        out = self.d.feed(b"BDAT 2\r\na\rBDAT 0 LAST\r\n")
+        self.assertEqual(self.d.codes(out), ["250 2.0.0", "550 5.5.2"])
+
     def test_binaryMIME(self) -> None:
         """With BODY=BINARYMIME any octets pass, and DATA is refused."""
         d = Driver()

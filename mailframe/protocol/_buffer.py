@@ -207,10 +207,25 @@ class ChunkReader:
     Reads one BDAT chunk of exactly C{size} octets.  C{checks} carries the
     size count across the chunks of one message; with C{discard} the octets
     are read and dropped (a BDAT that will be refused must still be consumed,
-    RFC 3030 2).  Bare CR/LF are refused unless C{binary} (BODY=BINARYMIME).
+    RFC 3030 2).  Bare CR/LF are refused unless C{binary} (BODY=BINARYMIME),
+    or made CRLF with C{normaliseBareLineEndings}.
+
+    A CR at the end of a piece is passed on as it is and remembered
+    (C{prevCR}, carried to the next chunk by C{endsWithCR}): the next piece
+    decides whether it was the start of a CRLF or a bare CR.  At the end of
+    the C{last} chunk nothing can complete it: it is bare.
     """
 
-    __slots__ = ("_binary", "_checks", "_discard", "_normalise", "_prevCR", "remaining", "size")
+    __slots__ = (
+        "_binary",
+        "_checks",
+        "_discard",
+        "_last",
+        "_normalise",
+        "_prevCR",
+        "remaining",
+        "size",
+    )
 
     def __init__(
         self,
@@ -220,6 +235,7 @@ class ChunkReader:
         binary: bool = True,
         normaliseBareLineEndings: bool = False,
         prevCR: bool = False,
+        last: bool = False,
     ) -> None:
         self.remaining = size
         self.size = size
@@ -228,6 +244,7 @@ class ChunkReader:
         self._binary = binary
         self._normalise = normaliseBareLineEndings
         self._prevCR = prevCR
+        self._last = last
 
     @property
     def checks(self) -> _MessageChecks:
@@ -235,12 +252,13 @@ class ChunkReader:
 
     @property
     def endsWithCR(self) -> bool:
+        """The data so far ends with a CR that the next chunk may complete."""
         return self._prevCR
 
     def read(self, buffer: ReceiveBuffer) -> tuple[list[bytes], bool]:
         buf = buffer.data
         n = min(len(buf), self.remaining)
-        if n == 0:
+        if n == 0 and (self.remaining or not self._last):
             return [], self.remaining == 0
         piece = bytes(buf[:n])
         del buf[:n]
@@ -249,7 +267,7 @@ class ChunkReader:
         if self._discard:
             return [], done
         if not self._binary:
-            checked = self._lineEndings(piece)
+            checked = self._lineEndings(piece, done and self._last)
             if checked is None:
                 return [], done
             piece = checked
@@ -258,26 +276,30 @@ class ChunkReader:
             return [], done
         return [piece], done
 
-    def _lineEndings(self, piece: bytes) -> bytes | None:
+    def _lineEndings(self, piece: bytes, end: bool) -> bytes | None:
+        """
+        C{piece} checked (or normalised) for bare CR and LF; C{end} if it
+        ends the message.  Empty only at the end of the message.
+        """
         prevCR = self._prevCR
-        lf = piece.count(b"\n")
-        cr = piece.count(b"\r")
-        crlf = piece.count(b"\r\n") + (1 if prevCR and piece[:1] == b"\n" else 0)
-        # a CR at the very end may be completed by the next chunk
-        trailingCR = piece.endswith(b"\r")
+        # the CR that ended the last piece and the LF that starts this one
+        joined = prevCR and piece[:1] == b"\n"
+        crlf = piece.count(b"\r\n") + joined
+        # a CR at the very end may be completed by the next piece, if any
+        trailingCR = piece[-1:] == b"\r" and not end
         self._prevCR = trailingCR
-        badCR = (cr + (1 if prevCR else 0) - (1 if trailingCR else 0)) != crlf
-        badLF = lf != crlf
-        if prevCR and piece[:1] != b"\n":
-            badCR = True
-        if badCR or badLF:
-            if not self._normalise:
-                self._checks.error = self._checks.error or R.BARE_LINE_ENDING
-                self._discard = True
-                return None
-            if prevCR and piece[:1] == b"\n":
-                piece = piece[1:]  # the CR was already normalised to CRLF
-            piece = _BARE_RE.sub(b"\r\n", piece[:-1] if trailingCR else piece)
-            if trailingCR:
-                piece += b"\r"
-        return piece
+        # every CR but a trailing one (the last piece's included) must start
+        # a CRLF, and every LF end one
+        if piece.count(b"\r") + prevCR - trailingCR == crlf and piece.count(b"\n") == crlf:
+            return piece
+        if not self._normalise:
+            self._checks.error = self._checks.error or R.BARE_LINE_ENDING
+            self._discard = True
+            return None
+        # the CR of the last piece went out as it was: complete it with an LF,
+        # this piece's own (joined) or a new one (it was bare)
+        head = b"\n" if prevCR else b""
+        body = piece[1:] if joined else piece
+        if trailingCR:
+            return head + _BARE_RE.sub(b"\r\n", body[:-1]) + b"\r"
+        return head + _BARE_RE.sub(b"\r\n", body)

@@ -250,6 +250,7 @@ class ServerConnection:
             binary=self._body == "BINARYMIME",
             normaliseBareLineEndings=self.limits.normaliseBareLineEndings,
             prevCR=self._chunkCR,
+            last=event.last,
         )
         self._readerError = refusal
         self._lastChunk = event.last
@@ -278,10 +279,8 @@ class ServerConnection:
                 if last and self.state is State.CHUNKING:
                     self._clear()
                 return self._refuse(refusal)
-            self._chunkCR = reader.endsWithCR
+            self._chunkCR = reader.endsWithCR  # the reader judged it if last
             error, size = reader.checks.error, reader.checks.size
-            if last and self._chunkCR and self._body != "BINARYMIME" and error is None:
-                error = R.BARE_LINE_ENDING
         if error is not None:
             self._clear()
             if not last:
