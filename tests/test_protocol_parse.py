@@ -148,6 +148,50 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code(b"EXPN "), "501 5.5.4")
 
 
+class ASCIIKeywordTests(SynchronousTestCase):
+    """Verbs and keywords are ASCII: no Unicode case mapping makes one match."""
+
+    def test_nonASCIIVerbs(self) -> None:
+        """A verb whose Unicode uppercase is a known verb (long s, dotless i, st ligature) is 500 5.5.1."""
+        for line in [
+            "\u017fTARTTLS",
+            "\ufb06ARTTLS",
+            "MA\u0131L FROM:<a@b.c>",
+            "R\u017fET",
+            "RCPT TO:<a@b.c>".replace("R", "\u0280"),
+            "\u017fTARTTLS extra",
+        ]:
+            self.assertEqual(code(line.encode("utf-8")), "500 5.5.1", line)
+        with self.assertRaises(CommandSyntaxError) as e:
+            parseCommand("X\u017fOO".encode(), frozenset({"XSOO"}))
+        self.assertEqual(e.exception.reply.code, 500)
+
+    def test_nonASCIILast(self) -> None:
+        """BDAT's LAST spelt with a long s or an st ligature is a syntax error, not the last chunk."""
+        for word in ["LA\u017fT", "LA\ufb06", "la\u017ft"]:
+            self.assertEqual(code(f"BDAT 3 {word}".encode()), "501 5.5.4", word)
+        self.assertEqual(parseCommand(b"BDAT 3 LaSt"), E.Bdat(3, True))
+
+    def test_nonASCIIPrefix(self) -> None:
+        """FROM: and TO: match in any ASCII case only."""
+        self.assertIsInstance(parseCommand(b"MAIL fRoM:<a@b.c>"), E.MailFrom)
+        self.assertIsInstance(parseCommand(b"RCPT tO:<a@b.c>"), E.RcptTo)
+        for line in ["MAIL \ufb00ROM:<a@b.c>", "RCPT T\u00d6:<a@b.c>"]:
+            self.assertEqual(code(line.encode()), "501 5.5.2", line)
+
+    def test_nonASCIIParameterKeyword(self) -> None:
+        """A parameter keyword with a non-ASCII letter is a syntax error, not its ASCII twin."""
+        for text in ["SMTPUTF\u017f", "BODY=8BITMIME \u017fIZE=10", "\u0131=1"]:
+            self.assertRaises(CommandSyntaxError, parseParameters, text)
+
+    def test_postmasterIsASCII(self) -> None:
+        """Only an ASCII postmaster (any case) is the bare <Postmaster> recipient."""
+        self.assertEqual(
+            parseCommand(b"RCPT TO:<PostMaster>").address, Address("PostMaster", None)
+        )  # type: ignore[attr-defined]
+        self.assertEqual(code("RCPT TO:<po\u017ftmaster>".encode()), "501 5.1.3")
+
+
 class XtextTests(SynchronousTestCase):
     def test_roundTrip(self) -> None:
         """xtext encodes '+', '=', spaces and non-ASCII, and decodes back."""

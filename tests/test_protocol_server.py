@@ -520,6 +520,17 @@ class BdatTests(SynchronousTestCase):
         self.assertEqual(d.codes(out), ["250 2.0.0"])
         self.assertEqual(d.body(), b"\n\r\x00\xff")
 
+    def test_bodyValueIsASCII(self) -> None:
+        """BODY=binarymime is BINARYMIME; a BODY value that is not ASCII (dotless i) is refused."""
+        d = Driver()
+        d.ehlo()
+        d.feed(b"MAIL FROM:<a@b.c> BODY=binarymime\r\nRCPT TO:<d@e.f>\r\n")
+        self.assertEqual(d.codes(d.feed(b"DATA\r\n")), ["503 5.5.1"])
+        d.feed(b"RSET\r\n")
+        out = d.feed("MAIL FROM:<a@b.c> BODY=BINARYM\u0131ME\r\n".encode())
+        self.assertEqual(d.codes(out), ["501 5.5.4"])
+        self.assertEqual(d.conn.state, State.READY)
+
     def test_noDataAfterBdat(self) -> None:
         """DATA in the middle of a chunked message is 503."""
         out = self.d.feed(b"BDAT 1\r\nxDATA\r\n")

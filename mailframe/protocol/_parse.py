@@ -3,9 +3,11 @@ Command lines to command events: verbs, RFC 5321 paths (with source routes
 removed), ESMTP parameters, and RFC 3461 xtext.
 
 Owns: the syntax of a command line.  Raises L{CommandSyntaxError} carrying
-the reply a malformed line gets.  Must not: know the session state, decide
-policy, or import twisted or zope.  The mailbox grammar itself is in
-L{mailframe.address}.
+the reply a malformed line gets.  Verbs and keywords (FROM:, TO:, LAST,
+parameter names) are ASCII and match in ASCII case only: nothing is
+uppercased before C{isascii()} says it is ASCII.  Must not: know the
+session state, decide policy, or import twisted or zope.  The mailbox
+grammar itself is in L{mailframe.address}.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ _EMPTY: MappingProxyType[str, str | None] = MappingProxyType({})
 def parseParameters(text: str) -> MappingProxyType[str, str | None]:
     """
     Parse C{KEY[=VALUE] ...} (RFC 5321 4.1.2 esmtp-param; values may be UTF-8
-    per RFC 6531).  Keys are returned uppercase; values as sent.
+    per RFC 6531).  Keys are ASCII and returned uppercase; values as sent
+    (compare a keyword value only after C{isascii()}: the dotless i, U+0131,
+    uppercases to C{I}).
     """
     if not text:
         return _EMPTY
@@ -75,7 +79,7 @@ def _parsePath(
     arg: str, prefix: str, syntax: R.Reply, bad: R.Reply, nullAllowed: bool
 ) -> tuple[Address, MappingProxyType[str, str | None]]:
     n = len(prefix)
-    if arg[:n].upper() != prefix:
+    if not arg[:n].isascii() or arg[:n].upper() != prefix:
         raise CommandSyntaxError(syntax)
     m = _PATH_RE.match(arg, n)
     if m is None:
@@ -100,7 +104,7 @@ def _parsePath(
         if route is None:
             raise CommandSyntaxError(bad)
         path = path[route.end() :]
-    if not nullAllowed and len(path) == 10 and path.lower() == "postmaster":
+    if not nullAllowed and len(path) == 10 and path.isascii() and path.lower() == "postmaster":
         return Address(path, None), params
     try:
         address = parseMailbox(path)
@@ -146,7 +150,7 @@ def _bdat(arg: str) -> E.Event:
     words = arg.split()
     if not 1 <= len(words) <= 2 or not words[0].isdigit() or not words[0].isascii():
         raise CommandSyntaxError(_BDAT_SYNTAX)
-    if len(words) == 2 and words[1].upper() != "LAST":
+    if len(words) == 2 and (not words[1].isascii() or words[1].upper() != "LAST"):
         raise CommandSyntaxError(_BDAT_SYNTAX)
     if len(words[0]) > 18:
         raise CommandSyntaxError(R.MESSAGE_TOO_BIG)
@@ -200,11 +204,16 @@ def parseCommand(line: bytes, extensionVerbs: frozenset[str] = frozenset()) -> E
     """
     if b"\x00" in line:
         raise CommandSyntaxError(R.BAD_ENCODING)
-    try:
-        text = line.decode("ascii") if line.isascii() else line.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CommandSyntaxError(R.BAD_ENCODING) from None
-    verb, _, arg = text.partition(" ")
+    if line.isascii():
+        verb, _, arg = line.decode("ascii").partition(" ")
+    else:
+        try:
+            verb, _, arg = line.decode("utf-8").partition(" ")
+        except UnicodeDecodeError:
+            raise CommandSyntaxError(R.BAD_ENCODING) from None
+        if not verb.isascii():
+            # verbs are ASCII: "\u017fTARTTLS".upper() is STARTTLS, but no verb
+            raise CommandSyntaxError(R.UNRECOGNIZED)
     verb = verb.upper()
     parser = _PARSERS.get(verb)
     if parser is not None:

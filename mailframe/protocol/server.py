@@ -71,6 +71,7 @@ class Limits:
 
 
 _ERROR = E.Event()  # the pending marker for an error reply
+_BAD_BODY = R.Reply(501, (5, 5, 4), "BODY must be 7BIT, 8BITMIME or BINARYMIME")
 _EXCHANGE_TOO_LONG = R.Reply(500, (5, 5, 6), "Authentication exchange line is too long")
 _2XX = range(200, 300)
 _POSITIVE: dict[type, range | tuple[int, ...]] = {
@@ -202,7 +203,10 @@ class ServerConnection:
         if kind is E.MailFrom:
             params = event.params  # type: ignore[attr-defined]
             self._smtputf8 = "SMTPUTF8" in params and "SMTPUTF8" in self.extensions
-            self._body = (params.get("BODY") or "").upper()
+            body = params.get("BODY") or ""
+            if not body.isascii():  # "BINARYM\u0131ME".upper() is BINARYMIME
+                return self._refuse(_BAD_BODY)
+            self._body = body.upper()
             if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
                 return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
         elif kind is E.RcptTo:
