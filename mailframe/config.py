@@ -35,8 +35,9 @@ class ServerConfig:
 
     C{localDomains}: mail for these is accepted (subject to the validators);
     any other domain is relaying, refused with 550 5.7.1.  Timeouts are in
-    seconds (RFC 5321 4.5.3.2); C{maxErrors} 4xx/5xx replies in a session
-    end it with 421 (the count restarts after each accepted message).
+    seconds (RFC 5321 4.5.3.2); the C{maxErrors}th 4xx/5xx reply of a
+    session is a 421 that ends it (the count restarts after each accepted
+    message).
     C{requireAuthentication} (submission listeners, RFC 6409): MAIL needs an
     authenticated session, else 530 5.7.0.  C{logMessages}: one log line
     per message (accepted or refused after its data); C{transcript}: every
@@ -52,6 +53,12 @@ class ServerConfig:
     once for C{greetPassTime} seconds (postscreen's cache).
     C{errorDelay}: after C{softErrors} errors each error reply waits
     C{errorDelay} seconds more than the last (a tarpit).
+
+    Time limits besides RFC 5321's: C{handshakeTimeout}, seconds for a TLS
+    handshake (after STARTTLS, or from the first byte of an implicit-TLS
+    connection); C{closeTimeout}, seconds a closing session may take to
+    drain its last reply (and, under TLS, for the client to answer the
+    close_notify) before the connection is aborted.
     """
 
     hostname: str = field(default_factory=defaultHostname)
@@ -63,6 +70,8 @@ class ServerConfig:
     dataTimeout: float = 300.0
     pluginTimeout: float = 240.0
     deliveryTimeout: float = 540.0
+    handshakeTimeout: float = 30.0
+    closeTimeout: float = 0.5
     maxErrors: int = 20
     transcript: bool = False
     logMessages: bool = True
@@ -85,7 +94,14 @@ class ServerConfig:
         if not domains:
             domains = frozenset({Domain("localhost"), Domain(self.hostname)})
         object.__setattr__(self, "localDomains", domains)
-        for name in ("commandTimeout", "dataTimeout", "pluginTimeout", "deliveryTimeout"):
+        for name in (
+            "commandTimeout",
+            "dataTimeout",
+            "pluginTimeout",
+            "deliveryTimeout",
+            "handshakeTimeout",
+            "closeTimeout",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.maxErrors < 1:

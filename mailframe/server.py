@@ -221,6 +221,9 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     _writePaused = False  # the transport asked us to stop producing output
     _readPaused = False  # we asked the transport to stop reading
     _timer: Any = None
+    _closeTimer: Any = None
+    _registered = False  # the session is its transport's producer
+    _handshakeTimer: Any = None
     _pregreet = False
     _tlsContext: Any = None
     _tlsStarted = False
@@ -247,6 +250,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         if ISSLTransport.providedBy(self.transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
             self._tlsStarted = True
+            self._handshakeTimer = f.clock.callLater(cfg.handshakeTimeout, self._handshakeExpired)
         self._out: list[bytes] = []
         self._errors = 0
         self._transcript = cfg.transcript
@@ -254,6 +258,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         self._lastActivity = f.clock.seconds()
         self._timer = f.clock.callLater(cfg.commandTimeout, self._checkIdle)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._registered = True
         f.sessions.add(self)
         if self._transcript:
             log.info("{id} connect from {peer}", id=self.session.sessionID, peer=self.session.peer)
@@ -309,6 +314,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
 
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: record the TLS version, cipher and client cert."""
+        self._cancelTimer("_handshakeTimer")
         handle = self.transport.getHandle()  # type: ignore[union-attr]
         try:
             self.session.tls = TLSInfo(
@@ -336,9 +342,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                 why=oneLine(reason),
             )
         self._closing = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for name in ("_timer", "_closeTimer", "_handshakeTimer"):
+            self._cancelTimer(name)
         self._endTransaction()
         self.factory.sessions.discard(self)
         for observer in self.factory.observers:
@@ -352,6 +357,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     # -- input ----------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return  # after 221 or 421 nothing more is read (or kept)
         self._lastActivity = self.factory.clock.seconds()
         self._conn.receiveData(data)
         if self._busy or self._writePaused:
@@ -490,6 +497,12 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     def _write(self, reply: Reply) -> None:
         if self._closing:
             return
+        if (
+            reply.code >= 400
+            and reply.code != 421
+            and self._errors + 1 >= self.factory.config.maxErrors
+        ):
+            reply = R.TOO_MANY_ERRORS  # the last error: one reply, the 421, not two
         self._out.append(self._conn.send(reply))
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
@@ -499,9 +512,6 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                 self._close()
                 return
             self._errors += 1
-            if self._errors >= self.factory.config.maxErrors:
-                self._write(R.TOO_MANY_ERRORS)
-                return
         if self.envelope is not None and not self._conn.inTransaction:
             self._endTransaction()
         state = self._conn.state
@@ -525,6 +535,9 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         self._direct = False
         self.transport.startTLS(context)  # type: ignore[union-attr]
         self._tlsStarted = True
+        self._handshakeTimer = self.factory.clock.callLater(
+            self.factory.config.handshakeTimeout, self._handshakeExpired
+        )
         self._conn.startTLS()
         session = self.session
         session.heloName = None  # RFC 3207 4.2: forget what the client said
@@ -546,9 +559,52 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
             self.transport.write(data)  # type: ignore[union-attr]
 
     def _close(self) -> None:
+        """
+        Close after the replies written so far.  The session stops being the
+        transport's producer first: Twisted's TLS layer sends its close_notify
+        only once no producer is registered.  A peer that does not read its
+        last reply, or does not answer the close_notify, is cut off after
+        C{closeTimeout} seconds.
+        """
+        if self._closeTimer is not None:
+            return
         self._flush()
         self._closing = True
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        if self._registered:
+            self._registered = False
+            transport.unregisterProducer()
+        transport.loseConnection()
+        if getattr(transport, "connected", True):
+            self._closeTimer = self.factory.clock.callLater(
+                self.factory.config.closeTimeout, self._abort
+            )
+
+    def _abort(self) -> None:
+        self._closeTimer = None
+        log.info(
+            "{id} {peer} did not close the connection: aborted",
+            id=self.session.sessionID,
+            peer=self.session.peer,
+        )
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _handshakeExpired(self) -> None:
+        self._handshakeTimer = None
+        log.info(
+            "{id} {peer} did not complete the TLS handshake in time: aborted",
+            id=self.session.sessionID,
+            peer=self.session.peer,
+        )
+        self._closing = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _cancelTimer(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            if timer.active():
+                timer.cancel()
+            setattr(self, name, None)
 
     def _logIn(self, conn: ServerConnection, event: Any = None) -> None:
         if isinstance(event, E.MessageData | E.EndOfMessage | E.EndOfChunk):

@@ -47,6 +47,26 @@ log = Logger(namespace="mailframe.tls")
 MINIMUM_VERSION = TLSVersion.TLSv1_2
 """The oldest TLS version a client may use (RFC 8996 deprecates 1.0 and 1.1)."""
 
+ALPN_PROTOCOL = b"smtp"
+"""The ALPN protocol ID of SMTP (IANA's TLS ALPN registry)."""
+
+
+def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> Any:
+    """
+    Choose C{smtp} if the client offers it; otherwise negotiate no protocol
+    and go on (as Postfix does: browsers' stacks offer only h2 and
+    http/1.1).  Twisted's own callback answers an empty protocol when
+    nothing overlaps, which OpenSSL turns into an internal_error alert.
+    """
+    return ALPN_PROTOCOL if ALPN_PROTOCOL in offered else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _serverContext(options: CertificateOptions) -> SSL.Context:
+    """The context of C{options}, with mailframe's ALPN choice (see L{_selectALPN})."""
+    context = options.getContext()
+    context.set_alpn_select_callback(_selectALPN)
+    return context
+
 
 @dataclass(frozen=True)
 class CertificatePair:
@@ -180,7 +200,9 @@ class ServerTLS:
         for item in loaded:
             for name in item.names:
                 byName.setdefault(name, item.options)
-        default = loaded[0].options.getContext()
+        default = _serverContext(loaded[0].options)
+        for item in loaded[1:]:
+            _serverContext(item.options)
         if len(loaded) > 1:
             default.set_tlsext_servername_callback(self._chooseContext)
         self._signature = signature

@@ -406,13 +406,28 @@ class PipeliningTests(ServerTestCase):
 
 class ErrorTests(ServerTestCase):
     def test_tooManyErrors(self) -> None:
-        """After maxErrors errors the server says 421 and closes."""
+        """The maxErrors-th error is answered with 421 alone, and the session closes."""
         config = ServerConfig(
             hostname="mx.test", localDomains=frozenset({"example.com"}), maxErrors=3
         )
         proto, t = self.connect(config=config)
         out = self.talk(proto, t, b"FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n")
-        self.assertEqual(codes(out), ["500", "500", "500", "421"])
+        self.assertEqual(codes(out), ["500", "500", "421"])
+        self.assertTrue(t.disconnecting)
+
+    def test_outOfSyncAtTheLimit(self) -> None:
+        """One command, one reply: out of sync at the error limit is a single 421."""
+        config = ServerConfig(
+            hostname="mx.test",
+            localDomains=frozenset({"example.com"}),
+            maxErrors=20,
+            enforceSync=True,
+        )
+        proto, t = self.connect(config=config)
+        self.talk(proto, t, b"FOO\r\n" * 19)
+        t.clear()
+        out = self.talk(proto, t, b"NOOP\r\nNOOP\r\n")
+        self.assertEqual(codes(out), ["421"])
         self.assertTrue(t.disconnecting)
 
     def test_errorCountResetsAfterMessage(self) -> None:
