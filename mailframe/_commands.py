@@ -9,7 +9,8 @@ the common case costs no callbacks.  Mixed into
 L{mailframe.server.SMTPServerProtocol}, which owns the I/O.
 
 Owns: the policy order of a session (relay check, routing forms, postmaster,
-parameters, validators; filters then delivery).  Must not: touch the
+parameters, validators; filters then delivery).  What the client sent is
+echoed only through L{R.clientText}: printable ASCII, bounded.  Must not: touch the
 transport or the timers, or parse (the sans-IO core does).
 """
 
@@ -52,6 +53,15 @@ _OUT_OF_SYNC = Reply(
 )
 _EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the greeting")
 _GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
+_NAME_ECHO = 255  # the most of a HELO/EHLO name echoed (a domain's length)
+_PARAMETER_ECHO = 64  # the most of a parameter keyword echoed
+
+
+def _unknownParameter(name: str) -> Reply:
+    """The 555 for a MAIL or RCPT parameter nobody owns, naming it (cut short)."""
+    return R.UNKNOWN_PARAMETER.withText(
+        f"Unsupported parameter {R.clientText(name, _PARAMETER_ECHO)}"
+    )
 
 
 class CommandHandlers:
@@ -96,7 +106,7 @@ class CommandHandlers:
         if not event.extended:
             session.extensions = frozenset()
             return Reply(250, None, cfg.hostname)
-        lines = [f"{cfg.hostname} greets {event.name}"]
+        lines = [f"{cfg.hostname} greets {R.clientText(event.name, _NAME_ECHO)}"]
         keywords = []
         for ext in self.factory.extensions:
             params = ext.ehloParameters(session)
@@ -118,7 +128,7 @@ class CommandHandlers:
             for name, value in event.params.items():
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
-                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
+                    return _unknownParameter(name)
                 ext.mailParameter(session, envelope, name, value)
         return self._checkSender(0, R.SENDER_OK)
 
@@ -163,7 +173,7 @@ class CommandHandlers:
             for name, value in event.params.items():
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
-                    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {name}")
+                    return _unknownParameter(name)
                 ext.rcptParameter(session, envelope, recipient, name, value)
         if address.isPostmaster or not local:
             envelope.recipients.append(recipient)

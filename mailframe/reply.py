@@ -15,9 +15,39 @@ __all__ = [
     "Enhanced",
     "Reply",
     "SMTPError",
+    "clientText",
 ]
 
 Enhanced = tuple[int, int, int]
+
+MAX_LINE = 512
+"""The longest reply line, CRLF included (RFC 5321 4.5.3.1.5)."""
+
+
+def clientText(text: str, limit: int = 100) -> str:
+    """
+    Text the client sent, made fit to echo in a reply: printable ASCII as it
+    is; controls, DEL, backslash and non-ASCII as Python escapes (C{\\x1b},
+    C{\\xfc}, C{\\u017f}); cut to at most C{limit} characters (at least 3),
+    ending with C{...}, never inside an escape.  Only the first C{limit}
+    characters are looked at, so a long line costs no more than a short one.
+    """
+    if len(text) <= limit and text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    head = text[: limit + 1]
+    if head.isascii() and head.isprintable() and "\\" not in head:
+        return text[: limit - 3] + "..."
+    pieces = [c if " " <= c <= "~" and c != "\\" else ascii(c)[1:-1] for c in head]
+    if len(text) <= limit and sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    out = []
+    room = limit - 3
+    for piece in pieces:
+        room -= len(piece)
+        if room < 0:
+            break
+        out.append(piece)
+    return "".join(out) + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +135,30 @@ class Reply:
         return self.toBytes().decode("utf-8", "replace").rstrip("\r\n")
 
 
+def _fit(line: bytes) -> bytes:
+    """A reply line (with its CRLF) cut to L{MAX_LINE} octets, ending with C{...}."""
+    if len(line) <= MAX_LINE:
+        return line
+    cut = line[: MAX_LINE - 5].decode("utf-8", "ignore")  # no character cut in half
+    return cut.encode("utf-8") + b"...\r\n"
+
+
 def _encode(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> bytes:
+    if code == 334:
+        # RFC 4954 4: "334" SP [base64]: an empty challenge keeps its SP, and
+        # a challenge is never cut (the mechanism would fail, not the length)
+        return f"334 {lines[0]}\r\n".encode() if len(lines) == 1 else _lines(code, None, lines)
     if len(lines) == 1 and lines[0]:
         if enhanced is None:
-            return f"{code} {lines[0]}\r\n".encode()
-        return f"{code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {lines[0]}\r\n".encode()
-    if code == 334 and lines == ("",):
-        return b"334 \r\n"  # RFC 4954 4: "334" SP [base64]: an empty challenge keeps its SP
+            return _fit(f"{code} {lines[0]}\r\n".encode())
+        return _fit(f"{code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {lines[0]}\r\n".encode())
+    data = _lines(code, enhanced, lines)
+    if len(data) > MAX_LINE:  # some line may be too long: measure each in octets
+        return b"".join(_fit(line) for line in data.splitlines(keepends=True))
+    return data
+
+
+def _lines(code: int, enhanced: Enhanced | None, lines: tuple[str, ...]) -> bytes:
     prefix = "{}.{}.{} ".format(*enhanced) if enhanced is not None else ""
     last = len(lines) - 1
     out = []
