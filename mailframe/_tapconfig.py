@@ -77,6 +77,7 @@ class ListenerSpec:
     authFailureDelay: float = 1.0
     filters: tuple[str, ...] = ()
     limits: str | None = None
+    proxyNetworks: tuple[str, ...] = ()
 
     @property
     def hasTLS(self) -> bool:
@@ -226,6 +227,20 @@ def _limits(value: Any) -> str | None:
     return value
 
 
+def _cidrs(value: Any) -> tuple[str, ...]:
+    """Networks in CIDR notation (a list, or one string with commas)."""
+    from ipaddress import ip_network
+
+    out = []
+    for item in _strings(value):
+        for text in item.split(","):
+            try:
+                out.append(str(ip_network(text.strip(), strict=False)))
+            except ValueError:
+                raise ConfigError(f"not a network: {text.strip()!r} (e.g. 192.0.2.0/24)")
+    return tuple(out)
+
+
 def _yesNo(value: Any) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("yes", "no", "true", "false"):
         return value.strip().lower() in ("yes", "true")
@@ -301,6 +316,7 @@ SETTINGS: Mapping[str, Callable[[Any], Any]] = {
     "greet-delay": _delay,
     "error-delay": _delay,
     "soft-errors": _count(0),
+    "proxy-network": _cidrs,
     **QUEUE_SETTINGS,  # spool, relay-host, relay-network, routes, retry ... (mailframe.queue)
 }
 
@@ -357,6 +373,7 @@ DEFAULTS: Mapping[str, Any] = {
     "greet-delay": None,  # 1 s on listeners without AUTH required, 0 on submission
     "error-delay": 0.0,
     "soft-errors": 3,
+    "proxy-network": (),  # haproxy: endpoints then trust 127.0.0.0/8 and ::1 only
     **QUEUE_DEFAULTS,
 }
 
@@ -483,6 +500,7 @@ def buildListeners(
             authFailureDelay=settings["auth-failure-delay"],
             filters=tuple(settings["filter"]),
             limits=settings["limits"],
+            proxyNetworks=tuple(settings["proxy-network"]),
         )
         _checkListener(listener)
         return listener

@@ -17,7 +17,7 @@ from typing import Any
 from mailframe.address import Domain
 from mailframe.protocol import Limits
 
-__all__ = ["ProviderContext", "ServerConfig", "defaultHostname"]
+__all__ = ["ProviderContext", "ServerConfig", "defaultHostname", "inNetworks"]
 
 
 def defaultHostname() -> str:
@@ -26,6 +26,19 @@ def defaultHostname() -> str:
     if "." in fqdn and not fqdn.lower().startswith("localhost"):
         return fqdn
     return socket.gethostname() or fqdn or "localhost"
+
+
+def inNetworks(host: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    """True if C{host} (an IP address; IPv4-mapped IPv6 counts as IPv4) is in C{networks}."""
+    if not networks:
+        return False
+    try:
+        address = ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
+        address = address.ipv4_mapped  # type: ignore[union-attr]
+    return any(address in n for n in networks)
 
 
 @dataclass(frozen=True)
@@ -118,15 +131,7 @@ class ServerConfig:
 
     def mayRelay(self, host: str) -> bool:
         """True if a client at C{host} (an IP address) is in a relay network."""
-        if not self.relayNetworks:
-            return False
-        try:
-            address = ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
-            address = address.ipv4_mapped  # type: ignore[union-attr]
-        return any(address in n for n in self.relayNetworks)
+        return inNetworks(host, self.relayNetworks)
 
     def isLocal(self, domain: Domain | None) -> bool:
         """True if mail for C{domain} is ours to deliver."""

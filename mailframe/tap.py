@@ -65,7 +65,7 @@ listeners where MAIL needs AUTH; AUTH checkers are Twisted's --auth strings
 
 # Options given several times; lists in the config file.
 _REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "submission",
-               "submissions", "filter", "relay-network")  # fmt: skip
+               "submissions", "filter", "relay-network", "proxy-network")  # fmt: skip
 
 # The queue's options with a value (mailframe.queue.settings).
 _QUEUE_OPTIONS = ("spool", "relay-host", "retry-initial", "retry-max", "give-up", "delay-warning",
@@ -201,6 +201,10 @@ class Options(usage.Options):
         """Clients in this network (CIDR; repeatable) may relay, as authenticated ones may"""
         self["relay-network"].append(network)
 
+    def opt_proxy_network(self, network: str) -> None:
+        """A proxy (CIDR; repeatable) whose PROXY header a haproxy: endpoint believes [default: 127.0.0.0/8, ::1]"""  # noqa: E501
+        self["proxy-network"].append(network)
+
     def opt_validate(self, description: str) -> None:
         """A recipient validator (repeatable: asked in order) [default: any]"""
         self["validate"].append(description)
@@ -262,12 +266,13 @@ class Options(usage.Options):
         if count > 1:
             from twisted.internet.testing import MemoryReactor
 
+            from mailframe._proxyheader import splitProxyEndpoint
             from mailframe.workers import reusePortEndpoint
 
             for spec in self.listeners:
                 for endpoint in spec.endpoints:
                     try:
-                        reusePortEndpoint(MemoryReactor(), endpoint)
+                        reusePortEndpoint(MemoryReactor(), splitProxyEndpoint(endpoint)[1])
                     except ValueError as e:
                         raise ConfigError(str(e))
         return count
@@ -389,6 +394,10 @@ def _announce(spec: ListenerSpec, factory: Any) -> str:
         f"mailframe: listening on {' and '.join(spec.endpoints)} as {config.hostname} "
         f"for {domains}; validate {', '.join(spec.validate)}; deliver {spec.deliver}"
     )
+    if any(e.lower().startswith("haproxy:") for e in spec.endpoints):
+        from mailframe._proxyheader import DEFAULT_TRUSTED
+
+        line += f"; PROXY header from {', '.join(spec.proxyNetworks or DEFAULT_TRUSTED)}"
     if spec.hasTLS:
         line += "; TLS from the first byte" if spec.implicitTLS else "; STARTTLS"
     auth = next((e for e in factory.extensions if e.keyword == "AUTH"), None)
@@ -460,6 +469,7 @@ def makeService(options: Options) -> MailframeService:
                     factory,
                     tls if spec.implicitTLS else None,
                     shared=getattr(options, "workers", 1) > 1,
+                    proxies=spec.proxyNetworks,
                 )
             except Exception as e:
                 raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
@@ -542,15 +552,27 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
 
 
 def _endpointService(
-    reactor: Any, description: str, factory: Any, tls: Any, shared: bool = False
+    reactor: Any,
+    description: str,
+    factory: Any,
+    tls: Any,
+    shared: bool = False,
+    proxies: Sequence[str] = (),
 ) -> Any:
     """
     The listening service of one endpoint; with C{tls}, TLS from the first
-    byte; C{shared}, a SO_REUSEPORT socket the other workers bind too.
+    byte; C{shared}, a SO_REUSEPORT socket the other workers bind too.  A
+    C{haproxy:} endpoint reads a PROXY header from one of C{proxies} (by
+    default this machine) before the session starts (see
+    L{mailframe._proxyheader}), not with Twisted's own wrapper.
     """
+    from mailframe._proxyheader import DEFAULT_TRUSTED, ProxyHeaderFactory, splitProxyEndpoint
     from mailframe.tls import implicitTLS
 
     listening = implicitTLS(tls, factory) if tls is not None else factory
+    proxied, description = splitProxyEndpoint(description)
+    if proxied:
+        listening = ProxyHeaderFactory(listening, proxies or DEFAULT_TRUSTED, reactor)
     if shared:
         from mailframe.workers import ReusePortService
 
