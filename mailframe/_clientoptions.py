@@ -20,7 +20,7 @@ from twisted.internet.ssl import CertificateOptions, TLSVersion, optionsForClien
 from zope.interface import implementer
 
 from mailframe.protocol.client import ClientLimits
-from mailframe.reply import Reply
+from mailframe.reply import Enhanced, Reply
 
 __all__ = [
     "TLS_NONE",
@@ -34,6 +34,7 @@ __all__ = [
     "Timeouts",
     "checkTLSPolicy",
     "clientTLS",
+    "quoted",
     "temporary",
 ]
 
@@ -132,10 +133,13 @@ class SessionFailed(Exception):
     """
     A session could not carry a message at all (no MAIL was sent): the
     connection failed, the greeting or EHLO/HELO was refused, TLS or AUTH
-    failed, or it timed out.  C{reply} is a 4xx to report if no other
-    destination does better; C{tryNext} says another destination may;
-    C{tlsFailed} that the TLS handshake failed (an opportunistic sender
-    may try the same host again without TLS).
+    failed, or it timed out.  C{reply} is what to report if no other
+    destination does better: the server's own reply where one ended the
+    session, or a 4xx of ours that says what happened.  It is a 5xx only
+    when the server refused the session for good (a 5xx greeting, or a 5xx
+    to HELO after EHLO was refused): L{permanent}.  C{tryNext} says another
+    destination may do better; C{tlsFailed} that the TLS handshake failed
+    (an opportunistic sender may try the same host again without TLS).
     """
 
     def __init__(self, reply: Reply, tryNext: bool = True, tlsFailed: bool = False) -> None:
@@ -144,13 +148,30 @@ class SessionFailed(Exception):
         self.tryNext = tryNext
         self.tlsFailed = tlsFailed
 
+    @property
+    def permanent(self) -> bool:
+        """True if this server refused the session for good (its reply is a 5xx)."""
+        return self.reply.code >= 500
 
-def temporary(reply: Reply) -> Reply:
-    """A 5xx reply as the 4xx with the same detail (a greeting or HELO refused: try later)."""
+
+def quoted(reply: Reply) -> str:
+    """C{reply} on one line as sent (its codes, every line of text), to quote in our own reply."""
+    codes = [str(reply.code)]
+    if reply.enhanced is not None:
+        codes.append("{}.{}.{}".format(*reply.enhanced))
+    return " ".join((*codes, *reply.lines)).rstrip(" ")
+
+
+def temporary(reply: Reply, what: str = "answered", enhanced: Enhanced = (4, 4, 0)) -> Reply:
+    """
+    C{reply} itself if it is not a 5xx.  A 5xx that is not taken as final
+    (a refused AUTH or RSET; a host that refused while others could not be
+    reached) becomes a 451 of ours with C{enhanced}, quoting the server's
+    reply whole: never a code the server did not send.
+    """
     if reply.code < 500:
         return reply
-    enhanced = None if reply.enhanced is None else (4, *reply.enhanced[1:])
-    return Reply(reply.code - 100, enhanced, reply.text)  # type: ignore[arg-type]
+    return Reply(451, enhanced, f"Will try again; the server {what}: {quoted(reply)}"[:400])
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -33,9 +33,16 @@ from mailframe._clientoptions import (
     ClientOptions,
     SessionFailed,
     clientTLS,
+    quoted,
     temporary,
 )
-from mailframe._clienttransaction import LOCAL_ERROR, LOST, Transaction, TransactionMixin
+from mailframe._clienttransaction import (
+    LOCAL_ERROR,
+    LOST,
+    Transaction,
+    TransactionMixin,
+    unexpected,
+)
 from mailframe.envelope import DeliveryResult, Envelope, TLSInfo
 from mailframe.message import Message
 from mailframe.protocol import _events as E
@@ -197,15 +204,15 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
     def _handle(self, event: ServerReply) -> None:
         command, reply = event.command, event.reply
         if command is None or reply.code == 421:  # unsolicited, or closing
-            self._fail(temporary(reply))
+            self._fail(reply)
             return
         if self._current is not None and self._current.started:
             self._transactionReply(command, reply)
             return
         kind = type(command)
         if command is GREETING:
-            if reply.code != 220:
-                self._fail(temporary(reply), quit=True)
+            if reply.code != 220:  # RFC 5321 3.1: a 554 (or 521) still waits for QUIT
+                self._refused(reply)
                 return
             self._phase = "ehlo"
             self._send(E.Hello(self.options.heloName, True))
@@ -217,7 +224,7 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             self._auth(reply)
         elif kind is E.Rset:
             if reply.code != 250:
-                self._fail(temporary(reply), quit=True)
+                self._refused(reply, temporary(reply, "refused RSET", (4, 5, 0)))
                 return
             self._begin()
         elif kind is E.Quit:
@@ -229,8 +236,20 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         elif command.extended and reply.code >= 500:
             self._phase = "helo"
             self._send(E.Hello(self.options.heloName, False))
+        else:  # a 5xx to HELO after EHLO was refused: this host will not take mail
+            self._refused(reply)
+
+    def _refused(self, reply: Reply, ours: Reply | None = None) -> None:
+        """
+        End the session after a reply that is not the one wanted: the
+        server's own reply (a 5xx refuses this host for good), or C{ours}
+        if given; a 2xx or 3xx out of place is a protocol error, never
+        passed on as if it were a result.
+        """
+        if reply.code < 400:
+            self._fail(unexpected(reply), quit=True)
         else:
-            self._fail(temporary(reply), quit=True)
+            self._fail(ours or reply, quit=True)
 
     def _afterHello(self) -> None:
         options, conn = self.options, self._conn
@@ -260,7 +279,8 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
                 else:
                     self._ready()
                 return
-            self._fail(_TLS_REFUSED.withText(f"TLS is required; STARTTLS got: {reply}"), quit=True)
+            self._fail(_TLS_REFUSED.withText(f"TLS is required; STARTTLS got: {quoted(reply)}"),
+                       quit=True)  # fmt: skip
             return
         self._conn.startTLS()  # what came with the 220 is dropped here
         hostname = options.tlsHostname or self.name.split(" ")[0] or ""
@@ -317,7 +337,7 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
                 self._send(E.ContinuationLine(b"*"))
                 return
             log.info("{name}: authentication failed: {reply}", name=self.remote, reply=str(reply))
-            self._fail(temporary(reply), quit=True)
+            self._refused(reply, temporary(reply, "refused AUTH", (4, 7, 0)))
 
     # -- output, failure, timers ------------------------------------------------------
 
@@ -353,7 +373,11 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             self.transport.loseConnection()
 
     def _fail(self, reply: Reply, quit: bool = False) -> None:
-        """End the session: what was not answered gets C{reply} (4xx)."""
+        """
+        End the session: a message not yet begun fails with C{reply} (see
+        L{SessionFailed}); recipients of the current one not yet answered
+        get C{reply} (a 4xx: the message may still go).
+        """
         if self._failure is None:
             self._failure = SessionFailed(reply)
         if self._closing:

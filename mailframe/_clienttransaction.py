@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailframe._clientoptions import ClientOptions
+from mailframe._clientoptions import ClientOptions, quoted
 from mailframe._clientplan import Plan, makePlan, regroup
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
@@ -28,7 +28,7 @@ from mailframe.protocol.client import ClientConnection
 from mailframe.protocol.server import LocalProtocolError
 from mailframe.reply import Reply
 
-__all__ = ["LOCAL_ERROR", "LOST", "SMTPResult", "Transaction", "TransactionMixin"]
+__all__ = ["LOCAL_ERROR", "LOST", "SMTPResult", "Transaction", "TransactionMixin", "unexpected"]
 
 log = Logger(namespace="mailframe.client")
 
@@ -38,7 +38,7 @@ LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the SMTP client")
 
 def unexpected(reply: Reply) -> Reply:
     """The 4xx for a reply that makes no sense where it came (a 354 to the final dot ...)."""
-    return Reply(451, (4, 5, 0), f"Protocol error: unexpected reply: {reply}"[:400])
+    return Reply(451, (4, 5, 0), f"Protocol error: unexpected reply: {quoted(reply)}"[:400])
 
 
 @dataclass(frozen=True, slots=True)

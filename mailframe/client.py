@@ -5,7 +5,9 @@ settings (L{ClientOptions}, L{Timeouts}, L{Credentials}, the TLS policies).
 C{sendMessage(endpoint, envelope, message, options)} connects, sends one
 message and fires with a L{DeliveryResult}: one reply per recipient (2xx
 accepted by the server, 4xx try again later, 5xx refused for good).  It
-never fails.  For several messages over one connection, connect an
+never fails.  A reply from the server is reported as the server sent it;
+a failure of our own (no connection, a timeout, a broken reply) is a 4xx
+whose text says what happened.  For several messages over one connection, connect an
 L{SMTPClientFactory} and call C{protocol.deliver(...)} for each (the relay
 in L{mailframe.relay} does that, with routing and retries over MX hosts).
 
@@ -128,7 +130,8 @@ def sendMessage(
 
     @return: a Deferred firing a L{DeliveryResult} with one reply per
         recipient; it never fails (a connection or session failure is a
-        4xx for every recipient).
+        4xx for every recipient, except a 5xx greeting or a 5xx to HELO
+        after EHLO was refused: the server's own 5xx).
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
@@ -146,7 +149,7 @@ def sendMessage(
 
     def failed(reason: Failure) -> DeliveryResult:
         if reason.check(SessionFailed):
-            reply = temporary(reason.value.reply)  # type: ignore[union-attr]
+            reply = reason.value.reply  # type: ignore[union-attr]
         else:
             reply = connectionFailed(reason)
         return DeliveryResult(tuple(reply for _ in rcpts), tuple(name or None for _ in rcpts))

@@ -2,10 +2,14 @@
 L{SMTPRelay}, the L{IRelay} provider: hands a message on to the next
 server.  It asks the L{Router} where the recipients' domain goes, then
 tries each destination in turn (MX hosts by preference, each of their
-addresses): a connection failure, a refused greeting or EHLO, a timeout,
-TLS that the policy requires and the server lacks, or a 421 before MAIL
-moves on to the next one; once a server has answered MAIL, its replies are
-the result (a 5xx to RCPT fails that recipient only).  With the
+addresses): a connection failure, a refused greeting or EHLO/HELO, a
+timeout, TLS that the policy requires and the server lacks, or a 421
+before MAIL moves on to the next one; once a server has answered MAIL, its
+replies are the result (a 5xx to RCPT fails that recipient only).  When no
+destination takes the message: if every one tried refused the session for
+good (a 5xx greeting, or a 5xx to HELO after EHLO), the last one's own 5xx
+fails it; otherwise the result is a 4xx (try later): the last failure's
+own reply, or ours quoting the server's 5xx.  With the
 opportunistic policy, a failed TLS handshake is retried on the same host
 without TLS (RFC 7435).  Idle sessions may be kept for the next message to
 the same address (C{keepAlive} seconds).
@@ -208,6 +212,7 @@ class SMTPRelay:
             return self._all(rcpts, e.reply, None)
         last: SessionFailed | None = None
         lastRemote: str | None = None
+        allRefused = True  # every destination tried refused the session for good
         for destination in destinations[: self.maxAttempts]:
             policies = [destination.tls]
             if destination.tls == TLS_OPPORTUNISTIC and not destination.implicitTLS:
@@ -224,9 +229,14 @@ class SMTPRelay:
                     break
                 replies = tuple(withEnhanced(r) for r in result.replies)
                 return replace(result, replies=replies)  # an SMTPResult stays one
+            # the host's last attempt decides (a failed handshake, then a refusal in clear)
+            allRefused = allRefused and last is not None and last.permanent
             if last is not None and not last.tryNext:
                 break
-        reply = temporary(last.reply) if last is not None else _NO_DESTINATION
+        if last is None:
+            return self._all(rcpts, _NO_DESTINATION, None)
+        # every host was tried (RFC 5321 5.1): if each refused for good, so does the message
+        reply = last.reply if allRefused else temporary(last.reply)
         return self._all(rcpts, reply, lastRemote)
 
     def _all(self, rcpts: Sequence[Recipient], reply: Reply, remote: str | None) -> DeliveryResult:

@@ -35,6 +35,7 @@ from mailframe.client import (
     sendMessage,
 )
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.reply import Reply
 
 MESSAGE = b"Subject: test\r\n\r\n.line with a dot\r\nbody\r\n"
 
@@ -250,13 +251,73 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(f.value.reply.code, 451)
 
     def test_greetingRefused(self) -> None:
-        """A 554 greeting: QUIT, and the message fails for this server with a 4xx."""
+        """A 554 greeting: QUIT; the session fails with that very reply, permanent for this host."""
         s = Session()
         d = s.deliver(envelope("bob@b.example"))
         self.assertEqual(s.server(b"554 5.7.1 go away\r\n"), b"QUIT\r\n")
         f = self.failureResultOf(d, SessionFailed)
-        self.assertEqual((f.value.reply.code, f.value.reply.enhanced), (454, (4, 7, 1)))
+        self.assertEqual(f.value.reply, Reply(554, (5, 7, 1), "go away"))
+        self.assertTrue(f.value.permanent)
         self.assertTrue(f.value.tryNext)
+
+    def test_greeting4xx(self) -> None:
+        """A 4xx greeting (not 421): QUIT; the server's own reply, temporary."""
+        s = Session()
+        d = s.deliver(envelope("bob@b.example"))
+        self.assertEqual(s.server(b"450 4.3.2 later\r\n"), b"QUIT\r\n")
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply, Reply(450, (4, 3, 2), "later"))
+        self.assertFalse(f.value.permanent)
+
+    def test_heloRefused(self) -> None:
+        """EHLO and HELO both answered 500 (an LMTP server): the server's 500, permanent, QUIT."""
+        s = Session()
+        d = s.deliver(envelope("bob@b.example"))
+        s.server(b"220 lmtp.test LMTP\r\n")
+        self.assertEqual(s.server(b"500 5.5.1 Unknown command\r\n"), b"HELO client.test\r\n")
+        self.assertEqual(s.server(b"500 5.5.1 Unknown command\r\n"), b"QUIT\r\n")
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply, Reply(500, (5, 5, 1), "Unknown command"))
+        self.assertTrue(f.value.permanent)
+        self.assertTrue(f.value.tryNext)
+
+    def test_heloRefusedNoEnhancedCode(self) -> None:
+        """HELO refused without an enhanced code: the reply is kept as sent (no code added)."""
+        s = Session()
+        d = s.deliver(envelope("bob@b.example"))
+        s.server(b"220 mx.test\r\n")
+        s.server(b"502 not here\r\n")
+        s.server(b"501-no\r\n501 really not\r\n")
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply, Reply(501, None, ("no", "really not")))
+
+    def test_heloTemporary(self) -> None:
+        """EHLO refused, HELO answered 4xx or 421: the server's own reply, temporary."""
+        for line, reply in ((b"451 4.3.0 try later", Reply(451, (4, 3, 0), "try later")),
+                            (b"421 4.3.2 closing", Reply(421, (4, 3, 2), "closing"))):  # fmt: skip
+            s = Session()
+            d = s.deliver(envelope("bob@b.example"))
+            s.server(b"220 mx.test\r\n")
+            s.server(b"500 5.5.1 Unknown command\r\n")
+            s.server(line + b"\r\n")
+            f = self.failureResultOf(d, SessionFailed)
+            self.assertEqual(f.value.reply, reply)
+            self.assertFalse(f.value.permanent)
+            self.assertTrue(f.value.tryNext)
+
+    def test_unexpectedPositiveBeforeMail(self) -> None:
+        """A 2xx or 3xx out of place before MAIL is a protocol error (4.5.0), never a success."""
+        for replies in ([b"250 hello\r\n"],
+                        [b"220 mx.test\r\n", b"220 again\r\n"],
+                        [b"220 mx.test\r\n", b"500 no\r\n", b"354 what\r\n"]):  # fmt: skip
+            s = Session()
+            d = s.deliver(envelope("bob@b.example"))
+            for data in replies:
+                s.server(data)
+            f = self.failureResultOf(d, SessionFailed)
+            self.assertEqual((f.value.reply.code, f.value.reply.enhanced), (451, (4, 5, 0)))
+            self.assertIn(replies[-1].decode().strip(), f.value.reply.text)
+            self.assertFalse(f.value.permanent)
 
     def test_greeting421(self) -> None:
         """A 421 greeting fails the session without a QUIT."""
@@ -281,6 +342,31 @@ class SessionTests(SynchronousTestCase):
         s.server(b"550 5.1.1 no\r\n")
         s.proto.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(s.codes(), [(550, (5, 1, 1)), (421, (4, 4, 2))])
+
+    def test_connectionLostAwaitingFinalReply(self) -> None:
+        """Lost after the data was sent: accepted recipients get our 421 4.4.2 saying so; a refusal stays."""
+        s = Session()
+        s.deliver(envelope("bob@b.example", "nobody@b.example", "carol@b.example"))
+        s.greet("PIPELINING")
+        s.server(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(s.results, [])
+        s.proto.connectionLost(Failure(ConnectionDone()))
+        [result] = s.results
+        lost = result.replies[0]
+        self.assertEqual((lost.code, lost.enhanced), (421, (4, 4, 2)))
+        self.assertIn("Connection lost", lost.text)
+        self.assertEqual(result.replies, (lost, Reply(550, (5, 1, 1), "no such user"), lost))
+
+    def test_421MidTransaction(self) -> None:
+        """A 421 in the middle of a pipelined group: what was not answered gets that very 421."""
+        s = Session()
+        s.deliver(envelope("nobody@b.example", "bob@b.example", "carol@b.example"))
+        s.greet("PIPELINING")
+        s.server(b"250 ok\r\n550 5.1.1 no such user\r\n421 4.3.2 shutting down\r\n")
+        closing = Reply(421, (4, 3, 2), "shutting down")
+        self.assertEqual(
+            s.results[0].replies, (Reply(550, (5, 1, 1), "no such user"), closing, closing)
+        )
 
     def test_deliverAfterEnd(self) -> None:
         """A message given to a closed session fails at once."""
@@ -521,12 +607,33 @@ class TLSAndAuthTests(SynchronousTestCase):
         self.assertEqual(s.server(b"235 ok\r\n"), b"MAIL FROM:<alice@a.example>\r\n")
 
     def test_authFails(self) -> None:
-        """A refused AUTH fails the session with a 4xx (a configuration problem: retry later)."""
+        """A refused AUTH is our own 4xx (retry later) quoting the server's reply, not a made-up 435."""
         s, d = self.tlsSession()
         s.server(ehlo("AUTH PLAIN"))
         self.assertEqual(s.server(b"535 5.7.8 bad credentials\r\n"), b"QUIT\r\n")
         f = self.failureResultOf(d, SessionFailed)
-        self.assertEqual((f.value.reply.code, f.value.reply.enhanced), (435, (4, 7, 8)))
+        self.assertEqual((f.value.reply.code, f.value.reply.enhanced), (451, (4, 7, 0)))
+        self.assertIn("AUTH", f.value.reply.text)
+        self.assertIn("535 5.7.8 bad credentials", f.value.reply.text)
+        self.assertFalse(f.value.permanent)
+
+    def test_authFailsTemporarily(self) -> None:
+        """A 4xx to AUTH is kept as the server sent it."""
+        s, d = self.tlsSession()
+        s.server(ehlo("AUTH PLAIN"))
+        s.server(b"454 4.7.0 try later\r\n")
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply, Reply(454, (4, 7, 0), "try later"))
+
+    def test_multiLineRefusalQuoted(self) -> None:
+        """A multi-line STARTTLS refusal (TLS required) is quoted on one line, not a local error."""
+        s = Session(tls="require")
+        d = s.deliver(envelope("bob@b.example"))
+        s.greet("STARTTLS")
+        self.assertEqual(s.server(b"454-4.7.0 no\r\n454 4.7.0 not now\r\n"), b"QUIT\r\n")
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply.enhanced, (4, 7, 4))
+        self.assertIn("454 4.7.0 no not now", f.value.reply.text)
 
     def test_noAuthOffered(self) -> None:
         """Credentials set and no AUTH PLAIN/LOGIN offered: no message, 4.7.0."""
@@ -686,7 +793,7 @@ class ReuseTests(SynchronousTestCase):
         self.assertEqual(s.transport.value(), b"QUIT\r\n")
 
     def test_rsetRefused(self) -> None:
-        """A refused RSET ends the session; the next message may go elsewhere."""
+        """A refused RSET ends the session (temporary, the reply quoted); the message may go elsewhere."""
         s = Session()
         s.deliver(envelope("bob@b.example"))
         d = s.deliver(envelope("carol@c.example"))
@@ -696,7 +803,10 @@ class ReuseTests(SynchronousTestCase):
         s.server(b"354 go\r\n")
         s.server(b"250 ok\r\n")
         self.assertEqual(s.server(b"500 what\r\n"), b"QUIT\r\n")
-        self.failureResultOf(d, SessionFailed)
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertEqual(f.value.reply.code // 100, 4)
+        self.assertIn("500 what", f.value.reply.text)
+        self.assertFalse(f.value.permanent)
 
     def test_unsolicited421WhileIdle(self) -> None:
         """A 421 while idle ends the session."""
@@ -745,11 +855,26 @@ class SendMessageTests(SynchronousTestCase):
         self.assertEqual([(r.code, r.enhanced) for r in result.replies], [(421, (4, 4, 1))] * 2)
 
     def test_sessionFailureIsAResult(self) -> None:
-        """A failed session is a 4xx result, never a failure."""
+        """A failed session is a result, never a failure: 4xx, or the server's 5xx refusal."""
+        endpoint = FakeEndpoint()
+        d = sendMessage(endpoint, envelope("bob@b.example"), MESSAGE, reactor=task.Clock())
+        endpoint.protocol.dataReceived(b"450 4.3.2 later\r\n")
+        self.assertEqual(self.successResultOf(d).replies, (Reply(450, (4, 3, 2), "later"),))
         endpoint = FakeEndpoint()
         d = sendMessage(endpoint, envelope("bob@b.example"), MESSAGE, reactor=task.Clock())
         endpoint.protocol.dataReceived(b"554 5.7.1 no\r\n")
-        self.assertEqual(self.successResultOf(d).replies[0].code, 454)
+        self.assertEqual(self.successResultOf(d).replies, (Reply(554, (5, 7, 1), "no"),))
+
+    def test_heloRefusedIsPermanent(self) -> None:
+        """The only server refuses EHLO and HELO with 500: every recipient gets that 500."""
+        endpoint = FakeEndpoint()
+        d = sendMessage(endpoint, envelope("b@b.example", "c@b.example"), MESSAGE,
+                        reactor=task.Clock(), name="lmtp")  # fmt: skip
+        endpoint.protocol.dataReceived(b"220 lmtp\r\n500 5.5.1 Unknown command\r\n")
+        endpoint.protocol.dataReceived(b"500 5.5.1 Unknown command\r\n")
+        result = self.successResultOf(d)
+        self.assertEqual(result.replies, (Reply(500, (5, 5, 1), "Unknown command"),) * 2)
+        self.assertEqual(result.remote, ("lmtp", "lmtp"))
 
     def test_tlsCreators(self) -> None:
         """Each policy's TLS creator provides IOpenSSLClientConnectionCreator; SNI names the host."""

@@ -211,12 +211,97 @@ class RelayTests(SynchronousTestCase):
             self.assertEqual(len(network.connections), 2)
 
     def test_allFail(self) -> None:
-        """Every destination failing: a 4xx for every recipient, naming the last one tried."""
+        """
+        Some destinations unreachable, the last refusing with 5xx: a 4xx of ours (4.4.0) for
+        every recipient, quoting the last server's reply and naming it.
+        """
         network = Network(**{"2001:db8::1": None, "192.0.2.1": None,
                              "192.0.2.2": AutoServer(b"554 5.7.1 go away")})  # fmt: skip
         result = self.send(network, self.relay(network), "bob@example.com", "carol@example.com")
-        self.assertEqual([(r.code, r.enhanced) for r in result.replies], [(454, (4, 7, 1))] * 2)
+        self.assertEqual([(r.code, r.enhanced) for r in result.replies], [(451, (4, 4, 0))] * 2)
+        self.assertIn("554 5.7.1 go away", result.replies[0].text)
         self.assertEqual(result.remote, ("mx2.example.com [192.0.2.2]",) * 2)
+
+    def lmtpLike(self) -> AutoServer:
+        """A next hop that answers EHLO and HELO with 500, as an LMTP server does."""
+        return AutoServer(b"220 lmtp.test LMTP", replies={
+            "EHLO": b"500 5.5.1 Unknown command\r\n", "HELO": b"500 5.5.1 Unknown command"})  # fmt: skip
+
+    def test_heloRefusedEverywhere(self) -> None:
+        """Every host refuses EHLO and HELO with 500: each is tried, then the real 500, permanent."""
+        network = Network(**{"2001:db8::1": self.lmtpLike(), "192.0.2.1": self.lmtpLike(),
+                             "192.0.2.2": self.lmtpLike()})  # fmt: skip
+        result = self.send(network, self.relay(network), "bob@example.com", "carol@example.com")
+        self.assertEqual(result.replies, (Reply(500, (5, 5, 1), "Unknown command"),) * 2)
+        self.assertEqual(result.remote, ("mx2.example.com [192.0.2.2]",) * 2)
+        self.assertEqual(len(network.connections), 3)
+        for _, server in network.connections:
+            assert server is not None
+            self.assertEqual(server.commands, [b"EHLO relay.test", b"HELO relay.test", b"QUIT"])
+
+    def test_heloRefusedWithoutEnhancedCode(self) -> None:
+        """A refusal without an enhanced code gets only the generic 5.0.0 (for the DSN), same text."""
+        refusing = AutoServer(replies={"EHLO": b"502 no\r\n", "HELO": b"502 not here either"})
+        network = Network(**{"192.0.2.50": refusing})
+        router = Router(resolver(), routes={"lan.example": "192.0.2.50"})
+        result = self.send(network, self.relay(network, router), "bob@lan.example")
+        self.assertEqual(result.replies, (Reply(502, (5, 0, 0), "not here either"),))
+
+    def test_heloRefusedOnOneHost(self) -> None:
+        """One host refuses HELO with 500: the next one takes the message."""
+        network = Network(**{"2001:db8::1": self.lmtpLike(), "192.0.2.1": AutoServer()})
+        result = self.send(network, self.relay(network), "bob@example.com")
+        self.assertEqual(result.replies[0].code, 250)
+        self.assertEqual(result.remote, ("mx1.example.com [192.0.2.1]",))
+
+    def test_heloRefusedAndUnreachable(self) -> None:
+        """Not every host refused for good (one was unreachable): temporary, quoting the 500."""
+        network = Network(**{"2001:db8::1": None, "192.0.2.1": self.lmtpLike(),
+                             "192.0.2.2": self.lmtpLike()})  # fmt: skip
+        result = self.send(network, self.relay(network), "bob@example.com")
+        [reply] = result.replies
+        self.assertEqual((reply.code, reply.enhanced), (451, (4, 4, 0)))
+        self.assertIn("500 5.5.1 Unknown command", reply.text)
+        network = Network(**{"2001:db8::1": self.lmtpLike(), "192.0.2.1": self.lmtpLike(),
+                             "192.0.2.2": None})  # fmt: skip
+        [reply] = self.send(network, self.relay(network), "bob@example.com").replies
+        self.assertEqual((reply.code, reply.enhanced), (421, (4, 4, 1)))
+
+    def test_heloTemporaryEverywhere(self) -> None:
+        """HELO answered 4xx (or 421) by every host: temporary, with the last server's own reply."""
+        network = Network(**{
+            "2001:db8::1": AutoServer(replies={"EHLO": b"500 no\r\n", "HELO": b"421 4.3.2 closing"}),
+            "192.0.2.1": AutoServer(replies={"EHLO": b"500 no\r\n", "HELO": b"500 5.5.1 no"}),
+            "192.0.2.2": AutoServer(replies={"EHLO": b"500 no\r\n", "HELO": b"451 4.3.0 later"}),
+        })  # fmt: skip
+        result = self.send(network, self.relay(network), "bob@example.com")
+        self.assertEqual(result.replies, (Reply(451, (4, 3, 0), "later"),))
+        self.assertEqual(len(network.connections), 3)
+
+    def test_greetingRefusedEverywhere(self) -> None:
+        """Every host greets with 554: the last one's 554, permanent."""
+        network = Network(**{"2001:db8::1": AutoServer(b"554 5.7.1 go away"),
+                             "192.0.2.1": AutoServer(b"554 5.7.1 go away"),
+                             "192.0.2.2": AutoServer(b"554 5.7.1 not you either")})  # fmt: skip
+        result = self.send(network, self.relay(network), "bob@example.com")
+        self.assertEqual(result.replies, (Reply(554, (5, 7, 1), "not you either"),))
+        self.assertEqual(result.remote, ("mx2.example.com [192.0.2.2]",))
+
+    def test_heloRefusedAfterOpportunisticFallback(self) -> None:
+        """TLS fails, the same host in clear refuses HELO: that host counts as refusing for good."""
+        network = Network(**{"192.0.2.50": AutoServer(keywords=("STARTTLS",))})
+        router = Router(resolver(), routes={"lan.example": "192.0.2.50"})
+        relay = self.relay(network, router)
+        env = envelope("bob@lan.example")
+        d = relay.relay(env, env.recipients, messageFrom(MESSAGE))
+        network.pump()
+        first = network.connections[0][1]
+        assert first is not None
+        network.servers["192.0.2.50"] = AutoServer(replies={
+            "EHLO": b"500 5.5.1 no EHLO\r\n", "HELO": b"500 5.5.1 no HELO"})  # fmt: skip
+        first.protocol.connectionLost(Failure(ConnectionDone("handshake failed")))
+        network.pump()
+        self.assertEqual(self.successResultOf(d).replies, (Reply(500, (5, 5, 1), "no HELO"),))
 
     def test_maxAttempts(self) -> None:
         """At most maxAttempts destinations are tried."""
