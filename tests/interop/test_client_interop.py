@@ -2,9 +2,11 @@
 Interop of the outbound client over 127.0.0.1 with servers someone else
 wrote: aiosmtpd (its Controller in a thread), Postfix's smtp-sink (a child
 process on a free port, with and without PIPELINING and ESMTP, refusing or
-hanging up as its options make it), and mailframe's own server in-process
-(BDAT, STARTTLS with a verified certificate, AUTH).  Every test is bounded
-in time; servers are stopped or killed at the end.
+hanging up as its options make it), mailframe's own server in-process
+(BDAT, STARTTLS with a verified certificate, AUTH), and next hops that
+refuse EHLO and HELO: Dovecot's LMTP server (standalone, one child per
+connection) and a scripted refuser.  Every test is bounded in time;
+servers are stopped or killed at the end.
 """
 
 from __future__ import annotations
@@ -16,17 +18,21 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, reactor, task
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.ssl import Certificate
+from twisted.protocols.basic import LineReceiver
 from twisted.trial.unittest import SkipTest, TestCase
 
 from mailframe.address import parseMailbox
 from mailframe.client import ClientOptions, Credentials, messageFrom, sendMessage
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.relay import SMTPRelay
-from mailframe.routing import Router
+from mailframe.reply import Reply
+from mailframe.routing import Destination, Router
 from tests._certs import TestCA
 from tests.interop._support import HOST, splitReceived, startServer
 from tests.interop.test_tls_auth import startSecureServer
@@ -396,3 +402,144 @@ class MailframeTests(TestCase):
                             credentials=Credentials("alice", "wrong"))  # fmt: skip
         self.assertEqual(result.replies[0].code // 100, 4)
         self.assertEqual(server.messages, [])
+
+
+# -- a next hop that refuses EHLO and HELO (an LMTP server) ----------------------------------
+
+DOVECOT_LMTP = "/usr/lib/dovecot/lmtp"
+UNKNOWN = Reply(500, (5, 5, 1), "Unknown command")
+
+
+class Peers:
+    """The server side's open connections (and child processes), to wait for at cleanup."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.lines: list[list[bytes]] = []
+
+    @defer.inlineCallbacks
+    def drained(self) -> Any:
+        deadline = time.monotonic() + 5
+        while self.open and time.monotonic() < deadline:
+            yield task.deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
+
+
+class Refuser(LineReceiver):
+    """Greets, then answers 500 5.5.1 to every line but QUIT, as an LMTP server answers EHLO."""
+
+    delimiter = b"\r\n"
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
+        self.lines: list[bytes] = []
+
+    def connectionMade(self) -> None:
+        self.peers.open += 1
+        self.peers.lines.append(self.lines)
+        self.sendLine(b"220 lmtp.test LMTP ready")
+
+    def lineReceived(self, line: bytes) -> None:
+        self.lines.append(line)
+        if line.upper() == b"QUIT":
+            self.sendLine(b"221 2.0.0 Bye")
+            self.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self.sendLine(b"500 5.5.1 Unknown command")
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.peers.open -= 1
+
+
+class _Child(ProcessProtocol):
+    def __init__(self, peer: Protocol, peers: Peers) -> None:
+        self.peer, self.peers = peer, peers
+
+    def outReceived(self, data: bytes) -> None:
+        self.peer.transport.write(data)  # type: ignore[union-attr]
+
+    def processEnded(self, reason: Any) -> None:
+        self.peer.transport.loseConnection()  # type: ignore[union-attr]
+        self.peers.open -= 1
+
+
+class ChildBridge(Protocol):
+    """One connection bridged to a child's stdin and stdout (Dovecot's lmtp standalone)."""
+
+    def __init__(self, peers: Peers, argv: list[str]) -> None:
+        self.peers, self.argv = peers, argv
+        self.child: Any = None
+
+    def connectionMade(self) -> None:
+        self.peers.open += 2  # the connection and the child
+        self.child = reactor.spawnProcess(  # type: ignore[attr-defined]
+            _Child(self, self.peers), self.argv[0], self.argv, env={}
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self.child.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.peers.open -= 1
+        if self.child.pid is not None:
+            self.child.closeStdin()
+
+
+class RefusingPeerTests(TestCase):
+    """
+    Issue 9: a next hop that answers EHLO and HELO with 500 (an LMTP server) gets
+    its own reply reported, and the message fails for good once every host refused.
+    """
+
+    timeout = TIMEOUT
+
+    def listen(self, build: Callable[[Peers], Protocol]) -> tuple[int, Peers]:
+        peers = Peers()
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: build(peers)), interface=HOST)  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(peers.drained)  # runs first: the sessions end, then the listener
+        return port.getHost().port, peers
+
+    @defer.inlineCallbacks
+    def test_sendMessage(self) -> Any:
+        """sendMessage to the refusing peer: its own 500 5.5.1 for every recipient; QUIT sent."""
+        port, peers = self.listen(Refuser)
+        result = yield send(port, envelope("bob@b.example", "carol@b.example"))
+        self.assertEqual(result.replies, (UNKNOWN, UNKNOWN))
+        yield peers.drained()
+        self.assertEqual(peers.lines, [[b"EHLO client.test", b"HELO client.test", b"QUIT"]])
+
+    @defer.inlineCallbacks
+    def test_relayTriesEachHostThenFails(self) -> Any:
+        """The relay tries both hosts, then fails with the last one's real 500 (no retry code)."""
+        port1, peers1 = self.listen(Refuser)
+        port2, peers2 = self.listen(Refuser)
+
+        class TwoHosts(Router):
+            async def destinations(self, domain: Any) -> Any:
+                return [Destination("lmtp1", HOST, port1, tls="none"),
+                        Destination("lmtp2", HOST, port2, tls="none")]  # fmt: skip
+
+        relay = SMTPRelay(TwoHosts(), reactor, "relay.test")
+        env = envelope("bob@b.example")
+        result = yield relay.relay(env, env.recipients, messageFrom(MESSAGE))
+        self.assertEqual(result.replies, (UNKNOWN,))
+        self.assertEqual(result.remote, (f"lmtp2 [{HOST}]",))
+        yield peers1.drained()
+        yield peers2.drained()
+        self.assertEqual([len(p.lines) for p in (peers1, peers2)], [1, 1])
+
+    @defer.inlineCallbacks
+    def test_dovecotLMTP(self) -> Any:
+        """Dovecot's LMTP server as the next hop (the issue's case): its own 500 5.5.1, not a 4xx."""
+        if not os.path.exists(DOVECOT_LMTP):
+            if _REQUIRED:
+                raise AssertionError(f"{DOVECOT_LMTP} is missing (Debian package dovecot-lmtpd)")
+            raise SkipTest("Dovecot's LMTP server is not installed (Debian package dovecot-lmtpd)")
+        home = os.path.abspath(self.mktemp())
+        os.makedirs(home)
+        conf = os.path.join(home, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"base_dir = {home}/run\nlog_path = /dev/stderr\nssl = no\n")
+        port, _ = self.listen(lambda peers: ChildBridge(peers, [DOVECOT_LMTP, "-c", conf]))
+        result = yield send(port, envelope("bob@b.example"))
+        self.assertEqual(result.replies, (UNKNOWN,))
