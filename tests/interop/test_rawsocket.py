@@ -370,7 +370,7 @@ class CommandRulesTests(TestCase):
 
     @defer.inlineCallbacks
     def test_tooManyErrors(self) -> Generator[Any, Any, None]:
-        """The 20th error reply (the default) is followed by 421 4.7.0 and the connection closes."""
+        """The 20th error (the default) is answered with 421 4.7.0 alone, and the connection closes."""
         server = startServer(self)
         self.assertEqual(server.factory.config.maxErrors, 20)
 
@@ -378,12 +378,12 @@ class CommandRulesTests(TestCase):
             with RawClient(server) as c:
                 c.greetAndEhlo()
                 c.send(b"".join(b"BOGUS%d\r\n" % i for i in range(25)) + b"NOOP\r\n")
-                replies = c.replies(21)
+                replies = c.replies(20)
                 return replies, c.atEOF()
 
         replies, eof = yield inThread(client)
-        self.assertEqual(replies[:20], [(500, "5.5.1 Command unrecognized")] * 20)
-        self.assertEqual(replies[20], (421, "4.7.0 Too many errors, closing connection"))
+        self.assertEqual(replies[:19], [(500, "5.5.1 Command unrecognized")] * 19)
+        self.assertEqual(replies[19], (421, "4.7.0 Too many errors, closing connection"))
         self.assertTrue(eof)
 
     @defer.inlineCallbacks
