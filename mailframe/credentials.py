@@ -4,11 +4,18 @@ L{mailframe.sasl} produce, a L{Portal} whose checkers are tried in order
 (L{makePortal}), the realm whose avatar names the user (L{UserRealm}), and
 L{Authenticator}, what the AUTH extension asks.
 
-Which mechanisms a Portal can serve follows from its credentials
+Which mechanisms a checker can serve follows from its credentials
 interfaces: C{IUsernamePassword} gives PLAIN and LOGIN;
 C{IUsernameHashedPassword} (a checker that knows plaintext passwords) gives
 CRAM-MD5 and SCRAM-SHA-256; L{IScramSha256Credentials} with an
-L{IScramKeySource} checker (stored SCRAM keys) gives SCRAM-SHA-256.
+L{IScramKeySource} checker (stored SCRAM keys) gives SCRAM-SHA-256.  A
+checker whose users need not all have what a mechanism needs says so with
+L{IMechanismCoverage}.  A mechanism is offered only when every checker in
+force can serve it for all its users (L{mechanismsFor}): a client tries
+what is offered, and must not be made to fail, and be counted as guessing,
+for being the user of the wrong checker.  A login that fails all the same
+because the user's checker cannot check that mechanism for them, with no
+secret of theirs compared, fails with L{MechanismUnavailable}.
 
 Twisted's checkers disagree on the type of a user name (the in-memory one
 that C{--auth memory:...} builds keys on str, C{FilePasswordDB} on bytes,
@@ -25,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from twisted.cred import error
@@ -49,12 +56,15 @@ __all__ = [
     "CheckerChain",
     "CramMD5Credentials",
     "IAuthenticatedUser",
+    "IMechanismCoverage",
     "IScramKeySource",
     "IScramSha256Credentials",
+    "MechanismUnavailable",
     "PasswordCredentials",
     "ScramPasswordCredentials",
     "ScramStoredCredentials",
     "UserRealm",
+    "checkerMechanisms",
     "makePortal",
     "mechanismsFor",
 ]
@@ -87,6 +97,40 @@ class IScramKeySource(Interface):
         """
 
 
+class IMechanismCoverage(Interface):
+    """
+    A checker whose users need not all be able to use every mechanism its
+    credentials interfaces allow: a password file in which SCRAM keys are
+    optional, a directory with plaintext passwords for some users and
+    hashes for others.  Mechanisms are named as in L{sasl.MECHANISMS}.
+    """
+
+    def mechanismsForEveryone():  # type: ignore[no-untyped-def]
+        """
+        The mechanisms every user it knows can use now (called for each
+        EHLO: it must be quick and must not block).
+        """
+
+    def mechanismsForUser(username):  # type: ignore[no-untyped-def]
+        """
+        The mechanisms C{username} (str) can use, or None if it does not
+        know the user; or a Deferred of either.
+        """
+
+
+class MechanismUnavailable(error.UnauthorizedLogin):
+    """
+    The login failed because the mechanism cannot be checked for this user
+    (their checker lacks what it needs), not because an answer was wrong:
+    no secret of theirs was compared, so it says nothing about a password.
+    """
+
+    def __init__(self, mechanism: str, username: str) -> None:
+        super().__init__(f"{mechanism} cannot be checked for {username!r}")
+        self.mechanism = mechanism
+        self.username = username
+
+
 class IAuthenticatedUser(Interface):
     """The avatar of an authenticated SMTP session."""
 
@@ -108,6 +152,7 @@ class _Credentials:
     """A user name that each checker gets in the type it keys on (see L{CheckerChain})."""
 
     username: str | bytes
+    mechanism = ""  # what the credentials come from (PLAIN stands for LOGIN too)
 
     def withUsernameType(self, kind: type) -> Any:
         """A copy whose C{username} (and password) are C{kind}: str or bytes."""
@@ -126,6 +171,8 @@ class _Credentials:
 class PasswordCredentials(_Credentials):
     """A user name and password from PLAIN or LOGIN."""
 
+    mechanism = "PLAIN"
+
     def __init__(self, username: str | bytes, password: str | bytes) -> None:
         self.username = username
         self.password = password
@@ -141,6 +188,8 @@ class PasswordCredentials(_Credentials):
 class CramMD5Credentials(_Credentials):
     """A CRAM-MD5 answer; the checker gives it the plaintext secret."""
 
+    mechanism = "CRAM-MD5"
+
     def __init__(self, response: sasl.CramMD5Response) -> None:
         self.username = response.username
         self.response = response
@@ -153,6 +202,7 @@ class CramMD5Credentials(_Credentials):
 class ScramPasswordCredentials(_Credentials):
     """A SCRAM proof for a checker that knows the plaintext password."""
 
+    mechanism = "SCRAM-SHA-256"
     serverKey: bytes | None = None
 
     def __init__(self, response: sasl.ScramResponse) -> None:
@@ -168,6 +218,7 @@ class ScramPasswordCredentials(_Credentials):
 class ScramStoredCredentials(_Credentials):
     """A SCRAM proof for a checker that stores SCRAM keys."""
 
+    mechanism = "SCRAM-SHA-256"
     serverKey: bytes | None = None
 
     def __init__(self, response: sasl.ScramResponse) -> None:
@@ -290,21 +341,89 @@ def makePortal(checkers: Iterable[Any], realm: Any = None) -> Portal:
     return portal
 
 
-def mechanismsFor(portal: Portal) -> tuple[str, ...]:
-    """The SASL mechanisms C{portal}'s checkers can serve, strongest first."""
-    interfaces = portal.listCredentialsInterfaces()
-    plaintext = IUsernameHashedPassword in interfaces
-    stored = IScramSha256Credentials in interfaces and IScramKeySource.providedBy(
-        portal.checkers[IScramSha256Credentials]
-    )
-    found = set()
-    if plaintext or stored:
-        found.add("SCRAM-SHA-256")
-    if plaintext:
-        found.add("CRAM-MD5")
+_PASSWORD = frozenset({"PLAIN", "LOGIN"})
+_PLAINTEXT = frozenset({"CRAM-MD5", "SCRAM-SHA-256"})
+_AUTH_INTERFACES = (IUsernamePassword, IUsernameHashedPassword, IScramSha256Credentials)
+
+
+def checkerMechanisms(checker: Any) -> frozenset[str]:
+    """
+    The mechanisms C{checker} can serve by its credentials interfaces, for
+    the users that have what they need (see L{IMechanismCoverage}).
+    """
+    interfaces = tuple(checker.credentialInterfaces)
+    found: set[str] = set()
     if IUsernamePassword in interfaces:
-        found.update(("PLAIN", "LOGIN"))
+        found |= _PASSWORD
+    if IUsernameHashedPassword in interfaces:
+        found |= _PLAINTEXT
+    if IScramSha256Credentials in interfaces and IScramKeySource.providedBy(checker):
+        found.add("SCRAM-SHA-256")
+    return frozenset(found)
+
+
+def _forEveryone(checker: Any) -> frozenset[str]:
+    found = checkerMechanisms(checker)
+    if IMechanismCoverage.providedBy(checker):
+        found &= frozenset(checker.mechanismsForEveryone())
+    return found
+
+
+def _checkersIn(portal: Portal) -> tuple[Any, ...]:
+    """The checkers in force for AUTH, each once, in the order they are asked."""
+    found: dict[int, Any] = {}
+    for interface in _AUTH_INTERFACES:
+        checker = portal.checkers.get(interface)
+        members = checker.checkers if isinstance(checker, CheckerChain) else (checker,)
+        for member in members:
+            if member is not None and checkerMechanisms(member):
+                found.setdefault(id(member), member)
+    return tuple(found.values())
+
+
+def _common(sets: Iterable[frozenset[str]]) -> frozenset[str]:
+    common: frozenset[str] | None = None
+    for each in sets:
+        common = each if common is None else common & each
+    return common or frozenset()
+
+
+def _ordered(found: Collection[str]) -> tuple[str, ...]:
     return tuple(m for m in sasl.MECHANISMS if m in found)
+
+
+def mechanismsFor(portal: Portal) -> tuple[str, ...]:
+    """
+    The SASL mechanisms every checker of C{portal} can serve now, for all its
+    users, strongest first.  (Checkers of credentials AUTH never uses, such
+    as anonymous ones, are left out.)
+    """
+    return _ordered(_common(_forEveryone(c) for c in _checkersIn(portal)))
+
+
+_UNKNOWN = object()  # a checker that cannot say whom it knows
+
+
+def _userMechanisms(checker: Any, username: str) -> Any:
+    """
+    What C{checker} can check for C{username}: a set, None if it does not
+    know the user, or _UNKNOWN; or a Deferred of one of those.
+    """
+    if IMechanismCoverage.providedBy(checker):
+        d = defer.maybeDeferred(checker.mechanismsForUser, username)
+        return d.addCallback(lambda found: None if found is None else frozenset(found))
+    if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
+        known = username in checker.users or _bytes(username) in checker.users
+        return checkerMechanisms(checker) if known else None
+    if isinstance(checker, FilePasswordDB):
+        try:
+            checker.getUser(_bytes(username))
+        except KeyError:
+            return None
+        except Exception:  # an unreadable file: it may know the user
+            return _UNKNOWN
+        return checkerMechanisms(checker)
+    return _UNKNOWN
 
 
 class Authenticator:
@@ -313,9 +432,16 @@ class Authenticator:
     parameters for a user, and whether credentials log in (a Deferred of the
     avatar's name).
 
+    @param mechanisms: offer only these (of those every checker can serve).
+
     @param randomBytes: the source of salts and of the secret that makes a
         stable fake salt for users without SCRAM keys, so that an exchange
-        does not tell whether a user exists.
+        does not tell whether a user exists.  Share one Authenticator
+        between listeners with the same checkers, so that the fake salts
+        agree too.
+
+    @raise ValueError: if the checkers share no mechanism, or cannot serve
+        one of C{mechanisms}.
     """
 
     def __init__(
@@ -325,18 +451,37 @@ class Authenticator:
         randomBytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.portal = portal
-        available = mechanismsFor(portal)
+        checkers = self._checkers = _checkersIn(portal)
+        possible = _common(checkerMechanisms(c) for c in checkers)
+        if checkers and not possible:
+            served = "; ".join(
+                f"{type(c).__name__} serves {' '.join(_ordered(checkerMechanisms(c)))}"
+                for c in checkers
+            )
+            raise ValueError(f"the checkers have no mechanism in common ({served})")
         if mechanisms is not None:
-            unknown = set(mechanisms) - set(available)
+            unknown = set(mechanisms) - possible
             if unknown:
                 raise ValueError(
                     f"the checkers cannot serve {', '.join(sorted(unknown))} "
-                    f"(they serve {', '.join(available) or 'nothing'})"
+                    f"(every one of them serves {', '.join(_ordered(possible)) or 'nothing'})"
                 )
-            available = tuple(m for m in available if m in mechanisms)
-        self.mechanisms = available
+            possible = frozenset(mechanisms)
+        self._allowed = possible
+        self._partial = tuple(c for c in checkers if IMechanismCoverage.providedBy(c))
         self._random = randomBytes
         self._secret = randomBytes(32)
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        """
+        The mechanisms to offer now, strongest first: those every checker in
+        force (when this was made) can serve for all its users.
+        """
+        found = self._allowed
+        for checker in self._partial:
+            found = found & frozenset(checker.mechanismsForEveryone())
+        return _ordered(found)
 
     @defer.inlineCallbacks
     def scramParameters(self, username: str) -> Any:
@@ -359,12 +504,50 @@ class Authenticator:
         return fake[:16], int(iterations), True
 
     def login(self, credentials: Any) -> defer.Deferred[str]:
-        """The name of the user C{credentials} log in as; fails with UnauthorizedLogin."""
-        d = self.portal.login(credentials, None, IAuthenticatedUser)
+        """
+        The name of the user C{credentials} log in as; fails with
+        UnauthorizedLogin, or its L{MechanismUnavailable} when no checker
+        could check the mechanism for the user.
+        """
 
         def named(result: tuple[Any, Any, Callable[[], None]]) -> str:
             _interface, avatar, logout = result
             logout()  # the session keeps only the name
             return _text(avatar.name)
 
-        return d.addCallback(named)
+        d = self.portal.login(credentials, None, IAuthenticatedUser).addCallback(named)
+        mechanism = getattr(credentials, "mechanism", "")
+        if mechanism:
+            d.addErrback(self._unavailable, mechanism, credentials.username)
+        return d
+
+    @defer.inlineCallbacks
+    def _unavailable(self, reason: Failure, mechanism: str, username: str | bytes) -> Any:
+        """
+        Turn a refusal into L{MechanismUnavailable} when a checker knows the
+        user but cannot check C{mechanism} for them, and no checker that can
+        check it knows them (or might: one that cannot say whom it knows).
+        Then no answer was compared with a secret of the user's, and the
+        client could not have done better with this mechanism.
+        """
+        if not reason.check(error.UnauthorizedLogin) or reason.check(MechanismUnavailable):
+            return reason
+        name = _text(username)
+        knownWithout = False
+        for checker in self._checkers:
+            try:
+                usable = yield _userMechanisms(checker, name)
+            except Exception:
+                log.failure("credentials checker {checker!r} could not say whom it knows",
+                            checker=checker)  # fmt: skip
+                return reason  # a failure, as it would have been
+            if usable is _UNKNOWN:
+                if mechanism in checkerMechanisms(checker):
+                    return reason  # it may have compared the answer with the user's secret
+            elif usable is not None:
+                if mechanism in usable & checkerMechanisms(checker):
+                    return reason  # it compared the answer with the user's secret
+                knownWithout = True
+        if knownWithout:
+            raise MechanismUnavailable(mechanism, name)
+        return reason

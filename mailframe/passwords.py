@@ -10,7 +10,9 @@ File format: UTF-8, one user a line, C{#} comments and blank lines ignored::
     alice:$argon2id$v=19$m=65536,t=3,p=4$SALT$HASH:{SCRAM-SHA-256}65536,SALT,STOREDKEY,SERVERKEY
 
 The SCRAM field (Dovecot's notation, base64 values) is optional: without it
-the user can log in with PLAIN and LOGIN only.  A user name has no colon,
+the user can log in with PLAIN and LOGIN only, and the checker says so
+(L{IMechanismCoverage}), so that SCRAM-SHA-256 is offered only while every
+user of the file has SCRAM keys.  A user name has no colon,
 space or control character.  Neither the hash nor the SCRAM keys let
 anyone log in; both let an attacker who reads the file guess passwords
 offline, so keep it readable by the server only (the script creates it 0600).
@@ -50,7 +52,7 @@ from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from mailframe import sasl
-from mailframe.credentials import IScramKeySource, IScramSha256Credentials
+from mailframe.credentials import IMechanismCoverage, IScramKeySource, IScramSha256Credentials
 
 __all__ = [
     "DEFAULT_SCRAM_ITERATIONS",
@@ -243,7 +245,11 @@ def _deferToThread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return threads.deferToThread(f, *args)
 
 
-@implementer(ICredentialsChecker, IScramKeySource)
+_PASSWORD = frozenset({"PLAIN", "LOGIN"})
+_WITH_SCRAM = _PASSWORD | {"SCRAM-SHA-256"}
+
+
+@implementer(ICredentialsChecker, IScramKeySource, IMechanismCoverage)
 class PasswordFileChecker:
     """
     Checks PLAIN/LOGIN passwords against the file's argon2 hashes (in a
@@ -259,6 +265,23 @@ class PasswordFileChecker:
         )
         self._run = runInThread or _deferToThread
         self._dummy: str | None = None
+        self._coverage: tuple[object, frozenset[str]] = (None, _PASSWORD)
+
+    def mechanismsForEveryone(self) -> frozenset[str]:
+        """SCRAM-SHA-256 only while every user has SCRAM keys; PLAIN and LOGIN always."""
+        entries = self.passwords.entries()
+        seen, mechanisms = self._coverage
+        if seen is not entries:  # worked out once per version of the file
+            everyone = all(e.scram is not None for e in entries.values())
+            mechanisms = _WITH_SCRAM if everyone else _PASSWORD
+            self._coverage = (entries, mechanisms)
+        return mechanisms
+
+    def mechanismsForUser(self, username: str) -> frozenset[str] | None:
+        entry = self.passwords.get(username)
+        if entry is None:
+            return None
+        return _WITH_SCRAM if entry.scram is not None else _PASSWORD
 
     @property
     def scramIterations(self) -> int:

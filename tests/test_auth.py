@@ -83,6 +83,29 @@ class Crashing:
         raise OSError("user database unreachable")
 
 
+def writePasswordFile(path: str, *users: tuple[str, int | None]) -> None:
+    """A mailframe password file; each user's password is 'pw-USER'."""
+    from mailframe import passwords
+
+    lines = [passwords.formatEntry(passwords.makeEntry(n, f"pw-{n}", i)) for n, i in users]
+    with open(path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def passwordFile(
+    case: SynchronousTestCase, *users: tuple[str, int | None], now: Any = None
+) -> tuple[Any, str]:
+    """A --auth mailframe:FILE checker (cheap argon2, checked at once) and its path."""
+    from mailframe import passwords
+    from tests.test_passwords import fastHashing, synchronous
+
+    fastHashing(case)
+    path = case.mktemp()
+    writePasswordFile(path, *users)
+    source = passwords.PasswordFile(path, now=now or (lambda: 0.0))
+    return passwords.PasswordFileChecker(source, runInThread=synchronous), path
+
+
 def memory(**users: str) -> Any:
     checker = checkers.InMemoryUsernamePasswordDatabaseDontUse()
     for name, password in users.items():
@@ -152,6 +175,41 @@ class AuthTestCase(SynchronousTestCase):
     def logText(self) -> str:
         return "\n".join(formatEvent(e) for e in self.events)
 
+    def scram(
+        self, proto: SMTPServerProtocol, t: StringTransport, password: str, user: str = "alice"
+    ) -> bytes:
+        """Run SCRAM-SHA-256 as a client would; the reply to the client-final message."""
+        return self.scramFinal(proto, t, password, self.scramFirst(proto, t, user))
+
+    def scramFirst(
+        self, proto: SMTPServerProtocol, t: StringTransport, user: str
+    ) -> tuple[str, str]:
+        """AUTH SCRAM-SHA-256 with the client-first message: (client-first-bare, server-first)."""
+        bare = f"n={user},r=CLIENTNONCE"
+        out = self.talk(proto, t, b"AUTH SCRAM-SHA-256 " + b64("n,," + bare) + b"\r\n")
+        self.assertEqual(codes(out), ["334"])
+        return bare, base64.b64decode(out[4:].strip()).decode()
+
+    def scramFinal(
+        self, proto: SMTPServerProtocol, t: StringTransport, password: str, first: tuple[str, str]
+    ) -> bytes:
+        """The client-final message with a proof made from C{password}; the reply to it."""
+        bare, serverFirst = first
+        fields = dict(f.split("=", 1) for f in serverFirst.split(","))
+        self.assertEqual(fields["r"], "CLIENTNONCESRVNONCE")
+        salt, iterations = base64.b64decode(fields["s"]), int(fields["i"])
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+        clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+        without = f"c=biws,r={fields['r']}"
+        authMessage = f"{bare},{serverFirst},{without}".encode()
+        signature = hmac.new(hashlib.sha256(clientKey).digest(), authMessage, hashlib.sha256)
+        proof = bytes(a ^ b for a, b in zip(clientKey, signature.digest(), strict=True))
+        self.expectedServerSignature = hmac.new(
+            hmac.new(salted, b"Server Key", hashlib.sha256).digest(), authMessage, hashlib.sha256
+        ).digest()
+        final = f"{without},p={base64.b64encode(proof).decode()}"
+        return self.talk(proto, t, b64(final) + b"\r\n")
+
 
 class AdvertiseTests(AuthTestCase):
     def test_onlyInsideTLS(self) -> None:
@@ -200,6 +258,45 @@ class AdvertiseTests(AuthTestCase):
         out = self.talk(proto, t, b"EHLO c\r\nAUTH CRAM-MD5\r\n")
         self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", out)
         self.assertEqual(codes(out)[-1], "504 5.5.4")
+
+    def test_argon2BesidePlaintext(self) -> None:
+        """mailframe:FILE (argon2) beside a plaintext checker: no CRAM-MD5, and no count for it."""
+        checker, _path = passwordFile(self, ("alice", 4096))
+        proto, t = self.secure(checkerList=[checker, memory(bob="secret")])
+        out = self.talk(proto, t, b"EHLO c\r\nAUTH CRAM-MD5\r\n")
+        self.assertIn(b"250 AUTH SCRAM-SHA-256 PLAIN LOGIN\r\n", out)
+        self.assertNotIn(b"CRAM-MD5", out)
+        self.assertEqual(codes(out)[-1], "504 5.5.4")
+        out = self.talk(proto, t, b"AUTH PLAIN " + plain("alice", "pw-alice") + b"\r\n")
+        self.assertEqual(codes(out), ["235 2.7.0"])
+        self.assertEqual(self.limiter.failures(PEER), 0)
+
+    def test_plaintextCheckersOfferCramMD5(self) -> None:
+        """Checkers that all know plaintext passwords still offer CRAM-MD5."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"carol:three\n")
+        proto, t = self.secure(checkerList=[memory(alice="secret"), checkers.FilePasswordDB(path)])
+        out = self.talk(proto, t, b"EHLO c\r\n")
+        self.assertIn(b"250 AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN\r\n", out)
+        challenge = base64.b64decode(self.talk(proto, t, b"AUTH CRAM-MD5\r\n")[4:].strip())
+        digest = hmac.new(b"three", challenge, hashlib.md5).hexdigest()
+        out = self.talk(proto, t, b64(f"carol {digest}") + b"\r\n")
+        self.assertEqual(codes(out), ["235 2.7.0"])
+
+    def test_offerFollowsPasswordFile(self) -> None:
+        """SCRAM-SHA-256 comes and goes as users without SCRAM keys join and leave the file."""
+        checker, path = passwordFile(self, ("alice", 4096), now=self.clock.seconds)
+        proto, t = self.secure(checkerList=[checker])
+        self.assertIn(
+            b"250 AUTH SCRAM-SHA-256 PLAIN LOGIN\r\n", self.talk(proto, t, b"EHLO c\r\n")
+        )
+        writePasswordFile(path, ("alice", 4096), ("bob", None))
+        self.clock.advance(2)
+        out = self.talk(proto, t, b"EHLO c\r\nAUTH SCRAM-SHA-256\r\n")
+        self.assertIn(b"250 AUTH PLAIN LOGIN\r\n", out)
+        self.assertEqual(codes(out)[-1], "504 5.5.4")
+        self.assertEqual(self.limiter.failures(PEER), 0)
 
     def test_noCheckers(self) -> None:
         """Without checkers AUTH is never offered."""
@@ -273,27 +370,6 @@ class MechanismTests(AuthTestCase):
             codes(self.talk(proto, t, b64(f"alice {digest}") + b"\r\n")), ["535 5.7.8"]
         )
 
-    def scram(self, proto: SMTPServerProtocol, t: StringTransport, password: str) -> bytes:
-        """Run SCRAM-SHA-256 as a client would; the reply to the client-final message."""
-        bare = "n=alice,r=CLIENTNONCE"
-        out = self.talk(proto, t, b"AUTH SCRAM-SHA-256 " + b64("n,," + bare) + b"\r\n")
-        self.assertEqual(codes(out), ["334"])
-        serverFirst = base64.b64decode(out[4:].strip()).decode()
-        fields = dict(f.split("=", 1) for f in serverFirst.split(","))
-        self.assertEqual(fields["r"], "CLIENTNONCESRVNONCE")
-        salt, iterations = base64.b64decode(fields["s"]), int(fields["i"])
-        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-        clientKey = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-        without = f"c=biws,r={fields['r']}"
-        authMessage = f"{bare},{serverFirst},{without}".encode()
-        signature = hmac.new(hashlib.sha256(clientKey).digest(), authMessage, hashlib.sha256)
-        proof = bytes(a ^ b for a, b in zip(clientKey, signature.digest(), strict=True))
-        self.expectedServerSignature = hmac.new(
-            hmac.new(salted, b"Server Key", hashlib.sha256).digest(), authMessage, hashlib.sha256
-        ).digest()
-        final = f"{without},p={base64.b64encode(proof).decode()}"
-        return self.talk(proto, t, b64(final) + b"\r\n")
-
     def test_scramPlaintextChecker(self) -> None:
         """SCRAM-SHA-256 against memory:, with the server's signature checked."""
         proto, t = self.secure()
@@ -332,6 +408,46 @@ class MechanismTests(AuthTestCase):
         self.scram(proto, t, "secret")
         self.assertEqual(codes(self.talk(proto, t, b64("x") + b"\r\n")), ["501 5.5.2"])
         self.assertIsNone(proto.session.authenticated)
+
+
+class UnavoidableFailureTests(AuthTestCase):
+    """A mechanism the user's checker cannot check for that user: 534 5.7.9, not counted."""
+
+    def test_scramWithoutKeys(self) -> None:
+        """A user who has no SCRAM keys (added while the exchange ran) gets 534, at once."""
+        checker, path = passwordFile(self, ("alice", 4096), now=self.clock.seconds)
+        proto, t = self.secure(checkerList=[checker], failureDelay=1.0, maxFailures=1)
+        first = self.scramFirst(proto, t, "bob")
+        writePasswordFile(path, ("alice", 4096), ("bob", None))
+        self.clock.advance(2)
+        out = self.scramFinal(proto, t, "pw-bob", first)
+        self.assertEqual(codes(out), ["534 5.7.9"])  # no delay, and maxFailures=1 not reached
+        self.assertFalse(t.disconnecting)
+        self.assertIsNone(proto.session.authenticated)
+        self.assertEqual(self.limiter.failures(PEER), 0)
+        self.assertIn("AUTH SCRAM-SHA-256 for 'bob' not possible", self.logText())
+        out = self.talk(proto, t, b"AUTH PLAIN " + plain("bob", "pw-bob") + b"\r\n")
+        self.assertEqual(codes(out), ["235 2.7.0"])
+
+    def test_wrongPasswordStillCounts(self) -> None:
+        """A wrong SCRAM proof for a user with keys is still 535 and counted."""
+        checker, _path = passwordFile(self, ("alice", 4096))
+        proto, t = self.secure(checkerList=[checker])
+        self.assertEqual(codes(self.scram(proto, t, "guess")), ["535 5.7.8"])
+        self.assertEqual(codes(self.scram(proto, t, "guess", user="nobody")), ["535 5.7.8"])
+        self.assertEqual(self.limiter.failures(PEER), 2)
+
+    def test_smtplibFallsBack(self) -> None:
+        """After 534 a client that moves to the next mechanism (as smtplib does) logs in."""
+        checker, path = passwordFile(self, ("alice", 4096), now=self.clock.seconds)
+        proto, t = self.secure(checkerList=[checker, memory(carol="secret")], failureDelay=1.0)
+        first = self.scramFirst(proto, t, "bob")
+        writePasswordFile(path, ("alice", 4096), ("bob", None))
+        self.clock.advance(2)
+        self.assertEqual(codes(self.scramFinal(proto, t, "pw-bob", first)), ["534 5.7.9"])
+        out = self.talk(proto, t, b"AUTH LOGIN " + b64("bob") + b"\r\n" + b64("pw-bob") + b"\r\n")
+        self.assertEqual(codes(out), ["334", "235 2.7.0"])
+        self.assertEqual(self.limiter.failures(PEER), 0)
 
 
 class ErrorTests(AuthTestCase):

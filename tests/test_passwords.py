@@ -25,6 +25,7 @@ from zope.interface.verify import verifyObject
 
 from mailframe import passwords, sasl
 from mailframe.credentials import (
+    IMechanismCoverage,
     IScramKeySource,
     PasswordCredentials,
     ScramStoredCredentials,
@@ -163,9 +164,19 @@ class CheckerTests(SynchronousTestCase):
         )
 
     def test_provides(self) -> None:
-        """The checker provides ICredentialsChecker and IScramKeySource."""
+        """The checker provides ICredentialsChecker, IScramKeySource and IMechanismCoverage."""
         verifyObject(ICredentialsChecker, self.checker)
         verifyObject(IScramKeySource, self.checker)
+        verifyObject(IMechanismCoverage, self.checker)
+
+    def test_coverage(self) -> None:
+        """bob has no SCRAM keys: SCRAM is not for everyone, and not for him."""
+        self.assertEqual(self.checker.mechanismsForEveryone(), {"PLAIN", "LOGIN"})
+        self.assertEqual(self.checker.mechanismsForUser("bob"), {"PLAIN", "LOGIN"})
+        self.assertEqual(
+            self.checker.mechanismsForUser("alice"), {"SCRAM-SHA-256", "PLAIN", "LOGIN"}
+        )
+        self.assertIsNone(self.checker.mechanismsForUser("carol"))
 
     def test_passwords(self) -> None:
         """Right passwords log in (str or bytes names); wrong ones and unknown users do not."""

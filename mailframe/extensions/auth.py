@@ -12,9 +12,14 @@ Replies (RFC 4954 4 and 6): 334 for each challenge; 235 2.7.0 on success;
 501 5.5.4 for bad syntax; 501 5.5.2 for bad base64 or a malformed response;
 501 5.0.0 for a cancel; 503 5.5.1 for AUTH twice or during a transaction;
 504 5.5.4 for a mechanism not offered; 535 5.7.8 for bad credentials;
-538 5.7.11 outside TLS; 454 4.7.0 when a checker fails; 421 4.7.0 (and the
-connection closes) after C{maxFailures} failures in a session or when the
-client is over its limit (L{AuthFailureLimiter}).  A line over 12288
+534 5.7.9 when the user's checker cannot check that mechanism for them
+(L{MechanismUnavailable}: the client should try another mechanism, RFC
+4954 6; it is not counted as a failure, nor delayed, since no secret was
+compared); 538 5.7.11 outside TLS; 454 4.7.0 when a checker fails; 421
+4.7.0 (and the connection closes) after C{maxFailures} failures in a
+session or when the client is over its limit (L{AuthFailureLimiter}).
+The mechanisms offered are asked of the Authenticator at each EHLO: those
+every checker in force can serve for all its users.  A line over 12288
 octets gets 500 5.5.6 from the core.  Every other error leaves the session
 usable.
 
@@ -42,6 +47,7 @@ from mailframe import sasl
 from mailframe.credentials import (
     Authenticator,
     CramMD5Credentials,
+    MechanismUnavailable,
     PasswordCredentials,
     ScramPasswordCredentials,
     ScramStoredCredentials,
@@ -64,6 +70,7 @@ __all__ = [
     "AUTH_TOO_MANY",
     "BAD_BASE64",
     "ENCRYPTION_REQUIRED",
+    "MECHANISM_UNAVAILABLE",
     "UNKNOWN_MECHANISM",
     "Auth",
 ]
@@ -79,6 +86,9 @@ AUTH_ALREADY = Reply(503, (5, 5, 1), "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, (5, 5, 1), "AUTH is not allowed during a mail transaction")
 UNKNOWN_MECHANISM = Reply(504, (5, 5, 4), "Unrecognized authentication type")
 AUTH_FAILED = Reply(535, (5, 7, 8), "Authentication credentials invalid")
+MECHANISM_UNAVAILABLE = Reply(
+    534, (5, 7, 9), "Authentication mechanism not available for this user, try another"
+)
 ENCRYPTION_REQUIRED = Reply(
     538, (5, 7, 11), "Encryption required for requested authentication mechanism"
 )
@@ -139,7 +149,7 @@ class Auth(Extension):
     @param failureDelay: seconds before a 535 is sent (slows guessing).
 
     @param mechanisms: restrict the mechanisms offered (default: all that
-        the checkers can serve).
+        every checker can serve).
     """
 
     keyword = "AUTH"
@@ -167,7 +177,6 @@ class Auth(Extension):
         if maxFailures < 1 or failureDelay < 0:
             raise ValueError("maxFailures must be >= 1 and failureDelay >= 0")
         self.authenticator = authenticator
-        self.mechanisms = authenticator.mechanisms
         self.clock = clock
         self.allowPlaintext = allowPlaintext
         self.limiter = limiter
@@ -176,11 +185,16 @@ class Auth(Extension):
         self._random = randomBytes
         self._scramNonce = scramNonce
 
-    def _offered(self, session: SessionInfo) -> bool:
-        return bool(self.mechanisms) and (session.tls is not None or self.allowPlaintext)
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        """The mechanisms offered now (they follow the checkers' users)."""
+        return self.authenticator.mechanisms
+
+    def _inTLS(self, session: SessionInfo) -> bool:
+        return session.tls is not None or self.allowPlaintext
 
     def ehloParameters(self, session: SessionInfo) -> str | None:
-        return " ".join(self.mechanisms) if self._offered(session) else None
+        return (" ".join(self.mechanisms) or None) if self._inTLS(session) else None
 
     # -- MAIL FROM:<...> AUTH=<mailbox> (RFC 4954 5) --------------------------------
 
@@ -200,7 +214,7 @@ class Auth(Extension):
 
     def refuseCommand(self, control: Any, verb: str, argument: str) -> Reply | None:
         """IUnadvertisedCommands: AUTH outside TLS is 538 5.7.11, not 500."""
-        if self.mechanisms and control.session.tls is None and not self.allowPlaintext:
+        if not self._inTLS(control.session) and self.mechanisms:
             return ENCRYPTION_REQUIRED
         return None
 
@@ -211,7 +225,8 @@ class Auth(Extension):
             return AUTH_ALREADY
         if control.inTransaction:
             return AUTH_IN_TRANSACTION
-        if not self._offered(session):
+        mechanisms = self.mechanisms
+        if not mechanisms or not self._inTLS(session):
             return ENCRYPTION_REQUIRED
         if self.limiter is not None and self.limiter.isBlocked(session.peerHost):
             return AUTH_TOO_MANY
@@ -219,7 +234,7 @@ class Auth(Extension):
         if not parts[0] or len(parts) > 2:
             return AUTH_SYNTAX
         name = parts[0].upper()
-        if name not in self.mechanisms:
+        if name not in mechanisms:
             return UNKNOWN_MECHANISM
         initial: bytes | None = None
         if len(parts) == 2:
@@ -324,6 +339,8 @@ class Auth(Extension):
         return AUTH_OK
 
     def _loginFailed(self, reason: Any, control: Any, exchange: _Exchange) -> Any:
+        if reason.check(MechanismUnavailable):
+            return self._unavailable(control, exchange)
         if reason.check(error.UnauthorizedLogin, error.LoginFailed):
             return self._fail(control, exchange, "bad credentials")
         if reason.check(defer.CancelledError):
@@ -345,6 +362,20 @@ class Auth(Extension):
                  id=control.session.sessionID, mechanism=exchange.name,
                  peer=control.session.peer, why=str(e))  # fmt: skip
         return MALFORMED
+
+    def _unavailable(self, control: Any, exchange: _Exchange) -> Reply:
+        """534 5.7.9 at once, not counted: the client could not have passed with this mechanism."""
+        session = control.session
+        session.extra.pop(_EXCHANGE, None)
+        log.info(
+            "{id} AUTH {mechanism} for {user} not possible from {peer}: the user's checker "
+            "cannot check it (not counted as a failure)",
+            id=session.sessionID,
+            mechanism=exchange.name,
+            user=_printable(exchange.username),
+            peer=session.peer,
+        )
+        return MECHANISM_UNAVAILABLE
 
     def _fail(self, control: Any, exchange: _Exchange, why: str) -> Any:
         session = control.session

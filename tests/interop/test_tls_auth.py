@@ -62,18 +62,31 @@ def startSecureServer(
     implicit: bool = False,
     allowPlaintext: bool = False,
     requireAuthentication: bool = True,
+    checkers: list[Any] | None = None,
+    limiter: AuthFailureLimiter | None = None,
+    failureDelay: float = 0.0,
 ) -> RunningServer:
-    """A submission server (alice/secret) with STARTTLS, or implicit TLS, on 127.0.0.1:0."""
+    """
+    A submission server with STARTTLS, or implicit TLS, on 127.0.0.1:0; by
+    default its one user is alice/secret.
+    """
     issued = ca.issue("server", "mx.test", "localhost", HOST)
     tls = ServerTLS([CertificatePair(issued.fullchain, issued.privkey)])
-    checker = _memory(alice="secret")
-    limiter = AuthFailureLimiter(reactor, maxFailures=100)  # type: ignore[arg-type]
+    if checkers is None:
+        checkers = [_memory(alice="secret")]
+    if limiter is None:
+        limiter = AuthFailureLimiter(reactor, maxFailures=100)  # type: ignore[arg-type]
     extensions = [*defaultExtensions(1 << 20)]
     if not implicit:
         extensions.append(StartTLS(tls))
-    extensions.append(
-        Auth(makePortal([checker]), reactor, allowPlaintext=allowPlaintext, limiter=limiter)  # type: ignore[arg-type]
+    auth = Auth(
+        makePortal(checkers),
+        reactor,  # type: ignore[arg-type]
+        allowPlaintext=allowPlaintext,
+        limiter=limiter,
+        failureDelay=failureDelay,
     )
+    extensions.append(auth)
     backend = MemoryBackend()
     config = ServerConfig(
         hostname="mx.test",
@@ -157,6 +170,52 @@ class SMTPLibTLSTests(TestCase):
             self.assertEqual(code, 235, method)
             code, text = yield inThread(attempt, method, "wrong")
             self.assertEqual((code, text), (535, b"5.7.8 Authentication credentials invalid"))
+
+    @defer.inlineCallbacks
+    def test_argon2BesidePlaintext(self) -> Generator[Any, Any, None]:
+        """
+        --auth mailframe:FILE (argon2) beside a plaintext checker: no CRAM-MD5
+        offered, so login() of an argon2 user succeeds with its first
+        mechanism, eleven times in a row, with no failure counted or delayed.
+        """
+        from mailframe import passwords
+        from tests.test_passwords import fastHashing
+
+        fastHashing(self)
+        path = self.mktemp()
+        entry = passwords.makeEntry("alice", "argon-secret", 4096)
+        Path(path).write_text(passwords.formatEntry(entry) + "\n")
+        limiter = AuthFailureLimiter(reactor)  # type: ignore[arg-type]  # 10 failures block
+        server = startSecureServer(
+            self, self.ca, checkers=[passwords.PasswordFileChecker(path), _memory(bob="plain")],
+            limiter=limiter, failureDelay=1.0,
+        )  # fmt: skip
+
+        def client(user: str, password: str) -> tuple[Any, ...]:
+            with smtplib.SMTP(HOST, server.portNumber, "client.test", CLIENT_TIMEOUT) as c:
+                c.starttls(context=self.verifying())
+                c.ehlo()
+                tried: list[str] = []
+                auth = c.auth
+
+                def recording(mechanism: str, authobject: Any, **kw: Any) -> Any:
+                    tried.append(mechanism)
+                    return auth(mechanism, authobject, **kw)
+
+                c.auth = recording  # type: ignore[method-assign]
+                started = time.monotonic()
+                code, _ = c.login(user, password)
+                return c.esmtp_features["auth"], tried, code, time.monotonic() - started
+
+        for _ in range(11):
+            advertised, tried, code, seconds = yield inThread(client, "alice", "argon-secret")
+            self.assertEqual(advertised.split(), ["SCRAM-SHA-256", "PLAIN", "LOGIN"])
+            self.assertEqual((tried, code), (["PLAIN"], 235))
+            self.assertLess(seconds, 1.0)
+        _advertised, tried, code, _seconds = yield inThread(client, "bob", "plain")
+        self.assertEqual((tried, code), (["PLAIN"], 235))
+        self.assertEqual(limiter.failures(HOST), 0)
+        self.assertFalse(limiter.isBlocked(HOST))
 
     @defer.inlineCallbacks
     def test_implicitTLS(self) -> Generator[Any, Any, None]:
