@@ -1,7 +1,9 @@
 """
 The security parts of C{twistd mailframe}'s listeners: TLS contexts, AUTH
-checkers and the AUTH failure limiter, each built once and shared by every
-listener that needs it.
+checkers, the Authenticator of each set of checkers (the mechanisms every
+one of them serves, and one secret for the fake SCRAM salts, so that
+listeners do not disagree about who exists) and the AUTH failure limiter,
+each built once and shared by every listener that needs it.
 
 Owns: building those from a L{ListenerSpec}; a failure to build one is a
 one-line C{SystemExit}.  Must not: import the reactor at import time.
@@ -25,6 +27,7 @@ class Security:
         self.limits = limits
         self._contexts: dict[Any, Any] = {}
         self._checkers: dict[str, Any] = {}
+        self._authenticators: dict[tuple[str, ...], Any] = {}
         self._limiter: Any = None
 
     def forListener(self, spec: ListenerSpec) -> tuple[list[Any], list[Any], Any]:
@@ -39,13 +42,11 @@ class Security:
 
             extensions.append(StartTLS(tls))
         if spec.auth:
-            from mailframe.credentials import makePortal
             from mailframe.extensions.auth import Auth
 
-            portal = makePortal([self.checker(d) for d in spec.auth])
             extensions.append(
                 Auth(
-                    portal,
+                    self.authenticator(spec.auth),
                     self.reactor,
                     allowPlaintext=spec.authPlaintext,
                     limiter=self.limiter(),
@@ -86,6 +87,18 @@ class Security:
                 kind = description.split(":", 1)[0]
                 raise SystemExit(f"mailframe: cannot set up --auth {kind}: {_oneLine(e)}")
         return self._checkers[description]
+
+    def authenticator(self, descriptions: tuple[str, ...]) -> Any:
+        """The Authenticator of these checkers, in this order: one for every listener."""
+        if descriptions not in self._authenticators:
+            from mailframe.credentials import Authenticator, makePortal
+
+            portal = makePortal([self.checker(d) for d in descriptions])
+            try:
+                self._authenticators[descriptions] = Authenticator(portal)
+            except ValueError as e:
+                raise SystemExit(f"mailframe: cannot set up --auth: {_oneLine(e)}")
+        return self._authenticators[descriptions]
 
     def limiter(self) -> Any:
         if self._limiter is None:
