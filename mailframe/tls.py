@@ -267,7 +267,7 @@ def implicitTLS(tls: Any, factory: Any) -> TLSMemoryBIOFactory:
     return TLSMemoryBIOFactory(tls, False, factory)
 
 
-def selfSignedCertificate(directory: str, hostname: str, days: int = 825) -> str:
+def selfSignedCertificate(directory: str, hostname: str, days: int = 397) -> str:
     """
     The path of a PEM file (key and certificate) with a self-signed
     certificate for C{hostname}, made in C{directory} the first time (or

@@ -274,7 +274,11 @@ class ProxiedTLSTests(TestCase):
         extensions = [*defaultExtensions(1 << 20)] + ([] if implicit else [StartTLS(tls)])
         config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}))  # type: ignore[arg-type]
         smtp = SMTPServerFactory(
-            config, backend, [Listed("user")], extensions=extensions, clock=reactor  # type: ignore[arg-type]
+            config,
+            backend,
+            [Listed("user")],
+            extensions=extensions,
+            clock=reactor,  # type: ignore[arg-type]
         )
         inner: Any = implicitTLS(tls, smtp) if implicit else smtp
         port = reactor.listenTCP(  # type: ignore[attr-defined]
