@@ -17,7 +17,17 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["Address", "AddressError", "Domain", "parseMailbox"]
+__all__ = ["Address", "AddressError", "Domain", "asciiUpper", "parseMailbox"]
+
+
+def asciiUpper(text: str) -> str:
+    """
+    C{text} in upper case if it is ASCII, else unchanged.  Protocol keywords
+    and parameter values are ASCII and compared as ASCII only: Unicode case
+    mapping would make C{"8bitm\u0131me"} (a dotless i) equal C{"8BITMIME"}.
+    """
+    return text.upper() if text.isascii() else text
+
 
 # RFC 5321 4.1.2 with the RFC 6531 3.3 additions (UTF8-non-ascii).
 _UTF8 = "\u0080-\U0010ffff"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from mailframe.address import Address
+from mailframe.address import Address, asciiUpper
 from mailframe.reply import Reply
 
 __all__ = ["DeliveryResult", "Envelope", "Recipient", "SessionInfo", "TLSInfo"]
@@ -86,7 +86,7 @@ class Envelope:
     @property
     def body(self) -> str:
         """C{7BIT}, C{8BITMIME} or C{BINARYMIME} (RFC 6152, RFC 3030)."""
-        return (self.mailParams.get("BODY") or "7BIT").upper()
+        return asciiUpper(self.mailParams.get("BODY") or "7BIT")
 
     @property
     def smtputf8(self) -> bool:

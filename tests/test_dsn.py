@@ -190,3 +190,14 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(decodeOrcpt("UTF-8;j\\x{F6}rg@x"), ("utf-8", "jörg@x"))
         for bad in (None, "", "rfc822", "rfc822;", "rfc822;a+q"):
             self.assertIsNone(decodeOrcpt(bad))
+
+
+class ASCIIKeywordValueTests(SynchronousTestCase):
+    def test_valuesComparedAsASCII(self) -> None:
+        """NOTIFY, RET and BODY values match only as ASCII, never after Unicode case mapping."""
+        from mailframe.address import asciiUpper
+        from mailframe.extensions.dsn import notifyKeywords
+
+        self.assertEqual(asciiUpper("8bitmime"), "8BITMIME")
+        self.assertNotEqual(asciiUpper("8bitm\u0131me"), "8BITMIME")
+        self.assertRaises(ValueError, notifyKeywords, "\u017fuccess")

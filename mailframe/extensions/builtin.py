@@ -12,6 +12,7 @@ from the EHLO reply itself.  Must not: import mailframe.server.
 from __future__ import annotations
 
 from mailframe import reply as R
+from mailframe.address import asciiUpper
 from mailframe.envelope import Envelope, SessionInfo
 from mailframe.extensions._base import BAD_VALUE, NO_VALUE, Extension
 from mailframe.reply import SMTPError
@@ -60,7 +61,7 @@ class EightBitMIME(Extension):
     def mailParameter(
         self, session: SessionInfo, envelope: Envelope, name: str, value: str | None
     ) -> None:
-        body = (value or "").upper()
+        body = asciiUpper(value or "")
         if body in ("7BIT", "8BITMIME"):
             return
         if body == "BINARYMIME" and "BINARYMIME" in session.extensions:

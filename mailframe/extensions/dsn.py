@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 
 from mailframe import reply as R
+from mailframe.address import asciiUpper
 from mailframe.envelope import Envelope, Recipient, SessionInfo
 from mailframe.extensions._base import Extension
 from mailframe.protocol import decodeXtext
@@ -54,7 +55,7 @@ def notifyKeywords(value: str | None) -> frozenset[str] | None:
     """
     if value is None:
         return None
-    words = [w.strip().upper() for w in value.split(",")]
+    words = [asciiUpper(w.strip()) for w in value.split(",")]
     if words == ["NEVER"]:
         return frozenset()
     found = frozenset(words)
@@ -99,7 +100,7 @@ class DSN(Extension):
         self, session: SessionInfo, envelope: Envelope, name: str, value: str | None
     ) -> None:
         if name == "RET":
-            if value is None or value.upper() not in ("FULL", "HDRS"):
+            if value is None or asciiUpper(value) not in ("FULL", "HDRS"):
                 raise SMTPError(_BAD_RET)
             return
         if value is None or not value or len(value) > MAX_ENVID:

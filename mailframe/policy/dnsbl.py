@@ -33,7 +33,7 @@ from mailframe.envelope import SessionInfo
 from mailframe.interfaces import IConnectionFilter
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
-from mailframe.reply import Reply, SMTPError
+from mailframe.reply import Reply, SMTPError, clientText
 
 __all__ = ["DNSBL", "Zone", "queryName"]
 
@@ -150,7 +150,7 @@ class DNSBL:
 
     def _refuseListed(self, texts: list[bytes], session: SessionInfo, zone: Zone) -> None:
         text = " ".join(t.decode("utf-8", "replace") for t in texts[:1])
-        text = "".join(c if c.isprintable() else " " for c in text)[:300].strip()
+        text = clientText(" ".join(text.split()), 300)
         log.info(
             "{id} {peer} listed on {zone}{action}: {text}",
             id=session.sessionID,

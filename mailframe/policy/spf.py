@@ -40,7 +40,7 @@ from mailframe.interfaces import ISenderValidator
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import Answer, AsyncDNS, DNSTemporaryError
 from mailframe.policy._results import SPF_KEY, SPFResult
-from mailframe.reply import Reply, SMTPError
+from mailframe.reply import Reply, SMTPError, clientText
 
 __all__ = [
     "ACTIONS",
@@ -184,8 +184,7 @@ def spfReply(result: str, action: str, domain: str, explanation: str = "") -> Re
     text = f"SPF check of {domain} failed ({result})"
     if explanation and result == "fail":
         text = f"{text}: {explanation}"
-    text = "".join(c if c.isprintable() else " " for c in text)[:400]
-    return Reply(550, (5, 7, 23), text)
+    return Reply(550, (5, 7, 23), clientText(text, 400))
 
 
 @implementer(ISenderValidator)

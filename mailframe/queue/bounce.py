@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+from mailframe.address import asciiUpper
 from mailframe.extensions.dsn import decodeOrcpt, notifyKeywords
 from mailframe.queue.entry import QueueEntry, RecipientState
 from mailframe.reply import Reply
@@ -74,7 +75,7 @@ class ReportSettings:
 
     def readLimit(self, entry: QueueEntry, failure: bool) -> int:
         """How many octets of the original a report needs to read."""
-        ret = (entry.mailParams.get("RET") or "").upper()
+        ret = asciiUpper(entry.mailParams.get("RET") or "")
         if ret == "FULL" and entry.size <= self.fullSize:
             return entry.size
         if ret == "HDRS" or not failure:
@@ -216,7 +217,7 @@ def buildReport(
         or not entry.sender.isascii()
         or any(not i.recipient.address.isascii() for i in items)
     )
-    ret = (entry.mailParams.get("RET") or "").upper()
+    ret = asciiUpper(entry.mailParams.get("RET") or "")
     head, body = _split(original)
     if ret == "FULL" and entry.size <= settings.fullSize and len(original) >= entry.size:
         kind, content = "message", original
