@@ -513,6 +513,12 @@ class ErrorTests(AuthTestCase):
         self.assertEqual(codes(out), ["501 5.5.4", "501 5.5.4", "504 5.5.4"])
         self.assertUsable(proto, t)
 
+    def test_mechanismNameIsASCII(self) -> None:
+        """A mechanism name matches as ASCII only: PLA<dotless i>N is not PLAIN."""
+        proto, t = self.secure()
+        out = self.talk(proto, t, "AUTH PLA\u0131N\r\n".encode())
+        self.assertEqual(codes(out), ["504 5.5.4"])
+
     def test_authzid(self) -> None:
         """Asking to act as another user counts as a failure: 535 5.7.8."""
         proto, t = self.secure()

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailframe import sasl
+from mailframe.address import asciiUpper
 from mailframe.credentials import (
     Authenticator,
     CramMD5Credentials,
@@ -233,7 +234,7 @@ class Auth(Extension):
         parts = argument.split(" ")
         if not parts[0] or len(parts) > 2:
             return AUTH_SYNTAX
-        name = parts[0].upper()
+        name = asciiUpper(parts[0])
         if name not in mechanisms:
             return UNKNOWN_MECHANISM
         initial: bytes | None = None
