@@ -3,7 +3,7 @@ L{ServerConfig}: every setting of an SMTP listener in one immutable value,
 and L{ProviderContext}, what a plug-in factory is given to build a provider.
 
 Owns: settings, their defaults and their validation.  The twistd options
-(mailframe.tap) and the TOML config file produce one of these; embedding code
+(mailframe.app.tap) and the TOML config file produce one of these; embedding code
 builds one directly.  Must not: import twisted or zope; read files.
 """
 

@@ -23,9 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from mailframe.auth.credentials import makePortal
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
-from mailframe.credentials import makePortal
 from mailframe.extensions import defaultExtensions
 from mailframe.extensions.auth import Auth
 from mailframe.extensions.starttls import StartTLS
@@ -85,7 +85,7 @@ class Crashing:
 
 def writePasswordFile(path: str, *users: tuple[str, int | None]) -> None:
     """A mailframe password file; each user's password is 'pw-USER'."""
-    from mailframe import passwords
+    from mailframe.auth import passwords
 
     lines = [passwords.formatEntry(passwords.makeEntry(n, f"pw-{n}", i)) for n, i in users]
     with open(path, "w") as f:
@@ -96,7 +96,7 @@ def passwordFile(
     case: SynchronousTestCase, *users: tuple[str, int | None], now: Any = None
 ) -> tuple[Any, str]:
     """A --auth mailframe:FILE checker (cheap argon2, checked at once) and its path."""
-    from mailframe import passwords
+    from mailframe.auth import passwords
     from tests.test_passwords import fastHashing, synchronous
 
     fastHashing(case)
@@ -383,7 +383,7 @@ class MechanismTests(AuthTestCase):
 
     def test_scramStoredKeys(self) -> None:
         """SCRAM-SHA-256 against the password file's stored keys."""
-        from mailframe import passwords
+        from mailframe.auth import passwords
         from tests.test_passwords import fastHashing, synchronous
 
         fastHashing(self)

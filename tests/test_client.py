@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.client}: the Twisted client session against scripted
+Tests for L{mailframe.client.send}: the Twisted client session against scripted
 servers in memory (StringTransport, task.Clock): each extension on and off,
 EHLO -> HELO, STARTTLS with bytes injected after the 220, AUTH, pipelined
 groups in one write, one reply per recipient, timeouts, malformed replies,

@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe._commands}: what the command handlers echo of the
+Tests for L{mailframe.server.commands}: what the command handlers echo of the
 client's words, through the whole server in memory.  Every reply line is at
 most 512 octets with its CRLF (RFC 5321 4.5.3.1.5) and printable ASCII.
 """

@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.credentials}: which mechanisms a Portal's checkers
+Tests for L{mailframe.auth.credentials}: which mechanisms a Portal's checkers
 serve, checkers tried in order with the user-name type each keys on, the
 realm, and the Authenticator's SCRAM parameters.
 """
@@ -25,8 +25,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from mailframe import credentials as C
-from mailframe import sasl
+from mailframe.auth import credentials as C
+from mailframe.auth import sasl
 from tests.test_passwords import fastHashing, scramFinal, synchronous
 
 
@@ -64,7 +64,7 @@ class ScramOnly:
 
 def writePasswordFile(path: str, *users: tuple[str, int | None]) -> None:
     """USER:argon2[:SCRAM] lines; each user's password is 'pw-USER'."""
-    from mailframe import passwords
+    from mailframe.auth import passwords
 
     lines = [passwords.formatEntry(passwords.makeEntry(n, f"pw-{n}", i)) for n, i in users]
     Path(path).write_text("".join(line + "\n" for line in lines))
@@ -74,7 +74,7 @@ def passwordFile(
     case: SynchronousTestCase, *users: tuple[str, int | None], now: list[float] | None = None
 ) -> Any:
     """A mailframe password file checker (fast argon2, checked synchronously)."""
-    from mailframe import passwords
+    from mailframe.auth import passwords
 
     fastHashing(case)
     path = case.mktemp()
@@ -220,7 +220,7 @@ class ChainTests(SynchronousTestCase):
     def test_scramStoredAndFake(self) -> None:
         """Stored SCRAM parameters come from the file; unknown users get a stable fake salt."""
         fastHashing(self)
-        from mailframe import passwords
+        from mailframe.auth import passwords
 
         path = self.mktemp()
         entry = passwords.makeEntry("alice", "secret", 5000)

@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.dkimtool}, the C{mailframe-dkim} console script: the
+Tests for L{mailframe.app.dkimtool}, the C{mailframe-dkim} console script: the
 key and record files, the printed DNS record, and a key that signs mail
 dkimpy verifies against that very record.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import dkim
 from twisted.trial import unittest
 
-from mailframe.dkimtool import dnsRecord, generateKey, main, zoneLine
+from mailframe.app.dkimtool import dnsRecord, generateKey, main, zoneLine
 from mailframe.policy.dkim import DKIMSigner, inlineRunner
 from mailframe.policy.testing import makeEnvelope, makeMessage, makeSession
 

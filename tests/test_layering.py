@@ -1,8 +1,9 @@
 """
 The direction of imports (DESIGN.md "Layout and the direction of imports"),
-checked on the source: the sans-IO core and the value types import nothing
-above them, plug-ins never import the server, the server never imports the
-twistd wiring.
+checked on the source, imports inside functions and under TYPE_CHECKING
+included: every module belongs to a layer, and imports only from its own
+layer or those below it; the sans-IO core imports nothing of twisted; and
+no two modules import each other, directly or through others.
 """
 
 from __future__ import annotations
@@ -46,21 +47,61 @@ def under(module: str, *prefixes: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
 
-GLUE = ("mailframe.server", "mailframe._commands", "mailframe._serverutil")
-# mailframe._deferreds is a shared utility: anything may use it
-WIRING = ("mailframe.tap", "mailframe._tapconfig", "mailframe._tapsecurity", "mailframe.workers")
-OUTBOUND = ("mailframe.client", "mailframe.relay", "mailframe.routing", "mailframe.queue")
+# The layers, lowest first: a module may import its own layer and those below.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("values", ("mailframe.reply", "mailframe.address")),
+    ("core", ("mailframe.protocol",)),
+    ("session values", ("mailframe.envelope", "mailframe.message", "mailframe.trace",
+                        "mailframe.config")),
+    ("interfaces", ("mailframe.interfaces",)),
+    ("plug-ins", ("mailframe._deferreds", "mailframe.plugins", "mailframe.auth",
+                  "mailframe.extensions", "mailframe.validators", "mailframe.backends",
+                  "mailframe.policy", "mailframe.milter")),
+    ("server and client", ("mailframe.server", "mailframe.client")),
+    ("queue", ("mailframe.queue",)),
+    ("web", ("mailframe.web",)),
+    ("application", ("mailframe.app",)),
+)  # fmt: skip
+
+
+def layerOf(module: str) -> int:
+    if module == "mailframe":
+        return 0
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if under(module, *prefixes):
+            return i
+    raise AssertionError(f"{module} belongs to no layer of tests/test_layering.py")
 
 
 class LayeringTests(SynchronousTestCase):
-    def check(self, rule: str, subjects: tuple[str, ...], forbidden: tuple[str, ...],
-              allowed: tuple[str, ...] = ()) -> None:  # fmt: skip
+    def test_everyModuleHasALayer(self) -> None:
+        """Every module of mailframe belongs to one layer."""
+        for module, _ in modules():
+            layerOf(module)
+
+    def test_importsGoDown(self) -> None:
+        """No module imports from a layer above its own."""
         bad = []
         for module, imported in modules():
-            if not under(module, *subjects) or under(module, *allowed):
-                continue
-            bad += [f"{module} imports {i}" for i in imported if under(i, *forbidden)]
-        self.assertEqual(bad, [], rule)
+            mine = layerOf(module)
+            for name in imported:
+                try:
+                    theirs = layerOf(name)
+                except AssertionError:
+                    continue  # a name inside a module (from mailframe.x import name)
+                if theirs > mine:
+                    bad.append(
+                        f"{module} ({LAYERS[mine][0]}) imports {name} ({LAYERS[theirs][0]})"
+                    )
+        self.assertEqual(bad, [])
+
+    def test_serverAndClientApart(self) -> None:
+        """The inbound server and the outbound client do not import each other."""
+        for module, imported in modules():
+            for a, b in (("mailframe.server", "mailframe.client"),
+                         ("mailframe.client", "mailframe.server")):  # fmt: skip
+                if under(module, a):
+                    self.assertEqual([i for i in imported if under(i, b)], [], module)
 
     def test_valueTypes(self) -> None:
         """reply, address and interfaces import nothing else of mailframe."""
@@ -79,19 +120,59 @@ class LayeringTests(SynchronousTestCase):
                 }  # fmt: skip
                 self.assertEqual(outside, set(), module)
 
-    def test_plugInsNeverImportTheServer(self) -> None:
-        """Built-in plug-ins see interfaces and values, never the server or its wiring."""
-        self.check(
-            "plug-ins",
-            ("mailframe.backends", "mailframe.validators", "mailframe.extensions",
-             "mailframe.policy"),
-            (*GLUE, *WIRING, *OUTBOUND),
-        )  # fmt: skip
+    def test_noCircles(self) -> None:
+        """No import circle among the modules of mailframe (Tarjan's strongly connected components)."""
+        graph: dict[str, set[str]] = {}
+        names = {module for module, _ in modules()}
+        for module, imported in modules():
+            targets = set()
+            for name in imported:
+                while name and name not in names:
+                    name = name.rpartition(".")[0]
+                # a package's __init__ importing its own modules is not a circle
+                if (
+                    name
+                    and name != module
+                    and not module.startswith(name + ".")
+                    and name != "mailframe"
+                ):
+                    targets.add(name)
+            graph[module] = targets
+        self.assertEqual(circles(graph), [])
 
-    def test_outboundNeverImportsTheServer(self) -> None:
-        """The client, routing, relay and queue do not import the inbound server."""
-        self.check("outbound", OUTBOUND, (*GLUE, "mailframe.tap", "mailframe.workers"))
 
-    def test_serverNeverImportsTheWiring(self) -> None:
-        """The server glue does not know twistd, the queue or the client."""
-        self.check("server", GLUE, (*WIRING, *OUTBOUND))
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    onStack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        onStack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in onStack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                onStack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found

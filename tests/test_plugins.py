@@ -21,7 +21,8 @@ from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
 
 import twisted.plugins
-from mailframe import plugins
+from mailframe.app import registry
+from mailframe.backends import factories as backendFactories
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ProviderContext, ServerConfig
 from mailframe.interfaces import (
@@ -146,11 +147,11 @@ class BuiltinFactoryTests(unittest.TestCase):
     def test_verifyObject(self) -> None:
         """Every built-in provides IPlugInFactory and IPlugin."""
         self.assertEqual(
-            [f.prefix for f in plugins.BUILTINS],
+            [f.prefix for f in registry.BUILTINS],
             ["maildir", "mbox", "memory", "any", "domains", "addresses", "limits", "dnsbl",
              "helo", "spf", "dkim-verify", "dmarc", "authresults", "dkim-sign"],
         )  # fmt: skip
-        for factory in plugins.BUILTINS:
+        for factory in registry.BUILTINS:
             self.assertTrue(verifyObject(IPlugInFactory, factory))
             self.assertTrue(IPlugin.providedBy(factory))
             self.assertNotIn("\n", factory.synopsis)
@@ -161,7 +162,7 @@ class BuiltinFactoryTests(unittest.TestCase):
 
         path = self.mktemp()
         ctx = context()
-        backend = plugins.makeProvider(IDeliveryBackend, f"maildir:{path}:layout=user", ctx)
+        backend = registry.makeProvider(IDeliveryBackend, f"maildir:{path}:layout=user", ctx)
         self.assertIsInstance(backend, MaildirBackend)
         self.assertEqual((backend.path, backend.layout), (os.path.abspath(path), "user"))
         self.assertIs(backend.reactor, ctx.reactor)
@@ -170,7 +171,7 @@ class BuiltinFactoryTests(unittest.TestCase):
     def test_maildirDefaultLayout(self) -> None:
         """Without layout, a maildir is single."""
         path = self.mktemp()
-        backend = plugins.makeProvider(IDeliveryBackend, f"maildir:{path}", context())
+        backend = registry.makeProvider(IDeliveryBackend, f"maildir:{path}", context())
         self.assertEqual(backend.layout, "single")
         self.assertTrue(os.path.isdir(os.path.join(path, "new")))
 
@@ -179,14 +180,14 @@ class BuiltinFactoryTests(unittest.TestCase):
         from mailframe.backends.mbox import MboxBackend
 
         path = self.mktemp()
-        backend = plugins.makeProvider(IDeliveryBackend, f"mbox:{path}:layout=user", context())
+        backend = registry.makeProvider(IDeliveryBackend, f"mbox:{path}:layout=user", context())
         self.assertIsInstance(backend, MboxBackend)
         self.assertEqual((backend.path, backend.layout), (os.path.abspath(path), "user"))
 
     def test_memory(self) -> None:
         """memory keeps messages; memory:keep=no only counts."""
-        kept = plugins.makeProvider(IDeliveryBackend, "memory", context())
-        counted = plugins.makeProvider(IDeliveryBackend, "memory:keep=no", context())
+        kept = registry.makeProvider(IDeliveryBackend, "memory", context())
+        counted = registry.makeProvider(IDeliveryBackend, "memory:keep=no", context())
         self.assertIsInstance(kept, MemoryBackend)
         self.assertEqual((kept.keep, counted.keep), (True, False))
 
@@ -194,14 +195,14 @@ class BuiltinFactoryTests(unittest.TestCase):
         """any builds an AnyRecipient."""
         from mailframe.validators.basic import AnyRecipient
 
-        validator = plugins.makeProvider(IRecipientValidator, "any", context())
+        validator = registry.makeProvider(IRecipientValidator, "any", context())
         self.assertIsInstance(validator, AnyRecipient)
 
     def test_domains(self) -> None:
         """domains:A,B builds a DomainsValidator that makes A and B local."""
         from mailframe.validators.basic import DomainsValidator
 
-        validator = plugins.makeProvider(
+        validator = registry.makeProvider(
             IRecipientValidator, "domains:a.example, B.example", context()
         )
         self.assertIsInstance(validator, DomainsValidator)
@@ -215,7 +216,7 @@ class BuiltinFactoryTests(unittest.TestCase):
         path = self.mktemp()
         Path(path).write_text("alice@mx.example\n")
         ctx = context()
-        validator = plugins.makeProvider(IRecipientValidator, f"addresses:{path}", ctx)
+        validator = registry.makeProvider(IRecipientValidator, f"addresses:{path}", ctx)
         self.assertIsInstance(validator, AddressListValidator)
         self.assertEqual((validator.path, len(validator)), (os.path.abspath(path), 1))
         self.assertIs(validator.clock, ctx.reactor)
@@ -236,10 +237,10 @@ class BuiltinFactoryTests(unittest.TestCase):
             (IRecipientValidator, "addresses:/no/such/file", "no such file"),
         ]
         for interface, description, words in cases:
-            for check in (plugins.checkDescription, plugins.makeProvider):
+            for check in (registry.checkDescription, registry.makeProvider):
                 args = (
                     (interface, description)
-                    if check is plugins.checkDescription
+                    if check is registry.checkDescription
                     else (interface, description, context())
                 )
                 e = self.assertRaises(PlugInError, check, *args)
@@ -250,8 +251,8 @@ class BuiltinFactoryTests(unittest.TestCase):
     def test_checkTouchesNothing(self) -> None:
         """checkDescription of a maildir does not create it."""
         path = self.mktemp()
-        factory = plugins.checkDescription(IDeliveryBackend, f"maildir:{path}:layout=domain")
-        self.assertIs(factory, plugins.maildirBackend)
+        factory = registry.checkDescription(IDeliveryBackend, f"maildir:{path}:layout=domain")
+        self.assertIs(factory, backendFactories.maildirBackend)
         self.assertFalse(os.path.exists(path))
 
     def test_creationFailureIsOneLine(self) -> None:
@@ -260,7 +261,7 @@ class BuiltinFactoryTests(unittest.TestCase):
         Path(blocker).write_text("a file")
         e = self.assertRaises(
             PlugInError,
-            plugins.makeProvider,
+            registry.makeProvider,
             IDeliveryBackend,
             f"maildir:{blocker}/Maildir",
             context(),
@@ -276,30 +277,30 @@ class LookupTests(unittest.TestCase):
         for factory in factories:
             if not isinstance(factory, ExplicitFactory):
                 verifyObject(IPlugInFactory, factory)
-        self.patch(plugins, "getPlugins", lambda interface: list(factories))
+        self.patch(registry, "getPlugins", lambda interface: list(factories))
 
     def test_factoriesFor(self) -> None:
         """factoriesFor lists the built-ins of a kind first, then the others."""
         fake = FakeFactory("fake")
         self.fakePlugins(fake, FakeFactory("filter", IMessageFilter))
         self.assertEqual(
-            [f.prefix for f in plugins.factoriesFor(IDeliveryBackend)],
+            [f.prefix for f in registry.factoriesFor(IDeliveryBackend)],
             ["maildir", "mbox", "memory", "fake"],
         )
         self.assertEqual(
-            [f.prefix for f in plugins.factoriesFor(IRecipientValidator)],
+            [f.prefix for f in registry.factoriesFor(IRecipientValidator)],
             ["any", "domains", "addresses"],
         )
         self.assertEqual(
-            [f.prefix for f in plugins.factoriesFor(IMessageFilter)],
+            [f.prefix for f in registry.factoriesFor(IMessageFilter)],
             ["dkim-verify", "dmarc", "authresults", "dkim-sign", "filter"],
         )
-        self.assertEqual(len(plugins.factoriesFor(Interface)), 16)
+        self.assertEqual(len(registry.factoriesFor(Interface)), 16)
 
     def test_unknownPrefix(self) -> None:
         """An unknown prefix names the kind and lists the known prefixes."""
         e = self.assertRaises(
-            PlugInError, plugins.makeProvider, IDeliveryBackend, "nosuch:/x", context()
+            PlugInError, registry.makeProvider, IDeliveryBackend, "nosuch:/x", context()
         )
         self.assertEqual(
             str(e), "unknown delivery backend 'nosuch' (known: maildir, mbox, memory)"
@@ -308,20 +309,22 @@ class LookupTests(unittest.TestCase):
     def test_wrongKind(self) -> None:
         """A validator's prefix given as a backend says what it is."""
         e = self.assertRaises(
-            PlugInError, plugins.makeProvider, IDeliveryBackend, "any", context()
+            PlugInError, registry.makeProvider, IDeliveryBackend, "any", context()
         )
         self.assertEqual(
             str(e),
             "'any' is a recipient validator, not a delivery backend "
             "(delivery backends: maildir, mbox, memory)",
         )
-        e = self.assertRaises(PlugInError, plugins.checkDescription, IRecipientValidator, "mbox:x")
+        e = self.assertRaises(
+            PlugInError, registry.checkDescription, IRecipientValidator, "mbox:x"
+        )
         self.assertIn("'mbox' is a delivery backend, not a recipient validator", str(e))
 
     def test_prefixIgnoresCase(self) -> None:
         """Prefixes match case-insensitively, like endpoint types."""
         self.assertIsInstance(
-            plugins.makeProvider(IDeliveryBackend, "Memory", context()), MemoryBackend
+            registry.makeProvider(IDeliveryBackend, "Memory", context()), MemoryBackend
         )
 
     def test_thirdPartyBuilt(self) -> None:
@@ -329,7 +332,7 @@ class LookupTests(unittest.TestCase):
         fake = FakeFactory("fake")
         self.fakePlugins(fake)
         ctx = context()
-        provider = plugins.makeProvider(IDeliveryBackend, "fake:n:size=3", ctx)
+        provider = registry.makeProvider(IDeliveryBackend, "fake:n:size=3", ctx)
         self.assertIsInstance(provider, MemoryBackend)
         self.assertEqual(fake.calls, [(ctx, "n", "3")])
 
@@ -337,7 +340,7 @@ class LookupTests(unittest.TestCase):
         """A factory's ValueError becomes a PlugInError with its first line."""
         self.fakePlugins(FakeFactory("fake"))
         e = self.assertRaises(
-            PlugInError, plugins.makeProvider, IDeliveryBackend, "fake:n:size=bad", context()
+            PlugInError, registry.makeProvider, IDeliveryBackend, "fake:n:size=bad", context()
         )
         self.assertEqual(str(e), "bad delivery backend 'fake:n:size=bad': size must be a number")
 
@@ -346,7 +349,7 @@ class LookupTests(unittest.TestCase):
         self.fakePlugins(FakeFactory("fake"))
         for description in ["fake", "fake:a:b:c", "fake:n:colour=red"]:
             e = self.assertRaises(
-                PlugInError, plugins.makeProvider, IDeliveryBackend, description, context()
+                PlugInError, registry.makeProvider, IDeliveryBackend, description, context()
             )
             self.assertIn(f"bad delivery backend {description!r}: bad arguments", str(e))
             self.assertIn("(usage: fake:NAME[:size=N])", str(e))
@@ -355,17 +358,17 @@ class LookupTests(unittest.TestCase):
         """checkDescription of a (*args, **kwargs) factory checks the prefix only."""
         fake = FakeFactory("fake")
         self.fakePlugins(fake)
-        self.assertIs(plugins.checkDescription(IDeliveryBackend, "fake:a:b:c"), fake)
+        self.assertIs(registry.checkDescription(IDeliveryBackend, "fake:a:b:c"), fake)
         self.assertEqual(fake.calls, [])
 
     def test_checkBindsExplicitSignature(self) -> None:
         """checkDescription binds an explicit signature, without calling it."""
         fake = ExplicitFactory("fake")
         self.fakePlugins(fake)
-        self.assertIs(plugins.checkDescription(IDeliveryBackend, "fake:n:size=2"), fake)
+        self.assertIs(registry.checkDescription(IDeliveryBackend, "fake:n:size=2"), fake)
         for description in ["fake", "fake:a:b:c", "fake:n:colour=red"]:
             e = self.assertRaises(
-                PlugInError, plugins.checkDescription, IDeliveryBackend, description
+                PlugInError, registry.checkDescription, IDeliveryBackend, description
             )
             self.assertIn(f"bad delivery backend {description!r}: bad arguments", str(e))
             self.assertIn("(usage: fake:NAME[:size=N])", str(e))
@@ -375,7 +378,7 @@ class LookupTests(unittest.TestCase):
         """A factory that builds something of another kind is refused clearly."""
         self.fakePlugins(FakeFactory("fake", result=object()))
         e = self.assertRaises(
-            PlugInError, plugins.makeProvider, IDeliveryBackend, "fake:n", context()
+            PlugInError, registry.makeProvider, IDeliveryBackend, "fake:n", context()
         )
         self.assertIn("does not provide IDeliveryBackend", str(e))
 
@@ -385,30 +388,30 @@ class LookupTests(unittest.TestCase):
         def broken(interface: Any) -> Any:
             raise RuntimeError("broken plug-in directory")
 
-        self.patch(plugins, "getPlugins", broken)
-        self.assertEqual(len(plugins.factoriesFor(Interface)), len(plugins.BUILTINS))
+        self.patch(registry, "getPlugins", broken)
+        self.assertEqual(len(registry.factoriesFor(Interface)), len(registry.BUILTINS))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_collisionBuiltinWins(self) -> None:
         """A third-party factory with a built-in's prefix is ignored, with a warning."""
         events = captureLogs(self)
         impostor = FakeFactory("maildir")
-        self.fakePlugins(impostor, plugins.memoryBackend)
+        self.fakePlugins(impostor, backendFactories.memoryBackend)
         self.assertEqual(
-            [f.prefix for f in plugins.factoriesFor(IDeliveryBackend)],
+            [f.prefix for f in registry.factoriesFor(IDeliveryBackend)],
             ["maildir", "mbox", "memory"],
         )
         warnings = [e for e in events if e.get("factory") is impostor]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["prefix"], "maildir")
-        plugins.factoriesFor(IDeliveryBackend)
+        registry.factoriesFor(IDeliveryBackend)
         self.assertEqual(len([e for e in events if e.get("factory") is impostor]), 1)
 
     def test_samePrefixOtherKind(self) -> None:
         """Prefixes are per kind: a validator may be called 'maildir'."""
         self.fakePlugins(FakeFactory("maildir", IRecipientValidator))
         self.assertEqual(
-            [f.prefix for f in plugins.factoriesFor(IRecipientValidator)][-1], "maildir"
+            [f.prefix for f in registry.factoriesFor(IRecipientValidator)][-1], "maildir"
         )
 
 
@@ -417,7 +420,7 @@ from zope.interface import implementer
 from twisted.plugin import IPlugin
 from mailframe.interfaces import IDeliveryBackend, IPlugInFactory
 from mailframe.backends.memory import MemoryBackend
-from mailframe.plugins import memoryBackend  # re-exported: not a clash
+from mailframe.backends.factories import memoryBackend  # re-exported: not a clash
 
 
 @implementer(IPlugin, IPlugInFactory)
@@ -456,14 +459,14 @@ class DiscoveryTests(unittest.TestCase):
         if here not in twisted.plugins.__path__:
             self.patch(twisted.plugins, "__path__", [*twisted.plugins.__path__, here])
         found = list(getPlugins(IPlugInFactory))
-        for factory in plugins.BUILTINS:
+        for factory in registry.BUILTINS:
             self.assertTrue(any(f is factory for f in found), factory)
 
     def test_dropinImportsLittle(self) -> None:
         """Importing the dropin imports no provider, no server and no reactor."""
         code = (
             "import sys, twisted.plugins.mailframe_builtins\n"
-            "heavy = ['twisted.internet.reactor', 'mailframe.server',\n"
+            "heavy = ['twisted.internet.reactor', 'mailframe.server.protocol',\n"
             "         'mailframe.backends.maildir', 'mailframe.backends.mbox',\n"
             "         'mailframe.validators.basic', 'mailframe.validators.addresses']\n"
             "print([m for m in heavy if m in sys.modules])\n"
@@ -483,17 +486,17 @@ class DiscoveryTests(unittest.TestCase):
         self.addPluginDirectory(root)
         events = captureLogs(self)
 
-        prefixes = [f.prefix for f in plugins.factoriesFor(IDeliveryBackend)]
+        prefixes = [f.prefix for f in registry.factoriesFor(IDeliveryBackend)]
         self.assertEqual(prefixes, ["maildir", "mbox", "memory", "thirdparty"])
-        backend = plugins.makeProvider(IDeliveryBackend, "thirdparty:blue", context())
+        backend = registry.makeProvider(IDeliveryBackend, "thirdparty:blue", context())
         self.assertEqual(backend.tag, "blue")
         self.assertIsInstance(
-            plugins.makeProvider(IDeliveryBackend, "memory", context()), MemoryBackend
+            registry.makeProvider(IDeliveryBackend, "memory", context()), MemoryBackend
         )
         self.assertFalse(
-            hasattr(plugins.makeProvider(IDeliveryBackend, "memory", context()), "tag")
+            hasattr(registry.makeProvider(IDeliveryBackend, "memory", context()), "tag")
         )
         clashes = [e for e in events if e.get("prefix") == "memory" and "factory" in e]
         self.assertEqual(len(clashes), 1)
         self.assertIn("taken by", clashes[0]["log_format"])
-        verifyObject(IPlugInFactory, plugins.factoriesFor(IDeliveryBackend)[-1])
+        verifyObject(IPlugInFactory, registry.factoriesFor(IDeliveryBackend)[-1])

@@ -16,7 +16,8 @@ from twisted.python import usage
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from mailframe import plugins, tap
+from mailframe import plugins
+from mailframe.app import registry, tap
 from mailframe.config import ProviderContext, ServerConfig
 from mailframe.interfaces import IPlugInFactory
 from mailframe.policy.authresults import AuthenticationResults
@@ -65,32 +66,34 @@ class FactoryTests(unittest.TestCase):
     def test_builds(self) -> None:
         """Each description builds its check with the options given."""
         c = context(relayNetworks=("10.0.0.0/8",))
-        limits = plugins.makeFilter("limits:total=9:client=3:rate=4:messages=5:recipients=6", c)
+        limits = registry.makeFilter("limits:total=9:client=3:rate=4:messages=5:recipients=6", c)
         self.assertIsInstance(limits, ConnectionLimits)
         self.assertEqual((limits.total, limits.perClient), (9, 3))
         self.assertEqual(limits._connections.limit, 4)
         self.assertTrue(limits.isExempt("10.1.1.1"))  # the relay networks by default
-        exempt = plugins.makeFilter("limits:exempt=192.0.2.0/24", c)
+        exempt = registry.makeFilter("limits:exempt=192.0.2.0/24", c)
         self.assertFalse(exempt.isExempt("10.1.1.1"))
         self.assertTrue(exempt.isExempt("192.0.2.7"))
-        bl = plugins.makeFilter("dnsbl:a.example,b.example=127.0.0.2:allow=w.example:timeout=2", c)
+        bl = registry.makeFilter(
+            "dnsbl:a.example,b.example=127.0.0.2:allow=w.example:timeout=2", c
+        )
         self.assertIsInstance(bl, DNSBL)
         self.assertEqual([z.name for z in bl.zones], ["a.example", "b.example"])
         self.assertEqual(bl.dns.timeout, 2.0)
-        helo = plugins.makeFilter("helo:fqdn=no:fcrdns=require", c)
+        helo = registry.makeFilter("helo:fqdn=no:fcrdns=require", c)
         self.assertIsInstance(helo, HeloCheck)
         self.assertEqual((helo.fqdn, helo.literal, helo.fcrdns), (False, True, "require"))
-        spf = plugins.makeFilter("spf:softfail=reject:temperror=accept", c)
+        spf = registry.makeFilter("spf:softfail=reject:temperror=accept", c)
         self.assertIsInstance(spf, SPFCheck)
         self.assertEqual((spf.policy["softfail"], spf.policy["fail"]), ("reject", "reject"))
-        self.assertIsInstance(plugins.makeFilter("dkim-verify", c), DKIMVerifier)
-        dmarc = plugins.makeFilter("dmarc:reject=no:temperror=defer", c)
+        self.assertIsInstance(registry.makeFilter("dkim-verify", c), DKIMVerifier)
+        dmarc = registry.makeFilter("dmarc:reject=no:temperror=defer", c)
         self.assertIsInstance(dmarc, DMARCCheck)
         self.assertEqual((dmarc.reject, dmarc.deferTemporary), (False, True))
-        ar = plugins.makeFilter("authresults", c)
+        ar = registry.makeFilter("authresults", c)
         self.assertIsInstance(ar, AuthenticationResults)
         self.assertEqual(ar.authservID, "mx.example")
-        signer = plugins.makeFilter(f"dkim-sign:example.org:ed1:{self.key}:all=yes", c)
+        signer = registry.makeFilter(f"dkim-sign:example.org:ed1:{self.key}:all=yes", c)
         self.assertIsInstance(signer, DKIMSigner)
         self.assertEqual(
             (signer.domain, signer.algorithm, signer.signAll),
@@ -116,7 +119,7 @@ class FactoryTests(unittest.TestCase):
             ("dkim-sign:example.org:sel:/no/such/key", "no such key file"),
             ("dkim-sign:exa mple:sel:/x", "not a domain"),
         ]:
-            e = self.assertRaises(plugins.PlugInError, plugins.checkFilter, description)
+            e = self.assertRaises(plugins.PlugInError, registry.checkFilter, description)
             self.assertIn(words, str(e), description)
             self.assertNotIn("\n", str(e))
 

@@ -22,8 +22,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailframe import tap
-from mailframe._proxyheader import ProxyHeaderFactory, splitProxyEndpoint
+from mailframe.app import tap
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
 from mailframe.protocol.proxy import (
@@ -33,6 +32,7 @@ from mailframe.protocol.proxy import (
     ProxyHeaderReader,
 )
 from mailframe.server import SMTPServerFactory
+from mailframe.server.proxy import ProxyHeaderFactory, splitProxyEndpoint
 from tests.interop._support import inThread
 from tests.test_server import Listed, codes
 
@@ -264,7 +264,7 @@ class ProxiedTLSTests(TestCase):
     def start(self, implicit: bool) -> tuple[int, MemoryBackend, Any]:
         from mailframe.extensions import defaultExtensions
         from mailframe.extensions.starttls import StartTLS
-        from mailframe.tls import CertificatePair, ServerTLS, implicitTLS
+        from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
         from tests._certs import TestCA
 
         ca = TestCA(self.mktemp())

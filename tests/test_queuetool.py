@@ -1,6 +1,6 @@
 """
 Tests for L{mailframe.queue.control}, L{mailframe.queue.offline} and
-L{mailframe.queuetool}: the AMP commands against a runner on a
+L{mailframe.app.queuetool}: the AMP commands against a runner on a
 C{task.Clock} (client and server connected in memory), the tool's output
 and exit status, its offline mode on the spool's files (and the lock that
 keeps it away from a running server), the control service's lock and
@@ -26,6 +26,16 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mailframe.app.queuetool import (
+    connectControl,
+    duration,
+    formatEntry,
+    headerLines,
+    main,
+    parser,
+    run,
+    spoolDirectories,
+)
 from mailframe.backends.memory import MemoryBackend
 from mailframe.queue import LOCAL, QueueRunner, QueueService, ReportSettings, Spool
 from mailframe.queue.control import (
@@ -42,16 +52,6 @@ from mailframe.queue.control import (
     lockSpool,
 )
 from mailframe.queue.entry import QueueEntry
-from mailframe.queuetool import (
-    connectControl,
-    duration,
-    formatEntry,
-    headerLines,
-    main,
-    parser,
-    run,
-    spoolDirectories,
-)
 from mailframe.reply import Reply
 from tests.test_queue import LATER, OK, FakeRelay, QueueCase, envelope
 from tests.test_spool import makeEntry, syncWorker
@@ -463,16 +463,16 @@ class CommandLineTests(SynchronousTestCase):
                          "<rcpt@example.com> not tried yet")  # fmt: skip
 
     def test_script(self) -> None:
-        """python -m mailframe.queuetool runs main: offline list of an empty spool, exit 0."""
+        """python -m mailframe.app.queuetool runs main: offline list of an empty spool, exit 0."""
         spool = self.mktemp()
         os.makedirs(os.path.join(spool, "queue"))
         result = subprocess.run(
-            [sys.executable, "-m", "mailframe.queuetool", "--spool", spool, "list"],
+            [sys.executable, "-m", "mailframe.app.queuetool", "--spool", spool, "list"],
             capture_output=True, timeout=60, check=False,
         )  # fmt: skip
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, b"", b""))
         result = subprocess.run(
-            [sys.executable, "-m", "mailframe.queuetool", "--spool", spool, "show", "X"],
+            [sys.executable, "-m", "mailframe.app.queuetool", "--spool", spool, "show", "X"],
             capture_output=True, timeout=60, check=False,
         )  # fmt: skip
         self.assertEqual(result.returncode, 1)

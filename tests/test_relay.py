@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.relay.SMTPRelay}: in memory, against scripted servers
+Tests for L{mailframe.client.relay.SMTPRelay}: in memory, against scripted servers
 behind fake endpoints (the next MX on a refused connection, a 421 or 554
 greeting, a timeout; a 5xx to RCPT is final; routing errors; opportunistic
 TLS retried in clear; connection reuse); and the TLS policies against
@@ -22,16 +22,16 @@ from zope.interface.verify import verifyObject
 from mailframe.address import parseMailbox
 from mailframe.backends.memory import MemoryBackend
 from mailframe.client import Timeouts, messageFrom
+from mailframe.client.relay import SMTPRelay, withEnhanced
+from mailframe.client.routing import Destination, NextHop, Router
 from mailframe.config import ServerConfig
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.extensions import defaultExtensions
 from mailframe.extensions.starttls import StartTLS
 from mailframe.interfaces import IRelay
-from mailframe.relay import SMTPRelay, withEnhanced
 from mailframe.reply import Reply
-from mailframe.routing import Destination, NextHop, Router
 from mailframe.server import SMTPServerFactory
-from mailframe.tls import CertificatePair, ServerTLS
+from mailframe.server.tls import CertificatePair, ServerTLS
 from tests._certs import TestCA
 from tests.interop._support import HOST, AcceptLocal, RunningServer, _shutdown, splitReceived
 from tests.test_routing import resolver

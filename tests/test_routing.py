@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.routing}: MX routing with an in-memory twisted.names
+Tests for L{mailframe.client.routing}: MX routing with an in-memory twisted.names
 authority (no network): preference order, random order among equal
 preferences (seeded), implicit MX, null MX, CNAMEs, AAAA and A, NXDOMAIN
 and SERVFAIL; address literals; smarthost and per-domain routes from plain
@@ -17,7 +17,14 @@ from twisted.names import error as dnserror
 from twisted.trial.unittest import SynchronousTestCase
 
 from mailframe.client import Credentials
-from mailframe.routing import LOCAL, Destination, NextHop, Router, RoutingError, parseNextHop
+from mailframe.client.routing import (
+    LOCAL,
+    Destination,
+    NextHop,
+    Router,
+    RoutingError,
+    parseNextHop,
+)
 
 
 class MemoryAuthority(authority.FileAuthority):

@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.sasl}: PLAIN, LOGIN, CRAM-MD5 (RFC 2195 vector),
+Tests for L{mailframe.auth.sasl}: PLAIN, LOGIN, CRAM-MD5 (RFC 2195 vector),
 SCRAM-SHA-256 (RFC 7677 vector) and SASLprep (RFC 4013 examples).
 """
 
@@ -9,7 +9,7 @@ import base64
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailframe import sasl
+from mailframe.auth import sasl
 
 # RFC 7677 3
 SCRAM_USER = "user"
@@ -253,7 +253,7 @@ class SASLprepTests(SynchronousTestCase):
 
 class StandaloneTests(SynchronousTestCase):
     def test_noTwisted(self) -> None:
-        """mailframe.sasl imports with twisted and zope blocked (it is sans-IO)."""
+        """mailframe.auth.sasl imports with twisted and zope blocked (it is sans-IO)."""
         import subprocess
         import sys
 
@@ -267,7 +267,7 @@ class StandaloneTests(SynchronousTestCase):
             "    if name.partition('.')[0] in ('twisted', 'zope'):\n"
             "        del sys.modules[name]\n"
             "sys.meta_path.insert(0, Blocker())\n"
-            "import mailframe.sasl\n"
+            "import mailframe.auth.sasl\n"
             "print(sorted(n for n in sys.modules if n.partition('.')[0] in ('twisted', 'zope')))\n"
         )
         result = subprocess.run(

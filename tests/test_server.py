@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.server}: the Twisted glue between the sans-IO core and
+Tests for L{mailframe.server.protocol}: the Twisted glue between the sans-IO core and
 the plug points, in memory (StringTransport and a fake clock; no sleeps).
 """
 

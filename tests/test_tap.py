@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.tap} and L{mailframe._tapconfig}: the options of
+Tests for L{mailframe.app.tap} and L{mailframe.app.config}: the options of
 C{twistd mailframe}, the TOML config file, makeService, --help, and twistd
 itself in a subprocess.
 """
@@ -24,12 +24,12 @@ from twisted.logger import LogEvent, capturedLogs
 from twisted.python import usage
 from twisted.trial import unittest
 
-from mailframe import tap
-from mailframe._tapconfig import parseSize
 from mailframe.address import Domain
+from mailframe.app import registry, tap
+from mailframe.app.config import parseSize
+from mailframe.app.registry import BUILTINS
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import defaultHostname
-from mailframe.plugins import BUILTINS
 
 REPO = Path(__file__).resolve().parents[1]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -159,7 +159,7 @@ class OptionsTests(unittest.TestCase):
 
     def test_workersShareThePort(self) -> None:
         """With --workers, listeners are SO_REUSEPORT services and worker 0 starts a pool."""
-        from mailframe.workers import ReusePortService, WorkerPool
+        from mailframe.app.workers import ReusePortService, WorkerPool
 
         directory = self.mktemp()
         options = parse(
@@ -454,7 +454,6 @@ class HelpTests(unittest.TestCase):
         from zope.interface import Interface, implementer
         from zope.interface.verify import verifyObject
 
-        from mailframe import plugins
         from mailframe.interfaces import IMessageFilter, IPlugInFactory
 
         class IScorer(Interface):
@@ -477,7 +476,7 @@ class HelpTests(unittest.TestCase):
                 raise NotImplementedError
 
         verifyObject(IPlugInFactory, Filter())
-        self.patch(plugins, "getPlugins", lambda interface: [Scorer(), Filter()])
+        self.patch(registry, "getPlugins", lambda interface: [Scorer(), Filter()])
         text = tap.plugInHelp(100)
         self.assertIn("  IScorers (no option yet):\n    spam[:score=N]\n", text)
         self.assertIn("Score spam.", text)
@@ -784,9 +783,9 @@ class QueueOptionsTests(unittest.TestCase):
 
     def test_makeService(self) -> None:
         """With a queue: a SpoolBackend before the --deliver backend, DSN, the queue service first."""
+        from mailframe.client.relay import SMTPRelay
         from mailframe.extensions.dsn import DSN
         from mailframe.queue import QueueService, SpoolBackend
-        from mailframe.relay import SMTPRelay
 
         spool = self.mktemp()
         service = tap.makeService(

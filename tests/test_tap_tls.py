@@ -18,7 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.trial import unittest
 
-from mailframe import tap
+from mailframe.app import tap
 from mailframe.extensions.auth import Auth
 from mailframe.extensions.starttls import StartTLS
 from mailframe.policy.authlimits import AuthFailureLimiter

@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe._tapsecurity}: the AUTH extension C{twistd mailframe}
+Tests for L{mailframe.app.security}: the AUTH extension C{twistd mailframe}
 builds from C{--auth}: the mechanisms follow every checker in force, one
 Authenticator serves every listener with the same checkers, and checkers
 that share no mechanism stop the start with one line.
@@ -14,9 +14,10 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 
-from mailframe import passwords, tap
-from mailframe._tapconfig import ClientLimits
-from mailframe._tapsecurity import Security
+from mailframe.app import tap
+from mailframe.app.config import ClientLimits
+from mailframe.app.security import Security
+from mailframe.auth import passwords
 from mailframe.extensions.auth import Auth
 from tests.test_passwords import fastHashing
 from tests.test_tap import parse

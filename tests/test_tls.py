@@ -1,5 +1,5 @@
 """
-Tests for L{mailframe.tls}: loading certificate chains and keys, SNI,
+Tests for L{mailframe.server.tls}: loading certificate chains and keys, SNI,
 reloading changed files, the self-signed development certificate, and
 real handshakes over loopback with the standard library's ssl client
 against a test CA (chain verification, TLS 1.1 refused).
@@ -22,7 +22,7 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
-from mailframe import tls
+from mailframe.server import tls
 from tests._certs import TestCA
 
 TIMEOUT = 10.0

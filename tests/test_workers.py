@@ -1,4 +1,4 @@
-"""Tests for L{mailframe.workers}: SO_REUSEPORT listeners and the worker pool."""
+"""Tests for L{mailframe.app.workers}: SO_REUSEPORT listeners and the worker pool."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mailframe import workers
-from mailframe.workers import ReusePortService, WorkerPool, reusePortEndpoint, workerArgv
+from mailframe.app import workers
+from mailframe.app.workers import ReusePortService, WorkerPool, reusePortEndpoint, workerArgv
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

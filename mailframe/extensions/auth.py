@@ -2,9 +2,9 @@
 AUTH (RFC 4954) as an IExtension provider, on twisted.cred.
 
 The extension runs one SASL exchange per AUTH command with the mechanisms
-of L{mailframe.sasl}: the base64 layer, the C{*} cancel, the replies, and
+of L{mailframe.auth.sasl}: the base64 layer, the C{*} cancel, the replies, and
 counting failures are here; the credentials are checked by a Portal's
-checkers (L{mailframe.credentials.Authenticator}), which may answer later
+checkers (L{mailframe.auth.credentials.Authenticator}), which may answer later
 (a Deferred): no check blocks the reactor.  The exchange in progress lives
 in the session's C{extra}, so one extension serves every session.
 
@@ -43,9 +43,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from mailframe import sasl
 from mailframe.address import asciiUpper
-from mailframe.credentials import (
+from mailframe.auth import sasl
+from mailframe.auth.credentials import (
     Authenticator,
     CramMD5Credentials,
     MechanismUnavailable,
@@ -136,7 +136,7 @@ class Auth(Extension):
     """
     AUTH with the mechanisms the Portal's checkers can serve.
 
-    @param authenticator: a L{Portal} (see L{mailframe.credentials.makePortal})
+    @param authenticator: a L{Portal} (see L{mailframe.auth.credentials.makePortal})
         or an L{Authenticator}.
 
     @param clock: the reactor (or a Clock), for C{failureDelay}.

@@ -33,7 +33,7 @@ TLS_AFTER_AUTH = Reply(503, (5, 5, 1), "STARTTLS is not allowed after AUTH")
 
 class StartTLS(Extension):
     """
-    STARTTLS with C{contextFactory} (a L{mailframe.tls.ServerTLS} or any
+    STARTTLS with C{contextFactory} (a L{mailframe.server.tls.ServerTLS} or any
     Twisted server TLS context factory); with None it is never offered and
     answers 454.  It is not offered once a session is in TLS (after
     STARTTLS, or on an implicit-TLS listener).

@@ -16,7 +16,7 @@ the capabilities of the last EHLO reply, dot-stuffing of DATA (in bulk),
 the refusal to send a bare CR or LF inside DATA (SMTP smuggling), BDAT
 framing, and the STARTTLS discard (every byte that came with the 220 is
 dropped).  Must not: import twisted or zope; decide what to send (that is
-the glue in L{mailframe.client}).
+the glue in L{mailframe.client.send}).
 """
 
 from __future__ import annotations

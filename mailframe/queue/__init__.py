@@ -5,7 +5,7 @@ notifications (L{mailframe.queue.bounce}), and the delivery backend a
 server with a queue uses (L{SpoolBackend}).
 
 Owns: keeping accepted mail until it is delivered or reported.  Must not:
-import mailframe.server, mailframe.tap or the global reactor.
+import mailframe.server, mailframe.app.tap or the global reactor.
 """
 
 from mailframe.queue.backend import RECEIVED, QueueService, SpoolBackend

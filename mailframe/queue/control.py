@@ -21,7 +21,7 @@ one spool are refused the same way.
 
 Owns: the control protocol, the lock, and the JSON each listed message is
 described with (L{describeEntry}).  Must not: change entries except
-through the runner; import mailframe.server or mailframe.tap.
+through the runner; import mailframe.server or mailframe.app.tap.
 """
 
 from __future__ import annotations

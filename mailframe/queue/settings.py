@@ -71,13 +71,24 @@ def _durationOrOff(value: Any) -> float:
     return parseDuration(value, allowZero=True)
 
 
-def _size(value: Any) -> int:
-    from mailframe._tapconfig import ConfigError, parseSize
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([KMG]?)(?:I?B)?\s*\Z", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
-    try:
-        return parseSize(value)
-    except ConfigError as e:
-        raise SettingError(str(e)) from None
+
+def parseSize(value: Any) -> int:
+    """Octets from an int or a string such as C{"35M"} (K, M, G are powers of 1024)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
+        size = int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    else:
+        raise SettingError(f"bad size {value!r} (octets, or a number with K, M or G)")
+    if size < 0:
+        raise SettingError(f"bad size {value!r}: may not be negative")
+    return size
+
+
+_size = parseSize
 
 
 def _count(value: Any) -> int:
@@ -99,7 +110,7 @@ def _path(value: Any) -> str:
 
 
 def _nextHop(value: Any) -> str:
-    from mailframe.routing import parseNextHop
+    from mailframe.client.routing import parseNextHop
 
     text = _text(value)
     try:
@@ -178,7 +189,7 @@ def _relayTable(value: Any) -> dict[str, Any]:
 
 
 def _checkRouting(data: Mapping[str, Any]) -> None:
-    from mailframe.routing import Router
+    from mailframe.client.routing import Router
 
     try:
         Router.fromConfig(data)
@@ -238,7 +249,7 @@ class QueueSpec:
     """
     The queue of C{twistd mailframe}: its directory, retry policy, report
     sizes, connection limits, and the relay's configuration (the data
-    L{mailframe.relay.SMTPRelay.fromConfig} takes: C{smarthost}, C{routes}
+    L{mailframe.client.relay.SMTPRelay.fromConfig} takes: C{smarthost}, C{routes}
     and the C{[relay]} table).
     """
 

@@ -1,7 +1,7 @@
 """
 L{QueueWiring}: puts together the queue of C{twistd mailframe} from a
 L{QueueSpec}: the spool, a L{SpoolBackend} in front of each listener's
-local backend, the L{mailframe.relay.SMTPRelay} (smarthost, per-domain
+local backend, the L{mailframe.client.relay.SMTPRelay} (smarthost, per-domain
 routes, MX), the runner, and the L{QueueService} that starts and stops
 them (with the spool's lock and control socket: L{mailframe.queue.control}).
 Embedding code can do the same by hand (see docs/queue.rst).
@@ -36,7 +36,7 @@ __all__ = ["QueueWiring", "routeKeyFor"]
 
 
 def routeKeyFor(router: Any, isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
-    """The runner's C{routeKey} from a L{mailframe.routing.Router} and the local domains."""
+    """The runner's C{routeKey} from a L{mailframe.client.routing.Router} and the local domains."""
 
     def routeKey(address: Address) -> str:
         domain = address.domain
@@ -114,7 +114,7 @@ class QueueWiring:
 
         @raise ValueError: one line, for relay settings that cannot be used.
         """
-        from mailframe.relay import SMTPRelay
+        from mailframe.client.relay import SMTPRelay
 
         spec = self.spec
         self.relay = SMTPRelay.fromConfig(dict(spec.relay), self.reactor, hostname)

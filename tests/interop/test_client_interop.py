@@ -29,10 +29,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mailframe.address import parseMailbox
 from mailframe.client import ClientOptions, Credentials, messageFrom, sendMessage
+from mailframe.client.relay import SMTPRelay
+from mailframe.client.routing import Destination, Router
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
-from mailframe.relay import SMTPRelay
 from mailframe.reply import Reply
-from mailframe.routing import Destination, Router
 from tests._certs import TestCA
 from tests.interop._support import HOST, splitReceived, startServer
 from tests.interop.test_tls_auth import startSecureServer

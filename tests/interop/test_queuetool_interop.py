@@ -3,7 +3,7 @@ The queue's "Done when", end to end: a real C{twistd -n mailframe
 --relay-host tcp:127.0.0.1:PORT --relay-network 127.0.0.0/8 --spool ...}
 with a local Maildir domain, swaks submitting through it, the next hop an
 aiosmtpd server (someone else's, in a thread), and C{mailframe-queue} run
-as a child process (C{python -m mailframe.queuetool}).
+as a child process (C{python -m mailframe.app.queuetool}).
 
   1. The next hop is down: the message waits; C{mailframe-queue list}
      shows it and the connection error (and C{--json} says the same).
@@ -167,7 +167,7 @@ class QueueToolInteropTests(SynchronousTestCase):
     def queueTool(self, *argv: str) -> tuple[int, str, str]:
         """mailframe-queue as a child process: (exit status, stdout, stderr)."""
         result = subprocess.run(
-            [sys.executable, "-m", "mailframe.queuetool", "--spool", str(self.spool), *argv],
+            [sys.executable, "-m", "mailframe.app.queuetool", "--spool", str(self.spool), *argv],
             capture_output=True, timeout=PROCESS_TIMEOUT, check=False, env=self.env,
         )  # fmt: skip
         return result.returncode, result.stdout.decode(), result.stderr.decode()

@@ -24,7 +24,7 @@ from mailframe.config import ServerConfig
 from mailframe.extensions import defaultExtensions
 from mailframe.extensions.starttls import StartTLS
 from mailframe.server import SMTPServerFactory
-from mailframe.tls import CertificatePair, ServerTLS, implicitTLS
+from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
 from tests._certs import TestCA
 from tests.interop._support import HOST, AcceptLocal, RunningServer, _shutdown
 

@@ -24,15 +24,15 @@ from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
+from mailframe.auth.credentials import makePortal
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
-from mailframe.credentials import makePortal
 from mailframe.extensions import defaultExtensions
 from mailframe.extensions.auth import Auth
 from mailframe.extensions.starttls import StartTLS
 from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.server import SMTPServerFactory
-from mailframe.tls import CertificatePair, ServerTLS, implicitTLS
+from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
 from tests._certs import TestCA
 from tests.interop._support import (
     _TIMEOUT_COMMAND,
@@ -178,7 +178,7 @@ class SMTPLibTLSTests(TestCase):
         offered, so login() of an argon2 user succeeds with its first
         mechanism, eleven times in a row, with no failure counted or delayed.
         """
-        from mailframe import passwords
+        from mailframe.auth import passwords
         from tests.test_passwords import fastHashing
 
         fastHashing(self)
@@ -525,7 +525,7 @@ class TapImplicitTests(TestCase):
     @defer.inlineCallbacks
     def test_sslEndpointAndSubmissions(self) -> Generator[Any, Any, None]:
         """An ssl: endpoint and a --submissions tcp: endpoint both greet inside TLS."""
-        from mailframe import tap
+        from mailframe.app import tap
 
         ca = TestCA(self.mktemp())
         issued = ca.issue("mx", "mx.test")

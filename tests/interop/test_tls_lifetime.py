@@ -25,15 +25,15 @@ from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import SkipTest, TestCase
 
+from mailframe.auth.credentials import makePortal
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
-from mailframe.credentials import makePortal
 from mailframe.extensions import defaultExtensions
 from mailframe.extensions.auth import Auth
 from mailframe.extensions.starttls import StartTLS
 from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.server import SMTPServerFactory
-from mailframe.tls import CertificatePair, ServerTLS, implicitTLS
+from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
 from tests._certs import TestCA
 from tests.interop._support import HOST, AcceptLocal, RunningServer, _shutdown, inThread
 

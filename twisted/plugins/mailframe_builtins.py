@@ -3,14 +3,8 @@
 # getPlugins(IPlugInFactory).  twistd imports every dropin when it scans for
 # service makers, so this imports only the factories, which import no
 # provider module.
-from mailframe.plugins import (
-    addressesValidator,
-    anyValidator,
-    domainsValidator,
-    maildirBackend,
-    mboxBackend,
-    memoryBackend,
-)
+from mailframe.backends.factories import maildirBackend, mboxBackend, memoryBackend
+from mailframe.validators.factories import addressesValidator, anyValidator, domainsValidator
 from mailframe.policy.factories import POLICY_FACTORIES
 
 (

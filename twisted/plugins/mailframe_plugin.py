@@ -3,5 +3,5 @@
 from twisted.application.service import ServiceMaker
 
 mailframe = ServiceMaker(
-    "mailframe", "mailframe.tap", "A pluggable SMTP/ESMTP mail server", "mailframe"
+    "mailframe", "mailframe.app.tap", "A pluggable SMTP/ESMTP mail server", "mailframe"
 )

@@ -5,7 +5,7 @@ L{ClientOptions}, L{Timeouts}, L{Credentials}, the TLS policies
 L{SessionFailed}, and the TLS connection creators for each policy.
 
 Owns: what a client session may be told and the replies it invents for its
-own failures.  Public through L{mailframe.client}.  Must not: import
+own failures.  Public through L{mailframe.client.send}.  Must not: import
 mailframe.server or the queue; touch the network.
 """
 

@@ -1,7 +1,7 @@
 """
 The message half of an outbound SMTP session: L{Transaction} (one message
 for some recipients and the reply each gets) and L{TransactionMixin}, the
-part of L{mailframe._clientprotocol.SMTPClientProtocol} that sends queued
+part of L{mailframe.client.protocol.SMTPClientProtocol} that sends queued
 messages: RSET between them, MAIL/RCPT/DATA (pipelined in one write when
 offered), BDAT chunks, and the message data streamed as a push producer.
 
@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailframe._clientoptions import ClientOptions, quoted
-from mailframe._clientplan import Plan, makePlan, regroup
+from mailframe.client.options import ClientOptions, quoted
+from mailframe.client.plan import Plan, makePlan, regroup
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
 from mailframe.protocol import _events as E

@@ -9,12 +9,12 @@ never fails.  A reply from the server is reported as the server sent it;
 a failure of our own (no connection, a timeout, a broken reply) is a 4xx
 whose text says what happened.  For several messages over one connection, connect an
 L{SMTPClientFactory} and call C{protocol.deliver(...)} for each (the relay
-in L{mailframe.relay} does that, with routing and retries over MX hosts).
+in L{mailframe.client.relay} does that, with routing and retries over MX hosts).
 
 Owns: the public face of the client.  The session itself is
-L{mailframe._clientprotocol.SMTPClientProtocol} over the sans-IO
+L{mailframe.client.protocol.SMTPClientProtocol} over the sans-IO
 L{mailframe.protocol.client.ClientConnection}.  Must not: route (that is
-L{mailframe.routing}), queue or retry.
+L{mailframe.client.routing}), queue or retry.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailframe._clientoptions import (
+from mailframe.client.options import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
     TLS_POLICIES,
@@ -43,8 +43,8 @@ from mailframe._clientoptions import (
     clientTLS,
     temporary,
 )
-from mailframe._clientprotocol import SMTPClientProtocol
-from mailframe._clienttransaction import SMTPResult
+from mailframe.client.protocol import SMTPClientProtocol
+from mailframe.client.transaction import SMTPResult
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
 from mailframe.protocol.client import ClientLimits

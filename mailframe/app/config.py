@@ -14,12 +14,11 @@ MAIL needs AUTH; C{submissions} ones speak TLS from the first byte.
 Owns: checking every setting, so that a mistake is a one-line
 L{ConfigError} before anything starts.  Must not: import the reactor, build
 providers or touch the file system except to read the config file (that is
-L{mailframe.tap.makeService}'s job).
+L{mailframe.app.tap.makeService}'s job).
 """
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,10 +26,17 @@ from typing import Any
 
 from mailframe import plugins
 from mailframe.address import Domain
+from mailframe.app import registry
 from mailframe.config import ServerConfig, defaultHostname
 from mailframe.interfaces import IConnectionFilter, IDeliveryBackend, IRecipientValidator
 from mailframe.protocol import Limits
-from mailframe.queue.settings import QUEUE_DEFAULTS, QUEUE_SETTINGS, QUEUE_TOP_LEVEL, SettingError
+from mailframe.queue.settings import (
+    QUEUE_DEFAULTS,
+    QUEUE_SETTINGS,
+    QUEUE_TOP_LEVEL,
+    SettingError,
+    parseSize,
+)
 
 __all__ = [
     "DEFAULTS",
@@ -94,22 +100,6 @@ class ClientLimits:
 
 
 # -- converters: a command-line string or a TOML value -> the setting ---------
-
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([KMG]?)(?:I?B)?\s*\Z", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
-def parseSize(value: Any) -> int:
-    """Octets from an int or a string such as C{"35M"} (K, M, G are powers of 1024)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)):
-        size = int(m.group(1)) * _UNITS[m.group(2).upper()]
-    else:
-        raise ConfigError(f"bad size {value!r} (octets, or a number with K, M or G)")
-    if size < 0:
-        raise ConfigError(f"bad size {value!r}: may not be negative")
-    return size
 
 
 def _count(minimum: int) -> Callable[[Any], int]:
@@ -200,7 +190,7 @@ def _deliver(value: Any) -> str:
 
 def _plugIn(interface: Any, description: str) -> str:
     try:
-        plugins.checkDescription(interface, description)
+        registry.checkDescription(interface, description)
     except plugins.PlugInError as e:
         raise ConfigError(str(e))
     return description
@@ -210,7 +200,7 @@ def _filters(value: Any) -> tuple[str, ...]:
     descriptions = _strings(value)
     for d in descriptions:
         try:
-            plugins.checkFilter(d)
+            registry.checkFilter(d)
         except plugins.PlugInError as e:
             raise ConfigError(str(e))
     return descriptions

@@ -18,7 +18,7 @@ usage error.
 
 Owns: the command line, the client side of the control protocol, and
 the offline mode.  Must not: change a spool's files without its lock;
-import mailframe.server or mailframe.tap, or the reactor at import time.
+import mailframe.server or mailframe.app.tap, or the reactor at import time.
 """
 
 from __future__ import annotations

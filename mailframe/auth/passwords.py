@@ -2,8 +2,8 @@
 mailframe's password file: argon2id hashes (argon2-cffi) and, optionally,
 SCRAM-SHA-256 keys; its twisted.cred checker (L{PasswordFileChecker}), the
 strcred factory that makes C{--auth mailframe:PATH} work
-(L{PasswordFileCheckerFactory}), and the C{mailframe-passwd FILE USER}
-console script (L{main}).
+(L{PasswordFileCheckerFactory}), and L{updatePasswordFile}, which the
+C{mailframe-passwd FILE USER} console script (L{mailframe.app.passwd}) uses.
 
 File format: UTF-8, one user a line, C{#} comments and blank lines ignored::
 
@@ -23,22 +23,19 @@ same as a known one.  The file is read again when it changes (checked at
 most once a second); if it no longer parses, the last good version stays in
 force and an error is logged.
 
-Owns: the file format, hashing and the script.  Must not: import
-mailframe.server; verify a hash in the reactor thread; log a password.
+Owns: the file format and hashing.  Must not: import mailframe.server;
+verify a hash in the reactor thread; log a password.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
-import getpass
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +48,8 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from mailframe import sasl
-from mailframe.credentials import IMechanismCoverage, IScramKeySource, IScramSha256Credentials
+from mailframe.auth import sasl
+from mailframe.auth.credentials import IMechanismCoverage, IScramKeySource, IScramSha256Credentials
 
 __all__ = [
     "DEFAULT_SCRAM_ITERATIONS",
@@ -63,7 +60,6 @@ __all__ = [
     "checkerFactory",
     "formatEntry",
     "hashPassword",
-    "main",
     "makeEntry",
     "parsePasswordFile",
     "updatePasswordFile",
@@ -109,7 +105,7 @@ def verifyPassword(hashed: str, password: str) -> bool:
         return False
 
 
-def _checkUsername(name: str) -> str:
+def checkUsername(name: str) -> str:
     if not name or any(c == ":" or c.isspace() or not c.isprintable() for c in name):
         raise ValueError(f"bad user name {name!r}: no colon, space or control characters")
     return name
@@ -123,7 +119,7 @@ def makeEntry(username: str, password: str, scramIterations: int | None) -> Pass
     @raise ValueError: for a bad user name, an empty password or one that
         SASLprep refuses (SCRAM needs it).
     """
-    _checkUsername(username)
+    checkUsername(username)
     if not password:
         raise ValueError("empty password")
     scram = None
@@ -175,7 +171,7 @@ def parsePasswordFile(data: bytes, name: str = "password file") -> dict[str, Pas
             fields = line.split(":")
             if len(fields) not in (2, 3):
                 raise ValueError("expected USER:HASH or USER:HASH:SCRAM")
-            username = _checkUsername(fields[0])
+            username = checkUsername(fields[0])
             if not fields[1].startswith("$argon2"):
                 raise ValueError("the hash must be an argon2 hash ($argon2id$...)")
             if username in entries:
@@ -400,54 +396,3 @@ def updatePasswordFile(path: str, username: str, entry: PasswordEntry | None) ->
             os.unlink(temp)
         raise
     return outcome
-
-
-def _readPassword(fromStdin: bool) -> str:
-    if fromStdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    first = getpass.getpass("New password: ")
-    if getpass.getpass("Again: ") != first:
-        raise ValueError("the passwords differ")
-    return first
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """C{mailframe-passwd FILE USER}: add a user or change a password."""
-    parser = argparse.ArgumentParser(
-        prog="mailframe-passwd",
-        description="Add a user to a mailframe password file or change a password "
-        "(for --auth mailframe:FILE).",
-    )
-    parser.add_argument("file")
-    parser.add_argument("user")
-    parser.add_argument("-d", "--delete", action="store_true", help="remove the user")
-    parser.add_argument(
-        "--stdin", action="store_true", help="read the password from one line of standard input"
-    )
-    parser.add_argument(
-        "--scram-iterations",
-        type=int,
-        default=DEFAULT_SCRAM_ITERATIONS,
-        help=f"PBKDF2 rounds of the SCRAM-SHA-256 keys (default {DEFAULT_SCRAM_ITERATIONS})",
-    )
-    parser.add_argument(
-        "--no-scram", action="store_true", help="store only the argon2 hash (no SCRAM-SHA-256)"
-    )
-    args = parser.parse_args(argv)
-    try:
-        _checkUsername(args.user)
-        entry = None
-        if not args.delete:
-            password = _readPassword(args.stdin)
-            iterations = None if args.no_scram else args.scram_iterations
-            entry = makeEntry(args.user, password, iterations)
-        outcome = updatePasswordFile(args.file, args.user, entry)
-    except (OSError, ValueError) as e:
-        message = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        print(f"mailframe-passwd: {message}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, EOFError):
-        print("mailframe-passwd: cancelled", file=sys.stderr)
-        return 1
-    print(f"mailframe-passwd: {outcome} {args.user} in {args.file}")
-    return 0

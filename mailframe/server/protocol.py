@@ -32,15 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe import reply as R
-from mailframe._commands import (
-    _EARLY_TALKER,
-    _GROUP_ENDERS,
-    _OUT_OF_SYNC,
-    HANDLERS,
-    CommandHandlers,
-)
 from mailframe._deferreds import settled
-from mailframe._serverutil import GreetPasses, IDs, check, oneLine, sendNow
 from mailframe.address import Domain
 from mailframe.config import ServerConfig
 from mailframe.envelope import Envelope, SessionInfo, TLSInfo
@@ -63,6 +55,14 @@ from mailframe.protocol import _events as E
 from mailframe.protocol._state import State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
+from mailframe.server._util import GreetPasses, IDs, check, oneLine, sendNow
+from mailframe.server.commands import (
+    _EARLY_TALKER,
+    _GROUP_ENDERS,
+    _OUT_OF_SYNC,
+    HANDLERS,
+    CommandHandlers,
+)
 
 __all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
 

@@ -43,11 +43,11 @@ from mailframe.client import (
     connectionFailed,
     temporary,
 )
+from mailframe.client.routing import Destination, Router, RoutingError
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.interfaces import IRelay
 from mailframe.message import Message
 from mailframe.reply import Reply
-from mailframe.routing import Destination, Router, RoutingError
 
 __all__ = ["SMTPRelay", "withEnhanced"]
 

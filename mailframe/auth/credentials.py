@@ -1,6 +1,6 @@
 """
 twisted.cred for SMTP AUTH: the credentials the SASL mechanisms of
-L{mailframe.sasl} produce, a L{Portal} whose checkers are tried in order
+L{mailframe.auth.sasl} produce, a L{Portal} whose checkers are tried in order
 (L{makePortal}), the realm whose avatar names the user (L{UserRealm}), and
 L{Authenticator}, what the AUTH extension asks.
 
@@ -48,7 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, alsoProvides, implementer
 
-from mailframe import sasl
+from mailframe.auth import sasl
 
 __all__ = [
     "AuthenticatedUser",

@@ -28,12 +28,8 @@ from twisted.internet import defer
 from twisted.names import dns
 from twisted.names import error as dnserror
 
-from mailframe._clientoptions import (
-    TLS_OPPORTUNISTIC,
-    TLS_VERIFY,
-    checkTLSPolicy,
-)
-from mailframe._nexthop import (
+from mailframe.address import Domain
+from mailframe.client.nexthop import (
     LOCAL,
     Destination,
     NextHop,
@@ -41,7 +37,11 @@ from mailframe._nexthop import (
     nextHopFrom,
     parseNextHop,
 )
-from mailframe.address import Domain
+from mailframe.client.options import (
+    TLS_OPPORTUNISTIC,
+    TLS_VERIFY,
+    checkTLSPolicy,
+)
 from mailframe.reply import Reply
 
 __all__ = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mailframe._tapconfig import ClientLimits, ListenerSpec
+from mailframe.app.config import ClientLimits, ListenerSpec
 
 __all__ = ["Security"]
 
@@ -58,7 +58,7 @@ class Security:
         return extensions, filters, tls
 
     def context(self, spec: ListenerSpec) -> Any:
-        from mailframe import tls
+        from mailframe.server import tls
 
         pairs = spec.certificates
         if not pairs:
@@ -91,7 +91,7 @@ class Security:
     def authenticator(self, descriptions: tuple[str, ...]) -> Any:
         """The Authenticator of these checkers, in this order: one for every listener."""
         if descriptions not in self._authenticators:
-            from mailframe.credentials import Authenticator, makePortal
+            from mailframe.auth.credentials import Authenticator, makePortal
 
             portal = makePortal([self.checker(d) for d in descriptions])
             try:

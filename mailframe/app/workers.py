@@ -9,7 +9,7 @@ C{twistd -n mailframe <the same options> --worker I}, restarts one that dies
 (at most a few times a minute), and stops them when it stops.
 
 Owns: the reuse-port listening service and the supervision of the workers.
-Must not: know about SMTP; parse options (mailframe.tap does).
+Must not: know about SMTP; parse options (mailframe.app.tap does).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ validators, extensions, message filters, the delivery backend).
 A handler returns a L{Reply}, None (no reply due), or a Deferred of a reply;
 chains of plug points run synchronously until one returns a Deferred, so
 the common case costs no callbacks.  Mixed into
-L{mailframe.server.SMTPServerProtocol}, which owns the I/O.
+L{mailframe.server.protocol.SMTPServerProtocol}, which owns the I/O.
 
 Owns: the policy order of a session (relay check, routing forms, postmaster,
 parameters, validators; filters then delivery).  What the client sent is
@@ -34,7 +34,6 @@ from mailframe.trace import receivedHeader
 
 if TYPE_CHECKING:
     from mailframe.protocol.server import ServerConnection
-    from mailframe.server import SessionControl, SMTPServerFactory
 
 __all__ = ["HANDLERS", "CommandHandlers"]
 
@@ -67,9 +66,9 @@ def _unknownParameter(name: str) -> Reply:
 class CommandHandlers:
     """The command and message-event handlers of a server session."""
 
-    factory: SMTPServerFactory
+    factory: Any  # the SMTPServerFactory
     session: SessionInfo
-    control: SessionControl
+    control: Any  # the SessionControl
     envelope: Envelope | None = None
     message: Message | None = None
     _conn: ServerConnection

@@ -5,7 +5,7 @@ C{mailframe} console script (L{run}).
 Owns: the option names and their help, building the plug-ins and the
 listening services, and turning what can only fail at start (a Maildir that
 cannot be created) into a one-line C{SystemExit}.  Every setting is checked
-in L{Options.postOptions} (see L{mailframe._tapconfig}), so that a mistake
+in L{Options.postOptions} (see L{mailframe.app.config}), so that a mistake
 is a usage error.  Must not: import the reactor at import time (twistd
 imports this module before it installs one), or hold protocol logic.
 """
@@ -25,7 +25,8 @@ from twisted.python import usage
 from zope.interface import Interface
 
 from mailframe import plugins
-from mailframe._tapconfig import (
+from mailframe.app import registry
+from mailframe.app.config import (
     ClientLimits,
     ConfigError,
     ListenerSpec,
@@ -34,7 +35,7 @@ from mailframe._tapconfig import (
     convert,
     readConfigFile,
 )
-from mailframe._tapsecurity import Security
+from mailframe.app.security import Security
 from mailframe.config import ProviderContext
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -266,8 +267,8 @@ class Options(usage.Options):
         if count > 1:
             from twisted.internet.testing import MemoryReactor
 
-            from mailframe._proxyheader import splitProxyEndpoint
-            from mailframe.workers import reusePortEndpoint
+            from mailframe.app.workers import reusePortEndpoint
+            from mailframe.server.proxy import splitProxyEndpoint
 
             for spec in self.listeners:
                 for endpoint in spec.endpoints:
@@ -335,7 +336,7 @@ class Options(usage.Options):
 def plugInHelp(width: int | None = None) -> str:
     """The installed plug-ins by kind: synopsis and description of each."""
     width = width or int(os.environ.get("COLUMNS", "80"))
-    found = plugins.factoriesFor(Interface)  # every kind
+    found = registry.factoriesFor(Interface)  # every kind
     kinds: list[tuple[Any, str]] = list(_OPTION_KINDS)
     for factory in found:
         if not any(factory.provides is kind for kind, _ in kinds):
@@ -395,7 +396,7 @@ def _announce(spec: ListenerSpec, factory: Any) -> str:
         f"for {domains}; validate {', '.join(spec.validate)}; deliver {spec.deliver}"
     )
     if any(e.lower().startswith("haproxy:") for e in spec.endpoints):
-        from mailframe._proxyheader import DEFAULT_TRUSTED
+        from mailframe.server.proxy import DEFAULT_TRUSTED
 
         line += f"; PROXY header from {', '.join(spec.proxyNetworks or DEFAULT_TRUSTED)}"
     if spec.hasTLS:
@@ -412,7 +413,7 @@ def _announce(spec: ListenerSpec, factory: Any) -> str:
 
 def _build(interface: Any, description: str, context: ProviderContext) -> Any:
     try:
-        return plugins.makeProvider(interface, description, context)
+        return registry.makeProvider(interface, description, context)
     except plugins.PlugInError as e:
         raise SystemExit(f"mailframe: {e}")
     except (OSError, ValueError) as e:
@@ -491,7 +492,7 @@ def makeService(options: Options) -> MailframeService:
         _finishQueue(queue, options, service)
     workers = getattr(options, "workers", 1)
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
-        from mailframe.workers import WorkerPool, workerArgv
+        from mailframe.app.workers import WorkerPool, workerArgv
 
         WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
     return service
@@ -540,7 +541,7 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
         built.append(_build(IConnectionFilter, limits, context))
     for description in spec.filters:
         try:
-            built.append(plugins.makeFilter(description, context))
+            built.append(registry.makeFilter(description, context))
         except plugins.PlugInError as e:
             raise SystemExit(f"mailframe: {e}")
         except (OSError, ValueError) as e:
@@ -564,17 +565,17 @@ def _endpointService(
     byte; C{shared}, a SO_REUSEPORT socket the other workers bind too.  A
     C{haproxy:} endpoint reads a PROXY header from one of C{proxies} (by
     default this machine) before the session starts (see
-    L{mailframe._proxyheader}), not with Twisted's own wrapper.
+    L{mailframe.server.proxy}), not with Twisted's own wrapper.
     """
-    from mailframe._proxyheader import DEFAULT_TRUSTED, ProxyHeaderFactory, splitProxyEndpoint
-    from mailframe.tls import implicitTLS
+    from mailframe.server.proxy import DEFAULT_TRUSTED, ProxyHeaderFactory, splitProxyEndpoint
+    from mailframe.server.tls import implicitTLS
 
     listening = implicitTLS(tls, factory) if tls is not None else factory
     proxied, description = splitProxyEndpoint(description)
     if proxied:
         listening = ProxyHeaderFactory(listening, proxies or DEFAULT_TRUSTED, reactor)
     if shared:
-        from mailframe.workers import ReusePortService
+        from mailframe.app.workers import ReusePortService
 
         return ReusePortService(reactor, description, listening)
     return strports.service(description, listening, reactor=reactor)

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailframe._clientoptions import (
+from mailframe.client.options import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
     ClientOptions,
@@ -36,7 +36,7 @@ from mailframe._clientoptions import (
     quoted,
     temporary,
 )
-from mailframe._clienttransaction import (
+from mailframe.client.transaction import (
     LOCAL_ERROR,
     LOST,
     Transaction,

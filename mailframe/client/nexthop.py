@@ -4,7 +4,7 @@ The values of routing: L{NextHop} (a configured destination), L{Destination}
 plain data (L{parseNextHop}, L{nextHopFrom}).
 
 Owns: the syntax of next hops in configuration data.  Public through
-L{mailframe.routing}.  Must not: look anything up or connect.
+L{mailframe.client.routing}.  Must not: look anything up or connect.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailframe._clientoptions import TLS_OPPORTUNISTIC, Credentials, checkTLSPolicy
+from mailframe.client.options import TLS_OPPORTUNISTIC, Credentials, checkTLSPolicy
 
 __all__ = ["LOCAL", "Destination", "NextHop", "configKey", "nextHopFrom", "parseNextHop"]
 
