@@ -1,26 +1,45 @@
 """
 The values plug points are handed: L{SessionInfo}, L{TLSInfo},
-L{Envelope}, L{Recipient} and L{DeliveryResult}.
+L{SessionSnapshot}, L{Envelope}, L{Recipient} and L{DeliveryResult}.
 
 Owns: what a plug point may know about a session and a transaction.  These
 are plain objects (standard library only) so that validators, backends and
-tests build them without a server.  Must not: import twisted, zope or
-mailframe.server; hold behaviour beyond derived properties.
+tests build them without a server.  Every fact mailframe records is a typed
+field; a plug-in keeps its own per-session or per-transaction state with
+L{SessionInfo.stateFor} and L{Envelope.stateFor} (keyed by the plug-in, not
+by a string).  Must not: import twisted, zope or mailframe.server; hold
+behaviour beyond derived properties.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from mailframe.address import Address, asciiUpper
 from mailframe.reply import Reply
+from mailframe.results import DKIMResult, DMARCResult, IPRevResult, SPFResult
 
-__all__ = ["DeliveryResult", "Envelope", "Recipient", "SessionInfo", "TLSInfo"]
+__all__ = [
+    "DeliveryResult",
+    "Envelope",
+    "Recipient",
+    "SessionInfo",
+    "SessionSnapshot",
+    "TLSInfo",
+]
 
 _NONE: Mapping[str, str | None] = MappingProxyType({})
+_T = TypeVar("_T")
+
+
+def _stateFor(states: dict[int, tuple[object, Any]], owner: object, make: Callable[[], _T]) -> _T:
+    entry = states.get(id(owner))
+    if entry is None or entry[0] is not owner:
+        entry = states[id(owner)] = (owner, make())
+    return entry[1]  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +52,40 @@ class TLSInfo:
     peerCertificate: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """
+    The facts of a session when a transaction began (at MAIL): what a
+    delivery backend, the queue, a bounce or a log line may need after the
+    session itself is gone.  Frozen: it travels with the L{Envelope}.
+
+    C{peerName} is the client's verified reverse name (iprev pass), if a
+    check found one; C{protocol} the with-clause keyword of the Received
+    field (ESMTPSA ...); C{authMechanism} the SASL mechanism of the login.
+    """
+
+    sessionID: str = ""
+    peerHost: str = ""
+    peerPort: int = 0
+    localHost: str = ""
+    localPort: int = 0
+    hostname: str = ""
+    listener: str = "smtp"
+    heloName: str | None = None
+    protocol: str = "SMTP"
+    tls: TLSInfo | None = None
+    authenticated: str | None = None
+    authMechanism: str | None = None
+    peerName: str | None = None
+
+
 @dataclass(slots=True, eq=False)
 class SessionInfo:
     """
     What is known about one SMTP session.  The server updates it; plug
-    points read it (and may keep their own per-session state in C{extra}).
+    points read it.  Checks record what they found in typed fields
+    (C{iprev}, C{dnsblListings}); a plug-in keeps its own state with
+    L{stateFor}.
     """
 
     sessionID: str
@@ -52,13 +100,49 @@ class SessionInfo:
     extensions: frozenset[str] = frozenset()
     tls: TLSInfo | None = None
     authenticated: str | None = None
+    authMechanism: str | None = None
     messages: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    iprev: IPRevResult | None = None
+    dnsblListings: tuple[str, ...] = ()
+    _states: dict[int, tuple[object, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def peer(self) -> str:
         """C{[host]:port}, for log lines."""
         return f"[{self.peerHost}]:{self.peerPort}"
+
+    def stateFor(self, owner: object, make: Callable[[], _T]) -> _T:
+        """
+        The state C{owner} (a plug-in) keeps for this session: made with
+        C{make()} on first use, the same object after.  Plug-ins use a small
+        class of their own for it, so that its fields are typed.
+        """
+        return _stateFor(self._states, owner, make)
+
+    def dropState(self, owner: object) -> None:
+        """Forget C{owner}'s state for this session (the next L{stateFor} makes a new one)."""
+        self._states.pop(id(owner), None)
+
+    def snapshot(self, protocol: str = "") -> SessionSnapshot:
+        """The facts of the session now, frozen (C{protocol}: the with-clause keyword)."""
+        iprev = self.iprev
+        return SessionSnapshot(
+            sessionID=self.sessionID,
+            peerHost=self.peerHost,
+            peerPort=self.peerPort,
+            localHost=self.localHost,
+            localPort=self.localPort,
+            hostname=self.hostname,
+            listener=self.listener,
+            heloName=self.heloName,
+            protocol=protocol or ("ESMTP" if self.esmtp else "SMTP"),
+            tls=self.tls,
+            authenticated=self.authenticated,
+            authMechanism=self.authMechanism,
+            peerName=iprev.names[0]
+            if iprev is not None and iprev.result == "pass" and iprev.names
+            else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +159,30 @@ class Envelope:
     One mail transaction: the reverse-path and its parameters, and the
     recipients accepted so far.  C{queueID} names the transaction in logs,
     in the Received: header and in the reply to the final dot.
+
+    C{session}: the facts of the session it arrived in (None for an
+    envelope made outside a server session, as the queue's retries and
+    tests do).  C{authIdentity}: the MAIL C{AUTH=} identity (RFC 4954 5:
+    a mailbox, or C{<>}), once the AUTH extension accepted it.  C{spf},
+    C{dkim}, C{dmarc}: what the checks found, for the checks after them and
+    the Authentication-Results field.  A plug-in keeps its own state for
+    the transaction with L{stateFor}.
     """
 
     queueID: str
     mailFrom: Address
     mailParams: Mapping[str, str | None] = field(default_factory=lambda: _NONE)
     recipients: list[Recipient] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+    session: SessionSnapshot | None = None
+    authIdentity: str | None = None
+    spf: SPFResult | None = None
+    dkim: tuple[DKIMResult, ...] | None = None
+    dmarc: DMARCResult | None = None
+    _states: dict[int, tuple[object, Any]] = field(default_factory=dict, repr=False)
+
+    def stateFor(self, owner: object, make: Callable[[], _T]) -> _T:
+        """As L{SessionInfo.stateFor}, for this transaction."""
+        return _stateFor(self._states, owner, make)
 
     @property
     def body(self) -> str:
@@ -111,6 +212,14 @@ class DeliveryResult:
     remote: tuple[str | None, ...] = ()
     """Per recipient, the server that answered (C{"mx.example.org [192.0.2.7]"}),
     for delivery status notifications (RFC 3464 Remote-MTA); may be empty."""
+    dsn: tuple[bool, ...] = ()
+    """Per recipient, True if the next hop took the DSN request with the
+    message (it offered DSN, so NOTIFY/ORCPT/RET/ENVID went on): it reports
+    delivery itself, and a NOTIFY=SUCCESS is not answered "relayed" here
+    (RFC 3461 5.2).  Empty means False for every recipient."""
+    queueID: str | None = None
+    """The ID under which the backend keeps the message, when it is not the
+    envelope's (the reply to the final dot names this one)."""
 
     @classmethod
     def allDelivered(cls, envelope: Envelope, reply: Reply) -> DeliveryResult:

@@ -315,7 +315,7 @@ class AdvertiseTests(AuthTestCase):
 class MechanismTests(AuthTestCase):
     def assertAuthenticated(self, proto: SMTPServerProtocol, mechanism: str) -> None:
         self.assertEqual(proto.session.authenticated, "alice")
-        self.assertEqual(proto.session.extra["authMechanism"], mechanism)
+        self.assertEqual(proto.session.authMechanism, mechanism)
         self.assertIn(f"authenticated as alice ({mechanism})", self.logText())
         self.assertNotIn("secret", self.logText())
 
@@ -639,7 +639,7 @@ class BruteForceTests(AuthTestCase):
 
 class MailParameterTests(AuthTestCase):
     def test_authenticated(self) -> None:
-        """An authenticated session's AUTH= is xtext-decoded into envelope.extra."""
+        """An authenticated session's AUTH= is xtext-decoded into envelope.authIdentity."""
         proto, t = self.secure()
         self.talk(proto, t, b"AUTH PLAIN " + plain("alice", "secret") + b"\r\n")
         out = self.talk(
@@ -650,14 +650,14 @@ class MailParameterTests(AuthTestCase):
         )
         self.assertEqual(codes(out), ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"])
         [message] = self.backend.messages
-        self.assertEqual(message.envelope.extra["auth"], "alice+x@example.com")
+        self.assertEqual(message.envelope.authIdentity, "alice+x@example.com")
         self.assertIn(b"with ESMTPSA id", message.data)
 
     def test_unauthenticated(self) -> None:
         """Without authentication AUTH= is taken as AUTH=<>."""
         proto, t = self.secure()
         self.talk(proto, t, b"MAIL FROM:<a@b.example> AUTH=someone@example.com\r\n")
-        self.assertEqual(self.backendEnvelope(proto).extra["auth"], "<>")
+        self.assertEqual(self.backendEnvelope(proto).authIdentity, "<>")
 
     def backendEnvelope(self, proto: SMTPServerProtocol) -> Any:
         assert proto.envelope is not None

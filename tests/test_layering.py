@@ -51,8 +51,8 @@ def under(module: str, *prefixes: str) -> bool:
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("values", ("mailframe.reply", "mailframe.address")),
     ("core", ("mailframe.protocol",)),
-    ("session values", ("mailframe.envelope", "mailframe.message", "mailframe.trace",
-                        "mailframe.config")),
+    ("session values", ("mailframe.results", "mailframe.envelope", "mailframe.message",
+                        "mailframe.trace", "mailframe.config")),
     ("interfaces", ("mailframe.interfaces",)),
     ("plug-ins", ("mailframe._deferreds", "mailframe.plugins", "mailframe.auth",
                   "mailframe.extensions", "mailframe.validators", "mailframe.backends",

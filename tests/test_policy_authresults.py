@@ -19,21 +19,17 @@ from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
 from mailframe.interfaces import IMessageFilter
 from mailframe.policy._dns import AsyncDNS
-from mailframe.policy._results import (
-    DKIM_KEY,
-    DMARC_KEY,
-    IPREV_KEY,
-    SPF_KEY,
-    DKIMResult,
-    DMARCResult,
-    IPRevResult,
-    SPFResult,
-)
 from mailframe.policy.authresults import AuthenticationResults, authservID, orderFilters
 from mailframe.policy.dkim import DKIMSigner, DKIMVerifier, inlineRunner
 from mailframe.policy.dmarc import DMARCCheck
 from mailframe.policy.spf import SPFCheck
 from mailframe.policy.testing import MemoryResolver, makeEnvelope, makeMessage, makeSession
+from mailframe.results import (
+    DKIMResult,
+    DMARCResult,
+    IPRevResult,
+    SPFResult,
+)
 from mailframe.server import SMTPServerFactory
 from tests.test_policy_dkim import RSA_PEM, RSA_PUBLIC
 from tests.test_server import CountingTransport, Listed, codes
@@ -68,14 +64,14 @@ class ContentTests(SynchronousTestCase):
     def test_allResults(self) -> None:
         """iprev, auth, spf, dkim (each signature) and dmarc, in that order."""
         session = makeSession(authenticated="alice")
-        session.extra[IPREV_KEY] = IPRevResult("pass", "192.0.2.1", ("mail.example.org",))
+        session.iprev = IPRevResult("pass", "192.0.2.1", ("mail.example.org",))
         envelope = makeEnvelope("a@example.org")
-        envelope.extra[SPF_KEY] = SPFResult("pass", "mailfrom", "example.org", "a@example.org")
-        envelope.extra[DKIM_KEY] = [
+        envelope.spf = SPFResult("pass", "mailfrom", "example.org", "a@example.org")
+        envelope.dkim = (
             DKIMResult("pass", "example.org", "s1", "abcdefgh", "rsa-sha256"),
             DKIMResult("fail", "example.net", "s2", "12345678", reason="body hash mismatch"),
-        ]
-        envelope.extra[DMARC_KEY] = DMARCResult("pass", "example.org", "reject", "none")
+        )
+        envelope.dmarc = DMARCResult("pass", "example.org", "reject", "none")
         message = makeMessage(BODY)
         self.ar.filterMessage(session, envelope, message)
         value = field(message)
@@ -96,8 +92,8 @@ class ContentTests(SynchronousTestCase):
     def test_foldedPerClause(self) -> None:
         """Each clause starts a new folded line, so the field stays short."""
         envelope = makeEnvelope()
-        envelope.extra[SPF_KEY] = SPFResult("fail", "helo", "h.example", "h.example")
-        envelope.extra[DKIM_KEY] = []
+        envelope.spf = SPFResult("fail", "helo", "h.example", "h.example")
+        envelope.dkim = ()
         message = makeMessage(BODY)
         self.ar.filterMessage(makeSession(), envelope, message)
         head = message.getvalue().split(b"\r\nFrom:")[0]
@@ -109,7 +105,7 @@ class ContentTests(SynchronousTestCase):
     def test_dmarcFailComment(self) -> None:
         """A DMARC failure names the policy and the disposition."""
         envelope = makeEnvelope()
-        envelope.extra[DMARC_KEY] = DMARCResult("fail", "example.org", "quarantine", "quarantine")
+        envelope.dmarc = DMARCResult("fail", "example.org", "quarantine", "quarantine")
         self.assertIn(
             "dmarc=fail (p=quarantine dis=quarantine) header.from=example.org",
             " ".join(self.ar.value(makeSession(), envelope).split()),
@@ -118,7 +114,7 @@ class ContentTests(SynchronousTestCase):
     def test_hostileValuesQuoted(self) -> None:
         """Values from the network cannot break the field's syntax."""
         envelope = makeEnvelope()
-        envelope.extra[DKIM_KEY] = [DKIMResult("fail", 'evil"; spf=pass', "s", reason='x"(y')]
+        envelope.dkim = (DKIMResult("fail", 'evil"; spf=pass', "s", reason='x"(y'),)
         value = self.ar.value(makeSession(), envelope)
         parsed = authres.AuthenticationResultsHeader.parse_value(" ".join(value.split()))
         self.assertEqual([r.method for r in parsed.results], ["dkim"])

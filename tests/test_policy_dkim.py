@@ -21,7 +21,6 @@ from zope.interface.verify import verifyObject
 from mailframe.config import ServerConfig
 from mailframe.interfaces import IMessageFilter
 from mailframe.policy._dns import AsyncDNS
-from mailframe.policy._results import DKIM_KEY
 from mailframe.policy.dkim import (
     DKIMSigner,
     DKIMVerifier,
@@ -191,7 +190,7 @@ class VerifierTests(SynchronousTestCase):
         self.assertIsNone(
             self.successResultOf(self.verifier.filterMessage(makeSession(), envelope, message))
         )
-        self.assertEqual(envelope.extra[DKIM_KEY][0].result, "fail")
+        self.assertEqual(envelope.dkim[0].result, "fail")
 
     def test_trustedNotVerified(self) -> None:
         """Mail of an authenticated session is not verified."""
@@ -200,7 +199,7 @@ class VerifierTests(SynchronousTestCase):
         self.assertIsNone(
             self.verifier.filterMessage(makeSession(authenticated="u"), envelope, message)
         )
-        self.assertNotIn(DKIM_KEY, envelope.extra)
+        self.assertIsNone(envelope.dkim)
 
 
 class SignerTests(SynchronousTestCase):

@@ -16,7 +16,6 @@ from zope.interface.verify import verifyObject
 from mailframe.config import ServerConfig
 from mailframe.interfaces import IMessageFilter
 from mailframe.policy._dns import AsyncDNS
-from mailframe.policy._results import DKIM_KEY, DMARC_KEY, SPF_KEY, DKIMResult, SPFResult
 from mailframe.policy.dkim import inlineRunner
 from mailframe.policy.dmarc import (
     QUARANTINE_HEADER,
@@ -33,6 +32,7 @@ from mailframe.policy.testing import (
     makeSession,
 )
 from mailframe.reply import SMTPError
+from mailframe.results import DKIMResult, SPFResult
 
 RECORDS: dict[Any, Any] = {
     ("_dmarc.example.org", "TXT"): ["v=DMARC1; p=reject; rua=mailto:d@example.org"],
@@ -182,8 +182,8 @@ class FilterTests(SynchronousTestCase):
         check = DMARCCheck(self.dns, runner=inlineRunner, sample=lambda: 0.0, **kw)
         envelope = makeEnvelope(f"a@{domain}", "bob@example.com")
         if spfResult is not None:
-            envelope.extra[SPF_KEY] = spfResult
-        envelope.extra[DKIM_KEY] = list(dkimResults)
+            envelope.spf = spfResult
+        envelope.dkim = tuple(dkimResults)
         message = makeMessage(HEADERS % domain.encode())
         d = check.filterMessage(makeSession(), envelope, message)
         return d, envelope, message
@@ -198,13 +198,13 @@ class FilterTests(SynchronousTestCase):
         reply = self.failureResultOf(d, SMTPError).value.reply
         self.assertEqual((reply.code, reply.enhanced), (550, (5, 7, 1)))
         self.assertIn("example.org", str(reply))
-        self.assertEqual(envelope.extra[DMARC_KEY].disposition, "reject")
+        self.assertEqual(envelope.dmarc.disposition, "reject")
 
     def test_rejectAsQuarantine(self) -> None:
         """reject=False quarantines what p=reject would refuse."""
         d, envelope, message = self.apply("example.org", reject=False)
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(envelope.extra[DMARC_KEY].disposition, "quarantine")
+        self.assertEqual(envelope.dmarc.disposition, "quarantine")
         self.assertIn(
             QUARANTINE_HEADER.encode() + b": DMARC policy of example.org", message.getvalue()
         )
@@ -217,7 +217,7 @@ class FilterTests(SynchronousTestCase):
         d, envelope, message = self.apply("quar.example", quarantine=False)
         self.assertNotIn(QUARANTINE_HEADER.encode(), message.getvalue())
         self.assertEqual(
-            (envelope.extra[DMARC_KEY].result, envelope.extra[DMARC_KEY].disposition),
+            (envelope.dmarc.result, envelope.dmarc.disposition),
             ("fail", "none"),
         )
 
@@ -225,14 +225,14 @@ class FilterTests(SynchronousTestCase):
         """An aligned pass is accepted untouched."""
         d, envelope, message = self.apply("example.org", dkimResults=[dkim("pass", "example.org")])
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(envelope.extra[DMARC_KEY].result, "pass")
+        self.assertEqual(envelope.dmarc.result, "pass")
         self.assertEqual(message.getvalue(), HEADERS % b"example.org")
 
     def test_temperrorAcceptedOrDeferred(self) -> None:
         """A temperror is accepted by default, 451 4.7.1 with deferTemporary."""
         d, envelope, _ = self.apply("temp.example")
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(envelope.extra[DMARC_KEY].result, "temperror")
+        self.assertEqual(envelope.dmarc.result, "temperror")
         d, _, _ = self.apply("temp.example", deferTemporary=True)
         reply = self.failureResultOf(d, SMTPError).value.reply
         self.assertEqual((reply.code, reply.enhanced), (451, (4, 7, 1)))
@@ -241,7 +241,7 @@ class FilterTests(SynchronousTestCase):
         """A broken record is recorded as permerror and the message accepted."""
         d, envelope, _ = self.apply("broken.example")
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(envelope.extra[DMARC_KEY].result, "permerror")
+        self.assertEqual(envelope.dmarc.result, "permerror")
 
     def test_computesSPFAndDKIMItself(self) -> None:
         """Without spf and dkim-verify before it, it runs both itself."""
@@ -252,9 +252,9 @@ class FilterTests(SynchronousTestCase):
         self.assertIsNone(
             self.successResultOf(check.filterMessage(makeSession(), envelope, message))
         )
-        self.assertEqual(envelope.extra[SPF_KEY].result, "pass")
-        self.assertEqual(envelope.extra[DKIM_KEY], [])
-        self.assertEqual(envelope.extra[DMARC_KEY].result, "pass")
+        self.assertEqual(envelope.spf.result, "pass")
+        self.assertEqual(envelope.dkim, ())
+        self.assertEqual(envelope.dmarc.result, "pass")
 
     def test_noFrom(self) -> None:
         """A message without a single From: domain is a permerror, not enforced."""
@@ -262,7 +262,7 @@ class FilterTests(SynchronousTestCase):
         envelope = makeEnvelope()
         message = makeMessage(b"Subject: no from\r\n\r\nx\r\n")
         self.assertIsNone(check.filterMessage(makeSession(), envelope, message))
-        self.assertEqual(envelope.extra[DMARC_KEY].result, "permerror")
+        self.assertEqual(envelope.dmarc.result, "permerror")
 
     def test_trustedSkipped(self) -> None:
         """Relay-network clients are not judged."""
@@ -271,4 +271,4 @@ class FilterTests(SynchronousTestCase):
         envelope = makeEnvelope()
         message = makeMessage(HEADERS % b"example.org")
         self.assertIsNone(check.filterMessage(makeSession("192.0.2.9"), envelope, message))
-        self.assertNotIn(DMARC_KEY, envelope.extra)
+        self.assertIsNone(envelope.dmarc)

@@ -18,7 +18,6 @@ from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
 from mailframe.interfaces import IConnectionFilter, IHeloValidator
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError, reverseName
-from mailframe.policy._results import IPREV_KEY
 from mailframe.policy.dnsbl import DNSBL, Zone, queryName
 from mailframe.policy.helo import HeloCheck, forwardConfirmed
 from mailframe.policy.testing import NEVER, REFUSED, SERVFAIL, MemoryResolver, makeSession
@@ -248,7 +247,7 @@ class HeloTests(SynchronousTestCase):
         check = HeloCheck(self.dns, fcrdns="require")
         session = makeSession("192.0.2.1")
         self.assertIsNone(self.successResultOf(check.validateHelo(session, "a.example", True)))
-        self.assertEqual(session.extra[IPREV_KEY].names, ("mail.example.org",))
+        self.assertEqual(session.iprev.names, ("mail.example.org",))
         for host, expected in [("192.0.2.2", (550, (5, 7, 25))), ("192.0.2.66", (550, (5, 7, 25))),
                                ("192.0.2.5", (451, (4, 7, 25)))]:  # fmt: skip
             d = check.validateHelo(makeSession(host), "a.example", True)
@@ -261,7 +260,7 @@ class HeloTests(SynchronousTestCase):
         check = HeloCheck(AsyncDNS(resolver, self.clock), fqdn=False, fcrdns="record")
         session = makeSession("192.0.2.2")
         self.assertIsNone(self.successResultOf(check.validateHelo(session, "x", True)))
-        self.assertEqual(session.extra[IPREV_KEY].result, "fail")
+        self.assertEqual(session.iprev.result, "fail")
         asked = len(resolver.queries)
         check.validateHelo(session, "x", True)
         self.assertEqual(len(resolver.queries), asked)

@@ -16,7 +16,6 @@ from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
 from mailframe.interfaces import ISenderValidator
 from mailframe.policy._dns import AsyncDNS
-from mailframe.policy._results import SPF_KEY, SPFResult
 from mailframe.policy.spf import MAX_PASSES, SPFCheck, checkSPF, spfReply
 from mailframe.policy.testing import (
     NEVER,
@@ -26,6 +25,7 @@ from mailframe.policy.testing import (
     makeSession,
 )
 from mailframe.reply import SMTPError
+from mailframe.results import SPFResult
 from mailframe.server import SMTPServerFactory
 from tests.test_server import CountingTransport, Listed, codes
 
@@ -196,13 +196,13 @@ class PolicyTests(SynchronousTestCase):
             else:
                 reply = self.failureResultOf(d, SMTPError).value.reply
                 self.assertEqual((reply.code, reply.enhanced), expected, sender)
-            self.assertIsInstance(envelope.extra[SPF_KEY], SPFResult)
+            self.assertIsInstance(envelope.spf, SPFResult)
 
     def test_recorded(self) -> None:
         """The result, scope, domain and identity are recorded for later checks."""
         check = SPFCheck(self.dns, self.config)
         _d, envelope = self.validate(check, "a@pass.example")
-        result = envelope.extra[SPF_KEY]
+        result = envelope.spf
         self.assertEqual(
             (result.result, result.scope, result.domain, result.identity),
             ("pass", "mailfrom", "pass.example", "a@pass.example"),
@@ -248,7 +248,7 @@ class PolicyTests(SynchronousTestCase):
         check = SPFCheck(self.dns, self.config)
         d, envelope = self.validate(check, "a@[192.0.2.1]")
         self.assertIsNone(self.successResultOf(d))
-        self.assertEqual(envelope.extra[SPF_KEY].result, "none")
+        self.assertEqual(envelope.spf.result, "none")
 
     def test_replyTextIsSafe(self) -> None:
         """An explanation from DNS cannot put control characters in a reply."""

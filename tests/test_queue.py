@@ -154,9 +154,9 @@ class QueueCase(SynchronousTestCase):
 
 class InterfaceTests(QueueCase):
     def test_providers(self) -> None:
-        """SpoolBackend is an IDeliveryBackend and IMessageFilter; the fake relay an IRelay."""
+        """SpoolBackend is an IDeliveryBackend (only); the fake relay an IRelay."""
         self.assertTrue(verifyObject(IDeliveryBackend, self.backend))
-        self.assertTrue(verifyObject(IMessageFilter, self.backend))
+        self.assertFalse(IMessageFilter.providedBy(self.backend))
         self.assertTrue(verifyObject(IRelay, self.relay))
 
     def test_refusesNonProviders(self) -> None:
@@ -607,7 +607,7 @@ class BackendTests(QueueCase):
         self.assertEqual(result.replies[0].enhanced, (4, 3, 1))
 
     def test_sessionFacts(self) -> None:
-        """As a message filter, the backend records HELO, peer and protocol for reports."""
+        """The envelope's session facts (HELO, peer, protocol) reach the reports."""
         env = envelope("s@example.com", "a@example.com")
         session = SessionInfo(
             "S1",
@@ -619,7 +619,7 @@ class BackendTests(QueueCase):
             heloName="client.example",
             esmtp=True,
         )
-        self.assertIsNone(self.backend.filterMessage(session, env, message()))
+        env.session = session.snapshot()
         self.relay.answer = lambda a: NO_USER
         env.recipients.append(Recipient(parseMailbox("b@remote.example")))
         self.send(env)
@@ -643,7 +643,6 @@ class ServerTests(QueueCase):
             ),
             self.backend,
             [AnyRecipient()],
-            messageFilters=[self.backend],
             extensions=[*defaultExtensions(1 << 20), DSN()],
             clock=self.clock,
         )

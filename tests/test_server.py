@@ -664,7 +664,7 @@ class PlugPointTests(ServerTestCase):
             def mailParameter(
                 self, session: Any, envelope: Envelope, name: str, value: Any
             ) -> None:
-                envelope.extra["xp"] = value
+                envelope.stateFor(self, dict)["xp"] = value
 
             def rcptParameter(
                 self, session: Any, envelope: Any, recipient: Any, name: str, value: Any
@@ -688,7 +688,7 @@ class PlugPointTests(ServerTestCase):
         )
         self.assertEqual(codes(out), ["250 2.0.0", "250 2.1.0", "501 5.5.4", "250 2.1.5"])
         self.assertIn(b"pong hi", out)
-        self.assertEqual(proto.envelope.extra["xp"], "1")  # type: ignore[union-attr]
+        self.assertEqual(proto.envelope.stateFor(ext, dict)["xp"], "1")  # type: ignore[union-attr]
         # without EHLO the verb is unknown
         out = self.talk(proto, t, b"HELO c\r\nXPING\r\n")
         self.assertEqual(codes(out)[-1], "500")

@@ -125,7 +125,7 @@ class EntryTests(SynchronousTestCase):
             {"RET": "FULL"},
             [Recipient(Address("r", Domain("example.com")), {"NOTIFY": "NEVER"})],
         )
-        envelope.extra["auth"] = "s@example.org"
+        envelope.authIdentity = "s@example.org"
         entry = QueueEntry.fromEnvelope("Q1", envelope, 50.0, 10, "smtp")
         self.assertEqual(entry.sender, "s@example.org")
         self.assertEqual(entry.mailParams, {"RET": "FULL"})
@@ -137,7 +137,7 @@ class EntryTests(SynchronousTestCase):
             (entry.arrival, entry.nextAttempt, entry.auth), (50.0, 50.0, "s@example.org")
         )
         again = entry.envelopeFor(entry.recipients)
-        self.assertEqual(again.extra["auth"], "s@example.org")
+        self.assertEqual(again.authIdentity, "s@example.org")
         self.assertEqual(again.recipients[0].params, {"NOTIFY": "NEVER"})
 
     def test_badEntries(self) -> None:

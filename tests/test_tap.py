@@ -808,7 +808,7 @@ class QueueOptionsTests(unittest.TestCase):
         queueService = children[0]
         factory = children[1].factory  # type: ignore[attr-defined]
         self.assertIsInstance(factory.backend, SpoolBackend)
-        self.assertIn(factory.backend, factory.messageFilters)
+        self.assertNotIn(factory.backend, factory.messageFilters)  # the facts come with the envelope
         self.assertTrue(any(isinstance(e, DSN) for e in factory.extensions))
         runner = queueService.runner  # type: ignore[attr-defined]
         self.assertIsInstance(runner.backends["smtp"], MemoryBackend)

@@ -50,7 +50,6 @@ CREATE TABLE IF NOT EXISTS triplets (
     PRIMARY KEY (network, sender, recipient)
 )
 """
-_SKIP = "greylist.skip"  # envelope.extra: this transaction is not greylisted
 
 
 def network(host: str) -> str:
@@ -95,16 +94,14 @@ class Greylist:
     # -- ISenderValidator ---------------------------------------------------------
 
     def validateSender(self, session: Any, envelope: Any) -> None:
-        """Authenticated sessions are not greylisted."""
-        if session.authenticated is not None:
-            envelope.extra[_SKIP] = True
+        """No opinion on the sender: the triplet is judged at each recipient."""
 
     # -- IRecipientValidator ----------------------------------------------------------
 
     def validateRecipient(self, session: Any, envelope: Any, recipient: Any) -> Any:
         """None (no opinion: let the next validator decide) or 450 4.7.1."""
-        if envelope.extra.get(_SKIP):
-            return None
+        if session.authenticated is not None:
+            return None  # authenticated sessions are not greylisted
         triplet = (
             network(session.peerHost),
             str(envelope.mailFrom).lower(),

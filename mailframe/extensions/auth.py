@@ -6,7 +6,8 @@ of L{mailframe.auth.sasl}: the base64 layer, the C{*} cancel, the replies, and
 counting failures are here; the credentials are checked by a Portal's
 checkers (L{mailframe.auth.credentials.Authenticator}), which may answer later
 (a Deferred): no check blocks the reactor.  The exchange in progress lives
-in the session's C{extra}, so one extension serves every session.
+in the session's state for this extension (L{SessionInfo.stateFor}), so
+one extension serves every session.
 
 Replies (RFC 4954 4 and 6): 334 for each challenge; 235 2.7.0 on success;
 501 5.5.4 for bad syntax; 501 5.5.2 for bad base64 or a malformed response;
@@ -99,8 +100,13 @@ AUTH_TOO_MANY = Reply(
 )
 BAD_AUTH_PARAMETER = Reply(501, (5, 5, 4), "AUTH= needs an xtext value")
 
-_EXCHANGE = "authExchange"
-_FAILURES = "authFailures"
+
+@dataclass
+class _SessionState:
+    """What AUTH keeps for one session: the exchange in progress, failures so far."""
+
+    exchange: _Exchange | None = None
+    failures: int = 0
 
 
 @dataclass
@@ -194,6 +200,9 @@ class Auth(Extension):
     def _inTLS(self, session: SessionInfo) -> bool:
         return session.tls is not None or self.allowPlaintext
 
+    def _state(self, session: SessionInfo) -> _SessionState:
+        return session.stateFor(self, _SessionState)
+
     def ehloParameters(self, session: SessionInfo) -> str | None:
         return (" ".join(self.mechanisms) or None) if self._inTLS(session) else None
 
@@ -209,7 +218,7 @@ class Auth(Extension):
         except (ValueError, UnicodeError):
             raise SMTPError(BAD_AUTH_PARAMETER)
         # only an authenticated (trusted) session may name the submitter
-        envelope.extra["auth"] = mailbox if session.authenticated is not None else "<>"
+        envelope.authIdentity = mailbox if session.authenticated is not None else "<>"
 
     # -- the AUTH command -------------------------------------------------------------
 
@@ -221,7 +230,7 @@ class Auth(Extension):
 
     def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
         session = control.session
-        session.extra.pop(_EXCHANGE, None)
+        self._state(session).exchange = None
         if session.authenticated is not None:
             return AUTH_ALREADY
         if control.inTransaction:
@@ -257,7 +266,8 @@ class Auth(Extension):
 
     def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
         session = control.session
-        exchange = session.extra.pop(_EXCHANGE, None)
+        state = self._state(session)
+        exchange, state.exchange = state.exchange, None
         if exchange is None:
             return Reply(503, (5, 5, 1), "No authentication exchange in progress")
         if line == b"*":
@@ -284,7 +294,7 @@ class Auth(Extension):
     def _advance(self, control: Any, exchange: _Exchange, outcome: Any) -> Any:
         """The reply (or a Deferred of it) to one step of the mechanism."""
         if isinstance(outcome, sasl.Challenge):
-            control.session.extra[_EXCHANGE] = exchange
+            self._state(control.session).exchange = exchange
             return Reply(334, None, _b64(outcome.data))
         if isinstance(outcome, sasl.PasswordResponse):
             exchange.username = outcome.username
@@ -335,7 +345,7 @@ class Auth(Extension):
         return self._succeed(control, exchange, name)
 
     def _succeed(self, control: Any, exchange: _Exchange, name: str) -> Reply:
-        control.session.extra.pop(_EXCHANGE, None)
+        self._state(control.session).exchange = None
         control.authenticate(name, exchange.name)
         return AUTH_OK
 
@@ -353,7 +363,7 @@ class Auth(Extension):
             return reason
         log.failure("{id} AUTH {mechanism}: checking credentials failed", reason,
                     id=control.session.sessionID, mechanism=exchange.name)  # fmt: skip
-        control.session.extra.pop(_EXCHANGE, None)
+        self._state(control.session).exchange = None
         return AUTH_TEMPORARY
 
     def _saslError(self, control: Any, exchange: _Exchange, e: sasl.SASLError) -> Any:
@@ -367,7 +377,7 @@ class Auth(Extension):
     def _unavailable(self, control: Any, exchange: _Exchange) -> Reply:
         """534 5.7.9 at once, not counted: the client could not have passed with this mechanism."""
         session = control.session
-        session.extra.pop(_EXCHANGE, None)
+        self._state(session).exchange = None
         log.info(
             "{id} AUTH {mechanism} for {user} not possible from {peer}: the user's checker "
             "cannot check it (not counted as a failure)",
@@ -380,9 +390,10 @@ class Auth(Extension):
 
     def _fail(self, control: Any, exchange: _Exchange, why: str) -> Any:
         session = control.session
-        session.extra.pop(_EXCHANGE, None)
-        failures = session.extra.get(_FAILURES, 0) + 1
-        session.extra[_FAILURES] = failures
+        self._state(session).exchange = None
+        state = self._state(session)
+        state.failures += 1
+        failures = state.failures
         blocked = self.limiter.recordFailure(session.peerHost) if self.limiter else False
         log.info(
             "{id} AUTH {mechanism} failed for {user} from {peer} ({why}; {n} in this session)",

@@ -31,11 +31,7 @@ from zope.interface import implementer
 
 from mailframe.envelope import Envelope, SessionInfo
 from mailframe.interfaces import IMessageFilter
-from mailframe.policy._results import (
-    DKIM_KEY,
-    DMARC_KEY,
-    IPREV_KEY,
-    SPF_KEY,
+from mailframe.results import (
     DKIMResult,
     DMARCResult,
     IPRevResult,
@@ -122,8 +118,8 @@ def _iprev(result: IPRevResult) -> AuthenticationResult:
 def results(session: SessionInfo, envelope: Envelope) -> list[AuthenticationResult]:
     """The result clauses for a transaction, in the order the checks ran."""
     out = []
-    iprev = session.extra.get(IPREV_KEY)
-    if isinstance(iprev, IPRevResult):
+    iprev = session.iprev
+    if iprev is not None:
         out.append(_iprev(iprev))
     if session.authenticated is not None:
         out.append(
@@ -133,16 +129,16 @@ def results(session: SessionInfo, envelope: Envelope) -> list[AuthenticationResu
                 properties=[_prop("smtp", "auth", _safe(session.authenticated, 255))],
             )
         )
-    spf = envelope.extra.get(SPF_KEY)
-    if isinstance(spf, SPFResult):
+    spf = envelope.spf
+    if spf is not None:
         out.append(_spf(spf))
-    dkim = envelope.extra.get(DKIM_KEY)
+    dkim = envelope.dkim
     if dkim is not None:
         out.extend(_dkim(r) for r in dkim) if dkim else out.append(
             AuthenticationResult("dkim", result="none")
         )
-    dmarc = envelope.extra.get(DMARC_KEY)
-    if isinstance(dmarc, DMARCResult):
+    dmarc = envelope.dmarc
+    if dmarc is not None:
         out.append(_dmarc(dmarc))
     return out
 

@@ -39,7 +39,7 @@ from mailframe.envelope import Envelope, SessionInfo
 from mailframe.interfaces import IMessageFilter
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
-from mailframe.policy._results import DKIM_KEY, DKIMResult
+from mailframe.results import DKIMResult
 
 __all__ = [
     "DKIMSigner",
@@ -163,7 +163,7 @@ def _verifyAll(
 class DKIMVerifier:
     """
     Verifies up to C{maxSignatures} DKIM signatures of each inbound message
-    and records the results (a list of L{DKIMResult}) in C{envelope.extra}.
+    and records the results (L{DKIMResult}s) in C{envelope.dkim}.
     It never refuses a message: DMARC decides what a failure means.
 
     @param dns: an L{AsyncDNS}.
@@ -215,11 +215,11 @@ class DKIMVerifier:
 
     def results(self, envelope: Envelope, message: Any) -> defer.Deferred[list[DKIMResult]]:
         """The recorded results, verifying first if nothing has recorded them."""
-        if DKIM_KEY in envelope.extra:
-            return defer.succeed(envelope.extra[DKIM_KEY])
+        if envelope.dkim is not None:
+            return defer.succeed(list(envelope.dkim))
 
         def record(results: list[DKIMResult]) -> list[DKIMResult]:
-            envelope.extra[DKIM_KEY] = results
+            envelope.dkim = tuple(results)
             return results
 
         return self.verify(message).addCallback(record)

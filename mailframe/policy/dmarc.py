@@ -15,7 +15,7 @@ C{X-Mailframe-Quarantine}, unless told otherwise (C{reject=no} then
 quarantines instead; C{quarantine=no} only records).  A DNS failure
 (C{temperror}) accepts the message unless C{temperror=defer}
 (C{451 4.7.1}).  A broken record (C{permerror}) is recorded, not enforced.
-The outcome is a L{DMARCResult} in C{envelope.extra}.
+The outcome is a L{DMARCResult} in C{envelope.dmarc}.
 
 The SPF and DKIM results are those the C{spf} and C{dkim-verify} checks
 recorded; when they did not run, this check computes them itself, so
@@ -40,9 +40,9 @@ from mailframe.envelope import Envelope, SessionInfo
 from mailframe.interfaces import IMessageFilter
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
-from mailframe.policy._results import DMARC_KEY, SPF_KEY, DKIMResult, DMARCResult, SPFResult
 from mailframe.policy.dkim import DKIMVerifier, Runner, fromDomain
 from mailframe.reply import Reply, SMTPError
+from mailframe.results import DKIMResult, DMARCResult, SPFResult
 
 __all__ = [
     "QUARANTINE_HEADER",
@@ -226,9 +226,7 @@ class DMARCCheck:
             return None
         domain = fromDomain(message.headers())
         if domain is None:
-            envelope.extra[DMARC_KEY] = DMARCResult(
-                "permerror", "", reason="not exactly one From: domain"
-            )
+            envelope.dmarc = DMARCResult("permerror", "", reason="not exactly one From: domain")
             return None
         d: defer.Deferred[Any] = self._spf(session, envelope)  # type: ignore[assignment]
         d.addCallback(
@@ -239,8 +237,8 @@ class DMARCCheck:
         return d.addCallback(self._apply, session, envelope, message)
 
     def _spf(self, session: SessionInfo, envelope: Envelope) -> defer.Deferred[SPFResult | None]:
-        if SPF_KEY in envelope.extra:
-            return defer.succeed(envelope.extra[SPF_KEY])
+        if envelope.spf is not None:
+            return defer.succeed(envelope.spf)
         from mailframe.policy.spf import SPFCheck
 
         return SPFCheck(self.dns, self.config).check(session, envelope)  # type: ignore[return-value]
@@ -259,7 +257,7 @@ class DMARCCheck:
             result = DMARCResult(
                 result.result, result.fromDomain, result.policy, disposition, result.reason
             )
-        envelope.extra[DMARC_KEY] = result
+        envelope.dmarc = result
         if result.result == "temperror" and self.deferTemporary:
             raise SMTPError(
                 Reply(

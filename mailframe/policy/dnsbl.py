@@ -41,7 +41,6 @@ log = Logger(namespace="mailframe.dnsbl")
 
 _LISTED = ipaddress.ip_network("127.0.0.0/8")
 _REFUSED_QUERY = ipaddress.ip_network("127.255.255.0/24")
-_RESULT = "mailframe.dnsbl"  # session.extra: the zones that listed the client
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ class DNSBL:
     def _verdict(self, listed: list[tuple[Zone, list[str]]], session: SessionInfo) -> Any:
         if not listed:
             return None
-        session.extra[_RESULT] = tuple(zone.name for zone, _ in listed)
+        session.dnsblListings = tuple(zone.name for zone, _ in listed)
         zone, _codes = listed[0]
         d = self.dns.txt(queryName(session.peerHost, zone.name))
         d.addErrback(lambda _: [])

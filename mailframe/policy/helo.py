@@ -34,8 +34,8 @@ from mailframe.envelope import SessionInfo
 from mailframe.interfaces import IHeloValidator
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
-from mailframe.policy._results import IPREV_KEY, IPRevResult
 from mailframe.reply import Reply, SMTPError
+from mailframe.results import IPRevResult
 
 __all__ = ["FCRDNS_CHOICES", "HeloCheck", "forwardConfirmed"]
 
@@ -135,7 +135,7 @@ class HeloCheck:
             self._checkName(name)
         if self.fcrdns == "no":
             return None
-        known = session.extra.get(IPREV_KEY)
+        known = session.iprev
         if known is not None:
             return self._judge(known, session)
         assert self.dns is not None
@@ -177,7 +177,7 @@ class HeloCheck:
             )
 
     def _judge(self, result: IPRevResult, session: SessionInfo) -> None:
-        session.extra[IPREV_KEY] = result
+        session.iprev = result
         if self.fcrdns != "require" or result.result in ("pass", "permerror"):
             return None
         log.info(

@@ -67,7 +67,6 @@ TOO_MANY_RECIPIENTS = Reply(
     421, (4, 7, 0), "Too many recipients from your address per minute; try again later"
 )
 
-_SEEN = "mailframe.limits.seen"  # envelope.extra: recipients counted at RCPT
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -230,7 +229,7 @@ class ConnectionLimits:
         """Count a recipient (no opinion on it); refuse one over the rate."""
         if not self._recipients.limit or self.isExempt(session.peerHost):
             return
-        envelope.extra.setdefault(_SEEN, set()).add(str(recipient.address))
+        envelope.stateFor(self, set[str]).add(str(recipient.address))  # counted at RCPT
         if self._recipients.count(clientKey(session.peerHost)) > self._recipients.limit:
             raise self._refuse(session, TOO_MANY_RECIPIENTS, "recipient rate")
 
@@ -238,7 +237,7 @@ class ConnectionLimits:
         """Count the recipients no validator saw (relayed ones, postmaster)."""
         if not self._recipients.limit or self.isExempt(session.peerHost):
             return
-        seen = envelope.extra.get(_SEEN, set())
+        seen: set[str] = envelope.stateFor(self, set[str])
         unseen = sum(1 for r in envelope.recipients if str(r.address) not in seen)
         if unseen:
             self._recipients.count(clientKey(session.peerHost), unseen)

@@ -39,8 +39,8 @@ from mailframe.envelope import Envelope, SessionInfo
 from mailframe.interfaces import ISenderValidator
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import Answer, AsyncDNS, DNSTemporaryError
-from mailframe.policy._results import SPF_KEY, SPFResult
 from mailframe.reply import Reply, SMTPError, clientText
+from mailframe.results import SPFResult
 
 __all__ = [
     "ACTIONS",
@@ -191,7 +191,7 @@ def spfReply(result: str, action: str, domain: str, explanation: str = "") -> Re
 class SPFCheck:
     """
     Checks SPF at MAIL FROM and records an L{SPFResult} in
-    C{envelope.extra}; what each result does is C{policy} (result ->
+    C{envelope.spf}; what each result does is C{policy} (result ->
     C{accept}, C{reject} or C{defer}; L{DEFAULT_POLICY} for the rest).
     Trusted sessions (authenticated, relay networks) are not checked.
 
@@ -232,13 +232,13 @@ class SPFCheck:
             identity = address
         if not domain or (sender.domain is not None and sender.domain.isLiteral):
             result = SPFResult("none", scope, domain, identity, "no domain to check")
-            envelope.extra[SPF_KEY] = result
+            envelope.spf = result
             return defer.succeed(result)
         d = checkSPF(self.dns, session.peerHost, address, helo or domain, self.receiver)
 
         def record(outcome: tuple[str, str]) -> SPFResult:
             result = SPFResult(outcome[0], scope, domain, identity, outcome[1])
-            envelope.extra[SPF_KEY] = result
+            envelope.spf = result
             return result
 
         return d.addCallback(record)

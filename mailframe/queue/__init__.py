@@ -8,7 +8,7 @@ Owns: keeping accepted mail until it is delivered or reported.  Must not:
 import mailframe.server, mailframe.app.tap or the global reactor.
 """
 
-from mailframe.queue.backend import RECEIVED, QueueService, SpoolBackend
+from mailframe.queue.backend import QueueService, SpoolBackend
 from mailframe.queue.bounce import ReportSettings
 from mailframe.queue.entry import QueueEntry, RecipientState
 from mailframe.queue.runner import LOCAL, QueueRunner, RetryPolicy, defaultRouteKey
@@ -16,7 +16,6 @@ from mailframe.queue.spool import Spool, SpoolError
 
 __all__ = [
     "LOCAL",
-    "RECEIVED",
     "QueueEntry",
     "QueueRunner",
     "QueueService",

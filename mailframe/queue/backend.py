@@ -10,10 +10,8 @@ recipient: those of local domains through the listener's local backend
 the message answers 452 4.3.1 (disk full) or 451 4.3.0, and nothing is
 queued.
 
-The backend is also an L{IMessageFilter}: given to the server as a
-message filter too, it records in the envelope the session facts that a
-report names (the client's HELO name and address, the protocol); it never
-refuses a message.
+The session facts a report names (the client's HELO name and address,
+the protocol) come with the envelope (C{envelope.session}).
 
 Owns: turning a server transaction into a queue entry.  Must not: deliver
 (the runner does) or write files itself (the spool does).
@@ -30,23 +28,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.backends._files import replyForError
-from mailframe.envelope import DeliveryResult, Envelope, SessionInfo
-from mailframe.interfaces import IDeliveryBackend, IMessageFilter
+from mailframe.envelope import DeliveryResult, Envelope
+from mailframe.interfaces import IDeliveryBackend
 from mailframe.message import Message
 from mailframe.queue.entry import QueueEntry
 from mailframe.queue.runner import QueueRunner
 from mailframe.queue.spool import Spool
-from mailframe.trace import protocolName
 
-__all__ = ["RECEIVED", "QueueService", "SpoolBackend"]
+__all__ = ["QueueService", "SpoolBackend"]
 
 log = Logger(namespace="mailframe.queue")
 
-RECEIVED = "mailframe.received"
-"""The key, in C{envelope.extra}, of the session facts kept for reports."""
 
-
-@implementer(IDeliveryBackend, IMessageFilter)
+@implementer(IDeliveryBackend)
 class SpoolBackend:
     """
     Queues every message in C{spool} for the runner.
@@ -67,14 +61,6 @@ class SpoolBackend:
         self.clock = clock
         self.listener = listener
         self.keepInMemory = keepInMemory
-
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Message) -> None:
-        """Record the session facts of C{envelope} for reports; refuse nothing."""
-        envelope.extra[RECEIVED] = {
-            "helo": session.heloName or "",
-            "peer": session.peerHost,
-            "protocol": protocolName(session, envelope),
-        }
 
     def deliver(
         self, envelope: Envelope, message: Message

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailframe.address import Address, AddressError, parseMailbox
-from mailframe.envelope import Envelope, Recipient
+from mailframe.envelope import Envelope, Recipient, SessionSnapshot
 from mailframe.reply import Reply
 
 __all__ = [
@@ -165,7 +165,7 @@ class QueueEntry:
         cls, queueID: str, envelope: Envelope, arrival: float, size: int, listener: str = "smtp"
     ) -> QueueEntry:
         """A new entry for an accepted message: every recipient pending."""
-        auth = envelope.extra.get("auth")
+        facts = envelope.session
         return cls(
             id=queueID,
             sender=str(envelope.mailFrom),
@@ -177,8 +177,12 @@ class QueueEntry:
             mailParams=dict(envelope.mailParams),
             nextAttempt=arrival,
             listener=listener,
-            received=dict(envelope.extra.get("mailframe.received") or {}),
-            auth=auth if isinstance(auth, str) else None,
+            received=(
+                {"helo": facts.heloName or "", "peer": facts.peerHost, "protocol": facts.protocol}
+                if facts is not None
+                else {}
+            ),
+            auth=envelope.authIdentity,
         )
 
     @property
@@ -196,15 +200,20 @@ class QueueEntry:
 
     def envelopeFor(self, recipients: list[RecipientState]) -> Envelope:
         """An L{Envelope} for an attempt to C{recipients}."""
-        envelope = Envelope(
+        received = self.received
+        return Envelope(
             self.id,
             self.senderAddress,
             dict(self.mailParams),
             [r.toRecipient() for r in recipients],
+            session=SessionSnapshot(
+                peerHost=received.get("peer", ""),
+                heloName=received.get("helo") or None,
+                protocol=received.get("protocol", "SMTP"),
+                listener=self.listener,
+            ),
+            authIdentity=self.auth,
         )
-        if self.auth is not None:
-            envelope.extra["auth"] = self.auth
-        return envelope
 
     def toJSON(self) -> dict[str, Any]:
         return {

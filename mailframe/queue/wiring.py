@@ -93,8 +93,7 @@ class QueueWiring:
         """
         What a listener's server gets with the queue on: its settings (with
         the locally routed domains), the L{SpoolBackend} in front of its
-        C{local} backend, and its message filters with the backend last (it
-        records the session facts reports name).  Adds DSN to C{extensions}.
+        C{local} backend, and its message filters.  Adds DSN to C{extensions}.
         """
         from mailframe.extensions.dsn import DSN
 
@@ -102,7 +101,7 @@ class QueueWiring:
         backend = self.backendFor(config, local)
         if not any(getattr(e, "keyword", None) == "DSN" for e in extensions):
             extensions.append(DSN())
-        return config, backend, [*messageFilters, backend]
+        return config, backend, list(messageFilters)
 
     def addLocalDomains(self, domains: Iterable[Domain]) -> None:
         """Domains a server treats as local (its settings' and its validators')."""

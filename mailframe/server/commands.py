@@ -30,7 +30,7 @@ from mailframe.interfaces import IUnadvertisedCommands
 from mailframe.message import Message
 from mailframe.protocol import _events as E
 from mailframe.reply import Reply
-from mailframe.trace import receivedHeader
+from mailframe.trace import protocolName, receivedHeader
 
 if TYPE_CHECKING:
     from mailframe.protocol.server import ServerConnection
@@ -129,6 +129,7 @@ class CommandHandlers:
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
                 ext.mailParameter(session, envelope, name, value)
+        envelope.session = session.snapshot(protocolName(session, envelope))
         return self._checkSender(0, R.SENDER_OK)
 
     def _checkSender(self, i: int, reply: Reply) -> Any:

@@ -195,7 +195,7 @@ class SessionControl:
     def authenticate(self, avatarId: str, mechanism: str) -> None:
         session = self._protocol.session
         session.authenticated = avatarId
-        session.extra["authMechanism"] = mechanism
+        session.authMechanism = mechanism
         log.info(
             "{id} authenticated as {user} ({mechanism}) from {peer}",
             id=session.sessionID,
@@ -544,7 +544,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         session.esmtp = False
         session.extensions = frozenset()
         session.authenticated = None
-        session.extra.pop("authMechanism", None)
+        session.authMechanism = None
         self._conversation = None
 
     def _flush(self) -> None:

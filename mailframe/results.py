@@ -1,11 +1,11 @@
 """
-What the authentication checks record, for the checks after them (DMARC)
-and for the Authentication-Results header: L{SPFResult}, L{DKIMResult},
-L{DMARCResult}, L{IPRevResult}, kept in C{envelope.extra} (and, for iprev,
-C{session.extra}) under the keys below.
+What the authentication checks find, for the checks after them (DMARC),
+the Authentication-Results header and the queue: L{SPFResult},
+L{DKIMResult}, L{DMARCResult} (typed fields of the envelope) and
+L{IPRevResult} (a typed field of the session).
 
-Owns: these values and their keys.  Must not: import twisted or the
-libraries that compute them.
+Owns: these values.  Must not: import twisted, anything of mailframe, or
+the libraries that compute them.
 """
 
 from __future__ import annotations
@@ -13,20 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "DKIM_KEY",
-    "DMARC_KEY",
-    "IPREV_KEY",
-    "SPF_KEY",
     "DKIMResult",
     "DMARCResult",
     "IPRevResult",
     "SPFResult",
 ]
-
-SPF_KEY = "mailframe.spf"
-DKIM_KEY = "mailframe.dkim"
-DMARC_KEY = "mailframe.dmarc"
-IPREV_KEY = "mailframe.iprev"
 
 
 @dataclass(frozen=True)
