@@ -45,9 +45,9 @@ from mailframe.client.transaction import (
 )
 from mailframe.envelope import DeliveryResult, Envelope, TLSInfo
 from mailframe.message import Message
+from mailframe.protocol import LocalProtocolError, RemoteProtocolError
 from mailframe.protocol import _events as E
 from mailframe.protocol.client import GREETING, ClientConnection, ClientState, ServerReply
-from mailframe.protocol.server import LocalProtocolError, RemoteProtocolError
 from mailframe.reply import Reply
 
 __all__ = ["SMTPClientProtocol"]

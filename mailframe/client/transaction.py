@@ -23,9 +23,9 @@ from mailframe.client.options import ClientOptions, quoted
 from mailframe.client.plan import Plan, makePlan, regroup
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
+from mailframe.protocol import LocalProtocolError
 from mailframe.protocol import _events as E
 from mailframe.protocol.client import ClientConnection
-from mailframe.protocol.server import LocalProtocolError
 from mailframe.reply import Reply
 
 __all__ = ["LOCAL_ERROR", "LOST", "SMTPResult", "Transaction", "TransactionMixin", "unexpected"]

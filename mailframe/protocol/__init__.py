@@ -5,6 +5,7 @@ Standard library only.  It never imports twisted or zope, so it can be
 driven by any I/O framework and tested without one.
 """
 
+from mailframe.protocol._errors import CommandSyntaxError, LocalProtocolError, RemoteProtocolError
 from mailframe.protocol._events import (
     NEED_DATA,
     PAUSED,
@@ -33,12 +34,7 @@ from mailframe.protocol._parse import decodeXtext, encodeXtext
 from mailframe.protocol._state import TRANSITIONS, State
 from mailframe.protocol._write import dotStuff
 from mailframe.protocol.client import GREETING, ClientConnection, ClientLimits, ServerReply
-from mailframe.protocol.server import (
-    Limits,
-    LocalProtocolError,
-    RemoteProtocolError,
-    ServerConnection,
-)
+from mailframe.protocol.server import Limits, ServerConnection
 
 __all__ = [
     "GREETING",
@@ -49,6 +45,7 @@ __all__ = [
     "ClientConnection",
     "ClientLimits",
     "Command",
+    "CommandSyntaxError",
     "ContinuationLine",
     "Data",
     "EndOfChunk",

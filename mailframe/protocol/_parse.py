@@ -19,18 +19,11 @@ from types import MappingProxyType
 from mailframe import reply as R
 from mailframe.address import Address, AddressError, parseMailbox
 from mailframe.protocol import _events as E
+from mailframe.protocol._errors import CommandSyntaxError  # defined there, importable here
 
 __all__ = ["CommandSyntaxError", "decodeXtext", "encodeXtext", "parseCommand", "parseParameters"]
 
 MAX_PATH = 256
-
-
-class CommandSyntaxError(Exception):
-    """A command line that cannot be parsed; C{reply} is what to answer."""
-
-    def __init__(self, reply: R.Reply) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
 
 
 _PATH_RE = re.compile(r'\s*<((?:"(?:[^"\\]|\\.)*"|[^<>"])*)>')

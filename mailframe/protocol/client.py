@@ -31,8 +31,8 @@ from typing import NoReturn
 from mailframe import reply as R
 from mailframe.protocol import _events as E
 from mailframe.protocol._buffer import ReceiveBuffer
+from mailframe.protocol._errors import LocalProtocolError, RemoteProtocolError
 from mailframe.protocol._write import dotStuff, formatCommand
-from mailframe.protocol.server import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "GREETING",

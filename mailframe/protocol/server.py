@@ -26,25 +26,11 @@ from mailframe.protocol._buffer import (
     ReceiveBuffer,
     _MessageChecks,
 )
-from mailframe.protocol._parse import CommandSyntaxError, parseCommand
+from mailframe.protocol._errors import CommandSyntaxError, LocalProtocolError, RemoteProtocolError
+from mailframe.protocol._parse import parseCommand
 from mailframe.protocol._state import CLEAR, NO_TRANSACTION, TRANSITIONS, State
 
 __all__ = ["Limits", "LocalProtocolError", "RemoteProtocolError", "ServerConnection"]
-
-
-class RemoteProtocolError(Exception):
-    """
-    The peer broke a protocol rule.  C{reply} must be sent next (with C{send});
-    the session stays usable unless the reply is a 421.
-    """
-
-    def __init__(self, reply: R.Reply) -> None:
-        super().__init__(str(reply))
-        self.reply = reply
-
-
-class LocalProtocolError(Exception):
-    """Our own side misused the connection (a reply nobody asked for, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
