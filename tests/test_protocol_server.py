@@ -24,6 +24,8 @@ from mailframe.protocol import (
     ServerConnection,
     State,
 )
+from mailframe.protocol import _events as E
+from mailframe.protocol import _state as S
 from tests._core import Driver
 
 
@@ -657,3 +659,186 @@ class ContinuationTests(SynchronousTestCase):
         self.d.conn.receiveData(b"NOOP\r\n")
         self.d.conn.nextEvent()
         self.assertRaises(LocalProtocolError, self.d.conn.send, R.Reply(334, None, ""))
+
+
+def _session(state: str, **opts: bool) -> tuple[ServerConnection, Driver]:
+    """
+    A session brought to C{state} over the wire, with the facts C{opts} asks
+    for: C{starttls} and C{chunking} offered, C{binary} (MAIL with
+    BODY=BINARYMIME), C{refused} (a RCPT refused), C{failed} (a chunk refused);
+    C{tls} is set by the caller.
+    """
+    from tests._core import EHLO_REPLY
+
+    offered = [line for line in EHLO_REPLY.lines if line != "CHUNKING" or opts.get("chunking")]
+    if opts.get("starttls"):
+        offered.append("STARTTLS")
+    ehlo = R.Reply(250, None, tuple(offered))
+
+    def answer(e: object) -> R.Reply | None:
+        if isinstance(e, Hello):
+            return ehlo
+        if isinstance(e, RcptTo) and opts.get("refused"):
+            return R.USER_UNKNOWN
+        if isinstance(e, EndOfChunk) and opts.get("failed"):
+            return R.Reply(554, (5, 6, 0), "No")
+        if isinstance(e, E.StartTLS):
+            return R.Reply(220, None, "Go ahead")
+        return defaultAnswer(e)  # type: ignore[arg-type]
+
+    from tests._core import defaultAnswer
+
+    d = Driver(answer=answer, extensionVerbs=frozenset({"XYZZY"}))
+    if state == "REJECTED":
+        d.conn = ServerConnection(extensionVerbs=frozenset({"XYZZY"}))
+        d.conn.send(R.Reply(554, None, "no service"))
+        return d.conn, d
+    if state == "CONNECTED":
+        return d.conn, d
+    d.ehlo()
+    if state == "READY":
+        return d.conn, d
+    d.feed(b"MAIL FROM:<a@b.c>%s\r\n" % (b" BODY=BINARYMIME" if opts.get("binary") else b""))
+    if state == "MAIL":
+        if opts.get("refused"):
+            d.feed(b"RCPT TO:<x@y.z>\r\n")
+        return d.conn, d
+    answer_, d.answer = d.answer, defaultAnswer  # one accepted recipient
+    d.feed(b"RCPT TO:<d@e.f>\r\n")
+    d.answer = answer_
+    if state == "RCPT":
+        return d.conn, d
+    assert state == "CHUNKING"
+    d.feed(b"BDAT 3\r\nabc")
+    return d.conn, d
+
+
+_LINES = {
+    E.Hello: b"EHLO x\r\n",
+    E.MailFrom: b"MAIL FROM:<m@n.o>\r\n",
+    E.RcptTo: b"RCPT TO:<p@q.r>\r\n",
+    E.Data: b"DATA\r\n",
+    E.Bdat: b"BDAT 2 LAST\r\nxy",
+    E.Rset: b"RSET\r\n",
+    E.Noop: b"NOOP\r\n",
+    E.Help: b"HELP\r\n",
+    E.Vrfy: b"VRFY x\r\n",
+    E.Expn: b"EXPN x\r\n",
+    E.StartTLS: b"STARTTLS\r\n",
+    E.ExtensionCommand: b"XYZZY\r\n",
+    E.Quit: b"QUIT\r\n",
+}
+
+
+class TableTests(SynchronousTestCase):
+    """The core does what the tables of L{mailframe.protocol._state} say, and nothing else."""
+
+    def expected(self, conn: ServerConnection, kind: type) -> R.Reply | None:
+        """The table's answer to C{kind} now: a refusal, or None (admitted)."""
+        for guard in S.GUARDS.get(kind, ()):
+            if conn.state in guard.states and guard.fact in conn.facts:
+                return guard.reply
+        row = TRANSITIONS[kind]
+        if conn.state in row.allowed:
+            return None
+        return S.REFUSALS.get(conn.state, row.refusal)
+
+    def test_everyCommandInEveryState(self) -> None:
+        """Each command, in each state, with each fact that a guard names: the table's answer."""
+        states = ("REJECTED", "CONNECTED", "READY", "MAIL", "RCPT", "CHUNKING")
+        facts = ("starttls", "chunking", "binary", "refused", "failed", "tls")
+        checked = set()
+        for state in states:
+            for mask in range(1 << len(facts)):
+                opts = {f: bool(mask & (1 << i)) for i, f in enumerate(facts)}
+                if state == "CHUNKING" and not opts["chunking"]:
+                    continue
+                if opts["refused"] and state == "RCPT":
+                    continue  # no recipient would be accepted
+                for kind, line in _LINES.items():
+                    conn, d = _session(state, **opts)
+                    conn.tlsActive = opts["tls"]
+                    self.assertEqual(conn.state.name, state, opts)
+                    want = self.expected(conn, kind)
+                    before = len(d.events)
+                    out = d.feed(line)
+                    checked.add((state, kind, want))
+                    if want is None:
+                        admitted = EndOfMessage if kind is E.Bdat else kind
+                        self.assertIsInstance(d.events[before], admitted, (state, kind, opts))
+                    else:
+                        enhanced = "ENHANCEDSTATUSCODES" in conn.extensions
+                        first = want.toBytes(enhanced).split(b"\r\n")[0]
+                        self.assertEqual(out.split(b"\r\n")[0], first, (state, kind, opts))
+        guardReplies = {g.reply for gs in S.GUARDS.values() for g in gs}
+        self.assertLessEqual(guardReplies, {want for _, _, want in checked})
+
+    def test_greetingTable(self) -> None:
+        """The greeting's code picks the next state from GREETING_REPLIES; no other code greets."""
+        for code, state in S.GREETING_REPLIES.items():
+            conn = ServerConnection()
+            conn.send(R.Reply(code, None, "x"))
+            self.assertIs(conn.state, state)
+        for code in (250, 421 + 1, 500):
+            self.assertRaises(LocalProtocolError, ServerConnection().send, R.Reply(code, None, ""))
+
+    def test_positiveReplies(self) -> None:
+        """A positive reply must be one of its row's; a 354 to NOOP is our own error."""
+        d = Driver()
+        d.ehlo()
+        d.conn.receiveData(b"NOOP\r\n")
+        d.conn.nextEvent()
+        self.assertNotIn(354, TRANSITIONS[E.Noop].replies)
+        self.assertRaises(LocalProtocolError, d.conn.send, R.START_DATA)
+
+    def test_factsForgottenWithTransaction(self) -> None:
+        """RSET forgets the transaction's facts, but not what EHLO offered."""
+        conn, d = _session("MAIL", refused=True, binary=True)
+        self.assertLessEqual({S.RCPT_REFUSED, S.BINARY_BODY, S.NO_STARTTLS}, conn.facts)
+        d.feed(b"RSET\r\n")
+        self.assertFalse(conn.facts & S.TRANSACTION_FACTS)
+        self.assertIn(S.NO_STARTTLS, conn.facts)
+
+    def test_refusedChunkFact(self) -> None:
+        """A refused chunk makes CHUNK_FAILED hold: the next BDAT gets the guard's 503."""
+        conn, d = _session("CHUNKING", chunking=True, failed=True)
+        self.assertIn(S.CHUNK_FAILED, conn.facts)
+        out = d.feed(b"BDAT 1\r\nz")
+        self.assertIn(b"This message failed; send RSET", out)
+
+    def test_startTLSWhileActive(self) -> None:
+        """With TLS active, STARTTLS is 503 even if an EHLO reply offers it again."""
+        conn, d = _session("READY", starttls=True)
+        conn.tlsActive = True
+        self.assertIn(b"503 5.5.1 TLS is already active", d.feed(b"STARTTLS\r\n"))
+        conn.tlsActive = False
+        self.assertNotIn(S.TLS_ACTIVE, conn.facts)
+
+    def test_lastChunkRefusedInChunking(self) -> None:
+        """A refused BDAT LAST in CHUNKING ends the message (LAST_CHUNK_REFUSED); elsewhere not."""
+        self.assertEqual(dict(S.LAST_CHUNK_REFUSED), {State.CHUNKING: S.CLEAR})
+        conn, d = _session("CHUNKING", chunking=True, failed=True)
+        d.feed(b"BDAT 1 LAST\r\nz")
+        self.assertIs(conn.state, State.READY)
+        conn, d = _session("MAIL", chunking=True, refused=True)
+        d.feed(b"BDAT 1 LAST\r\nz")
+        self.assertIs(conn.state, State.MAIL)
+
+    def test_coreRefusalIsNegativeEnd(self) -> None:
+        """A chunk the core refuses (too big) takes EndOfChunk's negative transition and fact."""
+        d = Driver(Limits(messageSize=10))
+        d.ehlo()
+        d.feed(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n")
+        out = d.feed(b"BDAT 20\r\n" + b"x" * 20)
+        self.assertEqual(d.codes(out), ["552 5.3.4"])
+        self.assertIs(d.conn.state, TRANSITIONS[E.EndOfChunk].negative)
+        self.assertIn(S.CHUNK_FAILED, d.conn.facts)
+
+    def test_admissionPrecomputed(self) -> None:
+        """ADMISSION has a cell for every command and state; None only where simply allowed."""
+        for kind, row in TRANSITIONS.items():
+            for state in State:
+                cell = S.ADMISSION[kind][state]
+                if cell is None:
+                    self.assertIn(state, row.allowed)
+                    self.assertFalse([g for g in S.GUARDS.get(kind, ()) if state in g.states])

@@ -1,21 +1,53 @@
 """
 The SMTP server session state machine, as data.
 
-Owns: the states, which command is allowed in which state, and the state
-each one leads to after a positive or a negative reply.  This table is the
-only place transitions live; C{docs/statemachine.py} draws it.  Must not:
-parse, buffer, or import twisted or zope.
+Owns: the states; which command is allowed in which state and the state it
+leads to after a positive or a negative reply; the replies that answer no
+command (the greeting, a 421); the guards that refuse a command a state
+would allow, or give a refusal of its own, when a fact of the session
+holds (no recipient accepted, BODY=BINARYMIME, an extension not offered,
+TLS already active, a failed chunk); and where a message the core refuses
+itself leads.  These tables are the only place transitions and sequence
+refusals live: L{mailframe.protocol.server} reads them (through the lookups
+precomputed at the end of this module) and C{docs/statemachine.py} draws
+them.  Must not: parse, buffer, or import twisted or zope.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar, NamedTuple
 
 from mailframe import reply as R
 from mailframe.protocol import _events as E
 
-__all__ = ["CLEAR", "SAME", "TRANSITIONS", "State", "Transition"]
+__all__ = [
+    "ADMISSION",
+    "BINARY_BODY",
+    "CHUNK_FAILED",
+    "CLEAR",
+    "CLOSING",
+    "FACTS",
+    "GREETING_REPLIES",
+    "GUARDS",
+    "HANDSHAKE",
+    "LAST_CHUNK_REFUSED",
+    "NOT_OFFERED",
+    "NO_CHUNKING",
+    "NO_STARTTLS",
+    "NO_TRANSACTION",
+    "PAUSED_IN",
+    "RCPT_REFUSED",
+    "REFUSALS",
+    "SAME",
+    "TLS_ACTIVE",
+    "TRANSACTION_FACTS",
+    "TRANSITIONS",
+    "Admission",
+    "Guard",
+    "State",
+    "Transition",
+]
 
 
 class _StateType(type):
@@ -83,23 +115,60 @@ SAME = None
 """In a transition: the state does not change."""
 
 CLEAR = "clear"
-"""In a transition: back to READY, or to CONNECTED if no HELO/EHLO was accepted."""
+"""
+In a transition: the transaction is forgotten, and the session goes back to
+READY, or to CONNECTED if no HELO/EHLO was accepted.
+"""
 
 Target = State | str | None
 
+# -- facts --------------------------------------------------------------------
+#
+# A fact is something the session knows besides its state.  The core keeps
+# the facts that hold in a set; a guard names one.
+
+RCPT_REFUSED = "a RCPT was refused"
+BINARY_BODY = "MAIL said BODY=BINARYMIME"
+CHUNK_FAILED = "a chunk of this message failed"
+TLS_ACTIVE = "TLS is active"
+NO_STARTTLS = "STARTTLS not offered"
+NO_CHUNKING = "CHUNKING not offered"
+
+FACTS: Mapping[str, str] = {
+    RCPT_REFUSED: "after a negative reply to RCPT, until the transaction ends",
+    BINARY_BODY: "after MAIL with BODY=BINARYMIME, until the transaction ends",
+    CHUNK_FAILED: "after a refused chunk that was not the last, until the transaction ends",
+    TLS_ACTIVE: "after the STARTTLS handshake began",
+    NO_STARTTLS: "while the last EHLO reply did not offer STARTTLS (or none was sent)",
+    NO_CHUNKING: "while the last EHLO reply did not offer CHUNKING (or none was sent)",
+}
+"""Every fact, and when it holds (for the documentation)."""
+
+NOT_OFFERED: Mapping[str, str] = {"STARTTLS": NO_STARTTLS, "CHUNKING": NO_CHUNKING}
+"""EHLO keyword -> the fact that holds while the last EHLO reply did not offer it."""
+
+TRANSACTION_FACTS = frozenset({RCPT_REFUSED, BINARY_BODY, CHUNK_FAILED})
+"""The facts forgotten with the transaction (RSET, HELO/EHLO, the end of a message)."""
+
+
+# -- commands ---------------------------------------------------------------------
+
 
 class Transition(NamedTuple):
-    """One row of the table."""
+    """One row of the command table."""
 
     allowed: frozenset[State]
     positive: Target
     negative: Target
     refusal: R.Reply  # the 503 when the command comes in another state
+    replies: frozenset[int] = frozenset(range(200, 300))  # its positive replies
+    refused: str | None = None  # the fact a negative reply makes hold
 
 
 _S = State
 _OPEN = frozenset({_S.CONNECTED, _S.READY, _S.MAIL, _S.RCPT})
 _EVERY = frozenset(set(State) - {_S.GREETING, _S.CLOSED, _S.DATA, _S.BDAT, _S.TLS})
+_2XX = range(200, 300)
 
 TRANSITIONS: dict[type[E.Event], Transition] = {
     E.Hello: Transition(_OPEN, _S.READY, SAME, R.BAD_SEQUENCE),
@@ -114,10 +183,17 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
         _S.RCPT,
         SAME,
         R.BAD_SEQUENCE.withText("Need MAIL before RCPT"),
+        refused=RCPT_REFUSED,
     ),
     E.Data: Transition(
-        frozenset({_S.RCPT}), _S.DATA, SAME, R.BAD_SEQUENCE.withText("Need RCPT before DATA")
+        frozenset({_S.RCPT}),
+        _S.DATA,
+        SAME,
+        R.BAD_SEQUENCE.withText("Need RCPT before DATA"),
+        replies=frozenset({354}),
     ),
+    # BDAT is not answered itself: it is admitted (to BDAT) or its chunk is
+    # read and refused; the chunk's end is answered
     E.Bdat: Transition(
         frozenset({_S.RCPT, _S.CHUNKING}),
         _S.BDAT,
@@ -125,7 +201,9 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
         R.BAD_SEQUENCE.withText("BDAT needs MAIL and RCPT first"),
     ),
     # a refused chunk: later chunks of the message get 503 until RSET
-    E.EndOfChunk: Transition(frozenset({_S.BDAT}), _S.CHUNKING, _S.CHUNKING, R.BAD_SEQUENCE),
+    E.EndOfChunk: Transition(
+        frozenset({_S.BDAT}), _S.CHUNKING, _S.CHUNKING, R.BAD_SEQUENCE, refused=CHUNK_FAILED
+    ),
     E.EndOfMessage: Transition(frozenset({_S.DATA, _S.BDAT}), CLEAR, CLEAR, R.BAD_SEQUENCE),
     E.Rset: Transition(_EVERY - {_S.REJECTED}, CLEAR, SAME, R.BAD_SEQUENCE),
     E.Noop: Transition(_EVERY - {_S.REJECTED}, SAME, SAME, R.BAD_SEQUENCE),
@@ -133,18 +211,130 @@ TRANSITIONS: dict[type[E.Event], Transition] = {
     E.Vrfy: Transition(_EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE),
     E.Expn: Transition(_EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE),
     E.ExtensionCommand: Transition(
-        _EVERY - {_S.REJECTED, _S.CHUNKING}, SAME, SAME, R.BAD_SEQUENCE
+        _EVERY - {_S.REJECTED, _S.CHUNKING},
+        SAME,
+        SAME,
+        R.BAD_SEQUENCE,
+        replies=frozenset({*_2XX, 334}),
     ),
     E.StartTLS: Transition(
         frozenset({_S.READY, _S.MAIL, _S.RCPT}),
         _S.TLS,
         SAME,
         R.BAD_SEQUENCE.withText("Send EHLO first, and STARTTLS once"),
+        replies=frozenset({220}),
     ),
-    E.ContinuationLine: Transition(_OPEN, SAME, SAME, R.BAD_SEQUENCE),
+    E.ContinuationLine: Transition(
+        _OPEN, SAME, SAME, R.BAD_SEQUENCE, replies=frozenset({*_2XX, 334})
+    ),
     E.Quit: Transition(_EVERY, _S.CLOSED, SAME, R.BAD_SEQUENCE),
 }
-"""command type -> (states where allowed, after 2xx/3xx, after 4xx/5xx, 503)."""
+"""
+command type -> (states where allowed, after 2xx/3xx, after 4xx/5xx, the
+503 otherwise, the positive replies it may get, the fact a negative reply
+makes hold).  A 334 to any command means the next line is its answer.
+"""
+
+REFUSALS: Mapping[State, R.Reply] = {_S.REJECTED: R.NO_SERVICE}
+"""In these states a command that is not allowed gets this reply, not its row's."""
+
+
+class Guard(NamedTuple):
+    """
+    In C{states}, while C{fact} holds, the command gets C{reply}: before the
+    state is checked, so a guard may refuse a command its state allows, or
+    give one its state refuses a reply of its own.  C{unread}: the command
+    is unknown in this session (its extension was not offered), so a BDAT's
+    chunk is not read either, its framing being unknown; other refused BDAT
+    chunks are read and discarded first.
+    """
+
+    fact: str
+    states: frozenset[State]
+    reply: R.Reply
+    unread: bool = False
+
+
+_TRANSACTION = frozenset({_S.READY, _S.MAIL, _S.RCPT})
+_NO_RECIPIENT = Guard(RCPT_REFUSED, frozenset({_S.MAIL}), R.NO_VALID_RECIPIENTS)  # RFC 2920 3.1
+
+GUARDS: Mapping[type[E.Event], tuple[Guard, ...]] = {
+    E.Data: (
+        _NO_RECIPIENT,
+        Guard(
+            BINARY_BODY,
+            frozenset({_S.RCPT}),
+            R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA"),
+        ),
+    ),
+    E.Bdat: (
+        Guard(NO_CHUNKING, frozenset(State), R.UNRECOGNIZED, unread=True),
+        Guard(
+            CHUNK_FAILED,
+            frozenset({_S.CHUNKING}),
+            R.BAD_SEQUENCE.withText("This message failed; send RSET"),
+        ),
+        _NO_RECIPIENT,
+    ),
+    E.StartTLS: (
+        Guard(TLS_ACTIVE, _TRANSACTION, R.BAD_SEQUENCE.withText("TLS is already active")),
+        Guard(NO_STARTTLS, _TRANSACTION, R.UNRECOGNIZED),
+    ),
+}
+"""command type -> its guards, the first whose fact holds deciding."""
+
+
+# -- what answers no command, and what no reply decides ---------------------------------
+
+GREETING_REPLIES: Mapping[int, State] = {220: _S.CONNECTED, 554: _S.REJECTED, 421: _S.CLOSED}
+"""In GREETING, the greeting's code -> the next state; no other code is a greeting."""
+
+CLOSING = 421
+"""
+After the greeting, this code may answer any command or come unasked; it
+always leads to CLOSED.  No other reply may be sent while no command awaits
+one.
+"""
+
+HANDSHAKE: tuple[State, State] = (_S.TLS, _S.CONNECTED)
+"""C{startTLS()}: allowed in the first state; the handshake starts the session again."""
+
+PAUSED_IN = frozenset({_S.GREETING, _S.TLS, _S.CLOSED})
+"""States in which nothing is read (C{nextEvent} returns PAUSED)."""
+
+LAST_CHUNK_REFUSED: Mapping[State, Target] = {_S.CHUNKING: CLEAR}
+"""
+Where a refused BDAT LAST leads (its chunk read and discarded): in CHUNKING
+it ends the failed message; in other states nothing changes.  A message
+the core refuses itself once read (too big, a bare CR or LF, an overlong
+line) takes the negative transition of its L{E.EndOfMessage} or
+L{E.EndOfChunk}, as if the end had been answered with the refusal.
+"""
 
 NO_TRANSACTION = frozenset({_S.GREETING, _S.REJECTED, _S.CONNECTED, _S.READY, _S.CLOSED, _S.TLS})
 """States in which no MAIL transaction is open."""
+
+
+# -- the lookups the core makes, computed once from the tables above -----------------------
+
+
+class Admission(NamedTuple):
+    """What admitting a command in one state takes: its guards there, and its refusal."""
+
+    guards: tuple[Guard, ...]
+    refusal: R.Reply | None  # None: the state allows the command
+
+
+def _admission(kind: type[E.Event], state: State) -> Admission | None:
+    row = TRANSITIONS[kind]
+    guards = tuple(g for g in GUARDS.get(kind, ()) if state in g.states)
+    refusal = None if state in row.allowed else REFUSALS.get(state, row.refusal)
+    if not guards and refusal is None:
+        return None  # allowed, nothing to check: the fast path
+    return Admission(guards, refusal)
+
+
+ADMISSION: dict[type[E.Event], dict[State, Admission | None]] = {
+    kind: {state: _admission(kind, state) for state in State} for kind in TRANSITIONS
+}
+"""command type -> state -> None if simply allowed, else its L{Admission}."""

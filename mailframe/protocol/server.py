@@ -7,10 +7,11 @@ write.  A command is answered before the next one is parsed: while an event
 awaits its reply, C{nextEvent} returns PAUSED.  That single rule is what keeps
 pipelined commands in order whatever the plug points do.
 
-Owns: the protocol rules that do not depend on policy (sequence, limits,
-SMTPUTF8, BINARYMIME, BDAT framing, STARTTLS buffer discard).  Must not:
-depend on twisted or zope, or decide whether to accept an address or a
-message.
+Owns: the protocol rules that do not depend on policy (limits, SMTPUTF8,
+the BODY parameter, BDAT framing, STARTTLS buffer discard), and applying
+the tables of L{mailframe.protocol._state}: every state change and every
+sequence refusal comes from there, none is written here.  Must not: depend
+on twisted or zope, or decide whether to accept an address or a message.
 """
 
 from __future__ import annotations
@@ -28,7 +29,22 @@ from mailframe.protocol._buffer import (
 )
 from mailframe.protocol._errors import CommandSyntaxError, LocalProtocolError, RemoteProtocolError
 from mailframe.protocol._parse import parseCommand
-from mailframe.protocol._state import CLEAR, NO_TRANSACTION, TRANSITIONS, State
+from mailframe.protocol._state import (
+    ADMISSION,
+    BINARY_BODY,
+    CLEAR,
+    CLOSING,
+    GREETING_REPLIES,
+    HANDSHAKE,
+    LAST_CHUNK_REFUSED,
+    NO_TRANSACTION,
+    NOT_OFFERED,
+    PAUSED_IN,
+    TLS_ACTIVE,
+    TRANSACTION_FACTS,
+    TRANSITIONS,
+    State,
+)
 
 __all__ = ["Limits", "LocalProtocolError", "RemoteProtocolError", "ServerConnection"]
 
@@ -59,14 +75,9 @@ class Limits:
 _ERROR = E.Event()  # the pending marker for an error reply
 _BAD_BODY = R.Reply(501, (5, 5, 4), "BODY must be 7BIT, 8BITMIME or BINARYMIME")
 _EXCHANGE_TOO_LONG = R.Reply(500, (5, 5, 6), "Authentication exchange line is too long")
-_2XX = range(200, 300)
-_POSITIVE: dict[type, range | tuple[int, ...]] = {
-    E.Data: (354,),
-    E.StartTLS: (220,),
-    E.ExtensionCommand: (*_2XX, 334),
-    E.ContinuationLine: (*_2XX, 334),
-}
-"""The positive replies a command may get, where they are not just 2xx."""
+_UNOFFERED = frozenset(NOT_OFFERED.values())
+_BDAT = TRANSITIONS[E.Bdat]
+_ADMIT_BDAT = ADMISSION[E.Bdat]
 
 
 class ServerConnection:
@@ -82,7 +93,8 @@ class ServerConnection:
         self.extended = False
         self.extensions: frozenset[str] = frozenset()
         self.lastLine = b""
-        self.tlsActive = False
+        # what the session knows besides its state (see _state's facts)
+        self._facts: set[str] = set(_UNOFFERED)
         self._continuation = False
         self._buffer = ReceiveBuffer()
         self._pending: E.Event | None = None
@@ -91,11 +103,8 @@ class ServerConnection:
         self._lastChunk = False
         self._chunkChecks: _MessageChecks | None = None
         self._chunkCR = False
-        self._bdatFailed = False
         self._smtputf8 = False
-        self._body = ""
         self._recipients = 0
-        self._rcptAttempts = 0
 
     # -- inspection -----------------------------------------------------
 
@@ -123,6 +132,23 @@ class ServerConnection:
     def inTransaction(self) -> bool:
         return self.state not in NO_TRANSACTION
 
+    @property
+    def tlsActive(self) -> bool:
+        """True once the STARTTLS handshake has begun (set it if TLS came first)."""
+        return TLS_ACTIVE in self._facts
+
+    @tlsActive.setter
+    def tlsActive(self, value: bool) -> None:
+        if value:
+            self._facts.add(TLS_ACTIVE)
+        else:
+            self._facts.discard(TLS_ACTIVE)
+
+    @property
+    def facts(self) -> frozenset[str]:
+        """The facts of L{mailframe.protocol._state} that hold now."""
+        return frozenset(self._facts)
+
     # -- input ------------------------------------------------------------
 
     def receiveData(self, data: bytes) -> None:
@@ -136,12 +162,10 @@ class ServerConnection:
         command that must be refused; its reply must be sent before anything
         else.
         """
-        if self._pending is not None or self.state in (State.GREETING, State.CLOSED):
+        if self._pending is not None or self.state in PAUSED_IN:
             return E.PAUSED
         if self._reader is not None:
             return self._readMessage()
-        if self.state is State.TLS:
-            return E.PAUSED
         if self._continuation:
             return self._readContinuation()
         try:
@@ -176,51 +200,48 @@ class ServerConnection:
 
     def _admit(self, event: E.Event) -> E.Event | E.Sentinel:
         kind = type(event)
-        transition = TRANSITIONS[kind]
-        state = self.state
         if kind is E.Bdat:
             return self._startChunk(event)  # type: ignore[arg-type]
-        if state not in transition.allowed:
-            if state is State.REJECTED and kind is not E.Quit:
-                return self._refuse(R.NO_SERVICE)
-            if kind is E.Data and state is State.MAIL and self._rcptAttempts:
-                return self._refuse(R.NO_VALID_RECIPIENTS)
-            return self._refuse(transition.refusal)
+        admission = ADMISSION[kind][self.state]
+        if admission is not None:  # the table has a refusal or guards here
+            refusal = admission.refusal
+            for guard in admission.guards:
+                if guard.fact in self._facts:
+                    refusal = guard.reply
+                    break
+            if refusal is not None:
+                return self._refuse(refusal)
         if kind is E.MailFrom:
             params = event.params  # type: ignore[attr-defined]
             self._smtputf8 = "SMTPUTF8" in params and "SMTPUTF8" in self.extensions
             body = params.get("BODY") or ""
             if not body.isascii():  # "BINARYM\u0131ME".upper() is BINARYMIME
                 return self._refuse(_BAD_BODY)
-            self._body = body.upper()
+            if body.upper() == "BINARYMIME":
+                self._facts.add(BINARY_BODY)
+            else:
+                self._facts.discard(BINARY_BODY)
             if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
                 return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
         elif kind is E.RcptTo:
             if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
                 return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
-            self._rcptAttempts += 1
             if self._recipients >= self.limits.recipients:
                 return self._refuse(R.TOO_MANY_RECIPIENTS)
-        elif kind is E.StartTLS and "STARTTLS" not in self.extensions:
-            if self.tlsActive:
-                return self._refuse(R.BAD_SEQUENCE.withText("TLS is already active"))
-            return self._refuse(R.UNRECOGNIZED)
-        elif kind is E.Data and self._body == "BINARYMIME":
-            return self._refuse(R.BAD_SEQUENCE.withText("BODY=BINARYMIME needs BDAT, not DATA"))
         self._pending = event
         return event
 
     def _startChunk(self, event: E.Bdat) -> E.Event | E.Sentinel:
+        admission = _ADMIT_BDAT[self.state]
         refusal: R.Reply | None = None
-        state = self.state
-        if "CHUNKING" not in self.extensions:
-            return self._refuse(R.UNRECOGNIZED)  # no framing known: not consumed
-        if state is State.CHUNKING and self._bdatFailed:
-            refusal = R.BAD_SEQUENCE.withText("This message failed; send RSET")
-        elif state not in TRANSITIONS[E.Bdat].allowed:
-            refusal = TRANSITIONS[E.Bdat].refusal
-            if state is State.MAIL and self._rcptAttempts:
-                refusal = R.NO_VALID_RECIPIENTS
+        if admission is not None:
+            refusal = admission.refusal
+            for guard in admission.guards:
+                if guard.fact in self._facts:
+                    if guard.unread:
+                        return self._refuse(guard.reply)  # no framing known: not consumed
+                    refusal = guard.reply
+                    break
         if self._chunkChecks is None or refusal is not None:
             checks = _MessageChecks(self.limits.messageSize)
             if refusal is None:
@@ -237,7 +258,7 @@ class ServerConnection:
             event.size,
             checks,
             discard=refusal is not None,
-            binary=self._body == "BINARYMIME",
+            binary=BINARY_BODY in self._facts,
             normaliseBareLineEndings=self.limits.normaliseBareLineEndings,
             prevCR=self._chunkCR,
             last=event.last,
@@ -245,7 +266,7 @@ class ServerConnection:
         self._readerError = refusal
         self._lastChunk = event.last
         if refusal is None:
-            self.state = State.BDAT
+            self.state = _BDAT.positive  # type: ignore[assignment]
         return self._readMessage()  # a refused chunk is consumed, then refused
 
     def _readMessage(self) -> E.Event | E.Sentinel:
@@ -266,21 +287,28 @@ class ServerConnection:
         else:
             last = self._lastChunk
             if refusal is not None:
-                if last and self.state is State.CHUNKING:
-                    self._clear()
+                if last:
+                    self._go(LAST_CHUNK_REFUSED.get(self.state))
                 return self._refuse(refusal)
             self._chunkCR = reader.endsWithCR  # the reader judged it if last
             error, size = reader.checks.error, reader.checks.size
         if error is not None:
-            self._clear()
-            if not last:
-                # the client may go on sending chunks: refuse them until RSET
-                self._bdatFailed = True
-                self.state = State.CHUNKING
+            # refused as if its end had been answered with the error
+            transition = TRANSITIONS[E.EndOfMessage if last else E.EndOfChunk]
+            self._go(transition.negative)
+            if transition.refused is not None:
+                self._facts.add(transition.refused)
             return self._refuse(error)
         event: E.Event = E.EndOfMessage(size, data) if last else E.EndOfChunk(reader.size, data)
         self._pending = event
         return event
+
+    def _go(self, target: State | str | None) -> None:
+        """Take a transition of the table to C{target}."""
+        if target is CLEAR:
+            self._clear()
+        elif target is not None:
+            self.state = target  # type: ignore[assignment]
 
     def _clear(self) -> None:
         self._resetTransaction()
@@ -294,37 +322,35 @@ class ServerConnection:
         421) and return the bytes to write.
         """
         pending = self._pending
-        state = self.state
+        code = reply.code
         enhanced = "ENHANCEDSTATUSCODES" in self.extensions
         if pending is None:
-            if state is State.GREETING:
-                if reply.code == 220:
-                    self.state = State.CONNECTED
-                elif reply.code == 554:
-                    self.state = State.REJECTED
-                elif reply.code == 421:
-                    self.state = State.CLOSED
-                else:
-                    raise LocalProtocolError(f"a greeting is 220, 554 or 421, not {reply.code}")
+            if self.state is State.GREETING:
+                greeted = GREETING_REPLIES.get(code)
+                if greeted is None:
+                    raise LocalProtocolError(
+                        f"a greeting is {', '.join(map(str, GREETING_REPLIES))}, not {code}"
+                    )
+                self.state = greeted
                 return reply.toBytes(False)
-            if reply.code != 421:
+            if code != CLOSING:
                 raise LocalProtocolError("no command awaits a reply")
             self.state = State.CLOSED
             return reply.toBytes(enhanced)
         self._pending = None
-        if reply.code == 421:
+        if code == CLOSING:
             self.state = State.CLOSED
             return reply.toBytes(enhanced)
         if pending is _ERROR:
             return reply.toBytes(enhanced)
         kind = type(pending)
-        positive = reply.code < 400
-        if positive and reply.code not in _POSITIVE.get(kind, _2XX):
-            self._pending = pending
-            raise LocalProtocolError(f"{reply.code} is not a positive reply to {kind.__name__}")
-        if reply.code == 334:
-            self._continuation = True  # the next line is the client's answer
         transition = TRANSITIONS[kind]
+        positive = code < 400
+        if positive and code not in transition.replies:
+            self._pending = pending
+            raise LocalProtocolError(f"{code} is not a positive reply to {kind.__name__}")
+        if code == 334:
+            self._continuation = True  # the next line is the client's answer
         target = transition.positive if positive else transition.negative
         if kind is E.Hello:
             enhanced = False  # RFC 2034 3: not in replies to HELO/EHLO
@@ -342,8 +368,8 @@ class ServerConnection:
             self._clear()
         elif target is not None:
             self.state = target  # type: ignore[assignment]
-        if kind is E.EndOfChunk and not positive:
-            self._bdatFailed = True
+        if not positive and transition.refused is not None:
+            self._facts.add(transition.refused)
         return reply.toBytes(enhanced)
 
     def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
@@ -356,15 +382,23 @@ class ServerConnection:
             )
         else:
             self.extensions = frozenset()
+        self._offered()
+
+    def _offered(self) -> None:
+        """The facts of what the last EHLO reply did not offer."""
+        facts = self._facts
+        for keyword, fact in NOT_OFFERED.items():
+            if keyword in self.extensions:
+                facts.discard(fact)
+            else:
+                facts.add(fact)
 
     def _resetTransaction(self) -> None:
         self._smtputf8 = False
-        self._body = ""
         self._recipients = 0
-        self._rcptAttempts = 0
         self._chunkChecks = None
         self._chunkCR = False
-        self._bdatFailed = False
+        self._facts -= TRANSACTION_FACTS
 
     # -- TLS --------------------------------------------------------------
 
@@ -373,14 +407,16 @@ class ServerConnection:
         The TLS handshake starts: discard everything buffered before it and
         forget HELO/EHLO and the transaction (RFC 3207 4.2).
         """
-        if self.state is not State.TLS:
+        before, after = HANDSHAKE
+        if self.state is not before:
             raise LocalProtocolError("startTLS() only after a 220 reply to STARTTLS")
         self._buffer.clear()
         self._resetTransaction()
         self._reader = None
         self._continuation = False
-        self.tlsActive = True
         self.heloName = None
         self.extended = False
         self.extensions = frozenset()
-        self.state = State.CONNECTED
+        self._offered()
+        self._facts.add(TLS_ACTIVE)
+        self.state = after
