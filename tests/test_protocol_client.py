@@ -34,6 +34,8 @@ from mailframe.protocol import (
     RemoteProtocolError,
     StartTLS,
 )
+from mailframe.protocol import _clientstate as CS
+from mailframe.protocol import _events as E
 from mailframe.protocol._events import Bdat, ContinuationLine
 from mailframe.protocol.client import (
     GREETING,
@@ -77,7 +79,7 @@ class ReplyTests(SynchronousTestCase):
         assert isinstance(event, ServerReply)
         self.assertIs(event.command, GREETING)
         self.assertEqual((event.reply.code, event.reply.text), (220, "mx.test ESMTP"))
-        self.assertEqual(conn.state, ClientState.READY)
+        self.assertEqual(conn.state, ClientState.CONNECTED)
 
     def test_multiLine(self) -> None:
         """A multi-line reply comes as one event with its lines."""
@@ -356,6 +358,101 @@ class CommandTests(SynchronousTestCase):
         conn.close()
         conn.receiveData(b"250 x\r\n")
         self.assertIs(conn.nextEvent(), PAUSED)
+
+
+class TableTests(SynchronousTestCase):
+    """The client core does what the tables of L{mailframe.protocol._clientstate} say."""
+
+    def at(self, state: str) -> ClientConnection:
+        """A connection brought to C{state} over the wire."""
+        conn = ClientConnection()
+        if state == ClientState.GREETING:
+            return conn
+        conn.receiveData(b"220 mx\r\n")
+        events(conn)
+        if state == ClientState.CONNECTED:
+            return conn
+        if state == ClientState.CLOSED:
+            conn.close()
+            return conn
+        conn.send(Hello("c", True))
+        conn.receiveData(b"250-mx\r\n250 STARTTLS\r\n")
+        events(conn)
+        if state == ClientState.READY:
+            return conn
+        command, reply = (StartTLS(), b"220 go\r\n") if state == "TLS" else (Data(), b"354 go\r\n")
+        conn.send(command)
+        conn.receiveData(reply)
+        events(conn)
+        return conn
+
+    def test_states(self) -> None:
+        """Each state is reachable as the table says."""
+        for state in CS.CLIENT_STATES:
+            self.assertEqual(self.at(state).state, state)
+
+    def test_sends(self) -> None:
+        """In each state exactly what SENDS lists may be sent, and it leads where SENDS says."""
+        samples = {
+            Hello: Hello("c", True),
+            MailFrom: MailFrom(parseMailbox("a@b.example")),
+            Data: Data(),
+            Quit: Quit(),
+            Noop: Noop(),
+            StartTLS: StartTLS(),
+            ExtensionCommand: ExtensionCommand("AUTH", "LOGIN"),
+            MessageData: MessageData(b"x\r\n"),
+            EndOfMessage: EndOfMessage(0),
+        }
+        for state in CS.CLIENT_STATES:
+            sends = CS.SENDS.get(state, {})
+            for kind, event in samples.items():
+                conn = self.at(state)
+                self.assertEqual(conn.canSend(kind), kind in sends, (state, kind))
+                if kind in sends:
+                    conn.send(event)
+                    self.assertEqual(conn.state, sends[kind] or state, (state, kind))
+                else:
+                    self.assertRaises(LocalProtocolError, conn.send, event)
+            conn = self.at(state)
+            if Bdat in sends:
+                conn.sendChunk(b"x", True)
+            else:
+                self.assertRaises(LocalProtocolError, conn.sendChunk, b"x", True)
+            self.assertRaises(LocalProtocolError, self.at(state).send, Bdat(1, True))
+
+    def test_replies(self) -> None:
+        """Each reply rule moves the state; other codes leave it, a 421 always closes."""
+        for kind, rules in CS.REPLIES.items():
+            for code in (220, 250, 354, 421, 550):
+                conn = self.at(ClientState.CONNECTED)
+                if kind is not E.Greeting:
+                    conn.send({Hello: Hello("c", True), StartTLS: StartTLS(), Data: Data(),
+                               Quit: Quit()}[kind])  # fmt: skip
+                else:
+                    conn = ClientConnection()
+                before = conn.state
+                conn.receiveData(b"%d x\r\n" % code)
+                events(conn)
+                if code == CS.CLOSING:
+                    want = ClientState.CLOSED
+                else:
+                    want = rules.get(code) or rules.get(CS.ANY) or before
+                self.assertEqual(conn.state, want, (kind, code))
+
+    def test_handshake(self) -> None:
+        """startTLS() goes from TLS to CONNECTED: EHLO must come again."""
+        conn = self.at(ClientState.TLS)
+        conn.startTLS()
+        self.assertEqual(conn.state, CS.HANDSHAKE[1])
+        self.assertEqual(conn.state, ClientState.CONNECTED)
+
+    def test_pausedStates(self) -> None:
+        """Nothing is read in the states of PAUSED_IN."""
+        for state in CS.PAUSED_IN:
+            conn = self.at(state)
+            conn.receiveData(b"250 x\r\n")
+            self.assertIs(conn.nextEvent(), PAUSED)
 
 
 # -- properties (hypothesis) -------------------------------------------------------

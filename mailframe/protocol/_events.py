@@ -15,6 +15,7 @@ from types import MappingProxyType
 from mailframe.address import Address
 
 __all__ = [
+    "GREETING",
     "NEED_DATA",
     "PAUSED",
     "Bdat",
@@ -26,6 +27,7 @@ __all__ = [
     "Event",
     "Expn",
     "ExtensionCommand",
+    "Greeting",
     "Hello",
     "Help",
     "MailFrom",
@@ -60,6 +62,16 @@ NEED_DATA = Sentinel("NEED_DATA")
 
 PAUSED = Sentinel("PAUSED")
 """An event awaits its reply (or the greeting is not sent): call C{send}."""
+
+
+class Greeting(Sentinel):
+    """The type of L{GREETING} alone, so that a table can be keyed by it."""
+
+    __slots__ = ()
+
+
+GREETING = Greeting("GREETING")
+"""For a client: what the server's first reply answers, the connection itself."""
 
 
 class Event:

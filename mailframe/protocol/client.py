@@ -15,8 +15,9 @@ of too many lines is a L{RemoteProtocolError} that ends the session),
 the capabilities of the last EHLO reply, dot-stuffing of DATA (in bulk),
 the refusal to send a bare CR or LF inside DATA (SMTP smuggling), BDAT
 framing, and the STARTTLS discard (every byte that came with the 220 is
-dropped).  Must not: import twisted or zope; decide what to send (that is
-the glue in L{mailframe.client.send}).
+dropped); and applying the tables of L{mailframe.protocol._clientstate},
+where every state change of the client lives.  Must not: import twisted or
+zope; decide what to send (that is the glue in L{mailframe.client}).
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from typing import NoReturn
 from mailframe import reply as R
 from mailframe.protocol import _events as E
 from mailframe.protocol._buffer import ReceiveBuffer
+from mailframe.protocol._clientstate import (
+    ANY,
+    CLOSING,
+    HANDSHAKE,
+    PAUSED_IN,
+    REPLIES,
+    SENDS,
+    ClientState,
+)
 from mailframe.protocol._errors import LocalProtocolError, RemoteProtocolError
 from mailframe.protocol._write import dotStuff, formatCommand
 
@@ -43,7 +53,7 @@ __all__ = [
     "formatParameters",
 ]
 
-GREETING = E.Sentinel("GREETING")
+GREETING = E.GREETING
 """What the first reply answers: the connection itself."""
 
 _REPLY_LINE_RE = re.compile(rb"([2-5][0-9][0-9])([ -]|\Z)")
@@ -77,16 +87,6 @@ class ServerReply(E.Event):
 
     command: E.Event | E.Sentinel | None
     reply: R.Reply
-
-
-class ClientState:
-    """Where a client session is (plain strings, compared by identity)."""
-
-    GREETING = "GREETING"  # connected, the server's first reply not read yet
-    READY = "READY"  # commands may be sent
-    DATA = "DATA"  # DATA got its 354: message data, then the end of data
-    TLS = "TLS"  # STARTTLS got its 220: nothing is read until startTLS()
-    CLOSED = "CLOSED"  # 421, a protocol error, or QUIT answered
 
 
 def formatParameters(params: Mapping[str, str | None]) -> str:
@@ -132,6 +132,11 @@ class ClientConnection:
         """True if the last EHLO reply advertised C{keyword}."""
         return keyword.upper() in self.extensions
 
+    def canSend(self, kind: type[E.Event]) -> bool:
+        """True if an event of type C{kind} may be sent now."""
+        sends = SENDS.get(self.state)
+        return sends is not None and kind in sends
+
     # -- input ------------------------------------------------------------
 
     def receiveData(self, data: bytes) -> None:
@@ -146,8 +151,7 @@ class ClientConnection:
         Raises L{RemoteProtocolError} (and closes) for a reply that breaks
         the syntax or the bounds; its C{reply} is a 4xx to report.
         """
-        state = self.state
-        if state is ClientState.TLS or state is ClientState.CLOSED:
+        if self.state in PAUSED_IN:
             return E.PAUSED
         limits = self.limits
         buf = self._buffer.data
@@ -193,27 +197,25 @@ class ClientConnection:
             texts = [t[len(prefix) :].lstrip(" ") if t.startswith(prefix) else t for t in texts]
         reply = R.Reply(code, enhanced, tuple(texts))
         if not self._expected:
-            if code != 421:
+            if code != CLOSING:
                 self._fail(f"a reply nobody asked for ({code})")
             self.state = ClientState.CLOSED
             return ServerReply(None, reply)
         command = self._expected.popleft()
-        if code == 421:
+        if code == CLOSING:
             self.state = ClientState.CLOSED
             self._buffer.clear()
             return ServerReply(command, reply)
         kind = type(command)
-        if command is GREETING:
-            self.state = ClientState.READY
-        elif kind is E.Hello and code == 250:
-            self._acceptHello(command, reply)  # type: ignore[arg-type]
-        elif kind is E.StartTLS and code == 220:
-            self.state = ClientState.TLS
-        elif kind is E.Data and code == 354:
-            self.state = ClientState.DATA
-            self._atLineStart, self._heldCR, self._sentData = True, False, False
-        elif kind is E.Quit:
-            self.state = ClientState.CLOSED
+        rules = REPLIES.get(kind)
+        if rules is not None:
+            target = rules.get(code) or rules.get(ANY)
+            if target is not None:
+                self.state = target
+                if kind is E.Hello:
+                    self._acceptHello(command, reply)  # type: ignore[arg-type]
+                elif kind is E.Data:
+                    self._atLineStart, self._heldCR, self._sentData = True, False, False
         return ServerReply(command, reply)
 
     def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
@@ -237,18 +239,15 @@ class ClientConnection:
         and L{E.EndOfMessage} (the final dot).  Each command expects one
         reply, in order.
         """
-        state = self.state
-        if state is ClientState.DATA:
-            if type(event) is E.MessageData:
-                return self._messageData(event.data)  # type: ignore[attr-defined]
-            if type(event) is E.EndOfMessage:
-                return self._endOfData(event)
-            raise LocalProtocolError("only message data may be sent after a 354")
-        if state is not ClientState.READY:
-            raise LocalProtocolError(f"nothing may be sent in state {state}")
-        if not isinstance(event, E.Command):
-            raise LocalProtocolError(f"{type(event).__name__} is not a command")
-        data = self._format(event)
+        kind = type(event)
+        sends = SENDS.get(self.state)
+        if sends is None or kind not in sends or kind is E.Bdat:
+            raise LocalProtocolError(f"{kind.__name__} may not be sent in state {self.state}")
+        if kind is E.MessageData:
+            return self._messageData(event.data)  # type: ignore[attr-defined]
+        if kind is E.EndOfMessage:
+            return self._endOfData(event, sends[kind])  # type: ignore[arg-type]
+        data = self._format(event)  # type: ignore[arg-type]
         self._expected.append(event)
         return data
 
@@ -293,10 +292,10 @@ class ClientConnection:
         self._sentData = True
         return out
 
-    def _endOfData(self, event: E.EndOfMessage) -> bytes:
+    def _endOfData(self, event: E.EndOfMessage, target: str) -> bytes:
         if self._heldCR:
             raise LocalProtocolError("a bare CR may not be sent in DATA")
-        self.state = ClientState.READY
+        self.state = target
         self._expected.append(event)
         if self._sentData and not self._atLineStart:
             return b"\r\n.\r\n"  # RFC 5321 4.1.1.4: the data ends with CRLF
@@ -304,7 +303,7 @@ class ClientConnection:
 
     def sendChunk(self, data: bytes, last: bool) -> bytes:
         """BDAT (RFC 3030): the command line and the chunk, sent as they are."""
-        if self.state is not ClientState.READY:
+        if not self.canSend(E.Bdat):
             raise LocalProtocolError(f"BDAT may not be sent in state {self.state}")
         self._expected.append(E.Bdat(len(data), last))
         return b"BDAT %d%s\r\n%s" % (len(data), b" LAST" if last else b"", data)
@@ -317,14 +316,15 @@ class ClientConnection:
         server, or a man in the middle, may not pipeline replies into the
         TLS session) and forget the capabilities; EHLO must be sent again.
         """
-        if self.state is not ClientState.TLS:
+        before, after = HANDSHAKE
+        if self.state is not before:
             raise LocalProtocolError("startTLS() only after a 220 reply to STARTTLS")
         self._buffer.clear()
         self._lines = []
         self.extended = False
         self.extensions = MappingProxyType({})
         self.tlsActive = True
-        self.state = ClientState.READY
+        self.state = after
 
     def close(self) -> None:
         """The connection is gone: nothing more is read or sent."""
