@@ -34,6 +34,7 @@ from mailframe.client import (
     messageFrom,
     sendMessage,
 )
+from mailframe.client.transaction import MessageSender
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.reply import Reply
 
@@ -133,10 +134,28 @@ class Session:
 
 class SessionTests(SynchronousTestCase):
     def test_interfaces(self) -> None:
-        """The session provides IHandshakeListener and IPushProducer."""
+        """The session provides IHandshakeListener; its message sender is the data's IPushProducer."""
         s = Session()
         verifyObject(IHandshakeListener, s.proto)
-        verifyObject(IPushProducer, s.proto)
+        self.assertFalse(IPushProducer.providedBy(s.proto))
+        s.deliver(envelope("bob@b.example"))
+        s.greet("PIPELINING")
+        s.transport.pauseOnRegister = True
+        s.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        producer = s.transport.producer
+        self.assertIsInstance(producer, MessageSender)
+        verifyObject(IPushProducer, producer)
+        self.assertTrue(s.transport.streaming)
+        producer.resumeProducing()
+        self.assertIsNone(s.transport.producer)  # unregistered after the last octet
+
+    def test_noMixins(self) -> None:
+        """The session is no mixin host: it owns a MessageSender, which owns its own state."""
+        from mailframe.client import protocol, transaction
+
+        self.assertEqual(SMTPClientProtocol.__bases__, (protocol.Protocol,))
+        for module in (protocol, transaction):
+            self.assertFalse([n for n in vars(module) if n.endswith("Mixin")])
 
     def test_plainSMTP(self) -> None:
         """Without extensions: one command per reply, dot-stuffed DATA, QUIT at the end."""
@@ -696,7 +715,7 @@ class TimeoutTests(SynchronousTestCase):
         self.assertEqual(s.transport.value(), b"")
         s.clock.advance(179)
         s.transport.pauseOnRegister = False
-        s.proto.resumeProducing()  # the transport took it all: the final dot is awaited
+        s.transport.producer.resumeProducing()  # the transport took it all: the final dot is awaited
         self.assertTrue(s.transport.value().endswith(b"body\r\n.\r\n"))
         s.clock.advance(599)
         self.assertEqual(s.results, [])
@@ -791,6 +810,44 @@ class ReuseTests(SynchronousTestCase):
         s.transport.clear()
         s.clock.advance(30)
         self.assertEqual(s.transport.value(), b"QUIT\r\n")
+
+    def test_idleFollowsTheCore(self) -> None:
+        """idle is read from the core: never before EHLO, in STARTTLS, AUTH or a message."""
+        s = Session(keepAlive=30, credentials=Credentials("alice", "pw"))
+        self.assertFalse(s.proto.idle)  # the greeting is awaited
+        s.server(b"220 mx.test ESMTP\r\n")
+        self.assertFalse(s.proto.idle)  # EHLO is awaited
+        s.server(ehlo("STARTTLS", "AUTH PLAIN", "PIPELINING"))
+        self.assertFalse(s.proto.idle)  # STARTTLS is awaited
+        s.server(b"220 go\r\n")
+        self.assertFalse(s.proto.idle)  # the handshake: EHLO must come again
+        self.assertEqual(s.transport.value(), b"")
+        s.proto.handshakeCompleted()
+        s.proto.handshakeCompleted()  # once only: EHLO is then awaited
+        self.assertEqual(s.transport.value(), b"EHLO client.test\r\n")
+        s.server(ehlo("AUTH PLAIN", "PIPELINING"))
+        self.assertFalse(s.proto.idle)  # AUTH is awaited
+        s.server(b"235 ok\r\n")
+        self.assertTrue(s.proto.idle)
+        s.deliver(envelope("bob@b.example"))
+        self.assertFalse(s.proto.idle)
+        s.server(b"250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertFalse(s.proto.idle)  # the final reply is awaited
+        s.server(b"250 ok\r\n")
+        self.assertTrue(s.proto.idle)
+        self.assertEqual(s.proto.messagesSent, 1)
+
+    def test_handshakeTimeout(self) -> None:
+        """The handshake timer runs while the TLS handshake is under way, not before or after."""
+        s = Session(timeouts=Timeouts(handshake=10))
+        d = s.deliver(envelope("bob@b.example"))
+        s.greet("STARTTLS")
+        s.server(b"220 go\r\n")
+        s.clock.advance(9)
+        self.assertNoResult(d)
+        s.clock.advance(1)
+        f = self.failureResultOf(d, SessionFailed)
+        self.assertTrue(f.value.tlsFailed)
 
     def test_rsetRefused(self) -> None:
         """A refused RSET ends the session (temporary, the reply quoted); the message may go elsewhere."""

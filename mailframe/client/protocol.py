@@ -16,8 +16,7 @@ queue do).
 from __future__ import annotations
 
 import base64
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
@@ -36,13 +35,7 @@ from mailframe.client.options import (
     quoted,
     temporary,
 )
-from mailframe.client.transaction import (
-    LOCAL_ERROR,
-    LOST,
-    Transaction,
-    TransactionMixin,
-    unexpected,
-)
+from mailframe.client.transaction import LOCAL_ERROR, LOST, MessageSender, Transaction, unexpected
 from mailframe.envelope import DeliveryResult, Envelope, TLSInfo
 from mailframe.message import Message
 from mailframe.protocol import LocalProtocolError, RemoteProtocolError
@@ -62,8 +55,8 @@ _NO_AUTH = Reply(421, (4, 7, 0), "Credentials are set; the server offers no AUTH
 _AUTH_CLEAR = Reply(421, (4, 7, 10), "AUTH is offered only without TLS; not sending credentials")
 
 
-@implementer(IHandshakeListener, IPushProducer)
-class SMTPClientProtocol(TransactionMixin, Protocol):
+@implementer(IHandshakeListener)
+class SMTPClientProtocol(Protocol):
     """
     One client session.  L{deliver} queues a message; the session sends
     the queued messages in turn over one connection (RSET between them) and
@@ -71,6 +64,11 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
 
     C{onIdle(protocol)} and C{onEnd(protocol)}, if set, are called when the
     session is ready for another message and when it is over.
+
+    Where the dialogue is comes from the core's state (L{ClientConnection}
+    and the commands it awaits) and from the L{MessageSender} it owns for
+    the messages; the session itself keeps only transport facts (a TLS
+    handshake under way, closing) and its timer.
     """
 
     def __init__(self, options: ClientOptions, clock: IReactorTime, name: str = "") -> None:
@@ -81,19 +79,22 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         self.onEnd: Callable[[SMTPClientProtocol], None] | None = None
         self.tls: TLSInfo | None = None
         self.usable = True  # may take another message
-        self.messagesSent = 0
-        self._queue: deque[Transaction] = deque()
-        self._current: Transaction | None = None
         self._conn = ClientConnection(options.limits)
+        self._sender = MessageSender(
+            self._conn,
+            options,
+            remote=lambda: self.remote,
+            write=self._write,
+            arm=self._arm,
+            fail=self._fail,
+            done=self._messageDone,
+            producer=self._produce,
+        )
         self._timer: Any = None
         self._timedFor: object = None
-        self._phase = "connecting"
         self._triedTLS = False
         self._handshaking = False
         self._tlsFailed = False
-        self._stream: Iterator[bytes] | None = None
-        self._streamPaused = False
-        self._pumping = False
         self._authSteps: list[bytes] = []
         self._closing = False
         self._failure: SessionFailed | None = None
@@ -109,7 +110,25 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
     @property
     def idle(self) -> bool:
         """True if connected, greeted, and not busy with a message."""
-        return self._phase == "idle" and self.usable and not self._closing
+        return self.usable and self._waiting()
+
+    @property
+    def messagesSent(self) -> int:
+        """The messages this session has sent MAIL for."""
+        return self._sender.messagesSent
+
+    def _waiting(self) -> bool:
+        """
+        Nothing is going on: EHLO (and TLS and AUTH) done, no command
+        awaits its reply, no message is being sent.
+        """
+        conn = self._conn
+        return (
+            not self._closing
+            and conn.state is ClientState.READY
+            and not conn.awaiting
+            and not self._sender.busy
+        )
 
     # -- the API ------------------------------------------------------------
 
@@ -124,21 +143,20 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         if self._closing or not self.usable:
             txn.deferred.errback(self._failure or SessionFailed(LOST))
             return txn.deferred
-        self._queue.append(txn)
-        if self._phase == "idle":
+        self._sender.enqueue(txn)
+        if self._waiting():
             self._next()
         return txn.deferred
 
     def quit(self) -> None:
         """Send QUIT once the queued messages are sent (or now, if idle)."""
         self.usable = False
-        if self._phase == "idle":
+        if self._waiting():
             self._quit()
 
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._phase = "greeting"
         if self.options.implicitTLS:  # TLS from the first byte (RFC 8314)
             self._conn.tlsActive = True
             self._triedTLS = True
@@ -180,22 +198,22 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             )
         except AttributeError:
             self.tls = TLSInfo("TLS", "unknown")
-        if self._phase == "handshake" and not self._closing:
-            self._phase = "ehlo"
-            self._send(E.Hello(self.options.heloName, True))
+        conn = self._conn
+        if not self._closing and conn.state is ClientState.CONNECTED and not conn.awaiting:
+            self._send(E.Hello(self.options.heloName, True))  # again, after STARTTLS
             self._arm()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._cancelTimer()
         self._conn.close()
-        self._stream = None
+        self._sender.stop()
         if self._handshaking:
             why = " ".join(str(getattr(reason, "value", reason)).split())[:200]
             log.info("{name}: TLS handshake failed: {why}", name=self.remote, why=why)
             self._failTLS(_TLS_FAILED.withText(f"TLS handshake failed: {why}"))
         self._closing = True
         self.usable = False
-        self._failAll(self._failure or SessionFailed(LOST))
+        self._sender.failAll(self._failure or SessionFailed(LOST))
         if self.onEnd is not None:
             self.onEnd(self)
 
@@ -206,15 +224,14 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         if command is None or reply.code == 421:  # unsolicited, or closing
             self._fail(reply)
             return
-        if self._current is not None and self._current.started:
-            self._transactionReply(command, reply)
+        if self._sender.busy:
+            self._sender.reply(command, reply)
             return
         kind = type(command)
         if command is GREETING:
             if reply.code != 220:  # RFC 5321 3.1: a 554 (or 521) still waits for QUIT
                 self._refused(reply)
                 return
-            self._phase = "ehlo"
             self._send(E.Hello(self.options.heloName, True))
         elif kind is E.Hello:
             self._hello(command, reply)  # type: ignore[arg-type]
@@ -226,7 +243,7 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             if reply.code != 250:
                 self._refused(reply, temporary(reply, "refused RSET", (4, 5, 0)))
                 return
-            self._begin()
+            self._sender.begin()
         elif kind is E.Quit:
             self._closeTransport()
 
@@ -234,7 +251,6 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         if reply.code == 250:
             self._afterHello()
         elif command.extended and reply.code >= 500:
-            self._phase = "helo"
             self._send(E.Hello(self.options.heloName, False))
         else:  # a 5xx to HELO after EHLO was refused: this host will not take mail
             self._refused(reply)
@@ -257,7 +273,6 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         if not conn.tlsActive and policy != TLS_NONE and not self._triedTLS:
             if conn.supports("STARTTLS"):
                 self._triedTLS = True
-                self._phase = "starttls"
                 self._send(E.StartTLS())
                 return
             if policy != TLS_OPPORTUNISTIC:
@@ -291,7 +306,6 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             self._failTLS(_TLS_FAILED.withText("No TLS context for this destination"))
             self._fail(self._failure.reply)  # type: ignore[union-attr]
             return
-        self._phase = "handshake"
         self._handshaking = True
         self.transport.startTLS(creator)  # type: ignore[union-attr]
 
@@ -317,7 +331,6 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             self._fail(_AUTH_CLEAR, quit=True)
             return
         user, password = creds.username.encode(), creds.password.encode()
-        self._phase = "auth"
         if "PLAIN" in mechanisms:
             token = base64.b64encode(b"\0" + user + b"\0" + password).decode("ascii")
             self._authSteps = []
@@ -339,6 +352,40 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             log.info("{name}: authentication failed: {reply}", name=self.remote, reply=str(reply))
             self._refused(reply, temporary(reply, "refused AUTH", (4, 7, 0)))
 
+    # -- messages -----------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        """EHLO, TLS and AUTH are done: send what is queued."""
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next queued message (RSET first after one), or go idle, or QUIT."""
+        sender = self._sender
+        if not sender.queued:
+            if not self.usable or not self.options.keepAlive:
+                self._quit()
+                return
+            self._arm()
+            if self.onIdle is not None:
+                self.onIdle(self)
+            return
+        if sender.messagesSent:
+            self._send(E.Rset())
+            self._arm()
+            return
+        sender.begin()
+
+    def _messageDone(self) -> None:
+        """The sender finished a message: go on, unless the session is ending."""
+        if not self._closing:
+            self._next()
+
+    def _produce(self, producer: IPushProducer | None) -> None:
+        if producer is None:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+        else:
+            self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+
     # -- output, failure, timers ------------------------------------------------------
 
     def _send(self, command: E.Event, secret: bool = False) -> None:
@@ -358,7 +405,6 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
         if self._closing:
             return
         self.usable = False
-        self._phase = "quit"
         try:
             self._send(E.Quit())
         except LocalProtocolError:
@@ -382,35 +428,23 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             self._failure = SessionFailed(reply)
         if self._closing:
             return
-        sendQuit = quit and self._conn.state is ClientState.READY
+        sendQuit = quit and self._conn.canSend(E.Quit)
         self._closing = True
         self.usable = False
         self._cancelTimer()
-        self._stream = None
-        self._failAll(self._failure)
+        self._sender.stop()
+        self._sender.failAll(self._failure)
         if sendQuit:
             self.transport.write(self._conn.send(E.Quit()))  # type: ignore[union-attr]
             self.transport.loseConnection()  # type: ignore[union-attr]
         else:
             self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def _failAll(self, failure: SessionFailed) -> None:
-        """Queued messages fail with C{failure}; the current one gets its reply."""
-        txn, self._current = self._current, None
-        if txn is not None:
-            if txn.answered:
-                txn.setAll(temporary(failure.reply))
-                self._finish(txn)
-            else:  # the server said nothing about it: another server may take it
-                txn.deferred.errback(failure)
-        queued, self._queue = self._queue, deque()
-        for txn in queued:
-            txn.deferred.errback(failure)
-
     def _timeoutFor(self) -> tuple[object, float] | None:
         t = self.options.timeouts
-        if self._stream is not None:
-            return self._stream, t.dataBlock
+        stream = self._sender.dataStream
+        if stream is not None:
+            return stream, t.dataBlock
         awaiting = self._conn.awaiting
         if awaiting:
             first = awaiting[0]
@@ -426,9 +460,9 @@ class SMTPClientProtocol(TransactionMixin, Protocol):
             if kind is E.EndOfMessage or kind is E.Bdat:
                 return first, t.dataEnd
             return first, t.command
-        if self._phase == "handshake":
+        if self._handshaking:
             return "handshake", t.handshake
-        if self._phase == "idle" and self.options.keepAlive:
+        if self.options.keepAlive and self._waiting():
             return "idle", self.options.keepAlive
         return None
 

@@ -1,25 +1,29 @@
 """
 The message half of an outbound SMTP session: L{Transaction} (one message
-for some recipients and the reply each gets) and L{TransactionMixin}, the
-part of L{mailframe.client.protocol.SMTPClientProtocol} that sends queued
-messages: RSET between them, MAIL/RCPT/DATA (pipelined in one write when
-offered), BDAT chunks, and the message data streamed as a push producer.
+for some recipients and the reply each gets) and L{MessageSender}, the
+object a L{mailframe.client.protocol.SMTPClientProtocol} owns to send its
+queued messages: MAIL/RCPT/DATA (pipelined in one write when offered),
+BDAT chunks, and the message data streamed as a push producer.
 
-Owns: the order of commands within a transaction and pairing replies with
-recipients.  Must not: parse replies, route, or retry.
+Owns: the queue of messages, the order of commands within a transaction,
+pairing replies with recipients, and the data stream.  Must not: parse
+replies, route, or retry; touch the session's state but through the
+callables it is given.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from mailframe.client.options import ClientOptions, quoted
+from mailframe.client.options import ClientOptions, SessionFailed, quoted, temporary
 from mailframe.client.plan import Plan, makePlan, regroup
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.message import Message
@@ -28,7 +32,7 @@ from mailframe.protocol import _events as E
 from mailframe.protocol.client import ClientConnection
 from mailframe.reply import Reply
 
-__all__ = ["LOCAL_ERROR", "LOST", "SMTPResult", "Transaction", "TransactionMixin", "unexpected"]
+__all__ = ["LOCAL_ERROR", "LOST", "MessageSender", "SMTPResult", "Transaction", "unexpected"]
 
 log = Logger(namespace="mailframe.client")
 
@@ -81,72 +85,84 @@ class Transaction:
                 self.replies[i] = reply
 
 
-class TransactionMixin:
-    """Sends the queued messages of a session (mixed into SMTPClientProtocol)."""
+@implementer(IPushProducer)
+class MessageSender:
+    """
+    Sends the queued messages of one session, one at a time, over its
+    L{ClientConnection}: MAIL, RCPT... and DATA (pipelined in one write when
+    the plan says so) or BDAT chunks, pairs each reply with its recipient,
+    and streams the message data as the transport's push producer.
 
-    options: ClientOptions
-    transport: Any
-    messagesSent: int
-    usable: bool
-    onIdle: Any
-    _conn: ClientConnection
-    _queue: deque[Transaction]
-    _current: Transaction | None
-    _phase: str
-    _closing: bool
-    _stream: Iterator[bytes] | None
-    _streamPaused: bool
-    _pumping: bool
-    _timedFor: object
+    Its interface to the session: L{enqueue} a L{Transaction}, L{begin} the
+    next one once the session is ready (after EHLO, AUTH, or a 250 to
+    RSET), pass it every L{reply} while L{busy}, L{failAll} when the
+    session ends, and L{stop} the data stream when the connection is gone;
+    L{queued}, L{messagesSent} and L{dataStream} say where it is.  It acts
+    on the session only through the callables it is given: C{remote()} (the
+    server's name), C{write(data)}, C{arm(force)} (the reply timer),
+    C{fail(reply)} (end the session), C{done()} (a message is finished:
+    the session decides what comes next), and C{producer(p)} (register
+    C{p} as the transport's streaming producer, or unregister it if None).
+    """
+
+    def __init__(
+        self,
+        conn: ClientConnection,
+        options: ClientOptions,
+        *,
+        remote: Callable[[], str],
+        write: Callable[[bytes], None],
+        arm: Callable[[bool], None],
+        fail: Callable[[Reply], None],
+        done: Callable[[], None],
+        producer: Callable[[IPushProducer | None], None],
+    ) -> None:
+        self._conn = conn
+        self._options = options
+        self._remote = remote
+        self._write = write
+        self._arm = arm
+        self._fail = fail
+        self._done = done
+        self._producer = producer
+        self.messagesSent = 0
+        self._queue: deque[Transaction] = deque()
+        self._current: Transaction | None = None
+        self._stream: Iterator[bytes] | None = None
+        self._streamPaused = False
+        self._pumping = False
 
     @property
-    def remote(self) -> str:
-        raise NotImplementedError
+    def busy(self) -> bool:
+        """True from MAIL to the last reply of a message: the replies are this sender's."""
+        return self._current is not None
 
-    def _send(self, command: E.Event, secret: bool = False) -> None:
-        raise NotImplementedError
+    @property
+    def queued(self) -> int:
+        """The messages waiting for their turn."""
+        return len(self._queue)
 
-    def _write(self, data: bytes) -> None:
-        raise NotImplementedError
+    @property
+    def dataStream(self) -> object | None:
+        """The message data being written (a key for its timer), or None."""
+        return self._stream
 
-    def _arm(self, force: bool = False) -> None:
-        raise NotImplementedError
+    def enqueue(self, txn: Transaction) -> None:
+        """Queue C{txn} for its turn."""
+        self._queue.append(txn)
 
-    def _quit(self) -> None:
-        raise NotImplementedError
-
-    def _fail(self, reply: Reply, quit: bool = False) -> None:
-        raise NotImplementedError
+    def stop(self) -> None:
+        """The session is over: write no more message data."""
+        self._stream = None
 
     # -- transactions -------------------------------------------------------------
 
-    def _ready(self) -> None:
-        self._phase = "idle"
-        self._next()
-
-    def _next(self) -> None:
-        """Start the next queued message (RSET first after one), or go idle."""
-        if not self._queue:
-            if not self.usable or not self.options.keepAlive:
-                self._quit()
-                return
-            self._phase = "idle"
-            self._arm()
-            if self.onIdle is not None:
-                self.onIdle(self)
-            return
-        if self.messagesSent:
-            self._phase = "rset"
-            self._send(E.Rset())
-            self._arm()
-            return
-        self._begin()
-
-    def _begin(self) -> None:
+    def begin(self) -> None:
+        """Start the next queued message (the session is ready, and RSET done after one)."""
         txn = self._queue.popleft()
         self._current = txn
         plan = txn.plan = makePlan(
-            txn.envelope, txn.recipients, txn.message, self._conn, self.options
+            txn.envelope, txn.recipients, txn.message, self._conn, self._options
         )
         for i, reply in plan.refused.items():
             txn.replies[i] = reply
@@ -154,7 +170,6 @@ class TransactionMixin:
             self._finish(txn)
             return
         txn.started = True
-        self._phase = "transaction"
         self.messagesSent += 1
         out = [self._conn.send(E.MailFrom(plan.mailFrom, plan.mailParams))]
         pipelining = plan.pipelining
@@ -164,14 +179,15 @@ class TransactionMixin:
             if not plan.bdat:
                 out.append(self._conn.send(E.Data()))
         self._command(b"".join(out))
-        self._arm()
+        self._arm(False)
 
     def _rcptBytes(self, txn: Transaction, i: int) -> bytes:
         assert txn.plan is not None
         txn.sending.append(i)
         return self._conn.send(E.RcptTo(txn.recipients[i].address, txn.plan.rcptParams[i]))
 
-    def _transactionReply(self, command: Any, reply: Reply) -> None:
+    def reply(self, command: Any, reply: Reply) -> None:
+        """A reply to a command of the current message."""
         txn = self._current
         assert txn is not None and txn.plan is not None
         plan = txn.plan
@@ -208,7 +224,7 @@ class TransactionMixin:
                     self._finish(txn)
                 return  # the pipelined DATA is still to be answered
             if plan.bdat:
-                txn.chunks = regroup(txn.message.chunks(), self.options.chunkSize)
+                txn.chunks = regroup(txn.message.chunks(), self._options.chunkSize)
                 self._sendChunk(txn)
             elif not plan.pipelining:
                 self._command(self._conn.send(E.Data()))
@@ -238,10 +254,10 @@ class TransactionMixin:
 
     def _command(self, data: bytes, payload: int = 0) -> None:
         """Write command lines (and a BDAT chunk of C{payload} octets), logged with transcript."""
-        if self.options.transcript:
+        if self._options.transcript:
             head = data[: len(data) - payload] if payload else data
             for line in head.decode("utf-8", "replace").splitlines():
-                log.info("{name} C: {line}", name=self.remote, line=line)
+                log.info("{name} C: {line}", name=self._remote(), line=line)
         self._write(data)
 
     def _sendChunk(self, txn: Transaction) -> None:
@@ -251,30 +267,45 @@ class TransactionMixin:
 
     def _finish(self, txn: Transaction) -> None:
         self._current = None
-        self._phase = "idle"
         for i, reply in enumerate(txn.replies):
             if reply is None:  # answered by RCPT and never refused: the final reply is missing
                 txn.replies[i] = LOST
         plan = txn.plan
         refused = plan.refused if plan is not None else {}
-        remote = self.remote
+        remote = self._remote()
         n = len(txn.replies)
         result = SMTPResult(
             tuple(txn.replies),  # type: ignore[arg-type]
             tuple(None if i in refused else remote for i in range(n)),
             tuple(plan is not None and plan.dsn and i not in refused for i in range(n)),
         )
-        if not self._closing:
-            self._next()  # first: whoever gets the result may already reuse this session
+        self._done()  # first: whoever gets the result may already reuse this session
         txn.deferred.callback(result)
+
+    def failAll(self, failure: SessionFailed) -> None:
+        """
+        The session ends with C{failure}: queued messages fail with it; the
+        current one, if the server said something about it, gets its reply
+        for every recipient not yet answered (a 4xx: the message may still go).
+        """
+        txn, self._current = self._current, None
+        if txn is not None:
+            if txn.answered:
+                txn.setAll(temporary(failure.reply))
+                self._finish(txn)
+            else:  # the server said nothing about it: another server may take it
+                txn.deferred.errback(failure)
+        queued, self._queue = self._queue, deque()
+        for txn in queued:
+            txn.deferred.errback(failure)
 
     # -- message data ---------------------------------------------------------------
 
     def _startStream(self, txn: Transaction) -> None:
         self._stream = iter(txn.message.chunks())
         self._streamPaused = False
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._timedFor = None
+        self._producer(self)
+        self._arm(True)
         self._pump()
 
     def _pump(self) -> None:
@@ -283,30 +314,32 @@ class TransactionMixin:
         self._pumping = True
         conn = self._conn
         try:
-            while self._stream is not None and not self._streamPaused and not self._closing:
+            while self._stream is not None and not self._streamPaused:
                 chunk = next(self._stream, None)
                 if chunk is None:
                     self._stream = None
-                    self.transport.unregisterProducer()  # type: ignore[union-attr]
+                    self._producer(None)
                     self._write(conn.send(E.EndOfMessage(0)))
                     break
                 data = conn.send(E.MessageData(chunk))
                 if data:
                     self._write(data)
-                self._arm(force=True)
+                self._arm(True)
         except LocalProtocolError:
-            log.failure("{name}: message data refused by the client core", name=self.remote)
+            log.failure("{name}: message data refused by the client core", name=self._remote())
             self._fail(LOCAL_ERROR)
         finally:
             self._pumping = False
-        self._arm()
+        self._arm(False)
+
+    # -- IPushProducer ------------------------------------------------------------
 
     def pauseProducing(self) -> None:
         self._streamPaused = True
 
     def resumeProducing(self) -> None:
         self._streamPaused = False
-        self._arm(force=True)
+        self._arm(True)
         self._pump()
 
     def stopProducing(self) -> None:
