@@ -94,7 +94,6 @@ class SMTPClientProtocol(Protocol):
         self._timedFor: object = None
         self._triedTLS = False
         self._handshaking = False
-        self._tlsFailed = False
         self._authSteps: list[bytes] = []
         self._closing = False
         self._failure: SessionFailed | None = None
@@ -310,7 +309,6 @@ class SMTPClientProtocol(Protocol):
         self.transport.startTLS(creator)  # type: ignore[union-attr]
 
     def _failTLS(self, reply: Reply) -> None:
-        self._tlsFailed = True
         if self._failure is None:
             self._failure = SessionFailed(reply, True, tlsFailed=True)
 
