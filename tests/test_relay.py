@@ -12,7 +12,13 @@ import random
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.error import (
+    ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TCPTimedOutError,
+)
 from twisted.internet.ssl import Certificate
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -151,6 +157,35 @@ class Network:
             for _address, server in list(self.connections):
                 if server is not None:
                     server.pump()
+
+
+class FailingEndpoint:
+    """An endpoint whose connection attempt fails with C{error}."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def connect(self, factory: Any) -> defer.Deferred[Any]:
+        return defer.fail(self.error)
+
+
+class FailingFirst:
+    """
+    Endpoints of C{network}, but the first address's connection fails with
+    C{error} (or, with C{raises}, asking for its endpoint raises it).
+    """
+
+    def __init__(self, network: Network, error: Exception, raises: bool = False) -> None:
+        self.network, self.error, self.raises = network, error, raises
+        self.tried: list[str] = []
+
+    def endpointFor(self, destination: Destination) -> Any:
+        self.tried.append(destination.address)
+        if len(self.tried) > 1:
+            return self.network.endpointFor(destination)
+        if self.raises:
+            raise self.error
+        return FailingEndpoint(self.error)
 
 
 def envelope(*recipients: str) -> Envelope:
@@ -408,6 +443,44 @@ class RelayTests(SynchronousTestCase):
         result = self.send(network, self.relay(network, Broken(resolver())), "bob@example.com")
         self.assertEqual((result.replies[0].code, result.replies[0].enhanced), (451, (4, 3, 0)))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_connectionErrors(self) -> None:
+        """A connection that fails (refused, timed out, cancelled, unreachable) moves on, unlogged."""
+        for error in (ConnectionRefusedError(), TCPTimedOutError(), ConnectingCancelledError(None),
+                      defer.CancelledError(), OSError(101, "Network is unreachable"),
+                      DNSLookupError("x")):  # fmt: skip
+            network = Network(**{"192.0.2.1": AutoServer()})
+            relay = self.relay(network)
+            relay.endpointFor = FailingFirst(network, error).endpointFor
+            result = self.send(network, relay, "bob@example.com")
+            self.assertEqual(result.replies[0].code, 250, error)
+            self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_localErrorConnecting(self) -> None:
+        """
+        A bug of ours while connecting (in endpointFor, say) is logged with its
+        traceback and is 451 4.3.0, a local error: no other host is tried for it.
+        """
+        for error in (TypeError("bad"), AttributeError("bad"), ValueError("bad")):
+            network = Network(**{"192.0.2.1": AutoServer()})
+            relay = self.relay(network)
+            broken = FailingFirst(network, error, raises=True)
+            relay.endpointFor = broken.endpointFor
+            result = self.send(network, relay, "bob@example.com")
+            reply = result.replies[0]
+            self.assertEqual((reply.code, reply.enhanced), (451, (4, 3, 0)))
+            self.assertIn("local error", reply.text.lower())
+            self.assertEqual(broken.tried, ["2001:db8::1"])
+            self.assertEqual(len(self.flushLoggedErrors(type(error))), 1)
+
+    def test_localErrorRouting(self) -> None:
+        """A bug of ours in the DNS lookups is 451 4.3.0 and logged, not a DNS failure."""
+        network = Network()
+        router = Router(resolver({"example.com"}, TypeError), random=random.Random(1))
+        result = self.send(network, self.relay(network, router), "bob@example.com")
+        self.assertEqual(result.replies[0].enhanced, (4, 3, 0))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(network.connections, [])
 
     def test_noRecipients(self) -> None:
         """No recipients, no work."""

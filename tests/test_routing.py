@@ -12,6 +12,8 @@ import random
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import error as internetError
+from twisted.internet.error import ConnectionRefusedError
 from twisted.names import authority, common, dns
 from twisted.names import error as dnserror
 from twisted.trial.unittest import SynchronousTestCase
@@ -199,6 +201,48 @@ class MXTests(SynchronousTestCase):
                          [("mx2.example.com", "192.0.2.2")])  # fmt: skip
         router = Router(resolver({"servfail.example.com", "mx2.example.com"}))
         self.assertEqual(self.refusal("bad.example.com", router), (451, (4, 4, 3)))
+
+    def test_classifiedErrors(self) -> None:
+        """
+        Each kind of lookup failure, on the MX lookup and on an address lookup:
+        NXDOMAIN is final, a DNS failure (SERVFAIL, REFUSED, a timeout, the
+        network) is 4.4.3, and nothing is logged for either.
+        """
+        temporary = (dnserror.DNSServerError, dnserror.DNSQueryRefusedError,
+                     dnserror.DNSQueryTimeoutError, defer.TimeoutError, ConnectionRefusedError,
+                     internetError.DNSLookupError, internetError.ConnectionLost,
+                     dnserror.ResolverError)  # fmt: skip
+        for error in temporary:
+            router = Router(resolver({"example.com"}, error))
+            self.assertEqual(self.refusal("example.com", router), (451, (4, 4, 3)), error)
+            router = Router(resolver({"mx1.example.com", "mx2.example.com"}, error))
+            self.assertEqual(self.refusal("example.com", router), (451, (4, 4, 3)), error)
+        router = Router(resolver({"example.com"}, dnserror.DNSNameError))
+        self.assertEqual(self.refusal("example.com", router), (550, (5, 1, 2)))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_localErrorOnMX(self) -> None:
+        """A bug of ours in the MX lookup is logged with its traceback and is 451 4.3.0, not DNS."""
+        for error in (TypeError, AttributeError, KeyError):
+            router = Router(resolver({"example.com"}, error))
+            f = self.failureResultOf(router.destinations("example.com"), RoutingError)
+            reply = f.value.reply
+            self.assertEqual((reply.code, reply.enhanced), (451, (4, 3, 0)))
+            self.assertIn("local error", reply.text.lower())
+            self.assertNotIn("DNS", reply.text)
+            self.assertEqual(len(self.flushLoggedErrors(error)), 1)
+
+    def test_localErrorOnAddresses(self) -> None:
+        """A bug of ours in an address lookup is not a host without addresses: 451 4.3.0, logged."""
+        router = Router(resolver({"mx1.example.com"}, AttributeError))
+        f = self.failureResultOf(router.destinations("example.com"), RoutingError)
+        self.assertEqual(f.value.reply.enhanced, (4, 3, 0))
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        router = Router(resolver({"smarthost.example.com"}, TypeError),
+                        smarthost=NextHop("smarthost.example.com"))  # fmt: skip
+        f = self.failureResultOf(router.destinations("example.org"), RoutingError)
+        self.assertEqual(f.value.reply.enhanced, (4, 3, 0))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
 
     def test_maxHosts(self) -> None:
         """At most maxHosts MX hosts are looked up."""

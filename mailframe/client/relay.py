@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import error as netError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
@@ -55,6 +56,17 @@ log = Logger(namespace="mailframe.relay")
 
 _NO_DESTINATION = Reply(451, (4, 4, 1), "No destination could be reached")
 _INTERNAL = Reply(451, (4, 3, 0), "Local error while relaying; will try again")
+_CONNECT_BUG = Reply(451, (4, 3, 0), "Local error connecting to the next server; will try again")
+
+_CONNECTION_TROUBLE = (
+    netError.ConnectError,  # refused, timed out, no route ...
+    netError.ConnectingCancelledError,
+    netError.ConnectionClosed,
+    defer.CancelledError,
+    defer.TimeoutError,
+    OSError,  # the network, and DNSLookupError of a host name endpoint
+)
+"""What a connection attempt fails with when the network or the peer is at fault."""
 
 
 def withEnhanced(reply: Reply) -> Reply:
@@ -282,8 +294,12 @@ class SMTPRelay:
         try:
             endpoint = self.endpointFor(replace(destination, tls=policy))
             session = await endpoint.connect(factory)
-        except Exception as e:
+        except _CONNECTION_TROUBLE as e:
             raise SessionFailed(connectionFailed(e)) from None
+        except Exception:
+            # a bug of ours (or a bad setting): the same for every host, so none is tried
+            log.failure("connecting to {remote}", remote=destination.remote)
+            raise SessionFailed(_CONNECT_BUG, tryNext=False) from None
         if self.keepAlive:
             session.onIdle = lambda s: self._keep(key, s)
             session.onEnd = lambda s: self._forget(key, s)

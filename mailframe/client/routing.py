@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import error as netError
+from twisted.logger import Logger
 from twisted.names import dns
 from twisted.names import error as dnserror
 
@@ -58,9 +60,23 @@ NULL_MX = Reply(556, (5, 1, 10), "Recipient address has null MX (RFC 7505)")
 NO_DOMAIN = Reply(550, (5, 1, 2), "Domain not found: no MX or address records")
 NO_ROUTE = Reply(550, (5, 4, 4), "Unable to route: no mail host of the domain has an address")
 DNS_FAILURE = Reply(451, (4, 4, 3), "Temporary DNS failure looking up the mail hosts")
+LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error looking up the mail hosts; will try again")
 BAD_LITERAL = Reply(550, (5, 1, 2), "Cannot route to this address literal")
 
 _MAX_CNAMES = 8
+
+log = Logger(namespace="mailframe.routing")
+
+_DNS_TROUBLE = (
+    dnserror.DomainError,  # SERVFAIL, REFUSED, FORMERR ... (no such name is told apart first)
+    dnserror.ResolverError,
+    defer.TimeoutError,  # DNSQueryTimeoutError among them
+    defer.CancelledError,
+    netError.ConnectError,  # the TCP retry of a truncated answer
+    netError.ConnectionClosed,
+    OSError,  # the network under the resolver (DNSLookupError among them)
+)
+"""What a twisted.names lookup fails with when DNS, not mailframe, is at fault."""
 
 
 def _nameError(e: BaseException) -> bool:
@@ -74,6 +90,21 @@ def _nameError(e: BaseException) -> bool:
     return type(e) is dnserror.DomainError
 
 
+def _lookupFailed(e: Exception, what: str, name: str) -> bool:
+    """
+    Call in an C{except} clause around a lookup.  True if C{e} says the
+    name does not exist; False for a DNS failure that may pass.  Anything
+    else is a bug of ours, not of DNS: its traceback is logged and
+    L{RoutingError} raised with L{LOCAL_ERROR} (still temporary).
+    """
+    if _nameError(e):
+        return True
+    if isinstance(e, _DNS_TROUBLE):
+        return False
+    log.failure("looking up the {what} records of {name}", what=what, name=name)
+    raise RoutingError(LOCAL_ERROR) from None
+
+
 class RoutingError(Exception):
     """No destination for a domain: C{reply} is what every recipient gets."""
 
@@ -83,7 +114,7 @@ class RoutingError(Exception):
 
 
 def _name(rr: Any) -> str:
-    return rr.name.name.decode("ascii", "replace").rstrip(".").lower()  # type: ignore[no-any-return]
+    return rr.name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
 def _isLoopback(text: str) -> bool:
@@ -314,7 +345,7 @@ class Router:
         try:
             records = await self._query(dns.MX, name)
         except Exception as e:
-            gone = _nameError(e) and permanent
+            gone = _lookupFailed(e, "MX", name) and permanent
             raise RoutingError(NO_DOMAIN if gone else DNS_FAILURE) from None
         hosts: list[tuple[int, str]] = []
         nulls = 0
@@ -369,7 +400,8 @@ class Router:
             try:
                 records = await self._query(kind, host)
             except Exception as e:
-                temporary = temporary or not _nameError(e)
+                what = "AAAA" if kind == dns.AAAA else "A"
+                temporary = temporary or not _lookupFailed(e, what, host)
                 records = []
             found[family] = [_address(rr.payload) for rr in records]
         return [a for family in self.addressOrder for a in found[family]], temporary
@@ -406,4 +438,4 @@ class Router:
 def _address(payload: Any) -> str:
     if isinstance(payload, dns.Record_AAAA):
         return socket.inet_ntop(socket.AF_INET6, payload.address)
-    return payload.dottedQuad()  # type: ignore[no-any-return]
+    return payload.dottedQuad()

@@ -89,7 +89,7 @@ class SMTPClientFactory(Factory):
         self.clock = clock
         self.name = name
 
-    def buildProtocol(self, addr: Any) -> SMTPClientProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> SMTPClientProtocol:
         p = SMTPClientProtocol(self.options, self.clock, self.name)
         p.factory = self
         return p
@@ -142,7 +142,7 @@ def sendMessage(
     rcpts = tuple(envelope.recipients if recipients is None else recipients)
     point: Any = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
     msg = messageFrom(message)
-    factory = SMTPClientFactory(options, clock, name)  # type: ignore[arg-type]
+    factory = SMTPClientFactory(options, clock, name)
 
     def connected(protocol: Any) -> defer.Deferred[DeliveryResult]:
         return protocol.deliver(envelope, rcpts, msg)
