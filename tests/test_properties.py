@@ -46,6 +46,7 @@ from mailframe.protocol import (
     dotStuff,
 )
 from mailframe.protocol._parse import CommandSyntaxError, parseCommand
+from mailframe.protocol._state import GUARDS
 
 try:
     settings.get_profile("ci")
@@ -476,7 +477,7 @@ class CommandProperties(TestCase):
     def test_sessionRaisesOnlyProtocolErrors(
         self, lines: list[bytes], data: st.DataObject
     ) -> None:
-        """Any stream of lines, cut anywhere: the core yields events allowed in their state, or RemoteProtocolError."""
+        """Any stream of lines, cut anywhere: the core yields events its tables allow, or RemoteProtocolError."""
         wire = b"".join(line + b"\r\n" for line in [b"EHLO client.test", *lines])
         cuts = data.draw(st.lists(st.integers(0, len(wire)), max_size=20))
         pieces = iter(cut(wire, cuts))
@@ -502,5 +503,7 @@ class CommandProperties(TestCase):
             self.assertNotIsInstance(event, Bdat)  # never returned: chunks come as data
             if isinstance(event, Command):
                 self.assertIn(state, TRANSITIONS[type(event)].allowed, event)
+                for guard in GUARDS.get(type(event), ()):  # and no guard refuses it
+                    self.assertFalse(state in guard.states and guard.fact in conn.facts, guard)
             respond(conn, event)
         self.fail("the session never stopped")
