@@ -8,6 +8,29 @@ value, a L{mailframe.reply.Reply}, or a Deferred of either; it raises
 L{mailframe.reply.SMTPError} (or fails its Deferred with one) to refuse.
 Optional capabilities are separate interfaces, checked with C{providedBy}.
 
+Plug-in chains.  Connection filters, HELO validators, sender validators, recipient
+validators, message filters and address verifiers are each a chain, asked
+in order, and every chain follows one contract (run by
+L{mailframe.server.chains.Chain}), whether a plug-in answers at once or
+with a Deferred:
+
+  - accept: return None.  Where the stage has a default positive reply,
+    a plug-in may return a positive L{Reply} instead: the last one given
+    replaces the default (the greeting's 220, the first line of the reply
+    to HELO/EHLO, the 250 to MAIL, the 250 after the data once the backend
+    has the message).
+  - refuse: raise L{SMTPError} (or return the 4xx/5xx L{Reply}); the
+    plug-ins after it are not asked.
+  - no opinion, for the stages where the first answer decides (recipient
+    validators, address verifiers): return None, and the next plug-in is
+    asked; a positive L{Reply} (or True) accepts, and if nobody decides the
+    stage answers its default (550 5.1.1 for a recipient, 252 for VRFY).
+
+A plug-in that fails (any other exception) is logged with its traceback and
+the client gets 451 4.3.0; one that does not answer within the server's
+plug-in time limit is cancelled, logged by name, and answered the same.
+Answering synchronously costs nothing: no Deferred is made on that path.
+
 Must not: import mailframe.server, .client or .tap; hold implementations.
 """
 
@@ -40,9 +63,10 @@ class IConnectionFilter(Interface):
         """
         Called once per connection with its L{SessionInfo}.
 
-        @return: None to serve it (or a Deferred firing None).  Raise
-            L{SMTPError} with a 554 reply to greet with it and serve only
-            QUIT (RFC 5321 3.1), or with 421 to refuse and close.
+        @return: None to serve it (or a Deferred firing None), or a 220
+            L{Reply} to greet with.  Raise L{SMTPError} with a 554 reply to
+            greet with it and serve only QUIT (RFC 5321 3.1), or with 421
+            to refuse and close.  See "Plug-in chains" above.
         """
 
 
@@ -53,8 +77,9 @@ class IHeloValidator(Interface):
         """
         @param name: the HELO/EHLO argument, as sent.
         @param extended: True for EHLO.
-        @return: None (or a Deferred firing None) to accept.  Raise
-            L{SMTPError} to refuse (the client may try again).
+        @return: None (or a Deferred firing None) to accept, or a positive
+            L{Reply} whose text replaces the first line of the reply.
+            Raise L{SMTPError} to refuse (the client may try again).
         """
 
 
@@ -122,8 +147,11 @@ class IMessageFilter(Interface):
     def filterMessage(session, envelope, message):  # type: ignore[no-untyped-def]
         """
         @param message: the L{Message}; C{message.prependHeader} adds a field.
-        @return: None or a Deferred firing None.  Raise L{SMTPError} to refuse
-            the message (the client gets that reply after its final dot).
+        @return: None, or a positive L{Reply} to answer after the final dot
+            instead of the default C{250 ... queued as ID} once the backend
+            has the message, or a Deferred of either.  Raise L{SMTPError}
+            to refuse the message (the client gets that reply after its
+            final dot, and nothing is delivered).
         """
 
 

@@ -234,7 +234,7 @@ class AdvertiseTests(AuthTestCase):
     def test_encryptionRequired(self) -> None:
         """Reached outside TLS anyway, AUTH answers 538 5.7.11."""
         proto, _t = self.connect()
-        reply = self.auth.handleCommand(proto.control, "AUTH", "PLAIN")
+        reply = self.auth.handleCommand(proto.commands.control, "AUTH", "PLAIN")
         self.assertEqual((reply.code, reply.enhanced), (538, (5, 7, 11)))
 
     def test_plaintextAllowed(self) -> None:
@@ -660,8 +660,8 @@ class MailParameterTests(AuthTestCase):
         self.assertEqual(self.backendEnvelope(proto).authIdentity, "<>")
 
     def backendEnvelope(self, proto: SMTPServerProtocol) -> Any:
-        assert proto.envelope is not None
-        return proto.envelope
+        assert proto.commands.envelope is not None
+        return proto.commands.envelope
 
     def test_badValue(self) -> None:
         """A bad xtext or a missing value is 501 5.5.4."""

@@ -54,7 +54,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("session values", ("mailframe.results", "mailframe.envelope", "mailframe.message",
                         "mailframe.trace", "mailframe.config")),
     ("interfaces", ("mailframe.interfaces",)),
-    ("plug-ins", ("mailframe._deferreds", "mailframe.plugins", "mailframe.auth",
+    ("plug-ins", ("mailframe._deferreds", "mailframe._threads", "mailframe.plugins", "mailframe.auth",
                   "mailframe.extensions", "mailframe.validators", "mailframe.backends",
                   "mailframe.policy", "mailframe.milter")),
     ("server and client", ("mailframe.server", "mailframe.client")),

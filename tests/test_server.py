@@ -25,6 +25,7 @@ from mailframe.interfaces import (
     IConnectionFilter,
     IDeliveryBackend,
     IExtension,
+    IHeloValidator,
     ILocalDomains,
     IMessageFilter,
     IRecipientValidator,
@@ -224,7 +225,7 @@ class SessionTests(ServerTestCase):
             b"EHLO c\r\nMAIL FROM:<x@b.c>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<POSTMASTER@example.com>\r\n",
         )
         self.assertEqual(codes(out)[-2:], ["250 2.1.5", "250 2.1.5"])
-        self.assertEqual(str(proto.envelope.recipients[0].address), "Postmaster@mx.test")  # type: ignore[union-attr]
+        self.assertEqual(str(proto.commands.envelope.recipients[0].address), "Postmaster@mx.test")  # type: ignore[union-attr]
 
     def test_localDomainsFromValidators(self) -> None:
         """A validator providing ILocalDomains makes its domains local."""
@@ -688,7 +689,7 @@ class PlugPointTests(ServerTestCase):
         )
         self.assertEqual(codes(out), ["250 2.0.0", "250 2.1.0", "501 5.5.4", "250 2.1.5"])
         self.assertIn(b"pong hi", out)
-        self.assertEqual(proto.envelope.stateFor(ext, dict)["xp"], "1")  # type: ignore[union-attr]
+        self.assertEqual(proto.commands.envelope.stateFor(ext, dict)["xp"], "1")  # type: ignore[union-attr]
         # without EHLO the verb is unknown
         out = self.talk(proto, t, b"HELO c\r\nXPING\r\n")
         self.assertEqual(codes(out)[-1], "500")
@@ -840,7 +841,7 @@ class SessionControlTests(ServerTestCase):
         self.assertEqual(out, b"220 2.0.0 Ready to start TLS\r\n")
         self.assertIs(t.tlsContext, FakeTLS.context)
         self.assertIsNone(proto.session.heloName)
-        self.assertIsNone(proto.envelope)
+        self.assertIsNone(proto.commands.envelope)
         proto.handshakeCompleted()
         self.assertEqual(proto.session.tls, TLSInfoFor())
         out = self.talk(proto, t, b"RCPT TO:<user@example.com>\r\nEHLO c\r\n")
@@ -941,7 +942,7 @@ class SessionControlTests(ServerTestCase):
         from mailframe.interfaces import ISessionControl
 
         proto, _t = self.connectTLS()
-        verifyObject(ISessionControl, proto.control)
+        verifyObject(ISessionControl, proto.commands.control)
 
 
 def TLSInfoFor() -> Any:
@@ -1086,3 +1087,141 @@ class PolicyHookTests(ServerTestCase):
         self.assertEqual(codes(t.value()), [])
         self.clock.advance(2)  # the fourth error waits 2 s
         self.assertEqual(codes(t.value()), ["500 5.5.1"] * 3 + ["250 2.0.0", "500 5.5.1"])
+
+
+@implementer(IMessageFilter)
+class Answering:
+    """A message filter that answers with C{answer} (a value or a Deferred)."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Message) -> Any:
+        return self.answer
+
+
+@implementer(IDeliveryBackend)
+class Hanging:
+    """A backend whose delivery never answers (a thread writing a slow disk)."""
+
+    def __init__(self) -> None:
+        self.deferreds: list[defer.Deferred[Any]] = []
+
+    def deliver(self, envelope: Envelope, message: Message) -> Any:
+        d: defer.Deferred[Any] = defer.Deferred(lambda _: self.fail("a delivery was cancelled"))
+        self.deferreds.append(d)
+        return d
+
+    def fail(self, why: str) -> None:
+        raise AssertionError(why)
+
+
+MESSAGE = b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<user@example.com>\r\nDATA\r\nx\r\n.\r\n"
+
+
+class ChainContractTests(ServerTestCase):
+    """The one contract of plug-in chains, at the stages a session has."""
+
+    def test_messageFilterReplyHonoured(self) -> None:
+        """A message filter's positive reply is the answer after the dot, once delivered."""
+        custom = Reply(250, (2, 0, 0), "Thanks, filed under spam")
+        proto, t = self.connect(messageFilters=[Answering(custom)])
+        out = self.talk(proto, t, MESSAGE)
+        self.assertEqual(out.splitlines()[-1], b"250 2.0.0 Thanks, filed under spam")
+        self.assertEqual(len(self.backend.messages), 1)
+
+    def test_messageFilterRefusalReturned(self) -> None:
+        """A 5xx returned (not raised) by a message filter refuses too; nothing is delivered."""
+        proto, t = self.connect(messageFilters=[Answering(Reply(554, (5, 7, 1), "Spam"))])
+        out = self.talk(proto, t, MESSAGE)
+        self.assertEqual(codes(out)[-1], "554 5.7.1")
+        self.assertEqual(self.backend.messages, [])
+
+    def test_heloReplyReplacesFirstLine(self) -> None:
+        """A HELO validator's positive reply replaces the greeting line, not the keywords."""
+
+        @implementer(IHeloValidator)
+        class Friendly:
+            def validateHelo(self, session: SessionInfo, name: str, extended: bool) -> Reply:
+                return Reply(250, None, "mx.test welcomes a friend")
+
+        proto, t = self.connect(heloValidators=[Friendly()])
+        out = self.talk(proto, t, b"EHLO c\r\n")
+        self.assertTrue(out.startswith(b"250-mx.test welcomes a friend\r\n"), out)
+        self.assertIn(b"PIPELINING", out)
+
+    def test_hangingFilterTimesOut(self) -> None:
+        """A message filter that never answers is cancelled after pluginTimeout: 451."""
+        config = ServerConfig(
+            hostname="mx.test", localDomains=frozenset({"example.com"}), pluginTimeout=10.0
+        )
+        proto, t = self.connect(config=config, messageFilters=[Answering(defer.Deferred())])
+        self.talk(proto, t, MESSAGE)
+        self.clock.advance(10.0)
+        self.assertEqual(codes(t.value())[-1], "451 4.3.0")
+        self.flushLoggedErrors()
+
+    def test_deliveryNeverCancelled(self) -> None:
+        """A slow delivery is waited for, not cancelled (no 451 while a write goes on)."""
+        backend = Hanging()
+        config = ServerConfig(
+            hostname="mx.test",
+            localDomains=frozenset({"example.com"}),
+            pluginTimeout=10.0,
+            deliveryTimeout=20.0,
+        )
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        proto, t = self.connect(config=config, backend=backend)
+        head, dot = MESSAGE.split(b"DATA\r\n")
+        self.talk(proto, t, head + b"DATA\r\n")
+        self.talk(proto, t, dot)
+        self.clock.advance(3600.0)
+        self.assertEqual(t.value(), b"")  # still waiting, nothing sent
+        self.assertTrue(any("has not answered" in e.get("log_format", "") for e in events))
+        backend.deferreds[0].callback(None)
+        self.assertEqual(codes(t.value()), ["250 2.0.0"])
+
+    def test_backendQueueID(self) -> None:
+        """The reply names the ID the backend stored the message under, if it says one."""
+
+        @implementer(IDeliveryBackend)
+        class Renaming:
+            def deliver(self, envelope: Envelope, message: Message) -> DeliveryResult:
+                return DeliveryResult(tuple(R.OK for _ in envelope.recipients), queueID="STORED-1")
+
+        proto, t = self.connect(backend=Renaming())
+        out = self.talk(proto, t, MESSAGE)
+        self.assertEqual(out.splitlines()[-1], b"250 2.0.0 OK queued as STORED-1")
+
+    def test_envelopeCarriesSession(self) -> None:
+        """The backend gets the session's facts with the envelope."""
+        proto, t = self.connect()
+        self.talk(proto, t, MESSAGE)
+        snapshot = self.backend.messages[0].envelope.session
+        assert snapshot is not None
+        self.assertEqual((snapshot.heloName, snapshot.protocol), ("c", "ESMTP"))
+        self.assertEqual(snapshot.sessionID, proto.session.sessionID)
+
+
+class IDTests(ServerTestCase):
+    def test_listenersShareOneSource(self) -> None:
+        """Two servers (listeners) in one process never hand out the same ID."""
+        first = SMTPServerFactory(ServerConfig(hostname="mx.test"), self.backend, clock=self.clock)
+        second = SMTPServerFactory(
+            ServerConfig(hostname="mx.test", listener="submission"), self.backend, clock=self.clock
+        )
+        seen = set()
+        for factory in (first, second) * 50:
+            proto = factory.buildProtocol(None)
+            proto.makeConnection(StringTransport())
+            seen.add(proto.session.sessionID)
+        self.assertEqual(len(seen), 100)
+
+    def test_processesDiffer(self) -> None:
+        """The full process id is in the prefix: pids that share their low bits differ."""
+        from mailframe.server._util import IDs
+
+        a, b = IDs(pid=0x1234, now=1000.0), IDs(pid=0x101234, now=1000.0)
+        self.assertNotEqual(a.next(), b.next())

@@ -34,7 +34,7 @@ class StartTLSTests(AuthTestCase):
         proto.handshakeCompleted()
         self.assertEqual(t.value(), b"220 2.0.0 Ready to start TLS\r\n")  # nothing more
         self.assertIsNone(proto.session.heloName)
-        self.assertIsNone(proto.envelope)
+        self.assertIsNone(proto.commands.envelope)
         self.assertEqual(proto.session.tls.version, "TLSv1.3")  # type: ignore[union-attr]
 
     def test_stateForgotten(self) -> None:
@@ -68,7 +68,7 @@ class StartTLSTests(AuthTestCase):
         out = self.talk(proto, t, b"EHLO c\r\nSTARTTLS\r\n")
         self.assertNotIn(b"STARTTLS\r\n", out.split(b"\r\n500")[0])
         self.assertEqual(codes(out)[-1], "500 5.5.1")
-        reply = StartTLS(None).handleCommand(proto.control, "STARTTLS", "")
+        reply = StartTLS(None).handleCommand(proto.commands.control, "STARTTLS", "")
         self.assertEqual((reply.code, reply.enhanced), (454, (4, 7, 0)))
 
     def test_contextFails(self) -> None:

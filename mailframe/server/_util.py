@@ -1,6 +1,6 @@
 """
-Small pieces of the server's I/O: queue ids, write-through to a plain TCP
-socket, one-line error text, provider checks.
+Small pieces of the server: queue ids, the greeting passes, one-line error
+text, provider checks.
 
 Owns: nothing stateful.  Must not: know about SMTP commands.
 """
@@ -14,39 +14,41 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["GreetPasses", "IDs", "check", "oneLine", "sendNow"]
+__all__ = ["GreetPasses", "IDs", "check", "oneLine", "processIDs"]
 
 
 class IDs:
-    """Short unique ids: a per-process prefix from the time and pid, a counter."""
+    """
+    Short unique IDs: a prefix from the start time and the process id, then
+    a counter.  One source serves every listener of a process (L{processIDs}), so
+    two listeners never hand out the same ID, and the full pid keeps the
+    processes of C{--workers} apart.
+    """
 
-    def __init__(self) -> None:
-        stamp = int(time.time()) & 0xFFFFFFF
-        self._prefix = f"{stamp:07X}{os.getpid() & 0xFFF:03X}"
+    def __init__(self, pid: int | None = None, now: float | None = None) -> None:
+        stamp = int(time.time() if now is None else now) & 0xFFFFFFF
+        pid = os.getpid() if pid is None else pid
+        self._prefix = f"{stamp:07X}{pid & 0xFFFFFF:06X}"
         self._count = itertools.count(1)
 
     def next(self) -> str:
         return f"{self._prefix}{next(self._count):05X}"
 
 
-def sendNow(transport: Any, data: bytes) -> bytes:
-    """
-    Write-through for a plain TCP transport with nothing queued: send now
-    instead of queueing the reply for the reactor's next turn (which costs
-    two epoll updates and a loop iteration per reply).  Returns what is left
-    to hand to C{transport.write}: everything if this cannot be done safely.
-    """
-    try:
-        if transport.TLS or transport._tempDataBuffer or transport.dataBuffer:
-            return data
-        if not transport.connected or transport.disconnecting:
-            return data
-        sent = transport.socket.send(data)
-    except (AttributeError, BlockingIOError, InterruptedError):
-        return data
-    except OSError:
-        return data  # let Twisted's own write path meet and report the error
-    return data[sent:]
+_processIDs = IDs()
+
+
+def processIDs() -> IDs:
+    """The process's one ID source (made anew in a forked child)."""
+    return _processIDs
+
+
+def _afterFork() -> None:
+    global _processIDs
+    _processIDs = IDs()
+
+
+os.register_at_fork(after_in_child=_afterFork)
 
 
 def oneLine(reason: Any) -> str:

@@ -1,26 +1,38 @@
 """
-The server's command handlers: what each SMTP command and message event
-does with the plug points (HELO validators, sender and recipient
-validators, extensions, message filters, the delivery backend).
+L{Commands}: the policy of one server session, what each SMTP command and
+message event does with the plug points (HELO validators, sender and
+recipient validators, extensions, message filters, the delivery backend).
 
-A handler returns a L{Reply}, None (no reply due), or a Deferred of a reply;
-chains of plug points run synchronously until one returns a Deferred, so
-the common case costs no callbacks.  Mixed into
-L{mailframe.server.protocol.SMTPServerProtocol}, which owns the I/O.
+A handler returns a L{Reply}, None (no reply due), or a Deferred of a
+reply.  The chains of plug-ins run by the one contract of
+L{mailframe.server.chains}: synchronously until a plug-in answers with a
+Deferred, so the common case costs no callbacks.  L{SMTPServerProtocol}
+owns the I/O and calls the handlers (L{HANDLERS}) with its Commands.
 
-Owns: the policy order of a session (relay check, routing forms, postmaster,
-parameters, validators; filters then delivery).  What the client sent is
-echoed only through L{R.clientText}: printable ASCII, bounded.  Must not: touch the
-transport or the timers, or parse (the sans-IO core does).
+After the final dot the message filters run (each within the plug-in time
+limit: one that does not answer is cancelled, and the client gets 451),
+then the delivery backend, which is never cancelled: a backend writing in a
+thread cannot be stopped, and answering 451 while its write goes on would
+make the client send the message twice.  A delivery slower than
+C{deliveryTimeout} is logged, and the session waits for it.
+
+Text the client sent is echoed in a reply only through L{clientText}:
+printable ASCII, bounded.
+
+Owns: the policy order of a session (relay check, routing forms,
+postmaster, parameters, validators; filters then delivery) and the
+transaction's state (envelope, message, the extension conversation).
+Must not: touch the transport or the timers, or parse (the core does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mailframe import reply as R
 from mailframe._deferreds import settled, then
@@ -29,13 +41,12 @@ from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
 from mailframe.interfaces import IUnadvertisedCommands
 from mailframe.message import Message
 from mailframe.protocol import _events as E
-from mailframe.reply import Reply
+from mailframe.reply import Reply, SMTPError, clientText
+from mailframe.server.context import ServerContext
+from mailframe.server.control import SessionControl
 from mailframe.trace import protocolName, receivedHeader
 
-if TYPE_CHECKING:
-    from mailframe.protocol.server import ServerConnection
-
-__all__ = ["HANDLERS", "CommandHandlers"]
+__all__ = ["EARLY_TALKER", "GROUP_ENDERS", "HANDLERS", "OUT_OF_SYNC", "Commands"]
 
 log = Logger(namespace="mailframe.server")
 
@@ -47,67 +58,58 @@ _ROUTING_CHARACTERS = frozenset("%!@")
 _ROUTING_DENIED = Reply(
     550, (5, 7, 1), "Routing through this server (%, ! or @ in a local part) is not allowed"
 )
-_OUT_OF_SYNC = Reply(
+OUT_OF_SYNC = Reply(
     554, (5, 5, 0), "Protocol error: commands sent before the reply (no PIPELINING)"
 )
-_EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the greeting")
-_GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
-_NAME_ECHO = 255  # the most of a HELO/EHLO name echoed (a domain's length)
-_PARAMETER_ECHO = 64  # the most of a parameter keyword echoed
+EARLY_TALKER = Reply(554, (5, 5, 0), "Protocol error: client talked before the greeting")
+GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
+"""Commands after which a client must wait for the reply, even with PIPELINING."""
 
 
-def _unknownParameter(name: str) -> Reply:
-    """The 555 for a MAIL or RCPT parameter nobody owns, naming it (cut short)."""
-    return R.UNKNOWN_PARAMETER.withText(
-        f"Unsupported parameter {R.clientText(name, _PARAMETER_ECHO)}"
-    )
+class Commands:
+    """
+    The command and message-event handlers of one session, with the
+    transaction they build.  C{decider} is the plug-in that decided the
+    last reply a chain gave (for log lines), or None.
+    """
 
+    __slots__ = ("context", "control", "conversation", "decider", "envelope", "message", "session")
 
-class CommandHandlers:
-    """The command and message-event handlers of a server session."""
+    def __init__(self, context: ServerContext, session: SessionInfo, control: SessionControl):
+        self.context = context
+        self.session = session
+        self.control = control
+        self.envelope: Envelope | None = None
+        self.message: Message | None = None
+        self.conversation: tuple[Any, str] | None = None  # (extension, verb) after a 334
+        self.decider: Any = None
 
-    factory: Any  # the SMTPServerFactory
-    session: SessionInfo
-    control: Any  # the SessionControl
-    envelope: Envelope | None = None
-    message: Message | None = None
-    _conn: ServerConnection
-    _errors: int
-    _closing: bool
-    _conversation: Any
+    # -- HELO / EHLO ------------------------------------------------------------
 
-    def _hello(self, event: E.Hello) -> Any:
-        if self.factory.heloValidators:
-            return self._checkHelo(0, event)
-        return self._helloReply(event)
+    def hello(self, event: E.Hello) -> Any:
+        chain = self.context.heloChain
+        if not chain:
+            return self._helloReply(None, event)
+        return then(
+            chain.run(self, self.session, event.name, event.extended), self._helloReply, event
+        )
 
-    def _checkHelo(self, i: int, event: E.Hello) -> Any:
-        validators = self.factory.heloValidators
-        while i < len(validators):
-            result = settled(validators[i].validateHelo(self.session, event.name, event.extended))
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._heloAnswered, i, event)
-            if isinstance(result, Reply) and result.code >= 400:
-                return result
-            i += 1
-        return self._helloReply(event)
-
-    def _heloAnswered(self, result: Any, i: int, event: E.Hello) -> Any:
-        if isinstance(result, Reply) and result.code >= 400:
-            return result
-        return self._checkHelo(i + 1, event)
-
-    def _helloReply(self, event: E.Hello) -> Reply:
+    def _helloReply(self, decided: Reply | None, event: E.Hello) -> Reply:
+        if decided is not None and decided.code >= 400:
+            return decided
         session = self.session
-        cfg = self.factory.config
+        cfg = self.context.config
         session.heloName = event.name
         session.esmtp = event.extended
         if not event.extended:
             session.extensions = frozenset()
-            return Reply(250, None, cfg.hostname)
-        lines = [f"{cfg.hostname} greets {R.clientText(event.name, _NAME_ECHO)}"]
+            return decided or Reply(250, None, cfg.hostname)
+        first = decided.lines[0] if decided is not None else (
+            f"{cfg.hostname} greets {clientText(event.name, 255)}"
+        )  # fmt: skip
+        lines = [first]
         keywords = []
-        for ext in self.factory.extensions:
+        for ext in self.context.extensions:
             params = ext.ehloParameters(session)
             if params is None:
                 continue
@@ -116,46 +118,33 @@ class CommandHandlers:
         session.extensions = frozenset(keywords)
         return Reply(250, None, tuple(lines))
 
-    def _mail(self, event: E.MailFrom) -> Any:
+    # -- the transaction --------------------------------------------------------------
+
+    def mail(self, event: E.MailFrom) -> Any:
         session = self.session
-        if self.factory.config.requireAuthentication and session.authenticated is None:
+        context = self.context
+        if context.config.requireAuthentication and session.authenticated is None:
             return _AUTH_REQUIRED
-        envelope = Envelope(self.factory.ids.next(), event.address, event.params)
+        envelope = Envelope(context.ids.next(), event.address, event.params)
         self.envelope = envelope
         if event.params:
-            owners = self.factory.mailParameters
+            owners = context.mailParameters
             for name, value in event.params.items():
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
                 ext.mailParameter(session, envelope, name, value)
         envelope.session = session.snapshot(protocolName(session, envelope))
-        return self._checkSender(0, R.SENDER_OK)
+        chain = context.senderChain
+        if not chain:
+            return R.SENDER_OK
+        return then(chain.run(self, session, envelope), _orDefault, R.SENDER_OK)
 
-    def _checkSender(self, i: int, reply: Reply) -> Any:
-        validators = self.factory.senderValidators
-        while i < len(validators):
-            result = validators[i].validateSender(self.session, self.envelope)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._senderAnswered, i, reply)
-            if isinstance(result, Reply):
-                if result.code >= 400:
-                    return result
-                reply = result
-            i += 1
-        return reply
-
-    def _senderAnswered(self, result: Any, i: int, reply: Reply) -> Any:
-        if isinstance(result, Reply):
-            if result.code >= 400:
-                return result
-            reply = result
-        return self._checkSender(i + 1, reply)
-
-    def _rcpt(self, event: E.RcptTo) -> Any:
+    def rcpt(self, event: E.RcptTo) -> Any:
         address = event.address
         session = self.session
-        cfg = self.factory.config
+        context = self.context
+        cfg = context.config
         envelope = self.envelope
         assert envelope is not None
         local = True
@@ -169,7 +158,7 @@ class CommandHandlers:
             local = False  # relayed: an authenticated or trusted client's mail
         recipient = Recipient(address, event.params)
         if event.params:
-            owners = self.factory.rcptParameters
+            owners = context.rcptParameters
             for name, value in event.params.items():
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
@@ -178,133 +167,162 @@ class CommandHandlers:
         if address.isPostmaster or not local:
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
-        return self._askValidators(0, recipient)
+        return then(
+            context.recipientChain.run(self, session, envelope, recipient),
+            self._recipientDecided,
+            envelope,
+            recipient,
+        )
 
-    def _askValidators(self, i: int, recipient: Recipient) -> Any:
-        validators = self.factory.validators
-        while i < len(validators):
-            result = validators[i].validateRecipient(self.session, self.envelope, recipient)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._validatorAnswered, i, recipient)
-            if result is not None:
-                return self._decide(result, recipient)
-            i += 1
-        return R.USER_UNKNOWN
-
-    def _validatorAnswered(self, result: Any, i: int, recipient: Recipient) -> Any:
-        if result is None:
-            return self._askValidators(i + 1, recipient)
-        return self._decide(result, recipient)
-
-    def _decide(self, result: Any, recipient: Recipient) -> Reply:
-        reply = result if isinstance(result, Reply) else R.RECIPIENT_OK
-        if reply.code < 400 and self.envelope is not None and not self._closing:
-            self.envelope.recipients.append(recipient)
+    def _recipientDecided(self, reply: Reply, envelope: Envelope, recipient: Recipient) -> Reply:
+        if reply.code < 400 and envelope is self.envelope:
+            envelope.recipients.append(recipient)
         return reply
 
-    def _data(self, event: E.Data) -> Reply:
+    def data(self, event: E.Data) -> Reply:
         return R.START_DATA
 
     def _newMessage(self) -> Message:
-        cfg = self.factory.config
+        cfg = self.context.config
         message = self.message = Message(cfg.spillThreshold, cfg.tempDirectory)
         return message
 
-    def _messageData(self, event: E.MessageData) -> None:
+    def messageData(self, event: E.MessageData) -> None:
         (self.message or self._newMessage()).write(event.data)
 
-    def _endOfChunk(self, event: E.EndOfChunk) -> Reply:
+    def endOfChunk(self, event: E.EndOfChunk) -> Reply:
         message = self.message or self._newMessage()
         if event.data:
             message.write(event.data)
         return R.chunkReceived(event.size)
 
-    def _endOfMessage(self, event: E.EndOfMessage) -> Any:
+    def endOfMessage(self, event: E.EndOfMessage) -> Any:
+        """The message is complete: filters (time-limited), then delivery (never cancelled)."""
         message, envelope = self.message or self._newMessage(), self.envelope
         assert envelope is not None
         if event.data:
             message.write(event.data)
         message.finish()
+        context = self.context
         message.prependTrace(
             b"Received: %s\r\n"
-            % receivedHeader(self.session, envelope, self.factory.clock.seconds()).encode()
+            % receivedHeader(self.session, envelope, context.clock.seconds()).encode()
         )
-        return self._filterMessage(0, envelope, message)
+        chain = context.messageChain
+        if not chain:
+            return self._deliver(None, envelope, message)
+        filtered = settled(chain.run(self, self.session, envelope, message))
+        if isinstance(filtered, _Deferred):
+            timer = context.clock.callLater(context.config.pluginTimeout, filtered.cancel)
+            filtered.addBoth(_cancelTimer, timer)
+        return then(filtered, self._deliver, envelope, message)
 
-    def _filterMessage(self, i: int, envelope: Envelope, message: Message) -> Any:
-        filters = self.factory.messageFilters
-        while i < len(filters):
-            result = filters[i].filterMessage(self.session, envelope, message)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._afterMessageFilter, i + 1, envelope, message)
-            i += 1
-        return then(self.factory.backend.deliver(envelope, message), self._delivered, envelope)
+    def _deliver(self, filtered: Reply | None, envelope: Envelope, message: Message) -> Any:
+        context = self.context
+        if filtered is not None and filtered.code >= 400:
+            context.stats.refused += 1
+            self._logMessage(envelope, filtered)
+            return filtered
+        try:
+            result = settled(context.backend.deliver(envelope, message))
+        except SMTPError as e:
+            return self._delivered(DeliveryResult.allDelivered(envelope, e.reply), envelope, None)
+        except Exception:
+            log.failure("{id} the delivery backend failed", id=self.session.sessionID)
+            return self._delivered(
+                DeliveryResult.allDelivered(envelope, R.LOCAL_ERROR), envelope, None
+            )
+        if isinstance(result, _Deferred):
+            warning = context.clock.callLater(
+                context.config.deliveryTimeout, self._slowDelivery, envelope
+            )
+            result.addBoth(_cancelTimer, warning)
+            result.addErrback(self._deliveryFailed, envelope)
+            return result.addCallback(self._delivered, envelope, filtered)
+        return self._delivered(result, envelope, filtered)
 
-    def _afterMessageFilter(self, _: object, i: int, envelope: Envelope, message: Message) -> Any:
-        return self._filterMessage(i, envelope, message)
+    def _slowDelivery(self, envelope: Envelope) -> None:
+        log.warn(
+            "{id} {queueID}: the delivery backend has not answered in {seconds:g} s; "
+            "the session waits for it",
+            id=self.session.sessionID,
+            queueID=envelope.queueID,
+            seconds=self.context.config.deliveryTimeout,
+        )
 
-    def _delivered(self, result: DeliveryResult | None, envelope: Envelope) -> Reply:
-        factory = self.factory
+    def _deliveryFailed(self, reason: Failure, envelope: Envelope) -> DeliveryResult:
+        if reason.check(SMTPError):
+            return DeliveryResult.allDelivered(envelope, reason.value.reply)  # type: ignore[union-attr]
+        log.failure("{id} the delivery backend failed", reason, id=self.session.sessionID)
+        return DeliveryResult.allDelivered(envelope, R.LOCAL_ERROR)
+
+    def _delivered(
+        self, result: DeliveryResult | None, envelope: Envelope, filtered: Reply | None
+    ) -> Reply:
+        stats = self.context.stats
         if result is None or result.delivered:
-            reply = R.accepted(envelope.queueID)
-            self._errors = 0
+            queueID = (result.queueID if result is not None else None) or envelope.queueID
+            reply = filtered if filtered is not None else R.accepted(queueID)
             self.session.messages += 1
-            factory.accepted += 1
-            factory.acceptedRecipients += len(envelope.recipients)
+            stats.accepted += 1
+            stats.acceptedRecipients += len(envelope.recipients)
         else:
             replies = result.replies
-            reply = next((r for r in replies if r.code < 500 and r.code >= 400), None) or next(
+            reply = next((r for r in replies if 400 <= r.code < 500), None) or next(
                 r for r in replies if r.code >= 400
             )
-            factory.refused += 1
-        if self.factory.logMessages:
-            # one field holding the line: observers format it for almost nothing
-            size = self.message.size if self.message is not None else 0
-            user = self.session.authenticated
-            log.info(
-                "{line}",
-                line=f"{self.session.sessionID} {envelope.queueID} "
-                f"{'accepted' if reply.code < 400 else 'refused'} "
-                f"from={envelope.mailFrom.toPath()} "
-                f"to={','.join(str(r.address) for r in envelope.recipients)} "
-                f"size={size}{f' user={user}' if user else ''} ({reply.code})",
-                queueID=envelope.queueID,
-                code=reply.code,
-            )
+            stats.refused += 1
+        self._logMessage(envelope, reply)
         return reply
 
-    def _endTransaction(self) -> None:
+    def _logMessage(self, envelope: Envelope, reply: Reply) -> None:
+        if not self.context.config.logMessages:
+            return
+        # one field holding the line: observers format it for almost nothing
+        size = self.message.size if self.message is not None else 0
+        user = self.session.authenticated
+        log.info(
+            "{line}",
+            line=f"{self.session.sessionID} {envelope.queueID} "
+            f"{'accepted' if reply.code < 400 else 'refused'} "
+            f"from={envelope.mailFrom.toPath()} "
+            f"to={','.join(str(r.address) for r in envelope.recipients)} "
+            f"size={size}{f' user={user}' if user else ''} ({reply.code})",
+            queueID=envelope.queueID,
+            code=reply.code,
+        )
+
+    def endTransaction(self) -> None:
+        """Forget the transaction; the message is closed (by its last user, see L{Message})."""
         if self.message is not None:
             self.message.close()
         self.message = None
         self.envelope = None
 
-    def _rset(self, event: E.Rset) -> Reply:
+    def forget(self) -> None:
+        """STARTTLS: forget the transaction and any extension conversation (RFC 3207 4.2)."""
+        self.endTransaction()
+        self.conversation = None
+
+    # -- the other commands --------------------------------------------------------------
+
+    def rset(self, event: E.Rset) -> Reply:
         return R.OK
 
-    def _noop(self, event: E.Noop) -> Reply:
+    def noop(self, event: E.Noop) -> Reply:
         return R.OK
 
-    def _quit(self, event: E.Quit) -> Reply:
-        return R.closing(self.factory.config.hostname)
+    def quit(self, event: E.Quit) -> Reply:
+        return R.closing(self.context.config.hostname)
 
-    def _vrfy(self, event: E.Vrfy) -> Any:
-        return self._verify(0, event.argument)
+    def vrfy(self, event: E.Vrfy) -> Any:
+        return self.context.verifyChain.run(self, self.session, event.argument)
 
-    def _verify(self, i: int, argument: str) -> Any:
-        verifiers = self.factory.verifiers
-        if i >= len(verifiers):
-            return R.CANNOT_VRFY
-        return then(
-            verifiers[i].verifyAddress(self.session, argument),
-            lambda r: r if r is not None else self._verify(i + 1, argument),
-        )
-
-    def _expn(self, event: E.Expn) -> Reply:
+    def expn(self, event: E.Expn) -> Reply:
         return R.NOT_IMPLEMENTED.withText("EXPN is not available")
 
-    def _help(self, event: E.Help) -> Reply:
-        verbs = " ".join([_CORE_VERBS, *sorted(self.factory.verbs)])
+    def help(self, event: E.Help) -> Reply:
+        verbs = " ".join([_CORE_VERBS, *sorted(self.context.verbs)])
         if "CHUNKING" in self.session.extensions:
             verbs = verbs.replace("DATA", "DATA BDAT")
         return Reply(
@@ -313,8 +331,8 @@ class CommandHandlers:
             (f"Commands: {verbs}", "See RFC 5321; mailframe https://pypi.org/project/mailframe/"),
         )
 
-    def _extension(self, event: E.ExtensionCommand) -> Any:
-        ext = self.factory.verbs.get(event.name)
+    def extension(self, event: E.ExtensionCommand) -> Any:
+        ext = self.context.verbs.get(event.name)
         if ext is None:
             return R.UNRECOGNIZED
         if ext.keyword not in self.session.extensions:
@@ -323,37 +341,53 @@ class CommandHandlers:
                 if reply is not None and reply.code >= 400:
                     return reply
             return R.UNRECOGNIZED
-        self._conversation = (ext, event.name)
+        self.conversation = (ext, event.name)
         return ext.handleCommand(self.control, event.name, event.argument)
 
-    def _continuation(self, event: E.ContinuationLine) -> Any:
-        if self._conversation is None:
+    def continuation(self, event: E.ContinuationLine) -> Any:
+        if self.conversation is None:
             return R.BAD_SEQUENCE
-        ext, verb = self._conversation
+        ext, verb = self.conversation
         return ext.continueCommand(self.control, verb, event.data)
 
-    def _starttls(self, event: E.StartTLS) -> Any:
-        ext = self.factory.verbs.get("STARTTLS")
+    def starttls(self, event: E.StartTLS) -> Any:
+        ext = self.context.verbs.get("STARTTLS")
         if ext is None:
             return R.UNRECOGNIZED
         return ext.handleCommand(self.control, "STARTTLS", "")
 
 
-HANDLERS: dict[type, Callable[[Any, Any], Any]] = {
-    E.Hello: CommandHandlers._hello,
-    E.MailFrom: CommandHandlers._mail,
-    E.RcptTo: CommandHandlers._rcpt,
-    E.Data: CommandHandlers._data,
-    E.MessageData: CommandHandlers._messageData,
-    E.EndOfChunk: CommandHandlers._endOfChunk,
-    E.EndOfMessage: CommandHandlers._endOfMessage,
-    E.Rset: CommandHandlers._rset,
-    E.Noop: CommandHandlers._noop,
-    E.Quit: CommandHandlers._quit,
-    E.Vrfy: CommandHandlers._vrfy,
-    E.Expn: CommandHandlers._expn,
-    E.Help: CommandHandlers._help,
-    E.ExtensionCommand: CommandHandlers._extension,
-    E.ContinuationLine: CommandHandlers._continuation,
-    E.StartTLS: CommandHandlers._starttls,
+def _unknownParameter(name: str) -> Reply:
+    """The 555 for a MAIL or RCPT parameter nobody owns, naming it (cut short)."""
+    return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {clientText(name, 64)}")
+
+
+def _orDefault(decided: Reply | None, default: Reply) -> Reply:
+    return default if decided is None else decided
+
+
+def _cancelTimer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+HANDLERS: dict[type, Callable[[Commands, Any], Any]] = {
+    E.Hello: Commands.hello,
+    E.MailFrom: Commands.mail,
+    E.RcptTo: Commands.rcpt,
+    E.Data: Commands.data,
+    E.MessageData: Commands.messageData,
+    E.EndOfChunk: Commands.endOfChunk,
+    E.EndOfMessage: Commands.endOfMessage,
+    E.Rset: Commands.rset,
+    E.Noop: Commands.noop,
+    E.Quit: Commands.quit,
+    E.Vrfy: Commands.vrfy,
+    E.Expn: Commands.expn,
+    E.Help: Commands.help,
+    E.ExtensionCommand: Commands.extension,
+    E.ContinuationLine: Commands.continuation,
+    E.StartTLS: Commands.starttls,
 }
+"""Event type -> its handler, called as C{HANDLERS[type(event)](commands, event)}."""

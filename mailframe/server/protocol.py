@@ -1,70 +1,43 @@
 """
-The SMTP server on Twisted: L{SMTPServerFactory} and L{SMTPServerProtocol}.
+L{SMTPServerProtocol}: the I/O of one SMTP server session.
 
 Bytes from the transport go into a sans-IO L{ServerConnection}; its events
-go to the plug points (connection filters, sender and recipient validators,
-extensions, message filters, the delivery backend); their answers go back
-through the connection as replies.  While a plug point's Deferred is
-pending, no further command is taken from the buffer, so pipelined commands
-are answered in order; the replies of a pipelined group leave in one write.
+go to the session's L{Commands} (the policy: plug points, transaction);
+their answers go back through the connection as replies.  While a plug
+point's Deferred is pending, no further command is taken from the buffer,
+so pipelined commands are answered in order; the replies of a pipelined
+group leave in one write.
 
-Owns: the session's I/O, timers, error count, and calling plug points.
-Must not: parse or decide protocol rules (the core does), or block.
+Owns: the session's I/O, timers, error count, and TLS start.  Must not:
+parse or decide protocol rules (the core does), decide policy (the
+commands do), or block.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import (
-    IHandshakeListener,
-    IPushProducer,
-    IReactorTime,
-    ISSLTransport,
-)
-from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.tcp import Server as _TCPServer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe import reply as R
 from mailframe._deferreds import settled
-from mailframe.address import Domain
-from mailframe.config import ServerConfig
-from mailframe.envelope import Envelope, SessionInfo, TLSInfo
-from mailframe.extensions import defaultExtensions
-from mailframe.interfaces import (
-    IAddressVerifier,
-    IConnectionFilter,
-    IDeliveryBackend,
-    IExtension,
-    IHeloValidator,
-    ILocalDomains,
-    IMessageFilter,
-    IRecipientValidator,
-    ISenderValidator,
-    ISessionControl,
-    ISessionObserver,
-)
-from mailframe.message import Message
+from mailframe.envelope import SessionInfo, TLSInfo
 from mailframe.protocol import _events as E
 from mailframe.protocol._state import State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
-from mailframe.server._util import GreetPasses, IDs, check, oneLine, sendNow
-from mailframe.server.commands import (
-    _EARLY_TALKER,
-    _GROUP_ENDERS,
-    _OUT_OF_SYNC,
-    HANDLERS,
-    CommandHandlers,
-)
+from mailframe.server import _writethrough
+from mailframe.server._util import oneLine
+from mailframe.server.commands import EARLY_TALKER, GROUP_ENDERS, HANDLERS, OUT_OF_SYNC, Commands
+from mailframe.server.context import ServerContext
+from mailframe.server.control import SessionControl
 
-__all__ = ["SMTPServerFactory", "SMTPServerProtocol"]
+__all__ = ["SMTPServerProtocol"]
 
 log = Logger(namespace="mailframe.server")
 
@@ -72,149 +45,20 @@ _Deferred = defer.Deferred
 _MAX_UNREAD = 1 << 18  # octets buffered while paused before reading stops
 _NEED_DATA = E.NEED_DATA
 _PAUSED = E.PAUSED
-
-
-class SMTPServerFactory(Factory):
-    """
-    Builds an SMTP server session per connection.
-
-    @param config: the L{ServerConfig}.
-    @param backend: the L{IDeliveryBackend} that makes accepted mail durable.
-    @param validators: L{IRecipientValidator}s, asked in order.
-    @param senderValidators: L{ISenderValidator}s; each must accept.
-    @param connectionFilters: L{IConnectionFilter}s; each must accept.
-    @param messageFilters: L{IMessageFilter}s, run in order after the data.
-    @param extensions: L{IExtension}s; by default the built-ins.
-    @param clock: the reactor (or a Clock in tests); default: the reactor.
-    @param heloValidators: L{IHeloValidator}s; each must accept.
-
-    Any of these that also provides L{ISessionObserver} is told when each
-    session ends.
-    """
-
-    protocol = None  # set below; buildProtocol is explicit
-    noisy = False  # mailframe logs its own start-up line
-
-    def __init__(
-        self,
-        config: ServerConfig,
-        backend: Any,
-        validators: Sequence[Any] = (),
-        senderValidators: Sequence[Any] = (),
-        connectionFilters: Sequence[Any] = (),
-        messageFilters: Sequence[Any] = (),
-        extensions: Iterable[Any] | None = None,
-        clock: IReactorTime | None = None,
-        heloValidators: Sequence[Any] = (),
-    ) -> None:
-        if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
-        check(IDeliveryBackend, [backend], "backend")
-        check(IRecipientValidator, validators, "validator")
-        check(ISenderValidator, senderValidators, "sender validator")
-        check(IConnectionFilter, connectionFilters, "connection filter")
-        check(IMessageFilter, messageFilters, "message filter")
-        check(IHeloValidator, heloValidators, "HELO validator")
-        exts = (
-            list(extensions)
-            if extensions is not None
-            else defaultExtensions(config.limits.messageSize)
-        )
-        check(IExtension, exts, "extension")
-        domains = set(config.localDomains)
-        for v in validators:
-            if ILocalDomains.providedBy(v):
-                domains.update(Domain(d) for d in v.domains)
-        self.config = replace(
-            config,
-            localDomains=frozenset(domains),
-            limits=replace(
-                config.limits,
-                commandLine=config.limits.commandLine + sum(e.commandLineIncrease for e in exts),
-            ),
-        )
-        self.backend = backend
-        self.validators = tuple(validators)
-        self.verifiers = tuple(v for v in validators if IAddressVerifier.providedBy(v))
-        self.senderValidators = tuple(senderValidators)
-        self.connectionFilters = tuple(connectionFilters)
-        self.messageFilters = tuple(messageFilters)
-        self.heloValidators = tuple(heloValidators)
-        self.extensions = tuple(exts)
-        everything = [
-            backend,
-            *validators,
-            *senderValidators,
-            *connectionFilters,
-            *messageFilters,
-            *heloValidators,
-            *exts,
-        ]
-        self.observers = tuple(
-            dict.fromkeys(p for p in everything if ISessionObserver.providedBy(p))
-        )
-        self.mailParameters = {p: e for e in exts for p in e.mailParameters}
-        self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
-        self.verbs = {v: e for e in exts for v in e.verbs}
-        self.verbNames = frozenset(self.verbs)
-        self.greetPasses = GreetPasses(clock, self.config.greetPassTime)  # type: ignore[arg-type]
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
-        self.logMessages = config.logMessages
-        self.accepted = 0  # messages answered 250 after their data, since start
-        self.acceptedRecipients = 0
-        self.refused = 0  # messages refused after their data (by filters or the backend)
-        self.ids = IDs()
-        self.sessions: set[SMTPServerProtocol] = set()
-
-    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # type: ignore[override]
-        p = SMTPServerProtocol()
-        p.factory = self
-        return p
-
-
-@implementer(ISessionControl)
-class SessionControl:
-    """What an extension may do to its session (L{ISessionControl})."""
-
-    def __init__(self, protocol: SMTPServerProtocol) -> None:
-        self._protocol = protocol
-
-    @property
-    def session(self) -> SessionInfo:
-        return self._protocol.session
-
-    @property
-    def inTransaction(self) -> bool:
-        return self._protocol._conn.inTransaction
-
-    def startTLS(self, contextFactory: Any) -> None:
-        self._protocol._tlsContext = contextFactory
-
-    def authenticate(self, avatarId: str, mechanism: str) -> None:
-        session = self._protocol.session
-        session.authenticated = avatarId
-        session.authMechanism = mechanism
-        log.info(
-            "{id} authenticated as {user} ({mechanism}) from {peer}",
-            id=session.sessionID,
-            user=avatarId,
-            mechanism=mechanism,
-            peer=session.peer,
-        )
+_END_OF_MESSAGE = E.EndOfMessage
 
 
 @implementer(IPushProducer, IHandshakeListener)
-class SMTPServerProtocol(CommandHandlers, Protocol):
-    """One SMTP server session."""
+class SMTPServerProtocol(Protocol):
+    """
+    One SMTP server session of the server described by C{context} (a
+    L{ServerContext}; the factory's).  C{session} is its L{SessionInfo} and
+    C{commands} its L{Commands}, once connected.
+    """
 
-    factory: SMTPServerFactory
     session: SessionInfo
-    envelope: Envelope | None = None
-    message: Message | None = None
+    commands: Commands
 
-    _handlers = HANDLERS
     _busy = False
     _inLoop = False
     _closing = False
@@ -227,16 +71,43 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     _pregreet = False
     _tlsContext: Any = None
     _tlsStarted = False
-    _conversation: Any = None
+
+    def __init__(self, context: ServerContext) -> None:
+        self.context = context
+
+    # -- what SessionControl and the commands may ask -----------------------------
+
+    @property
+    def inTransaction(self) -> bool:
+        """True between an accepted MAIL and the end of its message."""
+        return self._conn.inTransaction
+
+    def requestTLS(self, contextFactory: Any) -> None:
+        """Start TLS with C{contextFactory} once the reply to this command (220) is out."""
+        self._tlsContext = contextFactory
+
+    def authenticated(self, avatarId: str, mechanism: str) -> None:
+        """Mark the session authenticated as C{avatarId} by C{mechanism}."""
+        session = self.session
+        session.authenticated = avatarId
+        session.authMechanism = mechanism
+        log.info(
+            "{id} authenticated as {user} ({mechanism}) from {peer}",
+            id=session.sessionID,
+            user=avatarId,
+            mechanism=mechanism,
+            peer=session.peer,
+        )
 
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        f = self.factory
-        cfg = f.config
-        peer, host = self.transport.getPeer(), self.transport.getHost()  # type: ignore[union-attr]
-        self.session = SessionInfo(
-            sessionID=f.ids.next(),
+        context = self.context
+        cfg = context.config
+        transport: Any = self.transport
+        peer, host = transport.getPeer(), transport.getHost()
+        session = self.session = SessionInfo(
+            sessionID=context.ids.next(),
             peerHost=getattr(peer, "host", ""),
             peerPort=getattr(peer, "port", 0),
             localHost=getattr(host, "host", ""),
@@ -244,67 +115,56 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
             hostname=cfg.hostname,
             listener=cfg.listener,
         )
-        self._direct = type(self.transport) is _TCPServer
-        self._conn = ServerConnection(cfg.limits, f.verbNames)
-        self.control = SessionControl(self)
-        if ISSLTransport.providedBy(self.transport):  # implicit TLS (RFC 8314)
+        self._direct = _writethrough.isPlainTCP(transport) and _writethrough.available(transport)
+        self._conn = ServerConnection(cfg.limits, context.verbNames)
+        self.commands = Commands(context, session, SessionControl(self))
+        if ISSLTransport.providedBy(transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
             self._tlsStarted = True
-            self._handshakeTimer = f.clock.callLater(cfg.handshakeTimeout, self._handshakeExpired)
+            self._handshakeTimer = context.clock.callLater(
+                cfg.handshakeTimeout, self._handshakeExpired
+            )
         self._out: list[bytes] = []
         self._errors = 0
         self._transcript = cfg.transcript
         self._checkSync = cfg.enforceSync
-        self._lastActivity = f.clock.seconds()
-        self._timer = f.clock.callLater(cfg.commandTimeout, self._checkIdle)
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._lastActivity = context.clock.seconds()
+        self._timer = context.clock.callLater(cfg.commandTimeout, self._checkIdle)
+        transport.registerProducer(self, True)
         self._registered = True
-        f.sessions.add(self)
+        context.sessions.add(self)
         if self._transcript:
-            log.info("{id} connect from {peer}", id=self.session.sessionID, peer=self.session.peer)
+            log.info("{id} connect from {peer}", id=session.sessionID, peer=session.peer)
         delay = cfg.greetDelay
-        if delay and f.greetPasses.passed(self.session.peerHost):
+        if delay and context.greetPasses.passed(session.peerHost):
             delay = 0.0  # seen to wait for its greeting not long ago
         self._pregreet = bool(delay)
-        if not f.connectionFilters and not delay:
+        chain = context.connectionChain
+        if not chain and not delay:
             self._greet(None)
             return
-        try:
-            result = self._filterConnection(0)
-        except Exception:
-            result = Failure()
+        result = chain.run(self.commands, session) if chain else None
         if delay:  # the filters run while we wait; the greeting needs both
             filtered = result
-            result = task.deferLater(f.clock, delay, lambda: filtered)
+            result = task.deferLater(context.clock, delay, lambda: filtered)
         self._startAsync(result)
 
-    def _filterConnection(self, i: int) -> Any:
-        filters = self.factory.connectionFilters
-        while i < len(filters):
-            result = filters[i].acceptConnection(self.session)
-            if isinstance(result, _Deferred):
-                return result.addCallback(self._afterConnectionFilter, i + 1)
-            i += 1
-        return None
-
-    def _afterConnectionFilter(self, _: object, i: int) -> Any:
-        return self._filterConnection(i)
-
     def _greet(self, reply: Reply | None) -> None:
-        cfg = self.factory.config
+        cfg = self.context.config
         early = False
         if reply is None or reply.code < 400:
-            reply = R.greeting(cfg.hostname, cfg.software)
+            if reply is None or reply.code != 220:
+                reply = R.greeting(cfg.hostname, cfg.software)
             if self._conn.buffered and (cfg.enforceSync or self._pregreet):
                 early = True
-                reply = _EARLY_TALKER
+                reply = EARLY_TALKER
                 log.info(
                     "{id} {peer} talked before the greeting: dropped",
                     id=self.session.sessionID,
                     peer=self.session.peer,
                 )
             elif self._pregreet:
-                self.factory.greetPasses.add(self.session.peerHost)
+                self.context.greetPasses.add(self.session.peerHost)
         elif reply.code not in (421, 554):
             reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
         self._write(reply)
@@ -344,9 +204,10 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         self._closing = True
         for name in ("_timer", "_closeTimer", "_handshakeTimer"):
             self._cancelTimer(name)
-        self._endTransaction()
-        self.factory.sessions.discard(self)
-        for observer in self.factory.observers:
+        self.commands.endTransaction()
+        context = self.context
+        context.sessions.discard(self)
+        for observer in context.observers:
             try:
                 observer.sessionEnded(self.session)
             except Exception:
@@ -359,7 +220,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # after 221 or 421 nothing more is read (or kept)
-        self._lastActivity = self.factory.clock.seconds()
+        self._lastActivity = self.context.clock.seconds()
         self._conn.receiveData(data)
         if self._busy or self._writePaused:
             if not self._readPaused and self._conn.buffered > _MAX_UNREAD:
@@ -376,7 +237,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     def _process(self) -> None:
         conn = self._conn
         pending = conn.receiveBuffer  # every event consumes input: none left, none due
-        handlers = self._handlers
+        commands = self.commands
         self._inLoop = True
         try:
             while pending and not self._busy and not self._writePaused and not self._closing:
@@ -394,7 +255,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                 if self._transcript:
                     self._logIn(conn, event)
                 if pending and self._checkSync and self._outOfSync(event):
-                    self._write(_OUT_OF_SYNC)
+                    self._write(OUT_OF_SYNC)
                     log.info(
                         "{id} {peer} pipelined without PIPELINING: dropped",
                         id=self.session.sessionID,
@@ -403,7 +264,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                     self._close()
                     break
                 try:
-                    result = handlers[type(event)](self, event)
+                    result = HANDLERS[type(event)](commands, event)
                 except SMTPError as e:
                     result = e.reply
                 except Exception:
@@ -416,7 +277,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                         continue
                     result = settled(result)
                     if isinstance(result, _Deferred):
-                        self._startAsync(result)
+                        # a delivery is never cancelled (Commands.endOfMessage)
+                        self._startAsync(result, type(event) is not _END_OF_MESSAGE)
                         continue
                 if result.code >= 400 and self._tarpit(result):
                     continue
@@ -433,7 +295,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         command without PIPELINING; EHLO/HELO, DATA, VRFY, EXPN, NOOP and
         STARTTLS even with it).
         """
-        if type(event) in _GROUP_ENDERS:
+        if type(event) in GROUP_ENDERS:
             return True
         if "PIPELINING" in self.session.extensions:
             return False
@@ -444,28 +306,29 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         After softErrors errors, hold each error reply errorDelay seconds
         longer than the last (no command is read meanwhile).  True if held.
         """
-        cfg = self.factory.config
+        cfg = self.context.config
         over = self._errors - cfg.softErrors + 1
         if not cfg.errorDelay or over <= 0 or reply.code < 400 or reply.code == 421:
             return False
-        self._startAsync(task.deferLater(self.factory.clock, cfg.errorDelay * over, lambda: reply))
+        self._startAsync(
+            task.deferLater(self.context.clock, cfg.errorDelay * over, lambda: reply), False
+        )
         return True
 
-    def _startAsync(self, result: Any) -> None:
-        """Wait for a plug point: take no command until it answers."""
+    def _startAsync(self, result: Any, cancellable: bool = True) -> None:
+        """
+        Wait for a plug point: take no command until it answers.  A
+        C{cancellable} one is cancelled after C{pluginTimeout} (its
+        answer is then 451).
+        """
         if not isinstance(result, _Deferred):
             self._asyncDone(result)
             return
         self._busy = True
-        if result.called:  # answered already (memory backend, cached lookups): no timer
+        if result.called or not cancellable:  # answered already, or waited for
             result.addBoth(self._asyncDone)
             return
-        timeout = (
-            self.factory.config.deliveryTimeout
-            if self.message is not None and self._conn.state in (State.DATA, State.BDAT)
-            else self.factory.config.pluginTimeout
-        )
-        call = self.factory.clock.callLater(timeout, result.cancel)
+        call = self.context.clock.callLater(self.context.config.pluginTimeout, result.cancel)
         result.addBoth(self._asyncDone, call)
 
     def _asyncDone(self, result: Any, call: Any = None) -> None:
@@ -482,11 +345,10 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
                 result = R.LOCAL_ERROR
         if self._closing:
             return
+        self._busy = False
         if self._conn.state is State.GREETING:
-            self._busy = False
             self._greet(result)
         else:
-            self._busy = False
             self._write(result)
         self._resumeReading()
         if not self._inLoop:
@@ -497,24 +359,25 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     def _write(self, reply: Reply) -> None:
         if self._closing:
             return
-        if (
-            reply.code >= 400
-            and reply.code != 421
-            and self._errors + 1 >= self.factory.config.maxErrors
-        ):
-            reply = R.TOO_MANY_ERRORS  # the last error: one reply, the 421, not two
-        self._out.append(self._conn.send(reply))
+        conn = self._conn
+        code = reply.code
+        if code >= 400 and code != 421 and self._errors + 1 >= self.context.config.maxErrors:
+            reply, code = R.TOO_MANY_ERRORS, 421  # the last error: one reply, the 421, not two
+        answered = conn.pending
+        self._out.append(conn.send(reply))
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
-        code = reply.code
         if code >= 400:
             if code == 421:
                 self._close()
                 return
             self._errors += 1
-        if self.envelope is not None and not self._conn.inTransaction:
-            self._endTransaction()
-        state = self._conn.state
+        elif type(answered) is _END_OF_MESSAGE:
+            self._errors = 0  # an accepted message: the count starts again
+        commands = self.commands
+        if commands.envelope is not None and not conn.inTransaction:
+            commands.endTransaction()
+        state = conn.state
         if state is State.CLOSED:
             self._close()
         elif state is State.TLS:
@@ -535,8 +398,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         self._direct = False
         self.transport.startTLS(context)  # type: ignore[union-attr]
         self._tlsStarted = True
-        self._handshakeTimer = self.factory.clock.callLater(
-            self.factory.config.handshakeTimeout, self._handshakeExpired
+        self._handshakeTimer = self.context.clock.callLater(
+            self.context.config.handshakeTimeout, self._handshakeExpired
         )
         self._conn.startTLS()
         session = self.session
@@ -545,7 +408,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
         session.extensions = frozenset()
         session.authenticated = None
         session.authMechanism = None
-        self._conversation = None
+        self.commands.forget()
 
     def _flush(self) -> None:
         if self._out:
@@ -553,7 +416,7 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
             self._out = []
             data = out[0] if len(out) == 1 else b"".join(out)
             if self._direct:
-                data = sendNow(self.transport, data)
+                data = _writethrough.sendNow(self.transport, data)
                 if not data:
                     return
             self.transport.write(data)  # type: ignore[union-attr]
@@ -576,8 +439,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
             transport.unregisterProducer()
         transport.loseConnection()
         if getattr(transport, "connected", True):
-            self._closeTimer = self.factory.clock.callLater(
-                self.factory.config.closeTimeout, self._abort
+            self._closeTimer = self.context.clock.callLater(
+                self.context.config.closeTimeout, self._abort
             )
 
     def _abort(self) -> None:
@@ -620,8 +483,8 @@ class SMTPServerProtocol(CommandHandlers, Protocol):
     # -- timers -----------------------------------------------------------------
 
     def _checkIdle(self) -> None:
-        cfg = self.factory.config
-        clock = self.factory.clock
+        cfg = self.context.config
+        clock = self.context.clock
         if self._busy:
             self._timer = clock.callLater(cfg.commandTimeout, self._checkIdle)
             return

@@ -1,0 +1,163 @@
+"""
+L{Chain}: the one helper that runs every plug-in chain of a session
+(connection filters, HELO validators, sender validators, recipient
+validators, message filters, address verifiers) by the one contract written
+in L{mailframe.interfaces} ("Plug-in chains"):
+
+  - accept: return None (or, where the stage's default reply can be
+    replaced, a positive L{Reply}: the last one given replaces the default;
+    where the first answer decides, a positive reply, or True, accepts);
+  - refuse: raise L{SMTPError} (or return the 4xx/5xx L{Reply});
+  - no opinion (recipient validators and address verifiers only): None;
+    the next plug-in is asked, and if none decides, the stage's
+    C{undecided} reply is the answer.
+
+Any of these may come as a Deferred.  A plug-in that answers synchronously
+costs no Deferred and no callback: the chain walks on in a plain loop.  A
+plug-in that fails (an exception other than L{SMTPError}) is logged with
+its traceback and the stage answers 451 4.3.0; one whose Deferred is
+cancelled (the server's time limit) is logged by name.
+
+The plug-in that decided is recorded on the C{verdict} object passed to
+L{Chain.run} (its C{decider} attribute), for log lines.
+
+Owns: the contract's semantics.  Must not: know the stages' meaning beyond
+their replies, or import the session's modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mailframe import reply as R
+from mailframe._deferreds import settled
+from mailframe.reply import Reply, SMTPError
+
+__all__ = ["Chain", "Verdict"]
+
+log = Logger(namespace="mailframe.server")
+
+_Deferred = defer.Deferred
+
+
+class Verdict(Protocol):
+    """Where a chain records the plug-in that decided (None: nobody in particular)."""
+
+    decider: Any
+
+
+class Chain:
+    """
+    The plug-ins of one stage, in order, each asked with C{method}.
+
+    @param stage: a word for log lines (C{"rcpt"}).
+    @param firstDecides: the first plug-in that accepts or refuses decides
+        (recipient validators, verifiers); otherwise every plug-in must
+        accept, and a positive reply replaces the stage's default.
+    @param accepted: with C{firstDecides}, the reply for an answer that
+        accepts without giving one (True).
+    @param undecided: with C{firstDecides}, the answer when nobody decided.
+    """
+
+    __slots__ = ("accepted", "calls", "firstDecides", "providers", "stage", "undecided")
+
+    def __init__(
+        self,
+        stage: str,
+        providers: Sequence[Any],
+        method: str,
+        firstDecides: bool = False,
+        accepted: Reply | None = None,
+        undecided: Reply | None = None,
+    ) -> None:
+        self.stage = stage
+        self.providers = tuple(providers)
+        self.calls = tuple(getattr(p, method) for p in self.providers)
+        self.firstDecides = firstDecides
+        self.accepted = accepted
+        self.undecided = undecided
+
+    def __bool__(self) -> bool:
+        return bool(self.calls)
+
+    def run(self, verdict: Verdict, *args: Any) -> Any:
+        """
+        Ask the plug-ins: None (every one accepted, nothing replaced), a
+        L{Reply} (the decision, positive or negative), or a Deferred of either.
+        """
+        return self._walk(0, verdict, args, None)
+
+    def _walk(self, i: int, verdict: Verdict, args: tuple[Any, ...], replaced: Any) -> Any:
+        calls = self.calls
+        n = len(calls)
+        while i < n:
+            try:
+                result = calls[i](*args)
+            except SMTPError as e:
+                verdict.decider = self.providers[i]
+                return e.reply
+            except Exception:
+                return self._failed(Failure(), i, verdict)
+            if result is not None:
+                if isinstance(result, _Deferred):
+                    result = settled(result)
+                    if isinstance(result, _Deferred):
+                        return result.addCallbacks(
+                            self._answered,
+                            self._failed,
+                            callbackArgs=(i, verdict, args, replaced),
+                            errbackArgs=(i, verdict),
+                        )
+                decided = self._judge(result, i, verdict)
+                if decided is not None:
+                    if decided.code >= 400 or self.firstDecides:
+                        return decided
+                    replaced = decided
+            i += 1
+        if self.firstDecides:
+            verdict.decider = None
+            return self.undecided
+        return replaced
+
+    def _judge(self, result: Any, i: int, verdict: Verdict) -> Reply | None:
+        """What one answer says: a reply that decides (or replaces), or None to go on."""
+        if isinstance(result, Reply):
+            verdict.decider = self.providers[i]
+            return result
+        if self.firstDecides and result:
+            verdict.decider = self.providers[i]
+            return self.accepted
+        return None
+
+    def _answered(
+        self, result: Any, i: int, verdict: Verdict, args: tuple[Any, ...], replaced: Any
+    ) -> Any:
+        if result is not None:
+            decided = self._judge(result, i, verdict)
+            if decided is not None:
+                if decided.code >= 400 or self.firstDecides:
+                    return decided
+                replaced = decided
+        return self._walk(i + 1, verdict, args, replaced)
+
+    def _failed(self, reason: Failure, i: int, verdict: Verdict) -> Reply:
+        provider = self.providers[i]
+        verdict.decider = provider
+        if reason.check(SMTPError):
+            return reason.value.reply  # type: ignore[union-attr,no-any-return]
+        if reason.check(defer.CancelledError):
+            log.warn(
+                "{stage} plug-in {provider!r} did not answer in time",
+                stage=self.stage,
+                provider=provider,
+            )
+        else:
+            log.failure(
+                "{stage} plug-in {provider!r} failed", reason, stage=self.stage, provider=provider
+            )
+        return R.LOCAL_ERROR

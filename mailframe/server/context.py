@@ -1,0 +1,144 @@
+"""
+L{ServerContext}: what every session of one server shares: its settings,
+its plug-ins (checked, in order, with the maps derived from them and the
+chain of each stage), the clock, the ID source, the greeting passes, the
+open sessions and the running totals (L{ServerStats}).
+
+The factory builds one; each session and its L{mailframe.server.commands.Commands}
+read it.  Owns: checking the plug-ins once, at construction.  Must not:
+import the session's modules (protocol, commands), or do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from mailframe import reply as R
+from mailframe.address import Domain
+from mailframe.config import ServerConfig
+from mailframe.extensions import defaultExtensions
+from mailframe.interfaces import (
+    IAddressVerifier,
+    IConnectionFilter,
+    IDeliveryBackend,
+    IExtension,
+    IHeloValidator,
+    ILocalDomains,
+    IMessageFilter,
+    IRecipientValidator,
+    ISenderValidator,
+    ISessionObserver,
+)
+from mailframe.server._util import GreetPasses, IDs, check, processIDs
+from mailframe.server.chains import Chain
+
+__all__ = ["ServerContext", "ServerStats"]
+
+
+@dataclass(eq=False)
+class ServerStats:
+    """Running totals of a server since it started (for the stop line and metrics)."""
+
+    accepted: int = 0  # messages answered 250 after their data
+    acceptedRecipients: int = 0
+    refused: int = 0  # messages refused after their data (by filters or the backend)
+
+
+class ServerContext:
+    """
+    The settings and plug-ins of one SMTP server, checked.  See
+    L{mailframe.server.SMTPServerFactory} for the parameters.
+
+    @raise TypeError: for a plug-in that does not provide its interface.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: IDeliveryBackend,
+        validators: Sequence[IRecipientValidator] = (),
+        senderValidators: Sequence[ISenderValidator] = (),
+        connectionFilters: Sequence[IConnectionFilter] = (),
+        messageFilters: Sequence[IMessageFilter] = (),
+        extensions: Iterable[IExtension] | None = None,
+        clock: IReactorTime | None = None,
+        heloValidators: Sequence[IHeloValidator] = (),
+        ids: IDs | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        check(IDeliveryBackend, [backend], "backend")
+        check(IRecipientValidator, validators, "validator")
+        check(ISenderValidator, senderValidators, "sender validator")
+        check(IConnectionFilter, connectionFilters, "connection filter")
+        check(IMessageFilter, messageFilters, "message filter")
+        check(IHeloValidator, heloValidators, "HELO validator")
+        exts = (
+            list(extensions)
+            if extensions is not None
+            else defaultExtensions(config.limits.messageSize)
+        )
+        check(IExtension, exts, "extension")
+        domains = set(config.localDomains)
+        for v in validators:
+            if ILocalDomains.providedBy(v):
+                domains.update(Domain(d) for d in v.domains)  # type: ignore[attr-defined]
+        self.config = replace(
+            config,
+            localDomains=frozenset(domains),
+            limits=replace(
+                config.limits,
+                commandLine=config.limits.commandLine + sum(e.commandLineIncrease for e in exts),
+            ),
+        )
+        self.backend = backend
+        self.validators = tuple(validators)
+        self.verifiers = tuple(v for v in validators if IAddressVerifier.providedBy(v))
+        self.senderValidators = tuple(senderValidators)
+        self.connectionFilters = tuple(connectionFilters)
+        self.messageFilters = tuple(messageFilters)
+        self.heloValidators = tuple(heloValidators)
+        self.extensions = tuple(exts)
+        everything: list[Any] = [
+            backend,
+            *validators,
+            *senderValidators,
+            *connectionFilters,
+            *messageFilters,
+            *heloValidators,
+            *exts,
+        ]
+        self.observers = tuple(
+            dict.fromkeys(p for p in everything if ISessionObserver.providedBy(p))
+        )
+        self.mailParameters = {p: e for e in exts for p in e.mailParameters}
+        self.rcptParameters = {p: e for e in exts for p in e.rcptParameters}
+        self.verbs = {v: e for e in exts for v in e.verbs}
+        self.verbNames = frozenset(self.verbs)
+        # the chains, one contract (mailframe.interfaces, "Plug-in chains")
+        self.connectionChain = Chain("connect", self.connectionFilters, "acceptConnection")
+        self.heloChain = Chain("helo", self.heloValidators, "validateHelo")
+        self.senderChain = Chain("mail", self.senderValidators, "validateSender")
+        self.recipientChain = Chain(
+            "rcpt",
+            self.validators,
+            "validateRecipient",
+            firstDecides=True,
+            accepted=R.RECIPIENT_OK,
+            undecided=R.USER_UNKNOWN,
+        )
+        self.messageChain = Chain("data", self.messageFilters, "filterMessage")
+        self.verifyChain = Chain(
+            "vrfy", self.verifiers, "verifyAddress", firstDecides=True, undecided=R.CANNOT_VRFY
+        )
+        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.ids = ids if ids is not None else processIDs()
+        self.greetPasses = GreetPasses(clock, self.config.greetPassTime)
+        self.stats = ServerStats()
+        self.sessions: set[Any] = set()  # the open sessions (SMTPServerProtocol)

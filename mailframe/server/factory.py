@@ -1,0 +1,143 @@
+"""
+L{SMTPServerFactory}: a Twisted server factory building one
+L{SMTPServerProtocol} per connection, all sharing one L{ServerContext}
+(the settings, the checked plug-ins, the totals).
+
+Owns: the public face of a server for embedding code and twistd.  Must
+not: hold session state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+
+from mailframe.config import ServerConfig
+from mailframe.interfaces import (
+    IConnectionFilter,
+    IDeliveryBackend,
+    IExtension,
+    IHeloValidator,
+    IMessageFilter,
+    IRecipientValidator,
+    ISenderValidator,
+)
+from mailframe.server.context import ServerContext
+from mailframe.server.protocol import SMTPServerProtocol
+
+__all__ = ["SMTPServerFactory"]
+
+
+class SMTPServerFactory(Factory):
+    """
+    Builds an SMTP server session per connection.
+
+    @param config: the L{ServerConfig}.
+    @param backend: the L{IDeliveryBackend} that makes accepted mail durable.
+    @param validators: L{IRecipientValidator}s, asked in order.
+    @param senderValidators: L{ISenderValidator}s; each must accept.
+    @param connectionFilters: L{IConnectionFilter}s; each must accept.
+    @param messageFilters: L{IMessageFilter}s, run in order after the data.
+    @param extensions: L{IExtension}s; by default the built-ins.
+    @param clock: the reactor (or a Clock in tests); default: the reactor.
+    @param heloValidators: L{IHeloValidator}s; each must accept.
+
+    Any of these that also provides L{ISessionObserver} is told when each
+    session ends.  The chains follow the one contract of
+    L{mailframe.interfaces} ("Plug-in chains").  C{context} holds all of
+    it; the attributes below are the parts embedding code reads.
+
+    @raise TypeError: for a plug-in that does not provide its interface.
+    """
+
+    noisy = False  # mailframe logs its own start-up line
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        backend: IDeliveryBackend,
+        validators: Sequence[IRecipientValidator] = (),
+        senderValidators: Sequence[ISenderValidator] = (),
+        connectionFilters: Sequence[IConnectionFilter] = (),
+        messageFilters: Sequence[IMessageFilter] = (),
+        extensions: Iterable[IExtension] | None = None,
+        clock: IReactorTime | None = None,
+        heloValidators: Sequence[IHeloValidator] = (),
+    ) -> None:
+        self.context = ServerContext(
+            config,
+            backend,
+            validators,
+            senderValidators,
+            connectionFilters,
+            messageFilters,
+            extensions,
+            clock,
+            heloValidators,
+        )
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # type: ignore[override]
+        p = SMTPServerProtocol(self.context)
+        p.factory = self
+        return p
+
+    # -- what embedding code and twistd read ---------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        """The settings in force (local domains and command line limit completed)."""
+        return self.context.config
+
+    @property
+    def backend(self) -> IDeliveryBackend:
+        return self.context.backend
+
+    @property
+    def validators(self) -> tuple[IRecipientValidator, ...]:
+        return self.context.validators
+
+    @property
+    def senderValidators(self) -> tuple[ISenderValidator, ...]:
+        return self.context.senderValidators
+
+    @property
+    def connectionFilters(self) -> tuple[IConnectionFilter, ...]:
+        return self.context.connectionFilters
+
+    @property
+    def messageFilters(self) -> tuple[IMessageFilter, ...]:
+        return self.context.messageFilters
+
+    @property
+    def heloValidators(self) -> tuple[IHeloValidator, ...]:
+        return self.context.heloValidators
+
+    @property
+    def extensions(self) -> tuple[IExtension, ...]:
+        return self.context.extensions
+
+    @property
+    def observers(self) -> tuple[Any, ...]:
+        return self.context.observers
+
+    @property
+    def sessions(self) -> set[Any]:
+        """The open sessions."""
+        return self.context.sessions
+
+    @property
+    def accepted(self) -> int:
+        """Messages answered 250 after their data, since start."""
+        return self.context.stats.accepted
+
+    @property
+    def acceptedRecipients(self) -> int:
+        return self.context.stats.acceptedRecipients
+
+    @property
+    def refused(self) -> int:
+        """Messages refused after their data (by filters or the backend), since start."""
+        return self.context.stats.refused
