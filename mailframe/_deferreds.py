@@ -22,17 +22,21 @@ _Deferred = defer.Deferred
 
 def settled(result: Any) -> Any:
     """
-    A Deferred that has already fired with a plain value (not paused, so its
-    callbacks have all run) is replaced by that value; anything else is
-    returned as it is.
+    A Deferred that has already fired with a plain value (and is not paused,
+    so its callbacks have all run) is replaced by that value; anything else
+    is returned as it is.  Only public API: a callback that keeps the
+    result reads it, and runs at once exactly when the Deferred has settled.
     """
-    if (
-        type(result) is _Deferred
-        and result.called
-        and not result.paused
-        and type(result.result) is not Failure
-    ):
-        return result.result
+    if type(result) is _Deferred and result.called:
+        box: list[Any] = []
+        result.addBoth(_keep, box)
+        if box and type(box[0]) is not Failure:
+            return box[0]
+    return result
+
+
+def _keep(result: Any, box: list[Any]) -> Any:
+    box.append(result)
     return result
 
 
