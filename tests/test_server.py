@@ -1225,3 +1225,23 @@ class IDTests(ServerTestCase):
 
         a, b = IDs(pid=0x1234, now=1000.0), IDs(pid=0x101234, now=1000.0)
         self.assertNotEqual(a.next(), b.next())
+
+
+class ProviderCheckTests(ServerTestCase):
+    def test_declaredButIncomplete(self) -> None:
+        """A plug-in that declares an interface but lacks its method is refused at once."""
+
+        @implementer(IRecipientValidator)
+        class Broken:
+            pass
+
+        e = self.assertRaises(
+            TypeError,
+            SMTPServerFactory,
+            ServerConfig(hostname="mx.test"),
+            self.backend,
+            [Broken()],
+            clock=self.clock,
+        )
+        self.assertIn("validateRecipient", str(e))
+        self.assertNotIn("\n", str(e))

@@ -14,6 +14,9 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
+
 __all__ = ["GreetPasses", "IDs", "check", "oneLine", "processIDs"]
 
 
@@ -58,9 +61,19 @@ def oneLine(reason: Any) -> str:
 
 
 def check(interface: Any, providers: Iterable[Any], what: str) -> None:
+    """
+    Each of C{providers} declares C{interface} and has what it promises
+    (C{verifyObject}: every method and attribute, with compatible
+    signatures), or TypeError with one line naming the plug-in and the gap.
+    """
     for p in providers:
         if not interface.providedBy(p):
             raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
+        try:
+            verifyObject(interface, p)
+        except Invalid as e:
+            gap = " ".join(str(e).split())
+            raise TypeError(f"{what} {p!r} does not implement {interface.__name__}: {gap}")
 
 
 class GreetPasses:
