@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from mailframe.interfaces import IDeliveryBackend
-from mailframe.plugins import PlugInFactory
+from mailframe.plugins import Choice, Option, PlugInFactory, YesNo
 
 __all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend"]
 
@@ -19,16 +19,23 @@ __all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend"
 class _Maildir(PlugInFactory):
     prefix = "maildir"
     provides = IDeliveryBackend
-    synopsis = "maildir:PATH[:layout=single|user|domain]"
+    arguments = "PATH"
+    options = (
+        Option(
+            "layout",
+            Choice("single", "user", "domain"),
+            "single",
+            "One Maildir for all mail, one per local part, or one per domain and local part.",
+        ),
+    )
     description = (
         "Deliver into Maildir folders under PATH: one for all mail (single), "
         "PATH/LOCALPART (user), or PATH/DOMAIN/LOCALPART (domain)."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
-        self._options(kwargs, ["layout"])
-        layout = self._choice(kwargs, "layout", ("single", "user", "domain"))
-        return {"path": self._path(args), "layout": layout}
+        options = self.parseOptions(kwargs)
+        return {"path": self._path(args), "layout": options["layout"]}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.backends.maildir import MaildirBackend
@@ -39,15 +46,22 @@ class _Maildir(PlugInFactory):
 class _Mbox(PlugInFactory):
     prefix = "mbox"
     provides = IDeliveryBackend
-    synopsis = "mbox:PATH[:layout=single|user]"
+    arguments = "PATH"
+    options = (
+        Option(
+            "layout",
+            Choice("single", "user"),
+            "single",
+            "The file PATH for all mail, or one file per local part.",
+        ),
+    )
     description = (
         "Append to mbox files: the file PATH for all mail (single), or PATH/LOCALPART (user)."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
-        self._options(kwargs, ["layout"])
-        layout = self._choice(kwargs, "layout", ("single", "user"))
-        return {"path": self._path(args), "layout": layout}
+        options = self.parseOptions(kwargs)
+        return {"path": self._path(args), "layout": options["layout"]}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.backends.mbox import MboxBackend
@@ -58,13 +72,12 @@ class _Mbox(PlugInFactory):
 class _Memory(PlugInFactory):
     prefix = "memory"
     provides = IDeliveryBackend
-    synopsis = "memory[:keep=yes|no]"
+    options = (Option("keep", YesNo(), True, "Keep the messages (no: only count them)."),)
     description = "Keep messages in memory, lost at exit (for tests); keep=no only counts them."
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["keep"])
-        return {"keep": self._flag(kwargs, "keep", True)}
+        return self.parseOptions(kwargs)
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.backends.memory import MemoryBackend

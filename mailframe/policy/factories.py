@@ -12,7 +12,6 @@ providers are built inside C{build}.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Any
 
@@ -22,35 +21,43 @@ from mailframe.interfaces import (
     IMessageFilter,
     ISenderValidator,
 )
-from mailframe.plugins import PlugInFactory
+from mailframe.plugins import (
+    Choice,
+    Count,
+    Duration,
+    Networks,
+    Option,
+    PlugInFactory,
+    SettingError,
+    YesNo,
+    splitItems,
+)
 
 __all__ = ["POLICY_FACTORIES"]
 
-
-def _number(kwargs: dict[str, str], key: str, default: int) -> int:
-    value = kwargs.get(key)
-    if value is None:
-        return default
-    if not value.strip().isdigit():
-        raise ValueError(f"{key} must be a whole number, not {value!r}")
-    return int(value)
+#: The longest a check waits for its DNS answers.
+MAX_DNS_TIMEOUT = 300.0
 
 
-def _timeout(kwargs: dict[str, str], default: float = 10.0) -> float:
-    value = kwargs.get("timeout")
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = 0.0
-    if not 0 < seconds <= 300:
-        raise ValueError(f"timeout must be a number of seconds (0 to 300), not {value!r}")
-    return seconds
+def _timeout(default: float) -> Option:
+    return Option(
+        "timeout",
+        Duration(maximum=MAX_DNS_TIMEOUT),
+        default,
+        "How long to wait for the DNS answers, at most 5m.",
+    )
 
 
-def _items(args: tuple[str, ...]) -> list[str]:
-    return [n.strip() for arg in args for n in arg.split(",") if n.strip()]
+def _zones(value: str) -> list[Any]:
+    from mailframe.policy.dnsbl import Zone
+
+    return [Zone.parse(z) for z in splitItems((value,))]
+
+
+def _word(value: str) -> str:
+    if not value or any(c.isspace() or c in ';()"\\' for c in value):
+        raise SettingError(f"must be one word, not {value!r}")
+    return value
 
 
 def _dns(context: Any, timeout: float) -> Any:
@@ -62,31 +69,37 @@ def _dns(context: Any, timeout: float) -> Any:
 class _Limits(PlugInFactory):
     prefix = "limits"
     provides = IConnectionFilter
-    synopsis = "limits[:total=N][:client=N][:rate=N][:messages=N][:recipients=N][:exempt=NET,...]"
+    options = (
+        Option("total", Count(), 1000, "Concurrent connections in all."),
+        Option("client", Count(), 50, "Concurrent connections of one client."),
+        Option("rate", Count(), 0, "New connections per client per minute (0: no limit)."),
+        Option("messages", Count(), 0, "Messages per client per minute (0: no limit)."),
+        Option("recipients", Count(), 0, "Recipients per client per minute (0: no limit)."),
+        Option(
+            "exempt",
+            Networks(empty=True),
+            None,
+            "Networks limited only by total.",
+            shown="the relay networks",
+        ),
+    )
     description = (
-        "Concurrent connections in all (total, 1000) and per client (client, 50); new "
+        "Concurrent connections in all (total) and per client (client); new "
         "connections (rate), messages (messages) and recipients (recipients) per client "
-        "per minute (0: no limit, the default); over a limit, 421 4.7.0.  Clients in "
-        "exempt networks (default: the relay networks) are limited only by total."
+        "per minute; over a limit, 421 4.7.0.  Clients in exempt networks are limited "
+        "only by total."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["total", "client", "rate", "messages", "recipients", "exempt"])
-        exempt: list[Any] = []
-        for net in (kwargs.get("exempt") or "").split(","):
-            if net.strip():
-                try:
-                    exempt.append(ipaddress.ip_network(net.strip(), strict=False))
-                except ValueError:
-                    raise ValueError(f"exempt: not a network: {net.strip()!r}") from None
+        options = self.parseOptions(kwargs)
         return {
-            "total": _number(kwargs, "total", 1000),
-            "perClient": _number(kwargs, "client", 50),
-            "connectionRate": _number(kwargs, "rate", 0),
-            "messageRate": _number(kwargs, "messages", 0),
-            "recipientRate": _number(kwargs, "recipients", 0),
-            "exempt": exempt if "exempt" in kwargs else None,
+            "total": options["total"],
+            "perClient": options["client"],
+            "connectionRate": options["rate"],
+            "messageRate": options["messages"],
+            "recipientRate": options["recipients"],
+            "exempt": options["exempt"],
         }
 
     def build(self, context: Any, **arguments: Any) -> Any:
@@ -100,7 +113,18 @@ class _Limits(PlugInFactory):
 class _DNSBL(PlugInFactory):
     prefix = "dnsbl"
     provides = IConnectionFilter
-    synopsis = "dnsbl:ZONE[,ZONE...][:allow=ZONE,...][:timeout=SECONDS][:refuse=yes|no]"
+    arguments = "ZONE[,ZONE...]"
+    options = (
+        Option(
+            "allow",
+            _zones,
+            (),
+            "Allow lists (DNSWL): their clients are not checked.",
+            metavar="ZONE,...",
+        ),
+        _timeout(5.0),
+        Option("refuse", YesNo(), True, "Refuse listed clients (no: only log them)."),
+    )
     description = (
         "Refuse clients listed in these DNS block lists with 554 5.7.1 and the list's "
         "text; clients on an allow list (DNSWL) are not checked.  ZONE=127.0.0.2;127.0.0.3 "
@@ -110,16 +134,15 @@ class _DNSBL(PlugInFactory):
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         from mailframe.policy.dnsbl import Zone
 
-        self._options(kwargs, ["allow", "timeout", "refuse"])
-        zones = [Zone.parse(z) for z in _items(args)]
-        allow = [Zone.parse(z) for z in _items((kwargs.get("allow", ""),))]
+        options = self.parseOptions(kwargs)
+        zones = [Zone.parse(z) for z in splitItems(args)]
         if not zones:
             raise ValueError(f"expected at least one zone (usage: {self.synopsis})")
         return {
             "zones": zones,
-            "allow": allow,
-            "timeout": _timeout(kwargs, 5.0),
-            "refuse": self._flag(kwargs, "refuse", True),
+            "allow": list(options["allow"]),
+            "timeout": options["timeout"],
+            "refuse": options["refuse"],
         }
 
     def build(self, context: Any, **arguments: Any) -> Any:
@@ -132,7 +155,18 @@ class _DNSBL(PlugInFactory):
 class _Helo(PlugInFactory):
     prefix = "helo"
     provides = IHeloValidator
-    synopsis = "helo[:fqdn=yes|no][:literal=yes|no][:fcrdns=no|record|require][:timeout=S]"
+    options = (
+        Option("fqdn", YesNo(), True, "Refuse names that are not fully qualified."),
+        Option("literal", YesNo(), True, "Refuse address literals that are not the client's."),
+        Option(
+            "fcrdns",
+            Choice("no", "record", "require"),
+            "no",
+            "Note the client's forward-confirmed reverse DNS (record), or refuse without "
+            "it (require).",
+        ),
+        _timeout(10.0),
+    )
     description = (
         "Refuse HELO names that are not fully qualified (504 5.5.2) and address literals "
         "that are not the client's (550 5.7.1); fcrdns=record notes the client's "
@@ -141,13 +175,7 @@ class _Helo(PlugInFactory):
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["fqdn", "literal", "fcrdns", "timeout"])
-        return {
-            "fqdn": self._flag(kwargs, "fqdn", True),
-            "literal": self._flag(kwargs, "literal", True),
-            "fcrdns": self._choice(kwargs, "fcrdns", ("no", "record", "require")),
-            "timeout": _timeout(kwargs),
-        }
+        return self.parseOptions(kwargs)
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.policy.helo import HeloCheck
@@ -159,23 +187,38 @@ class _Helo(PlugInFactory):
 _SPF_RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 
 
+def _spfDefault(result: str) -> str:
+    from mailframe.policy.spf import DEFAULT_POLICY
+
+    return DEFAULT_POLICY[result]
+
+
+def _spfResult(result: str) -> Option:
+    return Option(
+        result,
+        Choice("accept", "reject", "defer"),
+        None,
+        f"What an SPF {result} does.",
+        shown=lambda: _spfDefault(result),
+    )
+
+
 class _SPF(PlugInFactory):
     prefix = "spf"
     provides = ISenderValidator
-    synopsis = "spf[:RESULT=accept|reject|defer ...][:timeout=S]"
+    synopsis = "spf[:RESULT=accept|reject|defer ...][:timeout=SECONDS]"
+    options = (*(_spfResult(r) for r in _SPF_RESULTS), _timeout(10.0))
     description = (
-        "Check SPF at MAIL FROM (HELO for the null sender) and record the result.  By "
-        "default fail=reject (550 5.7.23), temperror=defer (451 4.4.3), the others accept."
+        "Check SPF at MAIL FROM (HELO for the null sender) and record the result; what "
+        "each RESULT does (pass, fail, softfail, neutral, none, temperror, permerror): "
+        "accept, reject (550 5.7.23) or defer (451 4.4.3)."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, [*_SPF_RESULTS, "timeout"])
-        policy = {}
-        for result in _SPF_RESULTS:
-            if result in kwargs:
-                policy[result] = self._choice(kwargs, result, ("accept", "reject", "defer"))
-        return {"policy": policy, "timeout": _timeout(kwargs)}
+        options = self.parseOptions(kwargs)
+        policy = {r: options[r] for r in _SPF_RESULTS if options[r] is not None}
+        return {"policy": policy, "timeout": options["timeout"]}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.policy.spf import SPFCheck
@@ -187,7 +230,7 @@ class _SPF(PlugInFactory):
 class _DKIMVerify(PlugInFactory):
     prefix = "dkim-verify"
     provides = IMessageFilter
-    synopsis = "dkim-verify[:timeout=S]"
+    options = (_timeout(10.0),)
     description = (
         "Verify the DKIM signatures of inbound mail and record the results (for dmarc "
         "and authresults); never refuses."
@@ -195,8 +238,7 @@ class _DKIMVerify(PlugInFactory):
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["timeout"])
-        return {"timeout": _timeout(kwargs)}
+        return self.parseOptions(kwargs)
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.policy.dkim import DKIMVerifier, threadRunner
@@ -208,7 +250,15 @@ class _DKIMVerify(PlugInFactory):
 class _DKIMSign(PlugInFactory):
     prefix = "dkim-sign"
     provides = IMessageFilter
-    synopsis = "dkim-sign:DOMAIN:SELECTOR:KEYFILE[:all=yes|no]"
+    arguments = "DOMAIN:SELECTOR:KEYFILE"
+    options = (
+        Option(
+            "all",
+            YesNo(),
+            False,
+            "Sign the mail of any client, not only authenticated and relay-network ones.",
+        ),
+    )
     description = (
         "Sign outbound mail (authenticated or relay-network clients; all=yes: any) whose "
         "From: is DOMAIN or a subdomain, with the RSA or ed25519 key in KEYFILE "
@@ -218,7 +268,7 @@ class _DKIMSign(PlugInFactory):
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         from mailframe.address import Domain
 
-        self._options(kwargs, ["all"])
+        options = self.parseOptions(kwargs)
         if len(args) != 3 or not all(args):
             raise ValueError(f"expected DOMAIN:SELECTOR:KEYFILE (usage: {self.synopsis})")
         domain, selector, path = args
@@ -228,12 +278,7 @@ class _DKIMSign(PlugInFactory):
         path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(path):
             raise ValueError(f"no such key file: {path}")
-        return {
-            "domain": domain,
-            "selector": selector,
-            "path": path,
-            "signAll": self._flag(kwargs, "all", False),
-        }
+        return {"domain": domain, "selector": selector, "path": path, "signAll": options["all"]}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.policy.dkim import DKIMSigner, threadRunner
@@ -253,7 +298,17 @@ class _DKIMSign(PlugInFactory):
 class _DMARC(PlugInFactory):
     prefix = "dmarc"
     provides = IMessageFilter
-    synopsis = "dmarc[:reject=yes|no][:quarantine=yes|no][:temperror=accept|defer][:timeout=S]"
+    options = (
+        Option("reject", YesNo(), True, "Refuse mail of p=reject (no: quarantine it)."),
+        Option("quarantine", YesNo(), True, "Mark mail of p=quarantine (no: only record it)."),
+        Option(
+            "temperror",
+            Choice("accept", "defer"),
+            "accept",
+            "What a DNS failure does: accept, or defer with 451.",
+        ),
+        _timeout(10.0),
+    )
     description = (
         "Evaluate the From: domain's DMARC policy against SPF and DKIM with alignment: "
         "p=reject is refused with 550 5.7.1 (reject=no: quarantined), p=quarantine adds "
@@ -262,12 +317,12 @@ class _DMARC(PlugInFactory):
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["reject", "quarantine", "temperror", "timeout"])
+        options = self.parseOptions(kwargs)
         return {
-            "reject": self._flag(kwargs, "reject", True),
-            "quarantine": self._flag(kwargs, "quarantine", True),
-            "deferTemporary": self._choice(kwargs, "temperror", ("accept", "defer")) == "defer",
-            "timeout": _timeout(kwargs),
+            "reject": options["reject"],
+            "quarantine": options["quarantine"],
+            "deferTemporary": options["temperror"] == "defer",
+            "timeout": options["timeout"],
         }
 
     def build(self, context: Any, **arguments: Any) -> Any:
@@ -281,20 +336,24 @@ class _DMARC(PlugInFactory):
 class _AuthResults(PlugInFactory):
     prefix = "authresults"
     provides = IMessageFilter
-    synopsis = "authresults[:id=AUTHSERV-ID]"
+    options = (
+        Option(
+            "id",
+            _word,
+            None,
+            "The name of this server in the field (authserv-id).",
+            shown="the host name",
+            metavar="AUTHSERV-ID",
+        ),
+    )
     description = (
         "Add an Authentication-Results field (RFC 8601) with the results of the checks "
-        "above, naming this server (id, default the host name); remove received ones "
-        "that name it."
+        "above, naming this server (id); remove received ones that name it."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, ["id"])
-        name = kwargs.get("id")
-        if name is not None and (not name or any(c.isspace() or c in ';()"\\' for c in name)):
-            raise ValueError(f"id must be one word, not {name!r}")
-        return {"authservID": name}
+        return {"authservID": self.parseOptions(kwargs)["id"]}
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.policy.authresults import AuthenticationResults

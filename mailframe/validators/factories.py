@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from mailframe.interfaces import IRecipientValidator
-from mailframe.plugins import PlugInFactory
+from mailframe.plugins import PlugInFactory, splitItems
 
 __all__ = ["VALIDATOR_FACTORIES", "addressesValidator", "anyValidator", "domainsValidator"]
 
@@ -20,13 +20,11 @@ __all__ = ["VALIDATOR_FACTORIES", "addressesValidator", "anyValidator", "domains
 class _Any(PlugInFactory):
     prefix = "any"
     provides = IRecipientValidator
-    synopsis = "any"
     description = "Accept every recipient of a local domain."
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         self._noArguments(args)
-        self._options(kwargs, [])
-        return {}
+        return self.parseOptions(kwargs)
 
     def build(self, context: Any, **arguments: Any) -> Any:
         from mailframe.validators.basic import AnyRecipient
@@ -37,7 +35,7 @@ class _Any(PlugInFactory):
 class _Domains(PlugInFactory):
     prefix = "domains"
     provides = IRecipientValidator
-    synopsis = "domains:DOMAIN[,DOMAIN...]"
+    arguments = "DOMAIN[,DOMAIN...]"
     description = (
         "Make these domains local and accept every address in them "
         "(no opinion on other domains: the next validator is asked)."
@@ -46,8 +44,8 @@ class _Domains(PlugInFactory):
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
         from mailframe.address import Domain
 
-        self._options(kwargs, [])
-        names = [n.strip() for arg in args for n in arg.split(",") if n.strip()]
+        self.parseOptions(kwargs)
+        names = splitItems(args)
         if not names:
             raise ValueError(f"expected at least one domain (usage: {self.synopsis})")
         for name in names:
@@ -63,14 +61,14 @@ class _Domains(PlugInFactory):
 class _Addresses(PlugInFactory):
     prefix = "addresses"
     provides = IRecipientValidator
-    synopsis = "addresses:PATH"
+    arguments = "PATH"
     description = (
         "Accept the addresses listed in the file PATH, one a line (no opinion "
         "on others: the next validator decides, else 550 5.1.1); re-read when it changes."
     )
 
     def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
-        self._options(kwargs, [])
+        self.parseOptions(kwargs)
         path = self._path(args)
         if not os.path.isfile(path):
             raise ValueError(f"no such file: {path}")
