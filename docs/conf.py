@@ -24,8 +24,15 @@ suppress_warnings = ["ref.python"]
 
 
 def setup(app):
-    """Generate the state machine page from the code before reading sources."""
+    """
+    Generate, from the code, before reading sources: the state machine page,
+    and the settings and plug-in reference that configuration.rst includes.
+    """
     sys.path.insert(0, os.path.dirname(__file__))
     import statemachine
 
-    statemachine.write(os.path.join(os.path.dirname(__file__), "_generated"))
+    from mailframe.app import reference
+
+    generated = os.path.join(os.path.dirname(__file__), "_generated")
+    statemachine.write(generated)
+    reference.write(generated)

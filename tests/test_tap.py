@@ -25,8 +25,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from mailframe.address import Domain
-from mailframe.app import registry, tap
-from mailframe.app.config import parseSize
+from mailframe.app import registry, settings, tap
 from mailframe.app.registry import BUILTINS
 from mailframe.backends.memory import MemoryBackend
 from mailframe.config import defaultHostname
@@ -115,7 +114,7 @@ class OptionsTests(unittest.TestCase):
             self.assertEqual(
                 parse("--max-size", text).listeners[0].config.limits.messageSize, size
             )
-        self.assertEqual(parseSize(4096), 4096)
+        self.assertEqual(settings.convert("max-size", 4096), 4096)
 
     def test_numbers(self) -> None:
         """--max-recipients, --max-errors, --timeout and --data-timeout are set."""
@@ -808,7 +807,9 @@ class QueueOptionsTests(unittest.TestCase):
         queueService = children[0]
         factory = children[1].factory  # type: ignore[attr-defined]
         self.assertIsInstance(factory.backend, SpoolBackend)
-        self.assertNotIn(factory.backend, factory.messageFilters)  # the facts come with the envelope
+        self.assertNotIn(
+            factory.backend, factory.messageFilters
+        )  # the facts come with the envelope
         self.assertTrue(any(isinstance(e, DSN) for e in factory.extensions))
         runner = queueService.runner  # type: ignore[attr-defined]
         self.assertIsInstance(runner.backends["smtp"], MemoryBackend)

@@ -13,7 +13,6 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -33,16 +32,16 @@ class EndpointTests(SynchronousTestCase):
     def test_tcp(self) -> None:
         """tcp: and tcp6: endpoints give their family, interface, port and backlog."""
         self.assertEqual(
-            reusePortEndpoint(MemoryReactor(), "tcp:2525:interface=127.0.0.1:backlog=7"),
+            reusePortEndpoint("tcp:2525:interface=127.0.0.1:backlog=7"),
             (socket.AF_INET, "127.0.0.1", 2525, 7),
         )
-        self.assertEqual(reusePortEndpoint(MemoryReactor(), "tcp6:25")[0], socket.AF_INET6)
+        self.assertEqual(reusePortEndpoint("tcp6:25")[0], socket.AF_INET6)
 
     def test_refused(self) -> None:
         """Other endpoint kinds and port 0 are refused with a clear message."""
-        e = self.assertRaises(ValueError, reusePortEndpoint, MemoryReactor(), "unix:/tmp/x")
+        e = self.assertRaises(ValueError, reusePortEndpoint, "unix:/tmp/x")
         self.assertIn("tcp: or tcp6:", str(e))
-        e = self.assertRaises(ValueError, reusePortEndpoint, MemoryReactor(), "tcp:0")
+        e = self.assertRaises(ValueError, reusePortEndpoint, "tcp:0")
         self.assertIn("fixed port", str(e))
 
 

@@ -15,6 +15,7 @@ import os
 from typing import Any
 
 from mailframe.app.config import ClientLimits, ListenerSpec
+from mailframe.plugins import oneLine
 
 __all__ = ["Security"]
 
@@ -74,7 +75,7 @@ class Security:
                     [tls.CertificatePair(cert, keyFile) for cert, keyFile in pairs]
                 )
             except (OSError, ValueError) as e:
-                raise SystemExit(f"mailframe: cannot set up TLS: {_oneLine(e)}")
+                raise SystemExit(f"mailframe: cannot set up TLS: {oneLine(e)}")
         return self._contexts[key]
 
     def checker(self, description: str) -> Any:
@@ -85,7 +86,7 @@ class Security:
                 self._checkers[description] = strcred.makeChecker(description)
             except Exception as e:
                 kind = description.split(":", 1)[0]
-                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {_oneLine(e)}")
+                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {oneLine(e)}")
         return self._checkers[description]
 
     def authenticator(self, descriptions: tuple[str, ...]) -> Any:
@@ -97,7 +98,7 @@ class Security:
             try:
                 self._authenticators[descriptions] = Authenticator(portal)
             except ValueError as e:
-                raise SystemExit(f"mailframe: cannot set up --auth: {_oneLine(e)}")
+                raise SystemExit(f"mailframe: cannot set up --auth: {oneLine(e)}")
         return self._authenticators[descriptions]
 
     def limiter(self) -> Any:
@@ -109,8 +110,3 @@ class Security:
                 self.reactor, limits.failures, limits.window, limits.block
             )
         return self._limiter
-
-
-def _oneLine(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

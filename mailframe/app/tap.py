@@ -2,12 +2,13 @@
 C{twistd mailframe}: the command-line L{Options}, L{makeService}, and the
 C{mailframe} console script (L{run}).
 
-Owns: the option names and their help, building the plug-ins and the
-listening services, and turning what can only fail at start (a Maildir that
-cannot be created) into a one-line C{SystemExit}.  Every setting is checked
-in L{Options.postOptions} (see L{mailframe.app.config}), so that a mistake
-is a usage error.  Must not: import the reactor at import time (twistd
-imports this module before it installs one), or hold protocol logic.
+Owns: building the options and their help from the table of settings
+(L{mailframe.app.settings}), building the plug-ins and the listening
+services, and turning what can only fail at start (a Maildir that cannot be
+created) into a one-line C{SystemExit}.  Every setting is checked in
+L{Options.postOptions} (see L{mailframe.app.config}), so that a mistake is
+a usage error.  Must not: import the reactor at import time (twistd imports
+this module before it installs one), or hold protocol logic.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application import strports
@@ -28,14 +29,14 @@ from mailframe import plugins
 from mailframe.app import registry
 from mailframe.app.config import (
     ClientLimits,
-    ConfigError,
     ListenerSpec,
     buildListeners,
     clientLimits,
-    convert,
+    queueSpec,
     readConfigFile,
 )
 from mailframe.app.security import Security
+from mailframe.app.settings import COMMAND, FILE, FLAG, LIST, SCHEMA, VALUE, Setting, convert
 from mailframe.config import ProviderContext
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -45,7 +46,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
-from mailframe.queue.settings import SettingError, queueSpec
+from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine
 
 __all__ = ["MailframeService", "Options", "makeService", "plugInHelp", "run"]
 
@@ -58,20 +59,12 @@ chosen with description strings, like endpoints: --deliver
 maildir:/var/mail:layout=user.  Settings can also come from a TOML file
 (--config) with the same names (lists for repeatable options) and
 [[listener]] tables; command-line options override it.  Sizes take K, M or
-G; times are seconds.  TLS: --tls-cert/--tls-key (STARTTLS is then offered),
---submission (587 style) and --submissions (465 style, implicit TLS)
-listeners where MAIL needs AUTH; AUTH checkers are Twisted's --auth strings
-(--help-auth lists them), offered only inside TLS.
+G; durations are seconds, or a number with s, m, h, d (90s, 5m, 1h, 5d).
+TLS: --tls-cert/--tls-key (STARTTLS is then offered), --submission (587
+style) and --submissions (465 style, implicit TLS) listeners where MAIL
+needs AUTH; AUTH checkers are Twisted's --auth strings (--help-auth lists
+them), offered only inside TLS.
 """
-
-# Options given several times; lists in the config file.
-_REPEATABLE = ("listen", "domain", "validate", "tls-cert", "tls-key", "auth", "submission",
-               "submissions", "filter", "relay-network", "proxy-network")  # fmt: skip
-
-# The queue's options with a value (mailframe.queue.settings).
-_QUEUE_OPTIONS = ("spool", "relay-host", "retry-initial", "retry-max", "give-up", "delay-warning",
-                  "bounce-body-size", "bounce-full-size", "queue-connections",
-                  "queue-destination-connections", "spool-threads", "spool-sync")  # fmt: skip
 
 # The kinds --help lists first, with the option that chooses them.
 _OPTION_KINDS: list[tuple[Any, str]] = [
@@ -85,96 +78,43 @@ _OPTION_KINDS: list[tuple[Any, str]] = [
 ]  # fmt: skip
 
 
+def _help(option: Option) -> str:
+    """A setting's or option's help as --help shows it, with its default."""
+    repeatable = " Repeatable." if isinstance(option, Setting) and option.form == LIST else ""
+    return f"{option.help}{repeatable} [default: {option.defaultText}]"
+
+
+def _appender(setting: Setting, alias: str | None = None) -> Callable[[Options, str], None]:
+    """The opt_ method of a repeatable setting (or of its C{alias}): it adds each value."""
+
+    def opt(self: Options, value: str) -> None:
+        self[setting.name].append(value)
+
+    opt.__doc__ = f"The same as --{setting.name}." if alias else _help(setting)
+    return opt
+
+
 class Options(usage.Options):
-    """The options of C{twistd mailframe}; C{self.listeners} after parsing."""
+    """
+    The options of C{twistd mailframe}, made from the table of settings;
+    C{self.listeners}, C{self.clientLimits}, C{self.queue} and
+    C{self.workers} after parsing.
+    """
 
     synopsis = "[options]"
     longdesc = _LONGDESC
 
-    optParameters = [
-        ["workers", None, None, "Processes serving the same tcp: listening ports "
-         "(SO_REUSEPORT), to use every core. [default: 1]"],
-        ["worker", None, None, "Internal: the index of a worker process started by "
-         "--workers."],
-        ["hostname", None, None, "The name in the greeting and Received fields. "
-         "[default: this host's fully qualified name]"],
-        ["deliver", None, None, "The delivery backend, a description. "
-         "[default: maildir:./Maildir]"],
-        ["max-size", None, None, "The largest message accepted, in octets (K, M, G). "
-         "0 is no limit. [default: 35M]"],
-        ["max-recipients", None, None, "The most recipients of a message. [default: 1000]"],
-        ["max-errors", None, None, "Error replies that end a session (the count "
-         "restarts after each message). [default: 20]"],
-        ["timeout", None, None, "Seconds to wait for a command. [default: 300]"],
-        ["data-timeout", None, None, "Seconds to wait for message data. [default: 300]"],
-        ["bare-newlines", None, None, "A bare CR or LF in message data: 'reject' it "
-         "with 5xx or 'normalise' it to CRLF. [default: reject]"],
-        ["config", None, None, "Read settings from this TOML file."],
-        ["auth-failures", None, None, "Failed AUTH attempts in a session before 421 and "
-         "close. [default: 3]"],
-        ["auth-failure-delay", None, None, "Seconds before a failed AUTH is answered. "
-         "[default: 1]"],
-        ["auth-client-failures", None, None, "Failed AUTH attempts of one client (IPv6: "
-         "its /64) within --auth-client-window that block it. [default: 10]"],
-        ["auth-client-window", None, None, "Seconds over which a client's failures are "
-         "counted. [default: 600]"],
-        ["auth-client-block", None, None, "Seconds a blocked client is refused (421 at "
-         "connect). [default: 900]"],
-        ["limits", None, None, "Connection limits of each listener, as options of the "
-         "limits filter (total=1000:client=50:rate=0:messages=0:recipients=0:exempt=NETS), "
-         "or 'off'; an empty string is the defaults (total=1000, client=50, the relay "
-         "networks exempt). [default: off]"],
-        ["enforce-sync", None, None, "yes: a client that talks before the greeting or sends "
-         "commands ahead without PIPELINING gets 554 5.5.0 and is dropped. [default: yes]"],
-        ["greet-delay", None, None, "Seconds to wait before greeting a client's first "
-         "connection, so that early talkers show themselves. [default: 1; 0 on "
-         "submission listeners]"],
-        ["error-delay", None, None, "Tarpit: after --soft-errors errors, each error reply "
-         "waits this many seconds more than the last. [default: 0, off]"],
-        ["soft-errors", None, None, "Errors in a session before --error-delay applies. "
-         "[default: 3]"],
-        ["spool", None, None, "Queue accepted mail in this directory and deliver it from "
-         "there: local domains with --deliver, others relayed, with retries and bounces. "
-         "[default: ./spool, when a relay setting turns the queue on; else no queue]"],
-        ["relay-host", None, None, "Relay all mail for other domains through this host "
-         "(a smarthost: tcp:HOST:PORT, HOST:PORT, [ADDRESS]:PORT or mx:DOMAIN); "
-         "credentials and TLS policy in the config file. [default: the MX hosts]"],
-        ["retry-initial", None, None, "First retry after a temporary failure (seconds, or "
-         "5m, 1h, 2d). [default: 5m]"],
-        ["retry-max", None, None, "Longest time between retries (back-off doubles). "
-         "[default: 1h]"],
-        ["give-up", None, None, "Bounce what is still undelivered this long after arrival. "
-         "[default: 5d]"],
-        ["delay-warning", None, None, "Tell the sender once when a message is still "
-         "undelivered this long after arrival; 0 for never. [default: 0]"],
-        ["bounce-body-size", None, None, "Octets of the body returned in a bounce "
-         "(K, M, G). [default: 16K]"],
-        ["bounce-full-size", None, None, "The largest message returned whole when the "
-         "sender asked with RET=FULL. [default: 1M]"],
-        ["queue-connections", None, None, "Relay deliveries at once, in total. "
-         "[default: 20]"],
-        ["queue-destination-connections", None, None, "Relay deliveries at once to one "
-         "destination. [default: 5]"],
-        ["spool-threads", None, None, "Spool files fsync'd in parallel. [default: 8]"],
-        ["spool-sync", None, None, "How the spool makes a commit durable: fsync (each "
-         "file) or syncfs (one syncfs(2) of its file system; Linux). [default: fsync]"],
-    ]  # fmt: skip
-    optFlags = [
-        ["transcript", None, "Debugging: log every session as a readable transcript."],
-        ["quiet", None, "No log line per message (start-up, warnings and errors are "
-         "still logged)."],
-        ["tls", None, "Offer TLS with a self-signed certificate for the host name, made "
-         "once in the working directory, when no --tls-cert is given (development)."],
-        ["auth-plaintext", None, "Offer AUTH without TLS too: passwords in clear (tests "
-         "on localhost only; logged as a warning)."],
-        ["require-auth", None, "MAIL needs AUTH on the --listen endpoints too."],
-        ["implicit-tls", None, "The --listen endpoints speak TLS from the first byte."],
-    ]  # fmt: skip
+    optParameters = [[s.name, None, None, _help(s)] for s in SCHEMA if s.form in (VALUE, COMMAND)]
+    optFlags = [[s.name, None, _help(s)] for s in SCHEMA if s.form == FLAG]
 
     compData = usage.Completions(
         optActions={
             "config": usage.CompleteFiles("*.toml"),
-            "bare-newlines": usage.CompleteList(["reject", "normalise"]),
+            **{
+                s.name: usage.CompleteList(s.placeholder.split("|"))
+                for s in SCHEMA
+                if "|" in s.placeholder and s.form == VALUE
+            },
         }
     )
 
@@ -183,56 +123,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in _REPEATABLE:
-            self[name] = []
-
-    def opt_listen(self, endpoint: str) -> None:
-        """Listen on this endpoint (repeatable) [default: tcp:2525:interface=127.0.0.1]"""
-        self["listen"].append(endpoint)
-
-    def opt_port(self, endpoint: str) -> None:
-        """The same as --listen."""
-        self.opt_listen(endpoint)
-
-    def opt_domain(self, domain: str) -> None:
-        """A local domain (repeatable; a,b for two) [default: localhost, the host name]"""
-        self["domain"].append(domain)
-
-    def opt_relay_network(self, network: str) -> None:
-        """Clients in this network (CIDR; repeatable) may relay, as authenticated ones may"""
-        self["relay-network"].append(network)
-
-    def opt_proxy_network(self, network: str) -> None:
-        """A proxy (CIDR; repeatable) whose PROXY header a haproxy: endpoint believes [default: 127.0.0.0/8, ::1]"""  # noqa: E501
-        self["proxy-network"].append(network)
-
-    def opt_validate(self, description: str) -> None:
-        """A recipient validator (repeatable: asked in order) [default: any]"""
-        self["validate"].append(description)
-
-    def opt_filter(self, description: str) -> None:
-        """A security check or other filter: limits, dnsbl, helo, spf, dkim-verify, dmarc, authresults, dkim-sign (repeatable)"""  # noqa: E501
-        self["filter"].append(description)
-
-    def opt_tls_cert(self, path: str) -> None:
-        """A certificate file, PEM, with its chain (certbot's fullchain.pem); repeat for SNI"""
-        self["tls-cert"].append(path)
-
-    def opt_tls_key(self, path: str) -> None:
-        """The private key of each --tls-cert, in order (certbot's privkey.pem)"""
-        self["tls-key"].append(path)
-
-    def opt_auth(self, description: str) -> None:
-        """An AUTH checker, a strcred string: memory:USER:PASS, file:PATH, unix, mailframe:PATH (repeatable: asked in order)"""  # noqa: E501
-        self["auth"].append(description)
-
-    def opt_submission(self, endpoint: str) -> None:
-        """A submission listener, 587 style: STARTTLS, MAIL needs AUTH (repeatable)"""
-        self["submission"].append(endpoint)
-
-    def opt_submissions(self, endpoint: str) -> None:
-        """A submission listener with implicit TLS, 465 style: MAIL needs AUTH (repeatable)"""
-        self["submissions"].append(endpoint)
+        for setting in SCHEMA:
+            if setting.form == LIST:
+                self[setting.name] = []
 
     def opt_help_auth(self) -> None:
         """List the --auth checker types installed, and exit"""
@@ -252,70 +145,40 @@ class Options(usage.Options):
         try:
             self.listeners = self._listeners()
             self.workers = self._workers()
-        except ConfigError as e:
+        except SettingError as e:
             raise usage.UsageError(str(e))
 
     def _workers(self) -> int:
         count = 1
         if self["workers"] is not None:
-            value = self["workers"].strip()
-            if not value.isdigit() or not 1 <= int(value) <= 64:
-                raise ConfigError(f"--workers: expected 1 to 64, not {self['workers']!r}")
-            count = int(value)
-        if self["worker"] is not None and not self["worker"].strip().isdigit():
-            raise ConfigError(f"--worker: expected a number, not {self['worker']!r}")
+            count = convert("workers", self["workers"], "--workers")
+        if self["worker"] is not None:
+            convert("worker", self["worker"], "--worker")
         if count > 1:
-            from twisted.internet.testing import MemoryReactor
-
             from mailframe.app.workers import reusePortEndpoint
             from mailframe.server.proxy import splitProxyEndpoint
 
             for spec in self.listeners:
                 for endpoint in spec.endpoints:
                     try:
-                        reusePortEndpoint(MemoryReactor(), splitProxyEndpoint(endpoint)[1])
+                        reusePortEndpoint(splitProxyEndpoint(endpoint)[1])
                     except ValueError as e:
-                        raise ConfigError(str(e))
-        return count
+                        raise SettingError(str(e))
+        return int(count)
+
+    def _command(self) -> dict[str, Any]:
+        """The settings given on the command line, converted."""
+        command: dict[str, Any] = {}
+        for setting in SCHEMA:
+            name, value = setting.name, self.get(setting.name)
+            if setting.form == FLAG and value:
+                command[name] = True
+            elif (setting.form == LIST and value) or (setting.form == VALUE and value is not None):
+                command[name] = setting.parse(value, f"--{name}")
+        return command
 
     def _listeners(self) -> list[ListenerSpec]:
-        command: dict[str, Any] = {}
-        for name in _REPEATABLE:
-            if self[name]:
-                command[name] = convert(name, self[name], f"--{name}")
-        for name in (
-            "hostname",
-            "deliver",
-            "max-size",
-            "max-recipients",
-            "max-errors",
-            "timeout",
-            "data-timeout",
-            "bare-newlines",
-            "auth-failures",
-            "auth-failure-delay",
-            "auth-client-failures",
-            "auth-client-window",
-            "auth-client-block",
-            "limits",
-            "enforce-sync",
-            "greet-delay",
-            "error-delay",
-            "soft-errors",
-            *_QUEUE_OPTIONS,
-        ):
-            if self[name] is not None:
-                command[name] = convert(name, self[name], f"--{name}")
-        for name in (
-            "transcript",
-            "quiet",
-            "tls",
-            "auth-plaintext",
-            "require-auth",
-            "implicit-tls",
-        ):
-            if self[name]:
-                command[name] = True
+        command = self._command()
         fileTop: dict[str, Any] | None = None
         fileListeners = None
         if self["config"] is not None:
@@ -323,14 +186,38 @@ class Options(usage.Options):
         self.clientLimits = clientLimits(command, fileTop)
         listeners = buildListeners(command, fileTop, fileListeners)
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
-        try:
-            self.queue = queueSpec(command, fileTop, networks)
-        except SettingError as e:
-            raise ConfigError(str(e))
+        self.queue = queueSpec(command, fileTop, networks)
         return listeners
 
     def getUsage(self, width: int | None = None) -> str:
-        return super().getUsage(width) + "\n" + plugInHelp(width)
+        return super().getUsage(width) + "\n" + fileOnlyHelp(width) + "\n" + plugInHelp(width)
+
+
+for _setting in SCHEMA:
+    if _setting.form == LIST:
+        setattr(Options, "opt_" + _setting.name.replace("-", "_"), _appender(_setting))
+        for _alias in _setting.aliases:
+            setattr(Options, "opt_" + _alias.replace("-", "_"), _appender(_setting, _alias))
+
+
+def _wrap(text: str, width: int, indent: int, hanging: int = 0) -> list[str]:
+    return textwrap.wrap(
+        text,
+        width=max(width, 40),
+        initial_indent=" " * indent,
+        subsequent_indent=" " * (indent + hanging),
+        break_on_hyphens=False,
+    )
+
+
+def fileOnlyHelp(width: int | None = None) -> str:
+    """The settings only a config file can give (tables, and the relay's secrets)."""
+    width = width or int(os.environ.get("COLUMNS", "80"))
+    lines = ["Settings of the config file only (--config):"]
+    for setting in SCHEMA:
+        if setting.form == FILE:
+            lines.extend(_wrap(f"{setting.name}: {_help(setting)}", width, 2, 4))
+    return "\n".join(lines) + "\n"
 
 
 def plugInHelp(width: int | None = None) -> str:
@@ -350,14 +237,11 @@ def plugInHelp(width: int | None = None) -> str:
         lines.append(f"  {title}:")
         for factory in members:
             lines.append(f"    {factory.synopsis}")
-            lines.extend(
-                textwrap.wrap(
-                    str(factory.description),
-                    width=max(width, 40),
-                    initial_indent=" " * 8,
-                    subsequent_indent=" " * 8,
-                )
-            )
+            lines.extend(_wrap(str(factory.description), width, 8))
+            if isinstance(factory, PlugInFactory):
+                for option in factory.options:
+                    text = f"{option.name}={option.placeholder}: {_help(option)}"
+                    lines.extend(_wrap(text, width, 10, 2))
     return "\n".join(lines) + "\n"
 
 
@@ -418,8 +302,7 @@ def _build(interface: Any, description: str, context: ProviderContext) -> Any:
         raise SystemExit(f"mailframe: {e}")
     except (OSError, ValueError) as e:
         raise SystemExit(
-            f"mailframe: cannot set up {plugins.kindName(interface)} {description!r}: "
-            f"{_oneLine(e)}"
+            f"mailframe: cannot set up {plugins.kindName(interface)} {description!r}: {oneLine(e)}"
         )
 
 
@@ -473,7 +356,7 @@ def makeService(options: Options) -> MailframeService:
                     proxies=spec.proxyNetworks,
                 )
             except Exception as e:
-                raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {_oneLine(e)}")
+                raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {oneLine(e)}")
             child.setServiceParent(service)
         service.announcements.append(_announce(spec, factory))
         service.factories.append(factory)
@@ -522,7 +405,7 @@ def _finishQueue(queue: Any, options: Options, service: MailframeService) -> Non
     try:
         queue.finish(first.hostname, logDeliveries=first.logMessages)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"mailframe: cannot set up the relay: {_oneLine(e)}")
+        raise SystemExit(f"mailframe: cannot set up the relay: {oneLine(e)}")
     service.announcements.append(queue.describe())
 
 
@@ -545,7 +428,7 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
         except plugins.PlugInError as e:
             raise SystemExit(f"mailframe: {e}")
         except (OSError, ValueError) as e:
-            raise SystemExit(f"mailframe: cannot set up filter {description!r}: {_oneLine(e)}")
+            raise SystemExit(f"mailframe: cannot set up filter {description!r}: {oneLine(e)}")
     kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
     checks: dict[Any, list[Any]] = {k: [p for p in built if k.providedBy(p)] for k in kinds}
     checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
@@ -579,11 +462,6 @@ def _endpointService(
 
         return ReusePortService(reactor, description, listening)
     return strports.service(description, listening, reactor=reactor)
-
-
-def _oneLine(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def run() -> None:

@@ -24,10 +24,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from mailframe.app.endpoints import tcpListenAddress
 
 __all__ = ["ReusePortService", "WorkerPool", "reusePortEndpoint", "workerArgv"]
 
@@ -38,23 +39,19 @@ STOP_GRACE = 10.0
 TERM_DELAY = 0.5
 
 
-def reusePortEndpoint(reactor: Any, description: str) -> tuple[int, str, int, int]:
+def reusePortEndpoint(description: str) -> tuple[int, str, int, int]:
     """
     The (family, interface, port, backlog) of a C{tcp:} or C{tcp6:} endpoint
     string; ValueError for any other kind, or for port 0 (each worker would
     get a different port).
     """
-    endpoint = serverFromString(reactor, description)
-    if isinstance(endpoint, TCP6ServerEndpoint):
-        family = socket.AF_INET6
-    elif isinstance(endpoint, TCP4ServerEndpoint):
-        family = socket.AF_INET
-    else:
-        raise ValueError(f"--workers needs tcp: or tcp6: endpoints, not {description!r}")
-    port = endpoint._port  # Twisted keeps these private
-    if port == 0:
+    try:
+        address = tcpListenAddress(description)
+    except ValueError:
+        raise ValueError(f"--workers needs tcp: or tcp6: endpoints, not {description!r}") from None
+    if address.port == 0:
         raise ValueError(f"--workers needs a fixed port, not 0 ({description!r})")
-    return family, endpoint._interface, port, endpoint._backlog
+    return address.family, address.interface, address.port, address.backlog
 
 
 class ReusePortService(Service):
@@ -64,9 +61,7 @@ class ReusePortService(Service):
         self.reactor = reactor
         self.description = description
         self.factory = factory
-        self.family, self.interface, self.port, self.backlog = reusePortEndpoint(
-            reactor, description
-        )
+        self.family, self.interface, self.port, self.backlog = reusePortEndpoint(description)
         self.listeningPort: Any = None
 
     def privilegedStartService(self) -> None:

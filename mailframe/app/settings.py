@@ -1,0 +1,341 @@
+"""
+The one table of C{twistd mailframe}'s settings (L{SCHEMA}): each setting's
+name, converter, default, help, and where it applies.  The command line
+(L{mailframe.app.tap.Options}), the TOML file (L{mailframe.app.config}),
+the queue's and the relay's settings, C{--help} and the settings reference
+of the docs (L{mailframe.app.reference}) are all made from it, so they
+cannot disagree.
+
+A setting has the same name on the command line (C{--max-size 50M}) and in
+the file (C{max-size = "50M"}).  Its C{form} says how the command line takes
+it: a value, a flag, a repeatable value (a list in the file), not at all
+(L{FILE}: tables and secrets), or only there (L{COMMAND}).  Its C{scope}
+says whether a C{[[listener]]} table may set it (L{LISTENER}) or only the
+top level (L{TOP}).
+
+Owns: the table and converting one setting (L{convert}).  Must not: import
+the reactor or a provider module at import time; merge settings (that is
+L{mailframe.app.config}'s job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mailframe.app import converters as c
+from mailframe.plugins import Count, Duration, Networks, Option, SettingError, Size, YesNo
+from mailframe.queue.settings import DEFAULT_SPOOL
+
+__all__ = [
+    "COMMAND",
+    "DEFAULTS",
+    "DEFAULT_GREET_DELAY",
+    "FILE",
+    "FLAG",
+    "LIST",
+    "LISTENER",
+    "SCHEMA",
+    "SECTIONS",
+    "SETTINGS",
+    "TOP",
+    "TOP_LEVEL_ONLY",
+    "VALUE",
+    "Setting",
+    "SettingError",
+    "convert",
+]
+
+#: Forms: C{--name VALUE}; C{--name}; C{--name VALUE} repeated (a list in the
+#: file); in the file only; on the command line only.
+VALUE, FLAG, LIST, FILE, COMMAND = "value", "flag", "list", "file", "command"
+#: Scopes: a [[listener]] table may set it; the top level only.
+LISTENER, TOP = "listener", "top"
+
+#: The parts of the reference in the docs: (name, title).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("server", "Settings"),
+    ("tls", "TLS and authentication"),
+    ("checks", "Security checks"),
+    ("queue", "The queue and relaying"),
+)
+
+#: The pregreet wait of a listener where MAIL needs no AUTH (port 25 style);
+#: submission listeners wait 0 (their clients are people's mail programs).
+#: Only a client's first connection waits: one that passed is remembered.
+DEFAULT_GREET_DELAY = 1.0
+
+
+@dataclass(frozen=True)
+class Setting(Option):
+    """
+    One setting of C{twistd mailframe}: an L{Option} (name, converter,
+    default, help) with its C{form} on the command line, its C{scope}, the
+    C{section} of the docs it is in, C{details} for the docs only (reST),
+    and other names of its option (C{aliases}).
+    """
+
+    form: str = VALUE
+    scope: str = LISTENER
+    section: str = "server"
+    details: str = ""
+    aliases: tuple[str, ...] = ()
+
+    def describe(self, label: str, message: str) -> str:
+        return f"{label}: {message}"
+
+
+def _proxies() -> str:
+    from mailframe.server.proxy import DEFAULT_TRUSTED
+
+    return ", ".join(DEFAULT_TRUSTED)
+
+
+def _limits() -> str:
+    from mailframe.policy.factories import POLICY_FACTORIES
+
+    [factory] = [f for f in POLICY_FACTORIES if f.prefix == "limits"]
+    return "on: " + ", ".join(f"{o.name}={o.defaultText}" for o in factory.options)
+
+
+_SECONDS = Duration()
+_DELAY = Duration(zero=True)
+_DURATION = Duration("a duration")
+_SLOTS = Count(1, expected="a whole number of at least 1")
+
+SCHEMA: tuple[Setting, ...] = (
+    # -- the server -------------------------------------------------------------------
+    Setting("listen", c.endpoints, ("tcp:2525:interface=127.0.0.1",),
+            "Listen on this Twisted server endpoint (loopback only by default).",
+            form=LIST, metavar="ENDPOINT", aliases=("port",), details=(
+                "For example ``tcp:25``, ``tcp6:25``, ``unix:/run/mailframe.sock``, "
+                "``systemd:domain=INET:index=0``.  ``haproxy:ENDPOINT`` listens behind a "
+                "load balancer that sends the PROXY protocol header (HAProxy's v1 or v2): "
+                "the session starts only once the header has been read (no greeting "
+                "before it, 10 s to send it), and the client address in it is the one "
+                "every check, log line and ``Received:`` field uses.  Only a proxy in "
+                "``proxy-network`` is believed; any other peer is dropped unanswered.")),
+    Setting("hostname", c.hostname, None,
+            "The name in the 220 greeting, the EHLO reply and the Received: field.",
+            shown="this host's fully qualified name", metavar="NAME"),
+    Setting("domain", c.domains, (),
+            "A local domain (a,b for two): mail for it is accepted, subject to the "
+            "validators; mail for any other domain is relaying, refused with 550 5.7.1.",
+            form=LIST, shown="localhost and the host name", metavar="NAME",
+            details="``domains:`` validators add theirs."),
+    Setting("validate", c.validate, ("any",),
+            "A recipient validator, a plug-in description; they are asked in order.",
+            form=LIST, metavar="DESCRIPTION", details=(
+                "The first that accepts or refuses decides, and a recipient no validator "
+                "accepts gets ``550 5.1.1``.")),
+    Setting("deliver", c.deliver, "maildir:./Maildir",
+            "The delivery backend, a plug-in description.", metavar="DESCRIPTION"),
+    Setting("max-size", Size(), 35 << 20,
+            "The largest message in octets (K, M, G are powers of 1024); 0 is no limit.",
+            details="Advertised with SIZE."),
+    Setting("max-recipients", Count(1), 1000,
+            "The most recipients of a message; the extras get 452 4.5.3."),
+    Setting("max-errors", Count(1), 20,
+            "Error replies (4xx, 5xx) that end a session with 421 4.7.0; the count "
+            "restarts after each accepted message."),
+    Setting("timeout", _SECONDS, 300.0, "How long to wait for the next command.",
+            details="RFC 5321 4.5.3.2.7 asks for at least 5 minutes."),
+    Setting("data-timeout", _SECONDS, 300.0, "How long to wait for more message data."),
+    Setting("bare-newlines", c.bareNewlines, "reject",
+            "A bare CR or LF in message data: reject the message with 550 5.5.2 after "
+            "its end, or normalise it to CRLF.", metavar="reject|normalise"),
+    Setting("proxy-network", Networks(), (),
+            "A load balancer (CIDR; a,b for two) whose PROXY header a haproxy: endpoint "
+            "believes.", form=LIST, shown=_proxies, metavar="CIDR"),
+    Setting("workers", Count(1, 64), 1,
+            "Processes serving the same tcp: listening ports (SO_REUSEPORT), to use "
+            "every core.", form=COMMAND, scope=TOP, details=(
+                "Python runs one core per process.  Each process binds its own socket "
+                "with ``SO_REUSEPORT`` and the kernel spreads new connections over them.  "
+                "The process ``twistd`` starts is worker 0: it serves too, starts the "
+                "others with the same options, restarts one that dies (at most five times "
+                "a minute) and stops them when it stops.  Needs ``tcp:`` or ``tcp6:`` "
+                "endpoints with a fixed port.")),
+    Setting("worker", Count(0), None,
+            "Internal: the index of a worker process that worker 0 started.",
+            form=COMMAND, scope=TOP),
+    Setting("quiet", c.Boolean(), False,
+            "No log line per message (start-up lines, warnings and errors are still "
+            "logged).", form=FLAG, details=(
+                "By default every message accepted or refused after its data gets one "
+                "line: session and queue ids, sender, recipients, size, the user of an "
+                "authenticated session, and the reply code.")),
+    Setting("transcript", c.Boolean(), False,
+            "Debugging: log every session as a readable transcript (commands and "
+            "replies; message contents are summarised, never logged).", form=FLAG),
+    Setting("config", c.path, None, "Read settings from this TOML file.",
+            form=COMMAND, scope=TOP, metavar="FILE"),
+    # -- TLS and AUTH -----------------------------------------------------------------
+    Setting("tls-cert", c.strings, (),
+            "A PEM certificate file with its chain (certbot's fullchain.pem); the first "
+            "is the default, the others are chosen by SNI; STARTTLS is then offered.",
+            form=LIST, section="tls", metavar="FILE",
+            details="Reloaded when the files change."),
+    Setting("tls-key", c.strings, (),
+            "The private key of each tls-cert, in the same order (certbot's privkey.pem); "
+            "none if each certificate file holds its key.",
+            form=LIST, section="tls", metavar="FILE"),
+    Setting("tls", c.Boolean(), False,
+            "Without tls-cert: offer TLS with a self-signed certificate for the host name, "
+            "made once in the working directory (development).", form=FLAG, section="tls"),
+    Setting("implicit-tls", c.Boolean(), False,
+            "The listen endpoints (or a [[listener]]'s) speak TLS from the first byte.",
+            form=FLAG, section="tls", details="An ``ssl:`` endpoint always does."),
+    Setting("auth", c.authTypes, (),
+            "An AUTH checker, a Twisted strcred string (memory:USER:PASS, file:PATH, "
+            "unix, mailframe:PATH); asked in order; AUTH is offered only inside TLS.",
+            form=LIST, section="tls", metavar="DESCRIPTION", shown="none (no AUTH)",
+            details=(
+                "``mailframe:PATH`` is a password file written by ``mailframe-passwd``; "
+                "any installed ``ICheckerFactory`` works too (``--help-auth`` lists "
+                "them).")),
+    Setting("auth-plaintext", c.Boolean(), False,
+            "Offer AUTH without TLS too: passwords in clear (tests on localhost only; "
+            "warned about at start).", form=FLAG, section="tls"),
+    Setting("require-auth", c.Boolean(), False,
+            "MAIL needs an authenticated session (530 5.7.0), as on submission listeners.",
+            form=FLAG, section="tls"),
+    Setting("submission", c.endpoints, (),
+            "A listener named submission (port 587 style) where MAIL needs AUTH; needs "
+            "auth, and a certificate or auth-plaintext.",
+            form=LIST, scope=TOP, section="tls", metavar="ENDPOINT"),
+    Setting("submissions", c.endpoints, (),
+            "A submission listener with TLS from the first byte (port 465 style); needs "
+            "auth and a certificate.", form=LIST, scope=TOP, section="tls",
+            metavar="ENDPOINT",
+            details="With ``submission`` or ``submissions`` and no ``listen``, only they "
+                    "listen."),
+    Setting("auth-failures", Count(1), 3,
+            "Failed AUTH attempts in a session before 421 4.7.0 and close.", section="tls"),
+    Setting("auth-failure-delay", _DELAY, 1.0,
+            "How long a failed AUTH waits for its 535; 0 for none.", section="tls"),
+    Setting("auth-client-failures", Count(1), 10,
+            "Failed AUTH attempts of one client (an IPv4 address or an IPv6 /64) within "
+            "auth-client-window that block it.", scope=TOP, section="tls"),
+    Setting("auth-client-window", _SECONDS, 600.0,
+            "The time over which a client's failed AUTH attempts are counted.",
+            scope=TOP, section="tls"),
+    Setting("auth-client-block", _SECONDS, 900.0,
+            "How long a blocked client is refused: 421 4.7.0 at connect.",
+            scope=TOP, section="tls"),
+    # -- security checks --------------------------------------------------------------
+    Setting("filter", c.filters, (),
+            "A security check or other filter, a plug-in description: limits, dnsbl, "
+            "helo, spf, dkim-verify, dmarc, authresults, dkim-sign, or an installed "
+            "plug-in of those kinds.", form=LIST, section="checks", metavar="DESCRIPTION",
+            details=(
+                "Each is used at every plug point it provides (connection filter, HELO "
+                "validator, sender validator, recipient validator before the ``validate`` "
+                "ones, message filter).  Message filters run in the order given, except "
+                "that ``authresults`` runs after the checks and ``dkim-sign`` last.")),
+    Setting("limits", c.limits, "",
+            "The connection limits of each listener, as options of the limits filter "
+            "(client=20:rate=30); an empty string for its defaults, off for none; over "
+            "a limit, 421 4.7.0.", section="checks", shown=_limits, metavar="OPTIONS"),
+    Setting("enforce-sync", YesNo(), True,
+            "A client that talks before the greeting, or sends commands ahead of the "
+            "replies without PIPELINING, gets 554 5.5.0 and is dropped.", section="checks"),
+    Setting("greet-delay", _DELAY, None,
+            "How long to wait before greeting a client's first connection, so that early "
+            "talkers show themselves (postscreen's pregreet test).", section="checks",
+            shown=f"{_DELAY.format(DEFAULT_GREET_DELAY)}; 0 on listeners where MAIL needs "
+                  "AUTH (submission)",
+            details="A client that waited is greeted at once for a day after."),
+    Setting("error-delay", _DELAY, 0.0,
+            "A tarpit: after soft-errors errors in a session, each error reply waits this "
+            "much longer than the last; 0 is off.", section="checks"),
+    Setting("soft-errors", Count(0), 3, "Errors in a session before error-delay applies.",
+            section="checks"),
+    # -- the queue and the relay ------------------------------------------------------
+    Setting("spool", c.path, None,
+            "Queue accepted mail in this directory (created, mode 0700) and deliver it from "
+            "there: local domains with deliver, the others relayed, with retries and "
+            "reports.", scope=TOP, section="queue", metavar="DIR",
+            shown=f"{DEFAULT_SPOOL} when the queue is on, else no queue",
+            details="With ``workers``, each worker uses ``DIR/worker-K``."),
+    Setting("spool-sync", c.syncMode, "fsync",
+            "How the spool makes a commit durable: fsync of each file (in parallel), or "
+            "one syncfs(2) of its file system (Linux).", scope=TOP, section="queue",
+            metavar="fsync|syncfs",
+            details="``syncfs`` is best when the spool has a file system of its own."),
+    Setting("spool-threads", _SLOTS, 8, "Spool files fsync'd in parallel.",
+            scope=TOP, section="queue"),
+    Setting("relay-network", Networks(), (),
+            "Clients in this network (CIDR; a,b for two) may relay, as authenticated "
+            "clients may; the others get 550 5.7.1 at RCPT for domains that are not local.",
+            form=LIST, section="queue", metavar="CIDR"),
+    Setting("relay-host", c.nextHop, None,
+            "A smarthost for every domain that is neither local nor routed: "
+            "tcp:HOST:PORT, HOST:PORT, [ADDRESS]:PORT, HOST (port 25) or mx:DOMAIN.",
+            scope=TOP, section="queue", metavar="HOST", shown="each domain's MX hosts"),
+    Setting("relay-tls", c.tlsPolicy, None,
+            "The smarthost's TLS policy: none, opportunistic, require or verify.",
+            form=FILE, scope=TOP, section="queue",
+            shown="verify, or opportunistic for a loopback address"),
+    Setting("relay-user", c.string, None,
+            "The smarthost's AUTH user name, with relay-password.",
+            form=FILE, scope=TOP, section="queue"),
+    Setting("relay-password", c.string, None,
+            "The smarthost's AUTH password, with relay-user.",
+            form=FILE, scope=TOP, section="queue",
+            details="Keep the file readable by mailframe only."),
+    Setting("routes", c.routes, {},
+            "Per-domain routes, a table of domain = route: local (the local backend; the "
+            "domain becomes local), a host, or a table.", form=FILE, scope=TOP,
+            section="queue", details=(
+                "For example ``\"example.org\" = \"local\"``, ``\"example.net\" = "
+                "\"tcp:10.0.0.5:25\"``; a table has ``host``, ``port``, ``tls``, "
+                "``tls-hostname``, ``username``, ``password``, ``auth-plaintext``.  "
+                "``\".example.net\"`` matches its subdomains.  A route does not open "
+                "relaying for its domain.")),
+    Setting("relay", c.relayTable, {},
+            "The relay's own settings, a table; relay-host and routes take precedence.",
+            form=FILE, scope=TOP, section="queue", details=(
+                "As :doc:`relay` describes them: ``tls``, ``connect-timeout``, "
+                "``max-attempts``, ``keep-alive``, ``ca-file``, ``timeouts`` ... and "
+                "``smarthost``, ``routes``.  Its times are durations too.")),
+    Setting("retry-initial", _DURATION, 300.0,
+            "The first retry after a temporary failure; each next one waits twice as long.",
+            scope=TOP, section="queue"),
+    Setting("retry-max", _DURATION, 3600.0, "The longest wait between two attempts.",
+            scope=TOP, section="queue"),
+    Setting("give-up", _DURATION, 5 * 86400.0,
+            "Recipients still not delivered this long after arrival fail, and the sender "
+            "gets a report.", scope=TOP, section="queue"),
+    Setting("delay-warning", Duration("a duration", zero=True), 0.0,
+            "Send the sender one delayed report when a message still waits this long "
+            "after arrival; 0 or off for never.", scope=TOP, section="queue"),
+    Setting("bounce-body-size", Size(), 16 << 10,
+            "Octets of the body a failure report returns (with the whole header section).",
+            scope=TOP, section="queue"),
+    Setting("bounce-full-size", Size(), 1 << 20,
+            "The largest message returned whole when the sender asked for it with RET=FULL.",
+            scope=TOP, section="queue"),
+    Setting("queue-connections", _SLOTS, 20, "Relay deliveries at once, in all.",
+            scope=TOP, section="queue"),
+    Setting("queue-destination-connections", _SLOTS, 5,
+            "Relay deliveries at once to one destination (a domain's MX hosts, or a host).",
+            scope=TOP, section="queue"),
+)  # fmt: skip
+
+#: Every setting by name.
+SETTINGS: Mapping[str, Setting] = {s.name: s for s in SCHEMA}
+
+#: The defaults, already converted.  C{hostname} None means this host's name,
+#: C{domain} empty means localhost and the host name, C{greet-delay} None
+#: means L{DEFAULT_GREET_DELAY} (0 where MAIL needs AUTH).
+DEFAULTS: Mapping[str, Any] = {s.name: s.default for s in SCHEMA}
+
+#: Settings of the whole service, refused in [[listener]] tables.
+TOP_LEVEL_ONLY = frozenset(s.name for s in SCHEMA if s.scope == TOP)
+
+
+def convert(name: str, value: Any, label: str | None = None) -> Any:
+    """Convert and check one setting; a L{SettingError} names it (or C{label})."""
+    return SETTINGS[name].parse(value, label)
