@@ -3,10 +3,30 @@ L{Message}: the bytes of a received message, with the trace and filter
 headers prepended, held in memory while small and in an unnamed temporary
 file once large.
 
+Ownership: a Message has one owner at a time and is closed by its last
+user, never under a reader.  Its owner (the server, for a received message;
+the queue runner, for one read back from the spool) calls L{Message.close}
+when it is done with it, whatever anyone else is doing.  Whoever reads it
+later than the call that handed it over (a delivery in a thread, a callback
+after the owner may have moved on) takes a L{Hold} first with
+L{Message.retain} and releases it once the reading is over: C{close}
+only marks the message closing, and its storage (the temporary file, the
+pieces in memory) is freed when the last hold is released.  C{retain},
+C{release} and C{close} are called in the reactor thread only, so the count
+needs no lock; reading (L{Message.chunks}, L{Message.open}, ...) may happen
+in any thread while a hold is kept.
+
+Each reader (C{chunks()}, C{open()}) takes, when it is made, everything it
+will read: the pieces in memory, or its own duplicate of the temporary
+file's descriptor.  A reader made before the storage was freed therefore
+reads this message whole, to its end, even after the free; one asked for
+after it gets L{MessageClosed}, never an empty or partial message, and no
+reader ever reads a closed or reused descriptor.
+
 Owns: message storage during a session and reading it back (as chunks, as a
-file, or its header section).  Line endings are stored as received (CRLF).
-Must not: import twisted or zope; do blocking work beyond local file writes
-of data that just arrived.
+file, or its header section), and its ownership (L{Hold}).  Line endings are
+stored as received (CRLF).  Must not: import twisted or zope; do blocking
+work beyond local file writes of data that just arrived.
 """
 
 from __future__ import annotations
@@ -19,9 +39,11 @@ import tempfile
 from collections.abc import Callable, Iterator
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8 as _POLICY
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
-__all__ = ["Message", "toLF"]
+__all__ = ["Hold", "Message", "MessageClosed", "toLF"]
+
+_T = TypeVar("_T")
 
 SPILL_THRESHOLD = 1 << 20
 """Bodies larger than this many octets are moved to a temporary file."""
@@ -33,11 +55,50 @@ _FIELD_START_RE = re.compile(rb"(?<=\n)(?=[^ \t])")  # a line that is not a cont
 _MAX_HEADER_SECTION = 1 << 18
 
 
+class MessageClosed(ValueError):
+    """The message's storage was freed: its last owner closed it."""
+
+
+class Hold:
+    """
+    A claim on a L{Message} (from L{Message.retain}): the message stays
+    readable until L{release}.  Releasing twice is harmless.  Also a context
+    manager, and L{passThrough} suits C{Deferred.addBoth}.
+    """
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release: Callable[[], None] | None = release
+
+    @property
+    def released(self) -> bool:
+        return self._release is None
+
+    def release(self) -> None:
+        """Give the message back (in the reactor thread); the last one frees a closed message."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def passThrough(self, result: _T) -> _T:
+        """L{release}, then return C{result} unchanged."""
+        self.release()
+        return result
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Message:
     """
     A received message.  The server writes the body with L{write}, then calls
     L{finish}; filters add header fields with L{prependHeader}; backends
-    read it with L{chunks} or L{open}.
+    read it with L{chunks} or L{open}, holding it (L{retain}) while they read
+    later than the call that gave it to them (see the module docstring).
     """
 
     def __init__(self, spillThreshold: int = SPILL_THRESHOLD, tempDir: str | None = None) -> None:
@@ -49,13 +110,16 @@ class Message:
         self._tempDir = tempDir
         self._finished = False
         self._head: tuple[int, bytes] | None = None  # (end, rewritten fields)
+        self._holds = 0
+        self._closing = False
+        self._freed = False
 
     # -- writing (the server) ------------------------------------------------
 
     def write(self, data: bytes) -> None:
         """Append received body octets."""
         if self._finished:
-            raise RuntimeError("message already finished")
+            raise RuntimeError("message already finished" if not self._freed else "message closed")
         self._bodySize += len(data)
         if self._file is not None:
             self._file.write(data)
@@ -126,18 +190,63 @@ class Message:
         if self._head is not None:
             return 0, self._head[0], self._head[1]
         data = bytearray()
-        for chunk in self._bodyChunks(0):
-            data += chunk
-            if b"\r\n\r\n" in data or len(data) > _MAX_HEADER_SECTION:
-                break
+        reader = self._reader([], 0)
+        try:
+            for chunk in reader:
+                data += chunk
+                if b"\r\n\r\n" in data or len(data) > _MAX_HEADER_SECTION:
+                    break
+        finally:
+            reader.close()
         if data.startswith(b"\r\n"):
             return 0, 0, b""
         end = data.find(b"\r\n\r\n")
         end = end + 2 if end >= 0 else min(len(data), _MAX_HEADER_SECTION)
         return 0, end, bytes(data[:end])
 
+    # -- ownership (the reactor thread only) ---------------------------------------
+
+    def retain(self) -> Hold:
+        """
+        Keep the message readable until the returned L{Hold} is released,
+        even if its owner closes it meanwhile.  Reactor thread only.
+
+        @raise MessageClosed: its storage is already freed.
+        """
+        if self._freed:
+            raise MessageClosed("the message was closed before it was retained")
+        self._holds += 1
+        return Hold(self._released)
+
+    def _released(self) -> None:
+        self._holds -= 1
+        if not self._holds and self._closing:
+            self._free()
+
     def close(self) -> None:
-        """Release the temporary file, if any."""
+        """
+        The owner is done with the message: its storage is freed now if
+        nobody holds it, else when the last L{Hold} is released.  Calling it
+        again is harmless.  Reactor thread only.
+        """
+        self._closing = True
+        if not self._holds:
+            self._free()
+
+    @property
+    def closing(self) -> bool:
+        """True once L{close} was called (the storage may still be held)."""
+        return self._closing
+
+    @property
+    def closed(self) -> bool:
+        """True once the storage is freed: no new reader can be made."""
+        return self._freed
+
+    def _free(self) -> None:
+        if self._freed:
+            return
+        self._freed = self._finished = True
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -166,34 +275,30 @@ class Message:
         """
         The message as a series of byte strings: the prepended fields, then
         the body.  Each call reads from the start, independent of any other
-        reader (threads may read at once).
-        """
-        if self._prefix:
-            yield b"".join(self._prefix)
-        if self._head is None:
-            yield from self._bodyChunks(0, size)
-            return
-        end, head = self._head
-        yield head
-        yield from self._bodyChunks(end, size)
+        reader (threads may read at once), and takes what it reads now (see
+        the module docstring): it reads this message whole even if the
+        storage is freed meanwhile.  Close it (C{.close()}) if you stop early.
 
-    def _bodyChunks(self, offset: int, size: int = _READ_SIZE) -> Iterator[bytes]:
+        @raise MessageClosed: the storage is already freed.
+        """
+        lead = [b"".join(self._prefix)]
+        offset = 0
+        if self._head is not None:
+            offset, head = self._head
+            lead.append(head)
+        return self._reader(lead, offset, size)
+
+    def _reader(self, lead: list[bytes], offset: int, size: int = _READ_SIZE) -> _Reader:
+        """A reader of C{lead}, then the body from C{offset}."""
+        if self._freed:
+            raise MessageClosed("the message was closed")
         if self._file is None:
-            if offset == 0:
-                yield from self._pieces
-                return
             for piece in self._pieces:
                 if offset < len(piece):
-                    yield piece[offset:] if offset else piece
+                    lead.append(piece[offset:] if offset else piece)
                 offset = max(0, offset - len(piece))
-            return
-        fd = self._file.fileno()
-        while offset < self._bodySize:
-            data = os.pread(fd, min(size, self._bodySize - offset), offset)
-            if not data:
-                break
-            offset += len(data)
-            yield data
+            return _Reader(lead)
+        return _Reader(lead, os.dup(self._file.fileno()), offset, self._bodySize, size)
 
     def getvalue(self) -> bytes:
         """The whole message as one byte string (small messages and tests)."""
@@ -208,15 +313,75 @@ class Message:
     def headers(self) -> email.message.Message:
         """The header section parsed by C{email} (at most 256 KiB is read)."""
         head = bytearray()
-        for chunk in self.chunks():
-            head += chunk
-            end = head.find(b"\r\n\r\n")
-            if end >= 0:
-                del head[end + 4 :]
-                break
-            if len(head) > _MAX_HEADER_SECTION:
-                break
+        reader = self.chunks()
+        try:
+            for chunk in reader:
+                head += chunk
+                end = head.find(b"\r\n\r\n")
+                if end >= 0:
+                    del head[end + 4 :]
+                    break
+                if len(head) > _MAX_HEADER_SECTION:
+                    break
+        finally:
+            _closeReader(reader)
         return BytesHeaderParser(policy=_POLICY).parsebytes(bytes(head))
+
+
+class _Reader:
+    """
+    One reader of a L{Message}: byte strings in memory (C{parts}), then,
+    for a message on disk, C{end - offset} octets read with C{pread} from
+    its own descriptor C{fd} (a duplicate, closed at the end, on L{close}
+    or when the reader is collected).
+    """
+
+    __slots__ = ("_end", "_fd", "_offset", "_parts", "_size")
+
+    def __init__(
+        self, parts: list[bytes], fd: int = -1, offset: int = 0, end: int = 0, size: int = 0
+    ) -> None:
+        parts.reverse()
+        self._parts = parts
+        self._fd = fd
+        self._offset = offset
+        self._end = end
+        self._size = size
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> bytes:
+        parts = self._parts
+        while parts:
+            part = parts.pop()
+            if part:
+                return part
+        fd = self._fd
+        if fd >= 0:
+            want = min(self._size, self._end - self._offset)
+            data = os.pread(fd, want, self._offset) if want > 0 else b""
+            if data:
+                self._offset += len(data)
+                return data
+            self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop reading; the descriptor is closed."""
+        self._parts = []
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _closeReader(reader: Iterator[bytes]) -> None:
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
 
 
 class _ChainReader(io.RawIOBase):
@@ -228,6 +393,11 @@ class _ChainReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        if not self.closed:
+            _closeReader(self._iter)
+        super().close()
 
     def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
         while not self._pending:

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 from twisted.trial.unittest import SynchronousTestCase
 
-from mailframe.message import Message, toLF
+from mailframe.message import Hold, Message, MessageClosed, toLF
+
+
+def openDescriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def spilled(data: bytes, spill: int = 100) -> Message:
+    m = Message(spillThreshold=spill)
+    m.write(data)
+    m.finish()
+    return m
 
 
 class MessageTests(SynchronousTestCase):
@@ -59,6 +73,131 @@ class MessageTests(SynchronousTestCase):
         m = Message()
         m.finish()
         self.assertRaises(RuntimeError, m.write, b"x")
+
+
+class OwnershipTests(SynchronousTestCase):
+    """retain, release and close: closed by its last user, never under a reader."""
+
+    DATA = b"Subject: x\r\n\r\n" + b"".join(b"line %04d\r\n" % i for i in range(500))
+
+    def both(self) -> list[Message]:
+        """The same message in memory and spilled to a temporary file."""
+        return [spilled(self.DATA, 1 << 20), spilled(self.DATA)]
+
+    def test_closeFrees(self) -> None:
+        """close() with no holder frees the storage: no new reader, a clear error."""
+        for m in self.both():
+            m.close()
+            self.assertTrue(m.closing)
+            self.assertTrue(m.closed)
+            self.assertRaises(MessageClosed, m.chunks)
+            self.assertRaises(MessageClosed, m.getvalue)
+            self.assertRaises(MessageClosed, m.open)
+            self.assertRaises(MessageClosed, m.retain)
+            self.assertRaises(RuntimeError, m.write, b"x")
+            self.assertEqual(m.size, len(self.DATA))
+            m.close()  # again: harmless
+
+    def test_closeWhileHeld(self) -> None:
+        """Closed while held, it stays whole until the last hold is released."""
+        for m in self.both():
+            first, second = m.retain(), m.retain()
+            m.close()
+            self.assertTrue(m.closing)
+            self.assertFalse(m.closed)
+            self.assertEqual(m.getvalue(), self.DATA)
+            first.release()
+            first.release()  # twice: counted once
+            self.assertFalse(m.closed)
+            self.assertEqual(b"".join(m.chunks(size=7)), self.DATA)
+            second.release()
+            self.assertTrue(first.released and second.released)
+            self.assertTrue(m.closed)
+
+    def test_releaseBeforeClose(self) -> None:
+        """Released before the owner closes it, the message stays open for its owner."""
+        m = spilled(self.DATA)
+        m.retain().release()
+        self.assertFalse(m.closed)
+        self.assertEqual(m.getvalue(), self.DATA)
+        m.close()
+        self.assertTrue(m.closed)
+
+    def test_holdHelpers(self) -> None:
+        """A Hold is a context manager, and passThrough releases and returns its argument."""
+        m = spilled(self.DATA)
+        with m.retain() as hold:
+            self.assertIsInstance(hold, Hold)
+            m.close()
+            self.assertFalse(m.closed)
+        self.assertTrue(m.closed)
+        m = spilled(self.DATA)
+        hold = m.retain()
+        m.close()
+        self.assertEqual(hold.passThrough("result"), "result")
+        self.assertTrue(m.closed)
+
+    def test_readerOutlivesClose(self) -> None:
+        """
+        A reader made before the storage is freed reads this message whole,
+        even when new files take the freed descriptor numbers.
+        """
+        for m in self.both():
+            reader = m.chunks(size=64)
+            first = next(reader)
+            chain = m.open()
+            m.close()
+            self.assertTrue(m.closed)
+            others = [spilled(b"X" * 1000) for _ in range(5)]
+            self.assertEqual(first + b"".join(reader), self.DATA)
+            self.assertEqual(chain.read(), self.DATA)
+            for other in others:
+                other.close()
+
+    def test_readerInAnotherThread(self) -> None:
+        """A thread reading while held, the owner closing meanwhile: the thread reads it whole."""
+        m = spilled(self.DATA * 20)
+        hold = m.retain()
+        started, closed = threading.Event(), threading.Event()
+        out: list[bytes] = []
+
+        def read() -> None:
+            reader = m.chunks(size=512)
+            parts = [next(reader)]
+            started.set()
+            closed.wait(10)
+            parts.extend(reader)
+            out.append(b"".join(parts))
+
+        thread = threading.Thread(target=read)
+        thread.start()
+        started.wait(10)
+        m.close()
+        closed.set()
+        thread.join(10)
+        hold.release()
+        self.assertEqual(out, [self.DATA * 20])
+        self.assertTrue(m.closed)
+
+    def test_readersCloseTheirDescriptors(self) -> None:
+        """A reader's descriptor is closed at its end, on close(), and by headers()."""
+        m = spilled(self.DATA)
+        before = openDescriptors()
+        reader = m.chunks()
+        self.assertEqual(openDescriptors(), before + 1)
+        b"".join(reader)
+        self.assertEqual(openDescriptors(), before)
+        reader = m.chunks()
+        next(reader)
+        reader.close()  # type: ignore[attr-defined]
+        self.assertEqual(openDescriptors(), before)
+        m.headers()
+        f = m.open()
+        f.read(10)
+        f.close()
+        self.assertEqual(openDescriptors(), before)
+        m.close()
+        self.assertEqual(openDescriptors(), before - 1)  # the temporary file
 
 
 class ToLFTests(SynchronousTestCase):
