@@ -18,8 +18,10 @@ anyone log in; both let an attacker who reads the file guess passwords
 offline, so keep it readable by the server only (the script creates it 0600).
 
 Verifying an argon2 hash takes a fraction of a second of CPU and 64 MiB, so
-the checker runs it in the reactor's thread pool; an unknown user costs the
-same as a known one.  The file is read again when it changes (checked at
+the checker runs it in the password-hashing thread pool
+(L{mailframe._threads.HASHING}, bounded, apart from the disk and DKIM
+pools, so a burst of logins delays neither deliveries nor signatures); an
+unknown user costs the same as a known one.  The file is read again when it changes (checked at
 most once a second); if it no longer parses, the last good version stays in
 force and an error is logged.
 
@@ -236,9 +238,12 @@ _Runner = Callable[..., "defer.Deferred[Any]"]
 
 
 def _deferToThread(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-    from twisted.internet import threads
+    """C{f(*args)} in the global reactor's password-hashing pool."""
+    from twisted.internet import reactor
 
-    return threads.deferToThread(f, *args)
+    from mailframe._threads import HASHING, threadPools
+
+    return threadPools(reactor).run(HASHING, f, *args)
 
 
 _PASSWORD = frozenset({"PLAIN", "LOGIN"})
@@ -249,7 +254,8 @@ _WITH_SCRAM = _PASSWORD | {"SCRAM-SHA-256"}
 class PasswordFileChecker:
     """
     Checks PLAIN/LOGIN passwords against the file's argon2 hashes (in a
-    thread, via C{runInThread}) and SCRAM-SHA-256 proofs against its keys.
+    thread, via C{runInThread}: by default the reactor's password-hashing
+    pool) and SCRAM-SHA-256 proofs against its keys.
     """
 
     credentialInterfaces = (IUsernamePassword, IScramSha256Credentials)

@@ -8,9 +8,15 @@ How the reactor never blocks: the public keys are fetched first, in the
 reactor thread, with twisted.names (one TXT lookup per signature, all at
 once, each with a timeout).  The cryptography (hashing the whole message,
 RSA or ed25519) then runs through a C{runner}: by default the reactor's
-thread pool (C{deferToThreadPool}, bounded by the pool's size), where
-dkimpy gets a C{dnsfunc} that only reads the keys already fetched, so no
-thread ever waits on DNS either.  Tests pass a runner that calls in place.
+DKIM thread pool (L{mailframe._threads.DKIM}, bounded, apart from the disk
+and password-hashing pools), where dkimpy gets a C{dnsfunc} that only reads
+the keys already fetched, so no thread ever waits on DNS either.  Tests
+pass a runner that calls in place.
+
+The message is read in the thread through a reader made in the reactor
+thread (L{mailframe.message.Message.chunks}), which keeps what it reads:
+the session may end, and the server close the message, while the thread
+runs, and the thread still reads this message whole.
 
 Results: C{pass}; C{fail} (the signature or body hash does not verify);
 C{permerror} (no key published, a bad key, a key too small, a malformed
@@ -60,13 +66,21 @@ Runner = Callable[..., "defer.Deferred[Any]"]
 
 
 def threadRunner(reactor: Any) -> Runner:
-    """Run a function in the reactor's thread pool."""
-    from twisted.internet.threads import deferToThreadPool
+    """Run a function in the reactor's DKIM thread pool."""
+    from mailframe._threads import DKIM, threadPools
+
+    pools = threadPools(reactor)
 
     def run(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+        return pools.run(DKIM, f, *args)
 
     return run
+
+
+def _contents(message: Any) -> Callable[[], bytes]:
+    """A reader of the message made now, in the reactor thread; call it in any thread."""
+    chunks = message.chunks()
+    return lambda: b"".join(chunks)
 
 
 def inlineRunner(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
@@ -206,12 +220,14 @@ class DKIMVerifier:
             self.dns.txt(n).addCallbacks(got, failed, callbackArgs=(n,), errbackArgs=(n,))
             for n in names
         ]
-        d = defer.gatherResults(lookups, consumeErrors=True)
-        return d.addCallback(
-            lambda _: self.runner(
-                lambda: _verifyAll(message.getvalue(), signatures, keys, self.minKeyBits)
-            )
-        )
+
+        def verifyAll(_: object) -> defer.Deferred[list[DKIMResult]]:
+            if getattr(message, "closed", False):  # the session ended during the lookups
+                return defer.succeed([])
+            data = _contents(message)
+            return self.runner(lambda: _verifyAll(data(), signatures, keys, self.minKeyBits))
+
+        return defer.gatherResults(lookups, consumeErrors=True).addCallback(verifyAll)
 
     def results(self, envelope: Envelope, message: Any) -> defer.Deferred[list[DKIMResult]]:
         """The recorded results, verifying first if nothing has recorded them."""
@@ -349,7 +365,8 @@ class DKIMSigner:
         """IMessageFilter: prepend a DKIM-Signature to outbound mail of our domain."""
         if not self.wants(session, message):
             return None
-        d = self.runner(lambda: self.sign(message.getvalue()))
+        data = _contents(message)
+        d = self.runner(lambda: self.sign(data()))
         return d.addCallback(self._prepend, message, session)
 
     def _prepend(self, field: bytes, message: Any, session: SessionInfo) -> None:
