@@ -60,13 +60,10 @@ class SynchronousThreadPool:
 
 
 class SynchronousReactor:
-    """Just enough of a reactor for deferToThreadPool: everything is synchronous."""
+    """Just enough of a reactor for a backend's thread work: everything is synchronous."""
 
     def __init__(self) -> None:
         self.pool = SynchronousThreadPool()
-
-    def getThreadPool(self) -> SynchronousThreadPool:
-        return self.pool
 
     def callFromThread(self, f: Callable[..., Any], *a: Any, **kw: Any) -> None:
         f(*a, **kw)
@@ -113,7 +110,12 @@ class MaildirTestsMixin:
     def backend(self, layout: str = "single") -> MaildirBackend:
         self.reactor = SynchronousReactor()
         self.root = self.mktemp()  # type: ignore[attr-defined]
-        return MaildirBackend(self.reactor, self.root, layout)  # type: ignore[arg-type]
+        return MaildirBackend(
+            self.reactor,  # type: ignore[arg-type]
+            self.root,
+            layout,
+            pool=self.reactor.pool,
+        )
 
     def deliver(self, backend: MaildirBackend, envelope: Envelope, message: Message) -> Any:
         return self.successResultOf(backend.deliver(envelope, message))  # type: ignore[attr-defined]
@@ -244,8 +246,8 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         )
         self.assertEqual(len(listFiles(os.path.join(self.root, "new"))), 1)
 
-    def test_usesReactorThreadPool(self) -> None:
-        """The blocking work runs through the reactor's thread pool."""
+    def test_usesThePool(self) -> None:
+        """The blocking work runs through the pool given, one job per delivery."""
         backend = self.backend()
         self.deliver(backend, makeEnvelope("a@example.com", "b@example.com"), makeMessage())
         self.assertEqual(self.reactor.pool.calls, 1)
@@ -253,6 +255,44 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
 
 class MaildirErrorTests(MaildirTestsMixin, TestCase):
     """Failures map to 4xx replies and leave nothing behind."""
+
+    def test_closedMessage(self) -> None:
+        """A message its owner closed before deliver was called: 451, logged, no file."""
+        from twisted.logger import LogEvent, globalLogPublisher
+
+        events: list[LogEvent] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        backend = self.backend()
+        message = makeMessage()
+        message.close()
+        result = self.deliver(backend, makeEnvelope("a@example.com", "b@example.com"), message)
+        self.assertEqual([r.code for r in result.replies], [451])
+        self.assertEqual(listFiles(os.path.join(self.root, "new")), [])
+        self.assertEqual(self.reactor.pool.calls, 0)
+        self.assertTrue(any("closed before delivery" in str(e.get("log_format")) for e in events))
+
+    def test_heldWhileWriting(self) -> None:
+        """The message is held while the thread writes: closing it then changes nothing."""
+        backend = self.backend()
+        message = makeMessage(MESSAGE * 100, spill=64)
+        seen: list[tuple[bool, bool]] = []
+        real = backend.deliverFile
+
+        def deliverFile(folder: str, prefix: bytes, m: Message) -> str:
+            m.close()  # what the server does when its client goes away
+            seen.append((m.closing, m.closed))
+            return real(folder, prefix, m)
+
+        backend.deliverFile = deliverFile  # type: ignore[method-assign]
+        self.assertIsNone(
+            self.deliver(backend, makeEnvelope("a@b.example", "c@d.example"), message)
+        )
+        self.assertEqual(seen, [(True, False)])
+        self.assertTrue(message.closed)
+        [name] = listFiles(os.path.join(self.root, "new"))
+        with open(os.path.join(self.root, "new", name), "rb") as f:
+            self.assertEqual(f.read(), (MESSAGE * 100).replace(b"\r\n", b"\n"))
 
     def failFsync(self, code: int) -> None:
         def fsync(fd: int) -> None:
@@ -457,19 +497,35 @@ class ReplyMappingTests(TestCase):
 
 
 class RealThreadPoolTests(TestCase):
-    """The backend with the real reactor and its thread pool."""
+    """The backend with the real reactor and its disk thread pool."""
 
     def test_realReactor(self) -> Deferred[None]:
-        """Delivery through the real thread pool fires None once the file is in new/."""
+        """Delivery through the disk pool fires None once the file is in new/."""
         from twisted.internet import reactor
+
+        from mailframe._threads import DISK, threadPools
 
         root = self.mktemp()
         backend = MaildirBackend(reactor, root)  # type: ignore[arg-type]
+        threads: list[str] = []
+        real = backend.deliverFile
+
+        def deliverFile(folder: str, prefix: bytes, message: Message) -> str:
+            import threading
+
+            threads.append(threading.current_thread().name)
+            return real(folder, prefix, message)
+
+        backend.deliverFile = deliverFile  # type: ignore[method-assign]
         d = backend.deliver(makeEnvelope("a@example.com", "b@example.com"), makeMessage())
 
         def check(result: object) -> None:
             self.assertIsNone(result)
             self.assertEqual(len(os.listdir(os.path.join(root, "new"))), 1)
+            pool = threadPools(reactor).pool(DISK)
+            self.assertIsNot(pool, reactor.getThreadPool())
+            self.assertEqual(len(threads), 1)
+            self.assertIn(f"mailframe-{DISK}", threads[0])
 
         return d.addCallback(check)
 

@@ -58,6 +58,7 @@ class MboxTestsMixin:
             self.path = os.path.join(self.root, "mbox")
         else:
             self.path = self.root
+        kw.setdefault("pool", self.reactor.pool)
         return MboxBackend(self.reactor, self.path, layout, **kw)  # type: ignore[arg-type]
 
     def deliver(self, backend: MboxBackend, envelope: Envelope, message: Message) -> Any:

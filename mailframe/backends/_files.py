@@ -1,8 +1,11 @@
 """
 Helpers shared by the file backends (maildir, mbox): turning a local part or
 domain into a safe file name, grouping recipients by destination, mapping
-OS errors to SMTP replies, fsync of directories, and running blocking work in
-the reactor's thread pool.
+OS errors to SMTP replies, fsync of directories, and running the blocking
+work of a delivery in the disk thread pool (L{mailframe._threads.DISK})
+while holding the message (L{mailframe.message.Message.retain}), so that
+its owner may close it whenever it likes: the storage stays until the
+thread has finished with it.
 
 Owns: the name mapping (L{safeName}) and the error-to-reply mapping
 (L{replyForError}); both backends document and rely on them.  Must not:
@@ -14,15 +17,18 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailframe._threads import DISK, WorkerPool, deferToPool, threadPools
 from mailframe.address import Address
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.message import Message, MessageClosed
 from mailframe.reply import Reply
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "MailboxLocked",
     "deliverInThread",
     "deliveredTo",
+    "diskPool",
     "fsyncDirectory",
     "groupJobs",
     "makeDirectory",
@@ -136,18 +143,36 @@ def replyForError(e: BaseException | None) -> Reply:
     return LOCAL_ERROR
 
 
+def diskPool(reactor: IReactorThreads, pool: WorkerPool | None) -> WorkerPool:
+    """C{pool}, or the reactor's disk pool (L{mailframe._threads.DISK})."""
+    return pool if pool is not None else threadPools(reactor).pool(DISK)
+
+
 def deliverInThread(
     reactor: IReactorThreads,
+    pool: WorkerPool,
     envelope: Envelope,
+    message: Message,
     jobs: Sequence[Job],
     write: Callable[[str, bytes], object],
     kind: str,
 ) -> Deferred[DeliveryResult | None]:
     """
-    Run C{write(destination, prefix)} for each job, in order, in the
-    reactor's thread pool; fire None if all succeeded, else the
-    L{DeliveryResult}.  Failures are logged here, in the reactor thread.
+    Run C{write(destination, prefix)} for each job, in order, in C{pool};
+    fire None if all succeeded, else the L{DeliveryResult}.  Failures are
+    logged here, in the reactor thread.
+
+    The message is held (L{Message.retain}) from now until the thread has
+    finished, whatever happens meanwhile: its owner closing it, or the
+    Deferred being cancelled (which does not stop the writes: it fires
+    C{CancelledError} at once, and the files are still written).
     """
+    try:
+        hold = message.retain()
+    except MessageClosed:
+        log.error("{queue} {kind}: the message was closed before delivery", queue=envelope.queueID,
+                  kind=kind)  # fmt: skip
+        return defer.succeed(DeliveryResult.allDelivered(envelope, LOCAL_ERROR))
 
     def work() -> list[Failure | None]:
         outcomes: list[Failure | None] = []
@@ -172,11 +197,13 @@ def deliverInThread(
         result = DeliveryResult(tuple(replies))
         return None if result.delivered else result
 
-    def unexpected(failure: Failure) -> DeliveryResult:
+    def unexpected(failure: Failure) -> Any:
+        if failure.check(defer.CancelledError):  # a queue runner's timeout: its to report
+            return failure
         log.failure("{queue} {kind} delivery failed", failure, queue=envelope.queueID, kind=kind)
         return DeliveryResult.allDelivered(envelope, LOCAL_ERROR)
 
-    d = deferToThreadPool(reactor, reactor.getThreadPool(), work)
+    d = deferToPool(reactor, pool, work, whenDone=hold.release)
     return d.addCallback(done).addErrback(unexpected)
 
 

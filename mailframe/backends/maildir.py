@@ -30,6 +30,11 @@ Dovecot's convention.  tmp/, new/ and cur/ are created with mode 0700 when
 missing (at construction for C{single}).  Errors: ENOSPC -> 452 4.3.1,
 EDQUOT -> 452 4.2.2, anything else -> 451 4.3.0; the tmp file is removed.
 
+The writing runs in the disk thread pool (L{mailframe._threads.DISK}),
+holding the message until the thread is done: its owner may close it (a
+client that drops the connection after the final dot) and the file is
+still written whole, or not at all.
+
 Owns: the Maildir file protocol.  Must not: import mailframe.server or the
 global reactor; do file I/O in the reactor thread after construction.
 """
@@ -47,9 +52,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
+from mailframe._threads import WorkerPool
 from mailframe.backends._files import (
     deliveredTo,
     deliverInThread,
+    diskPool,
     fsyncDirectory,
     groupJobs,
     makeDirectory,
@@ -86,16 +93,25 @@ class MaildirBackend:
     """
     Delivers into Maildirs under C{path}.
 
-    @param reactor: provides the thread pool the file I/O runs in.
+    @param reactor: calls back from the threads; its disk pool runs the
+        file I/O unless C{pool} is given.
     @param path: the Maildir (C{single}) or the directory of Maildirs.
     @param layout: C{single}, C{user} or C{domain} (see the module docstring).
+    @param pool: the thread pool for the file I/O (tests pass their own).
     @raise ValueError: for an unknown layout, or if PATH cannot be created.
     """
 
-    def __init__(self, reactor: IReactorThreads, path: str, layout: str = "single") -> None:
+    def __init__(
+        self,
+        reactor: IReactorThreads,
+        path: str,
+        layout: str = "single",
+        pool: WorkerPool | None = None,
+    ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"maildir layout must be single, user or domain, not {layout!r}")
         self.reactor = reactor
+        self.pool = pool
         self.path = os.path.abspath(path)
         self.layout = layout
         self._host = _hostName()
@@ -126,7 +142,9 @@ class MaildirBackend:
         jobs = groupJobs(envelope, self.maildirFor, self._prefix)
         return deliverInThread(
             self.reactor,
+            diskPool(self.reactor, self.pool),
             envelope,
+            message,
             jobs,
             lambda folder, prefix: self.deliverFile(folder, prefix, message),
             "maildir",

@@ -24,6 +24,10 @@ C{>}), and a blank line.  The file is fsync'd (and its directory, if the file
 was created) before success is reported; on any error it is truncated back to
 its old length.  Errors map to replies as in the maildir backend.
 
+The appending (and the waiting for locks) runs in the disk thread pool
+(L{mailframe._threads.DISK}), holding the message until the thread is done,
+so that its owner closing it never cuts a copy short.
+
 Owns: the mbox file format and its locking.  Must not: import
 mailframe.server or the global reactor; do file I/O in the reactor thread
 after construction.
@@ -44,11 +48,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
+from mailframe._threads import WorkerPool
 from mailframe.address import Address
 from mailframe.backends._files import (
     MailboxLocked,
     deliveredTo,
     deliverInThread,
+    diskPool,
     fsyncDirectory,
     groupJobs,
     makeDirectory,
@@ -123,10 +129,12 @@ class MboxBackend:
     """
     Appends to mbox files at C{path}.
 
-    @param reactor: provides the thread pool the file I/O runs in.
+    @param reactor: calls back from the threads; its disk pool runs the
+        file I/O unless C{pool} is given.
     @param path: the mbox file (C{single}) or the directory of mbox files.
     @param layout: C{single} or C{user} (see the module docstring).
     @param lockTimeout: seconds to wait for the locks.
+    @param pool: the thread pool for the file I/O (tests pass their own).
     @raise ValueError: for an unknown layout, or if PATH cannot be created.
     """
 
@@ -136,10 +144,12 @@ class MboxBackend:
         path: str,
         layout: str = "single",
         lockTimeout: float = LOCK_TIMEOUT,
+        pool: WorkerPool | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"mbox layout must be single or user, not {layout!r}")
         self.reactor = reactor
+        self.pool = pool
         self.path = os.path.abspath(path)
         self.layout = layout
         self.lockTimeout = lockTimeout
@@ -177,7 +187,9 @@ class MboxBackend:
         jobs = groupJobs(envelope, self.mboxFor, self._prefix)
         return deliverInThread(
             self.reactor,
+            diskPool(self.reactor, self.pool),
             envelope,
+            message,
             jobs,
             lambda path, prefix: self.append(path, fromLine(envelope.mailFrom) + prefix, message),
             "mbox",

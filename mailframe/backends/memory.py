@@ -3,6 +3,10 @@ The C{memory} backend: keeps every delivered message in a list.  For tests,
 for embedding (read C{backend.messages}), and as the null sink of the
 benchmarks (C{memory:keep=no} counts and drops).
 
+It reads the message inside C{deliver} itself, so it needs no hold on it
+(L{mailframe.message.Message.retain}): its owner may close it as soon as
+C{deliver} has returned.
+
 Owns: nothing durable; it says so in its name.  Must not: import
 mailframe.server.
 """
