@@ -128,10 +128,17 @@ class QueueCase(SynchronousTestCase):
             worker.runAll()
         self.successResultOf(d)
 
-    def send(self, env: Envelope, body: bytes = b"Subject: test\r\n\r\nHello\r\n") -> None:
+    def send(self, env: Envelope, body: bytes = b"Subject: test\r\n\r\nHello\r\n") -> str:
+        """Queue a message through the backend; the ID it is stored under."""
         result = self.successResultOf(self.backend.deliver(env, message(body)))
-        self.assertIsNone(result)
+        entryID = env.queueID
+        if result is not None:  # stored under another ID, which the 250 names
+            self.assertTrue(result.delivered)
+            self.assertIsNotNone(result.queueID)
+            entryID = result.queueID
+        self.assertIn(entryID, self.spool)
         self.clock.advance(0)
+        return entryID
 
     def queued(self) -> list[str]:
         return sorted(os.listdir(os.path.join(self.path, "queue")))
@@ -540,6 +547,111 @@ class LimitTests(QueueCase):
         self.assertEqual(len(slow.pending), 3)
 
 
+class SlotBeforeReadTests(QueueCase):
+    """The runner takes a delivery slot before it reads a message back."""
+
+    def track(self) -> list[Message]:
+        """Every Message the runner and the spool make from now on."""
+        made: list[Message] = []
+
+        class Tracked(Message):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        from mailframe.queue import _reading
+        from mailframe.queue import spool as spoolModule
+
+        self.patch(_reading, "Message", Tracked)
+        self.patch(spoolModule, "Message", Tracked)
+        return made
+
+    def test_backlogHoldsAtMostTheSlots(self) -> None:
+        """
+        Many entries for one slow destination, at most N deliveries to it:
+        at most N messages are read and open at once, none kept in memory.
+        """
+        made = self.track()
+        self.start(maxPerDestination=3, maxConnections=10, spillThreshold=64)
+        self.relay.hold = True
+        body = b"Subject: big\r\n\r\n" + b"y" * 200 + b"\r\n"  # spilled when read back
+        for i in range(30):
+            self.send(envelope("s@example.com", f"u{i}@slow.example"), body)
+        self.assertEqual(len(self.relay.held), 3)
+        self.assertEqual(self.runner.remoteLimits.active, 3)
+        self.assertLessEqual(len([m for m in made if not m.closed]), 3)
+        self.assertEqual(self.runner._cache, {})
+        delivered = 3
+        while self.relay.held:
+            self.relay.release()
+            self.assertLessEqual(len([m for m in made if not m.closed]), 3)
+            delivered += 1
+        self.assertEqual(len(self.relay.calls), 30)
+        self.assertTrue(all(call[2] == body for call in self.relay.calls))
+        self.assertTrue(all(m.closed for m in made))
+        self.assertLessEqual(len(made), 30)
+        self.assertEqual(self.queued(), [])
+
+    def test_cachedBytesForgottenWhileWaiting(self) -> None:
+        """A small message kept since its commit is dropped while its entry waits for a slot."""
+        made = self.track()
+        self.start(maxPerDestination=1)
+        self.relay.hold = True
+        self.send(envelope("s@example.com", "a@slow.example"))
+        self.send(envelope("s@example.com", "b@slow.example"))
+        self.assertEqual(len(self.relay.held), 1)
+        self.assertEqual(self.runner._cache, {})
+        self.assertEqual([m.closed for m in made], [False])  # only the first is open
+        self.relay.release()
+        self.assertEqual(len(self.relay.calls), 2)  # read back from the spool
+        self.relay.release()
+        self.assertTrue(all(m.closed for m in made))
+
+    def test_groupsShareOneRead(self) -> None:
+        """Groups of one entry delivering at the same time share one read of the message."""
+        made = self.track()
+        self.relay.hold = True
+        self.relay.answer = lambda a: LATER
+        self.send(envelope("s@example.com", "a@one.example", "b@two.example"))
+        self.runner._cache.clear()
+        self.assertEqual(len(self.relay.held), 2)
+        for _ in range(2):
+            self.relay.release(LATER)
+        before = len(made)
+        self.clock.advance(300)  # the retry reads the message from the spool: once
+        self.assertEqual(len(self.relay.held), 2)
+        self.assertEqual(len(made) - before, 1)
+        self.assertFalse(made[-1].closed)
+        self.relay.release(OK)
+        self.assertFalse(made[-1].closed)
+        self.relay.release(OK)
+        self.assertTrue(made[-1].closed)
+
+    def test_backendHoldsPastTheRunner(self) -> None:
+        """A local backend still reading when the runner is done (a timeout) keeps it open."""
+
+        @implementer(IDeliveryBackend)
+        class Threaded:
+            def __init__(self) -> None:
+                self.holds: list[Any] = []
+
+            def deliver(self, envelope: Envelope, message: Message) -> Any:
+                self.holds.append((message, message.retain()))
+                return defer.Deferred()
+
+        threaded = Threaded()
+        self.start(local=threaded, deliveryTimeout=10)
+        self.send(envelope("s@example.com", "a@example.com"))
+        [(held, hold)] = threaded.holds
+        self.clock.advance(10)  # the runner gives up on this attempt
+        self.assertTrue(self.runner.idle())
+        self.assertTrue(held.closing)
+        self.assertFalse(held.closed)
+        self.assertEqual(held.getvalue(), b"Subject: test\r\n\r\nHello\r\n")
+        hold.release()
+        self.assertTrue(held.closed)
+
+
 class RestartTests(QueueCase):
     def test_recovery(self) -> None:
         """A new runner on the same spool schedules what was waiting, at its next attempt."""
@@ -605,6 +717,44 @@ class BackendTests(QueueCase):
         )
         self.assertEqual([r.code for r in result.replies], [452, 452])
         self.assertEqual(result.replies[0].enhanced, (4, 3, 1))
+
+    def test_storedUnderAnotherID(self) -> None:
+        """
+        When the envelope's queue ID is taken, the entry gets a variant and
+        the answer, all 250, names it (the ID the client is told).
+        """
+        self.relay.hold = True
+        first = self.successResultOf(
+            self.backend.deliver(envelope("s@example.com", "a@remote.example"), message())
+        )
+        self.assertIsNone(first)
+        result = self.successResultOf(
+            self.backend.deliver(
+                envelope("s@example.com", "b@remote.example", "c@remote.example"), message()
+            )
+        )
+        assert result is not None
+        self.assertTrue(result.delivered)
+        self.assertEqual([r.code for r in result.replies], [250, 250])
+        self.assertEqual(result.queueID, "Q1-1")
+        self.assertEqual(self.queued(), ["Q1-1.json", "Q1-1.msg", "Q1.json", "Q1.msg"])
+        self.clock.advance(0)
+        self.assertEqual(sorted(self.runner.entries), ["Q1", "Q1-1"])
+
+    def test_largeMessageHeldUntilCommitted(self) -> None:
+        """A message too large to copy is held by the spool: the server may close it at once."""
+        worker = ManualWorker()
+        self.start(worker=worker)
+        self.backend.keepInMemory = 10
+        m = message(b"Subject: large\r\n\r\n" + b"x" * 100 + b"\r\n")
+        d = self.backend.deliver(envelope("s@example.com", "a@example.com"), m)
+        m.close()  # the session ended
+        self.assertFalse(m.closed)
+        worker.runNext()  # the commit
+        self.assertIsNone(self.successResultOf(d))
+        self.assertTrue(m.closed)
+        with open(self.spool.dataPath("Q1"), "rb") as f:
+            self.assertEqual(f.read(), b"Subject: large\r\n\r\n" + b"x" * 100 + b"\r\n")
 
     def test_sessionFacts(self) -> None:
         """The envelope's session facts (HELO, peer, protocol) reach the reports."""

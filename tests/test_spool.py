@@ -576,6 +576,88 @@ class RecoveryTests(SpoolCase):
         self.failureResultOf(Spool(self.path, None, worker=syncWorker).start(), SpoolError)
 
 
+class HoldTests(SpoolCase):
+    """A message given as a Message is held until its commit has written it."""
+
+    def spilled(self, data: bytes) -> Message:
+        m = Message(spillThreshold=16)
+        m.write(data)
+        m.finish()
+        return m
+
+    def test_heldUntilCommitted(self) -> None:
+        """Closed by its owner before the commit ran, it is still written whole, then freed."""
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker)
+        self.successResultOf(_started(spool, worker))
+        data = b"Subject: held\r\n\r\n" + b"z" * 1000 + b"\r\n"
+        m = self.spilled(data)
+        d = spool.add(makeEntry(spool.newID("A1")), m)
+        m.close()
+        self.assertFalse(m.closed)
+        worker.runAll()
+        self.successResultOf(d)
+        self.assertTrue(m.closed)
+        with open(spool.dataPath("A1"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_releasedWhenCancelledOrFailed(self) -> None:
+        """A message withdrawn before its commit, or whose commit failed, is released too."""
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker)
+        self.successResultOf(_started(spool, worker))
+        spool.add(makeEntry(spool.newID("A1")), b"x\r\n")  # its commit runs first
+        withdrawn = self.spilled(b"y" * 100)
+        d = spool.add(makeEntry(spool.newID("B1")), withdrawn)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        withdrawn.close()
+        self.assertFalse(withdrawn.closed)
+        worker.runNext()
+        self.assertTrue(withdrawn.closed)
+        failing = self.spilled(b"w" * 100)
+        d = spool.add(makeEntry(spool.newID("C1")), failing)
+        failing.close()
+
+        def full(fd: int, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        self.patch(os, "write", full)
+        worker.runAll()
+        self.failureResultOf(d, OSError)
+        self.assertTrue(failing.closed)
+
+    def test_closedMessage(self) -> None:
+        """A message already closed cannot be added: the add fails, nothing is queued."""
+        from mailframe.message import MessageClosed
+
+        spool = self.makeSpool()
+        m = self.spilled(b"v" * 100)
+        m.close()
+        self.failureResultOf(spool.add(makeEntry(spool.newID("A1")), m), MessageClosed)
+        self.assertEqual(self.queued(), [])
+        self.assertNotIn("A1", spool)
+
+    def test_startFailure(self) -> None:
+        """If the spool cannot start, what waits for it fails, and so does what comes later."""
+        from mailframe.queue.spool import SpoolError
+
+        with open(self.path, "w") as f:
+            f.write("a file")
+        worker = ManualWorker()
+        spool = Spool(self.path, None, worker=worker)
+        started = spool.start()
+        m = self.spilled(b"u" * 100)
+        early = spool.add(makeEntry(spool.newID("E1")), m)
+        m.close()
+        worker.runAll()
+        self.failureResultOf(started, SpoolError)
+        self.failureResultOf(early, SpoolError)
+        self.assertTrue(m.closed)
+        self.failureResultOf(spool.add(makeEntry(spool.newID("E2")), b"x\r\n"), SpoolError)
+        self.assertNotIn("E1", spool)
+
+
 class ThreadPoolTests(TestCase):
     """The spool's own thread pool, with the real reactor."""
 

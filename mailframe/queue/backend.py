@@ -13,6 +13,18 @@ queued.
 The session facts a report names (the client's HELO name and address,
 the protocol) come with the envelope (C{envelope.session}).
 
+The queue ID.  An entry is stored under the server's queue ID
+(C{envelope.queueID}) unless the spool already has one of that name (after
+a restart, say); then under a variant (L{Spool.newID}), and the backend's
+answer, a L{DeliveryResult} of 250s, names it in C{queueID}, so that the
+ID the client is told (C{250 ... queued as ID}) is the one the queue tools
+show.
+
+The message.  A small one (up to C{keepInMemory}) is copied at once;
+a larger one is given to the spool as it is, which holds it
+(L{mailframe.message.Message.retain}) until its commit is over, so the
+server may close it whenever its session ends.
+
 Owns: turning a server transaction into a queue entry.  Must not: deliver
 (the runner does) or write files itself (the spool does).
 """
@@ -34,6 +46,7 @@ from mailframe.message import Message
 from mailframe.queue.entry import QueueEntry
 from mailframe.queue.runner import QueueRunner
 from mailframe.queue.spool import Spool
+from mailframe.reply import Reply
 
 __all__ = ["QueueService", "SpoolBackend"]
 
@@ -65,18 +78,25 @@ class SpoolBackend:
     def deliver(
         self, envelope: Envelope, message: Message
     ) -> defer.Deferred[DeliveryResult | None]:
-        """Write the message into the spool; fire None (250) once it is durable."""
+        """
+        Write the message into the spool; once it is durable, fire None
+        (250), or a L{DeliveryResult} of 250s naming the entry's ID when it
+        is not C{envelope.queueID}.
+        """
+        entryID = self.spool.newID(envelope.queueID)
         entry = QueueEntry.fromEnvelope(
-            self.spool.newID(envelope.queueID),
-            envelope,
-            self.clock.seconds(),
-            message.size,
-            self.listener,
+            entryID, envelope, self.clock.seconds(), message.size, self.listener
         )
         data: bytes | Message = message
         if message.inMemory and message.size <= self.keepInMemory:
             data = message.getvalue()
         d = self.spool.add(entry, data)
+
+        def stored(_: None) -> DeliveryResult | None:
+            if entryID == envelope.queueID:
+                return None
+            queued = Reply(250, (2, 0, 0), f"Queued as {entryID}")
+            return DeliveryResult((queued,) * len(envelope.recipients), queueID=entryID)
 
         def failed(reason: Failure) -> DeliveryResult:
             if reason.check(defer.CancelledError):
@@ -84,7 +104,7 @@ class SpoolBackend:
             reply = replyForError(reason.value)
             return DeliveryResult.allDelivered(envelope, reply)
 
-        return d.addErrback(failed)
+        return d.addCallbacks(stored, failed)
 
 
 class QueueService(Service):

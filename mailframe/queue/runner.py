@@ -8,7 +8,10 @@ C{"nexthop smtp.example.net:587"}), and hands each group to the local
 delivery backend of the listener that took the message, or to the
 L{IRelay}, within the connection limits: C{maxConnections} relay
 deliveries at once in total and C{maxPerDestination} per route key, and
-C{maxLocal} local deliveries at once.  Then, per recipient:
+C{maxLocal} local deliveries at once.  A group takes its slot before the
+message is read back from the spool (L{AttemptMessage}), so a backlog
+waiting for a slow destination holds no message in memory or open file;
+groups delivering at the same time share one read.  Then, per recipient:
 
   - 2xx: delivered (local) or relayed; a success notice if NOTIFY asks;
   - 5xx: failed; a report to the sender (unless NOTIFY says otherwise);
@@ -50,6 +53,7 @@ from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IRelay
 from mailframe.message import Message
 from mailframe.queue import bounce
+from mailframe.queue._reading import AttemptMessage
 from mailframe.queue._tools import QueueTools, UnknownEntry
 from mailframe.queue.entry import (
     DELIVERED,
@@ -303,40 +307,18 @@ class QueueRunner(QueueTools):
         groups: dict[str, list[RecipientState]] = {}
         for r in entry.pending:
             groups.setdefault(self._routeKeyOf(r), []).append(r)
-        data = self._cache.pop(entry.id, None)
-        if data is not None:
-            message = Message(self.spillThreshold)
-            message.write(data)
-            message.finish()
-            return self._deliverGroups(message, entry, groups)
-
-        def unreadable(reason: Failure) -> None:
-            log.error("{id}: cannot read the queued message: {error}", id=entry.id,
-                      error=str(reason.value))  # fmt: skip
-            return None
-
-        d = self.spool.readMessage(entry.id, self.spillThreshold).addErrback(unreadable)
-        return d.addCallback(self._deliverGroups, entry, groups)
-
-    def _deliverGroups(
-        self, message: Message | None, entry: QueueEntry, groups: dict[str, list[RecipientState]]
-    ) -> Any:
+        reading = AttemptMessage(
+            self.spool, entry.id, self.spillThreshold, self._cache.pop(entry.id, None)
+        )
         results = [
-            settled(self._deliverGroup(entry, key, rcpts, message))
+            settled(self._deliverGroup(entry, key, rcpts, reading))
             for key, rcpts in groups.items()
         ]
+        reading.forget()  # the groups still waiting for a slot read the file when it comes
         if not any(isinstance(r, defer.Deferred) for r in results):
-            if message is not None:
-                message.close()
             return self._outcomes(results, entry, groups)
-
-        def closed(result: Any) -> Any:
-            if message is not None:
-                message.close()
-            return result
-
         waiting = [r if isinstance(r, defer.Deferred) else defer.succeed(r) for r in results]
-        d = defer.gatherResults(waiting, consumeErrors=True).addBoth(closed)
+        d = defer.gatherResults(waiting, consumeErrors=True)
         return d.addCallback(self._outcomes, entry, groups)
 
     def _outcomes(
@@ -356,27 +338,52 @@ class QueueRunner(QueueTools):
             return LOCAL
 
     def _deliverGroup(
-        self, entry: QueueEntry, key: str, rcpts: list[RecipientState], message: Message | None
+        self, entry: QueueEntry, key: str, rcpts: list[RecipientState], reading: AttemptMessage
     ) -> Any:
-        """One reply and remote per recipient of C{rcpts} (or a Deferred of them); never fails."""
-        if message is None:
-            return [(_UNREADABLE, None, False)] * len(rcpts)
+        """
+        One reply and remote per recipient of C{rcpts} (or a Deferred of
+        them); never fails.  The delivery slot comes first, the message
+        only then: a group waiting for its slot holds no message.
+        """
         limits = self.localLimits if key == LOCAL else self.remoteLimits
         if limits.tryAcquire(key):
-            return self._deliverHeld(entry, key, rcpts, message, limits)
+            return self._withSlot(entry, key, rcpts, reading, limits)
         return limits.acquire(key).addCallback(
-            lambda _: self._deliverHeld(entry, key, rcpts, message, limits)
+            lambda _: self._withSlot(entry, key, rcpts, reading, limits)
         )
 
-    def _deliverHeld(
+    def _withSlot(
         self,
         entry: QueueEntry,
         key: str,
         rcpts: list[RecipientState],
-        message: Message,
+        reading: AttemptMessage,
         limits: Limiter,
     ) -> Any:
+        message = reading.get()
+        if isinstance(message, defer.Deferred):
+            return message.addCallback(self._deliverHeld, entry, key, rcpts, reading, limits)
+        return self._deliverHeld(message, entry, key, rcpts, reading, limits)
+
+    def _deliverHeld(
+        self,
+        message: Message | None,
+        entry: QueueEntry,
+        key: str,
+        rcpts: list[RecipientState],
+        reading: AttemptMessage,
+        limits: Limiter,
+    ) -> Any:
+        """With the slot and the message: deliver, then give both back."""
         count = len(rcpts)
+
+        def released(replies: Any) -> Any:
+            reading.done()
+            limits.release(key)
+            return replies
+
+        if message is None:
+            return released([(_UNREADABLE, None, False)] * count)
         try:
             envelope = entry.envelopeFor(rcpts)
             if key == LOCAL:
@@ -388,21 +395,15 @@ class QueueRunner(QueueTools):
                 result = settled(self.relay.relay(envelope, envelope.recipients, message))
         except Exception:
             log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
-            limits.release(key)
-            return [(_LOCAL_ERROR, None, False)] * count
+            return released([(_LOCAL_ERROR, None, False)] * count)
         if not isinstance(result, defer.Deferred):
-            limits.release(key)
-            return _replies(result, count, entry.id)
+            return released(_replies(result, count, entry.id))
 
         def failed(reason: Failure) -> list[_Answer]:
             if reason.check(defer.TimeoutError):
                 return [(_TIMED_OUT, None, False)] * count
             log.failure("{id}: delivery to {key} failed", reason, id=entry.id, key=key)
             return [(_LOCAL_ERROR, None, False)] * count
-
-        def released(replies: Any) -> Any:
-            limits.release(key)
-            return replies
 
         result.addTimeout(self.deliveryTimeout, self.clock)
         result.addCallback(_replies, count, entry.id)

@@ -69,6 +69,12 @@ C{syncfs} makes step 2 one system call however large the batch, but it
 also writes out whatever else is pending on that file system: use it when
 the spool has a file system (or at least a disk) of its own.
 
+A message given as a L{Message} (not as bytes) is held
+(L{Message.retain}) from L{Spool.add} until the commit that writes it has
+finished in its thread, so its owner may close it at any time: a client
+that drops the connection right after the final dot leaves the message
+queued whole, or not at all.
+
 Owns: the files, their order of operations, and recovery at start.  Must
 not: decide what to deliver (the runner does), block the reactor thread
 (every file operation runs in the spool's own thread pool), or use the
@@ -91,7 +97,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mailframe.backends._files import fsyncDirectory
-from mailframe.message import Message
+from mailframe.message import Hold, Message, MessageClosed
 from mailframe.queue._files import (
     DATA,
     ENVELOPE,
@@ -135,6 +141,7 @@ class _Pending:
 
     entry: QueueEntry
     data: bytes | Message
+    hold: Hold | None = None
     deferred: defer.Deferred[None] | None = None
     cancelled: bool = False
 
@@ -190,6 +197,7 @@ class Spool:
         self._incoming: list[_Pending] = []
         self._early: list[_Pending] = []
         self._recoveredAll = False
+        self._startFailure: Failure | None = None
         self._committing = False
         self._removals: list[str] = []
         self._removing = False
@@ -210,8 +218,9 @@ class Spool:
         """
         if self._pool is not None and not self._pool.started:
             self._pool.start()
+        self._startFailure = None
         d = self._worker(lambda: recover(self.path, self.free, self.corrupt))
-        return d.addCallback(self._recovered)
+        return d.addCallbacks(self._recovered, self._notStarted)
 
     def stop(self) -> None:
         """Stop the thread pools (waits for running file operations)."""
@@ -220,6 +229,21 @@ class Spool:
         if self._fsyncPool is not None:
             self._fsyncPool.shutdown()
             self._fsyncPool = None
+
+    def _notStarted(self, reason: Failure) -> Failure:
+        """Recovery failed: the messages waiting for it, and those to come, fail."""
+        self._startFailure = reason
+        early, self._early = self._early, []
+        for pending in early:
+            self._fail(pending, reason)
+        return reason
+
+    def _fail(self, pending: _Pending, reason: Failure) -> None:
+        self._ids.discard(pending.entry.id)
+        if pending.hold is not None:
+            pending.hold.release()
+        if pending.deferred is not None and not pending.cancelled:
+            pending.deferred.errback(reason)
 
     def _recovered(self, result: tuple[list[QueueEntry], list[str]]) -> list[QueueEntry]:
         entries, notes = result
@@ -252,8 +276,11 @@ class Spool:
         Make C{entry} and its message durable.  C{entry.id} must come from
         L{newID}.  The Deferred fires None once both files are in
         C{queue/} and fsync'd, or fails with the C{OSError}.  Cancelling it
-        before its commit starts leaves nothing behind.  Messages added
-        before L{start} has cleaned up wait for it.
+        before its commit starts leaves nothing behind; once the commit has
+        started, the message is queued (and delivered) all the same.
+        Messages added before L{start} has cleaned up wait for it; if it
+        failed, they fail with its error.  A L{Message} is held until its
+        commit is over (see the module docstring).
         """
         self._ids.add(entry.id)
         pending = _Pending(entry, data)
@@ -262,7 +289,15 @@ class Spool:
             pending.cancelled = True
 
         pending.deferred = defer.Deferred(cancel)
-        if self._recoveredAll:
+        if isinstance(data, Message):
+            try:
+                pending.hold = data.retain()
+            except MessageClosed:
+                self._fail(pending, Failure())
+                return pending.deferred
+        if self._startFailure is not None:
+            self._fail(pending, self._startFailure)
+        elif self._recoveredAll:
             self._incoming.append(pending)
             self._commit()
         else:
@@ -277,6 +312,8 @@ class Spool:
         for pending in self._incoming:
             if pending.cancelled:
                 self._ids.discard(pending.entry.id)
+                if pending.hold is not None:
+                    pending.hold.release()
             else:
                 batch.append(pending)
         self._incoming = []
@@ -389,6 +426,9 @@ class Spool:
         else:
             errors = result  # type: ignore[assignment]
         for pending, error in zip(batch, errors, strict=True):
+            if pending.hold is not None:  # the commit's thread is done with the message
+                pending.hold.release()
+                pending.hold = None
             d = pending.deferred
             if error is not None:
                 self._ids.discard(pending.entry.id)
