@@ -34,7 +34,9 @@ from mailframe.protocol import _events as E
 from mailframe.protocol._buffer import ReceiveBuffer
 from mailframe.protocol._clientstate import (
     ANY,
+    CLIENT_STATES,
     CLOSING,
+    COMMANDS,
     HANDSHAKE,
     PAUSED_IN,
     REPLIES,
@@ -55,6 +57,16 @@ __all__ = [
 
 GREETING = E.GREETING
 """What the first reply answers: the connection itself."""
+
+# the tables as the hot path reads them: one subscript each, every key present
+_SEND: dict[str, dict[type[E.Event], str | None]] = {
+    state: {k: t for k, t in SENDS.get(state, {}).items() if k is not E.Bdat}  # by sendChunk
+    for state in CLIENT_STATES
+}
+_ON_REPLY: dict[type, Mapping[int | str, str] | None] = {
+    kind: REPLIES.get(kind) for kind in (*COMMANDS, E.Greeting, E.EndOfMessage)
+}
+_MESSAGE_DATA, _END_OF_MESSAGE = E.MessageData, E.EndOfMessage
 
 _REPLY_LINE_RE = re.compile(rb"([2-5][0-9][0-9])([ -]|\Z)")
 _ENHANCED_RE = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})(?: |\Z)")
@@ -207,7 +219,7 @@ class ClientConnection:
             self._buffer.clear()
             return ServerReply(command, reply)
         kind = type(command)
-        rules = REPLIES.get(kind)
+        rules = _ON_REPLY[kind]
         if rules is not None:
             target = rules.get(code) or rules.get(ANY)
             if target is not None:
@@ -240,12 +252,12 @@ class ClientConnection:
         reply, in order.
         """
         kind = type(event)
-        sends = SENDS.get(self.state)
-        if sends is None or kind not in sends or kind is E.Bdat:
+        sends = _SEND[self.state]
+        if kind not in sends:
             raise LocalProtocolError(f"{kind.__name__} may not be sent in state {self.state}")
-        if kind is E.MessageData:
+        if kind is _MESSAGE_DATA:
             return self._messageData(event.data)  # type: ignore[attr-defined]
-        if kind is E.EndOfMessage:
+        if kind is _END_OF_MESSAGE:
             return self._endOfData(event, sends[kind])  # type: ignore[arg-type]
         data = self._format(event)  # type: ignore[arg-type]
         self._expected.append(event)
