@@ -36,8 +36,8 @@ def inNetworks(host: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bo
         address = ip_address(host.partition("%")[0])
     except ValueError:
         return False
-    if address.version == 6 and address.ipv4_mapped is not None:  # type: ignore[union-attr]
-        address = address.ipv4_mapped  # type: ignore[union-attr]
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return any(address in n for n in networks)
 
 

@@ -39,7 +39,7 @@ def _stateFor(states: dict[int, tuple[object, Any]], owner: object, make: Callab
     entry = states.get(id(owner))
     if entry is None or entry[0] is not owner:
         entry = states[id(owner)] = (owner, make())
-    return entry[1]  # type: ignore[no-any-return]
+    return entry[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,7 +129,7 @@ class Message:
             f = tempfile.TemporaryFile(dir=self._tempDir)  # noqa: SIM115 (kept open)
             f.writelines(self._pieces)
             self._pieces = []
-            self._file = f  # type: ignore[assignment]
+            self._file = f
 
     def finish(self) -> None:
         """The body is complete."""

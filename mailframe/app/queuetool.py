@@ -162,7 +162,7 @@ async def connectControl(reactor: Any, path: str, timeout: float) -> amp.AMP | N
         return None
     endpoint = UNIXClientEndpoint(reactor, socketPath, timeout=timeout)
     try:
-        return await connectProtocol(endpoint, amp.AMP())  # type: ignore[no-any-return]
+        return await connectProtocol(endpoint, amp.AMP())
     except (error.ConnectError, OSError):  # refused (a crash left the socket), gone ...
         return None
 
@@ -464,10 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def start() -> None:
         d = defer.ensureDeferred(run(reactor, args, sys.stdout, sys.stderr))
-        d.addBoth(status.append).addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+        d.addBoth(status.append).addBoth(lambda _: reactor.stop())
 
-    reactor.callWhenRunning(start)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(start)
+    reactor.run()
     result = status[0] if status else EXIT_ERROR
     if not isinstance(result, int):
         print(f"mailframe-queue: {result.getErrorMessage()}", file=sys.stderr)

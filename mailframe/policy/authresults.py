@@ -109,9 +109,7 @@ def _iprev(result: IPRevResult) -> AuthenticationResult:
     return AuthenticationResult(
         "iprev",
         result=result.result,
-        properties=[
-            AuthenticationResultProperty("policy", "iprev", result.address, comment)  # type: ignore[no-untyped-call]
-        ],
+        properties=[AuthenticationResultProperty("policy", "iprev", result.address, comment)],
     )
 
 

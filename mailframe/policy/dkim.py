@@ -350,7 +350,7 @@ class DKIMSigner:
         include = [h.lower().encode() for h in _SIGNED if h.lower().encode() in present]
         if b"from" not in include:
             include.append(b"from")
-        return _dkim.sign(  # type: ignore[no-any-return]
+        return _dkim.sign(
             data,
             self.selector.encode(),
             self.domain.encode(),

@@ -228,7 +228,7 @@ class DMARCCheck:
         if domain is None:
             envelope.dmarc = DMARCResult("permerror", "", reason="not exactly one From: domain")
             return None
-        d: defer.Deferred[Any] = self._spf(session, envelope)  # type: ignore[assignment]
+        d: defer.Deferred[Any] = self._spf(session, envelope)
         d.addCallback(
             lambda spf: self.dkim.results(envelope, message).addCallback(
                 lambda dkim: self.evaluate(domain, spf, dkim)

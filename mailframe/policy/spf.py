@@ -165,7 +165,7 @@ def checkSPF(
 
 def _temporary(reason: Any) -> DNSTemporaryError:
     reason.trap(DNSTemporaryError)
-    return reason.value  # type: ignore[no-any-return]
+    return reason.value
 
 
 def _store(found: Any, answers: _Answers, key: tuple[str, str]) -> None:

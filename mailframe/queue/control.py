@@ -193,7 +193,7 @@ class ShowEntry(amp.Command):
 class FlushQueue(amp.Command):
     """Try every message now, except held ones; C{count}: how many."""
 
-    arguments = []  # type: ignore[var-annotated]
+    arguments = []
     response = [(b"count", amp.Integer())]
     errors = _ERRORS
 
@@ -202,14 +202,14 @@ class DeleteEntry(amp.Command):
     """Delete one message (no report to anyone)."""
 
     arguments = [(b"id", amp.Unicode())]
-    response = []  # type: ignore[var-annotated]
+    response = []
     errors = _ERRORS
 
 
 class DeleteAll(amp.Command):
     """Delete every message; C{count}: how many."""
 
-    arguments = []  # type: ignore[var-annotated]
+    arguments = []
     response = [(b"count", amp.Integer())]
     errors = _ERRORS
 

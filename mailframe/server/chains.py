@@ -149,7 +149,7 @@ class Chain:
         provider = self.providers[i]
         verdict.decider = provider
         if reason.check(SMTPError):
-            return reason.value.reply  # type: ignore[union-attr,no-any-return]
+            return reason.value.reply  # type: ignore[union-attr]
         if reason.check(defer.CancelledError):
             log.warn(
                 "{stage} plug-in {provider!r} did not answer in time",

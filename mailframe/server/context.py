@@ -72,7 +72,7 @@ class ServerContext:
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         check(IDeliveryBackend, [backend], "backend")
         check(IRecipientValidator, validators, "validator")
         check(ISenderValidator, senderValidators, "sender validator")
@@ -88,7 +88,7 @@ class ServerContext:
         domains = set(config.localDomains)
         for v in validators:
             if ILocalDomains.providedBy(v):
-                domains.update(Domain(d) for d in v.domains)  # type: ignore[attr-defined]
+                domains.update(Domain(d) for d in v.domains)
         self.config = replace(
             config,
             localDomains=frozenset(domains),
@@ -137,7 +137,7 @@ class ServerContext:
         self.verifyChain = Chain(
             "vrfy", self.verifiers, "verifyAddress", firstDecides=True, undecided=R.CANNOT_VRFY
         )
-        self.clock: IReactorTime = clock  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
         self.ids = ids if ids is not None else processIDs()
         self.greetPasses = GreetPasses(clock, self.config.greetPassTime)
         self.stats = ServerStats()

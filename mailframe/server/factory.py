@@ -79,7 +79,7 @@ class SMTPServerFactory(Factory):
             heloValidators,
         )
 
-    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
         p = SMTPServerProtocol(self.context)
         p.factory = self
         return p
