@@ -31,12 +31,42 @@ the client gets 451 4.3.0; one that does not answer within the server's
 plug-in time limit is cancelled, logged by name, and answered the same.
 Answering synchronously costs nothing: no Deferred is made on that path.
 
-Must not: import mailframe.server, .client or .tap; hold implementations.
+Must not: import mailframe.server, .client or .tap; hold implementations;
+import anything of mailframe when it runs (the value types its signatures
+name are imported for type checking only).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import TypeAlias
+
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import (
+        IOpenSSLContextFactory,
+        IOpenSSLServerConnectionCreator,
+    )
+
+    from mailframe.config import ProviderContext
+    from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
+    from mailframe.message import Message
+    from mailframe.reply import Reply
+
+    #: What a chain's plug-in answers (see "Plug-in chains").
+    Answer: TypeAlias = "Reply | Deferred[Reply | None] | None"
+    #: What a recipient validator answers: True accepts too.
+    Decision: TypeAlias = "Reply | bool | Deferred[Reply | bool | None] | None"
+    #: What a delivery backend answers.
+    Delivered: TypeAlias = "DeliveryResult | Deferred[DeliveryResult | None] | None"
+    #: What an extension's command handler answers.
+    CommandReply: TypeAlias = "Reply | Deferred[Reply]"
+    #: A Twisted server TLS context factory, new style or old.
+    TLSContextFactory: TypeAlias = "IOpenSSLServerConnectionCreator | IOpenSSLContextFactory"
 
 __all__ = [
     "IAddressVerifier",
@@ -59,7 +89,7 @@ __all__ = [
 class IConnectionFilter(Interface):
     """Decides whether to serve a new connection, before the greeting."""
 
-    def acceptConnection(session):  # type: ignore[no-untyped-def]
+    def acceptConnection(session: SessionInfo) -> Answer:
         """
         Called once per connection with its L{SessionInfo}.
 
@@ -73,7 +103,7 @@ class IConnectionFilter(Interface):
 class IHeloValidator(Interface):
     """Accepts or refuses the name a client gives in HELO/EHLO."""
 
-    def validateHelo(session, name, extended):  # type: ignore[no-untyped-def]
+    def validateHelo(session: SessionInfo, name: str, extended: bool) -> Answer:
         """
         @param name: the HELO/EHLO argument, as sent.
         @param extended: True for EHLO.
@@ -89,14 +119,14 @@ class ISessionObserver(Interface):
     (connection filters that count connections, rate limits ...).
     """
 
-    def sessionEnded(session):  # type: ignore[no-untyped-def]
+    def sessionEnded(session: SessionInfo) -> None:
         """The connection of C{session} is gone.  Must not raise."""
 
 
 class ISenderValidator(Interface):
     """Accepts or refuses the reverse-path of MAIL FROM."""
 
-    def validateSender(session, envelope):  # type: ignore[no-untyped-def]
+    def validateSender(session: SessionInfo, envelope: Envelope) -> Answer:
         """
         C{envelope.mailFrom} and C{envelope.mailParams} are set, no
         recipients yet.
@@ -116,7 +146,9 @@ class IRecipientValidator(Interface):
     relaying, refused with 550 5.7.1 unless a relay policy allows them).
     """
 
-    def validateRecipient(session, envelope, recipient):  # type: ignore[no-untyped-def]
+    def validateRecipient(
+        session: SessionInfo, envelope: Envelope, recipient: Recipient
+    ) -> Decision:
         """
         @param recipient: the L{Recipient} (address and RCPT parameters).
         @return: a positive L{Reply} to accept, None for no opinion, or a
@@ -127,7 +159,7 @@ class IRecipientValidator(Interface):
 class IAddressVerifier(Interface):
     """Optional, for a recipient validator: answers VRFY."""
 
-    def verifyAddress(session, argument):  # type: ignore[no-untyped-def]
+    def verifyAddress(session: SessionInfo, argument: str) -> Answer:
         """
         @param argument: the VRFY argument, as sent.
         @return: a L{Reply} (250/251/252/550/553 ...), None for the default
@@ -144,7 +176,7 @@ class ILocalDomains(Interface):
 class IMessageFilter(Interface):
     """Sees a complete message before delivery; may add header fields."""
 
-    def filterMessage(session, envelope, message):  # type: ignore[no-untyped-def]
+    def filterMessage(session: SessionInfo, envelope: Envelope, message: Message) -> Answer:
         """
         @param message: the L{Message}; C{message.prependHeader} adds a field.
         @return: None, or a positive L{Reply} to answer after the final dot
@@ -158,7 +190,7 @@ class IMessageFilter(Interface):
 class IDeliveryBackend(Interface):
     """Takes a message for its recipients and makes it durable."""
 
-    def deliver(envelope, message):  # type: ignore[no-untyped-def]
+    def deliver(envelope: Envelope, message: Message) -> Delivered:
         """
         @return: a L{DeliveryResult} (one reply per recipient), or None
             meaning every recipient succeeded, or a Deferred firing either.
@@ -171,7 +203,9 @@ class IDeliveryBackend(Interface):
 class IRelay(Interface):
     """Hands a message on to other mail servers (the outbound side)."""
 
-    def relay(envelope, recipients, message):  # type: ignore[no-untyped-def]
+    def relay(
+        envelope: Envelope, recipients: Sequence[Recipient], message: Message
+    ) -> Deferred[DeliveryResult]:
         """
         Send C{message} from C{envelope.mailFrom} to C{recipients} (a
         sequence of L{Recipient}, all routed to the same destination) and
@@ -197,22 +231,30 @@ class IExtension(Interface):
     verbs = Attribute("frozenset of command verbs it adds (uppercase).")
     commandLineIncrease = Attribute("Octets it adds to the 512-octet command line limit.")
 
-    def ehloParameters(session):  # type: ignore[no-untyped-def]
+    def ehloParameters(session: SessionInfo) -> str | None:
         """
         @return: None to leave the keyword out of this session's EHLO reply,
             C{""} for the bare keyword, or its parameters (e.g. C{"35651584"}).
         """
 
-    def mailParameter(session, envelope, name, value):  # type: ignore[no-untyped-def]
+    def mailParameter(
+        session: SessionInfo, envelope: Envelope, name: str, value: str | None
+    ) -> None:
         """
         Check one MAIL FROM parameter it owns (C{value} is None for a bare
         keyword); raise L{SMTPError} (501/504/552/555 ...) to refuse MAIL.
         """
 
-    def rcptParameter(session, envelope, recipient, name, value):  # type: ignore[no-untyped-def]
+    def rcptParameter(
+        session: SessionInfo,
+        envelope: Envelope,
+        recipient: Recipient,
+        name: str,
+        value: str | None,
+    ) -> None:
         """Check one RCPT TO parameter it owns; raise L{SMTPError} to refuse."""
 
-    def handleCommand(control, verb, argument):  # type: ignore[no-untyped-def]
+    def handleCommand(control: ISessionControl, verb: str, argument: str) -> CommandReply:
         """
         Answer one of its verbs: a L{Reply} or a Deferred of one.
 
@@ -221,7 +263,7 @@ class IExtension(Interface):
             answer, given to L{continueCommand}.
         """
 
-    def continueCommand(control, verb, line):  # type: ignore[no-untyped-def]
+    def continueCommand(control: ISessionControl, verb: str, line: bytes) -> CommandReply:
         """
         The client's line (bytes, without CRLF) after a 334 reply to C{verb};
         answer as L{handleCommand} does (334 again to ask for more).
@@ -235,7 +277,7 @@ class IUnadvertisedCommands(Interface):
     538 5.7.11 "Encryption required").
     """
 
-    def refuseCommand(control, verb, argument):  # type: ignore[no-untyped-def]
+    def refuseCommand(control: ISessionControl, verb: str, argument: str) -> Reply | None:
         """@return: a 4xx/5xx L{Reply}, or None for the default 500."""
 
 
@@ -248,7 +290,7 @@ class ISessionControl(Interface):
     session = Attribute("The L{SessionInfo}.")
     inTransaction = Attribute("True between an accepted MAIL and the end of its message.")
 
-    def startTLS(contextFactory):  # type: ignore[no-untyped-def]
+    def startTLS(contextFactory: TLSContextFactory) -> None:
         """
         Start TLS once this command's reply (which must be 220) is sent.  The
         session then forgets everything buffered, HELO/EHLO and the
@@ -256,7 +298,7 @@ class ISessionControl(Interface):
         context factory (e.g. C{CertificateOptions}).
         """
 
-    def authenticate(avatarId, mechanism):  # type: ignore[no-untyped-def]
+    def authenticate(avatarId: str, mechanism: str) -> None:
         """Mark the session authenticated as C{avatarId} (a str) via C{mechanism}."""
 
 
@@ -272,7 +314,7 @@ class IPlugInFactory(Interface):
     synopsis = Attribute("One line: the description syntax, e.g. 'maildir:PATH[:layout=...]'.")
     description = Attribute("One or two sentences for --help.")
 
-    def makeProvider(context, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def makeProvider(context: ProviderContext, *args: str, **kwargs: str) -> object:
         """
         Build the provider.  C{context} is a L{ProviderContext} (reactor and
         settings).  Raise ValueError with a one-line message for bad

@@ -43,6 +43,32 @@ def modules() -> Iterator[tuple[str, set[str]]]:
             yield name, imported
 
 
+def runtimeImports(module: str) -> set[str]:
+    """The mailframe modules C{module} imports when it runs (not under TYPE_CHECKING)."""
+    path = os.path.join(os.path.dirname(ROOT), *module.split(".")) + ".py"
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("mailframe"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mailframe"):
+            found.add(node.module or "")
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
 def under(module: str, *prefixes: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes)
 
@@ -104,10 +130,17 @@ class LayeringTests(SynchronousTestCase):
                     self.assertEqual([i for i in imported if under(i, b)], [], module)
 
     def test_valueTypes(self) -> None:
-        """reply, address and interfaces import nothing else of mailframe."""
+        """
+        reply and address import nothing else of mailframe; interfaces
+        imports the value types its signatures name, for type checking only.
+        """
         for module, imported in modules():
-            if module in ("mailframe.reply", "mailframe.address", "mailframe.interfaces"):
+            if module in ("mailframe.reply", "mailframe.address"):
                 self.assertEqual({i for i in imported if i != "mailframe"}, set(), module)
+            if module == "mailframe.interfaces":
+                self.assertEqual(runtimeImports(module), set())
+                below = [i for i in imported if layerOf(i) >= layerOf(module)]
+                self.assertEqual(below, [], module)
 
     def test_core(self) -> None:
         """The sans-IO core imports only itself, reply and address."""

@@ -80,7 +80,7 @@ class IScramSha256Credentials(ICredentials):
 
     username = Attribute("The user name (str, SASLprep'd).")
 
-    def checkScramKeys(storedKey, serverKey):  # type: ignore[no-untyped-def]
+    def checkScramKeys(storedKey: bytes, serverKey: bytes) -> bool:
         """
         @return: True if the proof matches C{storedKey}; C{serverKey} is then
             kept to sign the server's final message.
@@ -90,7 +90,9 @@ class IScramSha256Credentials(ICredentials):
 class IScramKeySource(Interface):
     """A checker that can tell the salt and iteration count of a user's SCRAM keys."""
 
-    def scramParameters(username):  # type: ignore[no-untyped-def]
+    def scramParameters(
+        username: str,
+    ) -> tuple[bytes, int] | defer.Deferred[tuple[bytes, int] | None] | None:
         """
         @return: C{(salt, iterations)}, or None if it has no SCRAM keys for
             C{username}; or a Deferred of either.
@@ -105,13 +107,15 @@ class IMechanismCoverage(Interface):
     hashes for others.  Mechanisms are named as in L{sasl.MECHANISMS}.
     """
 
-    def mechanismsForEveryone():  # type: ignore[no-untyped-def]
+    def mechanismsForEveryone() -> Collection[str]:
         """
         The mechanisms every user it knows can use now (called for each
         EHLO: it must be quick and must not block).
         """
 
-    def mechanismsForUser(username):  # type: ignore[no-untyped-def]
+    def mechanismsForUser(
+        username: str,
+    ) -> Collection[str] | defer.Deferred[Collection[str] | None] | None:
         """
         The mechanisms C{username} (str) can use, or None if it does not
         know the user; or a Deferred of either.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from twisted.internet import defer
 from zope.interface import implementer
 
-from mailframe.envelope import Envelope
+from mailframe.envelope import DeliveryResult, Envelope
 from mailframe.interfaces import IDeliveryBackend
 from mailframe.message import Message
 
@@ -42,7 +42,9 @@ class MemoryBackend:
         self.messages: list[StoredMessage] = []
         self.count = 0
 
-    def deliver(self, envelope: Envelope, message: Message) -> defer.Deferred[None]:
+    def deliver(
+        self, envelope: Envelope, message: Message
+    ) -> defer.Deferred[DeliveryResult | None]:
         self.count += 1
         if self.keep:
             self.messages.append(StoredMessage(envelope, message.getvalue()))

@@ -116,7 +116,7 @@ class DNSBL:
         self.config = config
         self.refuse = refuse
 
-    def acceptConnection(self, session: SessionInfo) -> defer.Deferred[None] | None:
+    def acceptConnection(self, session: SessionInfo) -> defer.Deferred[Reply | None] | None:
         """Look the client up; a Deferred firing None, or failing with 554 5.7.1."""
         try:
             ipaddress.ip_address(session.peerHost.partition("%")[0])
