@@ -8,9 +8,11 @@ factories, and of anyone's) with its declared L{Option}s, the value parsers
 that the options of plug-ins and the application's settings share
 (L{Duration}, L{Size}, L{Count}, L{Choice}, L{YesNo}, L{Networks}),
 L{SettingError} (the one error of a bad setting or option) and its
-L{PlugInError}, and the names of the plug-in kinds.  The built-in factories
-live beside their providers (C{mailframe.backends.factories},
-C{mailframe.validators.factories}, C{mailframe.policy.factories}); finding
+L{PlugInError}, the names of the plug-in kinds, and checking that a
+provider has what its interface promises (L{checkProviders}, with
+C{verifyObject}).  The built-in factories live beside their providers
+(C{mailframe.backends.factories}, C{mailframe.validators.factories},
+C{mailframe.policy.factories}); finding
 and building them is the application's (L{mailframe.app.registry}), and so
 is the table of settings (L{mailframe.app.settings}).
 
@@ -27,12 +29,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import ip_network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
+from zope.interface.exceptions import Invalid
 from zope.interface.interface import InterfaceClass
+from zope.interface.verify import verifyObject
 
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -44,6 +48,9 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
+
+if TYPE_CHECKING:
+    from mailframe.config import ProviderContext
 
 __all__ = [
     "FILTER_KINDS",
@@ -57,9 +64,11 @@ __all__ = [
     "SettingError",
     "Size",
     "YesNo",
+    "checkProviders",
     "kindName",
     "oneLine",
     "parseDescription",
+    "providerProblem",
     "showValue",
     "splitItems",
 ]
@@ -91,7 +100,7 @@ def oneLine(error: BaseException) -> str:
 # the way it is written (format), with a placeholder for usage (metavar).
 
 
-def showValue(value: Any) -> str:
+def showValue(value: object) -> str:
     """A value as a person would write it: C{yes}, C{a, b}, C{none}."""
     if value is None:
         return "none"
@@ -125,7 +134,7 @@ class Duration:
         self.maximum = maximum
         self.metavar = "SECONDS" if noun == "a number of seconds" else "DURATION"
 
-    def __call__(self, value: Any) -> float:
+    def __call__(self, value: object) -> float:
         seconds: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
             seconds = float(value)
@@ -150,7 +159,7 @@ class Duration:
             raise SettingError(f"must be at most {self.format(self.maximum)}, not {value!r}")
         return seconds
 
-    def format(self, seconds: Any) -> str:
+    def format(self, seconds: float | None) -> str:
         """C{300} as C{5m}, C{1.0} as C{1s}, 0 as C{0}."""
         if seconds is None:
             return "none"
@@ -169,7 +178,7 @@ class Size:
     _RE = re.compile(r"\s*(\d+)\s*([KMG]?)(?:I?B)?\s*\Z", re.IGNORECASE)
     _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
-    def __call__(self, value: Any) -> int:
+    def __call__(self, value: object) -> int:
         if isinstance(value, int) and not isinstance(value, bool):
             size = value
         elif isinstance(value, str) and (m := self._RE.match(value)):
@@ -180,7 +189,7 @@ class Size:
             raise SettingError(f"bad size {value!r}: may not be negative")
         return size
 
-    def format(self, size: Any) -> str:
+    def format(self, size: int) -> str:
         for unit in ("G", "M", "K"):
             if size and size % self._UNITS[unit] == 0:
                 return f"{size // self._UNITS[unit]}{unit}"
@@ -220,7 +229,7 @@ class Count:
             raise SettingError(f"must be at least {self.minimum}, not {value!r}")
         return int(value)
 
-    def format(self, value: Any) -> str:
+    def format(self, value: object) -> str:
         return showValue(value)
 
 
@@ -232,13 +241,13 @@ class Choice:
         self.aliases = dict(aliases or {})
         self.metavar = "|".join(choices)
 
-    def __call__(self, value: Any) -> str:
+    def __call__(self, value: object) -> str:
         word = self.aliases.get(value, value) if isinstance(value, str) else None
         if word not in self.choices:
             raise SettingError(f"must be one of {', '.join(self.choices)}, not {value!r}")
         return str(word)
 
-    def format(self, value: Any) -> str:
+    def format(self, value: object) -> str:
         return showValue(value)
 
 
@@ -251,14 +260,14 @@ class YesNo:
 
     metavar = "yes|no"
 
-    def __call__(self, value: Any) -> bool:
+    def __call__(self, value: object) -> bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
             return _BOOLEANS[value.strip().lower()]
         raise SettingError(f"must be yes or no, not {value!r}")
 
-    def format(self, value: Any) -> str:
+    def format(self, value: object) -> str:
         return showValue(value)
 
 
@@ -291,7 +300,7 @@ class Networks:
             raise SettingError(f"expected a list of networks (CIDR), not {value!r}")
         return tuple(out)
 
-    def format(self, value: Any) -> str:
+    def format(self, value: object) -> str:
         return showValue(value)
 
 
@@ -397,7 +406,7 @@ def parseDescription(description: str) -> tuple[str, tuple[str, ...], dict[str, 
 
 # -- kinds ----------------------------------------------------------------------
 
-_KINDS: dict[Any, str] = {
+_KINDS: dict[InterfaceClass, str] = {
     IDeliveryBackend: "delivery backend",
     IRecipientValidator: "recipient validator",
     ISenderValidator: "sender validator",
@@ -409,7 +418,7 @@ _KINDS: dict[Any, str] = {
 
 #: The kinds C{--filter} chooses from: a provider built from a filter
 #: description is used at every one of these plug points it provides.
-FILTER_KINDS: tuple[Any, ...] = (
+FILTER_KINDS: tuple[InterfaceClass, ...] = (
     IConnectionFilter,
     IHeloValidator,
     ISenderValidator,
@@ -417,7 +426,7 @@ FILTER_KINDS: tuple[Any, ...] = (
 )
 
 
-def kindName(interface: Any) -> str:
+def kindName(interface: InterfaceClass) -> str:
     """A plug-in kind in words: C{"delivery backend"} for IDeliveryBackend."""
     return _KINDS.get(interface, getattr(interface, "__name__", repr(interface)))
 
@@ -460,11 +469,11 @@ class PlugInFactory:
         """
         raise NotImplementedError
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> object:
         """Build the provider from what L{checkArguments} returned."""
         raise NotImplementedError
 
-    def makeProvider(self, context: Any, *args: str, **kwargs: str) -> Any:
+    def makeProvider(self, context: ProviderContext, *args: str, **kwargs: str) -> object:
         return self.build(context, **self.checkArguments(*args, **kwargs))
 
     def parseOptions(self, kwargs: Mapping[str, str]) -> dict[str, Any]:
@@ -501,3 +510,33 @@ class PlugInFactory:
 def splitItems(args: Iterable[str]) -> list[str]:
     """The comma-separated items of some arguments, blanks dropped: C{a,b} C{c} -> a, b, c."""
     return [n.strip() for arg in args for n in arg.split(",") if n.strip()]
+
+
+# -- checking providers ----------------------------------------------------------
+
+
+def providerProblem(interface: InterfaceClass, provider: object) -> str | None:
+    """
+    None if C{provider} declares C{interface} and has what it promises
+    (C{verifyObject}: every method and attribute, with compatible
+    signatures); else one line saying what is wrong, to follow its name.
+    """
+    if not interface.providedBy(provider):
+        return f"does not provide {interface.__name__}"
+    try:
+        verifyObject(interface, provider)
+    except Invalid as e:
+        return f"does not implement {interface.__name__}: {' '.join(str(e).split())}"
+    return None
+
+
+def checkProviders(interface: InterfaceClass, providers: Iterable[object], what: str) -> None:
+    """
+    Each of C{providers} declares C{interface} and has what it promises
+    (L{providerProblem}), or TypeError with one line naming the plug-in
+    (C{what} says which kind) and the gap.
+    """
+    for p in providers:
+        problem = providerProblem(interface, p)
+        if problem is not None:
+            raise TypeError(f"{what} {p!r} {problem}")

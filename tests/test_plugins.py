@@ -382,6 +382,43 @@ class LookupTests(unittest.TestCase):
         )
         self.assertIn("does not provide IDeliveryBackend", str(e))
 
+    def test_incompleteProvider(self) -> None:
+        """A provider that declares its interface but lacks a method is refused in one line."""
+
+        @implementer(IDeliveryBackend)
+        class NoDeliver:
+            pass
+
+        self.fakePlugins(FakeFactory("fake", result=NoDeliver()))
+        e = self.assertRaises(
+            PlugInError, registry.makeProvider, IDeliveryBackend, "fake:n", context()
+        )
+        self.assertIn("plug-in 'fake' built", str(e))
+        self.assertIn("which does not implement IDeliveryBackend", str(e))
+        self.assertIn("deliver", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_providerWithWrongSignature(self) -> None:
+        """A method that cannot take the interface's arguments is refused (verifyObject)."""
+
+        @implementer(IDeliveryBackend)
+        class OneArgument:
+            def deliver(self, envelope: Any) -> None:
+                pass
+
+        self.fakePlugins(FakeFactory("fake", result=OneArgument()))
+        e = self.assertRaises(
+            PlugInError, registry.makeProvider, IDeliveryBackend, "fake:n", context()
+        )
+        self.assertIn("which does not implement IDeliveryBackend", str(e))
+        self.assertNotIn("\n", str(e))
+
+    def test_completeProvider(self) -> None:
+        """A provider with everything its interface promises is built."""
+        self.fakePlugins(FakeFactory("fake"))
+        provider = registry.makeProvider(IDeliveryBackend, "fake:n", context())
+        self.assertTrue(verifyObject(IDeliveryBackend, provider))
+
     def test_scanFailure(self) -> None:
         """If scanning for plug-ins fails, the built-ins remain, and it is logged."""
 

@@ -11,14 +11,24 @@ import a provider module at import time.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TypeVar, cast
 
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
+from zope.interface import Interface
+from zope.interface.interface import InterfaceClass
 
 from mailframe.backends.factories import BACKEND_FACTORIES
+from mailframe.config import ProviderContext
 from mailframe.interfaces import IPlugInFactory
-from mailframe.plugins import FILTER_KINDS, PlugInError, PlugInFactory, kindName, parseDescription
+from mailframe.plugins import (
+    FILTER_KINDS,
+    PlugInError,
+    PlugInFactory,
+    kindName,
+    parseDescription,
+    providerProblem,
+)
 from mailframe.policy.factories import POLICY_FACTORIES
 from mailframe.validators.factories import VALIDATOR_FACTORIES
 
@@ -33,6 +43,8 @@ __all__ = [
 
 log = Logger(namespace="mailframe.plugins")
 
+_I = TypeVar("_I", bound=Interface)
+
 #: The built-in factories: always available, and preferred on a clash.
 BUILTINS: tuple[PlugInFactory, ...] = (
     *BACKEND_FACTORIES,
@@ -40,13 +52,15 @@ BUILTINS: tuple[PlugInFactory, ...] = (
     *POLICY_FACTORIES,
 )
 
-_warned: list[Any] = []  # the ignored factories, kept so that each is warned about once
+_warned: list[IPlugInFactory] = []  # the ignored factories, kept so that each is warned about once
 
 
-def _allFactories() -> list[Any]:
+def _allFactories() -> list[IPlugInFactory]:
     """The built-ins, then every other factory twisted.plugin finds."""
-    found: list[Any] = list(BUILTINS)
-    seen: dict[tuple[Any, str], Any] = {(f.provides, f.prefix.lower()): f for f in BUILTINS}
+    found: list[IPlugInFactory] = list(BUILTINS)
+    seen: dict[tuple[InterfaceClass, str], IPlugInFactory] = {
+        (f.provides, f.prefix.lower()): f for f in BUILTINS
+    }
     try:
         discovered = list(getPlugins(IPlugInFactory))
     except Exception:
@@ -79,14 +93,14 @@ def _allFactories() -> list[Any]:
     return found
 
 
-def _isKind(factory: Any, interface: Any) -> bool:
+def _isKind(factory: IPlugInFactory, interface: InterfaceClass) -> bool:
     try:
         return bool(factory.provides.isOrExtends(interface))
     except Exception:
         return False
 
 
-def factoriesFor(interface: Any) -> list[Any]:
+def factoriesFor(interface: InterfaceClass) -> list[IPlugInFactory]:
     """
     The L{IPlugInFactory} providers whose providers provide C{interface}:
     the built-ins first, then those found in C{twisted.plugins}.
@@ -94,7 +108,9 @@ def factoriesFor(interface: Any) -> list[Any]:
     return [f for f in _allFactories() if _isKind(f, interface)]
 
 
-def _find(interface: Any, description: str) -> tuple[Any, tuple[str, ...], dict[str, str]]:
+def _find(
+    interface: InterfaceClass, description: str
+) -> tuple[IPlugInFactory, tuple[str, ...], dict[str, str]]:
     prefix, args, kwargs = parseDescription(description)
     kind = kindName(interface)
     factories = _allFactories()
@@ -110,14 +126,16 @@ def _find(interface: Any, description: str) -> tuple[Any, tuple[str, ...], dict[
     raise PlugInError(f"unknown {kind} {prefix!r} (known: {known})")
 
 
-def _bad(interface: Any, description: str, factory: Any, error: Exception) -> PlugInError:
+def _bad(
+    interface: InterfaceClass, description: str, factory: IPlugInFactory, error: Exception
+) -> PlugInError:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, TypeError):
         message = f"bad arguments: {message} (usage: {factory.synopsis})"
     return PlugInError(f"bad {kindName(interface)} {description!r}: {message}")
 
 
-def checkDescription(interface: Any, description: str) -> Any:
+def checkDescription(interface: InterfaceClass, description: str) -> IPlugInFactory:
     """
     Check a description without building anything: the prefix exists, is of
     the right kind, and (as far as can be told without side effects) its
@@ -141,33 +159,36 @@ def checkDescription(interface: Any, description: str) -> Any:
     return factory
 
 
-def makeProvider(interface: Any, description: str, context: Any) -> Any:
+def makeProvider(interface: type[_I], description: str, context: ProviderContext) -> _I:
     """
     Build the provider of C{interface} that C{description} names.
 
     @param context: the L{mailframe.config.ProviderContext}.
-    @raise PlugInError: for an unknown prefix, a plug-in of another kind, or
-        arguments its factory refuses; the message is one line.  Other
-        errors (an L{OSError} creating a directory ...) propagate.
+    @raise PlugInError: for an unknown prefix, a plug-in of another kind,
+        arguments its factory refuses, or a provider that does not have
+        what C{interface} promises (C{verifyObject}); the message is one
+        line.  Other errors (an L{OSError} creating a directory ...) propagate.
     """
+    return cast(_I, _build(interface, description, context))
+
+
+def _build(interface: InterfaceClass, description: str, context: ProviderContext) -> object:
     factory, args, kwargs = _find(interface, description)
     try:
         provider = factory.makeProvider(context, *args, **kwargs)
     except (TypeError, ValueError) as e:
         raise _bad(interface, description, factory, e)
-    if not interface.providedBy(provider):
-        raise PlugInError(
-            f"plug-in {factory.prefix!r} built {provider!r}, which does not provide "
-            f"{interface.__name__}"
-        )
+    problem = providerProblem(interface, provider)
+    if problem is not None:
+        raise PlugInError(f"plug-in {factory.prefix!r} built {provider!r}, which {problem}")
     return provider
 
 
-def _isFilter(factory: Any) -> bool:
+def _isFilter(factory: IPlugInFactory) -> bool:
     return any(_isKind(factory, kind) for kind in FILTER_KINDS)
 
 
-def _filterKind(description: str) -> Any:
+def _filterKind(description: str) -> InterfaceClass:
     """The filter kind whose factories have C{description}'s prefix."""
     prefix = parseDescription(description)[0].lower()
     factories = _allFactories()
@@ -185,7 +206,7 @@ def _filterKind(description: str) -> Any:
     raise PlugInError(f"unknown filter {prefix!r} (filters: {known})")
 
 
-def checkFilter(description: str) -> Any:
+def checkFilter(description: str) -> IPlugInFactory:
     """
     L{checkDescription} for C{--filter}: a connection filter, HELO
     validator, sender validator or message filter.
@@ -196,10 +217,10 @@ def checkFilter(description: str) -> Any:
     return checkDescription(_filterKind(description), description)
 
 
-def makeFilter(description: str, context: Any) -> Any:
+def makeFilter(description: str, context: ProviderContext) -> object:
     """
     Build the provider a C{--filter} description names.  It may provide
     several plug points (L{FILTER_KINDS}, and L{IRecipientValidator}); the
     caller uses it at each.
     """
-    return makeProvider(_filterKind(description), description, context)
+    return _build(_filterKind(description), description, context)

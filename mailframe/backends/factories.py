@@ -8,10 +8,13 @@ dropins while scanning for service makers); providers are built in C{build}.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.interfaces import IDeliveryBackend
 from mailframe.plugins import Choice, Option, PlugInFactory, YesNo
+
+if TYPE_CHECKING:
+    from mailframe.config import ProviderContext
 
 __all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend"]
 
@@ -37,7 +40,7 @@ class _Maildir(PlugInFactory):
         options = self.parseOptions(kwargs)
         return {"path": self._path(args), "layout": options["layout"]}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
         from mailframe.backends.maildir import MaildirBackend
 
         return MaildirBackend(context.reactor, arguments["path"], layout=arguments["layout"])
@@ -63,7 +66,7 @@ class _Mbox(PlugInFactory):
         options = self.parseOptions(kwargs)
         return {"path": self._path(args), "layout": options["layout"]}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
         from mailframe.backends.mbox import MboxBackend
 
         return MboxBackend(context.reactor, arguments["path"], layout=arguments["layout"])
@@ -79,7 +82,7 @@ class _Memory(PlugInFactory):
         self._noArguments(args)
         return self.parseOptions(kwargs)
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
         from mailframe.backends.memory import MemoryBackend
 
         return MemoryBackend(keep=arguments["keep"])

@@ -13,7 +13,7 @@ providers are built inside C{build}.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -33,6 +33,11 @@ from mailframe.plugins import (
     splitItems,
 )
 
+if TYPE_CHECKING:
+    from mailframe.config import ProviderContext
+    from mailframe.policy._dns import AsyncDNS
+    from mailframe.policy.dnsbl import Zone
+
 __all__ = ["POLICY_FACTORIES"]
 
 #: The longest a check waits for its DNS answers.
@@ -48,7 +53,7 @@ def _timeout(default: float) -> Option:
     )
 
 
-def _zones(value: str) -> list[Any]:
+def _zones(value: str) -> list[Zone]:
     from mailframe.policy.dnsbl import Zone
 
     return [Zone.parse(z) for z in splitItems((value,))]
@@ -60,7 +65,7 @@ def _word(value: str) -> str:
     return value
 
 
-def _dns(context: Any, timeout: float) -> Any:
+def _dns(context: ProviderContext, timeout: float) -> AsyncDNS:
     from mailframe.policy._dns import AsyncDNS, defaultResolver
 
     return AsyncDNS(defaultResolver(context.reactor), context.reactor, timeout)
@@ -102,7 +107,7 @@ class _Limits(PlugInFactory):
             "exempt": options["exempt"],
         }
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IConnectionFilter:
         from mailframe.policy.limits import ConnectionLimits
 
         if arguments["exempt"] is None:
@@ -145,7 +150,7 @@ class _DNSBL(PlugInFactory):
             "refuse": options["refuse"],
         }
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IConnectionFilter:
         from mailframe.policy.dnsbl import DNSBL
 
         dns = _dns(context, arguments.pop("timeout"))
@@ -177,7 +182,7 @@ class _Helo(PlugInFactory):
         self._noArguments(args)
         return self.parseOptions(kwargs)
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IHeloValidator:
         from mailframe.policy.helo import HeloCheck
 
         dns = _dns(context, arguments.pop("timeout"))
@@ -220,7 +225,7 @@ class _SPF(PlugInFactory):
         policy = {r: options[r] for r in _SPF_RESULTS if options[r] is not None}
         return {"policy": policy, "timeout": options["timeout"]}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> ISenderValidator:
         from mailframe.policy.spf import SPFCheck
 
         dns = _dns(context, arguments["timeout"])
@@ -240,7 +245,7 @@ class _DKIMVerify(PlugInFactory):
         self._noArguments(args)
         return self.parseOptions(kwargs)
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IMessageFilter:
         from mailframe.policy.dkim import DKIMVerifier, threadRunner
 
         dns = _dns(context, arguments["timeout"])
@@ -280,7 +285,7 @@ class _DKIMSign(PlugInFactory):
             raise ValueError(f"no such key file: {path}")
         return {"domain": domain, "selector": selector, "path": path, "signAll": options["all"]}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IMessageFilter:
         from mailframe.policy.dkim import DKIMSigner, threadRunner
 
         with open(arguments["path"], "rb") as f:
@@ -325,7 +330,7 @@ class _DMARC(PlugInFactory):
             "timeout": options["timeout"],
         }
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IMessageFilter:
         from mailframe.policy.dkim import threadRunner
         from mailframe.policy.dmarc import DMARCCheck
 
@@ -355,7 +360,7 @@ class _AuthResults(PlugInFactory):
         self._noArguments(args)
         return {"authservID": self.parseOptions(kwargs)["id"]}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IMessageFilter:
         from mailframe.policy.authresults import AuthenticationResults
 
         return AuthenticationResults(arguments["authservID"], context.config)

@@ -1,6 +1,6 @@
 """
 Small pieces of the server: queue ids, the greeting passes, one-line error
-text, provider checks.
+text.
 
 Owns: nothing stateful.  Must not: know about SMTP commands.
 """
@@ -11,13 +11,9 @@ import itertools
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
-from zope.interface.exceptions import Invalid
-from zope.interface.verify import verifyObject
-
-__all__ = ["GreetPasses", "IDs", "check", "oneLine", "processIDs"]
+__all__ = ["GreetPasses", "IDs", "oneLine", "processIDs"]
 
 
 class IDs:
@@ -58,22 +54,6 @@ def oneLine(reason: Any) -> str:
     value = getattr(reason, "value", reason)
     text = " ".join(str(value).split())
     return f"{type(value).__name__}: {text}"[:300] if text else type(value).__name__
-
-
-def check(interface: Any, providers: Iterable[Any], what: str) -> None:
-    """
-    Each of C{providers} declares C{interface} and has what it promises
-    (C{verifyObject}: every method and attribute, with compatible
-    signatures), or TypeError with one line naming the plug-in and the gap.
-    """
-    for p in providers:
-        if not interface.providedBy(p):
-            raise TypeError(f"{what} {p!r} does not provide {interface.__name__}")
-        try:
-            verifyObject(interface, p)
-        except Invalid as e:
-            gap = " ".join(str(e).split())
-            raise TypeError(f"{what} {p!r} does not implement {interface.__name__}: {gap}")
 
 
 class GreetPasses:

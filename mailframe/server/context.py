@@ -33,7 +33,8 @@ from mailframe.interfaces import (
     ISenderValidator,
     ISessionObserver,
 )
-from mailframe.server._util import GreetPasses, IDs, check, processIDs
+from mailframe.plugins import checkProviders
+from mailframe.server._util import GreetPasses, IDs, processIDs
 from mailframe.server.chains import Chain
 
 __all__ = ["ServerContext", "ServerStats"]
@@ -73,18 +74,18 @@ class ServerContext:
             from twisted.internet import reactor
 
             clock = reactor
-        check(IDeliveryBackend, [backend], "backend")
-        check(IRecipientValidator, validators, "validator")
-        check(ISenderValidator, senderValidators, "sender validator")
-        check(IConnectionFilter, connectionFilters, "connection filter")
-        check(IMessageFilter, messageFilters, "message filter")
-        check(IHeloValidator, heloValidators, "HELO validator")
+        checkProviders(IDeliveryBackend, [backend], "backend")
+        checkProviders(IRecipientValidator, validators, "validator")
+        checkProviders(ISenderValidator, senderValidators, "sender validator")
+        checkProviders(IConnectionFilter, connectionFilters, "connection filter")
+        checkProviders(IMessageFilter, messageFilters, "message filter")
+        checkProviders(IHeloValidator, heloValidators, "HELO validator")
         exts = (
             list(extensions)
             if extensions is not None
             else defaultExtensions(config.limits.messageSize)
         )
-        check(IExtension, exts, "extension")
+        checkProviders(IExtension, exts, "extension")
         domains = set(config.localDomains)
         for v in validators:
             if ILocalDomains.providedBy(v):

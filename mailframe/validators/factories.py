@@ -9,10 +9,13 @@ in C{build}.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.interfaces import IRecipientValidator
 from mailframe.plugins import PlugInFactory, splitItems
+
+if TYPE_CHECKING:
+    from mailframe.config import ProviderContext
 
 __all__ = ["VALIDATOR_FACTORIES", "addressesValidator", "anyValidator", "domainsValidator"]
 
@@ -26,7 +29,7 @@ class _Any(PlugInFactory):
         self._noArguments(args)
         return self.parseOptions(kwargs)
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IRecipientValidator:
         from mailframe.validators.basic import AnyRecipient
 
         return AnyRecipient()
@@ -52,7 +55,7 @@ class _Domains(PlugInFactory):
             Domain.parse(name)
         return {"domains": names}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IRecipientValidator:
         from mailframe.validators.basic import DomainsValidator
 
         return DomainsValidator(arguments["domains"])
@@ -74,7 +77,7 @@ class _Addresses(PlugInFactory):
             raise ValueError(f"no such file: {path}")
         return {"path": path}
 
-    def build(self, context: Any, **arguments: Any) -> Any:
+    def build(self, context: ProviderContext, **arguments: Any) -> IRecipientValidator:
         from mailframe.validators.addresses import AddressListValidator
 
         return AddressListValidator(context.reactor, arguments["path"])
