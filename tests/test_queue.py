@@ -189,6 +189,33 @@ class InterfaceTests(QueueCase):
             ReportSettings("x"),
         )
 
+    def test_refusesIncompleteProviders(self) -> None:
+        """A backend or relay that declares its interface but lacks a method: one-line TypeError."""
+
+        @implementer(IDeliveryBackend)
+        class NoDeliver:
+            pass
+
+        @implementer(IRelay)
+        class WrongRelay:
+            def relay(self, envelope: Envelope) -> None:
+                pass
+
+        def runner(local: Any, relay: Any) -> QueueRunner:
+            return QueueRunner(
+                self.clock, self.spool, local, relay, lambda a: LOCAL, ReportSettings("x")
+            )
+
+        for local, relay, words in [
+            (NoDeliver(), None, "delivery backend"),
+            ({"smtp": self.local, "other": NoDeliver()}, None, "delivery backend"),
+            (self.local, WrongRelay(), "relay"),
+        ]:
+            e = self.assertRaises(TypeError, runner, local, relay)
+            self.assertTrue(str(e).startswith(words + " <"), str(e))
+            self.assertIn("does not implement", str(e))
+            self.assertNotIn("\n", str(e))
+
     def test_retryPolicy(self) -> None:
         """Back-off doubles from initial up to maximum; bad settings are refused."""
         policy = RetryPolicy(initial=300, maximum=3600)

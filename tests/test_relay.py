@@ -218,13 +218,13 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(result.remote, ("mx1.example.com [2001:db8::1]",) * 2)
         self.assertEqual(server.received, [MESSAGE])
         self.assertEqual(len(network.connections), 1)
-        self.assertEqual(result.dsn, (False, False))  # type: ignore[attr-defined]
+        self.assertEqual(result.dsn, (False, False))
 
     def test_dsnPassedOn(self) -> None:
         """The result tells the queue when the next hop took the DSN parameters."""
         network = Network(**{"2001:db8::1": AutoServer(keywords=("PIPELINING", "DSN"))})
         result = self.send(network, self.relay(network), "bob@example.com")
-        self.assertEqual(result.dsn, (True,))  # type: ignore[attr-defined]
+        self.assertEqual(result.dsn, (True,))
 
     def test_nextOnRefused(self) -> None:
         """A refused connection moves on to the next address, then the next MX."""

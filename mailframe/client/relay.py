@@ -240,7 +240,7 @@ class SMTPRelay:
                         continue
                     break
                 replies = tuple(withEnhanced(r) for r in result.replies)
-                return replace(result, replies=replies)  # an SMTPResult stays one
+                return replace(result, replies=replies)  # remote and dsn kept
             # the host's last attempt decides (a failed handshake, then a refusal in clear)
             allRefused = allRefused and last is not None and last.permanent
             if last is not None and not last.tryNext:

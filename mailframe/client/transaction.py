@@ -45,16 +45,13 @@ def unexpected(reply: Reply) -> Reply:
     return Reply(451, (4, 5, 0), f"Protocol error: unexpected reply: {quoted(reply)}"[:400])
 
 
-@dataclass(frozen=True, slots=True)
-class SMTPResult(DeliveryResult):
-    """
-    A L{DeliveryResult} from an SMTP server, with C{dsn}: per recipient,
-    True if the server offered DSN, so the NOTIFY/ORCPT/RET/ENVID
-    parameters went on with the message (RFC 3461 5.2: it then reports
-    "delivered" itself; when False a NOTIFY=SUCCESS is answered "relayed").
-    """
-
-    dsn: tuple[bool, ...] = ()
+SMTPResult = DeliveryResult
+"""
+The L{DeliveryResult} of an SMTP delivery (kept for compatibility: its
+C{dsn} field, per recipient True if the server offered DSN so that the
+NOTIFY/ORCPT/RET/ENVID parameters went on with the message, is
+L{DeliveryResult}'s own now).
+"""
 
 
 @dataclass(eq=False)
@@ -274,7 +271,7 @@ class MessageSender:
         refused = plan.refused if plan is not None else {}
         remote = self._remote()
         n = len(txn.replies)
-        result = SMTPResult(
+        result = DeliveryResult(
             tuple(txn.replies),  # type: ignore[arg-type]
             tuple(None if i in refused else remote for i in range(n)),
             tuple(plan is not None and plan.dsn and i not in refused for i in range(n)),

@@ -10,9 +10,10 @@ runner's own methods.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
@@ -31,10 +32,10 @@ class QueueTools:
     """hold, release, delete and the state the tools show (mixed into the runner)."""
 
     entries: dict[str, QueueEntry]
-    _timers: dict[str, Any]
-    _active: set[str] | dict[str, Any]
+    _timers: dict[str, IDelayedCall]
+    _active: set[str]
     _deleted: set[str]
-    _cache: dict[str, Any]
+    _cache: dict[str, bytes]
 
     def _schedule(self, entry: QueueEntry, when: float) -> None:
         raise NotImplementedError

@@ -31,17 +31,16 @@ Owns: turning a server transaction into a queue entry.  Must not: deliver
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.backends._files import replyForError
 from mailframe.envelope import DeliveryResult, Envelope
-from mailframe.interfaces import IDeliveryBackend
+from mailframe.interfaces import IDeliveryBackend, IRelay
 from mailframe.message import Message
 from mailframe.queue.entry import QueueEntry
 from mailframe.queue.runner import QueueRunner
@@ -68,7 +67,11 @@ class SpoolBackend:
     """
 
     def __init__(
-        self, spool: Spool, clock: Any, listener: str = "smtp", keepInMemory: int = 1 << 20
+        self,
+        spool: Spool,
+        clock: IReactorTime,
+        listener: str = "smtp",
+        keepInMemory: int = 1 << 20,
     ) -> None:
         self.spool = spool
         self.clock = clock
@@ -98,9 +101,9 @@ class SpoolBackend:
             queued = Reply(250, (2, 0, 0), f"Queued as {entryID}")
             return DeliveryResult((queued,) * len(envelope.recipients), queueID=entryID)
 
-        def failed(reason: Failure) -> DeliveryResult:
+        def failed(reason: Failure) -> DeliveryResult | Failure:
             if reason.check(defer.CancelledError):
-                return reason  # type: ignore[return-value]
+                return reason
             reply = replyForError(reason.value)
             return DeliveryResult.allDelivered(envelope, reply)
 
@@ -116,7 +119,7 @@ class QueueService(Service):
 
     name = "mailframe-queue"
 
-    def __init__(self, runner: QueueRunner | None, relay: Any = None) -> None:
+    def __init__(self, runner: QueueRunner | None, relay: IRelay | None = None) -> None:
         self.runner = runner
         self.relay = relay
 
@@ -130,7 +133,7 @@ class QueueService(Service):
 
         self.runner.start().addErrback(failed)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         if self.runner is not None:
             self.runner.stop()

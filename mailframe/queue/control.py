@@ -36,12 +36,14 @@ import time
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IListeningPort, IReactorUNIX, ITransport
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from mailframe.backends._files import makeDirectory
+from mailframe.interfaces import IRelay
 from mailframe.queue._files import SpoolError
 from mailframe.queue.backend import QueueService
 from mailframe.queue.entry import QueueEntry
@@ -137,14 +139,18 @@ class LongJSON(amp.Argument):
     the text is split over the keys C{NAME}, C{NAME.1}, C{NAME.2} ...
     """
 
-    def toBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+    def toBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object
+    ) -> None:
         value = objects[name.decode("ascii")]
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
         strings[name] = text[:_CHUNK]
         for i, start in enumerate(range(_CHUNK, len(text), _CHUNK), 1):
             strings[name + b".%d" % i] = text[start : start + _CHUNK]
 
-    def fromBox(self, name: bytes, strings: Any, objects: Any, proto: Any) -> None:
+    def fromBox(
+        self, name: bytes, strings: dict[bytes, bytes], objects: dict[str, object], proto: object
+    ) -> None:
         parts = [strings.pop(name)]
         while (key := name + b".%d" % len(parts)) in strings and len(parts) < _MAX_PARTS:
             parts.append(strings.pop(key))
@@ -256,13 +262,13 @@ class ControlProtocol(amp.AMP):
         super().__init__()
         self.runner = runner
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITransport) -> None:
         """Without AMP's log line for every connection."""
         self._transportPeer = transport.getPeer()
         self._transportHost = transport.getHost()
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
 
@@ -360,7 +366,7 @@ class ControlFactory(Factory):
     def __init__(self, runner: QueueRunner) -> None:
         self.runner = runner
 
-    def buildProtocol(self, addr: Any) -> ControlProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> ControlProtocol:
         protocol = ControlProtocol(self.runner)
         protocol.factory = self
         return protocol
@@ -376,13 +382,13 @@ class QueueControl:
     @param lockWait: seconds L{lock} waits for another holder to let go.
     """
 
-    def __init__(self, reactor: Any, path: str, lockWait: float = LOCK_WAIT) -> None:
+    def __init__(self, reactor: IReactorUNIX, path: str, lockWait: float = LOCK_WAIT) -> None:
         self.reactor = reactor
         self.path = path
         self.socketPath = os.path.join(path, SOCKET)
         self.lockWait = lockWait
         self.lockFD: int | None = None
-        self.port: Any = None
+        self.port: IListeningPort | None = None
 
     def lock(self) -> None:
         """
@@ -419,7 +425,7 @@ class QueueControl:
                 error=" ".join(str(e).split()),
             )
 
-    def stopListening(self) -> Any:
+    def stopListening(self) -> defer.Deferred[None] | None:
         """Stop listening (the socket file goes); a Deferred, or None."""
         port, self.port = self.port, None
         return port.stopListening() if port is not None else None
@@ -438,7 +444,9 @@ class ControlledQueueService(QueueService):
     keeps it), the socket once it has.
     """
 
-    def __init__(self, runner: QueueRunner | None, control: QueueControl, relay: Any = None):
+    def __init__(
+        self, runner: QueueRunner | None, control: QueueControl, relay: IRelay | None = None
+    ):
         super().__init__(runner, relay)
         self.control = control
 
@@ -464,7 +472,7 @@ class ControlledQueueService(QueueService):
 
         runner.whenRunning().addCallback(listen)
 
-    def stopService(self) -> Any:
+    def stopService(self) -> defer.Deferred[None] | None:
         stopping = self.control.stopListening()
         super().stopService()
         self.control.unlock()

@@ -65,7 +65,7 @@ def addressFromText(text: str) -> Address:
     return parseMailbox(text)
 
 
-def replyToJSON(reply: Reply | None) -> list[Any] | None:
+def replyToJSON(reply: Reply | None) -> list[object] | None:
     """C{[code, "x.y.z" or null, [lines]]}."""
     if reply is None:
         return None
@@ -282,7 +282,7 @@ class QueueEntry:
         return cls.fromJSON(parsed)
 
 
-def _params(data: Any) -> dict[str, str | None]:
+def _params(data: object) -> dict[str, str | None]:
     if not isinstance(data, dict):
         raise EntryError("parameters must be an object")
     out: dict[str, str | None] = {}
@@ -297,7 +297,7 @@ def _time(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _word(value: Any) -> str:
+def _word(value: object) -> str:
     text = str(value)
     if not text or not all(c.isalnum() or c in "-_." for c in text) or text[0] == ".":
         raise EntryError(f"bad queue id {text!r}")

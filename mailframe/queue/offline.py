@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.backends._files import fsyncDirectory
 from mailframe.queue._files import DATA, ENVELOPE, SpoolError, unlinkQuietly, writeDurably
 from mailframe.queue.control import HEAD_LIMIT, describeEntry
 from mailframe.queue.entry import EntryError, QueueEntry
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["OfflineSpool"]
 
@@ -44,7 +47,7 @@ class OfflineSpool:
     """
 
     def __init__(
-        self, path: str, lockFD: int | None, clock: Any, warn: Callable[[str], None]
+        self, path: str, lockFD: int | None, clock: IReactorTime, warn: Callable[[str], None]
     ) -> None:
         self.path = path
         self.queue = os.path.join(path, "queue")

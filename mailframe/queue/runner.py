@@ -48,10 +48,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailframe._deferreds import always, settled
-from mailframe.address import Address
+from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IRelay
 from mailframe.message import Message
+from mailframe.plugins import checkProviders
 from mailframe.queue import bounce
 from mailframe.queue._reading import AttemptMessage
 from mailframe.queue._tools import QueueTools, UnknownEntry
@@ -85,7 +86,7 @@ _Answer = tuple[Reply, str | None, bool]
 """Per recipient: the reply, the server that gave it, whether DSN went on with it."""
 
 
-def defaultRouteKey(isLocal: Callable[[Any], bool]) -> Callable[[Address], str]:
+def defaultRouteKey(isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
     """Local domains to L{LOCAL}, every other domain to C{"mx DOMAIN"}."""
 
     def routeKey(address: Address) -> str:
@@ -108,6 +109,9 @@ class QueueRunner(QueueTools):
     @param relay: the L{IRelay} for other destinations, or None (they then
         wait with 4xx and eventually fail).
 
+    @raise TypeError: one line, for a backend or relay that does not
+        provide its interface (C{verifyObject}).
+
     @param routeKey: C{(address) -> key}; L{LOCAL} for the local backend.
 
     @param reports: how delivery status notifications are made.
@@ -121,8 +125,8 @@ class QueueRunner(QueueTools):
         self,
         clock: IReactorTime,
         spool: Spool,
-        local: Any,
-        relay: Any,
+        local: IDeliveryBackend | Mapping[str, IDeliveryBackend],
+        relay: IRelay | None,
         routeKey: Callable[[Address], str],
         reports: bounce.ReportSettings,
         retry: RetryPolicy | None = None,
@@ -133,12 +137,12 @@ class QueueRunner(QueueTools):
         spillThreshold: int = 1 << 20,
         logDeliveries: bool = True,
     ) -> None:
-        backends: Mapping[str, Any] = local if isinstance(local, Mapping) else {"": local}
-        for backend in backends.values():
-            if not IDeliveryBackend.providedBy(backend):
-                raise TypeError(f"{backend!r} does not provide IDeliveryBackend")
-        if relay is not None and not IRelay.providedBy(relay):
-            raise TypeError(f"{relay!r} does not provide IRelay")
+        backends: Mapping[str, IDeliveryBackend] = (
+            local if isinstance(local, Mapping) else {"": local}
+        )
+        checkProviders(IDeliveryBackend, backends.values(), "delivery backend")
+        if relay is not None:
+            checkProviders(IRelay, [relay], "relay")
         self.clock = clock
         self.spool = spool
         self.backends = dict(backends)
@@ -303,7 +307,7 @@ class QueueRunner(QueueTools):
     # Each step returns its value, or a Deferred of it when it has to wait;
     # a backend that answers at once costs no Deferred, timer or coroutine.
 
-    def _deliver(self, entry: QueueEntry) -> Any:
+    def _deliver(self, entry: QueueEntry) -> object:
         groups: dict[str, list[RecipientState]] = {}
         for r in entry.pending:
             groups.setdefault(self._routeKeyOf(r), []).append(r)
@@ -322,8 +326,11 @@ class QueueRunner(QueueTools):
         return d.addCallback(self._outcomes, entry, groups)
 
     def _outcomes(
-        self, results: list[Any], entry: QueueEntry, groups: dict[str, list[RecipientState]]
-    ) -> Any:
+        self,
+        results: list[list[_Answer]],
+        entry: QueueEntry,
+        groups: dict[str, list[RecipientState]],
+    ) -> object:
         outcomes: list[tuple[RecipientState, Reply, str | None, bool, bool]] = []
         for (key, rcpts), result in zip(groups.items(), results, strict=True):
             for r, (reply, remote, passedOn) in zip(rcpts, result, strict=True):
@@ -377,7 +384,7 @@ class QueueRunner(QueueTools):
         """With the slot and the message: deliver, then give both back."""
         count = len(rcpts)
 
-        def released(replies: Any) -> Any:
+        def released(replies: list[_Answer]) -> list[_Answer]:
             reading.done()
             limits.release(key)
             return replies
@@ -413,7 +420,7 @@ class QueueRunner(QueueTools):
         self,
         entry: QueueEntry,
         outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool, bool]],
-    ) -> Any:
+    ) -> object:
         """Record the outcomes; the next attempt's time (None: finished), or a Deferred of it."""
         now = self.clock.seconds()
         entry.attempts += 1
@@ -466,7 +473,7 @@ class QueueRunner(QueueTools):
             )
             return self._finish(entry, now)
 
-        def reported(ok: bool) -> Any:
+        def reported(ok: bool) -> object:
             if not ok:  # try again, and report again, next time
                 for item in items:
                     if item.action == bounce.FAILED:
@@ -478,7 +485,7 @@ class QueueRunner(QueueTools):
         d = defer.ensureDeferred(self._sendReport(entry, items, now))
         return d.addCallback(reported)
 
-    def _finish(self, entry: QueueEntry, now: float) -> Any:
+    def _finish(self, entry: QueueEntry, now: float) -> defer.Deferred[float] | None:
         """Remove a finished entry, or record when to try it again (the time, or a Deferred)."""
         if entry.done:
             self.entries.pop(entry.id, None)
@@ -550,11 +557,11 @@ class QueueRunner(QueueTools):
         )
 
 
-def _replies(result: Any, count: int, entryID: str) -> list[_Answer]:
+def _replies(result: object, count: int, entryID: str) -> list[_Answer]:
     """
     Per recipient, from a backend's or relay's answer: the reply, the
     remote server, and whether the DSN request went on with the message
-    (an SMTP result's C{dsn}).
+    (the result's C{dsn}).
     """
     if result is None:
         return [(_LOCAL_OK, None, False)] * count
@@ -562,5 +569,5 @@ def _replies(result: Any, count: int, entryID: str) -> list[_Answer]:
         log.error("{id}: a delivery answered {result!r}", id=entryID, result=result)
         return [(_LOCAL_ERROR, None, False)] * count
     remotes = tuple(result.remote) + (None,) * count
-    dsn = tuple(getattr(result, "dsn", ())) + (False,) * count
+    dsn = result.dsn + (False,) * count
     return list(zip(result.replies, remotes[:count], dsn[:count], strict=True))

@@ -88,9 +88,10 @@ import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -119,17 +120,22 @@ __all__ = ["SYNC_MODES", "Spool", "SpoolError", "Worker", "syncfsAvailable", "th
 log = Logger(namespace="mailframe.queue")
 
 T = TypeVar("T")
-Worker = Callable[[Callable[[], Any]], "defer.Deferred[Any]"]
-"""Runs a blocking function away from the reactor thread; a Deferred of its result."""
+
+
+class Worker(Protocol):
+    """Runs a blocking function away from the reactor thread; a Deferred of its result."""
+
+    def __call__(self, f: Callable[[], T], /) -> defer.Deferred[T]: ...
+
 
 SYNC_MODES = ("fsync", "syncfs")
 _READ_SIZE = 1 << 16
 
 
-def threadWorker(reactor: Any, pool: ThreadPool) -> Worker:
+def threadWorker(reactor: IReactorFromThreads, pool: ThreadPool) -> Worker:
     """A L{Worker} running functions in C{pool} (results delivered in the reactor)."""
 
-    def run(f: Callable[[], Any]) -> defer.Deferred[Any]:
+    def run(f: Callable[[], T]) -> defer.Deferred[T]:
         return deferToThreadPool(reactor, pool, f)
 
     return run
@@ -169,7 +175,7 @@ class Spool:
     def __init__(
         self,
         path: str,
-        reactor: Any,
+        reactor: IReactorFromThreads,
         threads: int = 8,
         worker: Worker | None = None,
         committed: Callable[[QueueEntry, bytes | None], None] | None = None,
@@ -418,13 +424,15 @@ class Spool:
             results = list(self._fsyncPool.map(fsyncResult, [fd for _, fd, _ in files]))
         return [(i, e) for (i, _, _), e in zip(files, results, strict=True) if e is not None]
 
-    def _committed(self, result: object, batch: list[_Pending]) -> None:
+    def _committed(
+        self, result: list[BaseException | None] | Failure, batch: list[_Pending]
+    ) -> None:
         self._committing = False
         if isinstance(result, Failure):  # a bug: nothing is known to be durable
             log.failure("spool commit failed", result)
-            errors: list[Any] = [result.value] * len(batch)
+            errors: list[BaseException | None] = [result.value] * len(batch)
         else:
-            errors = result  # type: ignore[assignment]
+            errors = result
         for pending, error in zip(batch, errors, strict=True):
             if pending.hold is not None:  # the commit's thread is done with the message
                 pending.hold.release()
@@ -535,6 +543,6 @@ class Spool:
         return self._worker(read)
 
 
-def _oneLine(reason: Any) -> str:
+def _oneLine(reason: object) -> str:
     value = getattr(reason, "value", reason)
     return " ".join(f"{type(value).__name__}: {value}".split())[:300]

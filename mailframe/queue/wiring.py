@@ -20,11 +20,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.address import Address, Domain
 from mailframe.backends._files import makeDirectory
 from mailframe.config import ServerConfig
+from mailframe.interfaces import IDeliveryBackend, IExtension, IMessageFilter
 from mailframe.queue.backend import QueueService, SpoolBackend
 from mailframe.queue.bounce import ReportSettings
 from mailframe.queue.control import ControlledQueueService, QueueControl
@@ -32,10 +33,14 @@ from mailframe.queue.runner import LOCAL, QueueRunner
 from mailframe.queue.settings import QueueSpec
 from mailframe.queue.spool import Spool
 
+if TYPE_CHECKING:
+    from mailframe.client.relay import SMTPRelay
+    from mailframe.client.routing import Router
+
 __all__ = ["QueueWiring", "routeKeyFor"]
 
 
-def routeKeyFor(router: Any, isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
+def routeKeyFor(router: Router, isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
     """The runner's C{routeKey} from a L{mailframe.client.routing.Router} and the local domains."""
 
     def routeKey(address: Address) -> str:
@@ -69,11 +74,11 @@ class QueueWiring:
         for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
             makeDirectory(directory)
         self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync)
-        self.local: dict[str, Any] = {}
+        self.local: dict[str, IDeliveryBackend] = {}
         self.localDomains: set[Domain] = set()
         self.control = QueueControl(reactor, path)
         self.service: QueueService = ControlledQueueService(None, self.control)
-        self.relay: Any = None
+        self.relay: SMTPRelay | None = None
 
     def configFor(self, config: ServerConfig) -> ServerConfig:
         """A listener's settings with the domains that C{routes} makes local."""
@@ -82,14 +87,18 @@ class QueueWiring:
             return config
         return replace(config, localDomains=frozenset(config.localDomains | extra))
 
-    def backendFor(self, config: ServerConfig, local: Any) -> SpoolBackend:
+    def backendFor(self, config: ServerConfig, local: IDeliveryBackend) -> SpoolBackend:
         """The backend a listener's server gets; C{local} delivers its local mail."""
         self.local.setdefault(config.listener, local)
         return SpoolBackend(self.spool, self.reactor, config.listener, config.spillThreshold)
 
     def listener(
-        self, config: ServerConfig, local: Any, extensions: list[Any], messageFilters: list[Any]
-    ) -> tuple[ServerConfig, SpoolBackend, list[Any]]:
+        self,
+        config: ServerConfig,
+        local: IDeliveryBackend,
+        extensions: list[IExtension],
+        messageFilters: list[IMessageFilter],
+    ) -> tuple[ServerConfig, SpoolBackend, list[IMessageFilter]]:
         """
         What a listener's server gets with the queue on: its settings (with
         the locally routed domains), the L{SpoolBackend} in front of its
