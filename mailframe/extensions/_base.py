@@ -7,13 +7,12 @@ Owns: the defaults.  Must not: import mailframe.server.
 
 from __future__ import annotations
 
-from typing import Any
-
+from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
 from mailframe import reply as R
 from mailframe.envelope import Envelope, Recipient, SessionInfo
-from mailframe.interfaces import IExtension
+from mailframe.interfaces import IExtension, ISessionControl
 
 __all__ = ["BAD_VALUE", "NO_VALUE", "Extension"]
 
@@ -49,10 +48,14 @@ class Extension:
     ) -> None:
         return None
 
-    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
+    def handleCommand(
+        self, control: ISessionControl, verb: str, argument: str
+    ) -> R.Reply | Deferred[R.Reply]:
         return R.NOT_IMPLEMENTED
 
-    def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
+    def continueCommand(
+        self, control: ISessionControl, verb: str, line: bytes
+    ) -> R.Reply | Deferred[R.Reply]:
         return R.BAD_SEQUENCE
 
     def __repr__(self) -> str:

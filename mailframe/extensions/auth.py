@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred import error
+from twisted.cred.credentials import ICredentials
 from twisted.cred.portal import Portal
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.address import asciiUpper
@@ -56,7 +58,7 @@ from mailframe.auth.credentials import (
 )
 from mailframe.envelope import Envelope, SessionInfo
 from mailframe.extensions._base import Extension
-from mailframe.interfaces import IUnadvertisedCommands
+from mailframe.interfaces import ISessionControl, IUnadvertisedCommands
 from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.protocol import decodeXtext
 from mailframe.reply import Reply, SMTPError
@@ -117,7 +119,7 @@ class _Exchange:
     mechanism: Any
     username: str = ""
     scramStored: bool = False
-    scramCredentials: Any = None
+    scramCredentials: ScramStoredCredentials | ScramPasswordCredentials | None = None
     verified: str | None = None
 
 
@@ -222,13 +224,15 @@ class Auth(Extension):
 
     # -- the AUTH command -------------------------------------------------------------
 
-    def refuseCommand(self, control: Any, verb: str, argument: str) -> Reply | None:
+    def refuseCommand(self, control: ISessionControl, verb: str, argument: str) -> Reply | None:
         """IUnadvertisedCommands: AUTH outside TLS is 538 5.7.11, not 500."""
         if not self._inTLS(control.session) and self.mechanisms:
             return ENCRYPTION_REQUIRED
         return None
 
-    def handleCommand(self, control: Any, verb: str, argument: str) -> Any:
+    def handleCommand(
+        self, control: ISessionControl, verb: str, argument: str
+    ) -> Reply | defer.Deferred[Reply]:
         session = control.session
         self._state(session).exchange = None
         if session.authenticated is not None:
@@ -264,7 +268,9 @@ class Auth(Extension):
             return self._saslError(control, exchange, e)
         return self._advance(control, exchange, outcome)
 
-    def continueCommand(self, control: Any, verb: str, line: bytes) -> Any:
+    def continueCommand(
+        self, control: ISessionControl, verb: str, line: bytes
+    ) -> Reply | defer.Deferred[Reply]:
         session = control.session
         state = self._state(session)
         exchange, state.exchange = state.exchange, None
@@ -282,7 +288,9 @@ class Auth(Extension):
             return self._saslError(control, exchange, e)
         return self._advance(control, exchange, outcome)
 
-    def _mechanism(self, name: str, session: SessionInfo) -> Any:
+    def _mechanism(
+        self, name: str, session: SessionInfo
+    ) -> sasl.Plain | sasl.Login | sasl.CramMD5 | sasl.ScramSha256:
         if name == "PLAIN":
             return sasl.Plain()
         if name == "LOGIN":
@@ -291,7 +299,9 @@ class Auth(Extension):
             return sasl.CramMD5(session.hostname, self._random)
         return sasl.ScramSha256(self._scramNonce)
 
-    def _advance(self, control: Any, exchange: _Exchange, outcome: Any) -> Any:
+    def _advance(
+        self, control: ISessionControl, exchange: _Exchange, outcome: sasl.Outcome
+    ) -> Any:
         """The reply (or a Deferred of it) to one step of the mechanism."""
         if isinstance(outcome, sasl.Challenge):
             self._state(control.session).exchange = exchange
@@ -316,21 +326,24 @@ class Auth(Extension):
             return self._succeed(control, exchange, exchange.verified)
         raise AssertionError(f"unexpected SASL outcome {outcome!r}")
 
-    def _scramFirst(self, found: tuple[bytes, int, bool], control: Any, ex: _Exchange) -> Any:
+    def _scramFirst(
+        self, found: tuple[bytes, int, bool], control: ISessionControl, ex: _Exchange
+    ) -> Any:
         salt, iterations, ex.scramStored = found
         return self._advance(control, ex, ex.mechanism.serverFirst(salt, iterations))
 
-    def _login(self, control: Any, exchange: _Exchange, credentials: Any) -> Any:
+    def _login(
+        self, control: ISessionControl, exchange: _Exchange, credentials: ICredentials
+    ) -> defer.Deferred[Reply]:
         d = defer.maybeDeferred(self.authenticator.login, credentials)
-        d.addCallbacks(
+        return d.addCallbacks(
             self._loggedIn,
             self._loginFailed,
             callbackArgs=(control, exchange),
             errbackArgs=(control, exchange),
         )
-        return d
 
-    def _loggedIn(self, name: str, control: Any, exchange: _Exchange) -> Any:
+    def _loggedIn(self, name: str, control: ISessionControl, exchange: _Exchange) -> Any:
         if exchange.scramCredentials is not None:
             serverKey = exchange.scramCredentials.serverKey
             if serverKey is None:  # a checker accepted without looking at the proof
@@ -344,12 +357,14 @@ class Auth(Extension):
             return self._advance(control, exchange, exchange.mechanism.serverFinal(serverKey))
         return self._succeed(control, exchange, name)
 
-    def _succeed(self, control: Any, exchange: _Exchange, name: str) -> Reply:
+    def _succeed(self, control: ISessionControl, exchange: _Exchange, name: str) -> Reply:
         self._state(control.session).exchange = None
         control.authenticate(name, exchange.name)
         return AUTH_OK
 
-    def _loginFailed(self, reason: Any, control: Any, exchange: _Exchange) -> Any:
+    def _loginFailed(
+        self, reason: Failure, control: ISessionControl, exchange: _Exchange
+    ) -> Reply | Failure | defer.Deferred[Reply]:
         if reason.check(MechanismUnavailable):
             return self._unavailable(control, exchange)
         if reason.check(error.UnauthorizedLogin, error.LoginFailed):
@@ -358,7 +373,9 @@ class Auth(Extension):
             return reason
         return self._temporary(reason, control, exchange)
 
-    def _temporary(self, reason: Any, control: Any, exchange: _Exchange) -> Any:
+    def _temporary(
+        self, reason: Failure, control: ISessionControl, exchange: _Exchange
+    ) -> Reply | Failure:
         if reason.check(defer.CancelledError):
             return reason
         log.failure("{id} AUTH {mechanism}: checking credentials failed", reason,
@@ -366,7 +383,9 @@ class Auth(Extension):
         self._state(control.session).exchange = None
         return AUTH_TEMPORARY
 
-    def _saslError(self, control: Any, exchange: _Exchange, e: sasl.SASLError) -> Any:
+    def _saslError(
+        self, control: ISessionControl, exchange: _Exchange, e: sasl.SASLError
+    ) -> Reply | defer.Deferred[Reply]:
         if isinstance(e, sasl.AuthorizationRefused):
             return self._fail(control, exchange, "authorization identity refused")
         log.info("{id} AUTH {mechanism} malformed response from {peer}: {why}",
@@ -374,7 +393,7 @@ class Auth(Extension):
                  peer=control.session.peer, why=str(e))  # fmt: skip
         return MALFORMED
 
-    def _unavailable(self, control: Any, exchange: _Exchange) -> Reply:
+    def _unavailable(self, control: ISessionControl, exchange: _Exchange) -> Reply:
         """534 5.7.9 at once, not counted: the client could not have passed with this mechanism."""
         session = control.session
         self._state(session).exchange = None
@@ -388,7 +407,9 @@ class Auth(Extension):
         )
         return MECHANISM_UNAVAILABLE
 
-    def _fail(self, control: Any, exchange: _Exchange, why: str) -> Any:
+    def _fail(
+        self, control: ISessionControl, exchange: _Exchange, why: str
+    ) -> Reply | defer.Deferred[Reply]:
         session = control.session
         self._state(session).exchange = None
         state = self._state(session)

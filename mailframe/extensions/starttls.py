@@ -13,13 +13,16 @@ mailframe.server; touch the transport.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from mailframe.envelope import SessionInfo
 from mailframe.extensions._base import Extension
 from mailframe.reply import Reply
+
+if TYPE_CHECKING:
+    from mailframe.interfaces import ISessionControl, TLSContextFactory
 
 __all__ = ["TLS_AFTER_AUTH", "TLS_ALREADY_ACTIVE", "TLS_READY", "TLS_UNAVAILABLE", "StartTLS"]
 
@@ -42,7 +45,7 @@ class StartTLS(Extension):
     keyword = "STARTTLS"
     verbs = frozenset({"STARTTLS"})
 
-    def __init__(self, contextFactory: Any | None) -> None:
+    def __init__(self, contextFactory: TLSContextFactory | None) -> None:
         self.contextFactory = contextFactory
 
     def ehloParameters(self, session: SessionInfo) -> str | None:
@@ -50,7 +53,7 @@ class StartTLS(Extension):
             return None
         return ""
 
-    def handleCommand(self, control: Any, verb: str, argument: str) -> Reply:
+    def handleCommand(self, control: ISessionControl, verb: str, argument: str) -> Reply:
         session = control.session
         if session.tls is not None:
             return TLS_ALREADY_ACTIVE

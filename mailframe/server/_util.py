@@ -11,7 +11,8 @@ import itertools
 import os
 import time
 from collections import OrderedDict
-from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["GreetPasses", "IDs", "oneLine", "processIDs"]
 
@@ -50,7 +51,7 @@ def _afterFork() -> None:
 os.register_at_fork(after_in_child=_afterFork)
 
 
-def oneLine(reason: Any) -> str:
+def oneLine(reason: object) -> str:
     value = getattr(reason, "value", reason)
     text = " ".join(str(value).split())
     return f"{type(value).__name__}: {text}"[:300] if text else type(value).__name__
@@ -62,7 +63,7 @@ class GreetPasses:
     once for C{ttl} seconds after.  Bounded: the oldest passes go first.
     """
 
-    def __init__(self, clock: Any, ttl: float, maxSize: int = 100_000) -> None:
+    def __init__(self, clock: IReactorTime, ttl: float, maxSize: int = 100_000) -> None:
         self._clock = clock
         self._ttl = ttl
         self._maxSize = maxSize

@@ -35,12 +35,12 @@ PRIVATE_ATTRIBUTES = (
 """What write-through reads of a TCP transport."""
 
 
-def available(transport: Any) -> bool:
+def available(transport: object) -> bool:
     """True if C{transport} still has every attribute write-through reads."""
     return all(hasattr(transport, name) for name in PRIVATE_ATTRIBUTES)
 
 
-def isPlainTCP(transport: Any) -> bool:
+def isPlainTCP(transport: object) -> bool:
     """True for a plain TCP server transport (not a wrapper, not a test double)."""
     return type(transport) is Server
 

@@ -28,7 +28,7 @@ their replies, or import the session's modules.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,6 +37,13 @@ from twisted.python.failure import Failure
 from mailframe import reply as R
 from mailframe._deferreds import settled
 from mailframe.reply import Reply, SMTPError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    #: What a chain answers: None (everyone accepted, nothing replaced), the
+    #: deciding L{Reply}, or a Deferred of either.
+    Outcome: TypeAlias = "Reply | defer.Deferred[Reply | None] | None"
 
 __all__ = ["Chain", "Verdict"]
 
@@ -48,7 +55,7 @@ _Deferred = defer.Deferred
 class Verdict(Protocol):
     """Where a chain records the plug-in that decided (None: nobody in particular)."""
 
-    decider: Any
+    decider: object
 
 
 class Chain:
@@ -69,7 +76,7 @@ class Chain:
     def __init__(
         self,
         stage: str,
-        providers: Sequence[Any],
+        providers: Sequence[object],
         method: str,
         firstDecides: bool = False,
         accepted: Reply | None = None,
@@ -85,14 +92,16 @@ class Chain:
     def __bool__(self) -> bool:
         return bool(self.calls)
 
-    def run(self, verdict: Verdict, *args: Any) -> Any:
+    def run(self, verdict: Verdict, *args: object) -> Outcome:
         """
         Ask the plug-ins: None (every one accepted, nothing replaced), a
         L{Reply} (the decision, positive or negative), or a Deferred of either.
         """
         return self._walk(0, verdict, args, None)
 
-    def _walk(self, i: int, verdict: Verdict, args: tuple[Any, ...], replaced: Any) -> Any:
+    def _walk(
+        self, i: int, verdict: Verdict, args: tuple[object, ...], replaced: Reply | None
+    ) -> Outcome:
         calls = self.calls
         n = len(calls)
         while i < n:
@@ -124,7 +133,7 @@ class Chain:
             return self.undecided
         return replaced
 
-    def _judge(self, result: Any, i: int, verdict: Verdict) -> Reply | None:
+    def _judge(self, result: object, i: int, verdict: Verdict) -> Reply | None:
         """What one answer says: a reply that decides (or replaces), or None to go on."""
         if isinstance(result, Reply):
             verdict.decider = self.providers[i]
@@ -135,8 +144,13 @@ class Chain:
         return None
 
     def _answered(
-        self, result: Any, i: int, verdict: Verdict, args: tuple[Any, ...], replaced: Any
-    ) -> Any:
+        self,
+        result: object,
+        i: int,
+        verdict: Verdict,
+        args: tuple[object, ...],
+        replaced: Reply | None,
+    ) -> Outcome:
         if result is not None:
             decided = self._judge(result, i, verdict)
             if decided is not None:

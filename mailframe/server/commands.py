@@ -28,9 +28,10 @@ Must not: touch the transport or the timers, or parse (the core does).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -38,7 +39,7 @@ from mailframe import reply as R
 from mailframe._deferreds import settled, then
 from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
-from mailframe.interfaces import IUnadvertisedCommands
+from mailframe.interfaces import IExtension, IUnadvertisedCommands
 from mailframe.message import Message
 from mailframe.protocol import _events as E
 from mailframe.reply import Reply, SMTPError, clientText
@@ -51,6 +52,7 @@ __all__ = ["EARLY_TALKER", "GROUP_ENDERS", "HANDLERS", "OUT_OF_SYNC", "Commands"
 log = Logger(namespace="mailframe.server")
 
 _Deferred = defer.Deferred
+_T = TypeVar("_T")
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 _AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
@@ -81,12 +83,12 @@ class Commands:
         self.control = control
         self.envelope: Envelope | None = None
         self.message: Message | None = None
-        self.conversation: tuple[Any, str] | None = None  # (extension, verb) after a 334
-        self.decider: Any = None
+        self.conversation: tuple[IExtension, str] | None = None  # (extension, verb) after a 334
+        self.decider: object = None
 
     # -- HELO / EHLO ------------------------------------------------------------
 
-    def hello(self, event: E.Hello) -> Any:
+    def hello(self, event: E.Hello) -> Reply | defer.Deferred[Reply]:
         chain = self.context.heloChain
         if not chain:
             return self._helloReply(None, event)
@@ -120,7 +122,7 @@ class Commands:
 
     # -- the transaction --------------------------------------------------------------
 
-    def mail(self, event: E.MailFrom) -> Any:
+    def mail(self, event: E.MailFrom) -> Reply | defer.Deferred[Reply]:
         session = self.session
         context = self.context
         if context.config.requireAuthentication and session.authenticated is None:
@@ -140,7 +142,7 @@ class Commands:
             return R.SENDER_OK
         return then(chain.run(self, session, envelope), _orDefault, R.SENDER_OK)
 
-    def rcpt(self, event: E.RcptTo) -> Any:
+    def rcpt(self, event: E.RcptTo) -> Reply | defer.Deferred[Reply]:
         address = event.address
         session = self.session
         context = self.context
@@ -196,7 +198,7 @@ class Commands:
             message.write(event.data)
         return R.chunkReceived(event.size)
 
-    def endOfMessage(self, event: E.EndOfMessage) -> Any:
+    def endOfMessage(self, event: E.EndOfMessage) -> Reply | defer.Deferred[Reply]:
         """The message is complete: filters (time-limited), then delivery (never cancelled)."""
         message, envelope = self.message or self._newMessage(), self.envelope
         assert envelope is not None
@@ -217,7 +219,9 @@ class Commands:
             filtered.addBoth(_cancelTimer, timer)
         return then(filtered, self._deliver, envelope, message)
 
-    def _deliver(self, filtered: Reply | None, envelope: Envelope, message: Message) -> Any:
+    def _deliver(
+        self, filtered: Reply | None, envelope: Envelope, message: Message
+    ) -> Reply | defer.Deferred[Reply]:
         context = self.context
         if filtered is not None and filtered.code >= 400:
             context.stats.refused += 1
@@ -315,7 +319,7 @@ class Commands:
     def quit(self, event: E.Quit) -> Reply:
         return R.closing(self.context.config.hostname)
 
-    def vrfy(self, event: E.Vrfy) -> Any:
+    def vrfy(self, event: E.Vrfy) -> Reply | defer.Deferred[Reply | None] | None:
         return self.context.verifyChain.run(self, self.session, event.argument)
 
     def expn(self, event: E.Expn) -> Reply:
@@ -331,7 +335,7 @@ class Commands:
             (f"Commands: {verbs}", "See RFC 5321; mailframe https://pypi.org/project/mailframe/"),
         )
 
-    def extension(self, event: E.ExtensionCommand) -> Any:
+    def extension(self, event: E.ExtensionCommand) -> Reply | defer.Deferred[Reply]:
         ext = self.context.verbs.get(event.name)
         if ext is None:
             return R.UNRECOGNIZED
@@ -344,13 +348,13 @@ class Commands:
         self.conversation = (ext, event.name)
         return ext.handleCommand(self.control, event.name, event.argument)
 
-    def continuation(self, event: E.ContinuationLine) -> Any:
+    def continuation(self, event: E.ContinuationLine) -> Reply | defer.Deferred[Reply]:
         if self.conversation is None:
             return R.BAD_SEQUENCE
         ext, verb = self.conversation
         return ext.continueCommand(self.control, verb, event.data)
 
-    def starttls(self, event: E.StartTLS) -> Any:
+    def starttls(self, event: E.StartTLS) -> Reply | defer.Deferred[Reply]:
         ext = self.context.verbs.get("STARTTLS")
         if ext is None:
             return R.UNRECOGNIZED
@@ -366,13 +370,16 @@ def _orDefault(decided: Reply | None, default: Reply) -> Reply:
     return default if decided is None else decided
 
 
-def _cancelTimer(result: Any, timer: Any) -> Any:
+def _cancelTimer(result: _T, timer: IDelayedCall) -> _T:
     if timer.active():
         timer.cancel()
     return result
 
 
-HANDLERS: dict[type, Callable[[Commands, Any], Any]] = {
+_Handled = Reply | defer.Deferred[Reply] | defer.Deferred[Reply | None] | None
+"""What a handler returns: a reply, a Deferred of one, or None (no reply due)."""
+
+HANDLERS: dict[type, Callable[[Commands, Any], _Handled]] = {
     E.Hello: Commands.hello,
     E.MailFrom: Commands.mail,
     E.RcptTo: Commands.rcpt,

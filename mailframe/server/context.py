@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 
 from mailframe import reply as R
 from mailframe.address import Domain
@@ -106,7 +106,7 @@ class ServerContext:
         self.messageFilters = tuple(messageFilters)
         self.heloValidators = tuple(heloValidators)
         self.extensions = tuple(exts)
-        everything: list[Any] = [
+        everything: list[object] = [
             backend,
             *validators,
             *senderValidators,
@@ -142,4 +142,4 @@ class ServerContext:
         self.ids = ids if ids is not None else processIDs()
         self.greetPasses = GreetPasses(clock, self.config.greetPassTime)
         self.stats = ServerStats()
-        self.sessions: set[Any] = set()  # the open sessions (SMTPServerProtocol)
+        self.sessions: set[Protocol] = set()  # the open sessions (SMTPServerProtocol)

@@ -10,12 +10,15 @@ the session's modules.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from zope.interface import implementer
 
 from mailframe.envelope import SessionInfo
 from mailframe.interfaces import ISessionControl
+
+if TYPE_CHECKING:
+    from mailframe.interfaces import TLSContextFactory
 
 __all__ = ["SessionControl", "SessionHost"]
 
@@ -28,7 +31,7 @@ class SessionHost(Protocol):
     @property
     def inTransaction(self) -> bool: ...
 
-    def requestTLS(self, contextFactory: Any) -> None: ...
+    def requestTLS(self, contextFactory: TLSContextFactory) -> None: ...
 
     def authenticated(self, avatarId: str, mechanism: str) -> None: ...
 
@@ -50,7 +53,7 @@ class SessionControl:
     def inTransaction(self) -> bool:
         return self._host.inTransaction
 
-    def startTLS(self, contextFactory: Any) -> None:
+    def startTLS(self, contextFactory: TLSContextFactory) -> None:
         self._host.requestTLS(contextFactory)
 
     def authenticate(self, avatarId: str, mechanism: str) -> None:

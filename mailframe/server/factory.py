@@ -10,10 +10,9 @@ not: hold session state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 
 from mailframe.config import ServerConfig
 from mailframe.interfaces import (
@@ -24,6 +23,7 @@ from mailframe.interfaces import (
     IMessageFilter,
     IRecipientValidator,
     ISenderValidator,
+    ISessionObserver,
 )
 from mailframe.server.context import ServerContext
 from mailframe.server.protocol import SMTPServerProtocol
@@ -79,7 +79,7 @@ class SMTPServerFactory(Factory):
             heloValidators,
         )
 
-    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SMTPServerProtocol:
         p = SMTPServerProtocol(self.context)
         p.factory = self
         return p
@@ -120,11 +120,11 @@ class SMTPServerFactory(Factory):
         return self.context.extensions
 
     @property
-    def observers(self) -> tuple[Any, ...]:
+    def observers(self) -> tuple[ISessionObserver, ...]:
         return self.context.observers
 
     @property
-    def sessions(self) -> set[Any]:
+    def sessions(self) -> set[Protocol]:
         """The open sessions."""
         return self.context.sessions
 

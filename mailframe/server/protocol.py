@@ -15,11 +15,16 @@ commands do), or block.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    ISSLTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -36,6 +41,31 @@ from mailframe.server._util import oneLine
 from mailframe.server.commands import EARLY_TALKER, GROUP_ENDERS, HANDLERS, OUT_OF_SYNC, Commands
 from mailframe.server.context import ServerContext
 from mailframe.server.control import SessionControl
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import (
+        IConsumer,
+        IOpenSSLClientConnectionCreator,
+        ITLSTransport,
+    )
+
+    from mailframe.interfaces import TLSContextFactory
+
+    class _Transport(ITLSTransport, IConsumer, IPushProducer):
+        """
+        The transport a session runs on, as the session uses it (TCP, or TLS
+        over it; a consumer of the session's output): for type checking only.
+        """
+
+        def getHandle() -> SSL.Connection:
+            """The OpenSSL connection, once TLS has started."""
+
+        def startTLS(
+            contextFactory: TLSContextFactory | IOpenSSLClientConnectionCreator,
+        ) -> None:
+            """Start TLS (an old-style context factory will do, as Twisted documents)."""
+
 
 __all__ = ["SMTPServerProtocol"]
 
@@ -58,18 +88,19 @@ class SMTPServerProtocol(Protocol):
 
     session: SessionInfo
     commands: Commands
+    transport: _Transport
 
     _busy = False
     _inLoop = False
     _closing = False
     _writePaused = False  # the transport asked us to stop producing output
     _readPaused = False  # we asked the transport to stop reading
-    _timer: Any = None
-    _closeTimer: Any = None
+    _timer: IDelayedCall | None = None
+    _closeTimer: IDelayedCall | None = None
     _registered = False  # the session is its transport's producer
-    _handshakeTimer: Any = None
+    _handshakeTimer: IDelayedCall | None = None
     _pregreet = False
-    _tlsContext: Any = None
+    _tlsContext: TLSContextFactory | None = None
     _tlsStarted = False
 
     def __init__(self, context: ServerContext) -> None:
@@ -82,7 +113,7 @@ class SMTPServerProtocol(Protocol):
         """True between an accepted MAIL and the end of its message."""
         return self._conn.inTransaction
 
-    def requestTLS(self, contextFactory: Any) -> None:
+    def requestTLS(self, contextFactory: TLSContextFactory) -> None:
         """Start TLS with C{contextFactory} once the reply to this command (220) is out."""
         self._tlsContext = contextFactory
 
@@ -104,7 +135,7 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         context = self.context
         cfg = context.config
-        transport: Any = self.transport
+        transport = self.transport
         peer, host = transport.getPeer(), transport.getHost()
         session = self.session = SessionInfo(
             sessionID=context.ids.next(),
@@ -143,7 +174,7 @@ class SMTPServerProtocol(Protocol):
         if not chain and not delay:
             self._greet(None)
             return
-        result = chain.run(self.commands, session) if chain else None
+        result: object = chain.run(self.commands, session) if chain else None
         if delay:  # the filters run while we wait; the greeting needs both
             filtered = result
             result = task.deferLater(context.clock, delay, lambda: filtered)
@@ -175,7 +206,7 @@ class SMTPServerProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: record the TLS version, cipher and client cert."""
         self._cancelTimer("_handshakeTimer")
-        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        handle = self.transport.getHandle()
         try:
             self.session.tls = TLSInfo(
                 version=handle.get_protocol_version_name(),
@@ -193,7 +224,7 @@ class SMTPServerProtocol(Protocol):
                 cipher=self.session.tls.cipher,
             )
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._tlsStarted and self.session.tls is None:
             log.info(
                 "{id} TLS handshake with {peer} failed: {why}",
@@ -225,14 +256,14 @@ class SMTPServerProtocol(Protocol):
         if self._busy or self._writePaused:
             if not self._readPaused and self._conn.buffered > _MAX_UNREAD:
                 self._readPaused = True
-                self.transport.pauseProducing()  # type: ignore[union-attr]
+                self.transport.pauseProducing()
             return
         self._process()
 
     def _resumeReading(self) -> None:
         if self._readPaused and not self._busy and not self._writePaused and not self._closing:
             self._readPaused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.transport.resumeProducing()
 
     def _process(self) -> None:
         conn = self._conn
@@ -288,7 +319,7 @@ class SMTPServerProtocol(Protocol):
         if not self._busy:
             self._flush()
 
-    def _outOfSync(self, event: Any) -> bool:
+    def _outOfSync(self, event: E.Event | E.Sentinel) -> bool:
         """
         With enforceSync: input already waits behind C{event}, which is a
         point where the client must wait for our reply (RFC 2920 3.1: every
@@ -331,7 +362,7 @@ class SMTPServerProtocol(Protocol):
         call = self.context.clock.callLater(self.context.config.pluginTimeout, result.cancel)
         result.addBoth(self._asyncDone, call)
 
-    def _asyncDone(self, result: Any, call: Any = None) -> None:
+    def _asyncDone(self, result: Any, call: IDelayedCall | None = None) -> None:
         if call is not None and call.active():
             call.cancel()
         if isinstance(result, Failure):
@@ -396,7 +427,7 @@ class SMTPServerProtocol(Protocol):
             return
         self._flush()
         self._direct = False
-        self.transport.startTLS(context)  # type: ignore[union-attr]
+        self.transport.startTLS(context)
         self._tlsStarted = True
         self._handshakeTimer = self.context.clock.callLater(
             self.context.config.handshakeTimeout, self._handshakeExpired
@@ -419,7 +450,7 @@ class SMTPServerProtocol(Protocol):
                 data = _writethrough.sendNow(self.transport, data)
                 if not data:
                     return
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)
 
     def _close(self) -> None:
         """
@@ -450,7 +481,7 @@ class SMTPServerProtocol(Protocol):
             id=self.session.sessionID,
             peer=self.session.peer,
         )
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def _handshakeExpired(self) -> None:
         self._handshakeTimer = None
@@ -460,7 +491,7 @@ class SMTPServerProtocol(Protocol):
             peer=self.session.peer,
         )
         self._closing = True
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def _cancelTimer(self, name: str) -> None:
         timer = getattr(self, name)
@@ -469,7 +500,7 @@ class SMTPServerProtocol(Protocol):
                 timer.cancel()
             setattr(self, name, None)
 
-    def _logIn(self, conn: ServerConnection, event: Any = None) -> None:
+    def _logIn(self, conn: ServerConnection, event: E.Event | E.Sentinel | None = None) -> None:
         if isinstance(event, E.MessageData | E.EndOfMessage | E.EndOfChunk):
             text = f"<{len(event.data)} octets of message data>"
             if not isinstance(event, E.MessageData):

@@ -19,12 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IProtocolFactory,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.config import inNetworks
@@ -60,13 +67,14 @@ def _addressObject(pair: tuple[str, int]) -> IPv4Address | IPv6Address:
 @implementer(IHandshakeListener)
 class _ProxyHeaderProtocol(ProtocolWrapper):
     factory: ProxyHeaderFactory
+    transport: ITCPTransport
 
     _header: ProxyHeader | None = None
     _reader: ProxyHeaderReader | None = None
-    _timer: Any = None
+    _timer: IDelayedCall | None = None
     _started = False
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITCPTransport) -> None:
         # ProtocolWrapper.makeConnection would start the wrapped protocol now
         self.transport = transport
         self.connected = True
@@ -105,7 +113,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
             self.wrappedProtocol.dataReceived(rest)
 
     def _drop(self, why: str) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        peer = self.transport.getPeer()
         log.warn(
             "PROXY listener: {why} from [{host}]: dropped",
             why=why,
@@ -113,7 +121,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         )
         self._reader = None
         self._cancelTimer()
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self.transport.abortConnection()
 
     def _expired(self) -> None:
         self._timer = None
@@ -124,15 +132,15 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
             self._timer.cancel()
         self._timer = None
 
-    def getPeer(self) -> Any:
+    def getPeer(self) -> IPv4Address | IPv6Address:
         if self._header is not None and self._header.source is not None:
             return _addressObject(self._header.source)
-        return self.transport.getPeer()  # type: ignore[union-attr]
+        return self.transport.getPeer()
 
-    def getHost(self) -> Any:
+    def getHost(self) -> IPv4Address | IPv6Address:
         if self._header is not None and self._header.destination is not None:
             return _addressObject(self._header.destination)
-        return self.transport.getHost()  # type: ignore[union-attr]
+        return self.transport.getHost()
 
     def handshakeCompleted(self) -> None:
         """Passed on: STARTTLS puts the TLS layer outside this wrapper."""
@@ -140,7 +148,7 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
         if listener is not None:
             listener.handshakeCompleted()
 
-    def connectionLost(self, reason: Any = None) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimer()
         if not self._started:
             self.connected = False
@@ -161,9 +169,9 @@ class ProxyHeaderFactory(WrappingFactory):
 
     def __init__(
         self,
-        wrappedFactory: Any,
+        wrappedFactory: IProtocolFactory,
         trusted: Iterable[str | IPv4Network | IPv6Network],
-        clock: Any,
+        clock: IReactorTime,
         timeout: float = HEADER_TIMEOUT,
     ) -> None:
         super().__init__(wrappedFactory)

@@ -23,14 +23,21 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from OpenSSL.SSL import _NoOverlappingProtocols
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    from mailframe.interfaces import TLSContextFactory
 
 __all__ = [
     "MINIMUM_VERSION",
@@ -51,7 +58,9 @@ ALPN_PROTOCOL = b"smtp"
 """The ALPN protocol ID of SMTP (IANA's TLS ALPN registry)."""
 
 
-def _selectALPN(connection: SSL.Connection, offered: list[bytes]) -> Any:
+def _selectALPN(
+    connection: SSL.Connection, offered: list[bytes]
+) -> bytes | _NoOverlappingProtocols:
     """
     Choose C{smtp} if the client offers it; otherwise negotiate no protocol
     and go on (as Postfix does: browsers' stacks offer only h2 and
@@ -92,7 +101,7 @@ def _oneLine(error: BaseException) -> str:
     return text[:200] if text else type(error).__name__
 
 
-def certificateNames(certificate: Any) -> tuple[str, ...]:
+def certificateNames(certificate: x509.Certificate) -> tuple[str, ...]:
     """The DNS names a C{cryptography} certificate is for (SAN, else the CN), lowercased."""
     from cryptography import x509
 
@@ -255,11 +264,11 @@ class ServerTLS:
         self._maybeReload()
         return self._default
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def serverConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         return SSL.Connection(self.getContext(), None)
 
 
-def implicitTLS(tls: Any, factory: Any) -> TLSMemoryBIOFactory:
+def implicitTLS(tls: TLSContextFactory, factory: IProtocolFactory) -> TLSMemoryBIOFactory:
     """
     C{factory} wrapped so that each connection is TLS from its first byte
     (RFC 8314), with C{tls} (a L{ServerTLS} or any server context factory).
