@@ -114,7 +114,7 @@ def parseNextHop(text: str, **settings: Any) -> NextHop:
     return NextHop(host, port, mx=mx, implicitTLS=implicit, **settings)
 
 
-def nextHopFrom(value: Any) -> NextHop | str:
+def nextHopFrom(value: object) -> NextHop | str:
     """A route's value in configuration data: C{"local"}, a string, or a table."""
     if isinstance(value, NextHop):
         return value

@@ -12,7 +12,7 @@ mailframe.server or the queue; touch the network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -21,6 +21,11 @@ from zope.interface import implementer
 
 from mailframe.protocol.client import ClientLimits
 from mailframe.reply import Enhanced, Reply
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot  # not exported, for typing only
+    from twisted.internet.ssl import Certificate
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 __all__ = [
     "TLS_NONE",
@@ -111,7 +116,7 @@ class ClientOptions:
     heloName: str = "localhost"
     tls: str = TLS_OPPORTUNISTIC
     tlsHostname: str | None = None
-    trustRoot: Any = None
+    trustRoot: IOpenSSLTrustRoot | Certificate | None = None
     credentials: Credentials | None = None
     authPlaintext: bool = False
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -178,7 +183,7 @@ def temporary(reply: Reply, what: str = "answered", enhanced: Enhanced = (4, 4, 
 class _UnverifiedTLS:
     """Encryption without authentication (opportunistic and require): SNI, no checks."""
 
-    def __init__(self, hostname: str | None, minimum: Any) -> None:
+    def __init__(self, hostname: str | None, minimum: TLSVersion | None) -> None:
         self._options = CertificateOptions(raiseMinimumTo=minimum) if minimum else None
         if self._options is None:
             self._options = CertificateOptions()
@@ -189,7 +194,7 @@ class _UnverifiedTLS:
             except UnicodeError:
                 self._sni = None
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         assert self._options is not None
         connection = SSL.Connection(self._options.getContext(), None)
         connection.set_app_data(tlsProtocol)
@@ -208,11 +213,16 @@ def _isAddress(name: str) -> bool:
     return True
 
 
-_CREATORS: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+_CREATORS: dict[
+    tuple[str, str, int],
+    tuple[IOpenSSLTrustRoot | Certificate | None, IOpenSSLClientConnectionCreator],
+] = {}
 _MAX_CREATORS = 256
 
 
-def clientTLS(policy: str, hostname: str, trustRoot: Any = None) -> Any:
+def clientTLS(
+    policy: str, hostname: str, trustRoot: IOpenSSLTrustRoot | Certificate | None = None
+) -> IOpenSSLClientConnectionCreator:
     """
     The Twisted client connection creator for C{policy}: the certificate
     checked with service_identity against C{hostname} for C{verify} (an IP
@@ -225,7 +235,7 @@ def clientTLS(policy: str, hostname: str, trustRoot: Any = None) -> Any:
     if cached is not None and cached[0] is trustRoot:
         return cached[1]
     if policy == TLS_VERIFY:
-        creator: Any = optionsForClientTLS(
+        creator: IOpenSSLClientConnectionCreator = optionsForClientTLS(
             hostname.strip("[]"),
             trustRoot=trustRoot,
             extraCertificateOptions={"raiseMinimumTo": TLSVersion.TLSv1_2},

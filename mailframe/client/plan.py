@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mailframe.address import Address
 from mailframe.envelope import Envelope, Recipient
 from mailframe.message import Message
 from mailframe.reply import Reply
+
+if TYPE_CHECKING:
+    from mailframe.client.options import ClientOptions
+    from mailframe.protocol.client import ClientConnection
 
 __all__ = ["NEEDS_BDAT", "NO_SMTPUTF8", "TOO_BIG", "Plan", "makePlan", "regroup", "scanMessage"]
 
@@ -86,8 +90,8 @@ def makePlan(
     envelope: Envelope,
     recipients: Sequence[Recipient],
     message: Message,
-    conn: Any,
-    options: Any,
+    conn: ClientConnection,
+    options: ClientOptions,
 ) -> Plan:
     """
     Decide how to send C{message} to C{recipients} over C{conn} (a

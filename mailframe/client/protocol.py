@@ -16,12 +16,17 @@ queue do).
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IPushProducer,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -36,12 +41,26 @@ from mailframe.client.options import (
     temporary,
 )
 from mailframe.client.transaction import LOCAL_ERROR, LOST, MessageSender, Transaction, unexpected
-from mailframe.envelope import DeliveryResult, Envelope, TLSInfo
+from mailframe.envelope import DeliveryResult, Envelope, Recipient, TLSInfo
 from mailframe.message import Message
 from mailframe.protocol import LocalProtocolError, RemoteProtocolError
 from mailframe.protocol import _events as E
 from mailframe.protocol.client import GREETING, ClientConnection, ClientState, ServerReply
 from mailframe.reply import Reply
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+    from twisted.internet.interfaces import IConsumer, ITLSTransport
+
+    class _Transport(ITLSTransport, IConsumer):
+        """
+        The transport a session runs on, as the session uses it (TCP, or TLS
+        over it; a consumer of the message data): for type checking only.
+        """
+
+        def getHandle() -> SSL.Connection:
+            """The OpenSSL connection, once TLS has started."""
+
 
 __all__ = ["SMTPClientProtocol"]
 
@@ -71,6 +90,8 @@ class SMTPClientProtocol(Protocol):
     handshake under way, closing) and its timer.
     """
 
+    transport: _Transport
+
     def __init__(self, options: ClientOptions, clock: IReactorTime, name: str = "") -> None:
         self.options = options
         self.clock = clock
@@ -90,7 +111,7 @@ class SMTPClientProtocol(Protocol):
             done=self._messageDone,
             producer=self._produce,
         )
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self._timedFor: object = None
         self._triedTLS = False
         self._handshaking = False
@@ -132,7 +153,7 @@ class SMTPClientProtocol(Protocol):
     # -- the API ------------------------------------------------------------
 
     def deliver(
-        self, envelope: Envelope, recipients: Any, message: Message
+        self, envelope: Envelope, recipients: Sequence[Recipient], message: Message
     ) -> defer.Deferred[DeliveryResult]:
         """
         Queue C{message} for C{recipients}: fires one reply per recipient;
@@ -187,7 +208,7 @@ class SMTPClientProtocol(Protocol):
     def handshakeCompleted(self) -> None:
         """IHandshakeListener: TLS is up (and verified, if asked): EHLO again."""
         self._handshaking = False
-        handle = self.transport.getHandle()  # type: ignore[union-attr]
+        handle = self.transport.getHandle()
         try:
             self.tls = TLSInfo(
                 version=handle.get_protocol_version_name(),
@@ -202,7 +223,7 @@ class SMTPClientProtocol(Protocol):
             self._send(E.Hello(self.options.heloName, True))  # again, after STARTTLS
             self._arm()
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimer()
         self._conn.close()
         self._sender.stop()
@@ -306,7 +327,7 @@ class SMTPClientProtocol(Protocol):
             self._fail(self._failure.reply)  # type: ignore[union-attr]
             return
         self._handshaking = True
-        self.transport.startTLS(creator)  # type: ignore[union-attr]
+        self.transport.startTLS(creator)
 
     def _failTLS(self, reply: Reply) -> None:
         if self._failure is None:
@@ -380,9 +401,9 @@ class SMTPClientProtocol(Protocol):
 
     def _produce(self, producer: IPushProducer | None) -> None:
         if producer is None:
-            self.transport.unregisterProducer()  # type: ignore[union-attr]
+            self.transport.unregisterProducer()
         else:
-            self.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+            self.transport.registerProducer(producer, True)
 
     # -- output, failure, timers ------------------------------------------------------
 
@@ -397,7 +418,7 @@ class SMTPClientProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self._closing:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)
 
     def _quit(self) -> None:
         if self._closing:
@@ -433,10 +454,10 @@ class SMTPClientProtocol(Protocol):
         self._sender.stop()
         self._sender.failAll(self._failure)
         if sendQuit:
-            self.transport.write(self._conn.send(E.Quit()))  # type: ignore[union-attr]
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.write(self._conn.send(E.Quit()))
+            self.transport.loseConnection()
         else:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()
 
     def _timeoutFor(self) -> tuple[object, float] | None:
         t = self.options.timeouts

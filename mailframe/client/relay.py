@@ -23,19 +23,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet import error as netError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailframe.client import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
     ClientOptions,
+    Credentials,
     SessionFailed,
     SMTPClientFactory,
     SMTPClientProtocol,
@@ -49,6 +52,12 @@ from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.interfaces import IRelay
 from mailframe.message import Message
 from mailframe.reply import Reply
+
+if TYPE_CHECKING:
+    from twisted.internet._sslverify import IOpenSSLTrustRoot  # not exported, for typing only
+
+_PoolKey = tuple[str, int, str, str | None, Credentials | None]
+"""Idle sessions are kept by address, port, TLS policy, TLS name and credentials."""
 
 __all__ = ["SMTPRelay", "withEnhanced"]
 
@@ -113,7 +122,7 @@ class SMTPRelay:
         timeouts: Timeouts | None = None,
         connectTimeout: float = 30.0,
         maxAttempts: int = 10,
-        trustRoot: Any = None,
+        trustRoot: IOpenSSLTrustRoot | Certificate | None = None,
         keepAlive: float = 0.0,
         maxMessages: int = 100,
         pipelining: bool = True,
@@ -133,8 +142,8 @@ class SMTPRelay:
         self.pipelining = pipelining
         self.chunking = chunking
         self.transcript = transcript
-        self.endpointFor = endpointFor or self._tcpEndpoint
-        self._idle: dict[tuple[Any, ...], list[SMTPClientProtocol]] = {}
+        self.endpointFor: Callable[[Destination], Any] = endpointFor or self._tcpEndpoint
+        self._idle: dict[_PoolKey, list[SMTPClientProtocol]] = {}
 
     @classmethod
     def fromConfig(
@@ -195,7 +204,7 @@ class SMTPRelay:
         rcpts = tuple(recipients)
         d = defer.ensureDeferred(self._relay(envelope, rcpts, message))
 
-        def failed(reason: Any) -> DeliveryResult:
+        def failed(reason: Failure) -> DeliveryResult:
             log.failure("relaying {id} failed", reason, id=envelope.queueID)
             return DeliveryResult(tuple(_INTERNAL for _ in rcpts), tuple(None for _ in rcpts))
 
@@ -271,7 +280,7 @@ class SMTPRelay:
             implicitTLS=destination.implicitTLS,
         )
 
-    def _poolKey(self, destination: Destination, policy: str) -> tuple[Any, ...]:
+    def _poolKey(self, destination: Destination, policy: str) -> _PoolKey:
         return (destination.address, destination.port, policy, destination.tlsHostname,
                 destination.credentials)  # fmt: skip
 
@@ -305,7 +314,7 @@ class SMTPRelay:
             session.onEnd = lambda s: self._forget(key, s)
         return await session.deliver(envelope, rcpts, message)
 
-    def _keep(self, key: tuple[Any, ...], session: SMTPClientProtocol) -> None:
+    def _keep(self, key: _PoolKey, session: SMTPClientProtocol) -> None:
         if session.messagesSent >= self.maxMessages:
             session.quit()
             return
@@ -313,14 +322,14 @@ class SMTPRelay:
         if session not in pool:
             pool.append(session)
 
-    def _forget(self, key: tuple[Any, ...], session: SMTPClientProtocol) -> None:
+    def _forget(self, key: _PoolKey, session: SMTPClientProtocol) -> None:
         pool = self._idle.get(key)
         if pool and session in pool:
             pool.remove(session)
             if not pool:
                 del self._idle[key]
 
-    def _tcpEndpoint(self, destination: Destination) -> Any:
+    def _tcpEndpoint(self, destination: Destination) -> IStreamClientEndpoint:
         """TCP to the destination's address; wrapped in TLS for implicit TLS."""
         kind = TCP6ClientEndpoint if ":" in destination.address else TCP4ClientEndpoint
         endpoint = kind(

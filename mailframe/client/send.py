@@ -24,7 +24,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -89,13 +89,13 @@ class SMTPClientFactory(Factory):
         self.clock = clock
         self.name = name
 
-    def buildProtocol(self, addr: Any) -> SMTPClientProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> SMTPClientProtocol:
         p = SMTPClientProtocol(self.options, self.clock, self.name)
         p.factory = self
         return p
 
 
-def connectionFailed(reason: Any) -> Reply:
+def connectionFailed(reason: object) -> Reply:
     """The 4xx for a connection that could not be made (4.4.1)."""
     value = getattr(reason, "value", reason)
     text = " ".join(str(value).split())[:200] or type(value).__name__
@@ -140,11 +140,11 @@ def sendMessage(
     options = options or ClientOptions()
     clock = clock or reactor
     rcpts = tuple(envelope.recipients if recipients is None else recipients)
-    point: Any = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    point = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
     msg = messageFrom(message)
     factory = SMTPClientFactory(options, clock, name)
 
-    def connected(protocol: Any) -> defer.Deferred[DeliveryResult]:
+    def connected(protocol: SMTPClientProtocol) -> defer.Deferred[DeliveryResult]:
         return protocol.deliver(envelope, rcpts, msg)
 
     def failed(reason: Failure) -> DeliveryResult:

@@ -14,7 +14,7 @@ callables it is given.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,7 @@ class Transaction:
     def __post_init__(self) -> None:
         self.replies = [None] * len(self.recipients)
 
-    def setAll(self, reply: Reply, indices: Any = None) -> None:
+    def setAll(self, reply: Reply, indices: Iterable[int] | None = None) -> None:
         for i in range(len(self.replies)) if indices is None else indices:
             if self.replies[i] is None:
                 self.replies[i] = reply
