@@ -12,12 +12,16 @@ is outbound, not checked as inbound).  Must not: import mailframe.server.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailframe.config import ServerConfig
+    from mailframe.envelope import SessionInfo
 
 __all__ = ["isTrusted"]
 
 
-def isTrusted(session: Any, config: Any) -> bool:
+def isTrusted(session: SessionInfo, config: ServerConfig | None) -> bool:
     """
     True for an authenticated session or a client in the relay networks
     (C{ServerConfig.relayNetworks}): its mail is outbound mail of ours.

@@ -72,7 +72,7 @@ def reverseName(address: str) -> str:
     return ipaddress.ip_address(address.partition("%")[0]).reverse_pointer
 
 
-def _name(value: Any) -> str:
+def _name(value: object) -> str:
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
     return text.rstrip(".").lower()
 

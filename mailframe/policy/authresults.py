@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import authres
 from authres.core import AuthenticationResult, AuthenticationResultProperty
@@ -38,9 +38,15 @@ from mailframe.results import (
     SPFResult,
 )
 
+if TYPE_CHECKING:
+    from mailframe.config import ServerConfig
+    from mailframe.message import Message
+
 __all__ = ["FIELD", "AuthenticationResults", "authservID", "orderFilters"]
 
 log = Logger(namespace="mailframe.authresults")
+
+_T = TypeVar("_T")
 
 FIELD = "Authentication-Results"
 _COMMENT_RE = re.compile(r"\((?:[^()\\]|\\.)*\)")
@@ -150,7 +156,7 @@ class AuthenticationResults:
     @param config: the L{ServerConfig}, for the host name.
     """
 
-    def __init__(self, authservID: str | None = None, config: Any = None) -> None:
+    def __init__(self, authservID: str | None = None, config: ServerConfig | None = None) -> None:
         name = authservID or (config.hostname if config is not None else None)
         if not name or any(c.isspace() or c in ';()"\\' for c in name):
             raise ValueError("the authserv-id must be one word (a host name)")
@@ -164,7 +170,7 @@ class AuthenticationResults:
         text = str(header.header_value())
         return text.replace("; ", ";\r\n\t") if header.results else text
 
-    def removeForged(self, message: Any) -> int:
+    def removeForged(self, message: Message) -> int:
         """Drop received Authentication-Results fields with our authserv-id."""
         ours = self.authservID
         return int(
@@ -175,7 +181,7 @@ class AuthenticationResults:
             )
         )
 
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Any) -> None:
+    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Message) -> None:
         """IMessageFilter: remove forged fields, add ours."""
         removed = self.removeForged(message)
         if removed:
@@ -188,7 +194,7 @@ class AuthenticationResults:
         message.prependHeader(FIELD, self.value(session, envelope))
 
 
-def orderFilters(filters: Iterable[Any]) -> list[Any]:
+def orderFilters(filters: Iterable[_T]) -> list[_T]:
     """
     Message filters in the order they must run: every other filter in the
     given order, then L{AuthenticationResults} (it reports the others'
@@ -196,9 +202,9 @@ def orderFilters(filters: Iterable[Any]) -> list[Any]:
     """
     from mailframe.policy.dkim import DKIMSigner
 
-    items: Sequence[Any] = list(filters)
+    items: Sequence[_T] = list(filters)
 
-    def rank(f: Any) -> int:
+    def rank(f: object) -> int:
         if isinstance(f, DKIMSigner):
             return 2
         return 1 if isinstance(f, AuthenticationResults) else 0

@@ -30,10 +30,11 @@ thread, or look anything up from a worker thread.
 from __future__ import annotations
 
 import base64
+import email.message
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dkim as _dkim
 from dkim.util import parse_tag_value
@@ -46,6 +47,11 @@ from mailframe.interfaces import IMessageFilter
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
 from mailframe.results import DKIMResult
+
+if TYPE_CHECKING:
+    from mailframe.config import ServerConfig
+    from mailframe.message import Message
+    from mailframe.reply import Reply
 
 __all__ = [
     "DKIMSigner",
@@ -77,7 +83,7 @@ def threadRunner(reactor: Any) -> Runner:
     return run
 
 
-def _contents(message: Any) -> Callable[[], bytes]:
+def _contents(message: Message) -> Callable[[], bytes]:
     """A reader of the message made now, in the reactor thread; call it in any thread."""
     chunks = message.chunks()
     return lambda: b"".join(chunks)
@@ -88,7 +94,7 @@ def inlineRunner(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
     return defer.maybeDeferred(f, *args)
 
 
-def fromDomain(headers: Any) -> str | None:
+def fromDomain(headers: email.message.Message) -> str | None:
     """The domain of the single RFC5322.From address, lowercase; None if not exactly one."""
     values = headers.get_all("From") or []
     if len(values) != 1:
@@ -108,7 +114,7 @@ def _keyName(selector: str, domain: str) -> str:
 # -- verifying ---------------------------------------------------------------------
 
 
-def _signatures(headers: Any, limit: int) -> list[dict[str, str] | None]:
+def _signatures(headers: email.message.Message, limit: int) -> list[dict[str, str] | None]:
     """The tags of each DKIM-Signature (None for one that cannot be read)."""
     out: list[dict[str, str] | None] = []
     for value in (headers.get_all("DKIM-Signature") or [])[:limit]:
@@ -156,7 +162,7 @@ def _verifyAll(
         if verifier is None:
             verifier = _dkim.DKIM(data, logger=_quiet, minkey=minKeyBits)
 
-        def dnsfunc(qname: Any, timeout: float = 5) -> bytes | None:
+        def dnsfunc(qname: bytes | str, timeout: float = 5) -> bytes | None:
             text = qname.decode() if isinstance(qname, bytes) else str(qname)
             found = keys.get(text.rstrip(".").lower())
             return found if isinstance(found, bytes) else None
@@ -189,7 +195,7 @@ class DKIMVerifier:
         self,
         dns: AsyncDNS,
         runner: Runner | None = None,
-        config: Any = None,
+        config: ServerConfig | None = None,
         maxSignatures: int = 5,
         minKeyBits: int = 1024,
     ) -> None:
@@ -199,7 +205,7 @@ class DKIMVerifier:
         self.maxSignatures = maxSignatures
         self.minKeyBits = minKeyBits
 
-    def verify(self, message: Any) -> defer.Deferred[list[DKIMResult]]:
+    def verify(self, message: Message) -> defer.Deferred[list[DKIMResult]]:
         """Verify the signatures of a L{Message}; fires a list (empty: unsigned)."""
         signatures = _signatures(message.headers(), self.maxSignatures)
         if not signatures:
@@ -229,7 +235,7 @@ class DKIMVerifier:
 
         return defer.gatherResults(lookups, consumeErrors=True).addCallback(verifyAll)
 
-    def results(self, envelope: Envelope, message: Any) -> defer.Deferred[list[DKIMResult]]:
+    def results(self, envelope: Envelope, message: Message) -> defer.Deferred[list[DKIMResult]]:
         """The recorded results, verifying first if nothing has recorded them."""
         if envelope.dkim is not None:
             return defer.succeed(list(envelope.dkim))
@@ -240,7 +246,9 @@ class DKIMVerifier:
 
         return self.verify(message).addCallback(record)
 
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Any) -> Any:
+    def filterMessage(
+        self, session: SessionInfo, envelope: Envelope, message: Message
+    ) -> defer.Deferred[Reply | None] | None:
         """IMessageFilter: verify and record; never refuses."""
         if isTrusted(session, self.config):
             return None
@@ -316,7 +324,7 @@ class DKIMSigner:
         selector: str,
         key: bytes,
         runner: Runner | None = None,
-        config: Any = None,
+        config: ServerConfig | None = None,
         signAll: bool = False,
         clock: Any = None,
     ) -> None:
@@ -333,7 +341,7 @@ class DKIMSigner:
         self.config = config
         self.signAll = signAll
 
-    def wants(self, session: SessionInfo, message: Any) -> bool:
+    def wants(self, session: SessionInfo, message: Message) -> bool:
         """True if this message is ours to sign."""
         if not self.signAll and not isTrusted(session, self.config):
             return False
@@ -361,7 +369,9 @@ class DKIMSigner:
             logger=_quiet,
         )
 
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Any) -> Any:
+    def filterMessage(
+        self, session: SessionInfo, envelope: Envelope, message: Message
+    ) -> defer.Deferred[Reply | None] | None:
         """IMessageFilter: prepend a DKIM-Signature to outbound mail of our domain."""
         if not self.wants(session, message):
             return None
@@ -369,7 +379,7 @@ class DKIMSigner:
         d = self.runner(lambda: self.sign(data()))
         return d.addCallback(self._prepend, message, session)
 
-    def _prepend(self, field: bytes, message: Any, session: SessionInfo) -> None:
+    def _prepend(self, field: bytes, message: Message, session: SessionInfo) -> None:
         name, _, value = field.decode("ascii").partition(":")
         message.prependHeader(name, value.strip(" ").removesuffix("\r\n"))
         log.debug(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -43,6 +43,12 @@ from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
 from mailframe.policy.dkim import DKIMVerifier, Runner, fromDomain
 from mailframe.reply import Reply, SMTPError
 from mailframe.results import DKIMResult, DMARCResult, SPFResult
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from mailframe.config import ServerConfig
+    from mailframe.message import Message
 
 __all__ = [
     "QUARANTINE_HEADER",
@@ -136,7 +142,7 @@ class DMARCCheck:
     def __init__(
         self,
         dns: AsyncDNS,
-        config: Any = None,
+        config: ServerConfig | None = None,
         runner: Runner | None = None,
         reject: bool = True,
         quarantine: bool = True,
@@ -210,7 +216,7 @@ class DMARCCheck:
                 "fail", fromDomain, policy, disposition, "no aligned SPF or DKIM pass"
             )
 
-        def failed(reason: Any) -> DMARCResult:
+        def failed(reason: Failure) -> DMARCResult:
             if reason.check(DNSTemporaryError):
                 return DMARCResult("temperror", fromDomain, reason=reason.getErrorMessage())
             reason.trap(ValueError)
@@ -220,7 +226,9 @@ class DMARCCheck:
 
     # -- the plug point ---------------------------------------------------------------
 
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Any) -> Any:
+    def filterMessage(
+        self, session: SessionInfo, envelope: Envelope, message: Message
+    ) -> defer.Deferred[Reply | None] | None:
         """IMessageFilter: evaluate, record, and enforce the domain's policy."""
         if isTrusted(session, self.config):
             return None
@@ -236,15 +244,15 @@ class DMARCCheck:
         )
         return d.addCallback(self._apply, session, envelope, message)
 
-    def _spf(self, session: SessionInfo, envelope: Envelope) -> defer.Deferred[SPFResult | None]:
+    def _spf(self, session: SessionInfo, envelope: Envelope) -> defer.Deferred[SPFResult]:
         if envelope.spf is not None:
             return defer.succeed(envelope.spf)
         from mailframe.policy.spf import SPFCheck
 
-        return SPFCheck(self.dns, self.config).check(session, envelope)  # type: ignore[return-value]
+        return SPFCheck(self.dns, self.config).check(session, envelope)
 
     def _apply(
-        self, result: DMARCResult, session: SessionInfo, envelope: Envelope, message: Any
+        self, result: DMARCResult, session: SessionInfo, envelope: Envelope, message: Message
     ) -> None:
         disposition = result.disposition
         if disposition == "reject" and not self.reject:

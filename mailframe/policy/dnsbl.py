@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -34,6 +34,11 @@ from mailframe.interfaces import IConnectionFilter
 from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
 from mailframe.reply import Reply, SMTPError, clientText
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from mailframe.config import ServerConfig
 
 __all__ = ["DNSBL", "Zone", "queryName"]
 
@@ -105,7 +110,7 @@ class DNSBL:
         dns: AsyncDNS,
         zones: Iterable[Zone | str],
         allow: Iterable[Zone | str] = (),
-        config: Any = None,
+        config: ServerConfig | None = None,
         refuse: bool = True,
     ) -> None:
         self.dns = dns
@@ -138,7 +143,9 @@ class DNSBL:
             return None
         return self._listed(session.peerHost, self.zones).addCallback(self._verdict, session)
 
-    def _verdict(self, listed: list[tuple[Zone, list[str]]], session: SessionInfo) -> Any:
+    def _verdict(
+        self, listed: list[tuple[Zone, list[str]]], session: SessionInfo
+    ) -> defer.Deferred[None] | None:
         if not listed:
             return None
         session.dnsblListings = tuple(zone.name for zone, _ in listed)
@@ -181,7 +188,7 @@ class DNSBL:
         )
 
     @staticmethod
-    def _failed(reason: Any, zone: Zone, host: str) -> list[str]:
+    def _failed(reason: Failure, zone: Zone, host: str) -> list[str]:
         reason.trap(DNSTemporaryError)
         log.warn(
             "DNS list {zone} could not be asked about {host} ({why}): not counted as listed",

@@ -23,7 +23,7 @@ anything while its options are off.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -36,6 +36,11 @@ from mailframe.policy import isTrusted
 from mailframe.policy._dns import AsyncDNS, DNSTemporaryError
 from mailframe.reply import Reply, SMTPError
 from mailframe.results import IPRevResult
+
+if TYPE_CHECKING:
+    from twisted.python.failure import Failure
+
+    from mailframe.config import ServerConfig
 
 __all__ = ["FCRDNS_CHOICES", "HeloCheck", "forwardConfirmed"]
 
@@ -80,7 +85,7 @@ def forwardConfirmed(dns: AsyncDNS, host: str) -> defer.Deferred[IPRevResult]:
         )  # fmt: skip
         return IPRevResult("pass" if good else "fail", str(address), good or tuple(names))
 
-    def failed(reason: Any) -> IPRevResult:
+    def failed(reason: Failure) -> IPRevResult:
         if isinstance(reason.value, defer.FirstError):
             reason = reason.value.subFailure
         reason.trap(DNSTemporaryError)
@@ -89,7 +94,7 @@ def forwardConfirmed(dns: AsyncDNS, host: str) -> defer.Deferred[IPRevResult]:
     return dns.pointers(str(address)).addCallback(forward).addErrback(failed)
 
 
-def _same(text: str, address: Any) -> bool:
+def _same(text: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     try:
         return _address(text) == address
     except ValueError:
@@ -112,7 +117,7 @@ class HeloCheck:
         fqdn: bool = True,
         literal: bool = True,
         fcrdns: str = "no",
-        config: Any = None,
+        config: ServerConfig | None = None,
     ) -> None:
         if fcrdns not in FCRDNS_CHOICES:
             raise ValueError(f"fcrdns must be one of {', '.join(FCRDNS_CHOICES)}")
@@ -124,7 +129,9 @@ class HeloCheck:
         self.fcrdns = fcrdns
         self.config = config
 
-    def validateHelo(self, session: SessionInfo, name: str, extended: bool) -> Any:
+    def validateHelo(
+        self, session: SessionInfo, name: str, extended: bool
+    ) -> Reply | defer.Deferred[Reply | None] | None:
         """None to accept, a Deferred for the reverse DNS check, or raise SMTPError."""
         if isTrusted(session, self.config):
             return None
@@ -176,7 +183,7 @@ class HeloCheck:
                 550, (5, 7, 1), f"HELO {name[:60]} is not your address [{session.peerHost}]"
             )
 
-    def _judge(self, result: IPRevResult, session: SessionInfo) -> None:
+    def _judge(self, result: IPRevResult, session: SessionInfo) -> Reply | None:
         session.iprev = result
         if self.fcrdns != "require" or result.result in ("pass", "permerror"):
             return None

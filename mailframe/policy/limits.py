@@ -27,7 +27,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -43,6 +43,9 @@ from mailframe.interfaces import (
 )
 from mailframe.policy.authlimits import clientKey
 from mailframe.reply import Reply, SMTPError
+
+if TYPE_CHECKING:
+    from mailframe.message import Message
 
 __all__ = [
     "CLIENT_BUSY",
@@ -233,7 +236,7 @@ class ConnectionLimits:
         if self._recipients.count(clientKey(session.peerHost)) > self._recipients.limit:
             raise self._refuse(session, TOO_MANY_RECIPIENTS, "recipient rate")
 
-    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Any) -> None:
+    def filterMessage(self, session: SessionInfo, envelope: Envelope, message: Message) -> None:
         """Count the recipients no validator saw (relayed ones, postmaster)."""
         if not self._recipients.limit or self.isExempt(session.peerHost):
             return

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import spf as _pyspf
 from twisted.internet import defer
@@ -41,6 +41,9 @@ from mailframe.policy import isTrusted
 from mailframe.policy._dns import Answer, AsyncDNS, DNSTemporaryError
 from mailframe.reply import Reply, SMTPError, clientText
 from mailframe.results import SPFResult
+
+if TYPE_CHECKING:
+    from mailframe.config import ServerConfig
 
 __all__ = [
     "ACTIONS",
@@ -203,7 +206,7 @@ class SPFCheck:
     def __init__(
         self,
         dns: AsyncDNS,
-        config: Any = None,
+        config: ServerConfig | None = None,
         policy: Mapping[str, str] | None = None,
         receiver: str | None = None,
     ) -> None:
@@ -243,13 +246,15 @@ class SPFCheck:
 
         return d.addCallback(record)
 
-    def validateSender(self, session: SessionInfo, envelope: Envelope) -> Any:
+    def validateSender(
+        self, session: SessionInfo, envelope: Envelope
+    ) -> defer.Deferred[Reply | None] | None:
         """ISenderValidator: check, record, and refuse as the policy says."""
         if isTrusted(session, self.config):
             return None
         return self.check(session, envelope).addCallback(self._apply, session)
 
-    def _apply(self, result: SPFResult, session: SessionInfo) -> None:
+    def _apply(self, result: SPFResult, session: SessionInfo) -> Reply | None:
         action = self.policy[result.result]
         reply = spfReply(result.result, action, result.domain, result.explanation)
         if reply is None:

@@ -14,11 +14,15 @@ reactor, or any global state.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.names import dns, error
 from twisted.names.common import ResolverBase
+
+if TYPE_CHECKING:
+    from mailframe.envelope import Envelope, SessionInfo
+    from mailframe.message import Message
 
 __all__ = [
     "NEVER",
@@ -42,7 +46,7 @@ _TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "PTR": dns.PTR, "TXT": dns
 _NAMES = {v: k for k, v in _TYPES.items()}
 
 
-def _payload(qtype: str, value: Any) -> Any:
+def _payload(qtype: str, value: Any) -> dns.IEncodableRecord:
     if qtype == "A":
         return dns.Record_A(value)
     if qtype == "AAAA":
@@ -79,7 +83,7 @@ class MemoryResolver(ResolverBase):
         self.records: dict[tuple[str, str], list[Any]] = {}
         self.failures: dict[str, str] = {}
         self.queries: list[tuple[str, str]] = []
-        self.pending: list[defer.Deferred[Any]] = []
+        self.pending: list[defer.Deferred[object]] = []
         for key, value in (records or {}).items():
             if isinstance(key, str):
                 self.failures[key.lower().rstrip(".")] = value
@@ -101,7 +105,9 @@ class MemoryResolver(ResolverBase):
                 name.encode(), _TYPES[qtype], dns.IN, 300, _payload(qtype, value), auth=False
             )
 
-    def _lookup(self, name: Any, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+    def _lookup(
+        self, name: bytes | str, cls: int, type: int, timeout: object
+    ) -> defer.Deferred[object]:
         text = (name.decode() if isinstance(name, bytes) else str(name)).lower().rstrip(".")
         qtype = _NAMES.get(type, str(type))
         self.queries.append((text, qtype))
@@ -111,7 +117,7 @@ class MemoryResolver(ResolverBase):
         if failure == REFUSED:
             return defer.fail(error.DNSQueryRefusedError(text))
         if failure == NEVER:
-            d: defer.Deferred[Any] = defer.Deferred()
+            d: defer.Deferred[object] = defer.Deferred()
             self.pending.append(d)
             return d
         answers: list[dns.RRHeader] = []
@@ -131,7 +137,7 @@ def makeSession(
     heloName: str | None = "client.example.org",
     authenticated: str | None = None,
     hostname: str = "mx.example.com",
-) -> Any:
+) -> SessionInfo:
     """A L{SessionInfo} as a check sees it after HELO."""
     from mailframe.envelope import SessionInfo
 
@@ -148,7 +154,7 @@ def makeSession(
     )
 
 
-def makeEnvelope(sender: str = "alice@example.org", *recipients: str) -> Any:
+def makeEnvelope(sender: str = "alice@example.org", *recipients: str) -> Envelope:
     """An L{Envelope} from C{sender} (C{""} for the null sender) to C{recipients}."""
     from mailframe.address import Address, parseMailbox
     from mailframe.envelope import Envelope, Recipient
@@ -157,7 +163,7 @@ def makeEnvelope(sender: str = "alice@example.org", *recipients: str) -> Any:
     return Envelope("Q1", mailFrom, recipients=[Recipient(parseMailbox(r)) for r in recipients])
 
 
-def makeMessage(data: bytes) -> Any:
+def makeMessage(data: bytes) -> Message:
     """A finished L{Message} holding C{data} (CRLF line endings)."""
     from mailframe.message import Message
 
