@@ -24,7 +24,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailframe.address import Domain
 from mailframe.app.converters import HOPS, ROUTING_KEYS, checkRouting, relayKey
@@ -38,6 +38,9 @@ from mailframe.app.settings import (
 )
 from mailframe.config import ServerConfig, defaultHostname
 from mailframe.plugins import SettingError, oneLine
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Network, IPv6Network
 from mailframe.protocol import Limits
 from mailframe.queue.limits import RetryPolicy
 from mailframe.queue.settings import DEFAULT_SPOOL, QueueSpec
@@ -271,7 +274,7 @@ def clientLimits(
 def queueSpec(
     command: Mapping[str, Any],
     fileTop: Mapping[str, Any] | None,
-    relayNetworks: Sequence[Any] = (),
+    relayNetworks: Sequence[IPv4Network | IPv6Network] = (),
 ) -> QueueSpec | None:
     """
     The L{QueueSpec}, or None when the queue is off (see the module

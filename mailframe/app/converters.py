@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from zope.interface.interface import InterfaceClass
+
 from mailframe.address import Domain
 from mailframe.app import registry
 from mailframe.app.endpoints import checkServerEndpoint
@@ -55,26 +57,26 @@ class Boolean:
 
     metavar = ""
 
-    def __call__(self, value: Any) -> bool:
+    def __call__(self, value: object) -> bool:
         if not isinstance(value, bool):
             raise SettingError(f"expected true or false, not {value!r}")
         return value
 
-    def format(self, value: Any) -> str:
+    def format(self, value: object) -> str:
         return "on" if value else "off"
 
 
-def string(value: Any) -> str:
+def string(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise SettingError(f"expected a non-empty string, not {value!r}")
     return value
 
 
-def path(value: Any) -> str:
+def path(value: object) -> str:
     return string(value).strip()
 
 
-def strings(value: Any) -> tuple[str, ...]:
+def strings(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list | tuple) or not value:
@@ -82,7 +84,7 @@ def strings(value: Any) -> tuple[str, ...]:
     return tuple(string(v) for v in value)
 
 
-def endpoints(value: Any) -> tuple[str, ...]:
+def endpoints(value: object) -> tuple[str, ...]:
     """Server endpoint strings, each parsed (nothing listens)."""
     out = []
     for description in strings(value):
@@ -94,7 +96,7 @@ def endpoints(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def hostname(value: Any) -> str:
+def hostname(value: object) -> str:
     name = string(value)
     try:
         Domain.parse(name)
@@ -103,7 +105,7 @@ def hostname(value: Any) -> str:
     return name
 
 
-def domains(value: Any) -> tuple[str, ...]:
+def domains(value: object) -> tuple[str, ...]:
     names = [n.strip() for v in strings(value) for n in v.split(",") if n.strip()]
     for name in names:
         try:
@@ -113,22 +115,22 @@ def domains(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _plugIn(interface: Any, description: str) -> str:
+def _plugIn(interface: InterfaceClass, description: str) -> str:
     registry.checkDescription(interface, description)  # PlugInError is a SettingError
     return description
 
 
-def validate(value: Any) -> tuple[str, ...]:
+def validate(value: object) -> tuple[str, ...]:
     """Recipient validator descriptions, each checked."""
     return tuple(_plugIn(IRecipientValidator, d) for d in strings(value))
 
 
-def deliver(value: Any) -> str:
+def deliver(value: object) -> str:
     """A delivery backend description, checked."""
     return _plugIn(IDeliveryBackend, string(value))
 
 
-def filters(value: Any) -> tuple[str, ...]:
+def filters(value: object) -> tuple[str, ...]:
     """--filter descriptions, each checked."""
     descriptions = strings(value)
     for d in descriptions:
@@ -136,7 +138,7 @@ def filters(value: Any) -> tuple[str, ...]:
     return descriptions
 
 
-def limits(value: Any) -> str | None:
+def limits(value: object) -> str | None:
     """The options of the connection limits (C{client=20:rate=30}), "" for theirs, or C{off}."""
     if value is False or (isinstance(value, str) and value.strip().lower() in ("off", "no")):
         return None
@@ -154,7 +156,7 @@ def bareNewlines(value: Any) -> str:
     return choice
 
 
-def authTypes(value: Any) -> tuple[str, ...]:
+def authTypes(value: object) -> tuple[str, ...]:
     """strcred descriptions whose auth type exists; nothing is built (no file read)."""
     from twisted.cred import strcred
 
@@ -172,7 +174,7 @@ def authTypes(value: Any) -> tuple[str, ...]:
 # -- the queue and the relay ----------------------------------------------------------
 
 
-def nextHop(value: Any) -> str:
+def nextHop(value: object) -> str:
     from mailframe.client.routing import parseNextHop
 
     text = string(value)
@@ -183,7 +185,7 @@ def nextHop(value: Any) -> str:
     return text
 
 
-def tlsPolicy(value: Any) -> str:
+def tlsPolicy(value: object) -> str:
     from mailframe.client import checkTLSPolicy
 
     try:
@@ -192,7 +194,7 @@ def tlsPolicy(value: Any) -> str:
         raise SettingError(oneLine(e)) from None
 
 
-def syncMode(value: Any) -> str:
+def syncMode(value: object) -> str:
     from mailframe.queue.spool import SYNC_MODES, syncfsAvailable
 
     text = string(value).strip().lower()
@@ -228,21 +230,21 @@ def checkRouting(data: Mapping[str, Any]) -> None:
         raise SettingError(" ".join(str(e).split()) or type(e).__name__) from None
 
 
-def routes(value: Any) -> dict[str, Any]:
+def routes(value: object) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise SettingError("expected a table of domain = route ('local', a host, or a table)")
     checkRouting({"routes": dict(value)})
     return dict(value)
 
 
-def _seconds(key: str, value: Any, zero: bool = False) -> float:
+def _seconds(key: str, value: object, zero: bool = False) -> float:
     try:
         return (_SECONDS_OR_ZERO if zero else _SECONDS)(value)
     except SettingError as e:
         raise SettingError(f"{key}: {e}") from None
 
 
-def relayTable(value: Any) -> dict[str, Any]:
+def relayTable(value: object) -> dict[str, Any]:
     """
     The C{[relay]} table: its keys checked, its durations (C{connect-timeout},
     C{keep-alive}, the C{timeouts} table) made seconds.

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
 __all__ = ["TCPAddress", "checkServerEndpoint", "tcpListenAddress"]
 
@@ -28,11 +28,13 @@ class _Recorder:
     def __init__(self) -> None:
         self.listened: tuple[int, int, str] | None = None
 
-    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> None:
+    def listenTCP(
+        self, port: int, factory: IProtocolFactory, backlog: int = 50, interface: str = ""
+    ) -> None:
         self.listened = (port, backlog, interface)
 
 
-def checkServerEndpoint(description: str) -> Any:
+def checkServerEndpoint(description: str) -> IStreamServerEndpoint:
     """
     Parse a server endpoint string; nothing listens.
 

@@ -35,7 +35,9 @@ from typing import Any, TextIO
 
 from twisted.internet import defer, error, task
 from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from mailframe.queue._files import SpoolError
 from mailframe.queue.control import (
@@ -91,7 +93,9 @@ def spoolDirectories(spool: str) -> list[str]:
 class Online:
     """A spool whose server answers on its control socket."""
 
-    def __init__(self, path: str, protocol: amp.AMP, reactor: Any, timeout: float) -> None:
+    def __init__(
+        self, path: str, protocol: amp.AMP, reactor: IReactorTime, timeout: float
+    ) -> None:
         self.path = path
         self.protocol = protocol
         self.reactor = reactor
@@ -155,7 +159,7 @@ class Online:
             transport.loseConnection()
 
 
-async def connectControl(reactor: Any, path: str, timeout: float) -> amp.AMP | None:
+async def connectControl(reactor: IReactorUNIX, path: str, timeout: float) -> amp.AMP | None:
     """An AMP connection to the server of the spool C{path}, or None if none answers."""
     socketPath = os.path.join(path, SOCKET)
     if not os.path.lexists(socketPath):
@@ -420,7 +424,7 @@ def _positive(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     """The command line (C{--spool} and C{--timeout} also after the command)."""
 
-    def common(spool: Any, timeout: Any) -> argparse.ArgumentParser:
+    def common(spool: str, timeout: float | str) -> argparse.ArgumentParser:
         options = argparse.ArgumentParser(add_help=False)
         options.add_argument("--spool", default=spool, help="the spool [./spool]")
         options.add_argument("--timeout", type=_positive, default=timeout,
@@ -460,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error("delete: give message ids or --all (not both)")
     from twisted.internet import reactor
 
-    status: list[Any] = []
+    status: list[int | Failure] = []
 
     def start() -> None:
         d = defer.ensureDeferred(run(reactor, args, sys.stdout, sys.stderr))

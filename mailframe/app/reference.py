@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import textwrap
-from typing import Any
+
+from zope.interface.interface import InterfaceClass
 
 from mailframe.app import registry
 from mailframe.app.settings import COMMAND, FILE, FLAG, LIST, SCHEMA, SECTIONS, TOP, Setting
@@ -25,7 +26,7 @@ from mailframe.plugins import FILTER_KINDS, Option
 __all__ = ["PLUGIN_PARTS", "render", "renderPlugIns", "write"]
 
 #: The parts of the plug-in reference: (name, the kinds of plug-in in it).
-PLUGIN_PARTS: tuple[tuple[str, tuple[Any, ...]], ...] = (
+PLUGIN_PARTS: tuple[tuple[str, tuple[InterfaceClass, ...]], ...] = (
     ("backends", (IDeliveryBackend,)),
     ("validators", (IRecipientValidator,)),
     ("checks", FILTER_KINDS),
@@ -75,7 +76,7 @@ def render(section: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def renderPlugIns(kinds: tuple[Any, ...]) -> str:
+def renderPlugIns(kinds: tuple[InterfaceClass, ...]) -> str:
     """The reST reference of the built-in plug-ins of these kinds, with their options."""
     lines: list[str] = []
     for factory in registry.BUILTINS:

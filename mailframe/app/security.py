@@ -12,10 +12,19 @@ one-line C{SystemExit}.  Must not: import the reactor at import time.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mailframe.app.config import ClientLimits, ListenerSpec
 from mailframe.plugins import oneLine
+
+if TYPE_CHECKING:
+    from twisted.cred.checkers import ICredentialsChecker
+    from twisted.internet.interfaces import IReactorTime
+
+    from mailframe.auth.credentials import Authenticator
+    from mailframe.interfaces import IConnectionFilter, IExtension
+    from mailframe.policy.authlimits import AuthFailureLimiter
+    from mailframe.server.tls import ServerTLS
 
 __all__ = ["Security"]
 
@@ -23,20 +32,22 @@ __all__ = ["Security"]
 class Security:
     """Builds TLS contexts, AUTH checkers and the failure limiter once each, for every listener."""
 
-    def __init__(self, reactor: Any, limits: ClientLimits) -> None:
+    def __init__(self, reactor: IReactorTime, limits: ClientLimits) -> None:
         self.reactor = reactor
         self.limits = limits
-        self._contexts: dict[Any, Any] = {}
-        self._checkers: dict[str, Any] = {}
-        self._authenticators: dict[tuple[str, ...], Any] = {}
-        self._limiter: Any = None
+        self._contexts: dict[object, ServerTLS] = {}
+        self._checkers: dict[str, ICredentialsChecker] = {}
+        self._authenticators: dict[tuple[str, ...], Authenticator] = {}
+        self._limiter: AuthFailureLimiter | None = None
 
-    def forListener(self, spec: ListenerSpec) -> tuple[list[Any], list[Any], Any]:
+    def forListener(
+        self, spec: ListenerSpec
+    ) -> tuple[list[IExtension], list[IConnectionFilter], ServerTLS | None]:
         """The extensions and connection filters of a listener, and its TLS context."""
         from mailframe.extensions import defaultExtensions
 
-        extensions: list[Any] = defaultExtensions(spec.config.limits.messageSize)
-        filters: list[Any] = []
+        extensions: list[IExtension] = defaultExtensions(spec.config.limits.messageSize)
+        filters: list[IConnectionFilter] = []
         tls = self.context(spec) if spec.hasTLS else None
         if tls is not None and not spec.implicitTLS:
             from mailframe.extensions.starttls import StartTLS
@@ -58,12 +69,12 @@ class Security:
             filters.append(self.limiter())
         return extensions, filters, tls
 
-    def context(self, spec: ListenerSpec) -> Any:
+    def context(self, spec: ListenerSpec) -> ServerTLS:
         from mailframe.server import tls
 
         pairs = spec.certificates
         if not pairs:
-            key: Any = ("self-signed", spec.config.hostname)
+            key: object = ("self-signed", spec.config.hostname)
         else:
             key = pairs
         if key not in self._contexts:
@@ -78,7 +89,7 @@ class Security:
                 raise SystemExit(f"mailframe: cannot set up TLS: {oneLine(e)}")
         return self._contexts[key]
 
-    def checker(self, description: str) -> Any:
+    def checker(self, description: str) -> ICredentialsChecker:
         from twisted.cred import strcred
 
         if description not in self._checkers:
@@ -89,7 +100,7 @@ class Security:
                 raise SystemExit(f"mailframe: cannot set up --auth {kind}: {oneLine(e)}")
         return self._checkers[description]
 
-    def authenticator(self, descriptions: tuple[str, ...]) -> Any:
+    def authenticator(self, descriptions: tuple[str, ...]) -> Authenticator:
         """The Authenticator of these checkers, in this order: one for every listener."""
         if descriptions not in self._authenticators:
             from mailframe.auth.credentials import Authenticator, makePortal
@@ -101,7 +112,7 @@ class Security:
                 raise SystemExit(f"mailframe: cannot set up --auth: {oneLine(e)}")
         return self._authenticators[descriptions]
 
-    def limiter(self) -> Any:
+    def limiter(self) -> AuthFailureLimiter:
         if self._limiter is None:
             from mailframe.policy.authlimits import AuthFailureLimiter
 

@@ -17,13 +17,14 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application import strports
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import Interface
+from zope.interface.interface import InterfaceClass
 
 from mailframe import plugins
 from mailframe.app import registry
@@ -48,6 +49,15 @@ from mailframe.interfaces import (
 )
 from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IProtocolFactory
+
+    from mailframe.interfaces import TLSContextFactory
+    from mailframe.queue.wiring import QueueWiring
+    from mailframe.server import SMTPServerFactory
+
+_I = TypeVar("_I", bound=Interface)
+
 __all__ = ["MailframeService", "Options", "makeService", "plugInHelp", "run"]
 
 log = Logger(namespace="mailframe")
@@ -67,7 +77,7 @@ them), offered only inside TLS.
 """
 
 # The kinds --help lists first, with the option that chooses them.
-_OPTION_KINDS: list[tuple[Any, str]] = [
+_OPTION_KINDS: list[tuple[InterfaceClass, str]] = [
     (IDeliveryBackend, "Delivery backends (--deliver, one)"),
     (IRecipientValidator, "Recipient validators (--validate, repeatable, asked in order)"),
     (IConnectionFilter, "Connection filters (--filter, repeatable)"),
@@ -224,7 +234,7 @@ def plugInHelp(width: int | None = None) -> str:
     """The installed plug-ins by kind: synopsis and description of each."""
     width = width or int(os.environ.get("COLUMNS", "80"))
     found = registry.factoriesFor(Interface)  # every kind
-    kinds: list[tuple[Any, str]] = list(_OPTION_KINDS)
+    kinds: list[tuple[InterfaceClass, str]] = list(_OPTION_KINDS)
     for factory in found:
         if not any(factory.provides is kind for kind, _ in kinds):
             name = plugins.kindName(factory.provides)
@@ -252,7 +262,7 @@ class MailframeService(MultiService):
         super().__init__()
         self.announcements: list[str] = []
         self.warnings: list[str] = []
-        self.factories: list[Any] = []
+        self.factories: list[SMTPServerFactory] = []
 
     def startService(self) -> None:
         super().startService()
@@ -272,7 +282,7 @@ class MailframeService(MultiService):
         return super().stopService()
 
 
-def _announce(spec: ListenerSpec, factory: Any) -> str:
+def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
     config = factory.config
     domains = ", ".join(sorted(str(d) for d in config.localDomains))
     line = (
@@ -285,7 +295,7 @@ def _announce(spec: ListenerSpec, factory: Any) -> str:
         line += f"; PROXY header from {', '.join(spec.proxyNetworks or DEFAULT_TRUSTED)}"
     if spec.hasTLS:
         line += "; TLS from the first byte" if spec.implicitTLS else "; STARTTLS"
-    auth = next((e for e in factory.extensions if e.keyword == "AUTH"), None)
+    auth: Any = next((e for e in factory.extensions if e.keyword == "AUTH"), None)  # an Auth
     if auth is not None:
         line += f"; AUTH {' '.join(auth.mechanisms)}"
         if spec.authPlaintext:
@@ -295,7 +305,7 @@ def _announce(spec: ListenerSpec, factory: Any) -> str:
     return line
 
 
-def _build(interface: Any, description: str, context: ProviderContext) -> Any:
+def _build(interface: type[_I], description: str, context: ProviderContext) -> _I:
     try:
         return registry.makeProvider(interface, description, context)
     except plugins.PlugInError as e:
@@ -381,7 +391,7 @@ def makeService(options: Options) -> MailframeService:
     return service
 
 
-def _queue(reactor: Any, options: Options, service: MailframeService) -> Any:
+def _queue(reactor: Any, options: Options, service: MailframeService) -> QueueWiring | None:
     """The queue's wiring, its service the first child (it starts before the listeners)."""
     spec = getattr(options, "queue", None)
     if spec is None:
@@ -399,7 +409,7 @@ def _queue(reactor: Any, options: Options, service: MailframeService) -> Any:
     return queue
 
 
-def _finishQueue(queue: Any, options: Options, service: MailframeService) -> None:
+def _finishQueue(queue: QueueWiring, options: Options, service: MailframeService) -> None:
     """Build the relay and the runner once every listener's local backend is known."""
     first = options.listeners[0].config
     try:
@@ -409,7 +419,7 @@ def _finishQueue(queue: Any, options: Options, service: MailframeService) -> Non
     service.announcements.append(queue.describe())
 
 
-def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]]:
+def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[InterfaceClass, list[Any]]:
     """
     The providers of a listener's --filter descriptions (and its connection
     limits), by plug point: each is used at every plug point it provides.
@@ -418,7 +428,7 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
     """
     from mailframe.policy.authresults import orderFilters
 
-    built = []
+    built: list[object] = []
     if spec.limits is not None:
         limits = f"limits:{spec.limits}" if spec.limits else "limits"
         built.append(_build(IConnectionFilter, limits, context))
@@ -430,7 +440,9 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
         except (OSError, ValueError) as e:
             raise SystemExit(f"mailframe: cannot set up filter {description!r}: {oneLine(e)}")
     kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
-    checks: dict[Any, list[Any]] = {k: [p for p in built if k.providedBy(p)] for k in kinds}
+    checks: dict[InterfaceClass, list[Any]] = {
+        k: [p for p in built if k.providedBy(p)] for k in kinds
+    }
     checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
     return checks
 
@@ -438,11 +450,11 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[Any, list[Any]
 def _endpointService(
     reactor: Any,
     description: str,
-    factory: Any,
-    tls: Any,
+    factory: IProtocolFactory,
+    tls: TLSContextFactory | None,
     shared: bool = False,
     proxies: Sequence[str] = (),
-) -> Any:
+) -> IService:
     """
     The listening service of one endpoint; with C{tls}, TLS from the first
     byte; C{shared}, a SO_REUSEPORT socket the other workers bind too.  A

@@ -24,6 +24,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,7 +58,7 @@ def reusePortEndpoint(description: str) -> tuple[int, str, int, int]:
 class ReusePortService(Service):
     """Listens on a TCP address shared with the other workers (SO_REUSEPORT)."""
 
-    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+    def __init__(self, reactor: Any, description: str, factory: IProtocolFactory) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory

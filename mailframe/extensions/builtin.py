@@ -15,6 +15,7 @@ from mailframe import reply as R
 from mailframe.address import asciiUpper
 from mailframe.envelope import Envelope, SessionInfo
 from mailframe.extensions._base import BAD_VALUE, NO_VALUE, Extension
+from mailframe.interfaces import IExtension
 from mailframe.reply import SMTPError
 
 __all__ = [
@@ -107,7 +108,7 @@ class BinaryMIME(Extension):
     keyword = "BINARYMIME"
 
 
-def defaultExtensions(maxSize: int) -> list[Extension]:
+def defaultExtensions(maxSize: int) -> list[IExtension]:
     """The built-ins, in the order the EHLO reply lists them."""
     return [
         Pipelining(),
