@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, Self
 
 from twisted.cred import error
 from twisted.cred.checkers import (
@@ -158,7 +158,7 @@ class _Credentials:
     username: str | bytes
     mechanism = ""  # what the credentials come from (PLAIN stands for LOGIN too)
 
-    def withUsernameType(self, kind: type) -> Any:
+    def withUsernameType(self, kind: type) -> Self:
         """A copy whose C{username} (and password) are C{kind}: str or bytes."""
         if isinstance(self.username, kind):
             return self
@@ -239,7 +239,7 @@ class ScramStoredCredentials(_Credentials):
 # -- the portal ------------------------------------------------------------------------
 
 
-def _usernameType(checker: Any) -> type:
+def _usernameType(checker: ICredentialsChecker) -> type:
     if isinstance(checker, InMemoryUsernamePasswordDatabaseDontUse):
         return str if any(isinstance(k, str) for k in checker.users) else bytes
     if isinstance(checker, FilePasswordDB):
@@ -259,7 +259,9 @@ class CheckerChain:
     L{UnauthorizedLogin}.
     """
 
-    def __init__(self, interface: Any, checkers: Sequence[Any]) -> None:
+    def __init__(
+        self, interface: type[Interface], checkers: Sequence[ICredentialsChecker]
+    ) -> None:
         self.credentialInterfaces = (interface,)
         self.checkers = tuple(checkers)
         self.keySources = tuple(c for c in checkers if IScramKeySource.providedBy(c))
@@ -329,13 +331,13 @@ class UserRealm:
         return IAuthenticatedUser, AuthenticatedUser(_text(avatarId)), lambda: None
 
 
-def makePortal(checkers: Iterable[Any], realm: Any = None) -> Portal:
+def makePortal(checkers: Iterable[ICredentialsChecker], realm: IRealm | None = None) -> Portal:
     """
     A Portal (with C{realm}, by default a L{UserRealm}) in which each
     credentials interface is served by a L{CheckerChain} of the checkers
     that support it, in the order given.
     """
-    byInterface: dict[Any, list[Any]] = {}
+    byInterface: dict[type[Interface], list[ICredentialsChecker]] = {}
     for checker in checkers:
         for interface in checker.credentialInterfaces:
             byInterface.setdefault(interface, []).append(checker)
@@ -350,7 +352,7 @@ _PLAINTEXT = frozenset({"CRAM-MD5", "SCRAM-SHA-256"})
 _AUTH_INTERFACES = (IUsernamePassword, IUsernameHashedPassword, IScramSha256Credentials)
 
 
-def checkerMechanisms(checker: Any) -> frozenset[str]:
+def checkerMechanisms(checker: ICredentialsChecker) -> frozenset[str]:
     """
     The mechanisms C{checker} can serve by its credentials interfaces, for
     the users that have what they need (see L{IMechanismCoverage}).
@@ -366,16 +368,16 @@ def checkerMechanisms(checker: Any) -> frozenset[str]:
     return frozenset(found)
 
 
-def _forEveryone(checker: Any) -> frozenset[str]:
+def _forEveryone(checker: ICredentialsChecker) -> frozenset[str]:
     found = checkerMechanisms(checker)
     if IMechanismCoverage.providedBy(checker):
         found &= frozenset(checker.mechanismsForEveryone())
     return found
 
 
-def _checkersIn(portal: Portal) -> tuple[Any, ...]:
+def _checkersIn(portal: Portal) -> tuple[ICredentialsChecker, ...]:
     """The checkers in force for AUTH, each once, in the order they are asked."""
-    found: dict[int, Any] = {}
+    found: dict[int, ICredentialsChecker] = {}
     for interface in _AUTH_INTERFACES:
         checker = portal.checkers.get(interface)
         members = checker.checkers if isinstance(checker, CheckerChain) else (checker,)
@@ -408,7 +410,7 @@ def mechanismsFor(portal: Portal) -> tuple[str, ...]:
 _UNKNOWN = object()  # a checker that cannot say whom it knows
 
 
-def _userMechanisms(checker: Any, username: str) -> Any:
+def _userMechanisms(checker: ICredentialsChecker, username: str) -> Any:
     """
     What C{checker} can check for C{username}: a set, None if it does not
     know the user, or _UNKNOWN; or a Deferred of one of those.

@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred import error
 from twisted.cred.checkers import ICredentialsChecker
@@ -52,6 +52,9 @@ from zope.interface import implementer
 
 from mailframe.auth import sasl
 from mailframe.auth.credentials import IMechanismCoverage, IScramKeySource, IScramSha256Credentials
+
+if TYPE_CHECKING:
+    from argon2 import PasswordHasher
 
 __all__ = [
     "DEFAULT_SCRAM_ITERATIONS",
@@ -86,7 +89,7 @@ class PasswordEntry:
     scram: sasl.ScramKeys | None = None
 
 
-def _hasher() -> Any:
+def _hasher() -> PasswordHasher:
     from argon2 import PasswordHasher
 
     return PasswordHasher()
@@ -315,7 +318,7 @@ class PasswordFileChecker:
             d = self._run(self._verifyDummy, password)
             return d.addCallback(lambda _: defer.fail(error.UnauthorizedLogin()))
 
-        def verified(ok: bool) -> Any:
+        def verified(ok: bool) -> str:
             if ok:
                 return username
             raise error.UnauthorizedLogin()
