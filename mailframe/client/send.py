@@ -148,8 +148,9 @@ def sendMessage(
         return protocol.deliver(envelope, rcpts, msg)
 
     def failed(reason: Failure) -> DeliveryResult:
-        if reason.check(SessionFailed):
-            reply = reason.value.reply  # type: ignore[union-attr]
+        error = reason.value
+        if isinstance(error, SessionFailed):
+            reply = error.reply
         else:
             reply = connectionFailed(reason)
         return DeliveryResult(tuple(reply for _ in rcpts), tuple(name or None for _ in rcpts))

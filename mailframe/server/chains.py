@@ -162,8 +162,9 @@ class Chain:
     def _failed(self, reason: Failure, i: int, verdict: Verdict) -> Reply:
         provider = self.providers[i]
         verdict.decider = provider
-        if reason.check(SMTPError):
-            return reason.value.reply  # type: ignore[union-attr]
+        error = reason.value
+        if isinstance(error, SMTPError):
+            return error.reply
         if reason.check(defer.CancelledError):
             log.warn(
                 "{stage} plug-in {provider!r} did not answer in time",

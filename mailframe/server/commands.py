@@ -255,8 +255,9 @@ class Commands:
         )
 
     def _deliveryFailed(self, reason: Failure, envelope: Envelope) -> DeliveryResult:
-        if reason.check(SMTPError):
-            return DeliveryResult.allDelivered(envelope, reason.value.reply)  # type: ignore[union-attr]
+        error = reason.value
+        if isinstance(error, SMTPError):
+            return DeliveryResult.allDelivered(envelope, error.reply)
         log.failure("{id} the delivery backend failed", reason, id=self.session.sessionID)
         return DeliveryResult.allDelivered(envelope, R.LOCAL_ERROR)
 

@@ -366,8 +366,9 @@ class SMTPServerProtocol(Protocol):
         if call is not None and call.active():
             call.cancel()
         if isinstance(result, Failure):
-            if result.check(SMTPError):
-                result = result.value.reply  # type: ignore[union-attr]
+            error = result.value
+            if isinstance(error, SMTPError):
+                result = error.reply
             else:
                 if result.check(defer.CancelledError):
                     log.warn("{id} a plug point timed out", id=self.session.sessionID)
