@@ -132,7 +132,7 @@ class ThreadPools:
         self.reactor = reactor
         self.sizes = dict(DEFAULT_SIZES)
         self._pools: dict[str, ThreadPool] = {}
-        self._trigger: Any = None
+        self._trigger: object = None
         for name, size in (sizes or {}).items():
             self.setSize(name, size)
 
@@ -173,7 +173,7 @@ class ThreadPools:
             pool.stop()
 
 
-_registry: weakref.WeakKeyDictionary[Any, ThreadPools] = weakref.WeakKeyDictionary()
+_registry: weakref.WeakKeyDictionary[object, ThreadPools] = weakref.WeakKeyDictionary()
 
 
 def threadPools(reactor: Any) -> ThreadPools:

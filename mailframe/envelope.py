@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mailframe.address import Address, asciiUpper
 from mailframe.reply import Reply
 from mailframe.results import DKIMResult, DMARCResult, IPRevResult, SPFResult
+
+if TYPE_CHECKING:
+    from OpenSSL.crypto import X509
 
 __all__ = [
     "DeliveryResult",
@@ -49,7 +52,7 @@ class TLSInfo:
     version: str
     cipher: str
     bits: int = 0
-    peerCertificate: Any = None
+    peerCertificate: X509 | None = None
 
 
 @dataclass(frozen=True, slots=True)

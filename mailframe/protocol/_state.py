@@ -53,8 +53,10 @@ __all__ = [
 class _StateType(type):
     """Iterating over L{State} gives its members, in order, as for an Enum."""
 
+    _members: tuple[State, ...]
+
     def __iter__(cls) -> Iterator[State]:
-        return iter(cls._members)  # type: ignore[attr-defined]
+        return iter(cls._members)
 
 
 class State(metaclass=_StateType):

@@ -119,10 +119,11 @@ def _v2(versionCommand: int, family: int, body: bytes) -> ProxyHeader:
     transport, kind = family >> 4, family & 0x0F
     if kind != 1:  # not STREAM (UNSPEC, or DGRAM): no usable address
         return ProxyHeader(2, None, None)
+    make: type[ipaddress.IPv4Address | ipaddress.IPv6Address]
     if transport == 1:  # AF_INET
         size, make = 4, ipaddress.IPv4Address
     elif transport == 2:  # AF_INET6
-        size, make = 16, ipaddress.IPv6Address  # type: ignore[assignment]
+        size, make = 16, ipaddress.IPv6Address
     else:  # AF_UNSPEC or AF_UNIX
         return ProxyHeader(2, None, None)
     if len(body) < 2 * size + 4:
