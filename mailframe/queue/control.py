@@ -33,7 +33,6 @@ import fcntl
 import json
 import os
 import time
-from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IListeningPort, IReactorUNIX, ITransport
@@ -241,7 +240,7 @@ def describeEntry(
     spool: str,
     scheduled: float | None = None,
     underWay: bool = False,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """
     What C{list} and C{show} say about a message: its envelope
     (L{QueueEntry.toJSON}) and C{spool} (the directory), C{scheduled} (when
@@ -272,7 +271,7 @@ class ControlProtocol(amp.AMP):
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
 
-    def _describe(self, entry: QueueEntry) -> dict[str, Any]:
+    def _describe(self, entry: QueueEntry) -> dict[str, object]:
         runner = self.runner
         return describeEntry(
             entry, runner.spool.path, runner.scheduledAt(entry.id), runner.underWay(entry.id)
@@ -287,7 +286,7 @@ class ControlProtocol(amp.AMP):
     @ListQueue.responder
     def listQueue(
         self, limit: int, afterArrival: float | None = None, afterID: str | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, object]:
         entries = sorted(self.runner.entries.values(), key=lambda e: (e.arrival, e.id))
         start = 0
         if afterArrival is not None:
@@ -301,7 +300,7 @@ class ControlProtocol(amp.AMP):
         }
 
     @ShowEntry.responder
-    def showEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+    def showEntry(self, id: str) -> defer.Deferred[dict[str, object]]:
         entry = self._entry(id)
         described = self._describe(entry)
 
@@ -314,13 +313,13 @@ class ControlProtocol(amp.AMP):
         )
 
     @FlushQueue.responder
-    def flushQueue(self) -> dict[str, Any]:
+    def flushQueue(self) -> dict[str, object]:
         count = self.runner.flush()
         log.info("queue {path}: flush ({n} message(s))", path=self.runner.spool.path, n=count)
         return {"count": count}
 
     @DeleteEntry.responder
-    def deleteEntry(self, id: str) -> dict[str, Any]:
+    def deleteEntry(self, id: str) -> dict[str, object]:
         try:
             self.runner.delete(id)
         except UnknownEntry:
@@ -328,25 +327,25 @@ class ControlProtocol(amp.AMP):
         return {}
 
     @DeleteAll.responder
-    def deleteAll(self) -> dict[str, Any]:
+    def deleteAll(self) -> dict[str, object]:
         entryIDs = list(self.runner.entries)
         for entryID in entryIDs:
             self.runner.delete(entryID)
         return {"count": len(entryIDs)}
 
     @HoldEntry.responder
-    def holdEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+    def holdEntry(self, id: str) -> defer.Deferred[dict[str, object]]:
         return self._hold(id, True)
 
     @ReleaseEntry.responder
-    def releaseEntry(self, id: str) -> defer.Deferred[dict[str, Any]]:
+    def releaseEntry(self, id: str) -> defer.Deferred[dict[str, object]]:
         return self._hold(id, False)
 
-    def _hold(self, entryID: str, held: bool) -> defer.Deferred[dict[str, Any]]:
+    def _hold(self, entryID: str, held: bool) -> defer.Deferred[dict[str, object]]:
         self._entry(entryID)
         what = "held" if held else "released"
 
-        def done(changed: bool) -> dict[str, Any]:
+        def done(changed: bool) -> dict[str, object]:
             if changed:
                 log.info("{id}: {what}", id=entryID, what=what)
             return {"changed": changed}

@@ -103,7 +103,7 @@ class RecipientState:
         """The L{Recipient} a backend or relay is given."""
         return Recipient(addressFromText(self.address), dict(self.params))
 
-    def toJSON(self) -> dict[str, Any]:
+    def toJSON(self) -> dict[str, object]:
         return {
             "address": self.address,
             "params": self.params,
@@ -215,7 +215,7 @@ class QueueEntry:
             authIdentity=self.auth,
         )
 
-    def toJSON(self) -> dict[str, Any]:
+    def toJSON(self) -> dict[str, object]:
         return {
             "version": VERSION,
             "id": self.id,
