@@ -108,6 +108,7 @@ class SessionInfo:
     iprev: IPRevResult | None = None
     dnsblListings: tuple[str, ...] = ()
     _states: dict[int, tuple[object, Any]] = field(default_factory=dict, repr=False)
+    _snapshot: tuple[tuple[object, ...], SessionSnapshot] | None = field(default=None, repr=False)
 
     @property
     def peer(self) -> str:
@@ -127,9 +128,26 @@ class SessionInfo:
         self._states.pop(id(owner), None)
 
     def snapshot(self, protocol: str = "") -> SessionSnapshot:
-        """The facts of the session now, frozen (C{protocol}: the with-clause keyword)."""
+        """
+        The facts of the session now, frozen (C{protocol}: the with-clause
+        keyword).  The same object comes back while the facts are the same
+        (the messages of one session usually share it): building one costs
+        more than comparing what it depends on.
+        """
         iprev = self.iprev
-        return SessionSnapshot(
+        key = (
+            protocol,
+            self.heloName,
+            self.esmtp,
+            self.tls,
+            self.authenticated,
+            self.authMechanism,
+            iprev,
+        )
+        cached = self._snapshot
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        snapshot = SessionSnapshot(
             sessionID=self.sessionID,
             peerHost=self.peerHost,
             peerPort=self.peerPort,
@@ -146,6 +164,8 @@ class SessionInfo:
             if iprev is not None and iprev.result == "pass" and iprev.names
             else None,
         )
+        self._snapshot = (key, snapshot)
+        return snapshot
 
 
 @dataclass(frozen=True, slots=True)

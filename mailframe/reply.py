@@ -9,6 +9,7 @@ of mailframe's; know about sessions or state.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -204,13 +205,15 @@ CANNOT_VRFY = Reply(
 )
 
 
+@functools.lru_cache(maxsize=64)
 def greeting(hostname: str, software: str = "mailframe") -> Reply:
-    """The 220 greeting."""
+    """The 220 greeting (one value per name: it is sent on every connection)."""
     return Reply(220, None, f"{hostname} ESMTP {software}")
 
 
+@functools.lru_cache(maxsize=64)
 def closing(hostname: str) -> Reply:
-    """The 221 reply to QUIT."""
+    """The 221 reply to QUIT (one value per name)."""
     return Reply(221, (2, 0, 0), f"{hostname} closing connection")
 
 

@@ -21,7 +21,7 @@ class MemoryBackendTests(TestCase):
         """Each delivery is stored with its envelope and CRLF bytes, and fires None."""
         backend = MemoryBackend()
         envelope = makeEnvelope("a@example.com", "b@example.com")
-        self.assertIsNone(self.successResultOf(backend.deliver(envelope, makeMessage())))
+        self.assertIsNone(backend.deliver(envelope, makeMessage()))
         self.assertEqual(backend.messages, [StoredMessage(envelope, MESSAGE)])
         self.assertEqual(backend.count, 1)
 
@@ -29,9 +29,7 @@ class MemoryBackendTests(TestCase):
         """A message held in a temporary file is stored whole."""
         backend = MemoryBackend()
         body = b"x" * 5000 + b"\r\n"
-        self.successResultOf(
-            backend.deliver(makeEnvelope("a@example.com", "b@example.com"), makeMessage(body, 100))
-        )
+        backend.deliver(makeEnvelope("a@example.com", "b@example.com"), makeMessage(body, 100))
         self.assertEqual(backend.messages[0].data, body)
 
     def test_countOnly(self) -> None:
@@ -39,5 +37,5 @@ class MemoryBackendTests(TestCase):
         backend = MemoryBackend(keep=False)
         envelope = makeEnvelope("", "b@example.com")
         for _ in range(3):
-            self.assertIsNone(self.successResultOf(backend.deliver(envelope, makeMessage())))
+            self.assertIsNone(backend.deliver(envelope, makeMessage()))
         self.assertEqual((backend.count, backend.messages), (3, []))

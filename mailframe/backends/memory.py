@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted.internet import defer
 from zope.interface import implementer
 
 from mailframe.envelope import DeliveryResult, Envelope
@@ -42,10 +41,9 @@ class MemoryBackend:
         self.messages: list[StoredMessage] = []
         self.count = 0
 
-    def deliver(
-        self, envelope: Envelope, message: Message
-    ) -> defer.Deferred[DeliveryResult | None]:
+    def deliver(self, envelope: Envelope, message: Message) -> DeliveryResult | None:
+        """None (every recipient delivered), at once: nothing to wait for, no Deferred."""
         self.count += 1
         if self.keep:
             self.messages.append(StoredMessage(envelope, message.getvalue()))
-        return defer.succeed(None)
+        return None

@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet.tcp import Server
 
-__all__ = ["PRIVATE_ATTRIBUTES", "available", "isPlainTCP", "sendNow"]
+__all__ = ["PRIVATE_ATTRIBUTES", "available", "drained", "isPlainTCP", "sendNow"]
 
 PRIVATE_ATTRIBUTES = (
     "socket",
@@ -43,6 +43,14 @@ def available(transport: object) -> bool:
 def isPlainTCP(transport: object) -> bool:
     """True for a plain TCP server transport (not a wrapper, not a test double)."""
     return type(transport) is Server
+
+
+def drained(transport: Any) -> bool:
+    """True if nothing waits to be written on C{transport} (closing it is then prompt)."""
+    try:
+        return not (transport.TLS or transport._tempDataBuffer or transport.dataBuffer)
+    except AttributeError:
+        return False
 
 
 def sendNow(transport: Any, data: bytes) -> bytes:

@@ -90,6 +90,7 @@ class Chain:
         self.undecided = undecided
 
     def __bool__(self) -> bool:
+        """True if the stage has plug-ins (hot paths test C{chain.calls} instead)."""
         return bool(self.calls)
 
     def run(self, verdict: Verdict, *args: object) -> Outcome:
@@ -97,11 +98,16 @@ class Chain:
         Ask the plug-ins: None (every one accepted, nothing replaced), a
         L{Reply} (the decision, positive or negative), or a Deferred of either.
         """
-        return self._walk(0, verdict, args, None)
+        return self.ask(verdict, args)
 
-    def _walk(
-        self, i: int, verdict: Verdict, args: tuple[object, ...], replaced: Reply | None
+    def ask(
+        self,
+        verdict: Verdict,
+        args: tuple[object, ...],
+        i: int = 0,
+        replaced: Reply | None = None,
     ) -> Outcome:
+        """L{run} with the arguments as a tuple (one call fewer on hot paths)."""
         calls = self.calls
         n = len(calls)
         while i < n:
@@ -122,11 +128,17 @@ class Chain:
                             callbackArgs=(i, verdict, args, replaced),
                             errbackArgs=(i, verdict),
                         )
-                decided = self._judge(result, i, verdict)
-                if decided is not None:
-                    if decided.code >= 400 or self.firstDecides:
-                        return decided
-                    replaced = decided
+                if type(result) is Reply:
+                    verdict.decider = self.providers[i]
+                    if result.code >= 400 or self.firstDecides:
+                        return result
+                    replaced = result
+                else:
+                    decided = self._judge(result, i, verdict)
+                    if decided is not None:
+                        if decided.code >= 400 or self.firstDecides:
+                            return decided
+                        replaced = decided
             i += 1
         if self.firstDecides:
             verdict.decider = None
@@ -157,7 +169,7 @@ class Chain:
                 if decided.code >= 400 or self.firstDecides:
                     return decided
                 replaced = decided
-        return self._walk(i + 1, verdict, args, replaced)
+        return self.ask(verdict, args, i + 1, replaced)
 
     def _failed(self, reason: Failure, i: int, verdict: Verdict) -> Reply:
         provider = self.providers[i]

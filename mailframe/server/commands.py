@@ -90,10 +90,10 @@ class Commands:
 
     def hello(self, event: E.Hello) -> Reply | defer.Deferred[Reply]:
         chain = self.context.heloChain
-        if not chain:
+        if not chain.calls:
             return self._helloReply(None, event)
         return then(
-            chain.run(self, self.session, event.name, event.extended), self._helloReply, event
+            chain.ask(self, (self.session, event.name, event.extended)), self._helloReply, event
         )
 
     def _helloReply(self, decided: Reply | None, event: E.Hello) -> Reply:
@@ -138,9 +138,14 @@ class Commands:
                 ext.mailParameter(session, envelope, name, value)
         envelope.session = session.snapshot(protocolName(session, envelope))
         chain = context.senderChain
-        if not chain:
+        if not chain.calls:
             return R.SENDER_OK
-        return then(chain.run(self, session, envelope), _orDefault, R.SENDER_OK)
+        decided = chain.ask(self, (session, envelope))
+        if decided is None:
+            return R.SENDER_OK
+        if type(decided) is Reply:
+            return decided
+        return then(decided, _orDefault, R.SENDER_OK)
 
     def rcpt(self, event: E.RcptTo) -> Reply | defer.Deferred[Reply]:
         address = event.address
@@ -169,12 +174,10 @@ class Commands:
         if address.isPostmaster or not local:
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
-        return then(
-            context.recipientChain.run(self, session, envelope, recipient),
-            self._recipientDecided,
-            envelope,
-            recipient,
-        )
+        decided = context.recipientChain.ask(self, (session, envelope, recipient))
+        if type(decided) is Reply:
+            return self._recipientDecided(decided, envelope, recipient)
+        return then(decided, self._recipientDecided, envelope, recipient)
 
     def _recipientDecided(self, reply: Reply, envelope: Envelope, recipient: Recipient) -> Reply:
         if reply.code < 400 and envelope is self.envelope:
@@ -211,9 +214,9 @@ class Commands:
             % receivedHeader(self.session, envelope, context.clock.seconds()).encode()
         )
         chain = context.messageChain
-        if not chain:
+        if not chain.calls:
             return self._deliver(None, envelope, message)
-        filtered = settled(chain.run(self, self.session, envelope, message))
+        filtered = settled(chain.ask(self, (self.session, envelope, message)))
         if isinstance(filtered, _Deferred):
             timer = context.clock.callLater(context.config.pluginTimeout, filtered.cancel)
             filtered.addBoth(_cancelTimer, timer)
@@ -321,7 +324,7 @@ class Commands:
         return R.closing(self.context.config.hostname)
 
     def vrfy(self, event: E.Vrfy) -> Reply | defer.Deferred[Reply | None] | None:
-        return self.context.verifyChain.run(self, self.session, event.argument)
+        return self.context.verifyChain.ask(self, (self.session, event.argument))
 
     def expn(self, event: E.Expn) -> Reply:
         return R.NOT_IMPLEMENTED.withText("EXPN is not available")

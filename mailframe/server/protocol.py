@@ -171,10 +171,10 @@ class SMTPServerProtocol(Protocol):
             delay = 0.0  # seen to wait for its greeting not long ago
         self._pregreet = bool(delay)
         chain = context.connectionChain
-        if not chain and not delay:
+        if not chain.calls and not delay:
             self._greet(None)
             return
-        result: object = chain.run(self.commands, session) if chain else None
+        result: object = chain.ask(self.commands, (session,)) if chain.calls else None
         if delay:  # the filters run while we wait; the greeting needs both
             filtered = result
             result = task.deferLater(context.clock, delay, lambda: filtered)
@@ -395,7 +395,8 @@ class SMTPServerProtocol(Protocol):
         code = reply.code
         if code >= 400 and code != 421 and self._errors + 1 >= self.context.config.maxErrors:
             reply, code = R.TOO_MANY_ERRORS, 421  # the last error: one reply, the 421, not two
-        answered = conn.pending
+        # only an error count needs to know which command this answers
+        answered = conn.pending if self._errors else None
         self._out.append(conn.send(reply))
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
@@ -461,7 +462,7 @@ class SMTPServerProtocol(Protocol):
         last reply, or does not answer the close_notify, is cut off after
         C{closeTimeout} seconds.
         """
-        if self._closeTimer is not None:
+        if self._closing:
             return
         self._flush()
         self._closing = True
@@ -470,7 +471,11 @@ class SMTPServerProtocol(Protocol):
             self._registered = False
             transport.unregisterProducer()
         transport.loseConnection()
-        if getattr(transport, "connected", True):
+        # a plain TCP connection with nothing left to write closes at once:
+        # no timer to schedule (one per connection) and cancel
+        if getattr(transport, "connected", True) and not (
+            self._direct and _writethrough.drained(transport)
+        ):
             self._closeTimer = self.context.clock.callLater(
                 self.context.config.closeTimeout, self._abort
             )
