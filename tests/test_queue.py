@@ -654,29 +654,34 @@ class SlotBeforeReadTests(QueueCase):
         self.relay.release(OK)
         self.assertTrue(made[-1].closed)
 
-    def test_backendHoldsPastTheRunner(self) -> None:
-        """A local backend still reading when the runner is done (a timeout) keeps it open."""
+    def test_localBackendNeverCancelled(self) -> None:
+        """A slow local backend is waited for past the timeout (logged), never cancelled."""
 
         @implementer(IDeliveryBackend)
         class Threaded:
             def __init__(self) -> None:
-                self.holds: list[Any] = []
+                self.calls: list[defer.Deferred[Any]] = []
 
             def deliver(self, envelope: Envelope, message: Message) -> Any:
-                self.holds.append((message, message.retain()))
-                return defer.Deferred()
+                d: defer.Deferred[Any] = defer.Deferred(
+                    lambda _: self.fail()  # cancelling would deliver twice
+                )
+                self.calls.append(d)
+                return d
+
+            def fail(self) -> None:
+                raise AssertionError("a local delivery was cancelled")
 
         threaded = Threaded()
         self.start(local=threaded, deliveryTimeout=10)
         self.send(envelope("s@example.com", "a@example.com"))
-        [(held, hold)] = threaded.holds
-        self.clock.advance(10)  # the runner gives up on this attempt
+        self.clock.advance(3600)
+        self.assertEqual(len(threaded.calls), 1)  # no second attempt meanwhile
+        self.assertFalse(self.runner.idle())
+        self.assertTrue(any("has not answered" in e.get("log_format", "") for e in self.logged))
+        threaded.calls[0].callback(None)
         self.assertTrue(self.runner.idle())
-        self.assertTrue(held.closing)
-        self.assertFalse(held.closed)
-        self.assertEqual(held.getvalue(), b"Subject: test\r\n\r\nHello\r\n")
-        hold.release()
-        self.assertTrue(held.closed)
+        self.assertEqual(self.queued(), [])
 
 
 class RestartTests(QueueCase):

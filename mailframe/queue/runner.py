@@ -116,7 +116,10 @@ class QueueRunner(QueueTools):
 
     @param reports: how delivery status notifications are made.
 
-    @param deliveryTimeout: seconds a backend or relay may take per attempt.
+    @param deliveryTimeout: seconds a relay transfer may take per attempt
+        (then a 4xx: tried again later); a local backend is never cut off
+        (it may be writing in a thread): it is waited for, with a warning
+        logged after this long.
 
     @param logDeliveries: one log line per recipient outcome.
     """
@@ -412,9 +415,23 @@ class QueueRunner(QueueTools):
             log.failure("{id}: delivery to {key} failed", reason, id=entry.id, key=key)
             return [(_LOCAL_ERROR, None, False)] * count
 
-        result.addTimeout(self.deliveryTimeout, self.clock)
+        if key == LOCAL:
+            # a local backend is never cancelled: one writing in a thread
+            # cannot be stopped, and a retry would deliver the message twice
+            warning = self.clock.callLater(self.deliveryTimeout, self._slow, entry, key)
+            result.addBoth(_cancelCall, warning)
+        else:
+            result.addTimeout(self.deliveryTimeout, self.clock)
         result.addCallback(_replies, count, entry.id)
         return result.addErrback(failed).addBoth(released)
+
+    def _slow(self, entry: QueueEntry, key: str) -> None:
+        log.warn(
+            "{id}: the {key} backend has not answered in {seconds:g} s; waiting for it",
+            id=entry.id,
+            key=key,
+            seconds=self.deliveryTimeout,
+        )
 
     def _settle(
         self,
@@ -571,3 +588,9 @@ def _replies(result: object, count: int, entryID: str) -> list[_Answer]:
     remotes = tuple(result.remote) + (None,) * count
     dsn = result.dsn + (False,) * count
     return list(zip(result.replies, remotes[:count], dsn[:count], strict=True))
+
+
+def _cancelCall(result: object, call: IDelayedCall) -> object:
+    if call.active():
+        call.cancel()
+    return result
