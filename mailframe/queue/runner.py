@@ -55,7 +55,7 @@ from mailframe.message import Message
 from mailframe.plugins import checkProviders
 from mailframe.queue import bounce
 from mailframe.queue._reading import AttemptMessage
-from mailframe.queue._tools import QueueTools, UnknownEntry
+from mailframe.queue._schedule import Schedule
 from mailframe.queue.entry import (
     DELIVERED,
     FAILED,
@@ -97,9 +97,13 @@ def defaultRouteKey(isLocal: Callable[[Domain], bool]) -> Callable[[Address], st
     return routeKey
 
 
-class QueueRunner(QueueTools):
+class UnknownEntry(KeyError):
+    """No message with that id in the queue."""
+
+
+class QueueRunner:
     """
-    Delivers the entries of C{spool}; becomes its C{committed} callback.
+    Delivers the entries of C{spool}; it listens to the spool's commits.
 
     @param clock: times every retry (a C{task.Clock} in tests).
 
@@ -158,16 +162,14 @@ class QueueRunner(QueueTools):
         self.logDeliveries = logDeliveries
         self.remoteLimits = Limiter(maxConnections, maxPerDestination)
         self.localLimits = Limiter(maxLocal, maxLocal)
-        self.entries: dict[str, QueueEntry] = {}
-        self._timers: dict[str, IDelayedCall] = {}
-        self._active: set[str] = set()
+        self.schedule = Schedule(clock, self._attempt)
+        self.entries = self.schedule.entries
         self._cache: dict[str, bytes] = {}
         self._reportIDs = itertools.count(1)
         self._writing: dict[str, list[defer.Deferred[None]]] = {}
-        self._deleted: set[str] = set()
         self._startWaiters: list[defer.Deferred[None]] = []
         self.running = False
-        spool.committed = self.enqueue
+        spool.setCommitListener(self.enqueue)
 
     # -- life -------------------------------------------------------------------
 
@@ -201,10 +203,7 @@ class QueueRunner(QueueTools):
     def stop(self) -> None:
         """Stop scheduling (attempts under way finish and record their outcome)."""
         self.running = False
-        for call in self._timers.values():
-            if call.active():
-                call.cancel()
-        self._timers.clear()
+        self.schedule.cancelAll()
 
     def enqueue(self, entry: QueueEntry, data: bytes | None = None) -> None:
         """A newly committed entry: schedule it now (C{data}: its bytes, if at hand)."""
@@ -225,7 +224,55 @@ class QueueRunner(QueueTools):
 
     def idle(self) -> bool:
         """True when no attempt is under way."""
-        return not self._active
+        return self.schedule.idle()
+
+    # -- the queue tools' operations (mailframe-queue, through the control socket) --
+
+    def underWay(self, entryID: str) -> bool:
+        """True while an attempt of the entry runs."""
+        return self.schedule.underWay(entryID)
+
+    def scheduledAt(self, entryID: str) -> float | None:
+        """When the entry's next attempt is due (clock seconds), or None: no timer."""
+        return self.schedule.scheduledAt(entryID)
+
+    def _entry(self, entryID: str) -> QueueEntry:
+        entry = self.entries.get(entryID)
+        if entry is None:
+            raise UnknownEntry(entryID)
+        return entry
+
+    def hold(self, entryID: str, held: bool = True) -> defer.Deferred[bool]:
+        """
+        Hold the entry (no attempt until released; one under way finishes),
+        or release it (C{held=False}: tried at its next attempt time, at
+        once if that has passed).  Fires True once the envelope on disk says
+        so, False if it said so already.  @raise UnknownEntry: no such id.
+        """
+        entry = self._entry(entryID)
+        if entry.held == held:
+            return defer.succeed(False)
+        entry.held = held
+        if held:
+            self.schedule.cancel(entryID)
+        else:
+            self._schedule(entry, entry.nextAttempt)
+        return self._write(entry).addCallback(lambda _: True)
+
+    def release(self, entryID: str) -> defer.Deferred[bool]:
+        """L{hold} with C{held=False}."""
+        return self.hold(entryID, held=False)
+
+    def delete(self, entryID: str) -> None:
+        """
+        Forget the entry and remove its files, with no report to anyone
+        (after an attempt under way).  @raise UnknownEntry: no such id.
+        """
+        self._entry(entryID)
+        self._cache.pop(entryID, None)
+        log.info("{id}: deleted from the queue", id=entryID)
+        if self.schedule.forget(entryID):
+            self._remove(entryID)
 
     def _write(self, entry: QueueEntry) -> defer.Deferred[None]:
         """
@@ -269,20 +316,14 @@ class QueueRunner(QueueTools):
     # -- scheduling -----------------------------------------------------------------
 
     def _schedule(self, entry: QueueEntry, when: float) -> None:
-        if not self.running or entry.id in self._active or entry.held:
+        if not self.running or self.schedule.underWay(entry.id) or entry.held:
             return
-        old = self._timers.pop(entry.id, None)
-        if old is not None and old.active():
-            old.cancel()
-        delay = max(0.0, when - self.clock.seconds())
-        self._timers[entry.id] = self.clock.callLater(delay, self._attempt, entry.id)
+        self.schedule.at(entry, when)
 
     def _attempt(self, entryID: str) -> None:
-        self._timers.pop(entryID, None)
         entry = self.entries.get(entryID)
-        if entry is None or entryID in self._active:
+        if entry is None or not self.schedule.begin(entryID):
             return
-        self._active.add(entryID)
         try:
             result = self._deliver(entry)
         except Exception:
@@ -291,9 +332,7 @@ class QueueRunner(QueueTools):
 
     def _attempted(self, result: object, entry: QueueEntry) -> None:
         """The attempt is over: C{result} is when to try again (None: never), or a Failure."""
-        self._active.discard(entry.id)
-        if entry.id in self._deleted:  # deleted while the attempt ran
-            self._deleted.discard(entry.id)
+        if self.schedule.end(entry.id):  # deleted while the attempt ran
             if result is not None:  # None: finished, and its files removed already
                 self._remove(entry.id)
             if isinstance(result, Failure):

@@ -194,7 +194,7 @@ class Spool:
         self.queue = os.path.join(self.path, "queue")
         self.corrupt = os.path.join(self.path, "corrupt")
         self.free = FilePool(os.path.join(self.path, "free"))
-        self.committed = committed
+        self._committedListener = committed
         self._pool: ThreadPool | None = None
         if worker is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=4, name="mailframe-spool")
@@ -424,6 +424,16 @@ class Spool:
             results = list(self._fsyncPool.map(fsyncResult, [fd for _, fd, _ in files]))
         return [(i, e) for (i, _, _), e in zip(files, results, strict=True) if e is not None]
 
+    def setCommitListener(
+        self, listener: Callable[[QueueEntry, bytes | None], None] | None
+    ) -> None:
+        """
+        Call C{listener(entry, data)} in the reactor thread with each entry
+        once it is durable (C{data}: its bytes, if kept in memory); the queue
+        runner listens so.  One listener: a new one replaces the last.
+        """
+        self._committedListener = listener
+
     def _committed(
         self, result: list[BaseException | None] | Failure, batch: list[_Pending]
     ) -> None:
@@ -448,10 +458,12 @@ class Spool:
                 if d is not None and not pending.cancelled:
                     d.errback(Failure(error))
                 continue
-            if self.committed is not None:  # durable: delivered even if its client gave up
+            if (
+                self._committedListener is not None
+            ):  # durable: delivered even if its client gave up
                 data = pending.data if isinstance(pending.data, bytes) else None
                 try:
-                    self.committed(pending.entry, data)
+                    self._committedListener(pending.entry, data)
                 except Exception:
                     log.failure("{id}: queueing a committed message failed", id=pending.entry.id)
             if d is not None and not pending.cancelled:
