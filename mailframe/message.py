@@ -23,8 +23,14 @@ reads this message whole, to its end, even after the free; one asked for
 after it gets L{MessageClosed}, never an empty or partial message, and no
 reader ever reads a closed or reused descriptor.
 
+Filters may also rewrite the whole header section (L{Message.headerFields},
+L{Message.replaceHeaderFields}: only the header section is rewritten) and
+replace the body (L{Message.bodyReplacement}, written to storage of its own
+and swapped in by L{Message.replaceBody} only when complete), before the
+message is handed on.
+
 Owns: message storage during a session and reading it back (as chunks, as a
-file, or its header section), and its ownership (L{Hold}).  Line endings are
+file, or its header section), editing it, and its ownership (L{Hold}).  Line endings are
 stored as received (CRLF).  Must not: import twisted or zope; do blocking
 work beyond local file writes of data that just arrived.
 """
@@ -33,15 +39,16 @@ from __future__ import annotations
 
 import email.message
 import io
+import itertools
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from email.parser import BytesHeaderParser
 from email.policy import SMTPUTF8 as _POLICY
 from typing import BinaryIO, TypeVar
 
-__all__ = ["Hold", "Message", "MessageClosed", "toLF"]
+__all__ = ["BodyReplacement", "Hold", "Message", "MessageClosed", "toLF"]
 
 _T = TypeVar("_T")
 
@@ -110,6 +117,7 @@ class Message:
         self._tempDir = tempDir
         self._finished = False
         self._head: tuple[int, bytes] | None = None  # (end, rewritten fields)
+        self._trace: bytes | None = None  # the server's own trace field
         self._holds = 0
         self._closing = False
         self._freed = False
@@ -158,6 +166,12 @@ class Message:
         (C{b"Received: ...\\r\\n"}), skipping L{prependHeader}'s checks.
         """
         self._prefix.insert(0, field)
+        self._trace = field
+
+    @property
+    def traceField(self) -> bytes | None:
+        """The field the last L{prependTrace} added (the server's Received:), if any."""
+        return self._trace
 
     def removeHeaderFields(self, predicate: Callable[[str, str], bool]) -> int:
         """
@@ -203,6 +217,111 @@ class Message:
         end = data.find(b"\r\n\r\n")
         end = end + 2 if end >= 0 else min(len(data), _MAX_HEADER_SECTION)
         return 0, end, bytes(data[:end])
+
+    # -- editing the whole header section, replacing the body (filters) ----------
+
+    def headerFields(self) -> list[bytes]:
+        """
+        Every field of the header section as it will be delivered, prepended
+        ones first: each as its octets (C{b"Name: value\\r\\n"}, continuation
+        lines included).  Only the header section (at most 256 KiB) is read.
+        """
+        if not self._finished:
+            raise RuntimeError("read the header fields once the message is complete")
+        fields = _splitFields(b"".join(self._prefix))
+        fields.extend(_splitFields(self._headerSection()[2]))
+        return fields
+
+    def replaceHeaderFields(self, fields: Sequence[bytes]) -> None:
+        """
+        Make C{fields} (as L{headerFields} gives them) the whole header
+        section; the body is not copied.  The server's trace field, if it is
+        among them, and the fields before it stay prepended ones (see
+        L{removeHeaderFields}).
+
+        @raise ValueError: a field that is not C{Name: value} with CRLF line
+            endings and continuation lines starting with white space; nothing
+            is changed then.
+        """
+        if not self._finished or self._freed:
+            raise RuntimeError("edit the header fields of a complete message only")
+        fields = list(fields)
+        for f in fields:
+            _checkField(f)
+        _, end, _ = self._headerSection()
+        cut = 0
+        if self._trace is not None and self._trace in fields:
+            cut = fields.index(self._trace) + 1
+        self._prefix = fields[:cut]
+        self._head = (end, b"".join(fields[cut:]))
+
+    def bodyChunks(self, size: int = _READ_SIZE) -> Iterator[bytes]:
+        """
+        The body: what follows the blank line after the header section, as
+        L{chunks} reads (each call from the start; close it if you stop
+        early).  Empty for a message without a blank line.
+        """
+        return self._reader([], self._bodyOffset(), size)
+
+    def _bodyOffset(self) -> int:
+        """Where the body starts in the stored octets."""
+        _, end, _ = self._headerSection()
+        reader = self._reader([], end, 2)
+        try:
+            blank = b"".join(itertools.islice(reader, 2))[:2]
+        finally:
+            reader.close()
+        return end + 2 if blank == b"\r\n" else end
+
+    def bodyReplacement(self) -> BodyReplacement:
+        """
+        A new body, written piece by piece (in memory while small, then in
+        its own temporary file) and swapped in by L{replaceBody}, or thrown
+        away with L{BodyReplacement.discard}: until then the message is
+        unchanged.
+        """
+        if not self._finished or self._freed:
+            raise RuntimeError("replace the body of a complete message only")
+        _, end, _ = self._headerSection()
+        reader = self._reader([], 0)
+        storage = Message(self._spillThreshold, self._tempDir)
+        want = end
+        try:
+            for chunk in reader:
+                if want <= 0:
+                    break
+                storage.write(chunk[:want])
+                want -= len(chunk)
+        finally:
+            reader.close()
+        storage.write(b"\r\n")
+        return BodyReplacement(storage, end)
+
+    def replaceBody(self, replacement: BodyReplacement) -> None:
+        """
+        Swap in the body written to C{replacement}.  Readers made before keep
+        reading the old message whole (they hold their own descriptors);
+        the old storage is freed now.  The owner calls it, before it hands
+        the message on.
+
+        @raise MessageClosed: the owner closed the message already.
+        """
+        if self._closing or self._freed:
+            raise MessageClosed("the message was closed before its body was replaced")
+        if not self._finished:
+            raise RuntimeError("replace the body of a complete message only")
+        storage = replacement._take()
+        storage.finish()
+        old = self._file
+        self._pieces, self._file, self._bodySize = (
+            storage._pieces,
+            storage._file,
+            storage._bodySize,
+        )
+        storage._pieces, storage._file = [], None
+        storage._free()
+        if old is not None:
+            old.close()
 
     # -- ownership (the reactor thread only) ---------------------------------------
 
@@ -326,6 +445,55 @@ class Message:
         finally:
             _closeReader(reader)
         return BytesHeaderParser(policy=_POLICY).parsebytes(bytes(head))
+
+
+class BodyReplacement:
+    """
+    A body being written to replace a L{Message}'s (L{Message.bodyReplacement}):
+    C{write} its octets (CRLF line endings, as stored), then give it to
+    L{Message.replaceBody}, or L{discard} it.
+    """
+
+    __slots__ = ("_end", "_storage")
+
+    def __init__(self, storage: Message, end: int) -> None:
+        self._storage: Message | None = storage
+        self._end = end
+
+    @property
+    def size(self) -> int:
+        """Octets of the new body written so far."""
+        storage = self._storage
+        return storage._bodySize - self._end - 2 if storage is not None else 0
+
+    def write(self, data: bytes) -> None:
+        if self._storage is None:
+            raise RuntimeError("this body replacement is used up")
+        self._storage.write(data)
+
+    def discard(self) -> None:
+        """Throw it away (its temporary file is closed).  Harmless when used up."""
+        storage, self._storage = self._storage, None
+        if storage is not None:
+            storage.close()
+
+    def _take(self) -> Message:
+        storage, self._storage = self._storage, None
+        if storage is None:
+            raise RuntimeError("this body replacement is used up")
+        return storage
+
+
+def _splitFields(head: bytes) -> list[bytes]:
+    return [f for f in _FIELD_START_RE.split(head) if f]
+
+
+_RAW_FIELD_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n\Z")
+
+
+def _checkField(field: bytes) -> None:
+    if not _RAW_FIELD_RE.match(field):
+        raise ValueError(f"not a header field: {field[:60]!r}")
 
 
 class _Reader:
