@@ -162,7 +162,7 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         [name] = listFiles(os.path.join(self.root, "new"))
         with open(os.path.join(self.root, "new", name), "rb") as f:
             data = f.read()
-        self.assertEqual(data, MESSAGE.replace(b"\r\n", b"\n"))
+        self.assertEqual(data, b"Return-Path: <a@example.com>\n" + MESSAGE.replace(b"\r\n", b"\n"))
         self.assertIn(b"bare\rCR", data)
         self.assertEqual(
             stat.S_IMODE(os.stat(os.path.join(self.root, "new", name)).st_mode), 0o600
@@ -177,7 +177,9 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         )
         [name] = listFiles(os.path.join(self.root, "new"))
         with open(os.path.join(self.root, "new", name), "rb") as f:
-            self.assertEqual(f.read(), body.replace(b"\r\n", b"\n"))
+            self.assertEqual(
+                f.read(), b"Return-Path: <a@example.com>\n" + body.replace(b"\r\n", b"\n")
+            )
 
     def test_nameFormat(self) -> None:
         """The file name is <sec>.M<usec>P<pid>Q<n>.<host>,S=<size>, host escaped."""
@@ -185,7 +187,7 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         backend = self.backend()
         self.deliver(backend, makeEnvelope("a@example.com", "b@example.com"), makeMessage())
         [name] = listFiles(os.path.join(self.root, "new"))
-        size = len(MESSAGE.replace(b"\r\n", b"\n"))
+        size = len(b"Return-Path: <a@example.com>\n" + MESSAGE.replace(b"\r\n", b"\n"))
         pattern = rf"\d+\.M\d{{1,6}}P{os.getpid()}Q\d+\.mx\\0571\\072a,S={size}"
         self.assertRegex(name, "^" + pattern + "$")
 
@@ -197,7 +199,10 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         [key] = box.keys()
         self.assertEqual(box[key]["Subject"], "hello")
         self.assertEqual(box[key].get_subdir(), "new")
-        self.assertEqual(box.get_bytes(key), MESSAGE.replace(b"\r\n", b"\n"))
+        self.assertEqual(box[key]["Return-Path"], "<a@example.com>")
+        self.assertEqual(
+            box.get_bytes(key), b"Return-Path: <a@example.com>\n" + MESSAGE.replace(b"\r\n", b"\n")
+        )
 
     def test_uniqueNames(self) -> None:
         """Many deliveries in a row give as many distinct files."""
@@ -206,6 +211,26 @@ class MaildirSingleTests(MaildirTestsMixin, TestCase):
         for _ in range(300):
             self.deliver(backend, envelope, makeMessage())
         self.assertEqual(len(set(listFiles(os.path.join(self.root, "new")))), 300)
+
+    def test_returnPathOfAReport(self) -> None:
+        """A delivery report (the null sender) starts with Return-Path: <> (RFC 5321 4.4)."""
+        from mailframe.queue.bounce import FAILED, ReportItem, ReportSettings, buildReport
+        from mailframe.queue.entry import QueueEntry, RecipientState
+
+        entry = QueueEntry(
+            id="Q1", sender="a@example.com", recipients=[RecipientState("x@remote.example")],
+            arrival=0.0, size=len(MESSAGE),
+        )  # fmt: skip
+        items = [ReportItem(entry.recipients[0], FAILED)]
+        report, _ = buildReport(entry, items, MESSAGE, ReportSettings("mx.test"), 0.0, "R1")
+        self.assertNotIn(b"Return-Path", report)  # only a final delivery adds it
+        backend = self.backend()
+        self.deliver(backend, makeEnvelope("", "a@example.com"), makeMessage(report))
+        [name] = listFiles(os.path.join(self.root, "new"))
+        with open(os.path.join(self.root, "new", name), "rb") as f:
+            data = f.read()
+        self.assertTrue(data.startswith(b"Return-Path: <>\nFrom: Mail Delivery System"), data[:80])
+        self.assertEqual(data.count(b"Return-Path:"), 1)
 
     def test_oneFileForAllRecipients(self) -> None:
         """In the single layout, several recipients share one file, without Delivered-To."""
@@ -292,7 +317,9 @@ class MaildirErrorTests(MaildirTestsMixin, TestCase):
         self.assertTrue(message.closed)
         [name] = listFiles(os.path.join(self.root, "new"))
         with open(os.path.join(self.root, "new", name), "rb") as f:
-            self.assertEqual(f.read(), (MESSAGE * 100).replace(b"\r\n", b"\n"))
+            self.assertEqual(
+                f.read(), b"Return-Path: <a@b.example>\n" + (MESSAGE * 100).replace(b"\r\n", b"\n")
+            )
 
     def failFsync(self, code: int) -> None:
         def fsync(fd: int) -> None:
@@ -389,14 +416,15 @@ class MaildirLayoutTests(MaildirTestsMixin, TestCase):
         return out
 
     def test_userLayout(self) -> None:
-        """Each recipient gets PATH/<local part>/, lowercased, with Delivered-To first."""
+        """Each recipient gets PATH/<local part>/, lowercased, with Return-Path and Delivered-To first."""
         backend = self.backend("user")
         envelope = makeEnvelope("s@example.com", "alice@example.com", "Bob@example.com")
         self.assertIsNone(self.deliver(backend, envelope, makeMessage()))
         self.assertEqual(listFiles(self.root), ["alice", "bob"])
         lf = MESSAGE.replace(b"\r\n", b"\n")
-        self.assertEqual(self.readAll("alice"), [b"Delivered-To: alice@example.com\n" + lf])
-        self.assertEqual(self.readAll("bob"), [b"Delivered-To: Bob@example.com\n" + lf])
+        head = b"Return-Path: <s@example.com>\n"
+        self.assertEqual(self.readAll("alice"), [head + b"Delivered-To: alice@example.com\n" + lf])
+        self.assertEqual(self.readAll("bob"), [head + b"Delivered-To: Bob@example.com\n" + lf])
         for sub in ("tmp", "new", "cur"):
             mode = os.stat(os.path.join(self.root, "alice", sub)).st_mode
             self.assertEqual(stat.S_IMODE(mode), 0o700)
@@ -407,7 +435,9 @@ class MaildirLayoutTests(MaildirTestsMixin, TestCase):
         envelope = makeEnvelope("s@example.com", "bob@a.example", "BOB@b.example")
         self.assertIsNone(self.deliver(backend, envelope, makeMessage()))
         [data] = self.readAll("bob")
-        self.assertTrue(data.startswith(b"Delivered-To: bob@a.example\n"))
+        self.assertTrue(
+            data.startswith(b"Return-Path: <s@example.com>\nDelivered-To: bob@a.example\n")
+        )
 
     def test_domainLayout(self) -> None:
         """The domain layout is PATH/<domain A-label>/<local part>/."""

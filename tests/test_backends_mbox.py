@@ -98,7 +98,10 @@ class MboxFormatTests(MboxTestsMixin, TestCase):
             self.deliver(backend, makeEnvelope("a@example.com", "b@example.com"), makeMessage())
         )
         self.assertEqual(
-            self.read(), b"From a@example.com Thu Jan  1 00:00:00 1970\n" + LF + b"\n"
+            self.read(),
+            b"From a@example.com Thu Jan  1 00:00:00 1970\nReturn-Path: <a@example.com>\n"
+            + LF
+            + b"\n",
         )
 
     def test_severalMessages(self) -> None:
@@ -115,7 +118,10 @@ class MboxFormatTests(MboxTestsMixin, TestCase):
             [m.get_from().split()[0] for m in messages],
             ["a@example.com", "MAILER-DAEMON", "c@example.org"],
         )
-        self.assertEqual(box.get_bytes(box.keys()[1]), b"Subject: m1\n\nbody 1\n")
+        self.assertEqual(
+            [m["Return-Path"] for m in messages], ["<a@example.com>", "<>", "<c@example.org>"]
+        )
+        self.assertEqual(box.get_bytes(box.keys()[1]), b"Return-Path: <>\nSubject: m1\n\nbody 1\n")
 
     def test_escapingRoundTrip(self) -> None:
         """From lines are mboxrd-escaped in the file and unescape to the original."""
@@ -128,7 +134,7 @@ class MboxFormatTests(MboxTestsMixin, TestCase):
         self.assertIn(b"\n>From here\n>>From there\n>>>From everywhere\nFromage\n From", data)
         box = mailbox.mbox(self.path, create=False)
         self.assertEqual(len(box), 2)
-        original = ESCAPE_BODY.replace(b"\r\n", b"\n") + b"\n"
+        original = b"Return-Path: <a@example.com>\n" + ESCAPE_BODY.replace(b"\r\n", b"\n") + b"\n"
         self.assertEqual(mboxrdUnescape(box.get_bytes(box.keys()[1])), original)
 
     def test_escapeAcrossChunks(self) -> None:
@@ -168,7 +174,7 @@ class MboxFormatTests(MboxTestsMixin, TestCase):
         self.assertTrue(fromLine(Address.null(), 0).startswith(b"From MAILER-DAEMON Thu"))
 
     def test_userLayout(self) -> None:
-        """The user layout appends to PATH/<local part> with Delivered-To; one copy per file."""
+        """The user layout appends to PATH/<local part> with Return-Path and Delivered-To; one copy per file."""
         backend = self.backend("user")
         envelope = makeEnvelope(
             "s@example.com", "alice@example.com", "Bob@example.com", "bob@example.org"
@@ -178,7 +184,9 @@ class MboxFormatTests(MboxTestsMixin, TestCase):
         box = mailbox.mbox(os.path.join(self.root, "bob"), create=False)
         self.assertEqual(len(box), 1)
         self.assertTrue(
-            box.get_bytes(box.keys()[0]).startswith(b"Delivered-To: Bob@example.com\n")
+            box.get_bytes(box.keys()[0]).startswith(
+                b"Return-Path: <s@example.com>\nDelivered-To: Bob@example.com\n"
+            )
         )
 
     def test_userLayoutLockNames(self) -> None:

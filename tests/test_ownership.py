@@ -38,6 +38,7 @@ from mailframe.queue.spool import Spool, threadWorker
 from tests._stepping import SteppingPool, SteppingReactor, installCheckpoints
 
 TRACE = b"Received: from client.example by mx.test; Thu, 1 Jan 1970 00:00:00 +0000\r\n"
+RETURN_PATH = b"Return-Path: <a@example.com>\n"  # what a final delivery adds first
 SMALL = b"From: a@example.com\r\nSubject: small\r\n\r\n" + b"a small body line\r\n" * 40
 BIG = b"From: a@example.com\r\nSubject: big\r\n\r\n" + b"".join(
     b"line %07d of a message of three megabytes, all of it must arrive\r\n" % i
@@ -216,20 +217,28 @@ class BackendTests(OwnershipCase):
 
     def test_maildirInMemory(self) -> None:
         """Maildir, a message in memory: whole whenever the owner closes it."""
-        self.dropAtEveryStep(SMALL, 1 << 20, *self.maildir(), toLFBytes(TRACE + SMALL))
+        self.dropAtEveryStep(
+            SMALL, 1 << 20, *self.maildir(), RETURN_PATH + toLFBytes(TRACE + SMALL)
+        )
 
     def test_maildirSpilled(self) -> None:
         """Maildir, 3 MB on disk: whole whenever the owner closes it."""
-        steps = self.dropAtEveryStep(BIG, SPILL, *self.maildir(), toLFBytes(TRACE + BIG))
+        steps = self.dropAtEveryStep(
+            BIG, SPILL, *self.maildir(), RETURN_PATH + toLFBytes(TRACE + BIG)
+        )
         self.assertGreater(steps, 40)  # one or more per chunk read
 
     def test_mboxInMemory(self) -> None:
         """mbox, a message in memory."""
-        self.dropAtEveryStep(SMALL, 1 << 20, *self.mbox(), toLFBytes(TRACE + SMALL) + b"\n")
+        self.dropAtEveryStep(
+            SMALL, 1 << 20, *self.mbox(), RETURN_PATH + toLFBytes(TRACE + SMALL) + b"\n"
+        )
 
     def test_mboxSpilled(self) -> None:
         """mbox, 3 MB on disk."""
-        self.dropAtEveryStep(BIG, SPILL, *self.mbox(), toLFBytes(TRACE + BIG) + b"\n")
+        self.dropAtEveryStep(
+            BIG, SPILL, *self.mbox(), RETURN_PATH + toLFBytes(TRACE + BIG) + b"\n"
+        )
 
     def test_spoolInMemory(self) -> None:
         """The spool's group commit, a message in memory given as a Message."""

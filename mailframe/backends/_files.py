@@ -1,6 +1,7 @@
 """
 Helpers shared by the file backends (maildir, mbox): turning a local part or
-domain into a safe file name, grouping recipients by destination, mapping
+domain into a safe file name, the fields a final delivery adds
+(C{Return-Path:}, C{Delivered-To:}), grouping recipients by destination, mapping
 OS errors to SMTP replies, fsync of directories, and running the blocking
 work of a delivery in the disk thread pool (L{mailframe._threads.DISK})
 while holding the message (L{mailframe.message.Message.retain}), so that
@@ -46,6 +47,7 @@ __all__ = [
     "groupJobs",
     "makeDirectory",
     "replyForError",
+    "returnPath",
     "safeName",
 ]
 
@@ -102,10 +104,22 @@ def safeName(text: str) -> str:
     return "".join(out)
 
 
+def _printable(address: Address) -> bytes:
+    return "".join(c if c.isprintable() else "?" for c in str(address)).encode("utf-8")
+
+
+def returnPath(sender: Address) -> bytes:
+    """
+    The C{Return-Path:} field (LF ending) a final delivery adds first (RFC
+    5321 4.4): the envelope sender in angle brackets, C{<>} for the null
+    path (a delivery report).
+    """
+    return b"Return-Path: <" + _printable(sender) + b">\n"
+
+
 def deliveredTo(address: Address) -> bytes:
     """A C{Delivered-To:} header line (LF ending) naming C{address}."""
-    text = "".join(c if c.isprintable() else "?" for c in str(address))
-    return b"Delivered-To: " + text.encode("utf-8") + b"\n"
+    return b"Delivered-To: " + _printable(address) + b"\n"
 
 
 def groupJobs(

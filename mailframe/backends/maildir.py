@@ -9,9 +9,11 @@ Layouts (C{layout=}):
   - C{user}: PATH/I{local}/ is the Maildir of each recipient.
   - C{domain}: PATH/I{domain}/I{local}/.
 
-In C{user} and C{domain} layouts each copy starts with a C{Delivered-To:}
-field naming the recipient (the first one, when several recipients map to
-the same Maildir: they share one file).
+This is the final delivery (RFC 5321 4.4): each copy starts with a
+C{Return-Path:} field holding the envelope sender (C{<>} for a delivery
+report).  In C{user} and C{domain} layouts a C{Delivered-To:} field naming
+the recipient follows (the first one, when several recipients map to the
+same Maildir: they share one file).
 
 Directory names.  The local part is lowercased, the domain is its
 comparison key (lowercase, IDNA A-labels; address literals as written,
@@ -60,6 +62,7 @@ from mailframe.backends._files import (
     fsyncDirectory,
     groupJobs,
     makeDirectory,
+    returnPath,
     safeName,
 )
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
@@ -139,7 +142,8 @@ class MaildirBackend:
 
     def deliver(self, envelope: Envelope, message: Message) -> Deferred[DeliveryResult | None]:
         """Write one file per Maildir; fire once every copy is fsync'd."""
-        jobs = groupJobs(envelope, self.maildirFor, self._prefix)
+        head = returnPath(envelope.mailFrom)
+        jobs = groupJobs(envelope, self.maildirFor, lambda r: head + self._prefix(r))
         return deliverInThread(
             self.reactor,
             diskPool(self.reactor, self.pool),

@@ -12,6 +12,10 @@ Layouts (C{layout=}):
     (C{bob%2Elock}), so no mailbox is another mailbox's lock file.  Each copy
     starts with a C{Delivered-To:} field, as Postfix writes it.
 
+This is the final delivery (RFC 5321 4.4): after the C{From } line each copy
+starts with a C{Return-Path:} field holding the envelope sender (C{<>} for
+a delivery report).
+
 Locking: an in-process lock, then a dotlock PATH.lock (created with
 C{O_CREAT|O_EXCL}; one older than 10 minutes is stale and removed), then an
 exclusive C{fcntl.lockf} on the file, all waiting at most C{lockTimeout}
@@ -58,6 +62,7 @@ from mailframe.backends._files import (
     fsyncDirectory,
     groupJobs,
     makeDirectory,
+    returnPath,
     safeName,
 )
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
@@ -184,7 +189,8 @@ class MboxBackend:
 
     def deliver(self, envelope: Envelope, message: Message) -> Deferred[DeliveryResult | None]:
         """Append one copy per mbox file; fire once every copy is fsync'd."""
-        jobs = groupJobs(envelope, self.mboxFor, self._prefix)
+        head = returnPath(envelope.mailFrom)
+        jobs = groupJobs(envelope, self.mboxFor, lambda r: head + self._prefix(r))
         return deliverInThread(
             self.reactor,
             diskPool(self.reactor, self.pool),
