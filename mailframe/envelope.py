@@ -170,10 +170,28 @@ class SessionInfo:
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
-    """One accepted RCPT TO: the address and its ESMTP parameters."""
+    """
+    One accepted RCPT TO: the address and its ESMTP parameters.
+
+    Rewriting (aliases, virtual maps, subaddressing, SRS bounce addresses:
+    L{mailframe.interfaces.IRecipientRewriter}) fills in the rest:
+
+      - C{targets}: what an accepted recipient stands for, each a Recipient
+        of its own (an empty tuple: accepted and delivered nowhere, as an
+        alias to C{/dev/null}); None when it is delivered as it is.  The
+        server keeps one Recipient per RCPT in C{envelope.recipients}; the
+        delivery backend is given the targets in their place (see
+        L{mailframe.server.expansion.ExpandedDelivery}).
+      - C{original}, on a target: the address the client gave in RCPT TO.
+      - C{detail}, on a target: the subaddress (RFC 5233) taken off its
+        local part: C{"tag"} for C{user+tag}, delivered to C{user}.
+    """
 
     address: Address
     params: Mapping[str, str | None] = field(default_factory=lambda: _NONE)
+    targets: tuple[Recipient, ...] | None = None
+    original: Address | None = None
+    detail: str | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -31,6 +31,11 @@ the client gets 451 4.3.0; one that does not answer within the server's
 plug-in time limit is cancelled, logged by name, and answered the same.
 Answering synchronously costs nothing: no Deferred is made on that path.
 
+Before the recipient validators, the recipient rewriters among them
+(L{IRecipientRewriter}: aliases, virtual maps, subaddressing) run as a
+pipeline of addresses rather than a chain of replies, with the same ways to
+refuse and to fail; the validators then judge what they produced.
+
 Must not: import mailframe.server, .client or .tap; hold implementations;
 import anything of mailframe when it runs (the value types its signatures
 name are imported for type checking only).
@@ -61,6 +66,8 @@ if TYPE_CHECKING:
     Answer: TypeAlias = "Reply | Deferred[Reply | None] | None"
     #: What a recipient validator answers: True accepts too.
     Decision: TypeAlias = "Reply | bool | Deferred[Reply | bool | None] | None"
+    #: What a recipient rewriter answers: None (unchanged), or what it stands for.
+    Rewritten: TypeAlias = "Sequence[Recipient] | Deferred[Sequence[Recipient] | None] | None"
     #: What a delivery backend answers.
     Delivered: TypeAlias = "DeliveryResult | Deferred[DeliveryResult | None] | None"
     #: What an extension's command handler answers.
@@ -77,6 +84,7 @@ __all__ = [
     "ILocalDomains",
     "IMessageFilter",
     "IPlugInFactory",
+    "IRecipientRewriter",
     "IRecipientValidator",
     "IRelay",
     "ISenderValidator",
@@ -153,6 +161,50 @@ class IRecipientValidator(Interface):
         @param recipient: the L{Recipient} (address and RCPT parameters).
         @return: a positive L{Reply} to accept, None for no opinion, or a
             Deferred of either.  Raise L{SMTPError} to refuse.
+        """
+
+
+class IRecipientRewriter(Interface):
+    """
+    Optional, for a recipient validator: replaces a recipient of a local
+    domain by what it stands for (an alias's members, a virtual address's
+    targets, C{user} for C{user+tag}, the original sender of an SRS bounce
+    address), before any validator judges it.
+
+    The server asks the rewriters among its validators in their order, as
+    a pipeline: each is given, one at a time, every address of a local
+    domain that the ones before it produced (an address of another domain
+    is forwarded as it is).  A rewriter answers for one recipient:
+
+      - None: unchanged, given as it is to the next rewriter;
+      - a sequence of L{Recipient}s (their C{address}, and C{detail} if it
+        took a subaddress off): what the recipient stands for; an empty one
+        accepts it and delivers it nowhere (an alias to C{/dev/null});
+      - raise L{SMTPError} to refuse it (an alias loop, a forged SRS
+        address): the client gets that reply to its RCPT;
+      - or a Deferred of any of these.
+
+    Then the validators judge each target of a local domain as if the
+    client had given it (the first refusal refuses the RCPT); targets of
+    other domains are forwarded, so a rewriter produces them only for a
+    server whose backend is the queue (C{--spool}).  The recipient the
+    server records has the targets (L{Recipient.targets}), each with the
+    RCPT's parameters (and an ORCPT naming the RCPT address, RFC 3461 4.2)
+    and C{original}; the delivery backend is given the targets instead of
+    it.  Recipients of other domains (relaying) are never rewritten.
+
+    Answering synchronously costs no Deferred; a server without rewriters
+    does nothing of this.
+    """
+
+    def rewriteRecipient(
+        session: SessionInfo, envelope: Envelope, recipient: Recipient
+    ) -> Rewritten:
+        """
+        @param recipient: the L{Recipient} (the RCPT's, or a target of an
+            earlier rewriter: C{original} and C{detail} may be set).
+        @return: None, a sequence of L{Recipient}s, or a Deferred of either.
+            Raise L{SMTPError} to refuse.
         """
 
 

@@ -45,6 +45,7 @@ from mailframe.protocol import _events as E
 from mailframe.reply import Reply, SMTPError, clientText
 from mailframe.server.context import ServerContext
 from mailframe.server.control import SessionControl
+from mailframe.server.expansion import rewrite
 from mailframe.trace import protocolName, receivedHeader
 
 __all__ = ["EARLY_TALKER", "GROUP_ENDERS", "HANDLERS", "OUT_OF_SYNC", "Commands"]
@@ -171,12 +172,29 @@ class Commands:
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
                 ext.rcptParameter(session, envelope, recipient, name, value)
+        if local and context.rewriters:  # aliases, virtual maps, subaddressing, SRS
+            rewritten = rewrite(context, session, envelope, recipient, self)
+            return then(rewritten, self._rewritten, envelope, recipient)
         if address.isPostmaster or not local:
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
         decided = context.recipientChain.ask(self, (session, envelope, recipient))
         if type(decided) is Reply:
             return self._recipientDecided(decided, envelope, recipient)
+        return then(decided, self._recipientDecided, envelope, recipient)
+
+    def _rewritten(
+        self, rewritten: Recipient | Reply | None, envelope: Envelope, recipient: Recipient
+    ) -> Reply | defer.Deferred[Reply]:
+        """After the rewriters (L{mailframe.server.expansion}): judged, refused or accepted."""
+        if isinstance(rewritten, Reply):
+            return rewritten
+        if rewritten is not None:
+            return self._recipientDecided(R.RECIPIENT_OK, envelope, rewritten)
+        if recipient.address.isPostmaster:  # not rewritten: judged as it is
+            envelope.recipients.append(recipient)
+            return R.RECIPIENT_OK
+        decided = self.context.recipientChain.ask(self, (self.session, envelope, recipient))
         return then(decided, self._recipientDecided, envelope, recipient)
 
     def _recipientDecided(self, reply: Reply, envelope: Envelope, recipient: Recipient) -> Reply:

@@ -29,6 +29,7 @@ from mailframe.interfaces import (
     IHeloValidator,
     ILocalDomains,
     IMessageFilter,
+    IRecipientRewriter,
     IRecipientValidator,
     ISenderValidator,
     ISessionObserver,
@@ -36,6 +37,7 @@ from mailframe.interfaces import (
 from mailframe.plugins import checkProviders
 from mailframe.server._util import GreetPasses, IDs, processIDs
 from mailframe.server.chains import Chain
+from mailframe.server.expansion import ExpandedDelivery
 
 __all__ = ["ServerContext", "ServerStats"]
 
@@ -98,9 +100,15 @@ class ServerContext:
                 commandLine=config.limits.commandLine + sum(e.commandLineIncrease for e in exts),
             ),
         )
-        self.backend = backend
         self.validators = tuple(validators)
         self.verifiers = tuple(v for v in validators if IAddressVerifier.providedBy(v))
+        # aliases, virtual maps, subaddressing (mailframe.server.expansion): the
+        # backend is then given the targets of the recipients they rewrite
+        self.rewriters: tuple[IRecipientRewriter, ...] = tuple(
+            v for v in validators if IRecipientRewriter.providedBy(v)
+        )
+        checkProviders(IRecipientRewriter, self.rewriters, "recipient rewriter")
+        self.backend: IDeliveryBackend = ExpandedDelivery(backend) if self.rewriters else backend
         self.senderValidators = tuple(senderValidators)
         self.connectionFilters = tuple(connectionFilters)
         self.messageFilters = tuple(messageFilters)
