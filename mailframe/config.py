@@ -142,8 +142,13 @@ class ServerConfig:
 class ProviderContext:
     """
     Given to a plug-in factory's C{makeProvider}: the reactor (a clock and
-    thread pool for providers that need them) and the server's settings.
+    thread pool for providers that need them), the server's settings, and
+    the process's DNS resolver (a C{twisted.names} C{IResolver} with a
+    cache, made from the C{dns-server} or C{resolv-conf} setting; None: the
+    system's, L{mailframe.policy._dns.defaultResolver}).  A plug-in that
+    looks names up uses C{resolver}, so that every check shares one cache.
     """
 
     reactor: Any
     config: ServerConfig
+    resolver: Any = None

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailframe.app import converters as c
+from mailframe.app.resolver import dnsServers
 from mailframe.plugins import Count, Duration, Networks, Option, SettingError, Size, YesNo
 from mailframe.queue.settings import DEFAULT_SPOOL
 
@@ -148,6 +149,18 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("proxy-network", Networks(), (),
             "A load balancer (CIDR; a,b for two) whose PROXY header a haproxy: endpoint "
             "believes.", form=LIST, shown=_proxies, metavar="CIDR"),
+    Setting("dns-server", dnsServers, (),
+            "A DNS server (ADDRESS, ADDRESS:PORT or [IPV6]:PORT; a,b for two) that every "
+            "check and MX routing ask, through one cache per process.", form=LIST, scope=TOP,
+            metavar="ADDRESS[:PORT]", shown="those of resolv-conf", details=(
+                "For a local caching or validating resolver on another port "
+                "(``127.0.0.1:5353``).  Servers are asked in turn; ``/etc/hosts`` is "
+                "read first for addresses.  Answers are kept for their TTL (at most a day), "
+                "and \"no such name\" for the negative TTL of its zone (at most an hour).")),
+    Setting("resolv-conf", c.path, None,
+            "The resolv.conf(5) file whose nameserver lines (port 53) give the DNS servers, "
+            "without dns-server.", scope=TOP, metavar="FILE", shown="/etc/resolv.conf",
+            details="Read at start and at each reload (SIGHUP)."),
     Setting("workers", Count(1, 64), 1,
             "Processes serving the same tcp: listening ports (SO_REUSEPORT), to use "
             "every core.", form=COMMAND, scope=TOP, details=(

@@ -36,6 +36,7 @@ from mailframe.app.config import (
     queueSpec,
     readConfigFile,
 )
+from mailframe.app.resolver import DNSSpec, dnsSpec, makeProcessResolver
 from mailframe.app.security import Security
 from mailframe.app.settings import COMMAND, FILE, FLAG, LIST, SCHEMA, VALUE, Setting, convert
 from mailframe.config import ProviderContext
@@ -107,8 +108,8 @@ def _appender(setting: Setting, alias: str | None = None) -> Callable[[Options, 
 class Options(usage.Options):
     """
     The options of C{twistd mailframe}, made from the table of settings;
-    C{self.listeners}, C{self.clientLimits}, C{self.queue} and
-    C{self.workers} after parsing.
+    C{self.listeners}, C{self.clientLimits}, C{self.queue}, C{self.dns}
+    and C{self.workers} after parsing.
     """
 
     synopsis = "[options]"
@@ -130,6 +131,7 @@ class Options(usage.Options):
 
     listeners: list[ListenerSpec]
     clientLimits: ClientLimits
+    dns: DNSSpec = DNSSpec()
 
     def __init__(self) -> None:
         super().__init__()
@@ -194,6 +196,7 @@ class Options(usage.Options):
         if self["config"] is not None:
             fileTop, fileListeners = readConfigFile(self["config"])
         self.clientLimits = clientLimits(command, fileTop)
+        self.dns = dnsSpec(command, fileTop)
         listeners = buildListeners(command, fileTop, fileListeners)
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
         self.queue = queueSpec(command, fileTop, networks)
@@ -330,9 +333,13 @@ def makeService(options: Options) -> MailframeService:
 
     service = MailframeService()
     security = Security(reactor, getattr(options, "clientLimits", ClientLimits()))
+    dns = getattr(options, "dns", DNSSpec())
+    resolver = makeProcessResolver(reactor, dns)  # one per process, for every check and MX
+    if dns.servers:
+        service.announcements.append(f"mailframe: DNS from {dns.describe()}, cached")
     queue = _queue(reactor, options, service)
     for spec in options.listeners:
-        context = ProviderContext(reactor, spec.config)
+        context = ProviderContext(reactor, spec.config, resolver)
         validators = [_build(IRecipientValidator, d, context) for d in spec.validate]
         backend = _build(IDeliveryBackend, spec.deliver, context)
         extensions, filters, tls = security.forListener(spec)
@@ -382,7 +389,7 @@ def makeService(options: Options) -> MailframeService:
                 "on localhost only"
             )
     if queue is not None:
-        _finishQueue(queue, options, service)
+        _finishQueue(queue, options, service, resolver)
     workers = getattr(options, "workers", 1)
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
         from mailframe.app.workers import WorkerPool, workerArgv
@@ -409,11 +416,13 @@ def _queue(reactor: Any, options: Options, service: MailframeService) -> QueueWi
     return queue
 
 
-def _finishQueue(queue: QueueWiring, options: Options, service: MailframeService) -> None:
+def _finishQueue(
+    queue: QueueWiring, options: Options, service: MailframeService, resolver: Any = None
+) -> None:
     """Build the relay and the runner once every listener's local backend is known."""
     first = options.listeners[0].config
     try:
-        queue.finish(first.hostname, logDeliveries=first.logMessages)
+        queue.finish(first.hostname, logDeliveries=first.logMessages, resolver=resolver)
     except (OSError, ValueError) as e:
         raise SystemExit(f"mailframe: cannot set up the relay: {oneLine(e)}")
     service.announcements.append(queue.describe())

@@ -135,7 +135,8 @@ def _isIP(text: str) -> bool:
 class Router:
     """
     Routes domains.  C{resolver} is a twisted.names C{IResolver} (None:
-    the system's, made when first needed); C{routes} maps a domain (or
+    the system's, L{mailframe.policy._dns.defaultResolver}, shared with the
+    checks, found when first needed); C{routes} maps a domain (or
     C{.domain} for its subdomains) to L{LOCAL} or a L{NextHop}; C{smarthost}
     takes every other domain.  C{mxTLS} is the policy for MX delivery,
     C{smarthostTLS} the default for configured hops without their own.
@@ -226,9 +227,9 @@ class Router:
     @property
     def resolver(self) -> Any:
         if self._resolver is None:
-            from twisted.names import client
+            from mailframe.policy._dns import defaultResolver
 
-            self._resolver = client.createResolver()
+            self._resolver = defaultResolver()
         return self._resolver
 
     # -- decisions ------------------------------------------------------------

@@ -1,40 +1,60 @@
 """
-Asynchronous DNS for the security checks: L{AsyncDNS} asks a
-C{twisted.names} resolver (any L{IResolver}: the system's, or
-L{mailframe.policy.testing.MemoryResolver} in tests) and turns its answers
-into plain L{Answer} values, with one timeout on the given clock.
+Asynchronous DNS for the security checks and MX routing: L{AsyncDNS} asks
+a C{twisted.names} resolver (any L{IResolver}: the process's
+L{CachingResolver}, or L{mailframe.policy.testing.MemoryResolver} in
+tests) and turns its answers into plain L{Answer} values, with one timeout
+on the given clock.
 
 Outcomes are three, as SPF, DKIM and DMARC want them (RFC 7208 5, RFC 7489
 6.6.3): answers; no answers (the name does not exist, or has no record of
 that type: an empty list); or L{DNSTemporaryError} (SERVFAIL, a refusal, a
 timeout), which the checks report as C{temperror}.
 
+One process has one resolver (L{makeResolver}): the servers of
+C{dns-server} (any port), or the C{nameserver} lines of a resolv.conf(5)
+file (port 53), behind C{/etc/hosts} and one L{CachingResolver}, which
+keeps answers for their TTL and "no such name" / "no such record" answers
+for their SOA's negative TTL (RFC 2308), in a bounded table, with no timer:
+an entry is dropped when it is found expired.  Every check and the
+router share it, so a name looked up by the DNSBL check, SPF and the relay
+is asked once.  (C{twisted.names.client.createResolver}'s chain has a cache
+that nothing fills, and its resolv.conf parser fixes port 53.)
+
 Owns: the query types the checks need (A, AAAA, MX, PTR, TXT), the
-conversion of records, the timeout, and the process's default resolver.
-Must not: block (every lookup is a Deferred), or cache beyond what the
-resolver does (C{twisted.names.client.createResolver} has its own cache).
+conversion of records, the timeout, the cache, and the process's default
+resolver.  Must not: block (every lookup is a Deferred; resolv.conf is
+read once, when the resolver is made), or schedule timers.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.names import dns, error
+from twisted.names import common, dns, error
 from twisted.python.failure import Failure
 
 __all__ = [
+    "DEFAULT_RESOLV_CONF",
     "Answer",
     "AsyncDNS",
+    "CachingResolver",
     "DNSTemporaryError",
     "defaultResolver",
+    "makeResolver",
+    "parseServer",
+    "readResolvConf",
     "reverseName",
 ]
+
+DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
+HOSTS = "/etc/hosts"
 
 #: The query types the checks use, and the IResolver method of each.
 _METHODS = {
@@ -173,17 +193,200 @@ class AsyncDNS:
         )
 
 
-_defaults: dict[int, Any] = {}
+# -- the process's resolver -----------------------------------------------------------
 
 
-def defaultResolver(reactor: Any) -> Any:
+def parseServer(text: str) -> tuple[str, int]:
     """
-    The system's resolver (C{/etc/resolv.conf}, C{/etc/hosts}, with a
-    cache), made once per reactor and shared by every check.
+    C{ADDRESS}, C{ADDRESS:PORT} or C{[IPV6]:PORT} as (address, port); port
+    53 by default.  A name is not an address: the resolver could not find
+    its own server.
+
+    @raise ValueError: one line saying what is wrong.
     """
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [IPV6]:PORT, not {text!r}")
+        port = rest[1:] or "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"expected an IP address, ADDRESS:PORT or [IPV6]:PORT, not {text!r}"
+        ) from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in {text!r}")
+    return str(address), int(port)
+
+
+def readResolvConf(path: str = DEFAULT_RESOLV_CONF) -> list[tuple[str, int]]:
+    """
+    The servers of a resolv.conf(5) file: its C{nameserver} lines, port 53
+    (the file cannot say another); 127.0.0.1 if it names none or does not
+    exist, as the C library does.
+
+    @raise OSError: the file exists but cannot be read.
+    """
+    servers: list[tuple[str, int]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                servers.append((str(ipaddress.ip_address(words[1].partition("%")[0])), 53))
+            except ValueError:
+                continue
+    return servers or [("127.0.0.1", 53)]
+
+
+def _soaTTL(records: Iterable[Any]) -> float | None:
+    """The negative TTL an SOA in C{records} gives (RFC 2308 5), or None."""
+    for rr in records:
+        if rr.type == dns.SOA:
+            return float(min(rr.ttl, rr.payload.minimum))
+    return None
+
+
+class CachingResolver(common.ResolverBase):
+    """
+    An L{IResolver} that keeps what C{upstream} (another IResolver) answers:
+    answers for the lowest TTL of their records, "no such name" (NXDOMAIN)
+    and "no such record" answers for the negative TTL of the SOA that comes
+    with them (none: not kept), each at most C{maxTTL} / C{maxNegativeTTL}
+    seconds.  Failures for now (SERVFAIL, timeouts) are never kept.  At most
+    C{maxEntries} names are kept, the least recently used going first;
+    expired entries go when they are next asked for.  No timer is ever
+    scheduled.
+
+    C{hits} and C{misses} count the lookups answered from the table and not.
+    """
+
+    def __init__(
+        self,
+        upstream: Any,
+        clock: IReactorTime,
+        maxEntries: int = 10000,
+        maxTTL: float = 86400.0,
+        maxNegativeTTL: float = 3600.0,
+    ) -> None:
+        super().__init__()
+        if maxEntries < 1:
+            raise ValueError("maxEntries must be at least 1")
+        self.upstream = upstream
+        self.clock = clock
+        self.maxEntries = maxEntries
+        self.maxTTL = maxTTL
+        self.maxNegativeTTL = maxNegativeTTL
+        self.hits = 0
+        self.misses = 0
+        self._table: OrderedDict[tuple[str, int, int], tuple[float, Any, bool]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        self._table.clear()
+
+    def _lookup(self, name: Any, cls: int, type: int, timeout: Any) -> defer.Deferred[Any]:
+        text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+        key = (text.rstrip(".").lower(), type, cls)
+        entry = self._table.get(key)
+        if entry is not None:
+            expires, value, failed = entry
+            if expires > self.clock.seconds():
+                self.hits += 1
+                self._table.move_to_end(key)
+                return defer.fail(value) if failed else defer.succeed(value)
+            del self._table[key]
+        self.misses += 1
+        d = defer.maybeDeferred(self.upstream.query, dns.Query(name, type, cls), timeout)
+        return d.addCallbacks(
+            self._answered, self._failed, callbackArgs=(key,), errbackArgs=(key,)
+        )
+
+    def _keep(
+        self, key: tuple[str, int, int], ttl: float | None, value: Any, failed: bool
+    ) -> None:
+        if ttl is None or ttl <= 0:
+            return
+        table = self._table
+        table[key] = (self.clock.seconds() + ttl, value, failed)
+        table.move_to_end(key)
+        while len(table) > self.maxEntries:
+            table.popitem(last=False)
+
+    def _answered(self, result: Any, key: tuple[str, int, int]) -> Any:
+        answers, authority, _ = result
+        if answers:
+            ttl: float | None = min(min(rr.ttl for rr in answers), self.maxTTL)
+        else:  # NODATA: the name exists, without a record of this type
+            ttl = _soaTTL(authority)
+            ttl = None if ttl is None else min(ttl, self.maxNegativeTTL)
+        self._keep(key, ttl, result, False)
+        return result
+
+    def _failed(self, reason: Failure, key: tuple[str, int, int]) -> Failure:
+        value = reason.value
+        if isinstance(value, error.DNSNameError):  # NXDOMAIN, with the server's message
+            message = value.args[0] if value.args else None
+            ttl = _soaTTL(getattr(message, "authority", ()))
+            if ttl is not None:
+                self._keep(key, min(ttl, self.maxNegativeTTL), value, True)
+        return reason
+
+
+def makeResolver(
+    reactor: Any,
+    servers: Sequence[tuple[str, int]] = (),
+    resolvConf: str | None = None,
+    hosts: str | None = HOSTS,
+    timeout: Sequence[int] = (1, 3, 11, 45),
+) -> CachingResolver:
+    """
+    The resolver of one process: C{hosts} first (for A and AAAA), then the
+    DNS C{servers}, or those of the resolv.conf C{resolvConf} (default
+    C{/etc/resolv.conf}), asked in turn with C{timeout} (seconds before each
+    retry); all behind one L{CachingResolver}.  C{resolvConf} is read now,
+    once.
+
+    @raise OSError: C{resolvConf} cannot be read.
+    """
+    from twisted.names import client, resolve
+    from twisted.names import hosts as hostsModule
+
+    found = list(servers) or readResolvConf(resolvConf or DEFAULT_RESOLV_CONF)
+    chain: list[Any] = []
+    if hosts:
+        chain.append(hostsModule.Resolver(hosts.encode()))
+    chain.append(client.Resolver(servers=found, timeout=tuple(timeout), reactor=reactor))
+    return CachingResolver(resolve.ResolverChain(chain), reactor)
+
+
+_defaults: dict[int, CachingResolver] = {}
+
+
+def defaultResolver(reactor: Any = None) -> CachingResolver:
+    """
+    The system's resolver (C{/etc/hosts}, then C{/etc/resolv.conf}'s
+    servers, with a cache: L{makeResolver}), made once per reactor and
+    shared by every check and router not given one.  C{reactor} None is the
+    global reactor.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as globalReactor
+
+        reactor = globalReactor
     key = id(reactor)
     if key not in _defaults:
-        from twisted.names import client
-
-        _defaults[key] = client.createResolver()
+        _defaults[key] = makeResolver(reactor)
     return _defaults[key]

@@ -66,9 +66,13 @@ def _word(value: str) -> str:
 
 
 def _dns(context: ProviderContext, timeout: float) -> AsyncDNS:
+    """Lookups through the process's resolver (C{context.resolver}, else the system's)."""
     from mailframe.policy._dns import AsyncDNS, defaultResolver
 
-    return AsyncDNS(defaultResolver(context.reactor), context.reactor, timeout)
+    resolver = context.resolver
+    if resolver is None:
+        resolver = defaultResolver(context.reactor)
+    return AsyncDNS(resolver, context.reactor, timeout)
 
 
 class _Limits(PlugInFactory):

@@ -116,16 +116,21 @@ class QueueWiring:
         """Domains a server treats as local (its settings' and its validators')."""
         self.localDomains.update(domains)
 
-    def finish(self, hostname: str, logDeliveries: bool = True) -> QueueService:
+    def finish(
+        self, hostname: str, logDeliveries: bool = True, resolver: Any = None
+    ) -> QueueService:
         """
-        Build the relay and the runner.
+        Build the relay and the runner; the relay's MX routing asks
+        C{resolver} (the process's, shared with the checks; None: the system's).
 
         @raise ValueError: one line, for relay settings that cannot be used.
         """
         from mailframe.client.relay import SMTPRelay
 
         spec = self.spec
-        self.relay = SMTPRelay.fromConfig(dict(spec.relay), self.reactor, hostname)
+        self.relay = SMTPRelay.fromConfig(
+            dict(spec.relay), self.reactor, hostname, resolver=resolver
+        )
         domains = self.localDomains
         runner = QueueRunner(
             self.reactor,
