@@ -1,6 +1,7 @@
 """
 Draw the SMTP session state machines from mailframe.protocol._state (the
-server) and mailframe.protocol._clientstate (the client).
+server) and mailframe.protocol._clientstate (the client), with what the
+LMTP dialect changes in each.
 
 Writes docs/_generated/statemachine.inc and docs/_generated/clientstate.inc
 (reST tables and Graphviz dot sources) so the documentation can never
@@ -112,6 +113,7 @@ def renderServer() -> str:
         "an overlong line) takes the negative transition of its end of data or chunk.",
         f"* Nothing is read in {', '.join(s.name for s in S.State if s in S.PAUSED_IN)}.",
         "",
+        *_serverDialects(),
         "The same as a Graphviz graph (positive replies and the replies to no command):",
         "",
     ]
@@ -124,6 +126,39 @@ def renderServer() -> str:
     edges.append((before.name, after.name, "startTLS()"))
     out += _dot("smtp_server", edges)
     return "\n".join(out)
+
+
+def _names(kinds: object) -> str:
+    names = sorted(k.__name__ for k in kinds)  # type: ignore[attr-defined]
+    return ", ".join(f"``{n}``" for n in names) or "none"
+
+
+def _serverDialects() -> list[str]:
+    """The dialects of the server tables (SMTP, LMTP), as a table."""
+    out = [
+        "The tables serve SMTP and LMTP (RFC 2033) alike; a dialect changes only "
+        "these (events answered per recipient get one reply per accepted ``RCPT``, in "
+        "order, duplicates included, and take their transition with the last one):",
+        "",
+    ]
+    rows = [("dialect", "greeting verbs", "always in force", "answered per recipient")]
+    for d in S.DIALECTS:
+        verbs = ", ".join(f"``{v}``" + (" (extended)" if x else "") for v, x in d.hello.items())
+        always = ", ".join(sorted(d.alwaysOffered)) or "none"
+        rows.append((d.name, verbs, always, _names(d.perRecipient)))
+    out += _table(rows)
+    return out
+
+
+def _clientDialects() -> list[str]:
+    out = ["The dialects the client speaks on the same tables:", ""]
+    rows = [("dialect", "greets with", "answered per accepted recipient")]
+    for d in C.CLIENT_DIALECTS:
+        verbs = ", ".join(f"``{verb}``" for verb in d.hello.values())
+        kinds = _names(d.perRecipient).replace("``Bdat``", "the last ``Bdat``")
+        rows.append((d.name, verbs, kinds))
+    out += _table(rows)
+    return out
 
 
 def renderClient() -> str:
@@ -157,6 +192,7 @@ def renderClient() -> str:
         f"* Nothing is read in {', '.join(s for s in C.CLIENT_STATES if s in C.PAUSED_IN)}.",
         "",
     ]
+    out += _clientDialects()
     edges: list[tuple[str, str, str]] = []
     for answered, rules in C.REPLIES.items():
         label = "greeting" if answered is C.E.Greeting else answered.__name__

@@ -61,6 +61,19 @@ class DrawingTests(SynchronousTestCase):
                 self.assertIn(f"``{kind.__name__}``", text)
         self.assertIn("digraph smtp_client", text)
 
+    def test_dialects(self) -> None:
+        """What LMTP changes, for the server and the client, is on the page."""
+        server, client = self.script.renderServer(), self.script.renderClient()
+        for dialect in S.DIALECTS:
+            self.assertIn(dialect.name, server)
+            for verb in dialect.hello:
+                self.assertIn(f"``{verb}``", server)
+        self.assertIn("ENHANCEDSTATUSCODES, PIPELINING", server)
+        for cd in C.CLIENT_DIALECTS:
+            for verb in cd.hello.values():
+                self.assertIn(f"``{verb}``", client)
+        self.assertIn("the last ``Bdat``, ``EndOfMessage``", client)
+
     def test_write(self) -> None:
         """write() leaves both include files where docs/statemachine.rst looks."""
         directory = self.mktemp()

@@ -14,19 +14,24 @@ buffer, or import twisted or zope.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from mailframe.protocol import _events as E
 
 __all__ = [
     "ANY",
+    "CLIENT_DIALECTS",
     "CLIENT_STATES",
     "CLOSING",
     "COMMANDS",
     "HANDSHAKE",
+    "LMTP",
     "PAUSED_IN",
     "REPLIES",
     "SAME",
     "SENDS",
+    "SMTP",
+    "ClientDialect",
     "ClientState",
 ]
 
@@ -110,3 +115,28 @@ dropped and the capabilities forgotten, so EHLO must be sent again.
 
 PAUSED_IN = frozenset({_C.TLS, _C.CLOSED})
 """States in which no reply is read (C{nextEvent} returns PAUSED)."""
+
+
+class ClientDialect(NamedTuple):
+    """
+    What one protocol changes for the client: the verb it greets with
+    (C{hello}: for an extended greeting, True, and a plain one, False; a
+    protocol without a plain greeting has no False), and the commands
+    whose reply comes once per recipient accepted since the last MAIL, in
+    the order of the RCPT commands (at least once), instead of once: the
+    end of the data, and a BDAT chunk when it is the last one.
+    """
+
+    name: str
+    hello: Mapping[bool, str]
+    perRecipient: frozenset[type[E.Event]]
+
+
+SMTP = ClientDialect("SMTP", {True: "EHLO", False: "HELO"}, frozenset())
+"""SMTP (RFC 5321): EHLO, or HELO; one reply to each command and to the end of the data."""
+
+LMTP = ClientDialect("LMTP", {True: "LHLO"}, frozenset({E.EndOfMessage, E.Bdat}))
+"""LMTP (RFC 2033): LHLO only; the end of the data (DATA or BDAT LAST) answered per recipient."""
+
+CLIENT_DIALECTS = (SMTP, LMTP)
+"""Every dialect (for the documentation)."""

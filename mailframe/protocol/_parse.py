@@ -13,7 +13,7 @@ grammar itself is in L{mailframe.address}.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from mailframe import reply as R
@@ -21,7 +21,14 @@ from mailframe.address import Address, AddressError, parseMailbox
 from mailframe.protocol import _events as E
 from mailframe.protocol._errors import CommandSyntaxError  # defined there, importable here
 
-__all__ = ["CommandSyntaxError", "decodeXtext", "encodeXtext", "parseCommand", "parseParameters"]
+__all__ = [
+    "CommandSyntaxError",
+    "decodeXtext",
+    "encodeXtext",
+    "parseCommand",
+    "parseParameters",
+    "parsersFor",
+]
 
 MAX_PATH = 256
 
@@ -170,6 +177,8 @@ QUIT = E.Quit()
 NOOP = E.Noop()
 STARTTLS = E.StartTLS()
 
+Parsers = Mapping[str, Callable[[str], E.Event]]
+
 _PARSERS: dict[str, Callable[[str], E.Event]] = {
     "HELO": _hello(False),
     "EHLO": _hello(True),
@@ -189,11 +198,32 @@ _PARSERS: dict[str, Callable[[str], E.Event]] = {
 OBSOLETE = frozenset({"SEND", "SOML", "SAML", "TURN"})
 """Verbs of RFC 821 that RFC 5321 removed: 502, not 500."""
 
+_HELLO_VERBS = frozenset({"HELO", "EHLO", "LHLO"})
+_TABLES: dict[tuple[tuple[str, bool], ...], Parsers] = {}
 
-def parseCommand(line: bytes, extensionVerbs: frozenset[str] = frozenset()) -> E.Event:
+
+def parsersFor(hello: Mapping[str, bool]) -> Parsers:
+    """
+    The verb table of a protocol whose greeting verbs are C{hello} (verb ->
+    extended): C{{"HELO": False, "EHLO": True}} for SMTP, C{{"LHLO": True}}
+    for LMTP, where HELO and EHLO are then unknown verbs.  Made once.
+    """
+    key = tuple(sorted(hello.items()))
+    table = _TABLES.get(key)
+    if table is None:
+        built = {verb: p for verb, p in _PARSERS.items() if verb not in _HELLO_VERBS}
+        built.update({verb.upper(): _hello(extended) for verb, extended in hello.items()})
+        table = _TABLES[key] = MappingProxyType(built)
+    return table
+
+
+def parseCommand(
+    line: bytes, extensionVerbs: frozenset[str] = frozenset(), parsers: Parsers = _PARSERS
+) -> E.Event:
     """
     Parse one command line (without its line ending).  C{extensionVerbs}
     are verbs that extensions add; they become L{E.ExtensionCommand}.
+    C{parsers}: the verbs of the protocol (L{parsersFor}); SMTP's by default.
     """
     if b"\x00" in line:
         raise CommandSyntaxError(R.BAD_ENCODING)
@@ -208,7 +238,7 @@ def parseCommand(line: bytes, extensionVerbs: frozenset[str] = frozenset()) -> E
             # verbs are ASCII: "\u017fTARTTLS".upper() is STARTTLS, but no verb
             raise CommandSyntaxError(R.UNRECOGNIZED)
     verb = verb.upper()
-    parser = _PARSERS.get(verb)
+    parser = parsers.get(verb)
     if parser is not None:
         return parser(arg)
     if verb in extensionVerbs:

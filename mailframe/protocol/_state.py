@@ -27,11 +27,13 @@ __all__ = [
     "CHUNK_FAILED",
     "CLEAR",
     "CLOSING",
+    "DIALECTS",
     "FACTS",
     "GREETING_REPLIES",
     "GUARDS",
     "HANDSHAKE",
     "LAST_CHUNK_REFUSED",
+    "LMTP",
     "NOT_OFFERED",
     "NO_CHUNKING",
     "NO_STARTTLS",
@@ -40,10 +42,12 @@ __all__ = [
     "RCPT_REFUSED",
     "REFUSALS",
     "SAME",
+    "SMTP",
     "TLS_ACTIVE",
     "TRANSACTION_FACTS",
     "TRANSITIONS",
     "Admission",
+    "Dialect",
     "Guard",
     "State",
     "Transition",
@@ -315,6 +319,47 @@ L{E.EndOfChunk}, as if the end had been answered with the refusal.
 
 NO_TRANSACTION = frozenset({_S.GREETING, _S.REJECTED, _S.CONNECTED, _S.READY, _S.CLOSED, _S.TLS})
 """States in which no MAIL transaction is open."""
+
+
+# -- SMTP and LMTP -------------------------------------------------------------------------
+
+
+class Dialect(NamedTuple):
+    """
+    What one protocol on these tables changes: the verbs that greet (each
+    with whether it is extended, as EHLO is: its reply lists the
+    extensions), the extensions always in force (in every reply's enhanced
+    status codes, whatever the greeting's reply listed), and the events
+    answered once per accepted recipient, in the order of the RCPT commands
+    (duplicates included), instead of once; their transition is taken with
+    the last of those replies.
+    """
+
+    name: str
+    hello: Mapping[str, bool]
+    alwaysOffered: frozenset[str]
+    perRecipient: frozenset[type[E.Event]]
+
+
+SMTP = Dialect("SMTP", {"HELO": False, "EHLO": True}, frozenset(), frozenset())
+"""SMTP (RFC 5321): HELO or EHLO; one reply to each command and to each end of data."""
+
+LMTP = Dialect(
+    "LMTP",
+    {"LHLO": True},
+    frozenset({"PIPELINING", "ENHANCEDSTATUSCODES"}),
+    frozenset({E.EndOfMessage}),
+)
+"""
+LMTP (RFC 2033): LHLO only (HELO and EHLO are unknown commands, 500);
+PIPELINING and ENHANCEDSTATUSCODES always; the end of a message (the final
+dot, BDAT LAST) answered once per accepted recipient, a refusal of the
+whole message included.  A refused BDAT LAST is answered so too; a
+sequence error before any recipient was accepted gets its one reply.
+"""
+
+DIALECTS = (SMTP, LMTP)
+"""Every dialect (for the documentation)."""
 
 
 # -- the lookups the core makes, computed once from the tables above -----------------------

@@ -9,6 +9,12 @@ C{sendChunk} for BDAT), which return the bytes to write.  Replies are
 matched to commands in the order the commands were sent, which is what makes
 a pipelined MAIL/RCPT/DATA group (RFC 2920) safe to read back.
 
+With C{lmtp=True} it speaks LMTP (RFC 2033), the L{LMTP} dialect of the
+tables: L{E.Hello} goes out as LHLO (there is no HELO), and the end of the
+data (the final dot, or the last BDAT chunk) is answered once per
+recipient the server accepted since MAIL, in order: as many
+L{ServerReply} events, each naming the same end of data.
+
 Owns: the client's protocol rules that do not depend on policy: reply
 syntax and its bounds (a line over 512 octets, a malformed line or a reply
 of too many lines is a L{RemoteProtocolError} that ends the session),
@@ -38,9 +44,12 @@ from mailframe.protocol._clientstate import (
     CLOSING,
     COMMANDS,
     HANDSHAKE,
+    LMTP,
     PAUSED_IN,
     REPLIES,
     SENDS,
+    SMTP,
+    ClientDialect,
     ClientState,
 )
 from mailframe.protocol._errors import LocalProtocolError, RemoteProtocolError
@@ -111,10 +120,17 @@ def _text(line: bytes) -> str:
 
 
 class ClientConnection:
-    """One SMTP client session, as a state machine over bytes and events."""
+    """
+    One SMTP (or, with C{lmtp}, LMTP) client session, as a state machine
+    over bytes and events.
+    """
 
-    def __init__(self, limits: ClientLimits | None = None) -> None:
+    def __init__(self, limits: ClientLimits | None = None, lmtp: bool = False) -> None:
         self.limits = limits or ClientLimits()
+        self.dialect: ClientDialect = LMTP if lmtp else SMTP
+        self.lmtp = lmtp
+        self._accepted = 0  # LMTP: recipients accepted since MAIL
+        self._endDue = 0  # LMTP: replies the end of the data still awaits
         self.state = ClientState.GREETING
         self.extended = False
         self.extensions: Mapping[str, str] = MappingProxyType({})
@@ -219,6 +235,8 @@ class ClientConnection:
             self._buffer.clear()
             return ServerReply(command, reply)
         kind = type(command)
+        if self.lmtp:
+            self._countLMTP(command, kind, code)
         rules = _ON_REPLY[kind]
         if rules is not None:
             target = rules.get(code) or rules.get(ANY)
@@ -229,6 +247,22 @@ class ClientConnection:
                 elif kind is E.Data:
                     self._atLineStart, self._heldCR, self._sentData = True, False, False
         return ServerReply(command, reply)
+
+    def _countLMTP(self, command: E.Event | E.Sentinel, kind: type, code: int) -> None:
+        """
+        LMTP: count the recipients accepted since MAIL; the end of the data
+        stays awaited until it has one reply per accepted recipient.
+        """
+        if kind is E.MailFrom:
+            self._accepted = 0
+        elif kind is E.RcptTo:
+            if code < 300:
+                self._accepted += 1
+        elif kind in self.dialect.perRecipient and (kind is not E.Bdat or command.last):  # type: ignore[union-attr]
+            due = self._endDue or max(1, self._accepted)
+            self._endDue = due - 1
+            if self._endDue:
+                self._expected.appendleft(command)  # more replies to the same end
 
     def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
         self.extended = event.extended
@@ -273,7 +307,10 @@ class ClientConnection:
                 argument += " " + formatParameters(params)
             return formatCommand(event.verb, argument)
         if kind is E.Hello:
-            return formatCommand(event.verb, event.name)  # type: ignore[attr-defined]
+            verb = self.dialect.hello.get(event.extended)  # type: ignore[attr-defined]
+            if verb is None:
+                raise LocalProtocolError(f"{self.dialect.name} has no plain HELO")
+            return formatCommand(verb, event.name)  # type: ignore[attr-defined]
         if kind is E.ExtensionCommand:
             return formatCommand(event.name, event.argument)  # type: ignore[attr-defined]
         if kind is E.ContinuationLine:

@@ -7,6 +7,12 @@ write.  A command is answered before the next one is parsed: while an event
 awaits its reply, C{nextEvent} returns PAUSED.  That single rule is what keeps
 pipelined commands in order whatever the plug points do.
 
+With C{lmtp=True} it speaks LMTP (RFC 2033), the L{LMTP} dialect of the
+tables: LHLO greets (HELO and EHLO are unknown), PIPELINING and
+ENHANCEDSTATUSCODES always hold, and the end of a message awaits one reply
+per accepted recipient: C{sendEach} gives each its own, C{send} the same
+one to all (a refusal of the whole message).
+
 Owns: the protocol rules that do not depend on policy (limits, SMTPUTF8,
 the BODY parameter, BDAT framing, STARTTLS buffer discard), and applying
 the tables of L{mailframe.protocol._state}: every state change and every
@@ -16,6 +22,7 @@ on twisted or zope, or decide whether to accept an address or a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailframe import reply as R
@@ -28,7 +35,7 @@ from mailframe.protocol._buffer import (
     _MessageChecks,
 )
 from mailframe.protocol._errors import CommandSyntaxError, LocalProtocolError, RemoteProtocolError
-from mailframe.protocol._parse import parseCommand
+from mailframe.protocol._parse import parseCommand, parsersFor
 from mailframe.protocol._state import (
     ADMISSION,
     BINARY_BODY,
@@ -37,12 +44,15 @@ from mailframe.protocol._state import (
     GREETING_REPLIES,
     HANDSHAKE,
     LAST_CHUNK_REFUSED,
+    LMTP,
     NO_TRANSACTION,
     NOT_OFFERED,
     PAUSED_IN,
+    SMTP,
     TLS_ACTIVE,
     TRANSACTION_FACTS,
     TRANSITIONS,
+    Dialect,
     State,
 )
 
@@ -81,17 +91,26 @@ _ADMIT_BDAT = ADMISSION[E.Bdat]
 
 
 class ServerConnection:
-    """One SMTP server session, as a state machine over bytes and events."""
+    """
+    One SMTP (or, with C{lmtp}, LMTP) server session, as a state machine
+    over bytes and events.
+    """
 
     def __init__(
-        self, limits: Limits | None = None, extensionVerbs: frozenset[str] = frozenset()
+        self,
+        limits: Limits | None = None,
+        extensionVerbs: frozenset[str] = frozenset(),
+        lmtp: bool = False,
     ) -> None:
         self.limits = limits or Limits()
         self.extensionVerbs = extensionVerbs
+        self.dialect: Dialect = LMTP if lmtp else SMTP
+        self.lmtp = lmtp
+        self._parsers = parsersFor(self.dialect.hello)
         self.state = State.GREETING
         self.heloName: str | None = None
         self.extended = False
-        self.extensions: frozenset[str] = frozenset()
+        self.extensions: frozenset[str] = self.dialect.alwaysOffered
         self.lastLine = b""
         # what the session knows besides its state (see _state's facts)
         self._facts: set[str] = set(_UNOFFERED)
@@ -105,6 +124,7 @@ class ServerConnection:
         self._chunkCR = False
         self._smtputf8 = False
         self._recipients = 0
+        self._due = 0  # LMTP: the replies the end of a message still awaits
 
     # -- inspection -----------------------------------------------------
 
@@ -112,6 +132,16 @@ class ServerConnection:
     def pending(self) -> E.Event | None:
         """The event that awaits a reply, if any."""
         return self._pending
+
+    @property
+    def repliesDue(self) -> int:
+        """
+        The replies the pending event still awaits: 0 if none is pending,
+        else 1, or in LMTP one per accepted recipient for the end of a message.
+        """
+        if self._pending is None:
+            return 0
+        return self._due or 1
 
     @property
     def buffered(self) -> int:
@@ -176,7 +206,7 @@ class ServerConnection:
             return E.NEED_DATA
         self.lastLine = line
         try:
-            event = parseCommand(line, self.extensionVerbs)
+            event = parseCommand(line, self.extensionVerbs, self._parsers)
         except CommandSyntaxError as e:
             return self._refuse(e.reply)
         return self._admit(event)
@@ -288,10 +318,14 @@ class ServerConnection:
             last = self._lastChunk
             if refusal is not None:
                 if last:
+                    if self.lmtp:
+                        self._due = self._recipients or 1
                     self._go(LAST_CHUNK_REFUSED.get(self.state))
                 return self._refuse(refusal)
             self._chunkCR = reader.endsWithCR  # the reader judged it if last
             error, size = reader.checks.error, reader.checks.size
+        if last and self.lmtp:
+            self._due = self._recipients or 1  # one reply per accepted recipient
         if error is not None:
             # refused as if its end had been answered with the error
             transition = TRANSITIONS[E.EndOfMessage if last else E.EndOfChunk]
@@ -340,8 +374,11 @@ class ServerConnection:
         self._pending = None
         if code == CLOSING:
             self.state = State.CLOSED
+            self._due = 0
             return reply.toBytes(enhanced)
         if pending is _ERROR:
+            if self._due > 1:  # LMTP: the message is refused for every recipient
+                return self._repeat(reply.toBytes(enhanced))
             return reply.toBytes(enhanced)
         kind = type(pending)
         transition = TRANSITIONS[kind]
@@ -365,6 +402,9 @@ class ServerConnection:
                 self.limits.normaliseBareLineEndings,
             )
         if target is CLEAR:
+            if self._due > 1:  # LMTP: the same reply for every recipient
+                self._clear()
+                return self._repeat(reply.toBytes(enhanced))
             self._clear()
         elif target is not None:
             self.state = target  # type: ignore[assignment]
@@ -372,16 +412,49 @@ class ServerConnection:
             self._facts.add(transition.refused)
         return reply.toBytes(enhanced)
 
+    def _repeat(self, data: bytes) -> bytes:
+        due, self._due = self._due, 0
+        return data * due
+
+    def sendEach(self, replies: Sequence[R.Reply]) -> bytes:
+        """
+        LMTP: answer the end of a message with one reply per accepted
+        recipient, in the order of their RCPT commands (L{repliesDue} of
+        them), and return the bytes to write.  A 421 is not one of them
+        (it would end the session after the first recipients): send it
+        with L{send}.
+        """
+        pending = self._pending
+        if pending is not _ERROR and type(pending) not in self.dialect.perRecipient:
+            raise LocalProtocolError("no end of a message awaits replies per recipient")
+        due = self.repliesDue
+        if len(replies) != due:
+            raise LocalProtocolError(f"{due} replies are due, not {len(replies)}")
+        if due == 1:
+            return self.send(replies[0])
+        enhanced = "ENHANCEDSTATUSCODES" in self.extensions
+        allowed = TRANSITIONS[E.EndOfMessage].replies
+        out = []
+        for reply in replies:
+            if reply.code == CLOSING or (reply.code < 400 and reply.code not in allowed):
+                raise LocalProtocolError(f"{reply.code} may not answer one recipient")
+            out.append(reply.toBytes(enhanced))
+        self._pending = None
+        self._due = 0
+        if pending is not _ERROR:  # a refused message took its transition already
+            self._clear()
+        return b"".join(out)
+
     def _acceptHello(self, event: E.Hello, reply: R.Reply) -> None:
         self._resetTransaction()
         self.heloName = event.name
         self.extended = event.extended
         if event.extended:
-            self.extensions = frozenset(
+            self.extensions = self.dialect.alwaysOffered | frozenset(
                 line.split(" ", 1)[0].upper() for line in reply.lines[1:] if line
             )
         else:
-            self.extensions = frozenset()
+            self.extensions = self.dialect.alwaysOffered
         self._offered()
 
     def _offered(self) -> None:
@@ -416,7 +489,7 @@ class ServerConnection:
         self._continuation = False
         self.heloName = None
         self.extended = False
-        self.extensions = frozenset()
+        self.extensions = self.dialect.alwaysOffered
         self._offered()
         self._facts.add(TLS_ACTIVE)
         self.state = after
