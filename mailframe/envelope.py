@@ -208,6 +208,12 @@ class Envelope:
     C{dkim}, C{dmarc}: what the checks found, for the checks after them and
     the Authentication-Results field.  A plug-in keeps its own state for
     the transaction with L{stateFor}.
+
+    C{discard} and C{quarantine} are set by a message filter (a milter's
+    SMFIR_DISCARD and SMFIR_QUARANTINE, say), with the reason for the log:
+    a discarded message is answered 250 and delivered to nobody; a
+    quarantined one is held in the queue (C{mailframe-queue release}), or,
+    without a queue, delivered and logged as quarantined.
     """
 
     queueID: str
@@ -219,6 +225,8 @@ class Envelope:
     spf: SPFResult | None = None
     dkim: tuple[DKIMResult, ...] | None = None
     dmarc: DMARCResult | None = None
+    discard: str | None = None
+    quarantine: str | None = None
     _states: dict[int, tuple[object, Any]] = field(default_factory=dict, repr=False)
 
     def stateFor(self, owner: object, make: Callable[[], _T]) -> _T:

@@ -236,6 +236,14 @@ class IMessageFilter(Interface):
             has the message, or a Deferred of either.  Raise L{SMTPError}
             to refuse the message (the client gets that reply after its
             final dot, and nothing is delivered).
+
+        To accept the message and deliver it to nobody (a milter's
+        "discard"), set C{envelope.discard} to the reason and accept: the
+        client gets 250, the log line says why, and the backend never
+        sees it.  To hold it for a person to look at, set
+        C{envelope.quarantine}: with the queue it is held there
+        (C{mailframe-queue release} sends it on); without, it is
+        delivered, and logged as quarantined.
         """
 
 

@@ -90,6 +90,8 @@ class SpoolBackend:
         entry = QueueEntry.fromEnvelope(
             entryID, envelope, self.clock.seconds(), message.size, self.listener
         )
+        if envelope.quarantine is not None:  # a filter's quarantine: held until released
+            entry.held = True
         data: bytes | Message = message
         if message.inMemory and message.size <= self.keepInMemory:
             data = message.getvalue()

@@ -137,7 +137,7 @@ class Commands:
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
                 ext.mailParameter(session, envelope, name, value)
-        envelope.session = session.snapshot(protocolName(session, envelope))
+        envelope.session = session.snapshot(protocolName(session, envelope, context.config.lmtp))
         chain = context.senderChain
         if not chain.calls:
             return R.SENDER_OK
@@ -229,7 +229,9 @@ class Commands:
         context = self.context
         message.prependTrace(
             b"Received: %s\r\n"
-            % receivedHeader(self.session, envelope, context.clock.seconds()).encode()
+            % receivedHeader(
+                self.session, envelope, context.clock.seconds(), context.config.lmtp
+            ).encode()
         )
         chain = context.messageChain
         if not chain.calls:
@@ -248,6 +250,8 @@ class Commands:
             context.stats.refused += 1
             self._logMessage(envelope, filtered)
             return filtered
+        if envelope.discard is not None:  # a filter's discard: 250, delivered to nobody
+            return self._delivered(None, envelope, filtered)
         try:
             result = settled(context.backend.deliver(envelope, message))
         except SMTPError as e:
@@ -284,7 +288,9 @@ class Commands:
 
     def _delivered(
         self, result: DeliveryResult | None, envelope: Envelope, filtered: Reply | None
-    ) -> Reply:
+    ) -> Reply | tuple[Reply, ...]:
+        if self.context.config.lmtp:
+            return self._deliveredEach(result, envelope, filtered)
         stats = self.context.stats
         if result is None or result.delivered:
             queueID = (result.queueID if result is not None else None) or envelope.queueID
@@ -313,9 +319,71 @@ class Commands:
             f"{'accepted' if reply.code < 400 else 'refused'} "
             f"from={envelope.mailFrom.toPath()} "
             f"to={','.join(str(r.address) for r in envelope.recipients)} "
-            f"size={size}{f' user={user}' if user else ''} ({reply.code})",
+            f"size={size}{f' user={user}' if user else ''} ({reply.code}){_fate(envelope)}",
             queueID=envelope.queueID,
             code=reply.code,
+        )
+
+    def _deliveredEach(
+        self, result: DeliveryResult | None, envelope: Envelope, filtered: Reply | None
+    ) -> tuple[Reply, ...]:
+        """
+        LMTP (RFC 2033 4.2): each accepted recipient's own reply, in the
+        order of the RCPT commands.  A delivered one gets C{filtered} (a
+        message filter's positive reply) or a 250 naming it and the queue
+        ID; a 421 of the backend's becomes a 451 (a 421 would end the
+        session before the other recipients are answered).
+        """
+        recipients = envelope.recipients
+        if result is not None and len(result.replies) != len(recipients):
+            log.error(
+                "{id} {queueID}: the delivery backend answered {n} replies for {count} "
+                "recipients",
+                id=self.session.sessionID,
+                queueID=envelope.queueID,
+                n=len(result.replies),
+                count=len(recipients),
+            )
+            result = DeliveryResult.allDelivered(envelope, R.LOCAL_ERROR)
+        queueID = (result.queueID if result is not None else None) or envelope.queueID
+        replies = []
+        for i, recipient in enumerate(recipients):
+            answer = result.replies[i] if result is not None else None
+            if answer is None or answer.code < 400:
+                replies.append(filtered or _deliveredTo(recipient, queueID))
+            elif answer.code == 421:
+                replies.append(Reply(451, answer.enhanced, answer.lines))
+            else:
+                replies.append(answer)
+        delivered = sum(r.code < 400 for r in replies)
+        stats = self.context.stats
+        if delivered:
+            self.session.messages += 1
+            stats.accepted += 1
+            stats.acceptedRecipients += delivered
+        else:
+            stats.refused += 1
+        self._logEach(envelope, replies)
+        return tuple(replies)
+
+    def _logEach(self, envelope: Envelope, replies: list[Reply]) -> None:
+        """LMTP: the one log line of a message, with each recipient's reply code."""
+        if not self.context.config.logMessages:
+            return
+        size = self.message.size if self.message is not None else 0
+        user = self.session.authenticated
+        outcome = "accepted" if any(r.code < 400 for r in replies) else "refused"
+        to = ",".join(
+            f"{r.address}({reply.code})"
+            for r, reply in zip(envelope.recipients, replies, strict=True)
+        )
+        log.info(
+            "{line}",
+            line=f"{self.session.sessionID} {envelope.queueID} {outcome} "
+            f"from={envelope.mailFrom.toPath()} to={to} "
+            f"size={size}{f' user={user}' if user else ''} (LMTP)",
+            queueID=envelope.queueID,
+            code=min(r.code for r in replies),
         )
 
     def endTransaction(self) -> None:
@@ -386,6 +454,21 @@ class Commands:
 def _unknownParameter(name: str) -> Reply:
     """The 555 for a MAIL or RCPT parameter nobody owns, naming it (cut short)."""
     return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {clientText(name, 64)}")
+
+
+def _fate(envelope: Envelope) -> str:
+    """What a filter decided beyond the reply, for the log line: discarded, quarantined."""
+    if envelope.discard is not None:
+        return f" discarded ({envelope.discard})"
+    if envelope.quarantine is not None:
+        return f" quarantined ({envelope.quarantine})"
+    return ""
+
+
+def _deliveredTo(recipient: Recipient, queueID: str) -> Reply:
+    """LMTP: the 250 of one delivered recipient."""
+    return Reply(250, (2, 0, 0), f"{clientText(recipient.address.toPath(), 300)} "
+                                 f"OK queued as {queueID}")  # fmt: skip
 
 
 def _orDefault(decided: Reply | None, default: Reply) -> Reply:
