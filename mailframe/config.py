@@ -51,6 +51,9 @@ class ServerConfig:
     seconds (RFC 5321 4.5.3.2); the C{maxErrors}th 4xx/5xx reply of a
     session is a 421 that ends it (the count restarts after each accepted
     message).
+    C{lmtp}: the listener speaks LMTP (RFC 2033) instead of SMTP: LHLO, and
+    one reply per accepted recipient after the data (a delivery agent for
+    another MTA, such as Postfix's C{lmtp:} transport).
     C{requireAuthentication} (submission listeners, RFC 6409): MAIL needs an
     authenticated session, else 530 5.7.0.  C{logMessages}: one log line
     per message (accepted or refused after its data); C{transcript}: every
@@ -79,6 +82,7 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     listener: str = "smtp"
     requireAuthentication: bool = False
+    lmtp: bool = False
     commandTimeout: float = 300.0
     dataTimeout: float = 300.0
     pluginTimeout: float = 240.0
@@ -147,8 +151,11 @@ class ProviderContext:
     cache, made from the C{dns-server} or C{resolv-conf} setting; None: the
     system's, L{mailframe.policy._dns.defaultResolver}).  A plug-in that
     looks names up uses C{resolver}, so that every check shares one cache.
+    C{forwarding}: the server's backend is the queue, which relays mail for
+    addresses of other domains (aliases and virtual maps may forward there).
     """
 
     reactor: Any
     config: ServerConfig
     resolver: Any = None
+    forwarding: bool = False

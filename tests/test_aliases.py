@@ -322,3 +322,50 @@ class SubaddressTests(SynchronousTestCase):
         self.assertTrue(verifyObject(IRecipientRewriter, s))
         self.assertEqual(rewrite(s, "bob+x@example.com"), [("bob@example.com", "x")])
         self.assertIsNone(rewrite(s, "bob@example.com"))
+
+
+class FactoryTests(LogCase):
+    def context(self, forwarding: bool = False) -> Any:
+        from mailframe.config import ProviderContext, ServerConfig
+
+        config = ServerConfig(hostname="mx.example", localDomains=frozenset({"example.com"}))
+        return ProviderContext(Clock(), config, forwarding=forwarding)
+
+    def test_builds(self) -> None:
+        """aliases:PATH, virtual:PATH and subaddress build their rewriters, separators given."""
+        from mailframe.app import registry
+        from mailframe.validators.virtual import VirtualMap
+
+        aliases = registry.makeProvider(
+            IRecipientValidator, f"aliases:{self.write('x: y')}:separators=+", self.context()
+        )
+        self.assertIsInstance(aliases, AliasMap)
+        self.assertEqual(rewrite(aliases, "x+t@example.com"), [("y@example.com", "t")])
+        virtual = registry.makeProvider(
+            IRecipientValidator, f"virtual:{self.write('a@v.example b')}", self.context(True)
+        )
+        assert isinstance(virtual, VirtualMap)
+        self.assertEqual(rewrite(virtual, "a@v.example"), [("b@mx.example", None)])
+        sub = registry.makeProvider(IRecipientValidator, "subaddress:separators=-", self.context())
+        self.assertEqual(rewrite(sub, "a-b@example.com"), [("a@example.com", "b")])
+
+    def test_forwarding(self) -> None:
+        """Remote targets load only when the context says the queue forwards."""
+        from mailframe.app import registry
+        from mailframe.plugins import PlugInError
+
+        path = self.write("x: y@remote.example")
+        with self.assertRaises(PlugInError) as caught:
+            registry.makeProvider(IRecipientValidator, f"aliases:{path}", self.context())
+        self.assertIn("forwarding needs the queue", str(caught.exception))
+        registry.makeProvider(IRecipientValidator, f"aliases:{path}", self.context(True))
+
+    def test_checks(self) -> None:
+        """A missing file, bad separators or arguments are refused before anything is built."""
+        from mailframe.app import registry
+        from mailframe.plugins import PlugInError
+
+        for description in ("aliases:/nonexistent", "virtual:", "subaddress:separators=@",
+                            "subaddress:x", "subaddress:separators=none"):  # fmt: skip
+            self.assertRaises(PlugInError, registry.checkDescription, IRecipientValidator,
+                              description)  # fmt: skip

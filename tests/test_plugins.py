@@ -148,8 +148,9 @@ class BuiltinFactoryTests(unittest.TestCase):
         """Every built-in provides IPlugInFactory and IPlugin."""
         self.assertEqual(
             [f.prefix for f in registry.BUILTINS],
-            ["maildir", "mbox", "memory", "any", "domains", "addresses", "limits", "dnsbl",
-             "helo", "spf", "dkim-verify", "dmarc", "authresults", "dkim-sign"],
+            ["maildir", "mbox", "memory", "any", "domains", "addresses", "aliases", "virtual",
+             "subaddress", "limits", "dnsbl", "helo", "spf", "dkim-verify", "dmarc",
+             "authresults", "dkim-sign"],
         )  # fmt: skip
         for factory in registry.BUILTINS:
             self.assertTrue(verifyObject(IPlugInFactory, factory))
@@ -289,13 +290,13 @@ class LookupTests(unittest.TestCase):
         )
         self.assertEqual(
             [f.prefix for f in registry.factoriesFor(IRecipientValidator)],
-            ["any", "domains", "addresses"],
+            ["any", "domains", "addresses", "aliases", "virtual", "subaddress"],
         )
         self.assertEqual(
             [f.prefix for f in registry.factoriesFor(IMessageFilter)],
             ["dkim-verify", "dmarc", "authresults", "dkim-sign", "filter"],
         )
-        self.assertEqual(len(registry.factoriesFor(Interface)), 16)
+        self.assertEqual(len(registry.factoriesFor(Interface)), 19)
 
     def test_unknownPrefix(self) -> None:
         """An unknown prefix names the kind and lists the known prefixes."""

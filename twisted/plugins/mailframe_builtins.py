@@ -1,10 +1,17 @@
 # The built-in mailframe plug-ins (maildir, mbox, memory, any, domains,
-# addresses, and the security checks) as twisted.plugin dropins, for
+# addresses, aliases, virtual, subaddress, and the security checks) as twisted.plugin dropins, for
 # getPlugins(IPlugInFactory).  twistd imports every dropin when it scans for
 # service makers, so this imports only the factories, which import no
 # provider module.
 from mailframe.backends.factories import maildirBackend, mboxBackend, memoryBackend
-from mailframe.validators.factories import addressesValidator, anyValidator, domainsValidator
+from mailframe.validators.factories import (
+    addressesValidator,
+    aliasesRewriter,
+    anyValidator,
+    domainsValidator,
+    subaddressRewriter,
+    virtualRewriter,
+)
 from mailframe.policy.factories import POLICY_FACTORIES
 
 (
@@ -20,6 +27,7 @@ from mailframe.policy.factories import POLICY_FACTORIES
 
 __all__ = [
     "addressesValidator",
+    "aliasesRewriter",
     "anyValidator",
     "authResultsFilter",
     "dkimSignFilter",
@@ -33,4 +41,6 @@ __all__ = [
     "mboxBackend",
     "memoryBackend",
     "spfFilter",
+    "subaddressRewriter",
+    "virtualRewriter",
 ]
