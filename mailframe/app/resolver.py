@@ -22,7 +22,7 @@ from mailframe.plugins import SettingError
 if TYPE_CHECKING:
     from mailframe.policy._dns import CachingResolver
 
-__all__ = ["DNSSpec", "dnsServers", "dnsSpec", "makeProcessResolver"]
+__all__ = ["DNSSpec", "dnsServers", "dnsSpec", "makeProcessResolver", "resolvedServers"]
 
 
 def dnsServers(value: object) -> tuple[str, ...]:
@@ -81,6 +81,22 @@ def dnsSpec(command: Mapping[str, Any], fileTop: Mapping[str, Any] | None = None
     return DNSSpec(tuple(parseServer(s) for s in servers), resolvConf)
 
 
+def resolvedServers(spec: DNSSpec) -> tuple[tuple[str, int], ...]:
+    """
+    The servers C{spec} names: its own, or those of its resolv.conf file,
+    read now.  @raise SystemExit: one line, when that file cannot be read.
+    """
+    if spec.servers:
+        return spec.servers
+    from mailframe.policy._dns import DEFAULT_RESOLV_CONF, readResolvConf
+
+    path = spec.resolvConf or DEFAULT_RESOLV_CONF
+    try:
+        return tuple(readResolvConf(path))
+    except OSError as e:
+        raise SystemExit(f"mailframe: cannot read resolv-conf {path}: {e.strerror or e}") from None
+
+
 def makeProcessResolver(reactor: Any, spec: DNSSpec) -> CachingResolver:
     """
     The process's resolver for C{spec}.  @raise SystemExit: one line, when
@@ -88,9 +104,4 @@ def makeProcessResolver(reactor: Any, spec: DNSSpec) -> CachingResolver:
     """
     from mailframe.policy._dns import makeResolver
 
-    try:
-        return makeResolver(reactor, spec.servers, spec.resolvConf)
-    except OSError as e:
-        raise SystemExit(
-            f"mailframe: cannot read resolv-conf {e.filename}: {e.strerror or e}"
-        ) from None
+    return makeResolver(reactor, resolvedServers(spec))

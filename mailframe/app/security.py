@@ -30,15 +30,24 @@ __all__ = ["Security"]
 
 
 class Security:
-    """Builds TLS contexts, AUTH checkers and the failure limiter once each, for every listener."""
+    """
+    Builds TLS contexts, AUTH checkers and the failure limiter once each, for
+    every listener.  C{limiter}: the failure limiter to use (a reload keeps
+    the one in force, with the clients it blocks); by default one is made.
+    """
 
-    def __init__(self, reactor: IReactorTime, limits: ClientLimits) -> None:
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        limits: ClientLimits,
+        limiter: AuthFailureLimiter | None = None,
+    ) -> None:
         self.reactor = reactor
         self.limits = limits
         self._contexts: dict[object, ServerTLS] = {}
         self._checkers: dict[str, ICredentialsChecker] = {}
         self._authenticators: dict[tuple[str, ...], Authenticator] = {}
-        self._limiter: AuthFailureLimiter | None = None
+        self._limiter: AuthFailureLimiter | None = limiter
 
     def forListener(
         self, spec: ListenerSpec

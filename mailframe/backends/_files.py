@@ -8,16 +8,25 @@ while holding the message (L{mailframe.message.Message.retain}), so that
 its owner may close it whenever it likes: the storage stays until the
 thread has finished with it.
 
+Directories are created by L{makeDirectory}, which the spool uses too.  A
+server started as root that will run as another user (twistd's C{--uid}
+and C{--gid}) hands every directory (and mbox file) it creates to that user
+(L{setOwner}); the directories made while starting are noted
+(L{noteCreated}), so that a server that then cannot listen leaves none
+behind.
+
 Owns: the name mapping (L{safeName}) and the error-to-reply mapping
-(L{replyForError}); both backends document and rely on them.  Must not:
-import mailframe.server; import the global reactor; write mail itself.
+(L{replyForError}); both backends document and rely on them; the owner of
+what the file backends and the spool create.  Must not: import
+mailframe.server; import the global reactor; write mail itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -46,9 +55,13 @@ __all__ = [
     "fsyncDirectory",
     "groupJobs",
     "makeDirectory",
+    "noteCreated",
+    "own",
+    "removeCreated",
     "replyForError",
     "returnPath",
     "safeName",
+    "setOwner",
 ]
 
 log = Logger(namespace="mailframe.backends")
@@ -251,10 +264,55 @@ def fsyncDirectory(path: str) -> None:
         os.close(fd)
 
 
+_owner: tuple[int, int] | None = None
+_noted: list[list[str]] = []
+
+
+def setOwner(uid: int | None, gid: int | None) -> None:
+    """
+    Hand what the file backends and the spool create from now on (directories,
+    an mbox file made at start) to C{uid} and C{gid} (None: unchanged; both
+    None: stop).  For a server that starts as root to bind its ports and
+    then runs as C{uid}: the Maildir and the spool it makes at start must be
+    that user's.  Only root can give files away; for anyone else this does
+    nothing.
+    """
+    global _owner
+    if uid is None and gid is None:
+        _owner = None
+    else:
+        _owner = (-1 if uid is None else uid, -1 if gid is None else gid)
+
+
+def own(path: str) -> None:
+    """Give C{path}, just created, to the owner of L{setOwner} (if any, and if we are root)."""
+    if _owner is not None and os.geteuid() == 0:
+        os.chown(path, *_owner)
+
+
+@contextlib.contextmanager
+def noteCreated() -> Iterator[list[str]]:
+    """Within: every directory L{makeDirectory} creates is added to the list given."""
+    created: list[str] = []
+    _noted.append(created)
+    try:
+        yield created
+    finally:
+        _noted.remove(created)
+
+
+def removeCreated(created: Sequence[str]) -> None:
+    """Remove the directories of C{created} (L{noteCreated}) that are still empty, last first."""
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
 def makeDirectory(path: str, mode: int = 0o700) -> bool:
     """
     Create C{path} and any missing parents with C{mode}, fsync'ing the parent
-    of each directory created.  Return True if anything was created.
+    of each directory created, each given to the owner of L{setOwner}.
+    Return True if anything was created.
     """
     if os.path.isdir(path):
         return False
@@ -266,5 +324,8 @@ def makeDirectory(path: str, mode: int = 0o700) -> bool:
         if not os.path.isdir(path):
             raise
         return False
+    for noted in _noted:
+        noted.append(os.path.abspath(path))
+    own(path)
     fsyncDirectory(parent)
     return True

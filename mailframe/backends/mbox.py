@@ -62,6 +62,7 @@ from mailframe.backends._files import (
     fsyncDirectory,
     groupJobs,
     makeDirectory,
+    own,
     returnPath,
     safeName,
 )
@@ -171,6 +172,7 @@ class MboxBackend:
                 with opened:
                     pass
                 if created:
+                    own(self.path)
                     fsyncDirectory(os.path.dirname(self.path))
         except OSError as e:
             raise ValueError(f"cannot create mbox {path}: {e.strerror or e}") from None

@@ -84,6 +84,18 @@ class SMTPServerFactory(Factory):
         p.factory = self
         return p
 
+    def reconfigure(self, other: SMTPServerFactory) -> None:
+        """
+        Serve new sessions with C{other}'s settings and plug-ins (a reload);
+        each open session keeps those it started with, to its end.  The
+        running totals, the open sessions, the greeting passes and the ID
+        source go on: they are this server's, whatever its settings.
+        """
+        new, old = other.context, self.context
+        new.stats, new.sessions, new.ids = old.stats, old.sessions, old.ids
+        new.greetPasses = old.greetPasses
+        self.context = new
+
     # -- what embedding code and twistd read ---------------------------------------
 
     @property
