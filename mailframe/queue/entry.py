@@ -85,7 +85,10 @@ def replyFromJSON(data: Any) -> Reply | None:
 class RecipientState:
     """
     One recipient: its address (C{str(Address)}), its RCPT parameters as
-    received (NOTIFY, ORCPT ...), and what has become of it.
+    received (NOTIFY, ORCPT ...), and what has become of it.  For a target
+    of an alias or virtual map: C{original}, the RCPT address it came from
+    (a target of another domain is a forwarded copy: see
+    L{mailframe.queue.srs}), and C{detail}, its subaddress.
     """
 
     address: str
@@ -94,6 +97,8 @@ class RecipientState:
     reply: Reply | None = None
     remote: str | None = None
     lastAttempt: float | None = None
+    original: str | None = None
+    detail: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -101,10 +106,15 @@ class RecipientState:
 
     def toRecipient(self) -> Recipient:
         """The L{Recipient} a backend or relay is given."""
-        return Recipient(addressFromText(self.address), dict(self.params))
+        if self.original is None and self.detail is None:
+            return Recipient(addressFromText(self.address), dict(self.params))
+        original = addressFromText(self.original) if self.original is not None else None
+        return Recipient(
+            addressFromText(self.address), dict(self.params), None, original, self.detail
+        )
 
     def toJSON(self) -> dict[str, object]:
-        return {
+        data: dict[str, object] = {
             "address": self.address,
             "params": self.params,
             "state": self.state,
@@ -112,6 +122,11 @@ class RecipientState:
             "remote": self.remote,
             "lastAttempt": self.lastAttempt,
         }
+        if self.original is not None:
+            data["original"] = self.original
+        if self.detail is not None:
+            data["detail"] = self.detail
+        return data
 
     @classmethod
     def fromJSON(cls, data: Mapping[str, Any]) -> RecipientState:
@@ -120,6 +135,10 @@ class RecipientState:
             raise EntryError(f"unknown recipient state {state!r}")
         address = data["address"]
         addressFromText(address)  # must parse
+        original = data.get("original")
+        if original is not None:
+            addressFromText(original)
+        detail = data.get("detail")
         return cls(
             address=address,
             params=_params(data.get("params") or {}),
@@ -127,6 +146,8 @@ class RecipientState:
             reply=replyFromJSON(data.get("reply")),
             remote=data.get("remote"),
             lastAttempt=_time(data.get("lastAttempt")),
+            original=original,
+            detail=detail if isinstance(detail, str) else None,
         )
 
 
@@ -170,7 +191,13 @@ class QueueEntry:
             id=queueID,
             sender=str(envelope.mailFrom),
             recipients=[
-                RecipientState(str(r.address), dict(r.params)) for r in envelope.recipients
+                RecipientState(
+                    str(r.address),
+                    dict(r.params),
+                    original=str(r.original) if r.original is not None else None,
+                    detail=r.detail,
+                )
+                for r in envelope.recipients
             ],
             arrival=arrival,
             size=size,

@@ -31,7 +31,9 @@ class QueueSpec:
     The queue of C{twistd mailframe}: its directory, retry policy, report
     sizes, connection limits, and the relay's configuration (the data
     L{mailframe.client.relay.SMTPRelay.fromConfig} takes: C{smarthost}, C{routes}
-    and the C{[relay]} table).
+    and the C{[relay]} table).  C{srsSecret}: the file of SRS secrets, and
+    C{srsDomain} the domain of SRS addresses (None: the host name), for
+    the senders of forwarded copies (L{mailframe.queue.srs}).
     """
 
     spool: str = DEFAULT_SPOOL
@@ -43,6 +45,8 @@ class QueueSpec:
     threads: int = 8
     sync: str = "fsync"
     relay: Mapping[str, Any] = field(default_factory=dict)
+    srsSecret: str | None = None
+    srsDomain: str | None = None
 
     @property
     def relayHost(self) -> str | None:

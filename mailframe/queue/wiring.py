@@ -36,6 +36,8 @@ from mailframe.queue.spool import Spool
 if TYPE_CHECKING:
     from mailframe.client.relay import SMTPRelay
     from mailframe.client.routing import Router
+    from mailframe.interfaces import IRelay
+    from mailframe.validators.srs import SRS
 
 __all__ = ["QueueWiring", "routeKeyFor"]
 
@@ -79,6 +81,7 @@ class QueueWiring:
         self.control = QueueControl(reactor, path)
         self.service: QueueService = ControlledQueueService(None, self.control)
         self.relay: SMTPRelay | None = None
+        self.srs: SRS | None = None  # set before finish: forwarded copies get SRS senders
 
     def configFor(self, config: ServerConfig) -> ServerConfig:
         """A listener's settings with the domains that C{routes} makes local."""
@@ -132,11 +135,19 @@ class QueueWiring:
             dict(spec.relay), self.reactor, hostname, resolver=resolver
         )
         domains = self.localDomains
+        relay: IRelay = self.relay
+        if self.srs is not None:
+            from mailframe.queue.srs import SRSRelay
+
+            router = self.relay.router
+            relay = SRSRelay(
+                self.relay, self.srs, lambda d: d in domains or router.isLocal(d), self.reactor
+            )
         runner = QueueRunner(
             self.reactor,
             self.spool,
             self.local,
-            self.relay,
+            relay,
             routeKeyFor(self.relay.router, lambda d: d in domains),
             ReportSettings(hostname, spec.bounceBodySize, spec.bounceFullSize),
             retry=spec.retry,
@@ -152,8 +163,9 @@ class QueueWiring:
         """One line for the start-up log."""
         spec = self.spec
         via = f"via {spec.relayHost}" if spec.relayHost else "to the MX hosts"
+        srs = f"; forwarded copies get SRS senders at {self.srs.domain}" if self.srs else ""
         return (
             f"mailframe: queue in {self.spool.path}; other domains {via}; retry after "
             f"{spec.retry.initial:g} s, at most {spec.retry.maximum:g} s apart, "
-            f"give up after {spec.retry.giveUp:g} s"
+            f"give up after {spec.retry.giveUp:g} s{srs}"
         )
