@@ -279,6 +279,67 @@ class ToolTests(ToolCase):
         )
 
 
+class SummaryTests(ToolCase):
+    """summary: the queue by domain and age, like qshape."""
+
+    def test_empty(self) -> None:
+        """An empty queue says so."""
+        status, out, err = self.tool("summary")
+        self.assertEqual((status, out, err), (0, "The queue is empty.\n", ""))
+
+    def test_table(self) -> None:
+        """Pending recipients by domain (most first) and age bucket, a TOTAL row first."""
+        self.relay.answer = lambda a: LATER
+        self.send(envelope("s@example.com", "a@remote.example", "b@remote.example"))
+        self.clock.advance(25 * 60)  # 25 minutes: the 40 bucket
+        self.send(envelope("s@other.example", "c@Remote.Example", "d@far.example"))
+        self.clock.advance(3 * 60)  # the second one is 3 minutes old: the 5 bucket
+        status, out, _ = self.tool("summary")
+        self.assertEqual(status, 0)
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["T", "5", "10", "20", "40", "80", "160", "320", "640",
+                                            "1280", "1280+"])  # fmt: skip
+        self.assertEqual(lines[1].split(), ["TOTAL", "4", "2", "0", "0", "2"] + ["0"] * 6)
+        self.assertEqual(lines[2].split(), ["remote.example", "3", "1", "0", "0", "2"] + ["0"] * 6)
+        self.assertEqual(lines[3].split(), ["far.example", "1", "1"] + ["0"] * 9)
+        self.assertEqual(lines[4], "2 message(s); ages in minutes, each column up to its head")
+        self.assertEqual(len({len(line) for line in lines[:4]}), 1)  # aligned
+        _, out, _ = self.tool("summary", "--senders", "--minutes", "10", "--buckets", "3")
+        lines = out.splitlines()
+        self.assertEqual(lines[0].split(), ["T", "10", "20", "20+"])
+        self.assertEqual(lines[2].split(), ["example.com", "2", "0", "0", "2"])
+        self.assertEqual(lines[3].split(), ["other.example", "2", "2", "0", "0"])
+
+    def test_heldAndDone(self) -> None:
+        """Held messages are counted apart; recipients already delivered are not counted."""
+        answers = {"a@remote.example": OK, "b@remote.example": LATER}
+        self.relay.answer = lambda a: answers[a]
+        self.send(envelope("s@example.com", "a@remote.example", "b@remote.example"))
+        [entry] = self.runner.entries.values()
+        _, out, _ = self.tool("summary")
+        self.assertEqual(out.splitlines()[2].split()[:2], ["remote.example", "1"])
+        self.successResultOf(self.runner.hold(entry.id))
+        _, out, _ = self.tool("summary")
+        self.assertEqual(out, "The queue is empty (1 held message(s) not counted).\n")
+
+    def test_json(self) -> None:
+        """summary --json: one object with the buckets, the total and each domain's counts."""
+        self.deferred()
+        _, out, _ = self.tool("summary", "--json", "--buckets", "2")
+        self.assertEqual(
+            json.loads(out),
+            {"buckets": [5], "total": [2, 2, 0], "domains": {"remote.example": [2, 2, 0]},
+             "messages": 1, "held": 0},
+        )  # fmt: skip
+
+    def test_badBuckets(self) -> None:
+        """--buckets and --minutes are whole numbers from 1."""
+        self.patch(sys, "stderr", io.StringIO())
+        for argv in (["--buckets", "0"], ["--minutes", "x"]):
+            with self.assertRaises(SystemExit):
+                parser().parse_args(["summary", *argv])
+
+
 class OfflineTests(ToolCase):
     """No server answers: the tool works on the files, under the spool's lock."""
 

@@ -1,8 +1,12 @@
 """
 The C{mailframe-queue} console script: C{mailframe-queue [--spool DIR]
 COMMAND}, where COMMAND is C{list [--json]}, C{show ID [--json]
-[--lines N]}, C{flush}, C{delete ID...|--all}, C{hold ID...} or
-C{release ID...}.
+[--lines N]}, C{summary [--senders] [--minutes M] [--buckets N] [--json]},
+C{flush}, C{delete ID...|--all}, C{hold ID...} or C{release ID...}.
+
+C{summary} is Postfix's qshape: the recipients still to deliver, by
+destination domain (or sender domain) and by age, in buckets that double
+(5, 10, 20 ... minutes); held messages are counted apart.
 
 It talks to the running server through the spool's control socket (AMP,
 L{mailframe.queue.control}); with C{--workers} the spool holds one
@@ -39,6 +43,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUNIX
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from mailframe.app.qshape import formatShape, shape
 from mailframe.queue._files import SpoolError
 from mailframe.queue.control import (
     SOCKET,
@@ -319,7 +324,7 @@ async def run(
     reactor: Any, args: argparse.Namespace, out: TextIO, err: TextIO, connect: Any = None
 ) -> int:
     """Carry out the command of C{args}; the exit status."""
-    changes = args.command not in ("list", "show")
+    changes = args.command not in ("list", "show", "summary")
     sessions: list[Online | OfflineSpool] = []
     try:
         for path in spoolDirectories(args.spool):
@@ -345,11 +350,18 @@ async def _command(
     args: argparse.Namespace, sessions: list[Online | OfflineSpool], out: TextIO, err: TextIO
 ) -> int:
     command = args.command
-    if command == "list":
+    if command in ("list", "summary"):
         listed = []
         for session in sessions:
             entries, now = await _answer(session.list())
             listed += [(e, now) for e in entries]
+        if command == "summary":
+            result = shape(listed, args.senders, args.minutes, args.buckets)
+            if args.json:
+                print(json.dumps(result.toJSON(), ensure_ascii=False), file=out)
+            else:
+                print(formatShape(result), file=out)
+            return EXIT_OK
         for entry, now in sorted(listed, key=lambda x: (x[0]["arrival"], x[0]["id"])):
             if args.json:
                 print(json.dumps({**entry, "now": now}, ensure_ascii=False), file=out)
@@ -421,6 +433,12 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 1000, not {text!r}")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line (C{--spool} and C{--timeout} also after the command)."""
 
@@ -446,6 +464,15 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("ids", nargs=1, type=_queueID, metavar="ID")
     show.add_argument("--json", action="store_true", help="one JSON object")
     show.add_argument("--lines", type=int, default=20, help="header lines to show [20]")
+    summary = commands.add_parser(
+        "summary", parents=[after], help="recipients by domain and age, like qshape"
+    )
+    summary.add_argument("--senders", action="store_true", help="by sender domain")
+    summary.add_argument(
+        "--minutes", type=_count, default=5, help="the first age bucket in minutes, doubling [5]"
+    )
+    summary.add_argument("--buckets", type=_count, default=10, help="age buckets [10]")
+    summary.add_argument("--json", action="store_true", help="one JSON object")
     commands.add_parser("flush", parents=[after], help="try every message now (not held ones)")
     delete = commands.add_parser("delete", parents=[after], help="delete messages, no report")
     delete.add_argument("ids", nargs="*", type=_queueID, metavar="ID")
