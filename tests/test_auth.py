@@ -609,9 +609,9 @@ class BruteForceTests(AuthTestCase):
         proto, t = self.secure()
         self.assertEqual(self.failOnce(proto, t), ["421 4.7.0"])  # the fifth: blocked now
         self.assertTrue(t.disconnecting)
-        proto, t = self.connect()  # greetings carry no enhanced code
+        proto, t = self.connect()  # a 421 at connect is no greeting: it has its enhanced code
         self.assertEqual(
-            t.value(), b"421 Too many failed authentication attempts; try again later\r\n"
+            t.value(), b"421 4.7.0 Too many failed authentication attempts; try again later\r\n"
         )
         self.assertTrue(t.disconnecting)
         _other, t2 = self.connect(peer="192.0.2.8")

@@ -542,7 +542,7 @@ class PlugPointTests(ServerTestCase):
         self.assertIn(b"250-mx.test greets c", t.value())
 
     def test_connectionFilter421(self) -> None:
-        """A 421 from a connection filter closes at once."""
+        """A 421 from a connection filter closes at once, with its enhanced code (not a greeting)."""
 
         @implementer(IConnectionFilter)
         class Busy:
@@ -550,7 +550,7 @@ class PlugPointTests(ServerTestCase):
                 return defer.fail(SMTPError(421, (4, 7, 0), "busy"))
 
         _, t = self.connect(connectionFilters=[Busy()])
-        self.assertEqual(t.value(), b"421 busy\r\n")
+        self.assertEqual(t.value(), b"421 4.7.0 busy\r\n")
         self.assertTrue(t.disconnecting)
 
     def test_senderValidator(self) -> None:

@@ -366,7 +366,10 @@ class ServerConnection:
                         f"a greeting is {', '.join(map(str, GREETING_REPLIES))}, not {code}"
                     )
                 self.state = greeted
-                return reply.toBytes(False)
+                # a greeting (220, 554) carries no enhanced code: no EHLO yet
+                # (RFC 2034); a 421 is the service closing the channel, as
+                # it may at any time (RFC 5321 3.8), and says why in full
+                return reply.toBytes(code == CLOSING)
             if code != CLOSING:
                 raise LocalProtocolError("no command awaits a reply")
             self.state = State.CLOSED
