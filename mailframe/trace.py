@@ -50,7 +50,9 @@ def _date(second: int) -> str:
     return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
-def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str:
+def receivedHeader(
+    session: SessionInfo, envelope: Envelope, when: float, lmtp: bool = False
+) -> str:
     """
     The value of a Received: field (folded, without the field name), e.g.::
 
@@ -58,11 +60,13 @@ def receivedHeader(session: SessionInfo, envelope: Envelope, when: float) -> str
                 by mx.example (mailframe) with ESMTPS id 3F2A9C
                 (TLSv1.3 TLS_AES_256_GCM_SHA384)
                 for <user@example.org>; Sat, 28 Nov 2026 22:54:18 +0000
+
+    C{lmtp}: the message came over LMTP (with LMTP, LMTPS ...).
     """
     helo = _clean(session.heloName or "unknown")
     lines = [f"from {helo} ([{session.peerHost}])"]
     lines.append(
-        f"by {session.hostname} (mailframe) with {protocolName(session, envelope)} "
+        f"by {session.hostname} (mailframe) with {protocolName(session, envelope, lmtp)} "
         f"id {envelope.queueID}"
     )
     if session.tls is not None:

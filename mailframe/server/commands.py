@@ -54,6 +54,8 @@ log = Logger(namespace="mailframe.server")
 
 _Deferred = defer.Deferred
 _T = TypeVar("_T")
+_Answer = Reply | tuple[Reply, ...]
+"""The answer to the end of a message: a reply, or in LMTP one per recipient."""
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 _AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
@@ -219,7 +221,7 @@ class Commands:
             message.write(event.data)
         return R.chunkReceived(event.size)
 
-    def endOfMessage(self, event: E.EndOfMessage) -> Reply | defer.Deferred[Reply]:
+    def endOfMessage(self, event: E.EndOfMessage) -> _Answer | defer.Deferred[_Answer]:
         """The message is complete: filters (time-limited), then delivery (never cancelled)."""
         message, envelope = self.message or self._newMessage(), self.envelope
         assert envelope is not None
@@ -244,7 +246,7 @@ class Commands:
 
     def _deliver(
         self, filtered: Reply | None, envelope: Envelope, message: Message
-    ) -> Reply | defer.Deferred[Reply]:
+    ) -> _Answer | defer.Deferred[_Answer]:
         context = self.context
         if filtered is not None and filtered.code >= 400:
             context.stats.refused += 1
@@ -288,7 +290,7 @@ class Commands:
 
     def _delivered(
         self, result: DeliveryResult | None, envelope: Envelope, filtered: Reply | None
-    ) -> Reply | tuple[Reply, ...]:
+    ) -> _Answer:
         if self.context.config.lmtp:
             return self._deliveredEach(result, envelope, filtered)
         stats = self.context.stats
@@ -337,8 +339,7 @@ class Commands:
         recipients = envelope.recipients
         if result is not None and len(result.replies) != len(recipients):
             log.error(
-                "{id} {queueID}: the delivery backend answered {n} replies for {count} "
-                "recipients",
+                "{id} {queueID}: the backend answered {n} replies for {count} recipients",
                 id=self.session.sessionID,
                 queueID=envelope.queueID,
                 n=len(result.replies),
@@ -467,8 +468,8 @@ def _fate(envelope: Envelope) -> str:
 
 def _deliveredTo(recipient: Recipient, queueID: str) -> Reply:
     """LMTP: the 250 of one delivered recipient."""
-    return Reply(250, (2, 0, 0), f"{clientText(recipient.address.toPath(), 300)} "
-                                 f"OK queued as {queueID}")  # fmt: skip
+    text = f"{clientText(recipient.address.toPath(), 300)} OK queued as {queueID}"
+    return Reply(250, (2, 0, 0), text)
 
 
 def _orDefault(decided: Reply | None, default: Reply) -> Reply:
@@ -481,7 +482,9 @@ def _cancelTimer(result: _T, timer: IDelayedCall) -> _T:
     return result
 
 
-_Handled = Reply | defer.Deferred[Reply] | defer.Deferred[Reply | None] | None
+_Handled = (
+    _Answer | defer.Deferred[Reply] | defer.Deferred[Reply | None] | defer.Deferred[_Answer] | None
+)
 """What a handler returns: a reply, a Deferred of one, or None (no reply due)."""
 
 HANDLERS: dict[type, Callable[[Commands, Any], _Handled]] = {

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Protocol
 from mailframe import reply as R
 from mailframe.address import Domain
 from mailframe.config import ServerConfig
-from mailframe.extensions import defaultExtensions
+from mailframe.extensions import EnhancedStatusCodes, Pipelining, defaultExtensions
 from mailframe.interfaces import (
     IAddressVerifier,
     IConnectionFilter,
@@ -88,6 +88,10 @@ class ServerContext:
             else defaultExtensions(config.limits.messageSize)
         )
         checkProviders(IExtension, exts, "extension")
+        if config.lmtp:  # RFC 2033 4.1: PIPELINING and ENHANCEDSTATUSCODES, always
+            offered = {e.keyword for e in exts}
+            always: list[IExtension] = [Pipelining(), EnhancedStatusCodes()]
+            exts = [*(e for e in always if e.keyword not in offered), *exts]
         domains = set(config.localDomains)
         for v in validators:
             if ILocalDomains.providedBy(v):
@@ -149,5 +153,11 @@ class ServerContext:
         self.clock: IReactorTime = clock
         self.ids = ids if ids is not None else processIDs()
         self.greetPasses = GreetPasses(clock, self.config.greetPassTime)
+        cfg = self.config
+        self.greeting = (
+            R.Reply(220, None, f"{cfg.hostname} LMTP {cfg.software}")
+            if cfg.lmtp
+            else R.greeting(cfg.hostname, cfg.software)
+        )
         self.stats = ServerStats()
         self.sessions: set[Protocol] = set()  # the open sessions (SMTPServerProtocol)

@@ -147,7 +147,7 @@ class SMTPServerProtocol(Protocol):
             listener=cfg.listener,
         )
         self._direct = _writethrough.isPlainTCP(transport) and _writethrough.available(transport)
-        self._conn = ServerConnection(cfg.limits, context.verbNames)
+        self._conn = ServerConnection(cfg.limits, context.verbNames, cfg.lmtp)
         self.commands = Commands(context, session, SessionControl(self))
         if ISSLTransport.providedBy(transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
@@ -185,7 +185,7 @@ class SMTPServerProtocol(Protocol):
         early = False
         if reply is None or reply.code < 400:
             if reply is None or reply.code != 220:
-                reply = R.greeting(cfg.hostname, cfg.software)
+                reply = self.context.greeting
             if self._conn.buffered and (cfg.enforceSync or self._pregreet):
                 early = True
                 reply = EARLY_TALKER
@@ -311,6 +311,9 @@ class SMTPServerProtocol(Protocol):
                         # a delivery is never cancelled (Commands.endOfMessage)
                         self._startAsync(result, type(event) is not _END_OF_MESSAGE)
                         continue
+                    if type(result) is tuple:  # LMTP: one reply per recipient
+                        self._writeEach(result)
+                        continue
                 if result.code >= 400 and self._tarpit(result):
                     continue
                 self._write(result)
@@ -380,6 +383,8 @@ class SMTPServerProtocol(Protocol):
         self._busy = False
         if self._conn.state is State.GREETING:
             self._greet(result)
+        elif type(result) is tuple:
+            self._writeEach(result)
         else:
             self._write(result)
         self._resumeReading()
@@ -417,6 +422,38 @@ class SMTPServerProtocol(Protocol):
             self._startTLS()
         elif self._tlsContext is not None:
             self._tlsContext = None  # the handler asked for TLS but refused
+
+    def _writeEach(self, replies: tuple[Reply, ...]) -> None:
+        """
+        LMTP: the replies to the end of a message, one per accepted
+        recipient.  The message counts as one error if every recipient
+        was refused; as accepted (the count starts again) if any was not.
+        """
+        if self._closing:
+            return
+        conn = self._conn
+        if len(replies) != conn.repliesDue:
+            log.error(
+                "{id} {n} replies for {due} recipients",
+                id=self.session.sessionID,
+                n=len(replies),
+                due=conn.repliesDue,
+            )
+            self._write(R.LOCAL_ERROR)
+            return
+        self._out.append(conn.sendEach(replies))
+        if self._transcript:
+            for reply in replies:
+                log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
+        if any(r.code < 400 for r in replies):
+            self._errors = 0
+        else:
+            self._errors += 1
+        commands = self.commands
+        if commands.envelope is not None and not conn.inTransaction:
+            commands.endTransaction()
+        if self._errors >= self.context.config.maxErrors:
+            self._write(R.TOO_MANY_ERRORS)
 
     def _startTLS(self) -> None:
         """The 220 to STARTTLS is out: hand the transport to TLS, forget all."""
