@@ -82,6 +82,9 @@ class ListenerSpec:
     filters: tuple[str, ...] = ()
     limits: str | None = None
     proxyNetworks: tuple[str, ...] = ()
+    aliases: str | None = None
+    virtual: str | None = None
+    subaddress: str = ""
 
     @property
     def hasTLS(self) -> bool:
@@ -216,6 +219,9 @@ def buildListeners(
             filters=tuple(settings["filter"]),
             limits=settings["limits"],
             proxyNetworks=tuple(settings["proxy-network"]),
+            aliases=settings["aliases"],
+            virtual=settings["virtual"],
+            subaddress=settings["subaddress"],
         )
         _checkListener(listener)
         return listener
@@ -292,7 +298,12 @@ def queueSpec(
     if (top["relay-user"] is None) != (top["relay-password"] is None):
         raise SettingError("give relay-user and relay-password together")
     if not ({"spool", "relay-host", "routes", "relay"} & set(given)) and not relayNetworks:
+        for name in ("srs-secret", "srs-domain"):
+            if top[name] is not None:
+                raise SettingError(f"{name} needs the queue (spool): forwarding goes through it")
         return None
+    if top["srs-domain"] is not None and top["srs-secret"] is None:
+        raise SettingError("srs-domain needs srs-secret")
     try:
         retry = RetryPolicy(
             initial=top["retry-initial"],
@@ -330,4 +341,6 @@ def queueSpec(
         threads=top["spool-threads"],
         sync=top["spool-sync"],
         relay=relay,
+        srsSecret=top["srs-secret"],
+        srsDomain=top["srs-domain"],
     )

@@ -28,6 +28,7 @@ from mailframe.app import converters as c
 from mailframe.app.resolver import dnsServers
 from mailframe.plugins import Count, Duration, Networks, Option, SettingError, Size, YesNo
 from mailframe.queue.settings import DEFAULT_SPOOL
+from mailframe.validators.factories import Separators
 
 __all__ = [
     "COMMAND",
@@ -60,6 +61,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("tls", "TLS and authentication"),
     ("checks", "Security checks"),
     ("queue", "The queue and relaying"),
+    ("aliases", "Aliases and forwarding"),
 )
 
 #: The pregreet wait of a listener where MAIL needs no AUTH (port 25 style);
@@ -335,6 +337,36 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("queue-destination-connections", _SLOTS, 5,
             "Relay deliveries at once to one destination (a domain's MX hosts, or a host).",
             scope=TOP, section="queue"),
+    # -- aliases and forwarding -------------------------------------------------------
+    Setting("aliases", c.path, None,
+            "Local aliases in the /etc/aliases format (lists, :include:, /dev/null), "
+            "applied to the recipients of every local domain before the validators judge "
+            "them; re-read when it changes.", section="aliases", metavar="FILE",
+            shown="none", details=(
+                "Targets of other domains are forwarded through the queue, so without "
+                "``spool`` (or another setting that turns the queue on) a file with one "
+                "does not load.  See :doc:`aliases`.")),
+    Setting("virtual", c.path, None,
+            "A virtual alias map in the style of Postfix's virtual(5) (user@domain and "
+            "@domain keys; a domain alone declares a virtual alias domain), applied before "
+            "the aliases; re-read when it changes.", section="aliases", metavar="FILE",
+            shown="none"),
+    Setting("subaddress", Separators(), "",
+            "Subaddressing: user+tag@domain is delivered to user, the tag kept; the "
+            "separator characters (+, or +- for either), or none.", section="aliases",
+            details="The aliases and the virtual map look an address up whole first."),
+    Setting("srs-secret", c.path, None,
+            "A file of SRS secrets, one a line, the first signing: forwarded copies get an "
+            "SRS sender, and bounces to it go back to the original sender; needs the queue.",
+            scope=TOP, section="aliases", metavar="FILE", shown="none (forwarded copies "
+            "keep their sender)", details=(
+                "Make one with ``head -c 24 /dev/urandom | base64 > FILE``; keep it "
+                "readable by mailframe only.  Put a new secret first and keep the old one "
+                "for 21 days (the life of an SRS address).")),
+    Setting("srs-domain", c.hostname, None,
+            "The domain of SRS addresses; it becomes a local domain, and must receive mail "
+            "here (an MX or address record).", scope=TOP, section="aliases", metavar="NAME",
+            shown="the host name of the first listener"),
 )  # fmt: skip
 
 #: Every setting by name.

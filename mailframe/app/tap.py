@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from mailframe.interfaces import TLSContextFactory
     from mailframe.queue.wiring import QueueWiring
     from mailframe.server import SMTPServerFactory
+    from mailframe.validators.srs import SRS
 
 _I = TypeVar("_I", bound=Interface)
 
@@ -338,9 +339,14 @@ def makeService(options: Options) -> MailframeService:
     if dns.servers:
         service.announcements.append(f"mailframe: DNS from {dns.describe()}, cached")
     queue = _queue(reactor, options, service)
+    srs = _srs(queue, options)
     for spec in options.listeners:
-        context = ProviderContext(reactor, spec.config, resolver)
-        validators = [_build(IRecipientValidator, d, context) for d in spec.validate]
+        context = ProviderContext(reactor, spec.config, resolver, forwarding=queue is not None)
+        rewriters = _rewriters(spec, context, srs, service)  # before the validators
+        validators = [
+            *rewriters,
+            *(_build(IRecipientValidator, d, context) for d in spec.validate),
+        ]
         backend = _build(IDeliveryBackend, spec.deliver, context)
         extensions, filters, tls = security.forListener(spec)
         checks = _checks(spec, context)
@@ -396,6 +402,63 @@ def makeService(options: Options) -> MailframeService:
 
         WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
     return service
+
+
+def _srs(queue: QueueWiring | None, options: Options) -> SRS | None:
+    """The SRS of forwarded copies (srs-secret), given to the queue's relay too."""
+    if queue is None or queue.spec.srsSecret is None:
+        return None
+    from mailframe.validators.srs import SRS, readSecrets
+
+    domain = queue.spec.srsDomain or options.listeners[0].config.hostname
+    try:
+        queue.srs = SRS(readSecrets(queue.spec.srsSecret), domain)
+    except ValueError as e:
+        raise SystemExit(f"mailframe: {oneLine(e)}")
+    return queue.srs
+
+
+def _rewriters(
+    spec: ListenerSpec, context: ProviderContext, srs: SRS | None, service: MailframeService
+) -> list[IRecipientValidator]:
+    """
+    A listener's recipient rewriters, in the order they rewrite: bounces to
+    SRS addresses, the virtual map, the aliases, subaddressing.
+    """
+    from mailframe.validators.aliases import AliasMap
+    from mailframe.validators.srs import SRSReverser
+    from mailframe.validators.subaddress import Subaddress
+    from mailframe.validators.virtual import VirtualMap
+
+    config = context.config
+    out: list[IRecipientValidator] = []
+    if srs is not None:
+        out.append(SRSReverser(srs, context.reactor, srs.domain not in config.localDomains))
+    separators, forwarding = spec.subaddress, context.forwarding
+    for what, path in (("virtual map", spec.virtual), ("aliases", spec.aliases)):
+        if path is None:
+            continue
+        try:
+            if what == "aliases":
+                out.append(AliasMap(context.reactor, path, separators, forwarding, config.isLocal))
+            else:
+                out.append(VirtualMap(context.reactor, path, config.hostname, separators,
+                                      forwarding, config.isLocal))  # fmt: skip
+        except ValueError as e:
+            raise SystemExit(f"mailframe: cannot use the {what} {path}: {oneLine(e)}")
+    if separators:
+        out.append(Subaddress(separators))
+    if out:
+        names = [repr(r) for r in out]
+        service.announcements.append(
+            f"mailframe: {config.listener} rewrites recipients with {', '.join(names)}"
+        )
+    if forwarding and srs is None and (spec.aliases or spec.virtual):
+        service.warnings.append(
+            f"mailframe: mail that the aliases of {config.listener} forward to other domains "
+            "keeps its sender (no srs-secret): SPF checks at the next hop may refuse it"
+        )
+    return out
 
 
 def _queue(reactor: Any, options: Options, service: MailframeService) -> QueueWiring | None:

@@ -267,9 +267,26 @@ class VirtualMap:
         @raise SMTPError: 550 5.1.1 for an unmatched address of a virtual
             alias domain.
         """
+        found = self.entryFor(address, table)
+        if found is None:
+            return None
+        entry, extension = found
+        if extension is None:
+            return list(entry.targets)
+        return [_extended(t, extension, self.separators) for t in entry.targets]
+
+    def entryFor(
+        self, address: Address, table: VirtualTable | None = None
+    ) -> tuple[VirtualEntry, tuple[str, str] | None] | None:
+        """
+        The entry that matches C{address}, and the extension (separator,
+        detail) not part of its key; None if none matches.
+
+        @raise SMTPError: 550 5.1.1 for an unmatched address of a virtual
+            alias domain.
+        """
         table = table or self.table
-        domain = address.domain
-        if domain is None:
+        if address.domain is None:
             return None
         key = _key(address)
         entry = table.addresses.get(key)
@@ -285,9 +302,7 @@ class VirtualMap:
             if key[1] in table.domainKeys:
                 raise SMTPError(_UNKNOWN)
             return None
-        if extension is None:
-            return list(entry.targets)
-        return [_extended(t, extension, self.separators) for t in entry.targets]
+        return entry, extension
 
     def rewriteRecipient(
         self, session: SessionInfo, envelope: Envelope, recipient: Recipient
