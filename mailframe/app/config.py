@@ -9,9 +9,10 @@ setting that is not of the top level only, which it otherwise inherits from
 the top level.  Command-line options replace the file's top-level values.
 C{submission} and C{submissions} endpoints (top level only) add listeners
 named so, where MAIL needs AUTH; C{submissions} ones speak TLS from the
-first byte.  The queue is on when C{spool}, C{relay-host}, C{routes} or
-C{relay} is set, or a listener has C{relay-network}s (relayed mail needs
-somewhere to wait).
+first byte.  C{lmtp} endpoints add a listener named lmtp that speaks LMTP
+(so does a C{[[listener]]} named lmtp), never on port 25.  The queue is
+on when C{spool}, C{relay-host}, C{routes} or C{relay} is set, or a
+listener has C{relay-network}s (relayed mail needs somewhere to wait).
 
 Owns: settings that must fit together, so that a mistake is a one-line
 L{SettingError} before anything starts.  Must not: import the reactor,
@@ -186,6 +187,7 @@ def buildListeners(
                 localDomains=frozenset(Domain(d) for d in settings["domain"]),
                 limits=limits,
                 listener=name,
+                lmtp=name == "lmtp",
                 requireAuthentication=settings["require-auth"],
                 commandTimeout=settings["timeout"],
                 dataTimeout=settings["data-timeout"],
@@ -196,7 +198,9 @@ def buildListeners(
                 greetDelay=(
                     settings["greet-delay"]
                     if settings["greet-delay"] is not None
-                    else (0.0 if settings["require-auth"] else DEFAULT_GREET_DELAY)
+                    else (
+                        0.0 if settings["require-auth"] or name == "lmtp" else DEFAULT_GREET_DELAY
+                    )
                 ),
                 errorDelay=settings["error-delay"],
                 softErrors=settings["soft-errors"],
@@ -230,8 +234,11 @@ def buildListeners(
     submissions = [
         (name, endpoints) for name in ("submission", "submissions") if (endpoints := top[name])
     ]
-    if "listen" in command or "listen" in (fileTop or {}) or not (fileListeners or submissions):
+    others = fileListeners or submissions or top["lmtp"]
+    if "listen" in command or "listen" in (fileTop or {}) or not others:
         listeners.append(spec(top, "smtp"))
+    if top["lmtp"]:
+        listeners.append(spec({**top, "listen": top["lmtp"]}, "lmtp"))
     for name, endpoints in submissions:
         settings = {**top, "listen": endpoints, "require-auth": True}
         if name == "submissions":
@@ -253,6 +260,8 @@ def _pairs(certs: tuple[str, ...], keys: tuple[str, ...]) -> tuple[tuple[str, st
 
 def _checkListener(spec: ListenerSpec) -> None:
     name = spec.config.listener
+    if spec.config.lmtp:
+        _notPort25(spec.endpoints)
     if spec.implicitTLS and not spec.hasTLS:
         raise SettingError(f"the {name} listener speaks TLS: give tls-cert and tls-key, or tls")
     if spec.config.requireAuthentication:
@@ -264,6 +273,23 @@ def _checkListener(spec: ListenerSpec) -> None:
             raise SettingError(
                 f"the {name} listener requires AUTH, offered only inside TLS: give tls-cert "
                 "and tls-key (or tls), or auth-plaintext for tests"
+            )
+
+
+def _notPort25(endpoints: Sequence[str]) -> None:
+    """RFC 2033 5: LMTP is never offered on the SMTP port."""
+    from mailframe.app.endpoints import tcpListenAddress
+
+    for endpoint in endpoints:
+        plain = endpoint[8:] if endpoint.lower().startswith("haproxy:") else endpoint
+        try:
+            port = tcpListenAddress(plain).port
+        except Exception:
+            continue  # not tcp (unix, systemd ...), or checked when it listens
+        if port == 25:
+            raise SettingError(
+                f"the lmtp listener may not use port 25 ({endpoint}): LMTP must never be "
+                "offered on the SMTP port (RFC 2033 5)"
             )
 
 

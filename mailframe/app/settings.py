@@ -226,6 +226,14 @@ SCHEMA: tuple[Setting, ...] = (
             metavar="ENDPOINT",
             details="With ``submission`` or ``submissions`` and no ``listen``, only they "
                     "listen."),
+    Setting("lmtp", c.endpoints, (),
+            "A listener named lmtp that speaks LMTP (RFC 2033), as another MTA's delivery "
+            "agent (Postfix's lmtp: transport): a unix: or tcp: endpoint, never port 25.",
+            form=LIST, scope=TOP, metavar="ENDPOINT", details=(
+                "It has the top level's settings (validators, filters, backend, queue) and "
+                "answers every recipient after the data; it waits no ``greet-delay``.  With "
+                "``lmtp`` and no ``listen``, only it (and any submission listener) listens.  "
+                "A ``[[listener]]`` table named ``lmtp`` speaks LMTP too.")),
     Setting("auth-failures", Count(1), 3,
             "Failed AUTH attempts in a session before 421 4.7.0 and close.", section="tls"),
     Setting("auth-failure-delay", _DELAY, 1.0,

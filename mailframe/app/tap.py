@@ -293,6 +293,8 @@ def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
         f"mailframe: listening on {' and '.join(spec.endpoints)} as {config.hostname} "
         f"for {domains}; validate {', '.join(spec.validate)}; deliver {spec.deliver}"
     )
+    if config.lmtp:
+        line = line.replace(": listening on ", ": LMTP (RFC 2033) on ", 1)
     if any(e.lower().startswith("haproxy:") for e in spec.endpoints):
         from mailframe.server.proxy import DEFAULT_TRUSTED
 
