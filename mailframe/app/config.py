@@ -83,6 +83,7 @@ class ListenerSpec:
     filters: tuple[str, ...] = ()
     limits: str | None = None
     proxyNetworks: tuple[str, ...] = ()
+    milters: tuple[Any, ...] = ()  # MilterSettings, in order
     aliases: str | None = None
     virtual: str | None = None
     subaddress: str = ""
@@ -223,6 +224,7 @@ def buildListeners(
             filters=tuple(settings["filter"]),
             limits=settings["limits"],
             proxyNetworks=tuple(settings["proxy-network"]),
+            milters=tuple(m for m in settings["milter"] if m.appliesTo(name)),
             aliases=settings["aliases"],
             virtual=settings["virtual"],
             subaddress=settings["subaddress"],

@@ -39,6 +39,7 @@ __all__ = [
     "filters",
     "hostname",
     "limits",
+    "milters",
     "nextHop",
     "path",
     "relayKey",
@@ -136,6 +137,13 @@ def filters(value: object) -> tuple[str, ...]:
     for d in descriptions:
         registry.checkFilter(d)
     return descriptions
+
+
+def milters(value: object) -> tuple[Any, ...]:
+    """Milters: C{inet:HOST:PORT} / C{unix:PATH} strings, or tables (the config file)."""
+    from mailframe.milter.settings import parseMilters
+
+    return parseMilters(value)
 
 
 def limits(value: object) -> str | None:

@@ -250,13 +250,26 @@ SCHEMA: tuple[Setting, ...] = (
     # -- security checks --------------------------------------------------------------
     Setting("filter", c.filters, (),
             "A security check or other filter, a plug-in description: limits, dnsbl, "
-            "helo, spf, dkim-verify, dmarc, authresults, dkim-sign, or an installed "
-            "plug-in of those kinds.", form=LIST, section="checks", metavar="DESCRIPTION",
+            "helo, spf, dkim-verify, dmarc, authresults, dkim-sign, rspamd, or an "
+            "installed plug-in of those kinds.", form=LIST, section="checks",
+            metavar="DESCRIPTION",
             details=(
                 "Each is used at every plug point it provides (connection filter, HELO "
                 "validator, sender validator, recipient validator before the ``validate`` "
                 "ones, message filter).  Message filters run in the order given, except "
                 "that ``authresults`` runs after the checks and ``dkim-sign`` last.")),
+    Setting("milter", c.milters, (),
+            "A milter (OpenDKIM, clamav-milter, rspamd ...) in Postfix's syntax, "
+            "inet:HOST:PORT or unix:PATH, asked at every stage of a session; milters "
+            "are asked in the order given, after the filters.", form=LIST, section="checks",
+            metavar="ADDRESS", details=(
+                "In the config file an item may also be a table with ``address`` and "
+                "``connect-timeout`` (10s), ``command-timeout`` (30s, each answer to "
+                "connect, HELO, MAIL, RCPT, DATA), ``eom-timeout`` (3m, each answer about "
+                "the message's content and its end), ``default-action`` (``tempfail``, or "
+                "``accept``: what a milter that is down, times out or breaks the protocol "
+                "does) and ``listeners`` (the names of the listeners it applies to; all by "
+                "default).  See :doc:`milters`.")),
     Setting("limits", c.limits, "",
             "The connection limits of each listener, as options of the limits filter "
             "(client=20:rate=30); an empty string for its defaults, off for none; over "

@@ -308,6 +308,8 @@ def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
             line += " (also without TLS)"
     if config.requireAuthentication:
         line += "; MAIL needs AUTH"
+    if spec.milters:
+        line += f"; milters {', '.join(m.name for m in spec.milters)}"
     return line
 
 
@@ -513,12 +515,26 @@ def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[InterfaceClass
             raise SystemExit(f"mailframe: {e}")
         except (OSError, ValueError) as e:
             raise SystemExit(f"mailframe: cannot set up filter {description!r}: {oneLine(e)}")
+    built.extend(_milters(spec, context))
     kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
     checks: dict[InterfaceClass, list[Any]] = {
         k: [p for p in built if k.providedBy(p)] for k in kinds
     }
     checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
     return checks
+
+
+def _milters(spec: ListenerSpec, context: ProviderContext) -> list[object]:
+    """The listener's milters, asked after its --filter checks at every stage."""
+    if not spec.milters:
+        return []
+    from mailframe.milter.filter import Milter
+
+    config = context.config
+    return [
+        Milter(m, context.reactor, isLocal=config.isLocal, maxBody=config.limits.messageSize)
+        for m in spec.milters
+    ]
 
 
 def _endpointService(

@@ -1,7 +1,7 @@
 """
 The plug-in factories of the security checks, chosen with C{--filter} (or
 C{filter = [...]} in the config file): C{limits}, C{dnsbl}, C{helo},
-C{spf}, C{dkim-verify}, C{dkim-sign}, C{dmarc}, C{authresults}.
+C{spf}, C{dkim-verify}, C{dkim-sign}, C{dmarc}, C{authresults}, C{rspamd}.
 L{mailframe.plugins} lists them among its built-ins.
 
 Owns: the description syntax of each check and checking it.  Must not:
@@ -370,6 +370,49 @@ class _AuthResults(PlugInFactory):
         return AuthenticationResults(arguments["authservID"], context.config)
 
 
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value) < 8:
+        raise SettingError(f"expected an http:// or https:// URL, not {value!r}")
+    return value
+
+
+class _Rspamd(PlugInFactory):
+    prefix = "rspamd"
+    provides = IMessageFilter
+    options = (
+        Option("url", _url, "http://127.0.0.1:11333", "rspamd's normal worker.", metavar="URL"),
+        Option("timeout", Duration(maximum=MAX_DNS_TIMEOUT), 20.0, "How long to wait for it."),
+        Option(
+            "failure",
+            Choice("accept", "tempfail"),
+            "accept",
+            "What happens when rspamd is down or fails: accept, or 451 4.7.1.",
+        ),
+        Option("header", YesNo(), True, "Add X-Spamd-Result (the score and the symbols)."),
+    )
+    description = (
+        "Ask rspamd about each message over its HTTP protocol (/checkv2) and apply its "
+        "action: reject (554 5.7.1), soft reject and greylist (451 4.7.1), rewrite subject, "
+        "add header (X-Spam: Yes), and its milter header changes."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        self._noArguments(args)
+        return self.parseOptions(kwargs)
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IMessageFilter:
+        from mailframe.policy.rspamd import RspamdFilter
+
+        return RspamdFilter(
+            arguments["url"],
+            context.reactor,
+            context.config.hostname,
+            timeout=arguments["timeout"],
+            failure=arguments["failure"],
+            resultHeader=arguments["header"],
+        )
+
+
 #: The security checks' factories, in the order --help lists them.
 POLICY_FACTORIES: tuple[PlugInFactory, ...] = (
     _Limits(),
@@ -380,4 +423,5 @@ POLICY_FACTORIES: tuple[PlugInFactory, ...] = (
     _DMARC(),
     _AuthResults(),
     _DKIMSign(),
+    _Rspamd(),
 )
