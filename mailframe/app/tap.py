@@ -3,24 +3,28 @@ C{twistd mailframe}: the command-line L{Options}, L{makeService}, and the
 C{mailframe} console script (L{run}).
 
 Owns: building the options and their help from the table of settings
-(L{mailframe.app.settings}), building the plug-ins and the listening
-services, and turning what can only fail at start (a Maildir that cannot be
-created) into a one-line C{SystemExit}.  Every setting is checked in
-L{Options.postOptions} (see L{mailframe.app.config}), so that a mistake is
-a usage error.  Must not: import the reactor at import time (twistd imports
-this module before it installs one), or hold protocol logic.
+(L{mailframe.app.settings}), building each listener's plug-ins
+(L{buildListener}: at start, at a reload, for the simulator) and the
+listening services, and turning what can only fail at start (a Maildir that
+cannot be created, a port in use) into a one-line C{SystemExit}.  Every
+setting is checked in L{Options.postOptions} (see L{mailframe.app.config}),
+so that a mistake is a usage error: one line under twistd, not twistd's
+printing of the whole C{--help} first.  Must not: import the reactor at
+import time (twistd imports this module before it installs one), or hold
+protocol logic.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 from zope.interface import Interface
@@ -36,9 +40,13 @@ from mailframe.app.config import (
     queueSpec,
     readConfigFile,
 )
+from mailframe.app.privileges import runAs
+from mailframe.app.reload import ReloadableTLS, Reloader
 from mailframe.app.resolver import DNSSpec, dnsSpec, makeProcessResolver
 from mailframe.app.security import Security
 from mailframe.app.settings import COMMAND, FILE, FLAG, LIST, SCHEMA, VALUE, Setting, convert
+from mailframe.app.systemd import notify
+from mailframe.backends._files import noteCreated, own, removeCreated, setOwner
 from mailframe.config import ProviderContext
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -60,7 +68,15 @@ if TYPE_CHECKING:
 
 _I = TypeVar("_I", bound=Interface)
 
-__all__ = ["MailframeService", "Options", "makeService", "plugInHelp", "run"]
+__all__ = [
+    "MailframeService",
+    "Options",
+    "buildListener",
+    "makeService",
+    "plugInHelp",
+    "run",
+    "versionText",
+]
 
 log = Logger(namespace="mailframe")
 
@@ -149,10 +165,21 @@ class Options(usage.Options):
             print(f"  {factory.authType:<12} {factory.argStringFormat}")
         raise SystemExit(0)
 
+    def opt_version(self) -> None:
+        """Print mailframe's version (and Twisted's and Python's), and exit"""
+        print(versionText())
+        raise SystemExit(0)
+
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
-        # kept to start more workers with the very same options
+        # kept to start more workers (and to reload) with the very same options
         self.argv = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise  # parsed by code (a reload, the simulator, tests): theirs to report
+            # under twistd, which would print the whole --help before the error
+            raise SystemExit(f"mailframe: {e}") from None
 
     def postOptions(self) -> None:
         try:
@@ -259,23 +286,74 @@ def plugInHelp(width: int | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def versionText() -> str:
+    """What C{--version} prints: mailframe's version, and Twisted's and Python's."""
+    import twisted
+    from mailframe import __version__
+
+    return (
+        f"mailframe {__version__} (Twisted {twisted.__version__}, "
+        f"Python {platform.python_version()})"
+    )
+
+
 class MailframeService(MultiService):
-    """The listeners of C{twistd mailframe}; says what each does when it starts."""
+    """
+    The listeners of C{twistd mailframe}: says what each does when it
+    starts, tells systemd it is ready (and stopping), reloads on SIGHUP
+    (C{reloader}, L{mailframe.app.reload}).  A port that cannot be listened
+    on is one line (a C{SystemExit}), and the directories made at start
+    (C{created}) go if they are still empty.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.announcements: list[str] = []
         self.warnings: list[str] = []
         self.factories: list[SMTPServerFactory] = []
+        self.endpoints: dict[IService, str] = {}  # each listening service's endpoint string
+        self.created: list[str] = []
+        self.reloader: Reloader | None = None
+        self.notifies = True  # not a worker that worker 0 started
+        self.lockFile: str | None = None  # the spool's, given to the user twistd runs as
+
+    def _start(self, child: IService, start: Callable[[], object]) -> None:
+        try:
+            start()
+        except Exception as e:
+            endpoint = self.endpoints.get(child)
+            if endpoint is None:
+                raise
+            removeCreated(self.created)
+            raise SystemExit(f"mailframe: cannot listen on {endpoint}: {_listenError(e)}")
+
+    def privilegedStartService(self) -> None:
+        # the ports first: one in use stops the start before the queue takes its lock
+        Service.privilegedStartService(self)
+        children = sorted(self, key=lambda child: child not in self.endpoints)
+        for child in children:
+            self._start(child, child.privilegedStartService)
+        if self.lockFile is not None and os.path.exists(self.lockFile):
+            own(self.lockFile)  # taken as root; mailframe-queue runs as the user
 
     def startService(self) -> None:
-        super().startService()
+        Service.startService(self)
+        for child in self:  # the queue first: it is up before a session can use it
+            self._start(child, child.startService)
         for line in self.announcements:
             log.info("{line}", line=line)
         for line in self.warnings:
             log.warn("{line}", line=line)
+        if self.reloader is not None:
+            self.reloader.install()
+        if self.notifies:
+            notify(f"READY=1\nSTATUS=serving {len(self.factories)} listener(s)")
 
     def stopService(self) -> Any:
+        if self.notifies:
+            notify("STOPPING=1")
+        if self.reloader is not None:
+            self.reloader.uninstall()
         for factory in dict.fromkeys(self.factories):
             log.info(
                 "{line}",
@@ -284,6 +362,16 @@ class MailframeService(MultiService):
                 f"{factory.refused} refused since start",
             )
         return super().stopService()
+
+
+def _listenError(e: Exception) -> str:
+    """Why a port could not be listened on, in a few words: C{Address already in use}."""
+    from twisted.internet.error import CannotListenError
+
+    reason: object = e.socketError if isinstance(e, CannotListenError) else e
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return oneLine(reason if isinstance(reason, BaseException) else e)
 
 
 def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
@@ -334,81 +422,142 @@ def makeService(options: Options) -> MailframeService:
     """
     from twisted.internet import reactor
 
-    from mailframe.server import SMTPServerFactory
-
     service = MailframeService()
+    owner = runAs(options)  # twistd's --uid/--gid, as root: what is made at start is theirs
+    setOwner(*(owner or (None, None)))
     security = Security(reactor, getattr(options, "clientLimits", ClientLimits()))
     dns = getattr(options, "dns", DNSSpec())
     resolver = makeProcessResolver(reactor, dns)  # one per process, for every check and MX
     if dns.servers:
         service.announcements.append(f"mailframe: DNS from {dns.describe()}, cached")
-    queue = _queue(reactor, options, service)
-    srs = _srs(queue, options)
-    for spec in options.listeners:
-        context = ProviderContext(reactor, spec.config, resolver, forwarding=queue is not None)
-        rewriters = _rewriters(spec, context, srs, service)  # before the validators
-        validators = [
-            *rewriters,
-            *(_build(IRecipientValidator, d, context) for d in spec.validate),
-        ]
-        backend = _build(IDeliveryBackend, spec.deliver, context)
-        extensions, filters, tls = security.forListener(spec)
-        checks = _checks(spec, context)
-        config, messageFilters = spec.config, checks[IMessageFilter]
-        if queue is not None:  # the queue takes the mail; the backend delivers local mail
-            config, backend, messageFilters = queue.listener(
-                config, backend, extensions, messageFilters
-            )
-        factory = SMTPServerFactory(
-            config,
-            backend,
-            [*checks[IRecipientValidator], *validators],
-            senderValidators=checks[ISenderValidator],
-            connectionFilters=[*filters, *checks[IConnectionFilter]],
-            messageFilters=messageFilters,
-            extensions=extensions,
-            clock=reactor,
-            heloValidators=checks[IHeloValidator],
-        )
-        if queue is not None:
-            queue.addLocalDomains(factory.config.localDomains)
-        for endpoint in spec.endpoints:
-            try:
-                child = _endpointService(
-                    reactor,
-                    endpoint,
-                    factory,
-                    tls if spec.implicitTLS else None,
-                    shared=getattr(options, "workers", 1) > 1,
-                    proxies=spec.proxyNetworks,
+    kept: dict[object, object] = {}
+    tlsOf: dict[int, ReloadableTLS] = {}
+    with noteCreated() as service.created:
+        queue = _queue(reactor, options, service)
+        _srs(queue, options)
+        for index, spec in enumerate(options.listeners):
+            factory, _ = buildListener(reactor, spec, security, resolver, queue, notes=service,
+                                       kept=kept)  # fmt: skip
+            if queue is not None:
+                queue.addLocalDomains(factory.config.localDomains)
+            tls = None
+            if spec.implicitTLS:  # a reload gives its ports the new certificates
+                tls = tlsOf[index] = ReloadableTLS(security.context(spec))
+            for endpoint in spec.endpoints:
+                try:
+                    child = _endpointService(
+                        reactor,
+                        endpoint,
+                        factory,
+                        tls,
+                        shared=getattr(options, "workers", 1) > 1,
+                        proxies=spec.proxyNetworks,
+                    )
+                except Exception as e:
+                    raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {oneLine(e)}")
+                child.setServiceParent(service)
+                service.endpoints[child] = endpoint
+            service.announcements.append(_announce(spec, factory))
+            service.factories.append(factory)
+            if spec.auth and not spec.hasTLS and not spec.authPlaintext:
+                service.warnings.append(
+                    f"mailframe: --auth is never offered on {spec.config.listener}: AUTH needs "
+                    "TLS (--tls-cert and --tls-key, or --tls), or --auth-plaintext for tests"
                 )
-            except Exception as e:
-                raise SystemExit(f"mailframe: bad endpoint {endpoint!r}: {oneLine(e)}")
-            child.setServiceParent(service)
-        service.announcements.append(_announce(spec, factory))
-        service.factories.append(factory)
-        if spec.auth and not spec.hasTLS and not spec.authPlaintext:
-            service.warnings.append(
-                f"mailframe: --auth is never offered on {spec.config.listener}: AUTH needs "
-                "TLS (--tls-cert and --tls-key, or --tls), or --auth-plaintext for tests"
-            )
-        if spec.auth and spec.authPlaintext:
-            service.warnings.append(
-                f"mailframe: AUTH is offered without TLS on {spec.config.listener} "
-                "(--auth-plaintext): passwords cross the network in clear; use it for tests "
-                "on localhost only"
-            )
-    if queue is not None:
-        _finishQueue(queue, options, service, resolver)
+            if spec.auth and spec.authPlaintext:
+                service.warnings.append(
+                    f"mailframe: AUTH is offered without TLS on {spec.config.listener} "
+                    "(--auth-plaintext): passwords cross the network in clear; use it for "
+                    "tests on localhost only"
+                )
+        if queue is not None:
+            _finishQueue(queue, options, service, resolver)
+            from mailframe.queue.control import LOCK
+
+            service.lockFile = os.path.join(queue.spool.path, LOCK)
     workers = getattr(options, "workers", 1)
+    pool = None
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
         from mailframe.app.workers import WorkerPool, workerArgv
 
-        WorkerPool(reactor, workers, workerArgv(options.argv)).setServiceParent(service)
+        pool = WorkerPool(reactor, workers, workerArgv(options.argv))
+        pool.setServiceParent(service)
+    service.notifies = options.get("worker") is None
+    service.reloader = Reloader(
+        reactor, options, build=buildListener, announce=_announce, factories=service.factories,
+        security=security, dns=dns, resolver=resolver, queue=queue, kept=kept, tls=tlsOf,
+        pool=pool, notifies=service.notifies,
+    )  # fmt: skip
     return service
 
 
-def _srs(queue: QueueWiring | None, options: Options) -> SRS | None:
+def buildListener(
+    reactor: Any,
+    spec: ListenerSpec,
+    security: Security,
+    resolver: Any = None,
+    queue: Any = None,
+    *,
+    notes: MailframeService | None = None,
+    backend: IDeliveryBackend | None = None,
+    kept: dict[object, object] | None = None,
+    previous: Mapping[object, object] | None = None,
+    names: dict[int, str] | None = None,
+) -> tuple[SMTPServerFactory, IDeliveryBackend]:
+    """
+    The server factory of one listener and its local delivery backend: the
+    plug-ins of its descriptions built (C{backend} instead of its
+    C{deliver}: the simulator's), its rewriters and checks, TLS and AUTH
+    from C{security}, every lookup through C{resolver}; with C{queue} (a
+    L{QueueWiring}, or what has its C{listener} method), the queue's backend
+    in front of the local one.  Used at start, by a reload and by the
+    simulator.
+
+    @param notes: where the rewriters' start-up lines and warnings go.
+    @param kept: filled with the providers that outlive a reload (the
+        connection limits, with their counts), by what made them.
+    @param previous: the C{kept} of the configuration in force: such a
+        provider made the same way is used again.
+    @param names: filled with the description of each plug-in, by id.
+    @raise SystemExit: one line, if a plug-in cannot be set up.
+    """
+    from mailframe.server import SMTPServerFactory
+
+    named = names if names is not None else {}
+    context = ProviderContext(reactor, spec.config, resolver, forwarding=queue is not None)
+    srs = getattr(queue, "srs", None)
+    rewriters = _rewriters(spec, context, srs, notes or MailframeService())
+    validators: list[IRecipientValidator] = []
+    for description in spec.validate:
+        validator = _build(IRecipientValidator, description, context)
+        named[id(validator)] = description
+        validators.append(validator)
+    local = backend
+    if local is None:
+        local = _build(IDeliveryBackend, spec.deliver, context)
+        named[id(local)] = spec.deliver
+    extensions, filters, _ = security.forListener(spec)
+    checks = _checks(spec, context, kept, previous, named)
+    config, delivering, messageFilters = spec.config, local, checks[IMessageFilter]
+    if queue is not None:  # the queue takes the mail; the backend delivers local mail
+        config, delivering, messageFilters = queue.listener(
+            config, local, extensions, messageFilters
+        )
+    factory = SMTPServerFactory(
+        config,
+        delivering,
+        [*checks[IRecipientValidator], *rewriters, *validators],
+        senderValidators=checks[ISenderValidator],
+        connectionFilters=[*filters, *checks[IConnectionFilter]],
+        messageFilters=messageFilters,
+        extensions=extensions,
+        clock=reactor,
+        heloValidators=checks[IHeloValidator],
+    )
+    return factory, local
+
+
+def _srs(queue: QueueWiring | None, options: Any) -> SRS | None:
     """The SRS of forwarded copies (srs-secret), given to the queue's relay too."""
     if queue is None or queue.spec.srsSecret is None:
         return None
@@ -495,22 +644,37 @@ def _finishQueue(
     service.announcements.append(queue.describe())
 
 
-def _checks(spec: ListenerSpec, context: ProviderContext) -> dict[InterfaceClass, list[Any]]:
+def _checks(
+    spec: ListenerSpec,
+    context: ProviderContext,
+    kept: dict[object, object] | None = None,
+    previous: Mapping[object, object] | None = None,
+    names: dict[int, str] | None = None,
+) -> dict[InterfaceClass, list[Any]]:
     """
     The providers of a listener's --filter descriptions (and its connection
     limits), by plug point: each is used at every plug point it provides.
     Message filters run in the order given, except that authresults comes
-    after the checks it reports on and dkim-sign last.
+    after the checks it reports on and dkim-sign last.  The connection
+    limits are kept across reloads (C{kept}, C{previous}: see
+    L{buildListener}); C{names} gets each provider's description.
     """
     from mailframe.policy.authresults import orderFilters
 
+    named = names if names is not None else {}
     built: list[object] = []
     if spec.limits is not None:
         limits = f"limits:{spec.limits}" if spec.limits else "limits"
-        built.append(_build(IConnectionFilter, limits, context))
+        key = (spec.config.listener, limits, spec.config.relayNetworks)
+        provider = (previous or {}).get(key) or _build(IConnectionFilter, limits, context)
+        if kept is not None:
+            kept[key] = provider
+        named[id(provider)] = limits
+        built.append(provider)
     for description in spec.filters:
         try:
             built.append(registry.makeFilter(description, context))
+            named[id(built[-1])] = description
         except plugins.PlugInError as e:
             raise SystemExit(f"mailframe: {e}")
         except (OSError, ValueError) as e:
