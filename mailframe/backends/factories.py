@@ -1,6 +1,6 @@
 """
 The plug-in factories of the built-in delivery backends, chosen with
-C{--deliver}: C{maildir}, C{mbox}, C{memory}.
+C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}.
 
 Must not: import a backend's module at import time (twistd imports the
 dropins while scanning for service makers); providers are built in C{build}.
@@ -11,12 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mailframe.interfaces import IDeliveryBackend
-from mailframe.plugins import Choice, Option, PlugInFactory, YesNo
+from mailframe.plugins import Choice, Count, Duration, Option, PlugInFactory, Size, YesNo
 
 if TYPE_CHECKING:
     from mailframe.config import ProviderContext
 
-__all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend"]
+__all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend", "pipeBackend"]
 
 
 class _Maildir(PlugInFactory):
@@ -88,8 +88,75 @@ class _Memory(PlugInFactory):
         return MemoryBackend(keep=arguments["keep"])
 
 
+class _Pipe(PlugInFactory):
+    prefix = "pipe"
+    provides = IDeliveryBackend
+    arguments = "PROGRAM[:ARG...]"
+    options = (
+        Option("user", str, None, "The user the program runs as (required when mailframe "
+               "runs as root; never root).", shown="mailframe's user", metavar="NAME"),
+        Option("group", str, None, "Its group.", shown="the user's", metavar="NAME"),
+        Option("timeout", Duration("a duration"), 1000.0,
+               "How long the program may run; then it is killed and the message retried."),
+        Option("output", Size(), 4096, "Octets of its output kept (the first line is the "
+               "reason of a failure)."),
+        Option("processes", Count(1, 1000), 10, "Programs running at once."),
+        Option("flags", str, "", "Header fields to add: D (Delivered-To), O (X-Original-To), "
+               "R (Return-Path).", shown="none", metavar="DOR"),
+        Option("crlf", YesNo(), False, "Keep CRLF line endings (no: LF)."),
+    )  # fmt: skip
+    description = (
+        "Run PROGRAM once per recipient (as pipe(8) does) with the message on its input, "
+        "${sender}, ${recipient}, ${original_recipient}, ${user}, ${extension}, ${domain}, "
+        "${client_address}, ${queue_id} ... in its arguments and environment: exit 0 "
+        "delivered, 75 retried, other statuses bounced with its first line of output."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        import os
+
+        from mailframe.backends.pipe import checkArguments, runAs
+
+        options = self.parseOptions(kwargs)
+        if not args or not args[0]:
+            raise ValueError(f"expected a PROGRAM (usage: {self.synopsis})")
+        program = os.path.expanduser(args[0])
+        if not os.path.isabs(program):
+            raise ValueError(f"the program must be an absolute path, not {program!r}")
+        if not os.path.isfile(program) or not os.access(program, os.X_OK):
+            raise ValueError(f"{program} is not an executable file")
+        checkArguments(args[1:])
+        unknown = set(options["flags"]) - set("DOR")
+        if unknown:
+            raise ValueError(f"unknown flags {''.join(sorted(unknown))!r} (flags: D, O, R)")
+        runAs(options["user"], options["group"])
+        return {"program": program, "args": args[1:], **options}
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
+        from mailframe.backends.pipe import PipeBackend
+
+        return PipeBackend(
+            context.reactor,
+            arguments["program"],
+            arguments["args"],
+            user=arguments["user"],
+            group=arguments["group"],
+            timeout=arguments["timeout"],
+            outputLimit=arguments["output"],
+            processes=arguments["processes"],
+            flags=arguments["flags"],
+            crlf=arguments["crlf"],
+        )
+
+
 maildirBackend = _Maildir()
 mboxBackend = _Mbox()
 memoryBackend = _Memory()
+pipeBackend = _Pipe()
 
-BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (maildirBackend, mboxBackend, memoryBackend)
+BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
+    maildirBackend,
+    mboxBackend,
+    memoryBackend,
+    pipeBackend,
+)

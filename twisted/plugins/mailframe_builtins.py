@@ -1,9 +1,9 @@
-# The built-in mailframe plug-ins (maildir, mbox, memory, any, domains,
+# The built-in mailframe plug-ins (maildir, mbox, memory, pipe, any, domains,
 # addresses, aliases, virtual, subaddress, and the security checks) as twisted.plugin dropins, for
 # getPlugins(IPlugInFactory).  twistd imports every dropin when it scans for
 # service makers, so this imports only the factories, which import no
 # provider module.
-from mailframe.backends.factories import maildirBackend, mboxBackend, memoryBackend
+from mailframe.backends.factories import maildirBackend, mboxBackend, memoryBackend, pipeBackend
 from mailframe.validators.factories import (
     addressesValidator,
     aliasesRewriter,
@@ -41,6 +41,7 @@ __all__ = [
     "maildirBackend",
     "mboxBackend",
     "memoryBackend",
+    "pipeBackend",
     "rspamdFilter",
     "spfFilter",
     "subaddressRewriter",
