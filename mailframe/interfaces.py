@@ -91,6 +91,7 @@ __all__ = [
     "ISessionControl",
     "ISessionObserver",
     "IUnadvertisedCommands",
+    "IUnknownCommandFilter",
 ]
 
 
@@ -129,6 +130,23 @@ class ISessionObserver(Interface):
 
     def sessionEnded(session: SessionInfo) -> None:
         """The connection of C{session} is gone.  Must not raise."""
+
+
+class IUnknownCommandFilter(Interface):
+    """
+    Optional, for any plug-in given to the server: told of each command line
+    the server does not know (answered 500 5.5.1), and may answer it with a
+    refusal of its own (a milter's SMFIC_UNKNOWN).  Asked in order, as a
+    chain: the first 4xx/5xx reply is the answer.
+    """
+
+    def unknownCommand(session: SessionInfo, line: str) -> Answer:
+        """
+        @param line: the command line as sent, without CRLF (UTF-8; bytes
+            that are not become replacement characters).
+        @return: None for the server's 500, or a 4xx/5xx L{Reply} to send
+            instead (or a Deferred of either).
+        """
 
 
 class ISenderValidator(Interface):

@@ -84,6 +84,7 @@ class ProviderTests(SynchronousTestCase):
             I.IRecipientValidator,
             I.IMessageFilter,
             I.ISessionObserver,
+            I.IUnknownCommandFilter,
         ):
             self.assertTrue(verifyObject(interface, milter))
 
@@ -303,6 +304,37 @@ class StageTests(TestCase):
 
 class AnswerTests(TestCase):
     timeout = 60
+
+    @defer.inlineCallbacks
+    def test_unknownCommand(self) -> Generator[Any, Any, None]:
+        """A command the server does not know goes to the milter, whose refusal replaces the 500."""
+
+        def unknown(r: C.Received, side: Any) -> bytes:
+            if "QUIET" in str(r.args[0]):
+                return C.respond(R.CONTINUE)
+            return C.respond(R.REPLYCODE, "550 5.5.1 Not that, ever")
+
+        milter = ScriptedMilter(self, handlers={C.Command.UNKNOWN: unknown})
+        server = startMilterServer(self, [milterFor(milter.address)])
+
+        def client() -> list[tuple[int, str]]:
+            with RawClient(server) as c:  # type: ignore[arg-type]
+                c.greetAndEhlo()
+                return [c.command(b"XYZZY magic"), c.command(b"QUIET please"), c.command(b"NOOP")]
+
+        replies = yield inThread(client)
+        self.assertEqual(
+            replies,
+            [
+                (550, "5.5.1 Not that, ever"),
+                (500, "5.5.1 Command unrecognized"),
+                (250, "2.0.0 OK"),
+            ],
+        )
+        self.assertEqual(
+            [r.args for r in milter.received(C.Command.UNKNOWN)],
+            [("XYZZY magic",), ("QUIET please",)],
+        )
 
     @defer.inlineCallbacks
     def test_refusedAtConnect(self) -> Generator[Any, Any, None]:

@@ -15,6 +15,8 @@ connection to the milter (L{MilterSession}, kept with C{session.stateFor}).
     octets, end of message; the changes it asks for are collected and
     applied to the message and envelope only once its final answer accepts
     (L{mailframe.milter.edits});
+  - a command the server does not know: the milter may refuse it with its
+    own reply instead of the 500 (L{IUnknownCommandFilter});
   - a transaction that ends without its message (RSET, a refused DATA,
     another MAIL or HELO) is aborted before the next command reaches the
     milter; the end of the session sends QUIT.
@@ -54,6 +56,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
     ISessionObserver,
+    IUnknownCommandFilter,
 )
 from mailframe.message import Message
 from mailframe.milter import codec as C
@@ -133,6 +136,7 @@ class MilterSession:
     IRecipientValidator,
     IMessageFilter,
     ISessionObserver,
+    IUnknownCommandFilter,
 )
 class Milter:
     """

@@ -413,6 +413,15 @@ class Commands:
     def vrfy(self, event: E.Vrfy) -> Reply | defer.Deferred[Reply | None] | None:
         return self.context.verifyChain.ask(self, (self.session, event.argument))
 
+    def unknown(self, line: bytes, default: Reply) -> Reply | defer.Deferred[Reply]:
+        """A command the server does not know: C{default} (500), unless a plug-in refuses it."""
+        decided = self.context.unknownChain.ask(
+            self, (self.session, line.decode("utf-8", "replace"))
+        )
+        if decided is None or type(decided) is Reply:
+            return _refusalOr(decided, default)
+        return then(decided, _refusalOr, default)
+
     def expn(self, event: E.Expn) -> Reply:
         return R.NOT_IMPLEMENTED.withText("EXPN is not available")
 
@@ -470,6 +479,10 @@ def _deliveredTo(recipient: Recipient, queueID: str) -> Reply:
     """LMTP: the 250 of one delivered recipient."""
     text = f"{clientText(recipient.address.toPath(), 300)} OK queued as {queueID}"
     return Reply(250, (2, 0, 0), text)
+
+
+def _refusalOr(decided: Reply | None, default: Reply) -> Reply:
+    return decided if decided is not None and decided.code >= 400 else default
 
 
 def _orDefault(decided: Reply | None, default: Reply) -> Reply:

@@ -33,6 +33,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
     ISessionObserver,
+    IUnknownCommandFilter,
 )
 from mailframe.plugins import checkProviders
 from mailframe.server._util import GreetPasses, IDs, processIDs
@@ -147,6 +148,11 @@ class ServerContext:
             undecided=R.USER_UNKNOWN,
         )
         self.messageChain = Chain("data", self.messageFilters, "filterMessage")
+        self.unknownChain = Chain(
+            "unknown",
+            tuple(dict.fromkeys(p for p in everything if IUnknownCommandFilter.providedBy(p))),
+            "unknownCommand",
+        )
         self.verifyChain = Chain(
             "vrfy", self.verifiers, "verifyAddress", firstDecides=True, undecided=R.CANNOT_VRFY
         )

@@ -277,9 +277,16 @@ class SMTPServerProtocol(Protocol):
                 except RemoteProtocolError as e:
                     if self._transcript:
                         self._logIn(conn)
-                    if self._tarpit(e.reply):
+                    reply = e.reply
+                    if reply is R.UNRECOGNIZED and self.context.unknownChain.calls:
+                        told = commands.unknown(conn.lastLine, reply)
+                        if isinstance(told, _Deferred):
+                            self._startAsync(told)
+                            continue
+                        reply = told
+                    if self._tarpit(reply):
                         continue
-                    self._write(e.reply)
+                    self._write(reply)
                     continue
                 if event is _NEED_DATA or event is _PAUSED:
                     break
