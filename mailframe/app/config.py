@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mailframe.address import Domain
@@ -87,6 +87,7 @@ class ListenerSpec:
     aliases: str | None = None
     virtual: str | None = None
     subaddress: str = ""
+    deliverRoutes: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def hasTLS(self) -> bool:
@@ -228,6 +229,7 @@ def buildListeners(
             aliases=settings["aliases"],
             virtual=settings["virtual"],
             subaddress=settings["subaddress"],
+            deliverRoutes=settings["deliver-routes"],
         )
         _checkListener(listener)
         return listener

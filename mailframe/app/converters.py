@@ -131,6 +131,23 @@ def deliver(value: object) -> str:
     return _plugIn(IDeliveryBackend, string(value))
 
 
+def deliverRoutes(value: object) -> dict[str, str]:
+    """A table of domain (or C{.domain}) = delivery backend description, each checked."""
+    if not isinstance(value, Mapping):
+        raise SettingError("expected a table of domain = delivery backend ('pipe:...' ...)")
+    out: dict[str, str] = {}
+    for name, description in value.items():
+        try:
+            Domain.parse(str(name).strip().removeprefix(".").rstrip("."))
+        except ValueError:
+            raise SettingError(f"not a domain: {name!r}") from None
+        try:
+            out[str(name).strip()] = deliver(description)
+        except SettingError as e:
+            raise SettingError(f"{name}: {e}") from None
+    return out
+
+
 def filters(value: object) -> tuple[str, ...]:
     """--filter descriptions, each checked."""
     descriptions = strings(value)

@@ -119,14 +119,17 @@ class _Explainer:
             *(registry.makeProvider(IRecipientValidator, d, context) for d in spec.validate),
         ]
         config = spec.config
+        routed = {Domain(d.rstrip(".")) for d in spec.deliverRoutes if not d.startswith(".")}
+        if routed:
+            config = replace(config, localDomains=config.localDomains | routed)
         self.router: Router | None = None
         self.routeKey: Callable[[Address], str] | None = None
         if queue is not None:  # the queue's routing, as QueueWiring makes it
             from mailframe.client.relay import SMTPRelay
 
             self.router = SMTPRelay.fromConfig(dict(queue.relay), reactor, config.hostname).router
-            routed = frozenset(Domain(d) for d in queue.localRoutes)
-            config = replace(config, localDomains=config.localDomains | routed)
+            local = frozenset(Domain(d) for d in queue.localRoutes)
+            config = replace(config, localDomains=config.localDomains | local)
         self.context = ServerContext(config, MemoryBackend(), validators, clock=reactor)
         if self.router is not None:
             from mailframe.queue.wiring import routeKeyFor
@@ -200,7 +203,10 @@ class _Explainer:
 
     def _by(self) -> str:
         decider, self.decider = self.decider, None
-        return f" (by {decider!r})" if decider is not None else ""
+        if decider is None:
+            return ""
+        name = repr(decider) if type(decider).__repr__ is not object.__repr__ else None
+        return f" (by {name or type(decider).__name__})"
 
     async def where(self, recipient: Recipient, relayed: bool = False) -> None:
         """Print where C{recipient} would be delivered."""
@@ -208,15 +214,16 @@ class _Explainer:
         address = recipient.address
         domain = address.domain
         assert domain is not None
+        deliver = _deliveredBy(spec, domain)
         if self.routeKey is None:
             if relayed:
                 self.line("    no queue: relayed mail is refused")
             else:
-                self.line(f"    delivered by {spec.deliver} (no queue)")
+                self.line(f"    delivered by {deliver} (no queue)")
             return
         key = self.routeKey(address)
         if key == "local":
-            self.line(f"    queued, then delivered by {spec.deliver}")
+            self.line(f"    queued, then delivered by {deliver}")
             return
         assert self.router is not None
         route = self.router.routeFor(domain)
@@ -257,6 +264,20 @@ class _Explainer:
             return
         for destination in found:
             self.line(f"      {destination.remote} port {destination.port}")
+
+
+def _deliveredBy(spec: ListenerSpec, domain: Domain) -> str:
+    """The backend description that delivers mail for C{domain} (deliver-routes, else deliver)."""
+    routes = {k.strip().lower().rstrip("."): v for k, v in spec.deliverRoutes.items()}
+    key = domain.key
+    if key in routes:
+        return routes[key]
+    labels = key.split(".")
+    for i in range(1, len(labels)):
+        found = routes.get("." + ".".join(labels[i:]))
+        if found is not None:
+            return found
+    return spec.deliver
 
 
 async def _destinations(router: Any, domain: Any) -> Any:

@@ -134,6 +134,14 @@ SCHEMA: tuple[Setting, ...] = (
                 "accepts gets ``550 5.1.1``.")),
     Setting("deliver", c.deliver, "maildir:./Maildir",
             "The delivery backend, a plug-in description.", metavar="DESCRIPTION"),
+    Setting("deliver-routes", c.deliverRoutes, {},
+            "Per-domain delivery backends, a table of domain = plug-in description (a "
+            "pipe: program for a list domain, say): mail for the domain (or, with a leading "
+            "dot, its subdomains) goes to that backend instead of deliver; the domains "
+            "become local.", form=FILE, details=(
+                "For example ``\"lists.example.com\" = \"pipe:/usr/local/bin/list:${user}:"
+                "user=list\"``.  With the queue, each recipient is retried or reported on "
+                "its own.  See :doc:`pipe`.")),
     Setting("max-size", Size(), 35 << 20,
             "The largest message in octets (K, M, G are powers of 1024); 0 is no limit.",
             details="Advertised with SIZE."),

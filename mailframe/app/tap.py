@@ -536,9 +536,18 @@ def buildListener(
     if local is None:
         local = _build(IDeliveryBackend, spec.deliver, context)
         named[id(local)] = spec.deliver
+        if spec.deliverRoutes:  # per-domain backends in front of deliver
+            local = _deliverRoutes(spec, context, local, notes or MailframeService())
     extensions, filters, _ = security.forListener(spec)
     checks = _checks(spec, context, kept, previous, named)
     config, delivering, messageFilters = spec.config, local, checks[IMessageFilter]
+    if spec.deliverRoutes:  # their domains are local
+        from dataclasses import replace
+
+        from mailframe.address import Domain
+
+        routed = {Domain(d.rstrip(".")) for d in spec.deliverRoutes if not d.startswith(".")}
+        config = replace(config, localDomains=config.localDomains | routed)
     if queue is not None:  # the queue takes the mail; the backend delivers local mail
         config, delivering, messageFilters = queue.listener(
             config, local, extensions, messageFilters
@@ -612,6 +621,21 @@ def _rewriters(
             "keeps its sender (no srs-secret): SPF checks at the next hop may refuse it"
         )
     return out
+
+
+def _deliverRoutes(
+    spec: ListenerSpec, context: ProviderContext, backend: IDeliveryBackend, notes: Any
+) -> IDeliveryBackend:
+    """The listener's backend with its per-domain backends in front (deliver-routes)."""
+    from mailframe.backends.routed import RoutedDelivery
+
+    routes = {d: _build(IDeliveryBackend, description, context)
+              for d, description in spec.deliverRoutes.items()}  # fmt: skip
+    notes.announcements.append(
+        f"mailframe: {spec.config.listener} delivers "
+        + "; ".join(f"{d} with {description}" for d, description in spec.deliverRoutes.items())
+    )
+    return RoutedDelivery(backend, routes)
 
 
 def _queue(reactor: Any, options: Options, service: MailframeService) -> QueueWiring | None:
