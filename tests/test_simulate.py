@@ -124,6 +124,20 @@ class SimulateTests(TestCase):
         self.assertIn("<<< 250 AUTH ", out)
 
     @defer.inlineCallbacks
+    def test_lmtp(self) -> Any:
+        """An LMTP listener: one reply per accepted recipient after the data, each shown."""
+        status, out, _ = yield self.play(
+            "LHLO c\nMAIL FROM:<s@example.org>\nRCPT TO:<alice@example.com>\n"
+            "RCPT TO:<bob@example.com>\nRCPT TO:<alice@example.com>\nDATA\nSubject: x\n\nhi\n.\n"
+            "QUIT\n", "--client", "192.0.2.7", "--lmtp", "tcp:0:interface=127.0.0.1",
+            "--listener", "lmtp",
+        )  # fmt: skip
+        self.assertEqual(status, 0)
+        after = out.split(">>> .\n", 1)[1].splitlines()
+        self.assertEqual([line[:13] for line in after[:4]],
+                         ["<<< 250 2.0.0", "    decided b", "<<< 250 2.0.0", "    (simulate"])  # fmt: skip
+
+    @defer.inlineCallbacks
     def test_closedByServer(self) -> Any:
         """Commands after the server closed the connection are not sent."""
         status, out, _ = yield self.play("QUIT\nNOOP\n", "--client", "192.0.2.7")

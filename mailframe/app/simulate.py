@@ -182,9 +182,8 @@ class _Transport:
         self._check()
         return d
 
-    def _check(self) -> None:
-        if self.waiting is None:
-            return
+    def pending(self) -> list[str]:
+        """A whole reply already written after the one awaited (its lines), or nothing."""
         lines = []
         data = self.buffer
         while b"\r\n" in data:
@@ -192,9 +191,16 @@ class _Transport:
             lines.append(line.decode("utf-8", "replace"))
             if line[3:4] != b"-":
                 self.buffer = data
-                self._answer(lines)
-                return
-        if self.closed:
+                return lines
+        return []
+
+    def _check(self) -> None:
+        if self.waiting is None:
+            return
+        lines = self.pending()
+        if lines:
+            self._answer(lines)
+        elif self.closed:
             self._answer([])
 
     def _answer(self, lines: list[str]) -> None:
@@ -256,6 +262,11 @@ class Simulation:
             self._print(f"<<< {line}")
         if lines:
             self._print(f"    decided by {self.describe(protocol.commands.decider)}")
+        more = self.transport.pending()
+        while more:  # LMTP's reply per recipient after the data; a 421 after a reply
+            for line in more:
+                self._print(f"<<< {line}")
+            more = self.transport.pending()
         return lines
 
     async def run(self, lines: Sequence[str]) -> int:
