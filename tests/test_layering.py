@@ -78,7 +78,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("values", ("mailframe.reply", "mailframe.address")),
     ("core", ("mailframe.protocol",)),
     ("session values", ("mailframe.results", "mailframe.envelope", "mailframe.message",
-                        "mailframe.trace", "mailframe.config")),
+                        "mailframe.trace", "mailframe.config", "mailframe.events")),
     ("interfaces", ("mailframe.interfaces",)),
     ("plug-ins", ("mailframe._deferreds", "mailframe._threads", "mailframe.plugins", "mailframe.auth",
                   "mailframe.extensions", "mailframe.validators", "mailframe.backends",
