@@ -1,6 +1,6 @@
 """
 The plug-in factories of the built-in delivery backends, chosen with
-C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}.
+C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}, C{lmtp}.
 
 Must not: import a backend's module at import time (twistd imports the
 dropins while scanning for service makers); providers are built in C{build}.
@@ -16,7 +16,14 @@ from mailframe.plugins import Choice, Count, Duration, Option, PlugInFactory, Si
 if TYPE_CHECKING:
     from mailframe.config import ProviderContext
 
-__all__ = ["BACKEND_FACTORIES", "maildirBackend", "mboxBackend", "memoryBackend", "pipeBackend"]
+__all__ = [
+    "BACKEND_FACTORIES",
+    "lmtpBackend",
+    "maildirBackend",
+    "mboxBackend",
+    "memoryBackend",
+    "pipeBackend",
+]
 
 
 class _Maildir(PlugInFactory):
@@ -70,6 +77,59 @@ class _Mbox(PlugInFactory):
         from mailframe.backends.mbox import MboxBackend
 
         return MboxBackend(context.reactor, arguments["path"], layout=arguments["layout"])
+
+
+class _LMTP(PlugInFactory):
+    prefix = "lmtp"
+    provides = IDeliveryBackend
+    arguments = "ENDPOINT"
+    options = (
+        Option("connections", Count(1, 1000), 10,
+               "LMTP sessions at once; deliveries beyond wait for one."),
+        Option("idle", Duration("a duration", zero=True), 30.0,
+               "How long an idle session waits for the next message; 0 ends each after one."),
+        Option("replies", Duration("a duration"), 300.0,
+               "How long to wait for each reply, and for each block of data to be taken."),
+        Option("final", Duration("a duration"), 600.0,
+               "How long to wait for the replies after the data (the server is delivering)."),
+        Option("chunking", YesNo(), True, "Send by BDAT when the server offers CHUNKING."),
+        Option("lhlo", str, None, "Our name in LHLO.", shown="the hostname setting",
+               metavar="NAME"),
+    )  # fmt: skip
+    description = (
+        "Deliver to an LMTP server (Dovecot, Cyrus, another mailframe) at ENDPOINT, a "
+        "client endpoint such as unix:/run/dovecot/lmtp or tcp:HOST:PORT; each recipient "
+        "gets the server's own reply.  Other options (timeout=, bindAddress=) are the "
+        "endpoint's."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        from mailframe.backends.lmtp import endpointString
+
+        ours = {o.name for o in self.options}
+        options = self.parseOptions({k: v for k, v in kwargs.items() if k in ours})
+        if not args:
+            raise ValueError(f"expected an ENDPOINT (usage: {self.synopsis})")
+        endpoint = endpointString(args, {k: v for k, v in kwargs.items() if k not in ours})
+        return {"endpoint": endpoint, **options}
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
+        from twisted.internet.endpoints import clientFromString
+
+        from mailframe.backends.lmtp import LMTPBackend
+
+        description = arguments["endpoint"]
+        return LMTPBackend(
+            context.reactor,
+            clientFromString(context.reactor, description),
+            description,
+            arguments["lhlo"] or context.config.hostname,
+            connections=arguments["connections"],
+            idle=arguments["idle"],
+            replies=arguments["replies"],
+            final=arguments["final"],
+            chunking=arguments["chunking"],
+        )
 
 
 class _Memory(PlugInFactory):
@@ -153,10 +213,12 @@ maildirBackend = _Maildir()
 mboxBackend = _Mbox()
 memoryBackend = _Memory()
 pipeBackend = _Pipe()
+lmtpBackend = _LMTP()
 
 BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
     maildirBackend,
     mboxBackend,
     memoryBackend,
     pipeBackend,
+    lmtpBackend,
 )
