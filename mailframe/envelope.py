@@ -88,7 +88,8 @@ class SessionInfo:
     What is known about one SMTP session.  The server updates it; plug
     points read it.  Checks record what they found in typed fields
     (C{iprev}, C{dnsblListings}); a plug-in keeps its own state with
-    L{stateFor}.
+    L{stateFor}.  C{frontEnd} is the address of a trusted front end that
+    named the client with XCLIENT (C{peerHost} is then the client it named).
     """
 
     sessionID: str
@@ -107,6 +108,7 @@ class SessionInfo:
     messages: int = 0
     iprev: IPRevResult | None = None
     dnsblListings: tuple[str, ...] = ()
+    frontEnd: str | None = None
     _states: dict[int, tuple[object, Any]] = field(default_factory=dict, repr=False)
     _snapshot: tuple[tuple[object, ...], SessionSnapshot] | None = field(default=None, repr=False)
 
@@ -126,6 +128,45 @@ class SessionInfo:
     def dropState(self, owner: object) -> None:
         """Forget C{owner}'s state for this session (the next L{stateFor} makes a new one)."""
         self._states.pop(id(owner), None)
+
+    def replaceClient(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        iprev: IPRevResult | None = None,
+        heloName: str | None = None,
+        login: str | None = None,
+        localHost: str | None = None,
+        localPort: int | None = None,
+    ) -> None:
+        """
+        A trusted front end (XCLIENT) names the client it speaks for: the
+        given facts replace the session's (None: unchanged), C{frontEnd}
+        keeps the front end's own address, and what was found about the old
+        client (its reverse name unless C{iprev} is given, DNSBL listings,
+        a login) is forgotten.  C{login}: the front end's user (an empty
+        string: none).
+        """
+        if self.frontEnd is None:
+            self.frontEnd = self.peerHost
+        if host is not None and host != self.peerHost:
+            self.peerHost = host
+            self.iprev = None
+            self.dnsblListings = ()
+        if port is not None:
+            self.peerPort = port
+        if iprev is not None:
+            self.iprev = iprev
+        if localHost is not None:
+            self.localHost = localHost
+        if localPort is not None:
+            self.localPort = localPort
+        self.heloName = heloName
+        self.esmtp = False
+        self.extensions = frozenset()
+        self.authenticated = login or None
+        self.authMechanism = "XCLIENT" if login else None
+        self._snapshot = None
 
     def snapshot(self, protocol: str = "") -> SessionSnapshot:
         """

@@ -61,6 +61,7 @@ if TYPE_CHECKING:
     from mailframe.envelope import DeliveryResult, Envelope, Recipient, SessionInfo
     from mailframe.message import Message
     from mailframe.reply import Reply
+    from mailframe.results import IPRevResult
 
     #: What a chain's plug-in answers (see "Plug-in chains").
     Answer: TypeAlias = "Reply | Deferred[Reply | None] | None"
@@ -378,6 +379,23 @@ class ISessionControl(Interface):
 
     def authenticate(avatarId: str, mechanism: str) -> None:
         """Mark the session authenticated as C{avatarId} (a str) via C{mechanism}."""
+
+    def replaceClient(
+        host: str | None = None,
+        port: int | None = None,
+        iprev: IPRevResult | None = None,
+        heloName: str | None = None,
+        login: str | None = None,
+        localHost: str | None = None,
+        localPort: int | None = None,
+    ) -> Reply:
+        """
+        A trusted front end names the client it speaks for (XCLIENT): the
+        session's facts are replaced (L{SessionInfo.replaceClient}) and the
+        greeting to answer this command with is returned.  Once that reply
+        (a 220) is sent the session starts over: the client greets again.
+        Only outside a transaction (check C{inTransaction}).
+        """
 
 
 class IPlugInFactory(Interface):

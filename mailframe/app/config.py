@@ -83,6 +83,7 @@ class ListenerSpec:
     filters: tuple[str, ...] = ()
     limits: str | None = None
     proxyNetworks: tuple[str, ...] = ()
+    xclientNetworks: tuple[str, ...] = ()
     milters: tuple[Any, ...] = ()  # MilterSettings, in order
     aliases: str | None = None
     virtual: str | None = None
@@ -225,6 +226,7 @@ def buildListeners(
             filters=tuple(settings["filter"]),
             limits=settings["limits"],
             proxyNetworks=tuple(settings["proxy-network"]),
+            xclientNetworks=tuple(settings["xclient-network"]),
             milters=tuple(m for m in settings["milter"] if m.appliesTo(name)),
             aliases=settings["aliases"],
             virtual=settings["virtual"],

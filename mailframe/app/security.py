@@ -76,6 +76,10 @@ class Security:
                 )
             )
             filters.append(self.limiter())
+        if spec.xclientNetworks:
+            from mailframe.extensions.xclient import XClient
+
+            extensions.append(XClient(spec.xclientNetworks))
         return extensions, filters, tls
 
     def context(self, spec: ListenerSpec) -> ServerTLS:

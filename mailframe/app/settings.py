@@ -159,6 +159,14 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("proxy-network", Networks(), (),
             "A load balancer (CIDR; a,b for two) whose PROXY header a haproxy: endpoint "
             "believes.", form=LIST, shown=_proxies, metavar="CIDR"),
+    Setting("xclient-network", Networks(), (),
+            "A front end (CIDR; a,b for two) that may name the client it speaks for with "
+            "XCLIENT (Postfix's extension).", form=LIST, metavar="CIDR",
+            shown="none: XCLIENT is offered to no one", details=(
+                "The session then goes on as the named client's: relay networks, SPF, "
+                "HELO checks, the Received field and the logs use its address.  The checks "
+                "of the connection itself (limits, DNSBL, a milter's connect) ran for the "
+                "front end.  See :ref:`xclient`.")),
     Setting("dns-server", dnsServers, (),
             "A DNS server (ADDRESS, ADDRESS:PORT or [IPV6]:PORT; a,b for two) that every "
             "check and MX routing ask, through one cache per process.", form=LIST, scope=TOP,

@@ -476,6 +476,27 @@ class ServerConnection:
         self._chunkCR = False
         self._facts -= TRANSACTION_FACTS
 
+    # -- starting over -----------------------------------------------------
+
+    def restart(self, rejected: bool = False) -> None:
+        """
+        The session starts over on the same connection, as after a new
+        greeting (XCLIENT's 220): forget HELO/EHLO and what it offered; the
+        client must greet again.  With C{rejected} the new greeting was a
+        refusal: only QUIT is served (as after a 554 greeting).  TLS stays;
+        what is buffered stays (the client is a trusted front end).
+
+        @raise LocalProtocolError: in a transaction, or with a reply pending.
+        """
+        if self._pending is not None or self.state not in (State.CONNECTED, State.READY):
+            raise LocalProtocolError("restart() only between transactions, with no reply due")
+        self._resetTransaction()
+        self.heloName = None
+        self.extended = False
+        self.extensions = self.dialect.alwaysOffered
+        self._offered()
+        self.state = State.REJECTED if rejected else State.CONNECTED
+
     # -- TLS --------------------------------------------------------------
 
     def startTLS(self) -> None:

@@ -1,7 +1,7 @@
 """
 L{SessionControl}: what an extension's command handler may do to its
 session besides replying (L{ISessionControl}): read the session, ask for
-TLS, mark the session authenticated.
+TLS, mark the session authenticated, replace its client (XCLIENT).
 
 Owns: that interface.  It talks to its session only through the session's
 public methods (L{SessionHost}), never its attributes.  Must not: import
@@ -10,7 +10,7 @@ the session's modules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import implementer
 
@@ -19,6 +19,8 @@ from mailframe.interfaces import ISessionControl
 
 if TYPE_CHECKING:
     from mailframe.interfaces import TLSContextFactory
+    from mailframe.reply import Reply
+    from mailframe.results import IPRevResult
 
 __all__ = ["SessionControl", "SessionHost"]
 
@@ -34,6 +36,8 @@ class SessionHost(Protocol):
     def requestTLS(self, contextFactory: TLSContextFactory) -> None: ...
 
     def authenticated(self, avatarId: str, mechanism: str) -> None: ...
+
+    def replaceClient(self, **facts: Any) -> Reply: ...
 
 
 @implementer(ISessionControl)
@@ -58,3 +62,23 @@ class SessionControl:
 
     def authenticate(self, avatarId: str, mechanism: str) -> None:
         self._host.authenticated(avatarId, mechanism)
+
+    def replaceClient(
+        self,
+        host: str | None = None,
+        port: int | None = None,
+        iprev: IPRevResult | None = None,
+        heloName: str | None = None,
+        login: str | None = None,
+        localHost: str | None = None,
+        localPort: int | None = None,
+    ) -> Reply:
+        return self._host.replaceClient(
+            host=host,
+            port=port,
+            iprev=iprev,
+            heloName=heloName,
+            login=login,
+            localHost=localHost,
+            localPort=localPort,
+        )

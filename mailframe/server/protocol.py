@@ -101,6 +101,7 @@ class SMTPServerProtocol(Protocol):
     _handshakeTimer: IDelayedCall | None = None
     _pregreet = False
     _tlsContext: TLSContextFactory | None = None
+    _restart = False  # XCLIENT: start over once its 220 is out
     _tlsStarted = False
 
     def __init__(self, context: ServerContext) -> None:
@@ -129,6 +130,25 @@ class SMTPServerProtocol(Protocol):
             mechanism=mechanism,
             peer=session.peer,
         )
+
+    def replaceClient(self, **facts: Any) -> Reply:
+        """
+        XCLIENT: the session's client is the one a trusted front end names
+        (L{SessionInfo.replaceClient}); the reply is the greeting, and once
+        it is out the session starts over (the core forgets HELO/EHLO).
+        """
+        session = self.session
+        before = session.peer
+        session.replaceClient(**facts)
+        log.info(
+            "{id} XCLIENT from {frontEnd}: client {before} is now {peer}",
+            id=session.sessionID,
+            frontEnd=session.frontEnd,
+            before=before,
+            peer=session.peer,
+        )
+        self._restart = True
+        return self.context.greeting
 
     # -- connection -----------------------------------------------------------
 
@@ -429,6 +449,10 @@ class SMTPServerProtocol(Protocol):
             self._startTLS()
         elif self._tlsContext is not None:
             self._tlsContext = None  # the handler asked for TLS but refused
+        elif self._restart:
+            self._restart = False
+            if code == 220:
+                conn.restart()  # XCLIENT: the client greets again
 
     def _writeEach(self, replies: tuple[Reply, ...]) -> None:
         """
