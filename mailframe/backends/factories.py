@@ -1,6 +1,6 @@
 """
 The plug-in factories of the built-in delivery backends, chosen with
-C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}, C{lmtp}.
+C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}, C{lmtp}, C{webhook}.
 
 Must not: import a backend's module at import time (twistd imports the
 dropins while scanning for service makers); providers are built in C{build}.
@@ -23,6 +23,7 @@ __all__ = [
     "mboxBackend",
     "memoryBackend",
     "pipeBackend",
+    "webhookBackend",
 ]
 
 
@@ -132,6 +133,87 @@ class _LMTP(PlugInFactory):
         )
 
 
+class _Statuses:
+    """C{400,410,422}: HTTP statuses from 300 to 599 (C{none} or empty: none)."""
+
+    metavar = "CODE,..."
+
+    def __call__(self, value: object) -> frozenset[int]:
+        if isinstance(value, (list, tuple, set, frozenset)):
+            value = ",".join(map(str, value))
+        text = str(value).strip()
+        if text.lower() in ("", "none"):
+            return frozenset()
+        codes = set()
+        for item in text.replace(" ", ",").split(","):
+            if not item:
+                continue
+            if not item.isdigit() or not 300 <= int(item) <= 599:
+                raise ValueError(f"expected HTTP statuses from 300 to 599, not {item!r}")
+            codes.add(int(item))
+        return frozenset(codes)
+
+    def format(self, value: object) -> str:
+        codes = sorted(value) if isinstance(value, (set, frozenset)) else []
+        return ",".join(map(str, codes)) or "none"
+
+
+class _Webhook(PlugInFactory):
+    prefix = "webhook"
+    provides = IDeliveryBackend
+    arguments = "URL"
+    options = (
+        Option("format", Choice("json", "raw"), "json",
+               "json: a JSON document (envelope, client, headers, text, HTML, attachments); "
+               "raw: the message itself (message/rfc822), the envelope in headers."),
+        Option("secret", str, None, "A file holding the key that signs each request "
+               "(HMAC-SHA256 of the timestamp and the body).", shown="unsigned",
+               metavar="PATH"),
+        Option("timeout", Duration("a duration"), 30.0,
+               "How long a request may take, answer included; then it is retried."),
+        Option("refuse", _Statuses(), frozenset(),
+               "HTTP statuses that fail the message for good (a bounce, or 5xx at the "
+               "session); other statuses than 2xx are retried."),
+        Option("each", YesNo(), False, "One request per recipient (no: one for all)."),
+        Option("connections", Count(1, 1000), 10, "Requests at once; deliveries beyond wait."),
+        Option("message", YesNo(), False, "json: the whole message in base64 too."),
+    )  # fmt: skip
+    description = (
+        "Post each message to the application at URL (http or https): 2xx delivered, a "
+        "status listed in refuse= failed, anything else (or no answer in time) retried."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        import os
+
+        from mailframe.backends.webhook import checkURL
+
+        options = self.parseOptions(kwargs)
+        url = checkURL(":".join(args))
+        secret = options["secret"]
+        if secret is not None:
+            secret = os.path.abspath(os.path.expanduser(secret))
+            if not os.path.isfile(secret) or not os.access(secret, os.R_OK):
+                raise ValueError(f"secret: {secret} is not a readable file")
+        return {**options, "url": url, "secret": secret}
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
+        from mailframe.backends.webhook import WebhookBackend, readSecret
+
+        secret = arguments["secret"]
+        return WebhookBackend(
+            context.reactor,
+            arguments["url"],
+            format=arguments["format"],
+            secret=None if secret is None else readSecret(secret),
+            timeout=arguments["timeout"],
+            refuse=arguments["refuse"],
+            each=arguments["each"],
+            connections=arguments["connections"],
+            original=arguments["message"],
+        )
+
+
 class _Memory(PlugInFactory):
     prefix = "memory"
     provides = IDeliveryBackend
@@ -214,6 +296,7 @@ mboxBackend = _Mbox()
 memoryBackend = _Memory()
 pipeBackend = _Pipe()
 lmtpBackend = _LMTP()
+webhookBackend = _Webhook()
 
 BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
     maildirBackend,
@@ -221,4 +304,5 @@ BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
     memoryBackend,
     pipeBackend,
     lmtpBackend,
+    webhookBackend,
 )
