@@ -1,6 +1,7 @@
 """
 The plug-in factories of the built-in delivery backends, chosen with
-C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}, C{lmtp}, C{webhook}.
+C{--deliver}: C{maildir}, C{mbox}, C{memory}, C{pipe}, C{lmtp}, C{webhook},
+C{amqp}, C{redis-stream}.
 
 Must not: import a backend's module at import time (twistd imports the
 dropins while scanning for service makers); providers are built in C{build}.
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKEND_FACTORIES",
+    "amqpBackend",
     "lmtpBackend",
     "maildirBackend",
     "mboxBackend",
     "memoryBackend",
     "pipeBackend",
+    "redisStreamBackend",
     "webhookBackend",
 ]
 
@@ -214,6 +217,125 @@ class _Webhook(PlugInFactory):
         )
 
 
+class _OrNone:
+    """A value of C{convert}, or C{none}."""
+
+    def __init__(self, convert: Any) -> None:
+        self.convert = convert
+        self.metavar = getattr(convert, "metavar", "VALUE") + "|none"
+
+    def __call__(self, value: object) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        return self.convert(value)
+
+    def format(self, value: object) -> str:
+        return "none" if value is None else str(self.convert.format(value))
+
+
+class _AMQP(PlugInFactory):
+    prefix = "amqp"
+    provides = IDeliveryBackend
+    arguments = "URL"
+    options = (
+        Option("exchange", str, "", "The exchange to publish to.", shown="the default exchange",
+               metavar="NAME"),
+        Option("key", str, None, "The routing key; {domain}, {recipient}, {local} and "
+               "{sender} are the recipient's: one publication per distinct key.",
+               shown="the queue's name on the default exchange, else {domain}",
+               metavar="TEMPLATE"),
+        Option("queue", str, None, "Declare this durable queue (bound by # to the exchange, "
+               "declared as a durable topic exchange).", shown="declare nothing",
+               metavar="NAME"),
+        Option("quorum", YesNo(), False, "Declare the queue as a quorum queue."),
+        Option("unroutable", Choice("retry", "refuse"), "retry",
+               "A message no queue takes (returned): retried (451) or refused (550)."),
+        Option("timeout", Duration("a duration"), 30.0,
+               "How long to wait for a connection, and for each confirmation."),
+    )  # fmt: skip
+    description = (
+        "Publish to RabbitMQ at URL (amqp://USER:PASS@HOST:PORT/VHOST, or amqps://), "
+        "persistent, with publisher confirms: delivered once the broker confirmed it; "
+        "the envelope in the headers."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        from mailframe.backends.amqp import amqpParameters, checkKey
+
+        options = self.parseOptions(kwargs)
+        url = ":".join(args)
+        if not url:
+            raise ValueError(f"expected a URL (usage: {self.synopsis})")
+        amqpParameters(url)
+        if options["quorum"] and not options["queue"]:
+            raise ValueError("quorum=yes needs a queue= to declare")
+        key = checkKey(options["exchange"], options["queue"], options["key"])
+        return {**options, "url": url, "key": key}
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
+        from mailframe.backends.amqp import AMQPBackend
+
+        return AMQPBackend(
+            context.reactor,
+            arguments["url"],
+            arguments["key"],
+            exchange=arguments["exchange"],
+            queue=arguments["queue"],
+            quorum=arguments["quorum"],
+            unroutable=arguments["unroutable"],
+            timeout=arguments["timeout"],
+        )
+
+
+class _RedisStream(PlugInFactory):
+    prefix = "redis-stream"
+    provides = IDeliveryBackend
+    arguments = "URL"
+    options = (
+        Option("stream", str, "mail", "The stream (key) to add to; {domain}, {recipient}, "
+               "{local} and {sender} are the recipient's: one entry per distinct name.",
+               metavar="TEMPLATE"),
+        Option("maxlen", _OrNone(Count(1)), None,
+               "Trim the stream to about this many entries (MAXLEN ~)."),
+        Option("inline", _OrNone(Size()), None, "Store larger messages under a key of their "
+               "own, named by the entry's message-key field."),
+        Option("expire", _OrNone(Duration("a duration")), None,
+               "The time to live of a message stored under its own key."),
+        Option("replicas", Count(0, 100), 0,
+               "Wait (WAIT) until this many replicas have each entry."),
+        Option("timeout", Duration("a duration"), 30.0,
+               "How long to wait for a connection, and for each answer."),
+    )  # fmt: skip
+    description = (
+        "Add each message to a Redis stream (XADD) at URL (redis://[:PASSWORD@]HOST:PORT/DB, "
+        "rediss://, unix:///PATH), the envelope as fields: delivered once Redis answered."
+    )
+
+    def checkArguments(self, *args: str, **kwargs: str) -> dict[str, Any]:
+        from mailframe.backends._handoff import Template
+        from mailframe.backends._redisclient import RedisURL
+
+        options = self.parseOptions(kwargs)
+        url = ":".join(args)
+        if not url:
+            raise ValueError(f"expected a URL (usage: {self.synopsis})")
+        return {**options, "url": RedisURL.parse(url), "stream": Template(options["stream"])}
+
+    def build(self, context: ProviderContext, **arguments: Any) -> IDeliveryBackend:
+        from mailframe.backends.redisstream import RedisStreamBackend
+
+        return RedisStreamBackend(
+            context.reactor,
+            arguments["url"],
+            arguments["stream"],
+            maxlen=arguments["maxlen"],
+            inline=arguments["inline"],
+            expire=arguments["expire"],
+            replicas=arguments["replicas"],
+            timeout=arguments["timeout"],
+        )
+
+
 class _Memory(PlugInFactory):
     prefix = "memory"
     provides = IDeliveryBackend
@@ -297,6 +419,8 @@ memoryBackend = _Memory()
 pipeBackend = _Pipe()
 lmtpBackend = _LMTP()
 webhookBackend = _Webhook()
+amqpBackend = _AMQP()
+redisStreamBackend = _RedisStream()
 
 BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
     maildirBackend,
@@ -305,4 +429,6 @@ BACKEND_FACTORIES: tuple[PlugInFactory, ...] = (
     pipeBackend,
     lmtpBackend,
     webhookBackend,
+    amqpBackend,
+    redisStreamBackend,
 )

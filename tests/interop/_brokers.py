@@ -1,0 +1,278 @@
+"""
+Private brokers for the tests of the C{amqp} and C{redis-stream} backends,
+each from Debian's package, in a temporary directory of its own, on
+127.0.0.1 and free ports only, never the system's instance:
+
+  - L{PrivateRabbitMQ}: C{rabbitmq-server} (the script under
+    /usr/lib/rabbitmq/bin, not the wrapper that switches users) with its
+    own node name, Erlang distribution port, epmd (started by us, on a
+    port of its own), Mnesia and log directories and configuration file;
+    a start takes seconds, so a test module shares one (L{shared});
+  - L{PrivateRedis}: C{redis-server} with a generated configuration:
+    C{appendonly yes}, C{appendfsync always}, its directory in the
+    temporary one.
+
+Each can be stopped (SIGTERM, or SIGKILL: C{kill}) and started again on
+the same data, to show that what it acknowledged survives.  Blocking
+helpers, for a test's own thread; every wait has a deadline.  A missing
+program is L{SkipTest}, or a failure with MAILFRAME_REQUIRE_INTEROP=1.
+Processes are stopped by the ids of those the helper started, nothing else.
+
+Owns: nothing of mailframe.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.interop._mailpeers import (
+    HOST,
+    freePort,
+    listening,
+    scratch,
+    stopProcess,
+    unavailable,
+    waitFor,
+)
+
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+EPMD = shutil.which("epmd") or "/usr/bin/epmd"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+RABBITMQ_START = 90.0
+"""Seconds RabbitMQ may take to listen (it takes several on a busy machine)."""
+REDIS_START = 20.0
+
+__all__ = ["PrivateRabbitMQ", "PrivateRedis", "shared"]
+
+
+class _Server:
+    directory: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        log = open(self.directory / "server.log", "ab")  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                argv, cwd=self.directory, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            log.close()
+
+    def _waitUp(self, timeout: float, what: str) -> None:
+        process = self.process
+        assert process is not None
+
+        def up() -> bool:
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"{what} exited ({process.returncode}):\n{self.log()[-3000:]}"
+                )
+            return listening(self.port)
+
+        waitFor(up, timeout, f"{what} to listen on {self.port}", 0.1)
+
+    def log(self) -> str:
+        path = self.directory / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (its process group), then SIGKILL what is left."""
+        if self.process is not None:
+            stopProcess(self.process)
+            self.process = None
+            self.waitDown()
+
+    def kill(self) -> None:
+        """SIGKILL its process group at once: no chance to write anything more."""
+        process = self.process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+            self.process = None
+            self.waitDown()
+
+    def waitDown(self) -> None:
+        waitFor(lambda: not listening(self.port), 30, f"port {self.port} to close", 0.1)
+
+
+class PrivateRabbitMQ(_Server):
+    """RabbitMQ on 127.0.0.1:C{port}, user guest/guest, its data in C{directory}."""
+
+    def __init__(self, directory: Path) -> None:
+        for program in (RABBITMQ_SERVER, EPMD):
+            if not os.path.exists(program):
+                raise unavailable(f"{program} is missing (Debian package rabbitmq-server)")
+        self.directory = directory
+        self.port = freePort()
+        self.epmdPort = freePort()
+        self.distPort = freePort()
+        self.node = f"mailframe{self.port}@localhost"
+        self.epmd: subprocess.Popen[bytes] | None = None
+        (directory / "mnesia").mkdir()
+        (directory / "log").mkdir()
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = {HOST}:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "disk_free_limit.absolute = 20MB\n"
+            "log.console = true\nlog.console.level = warning\nlog.file = false\n"
+        )
+        (directory / "enabled_plugins").write_text("[].\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@{HOST}:{self.port}/%2F"
+
+    def environment(self) -> dict[str, str]:
+        d = self.directory
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": str(d),
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": HOST,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.distPort),
+            "ERL_EPMD_PORT": str(self.epmdPort),
+            "ERL_EPMD_ADDRESS": HOST,
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+        }
+
+    def start(self) -> None:
+        if self.epmd is None or self.epmd.poll() is not None:
+            # Our own epmd, so that nothing of this run outlives it (rabbitmq
+            # would start a daemon epmd of its own otherwise).
+            self.epmd = subprocess.Popen(
+                [EPMD, "-port", str(self.epmdPort), "-address", HOST],
+                cwd=self.directory, env={"PATH": "/usr/bin:/bin", "HOME": str(self.directory)},
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            waitFor(lambda: listening(self.epmdPort), 10, "epmd to listen", 0.05)
+        self._spawn([RABBITMQ_SERVER], self.environment())
+        self._waitUp(RABBITMQ_START, "rabbitmq-server")
+        waitFor(self._answers, 30, "rabbitmq-server to take connections", 0.2)
+
+    def _answers(self) -> bool:
+        try:
+            self.blocking().close()
+        except Exception:
+            return False
+        return True
+
+    def stopAll(self) -> None:
+        self.stop()
+        if self.epmd is not None:
+            stopProcess(self.epmd)
+            self.epmd = None
+
+    def blocking(self) -> Any:
+        """A pika BlockingConnection to the broker (the caller closes it)."""
+        import pika
+
+        parameters = pika.URLParameters(self.url)
+        parameters.socket_timeout = 10
+        parameters.blocked_connection_timeout = 30
+        return pika.BlockingConnection(parameters)
+
+    def drain(self, queue: str, limit: int = 1_000_000) -> list[tuple[Any, bytes]]:
+        """Every message in C{queue}, taken and acknowledged: (properties, body)."""
+        connection = self.blocking()
+        try:
+            channel = connection.channel()
+            out = []
+            while len(out) < limit:
+                method, properties, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    break
+                out.append((properties, body))
+            return out
+        finally:
+            connection.close()
+
+
+class PrivateRedis(_Server):
+    """redis-server on 127.0.0.1:C{port}, AOF with fsync at every write, its data in C{directory}."""
+
+    def __init__(self, directory: Path, password: str | None = None) -> None:
+        if not os.path.exists(REDIS_SERVER):
+            raise unavailable(f"{REDIS_SERVER} is missing (Debian package redis-server)")
+        self.directory = directory
+        self.port = freePort()
+        self.password = password
+        lines = [
+            f"port {self.port}",
+            f"bind {HOST}",
+            f"dir {directory}",
+            "daemonize no",
+            'logfile ""',
+            "appendonly yes",
+            "appendfsync always",
+            'save ""',
+            "protected-mode yes",
+        ]
+        if password:
+            lines.append(f"requirepass {password}")
+        (directory / "redis.conf").write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        self._spawn([REDIS_SERVER, str(self.directory / "redis.conf")])
+        self._waitUp(REDIS_START, "redis-server")
+
+    def stopAll(self) -> None:
+        self.stop()
+
+    def client(self) -> Any:
+        """A redis-py client (sync) with bounded socket timeouts."""
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=15, socket_connect_timeout=5)
+
+
+_shared: dict[str, Any] = {}
+
+
+def shared(kind: str) -> Any:
+    """
+    The one running broker of this kind (C{"rabbitmq"} or C{"redis"}) of the
+    test process, started on first use and stopped at exit; started again
+    if a test left it stopped.
+    """
+    server = _shared.get(kind)
+    if server is None:
+        directory = scratch(f"mailframe-{kind}-")
+        server = PrivateRabbitMQ(directory) if kind == "rabbitmq" else PrivateRedis(directory)
+
+        def cleanup() -> None:
+            server.stopAll()
+            shutil.rmtree(directory, True)
+
+        atexit.register(cleanup)
+        _shared[kind] = server
+    if not server.running:
+        server.start()
+    return server
