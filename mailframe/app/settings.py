@@ -102,6 +102,12 @@ def _limits() -> str:
     return "on: " + ", ".join(f"{o.name}={o.defaultText}" for o in factory.options)
 
 
+def _metricsEndpoint(value: object) -> str:
+    from mailframe.app.metrics import metricsEndpoint
+
+    return metricsEndpoint(value)
+
+
 _SECONDS = Duration()
 _DELAY = Duration(zero=True)
 _DURATION = Duration("a duration")
@@ -200,6 +206,14 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("transcript", c.Boolean(), False,
             "Debugging: log every session as a readable transcript (commands and "
             "replies; message contents are summarised, never logged).", form=FLAG),
+    Setting("metrics", _metricsEndpoint, None,
+            "Serve Prometheus metrics at /metrics on this Twisted server endpoint "
+            "(tcp:9025:interface=127.0.0.1, say).", scope=TOP, metavar="ENDPOINT",
+            shown="none (no metrics)", details=(
+                "Counters of connections, commands, replies, refusals, messages, TLS, AUTH "
+                "and deliveries, plug-in latency, and the queue by state: see :doc:`metrics`.  "
+                "Keep it on loopback or a private network: it is not authenticated.  With "
+                "``workers``, worker K serves its own on the port plus K.")),
     Setting("config", c.path, None, "Read settings from this TOML file.",
             form=COMMAND, scope=TOP, metavar="FILE"),
     # -- TLS and AUTH -----------------------------------------------------------------

@@ -149,6 +149,7 @@ class Options(usage.Options):
     listeners: list[ListenerSpec]
     clientLimits: ClientLimits
     dns: DNSSpec = DNSSpec()
+    metrics: str | None = None  # the metrics endpoint
 
     def __init__(self) -> None:
         super().__init__()
@@ -194,6 +195,13 @@ class Options(usage.Options):
             count = convert("workers", self["workers"], "--workers")
         if self["worker"] is not None:
             convert("worker", self["worker"], "--worker")
+        if count > 1 and self.metrics is not None:
+            from mailframe.app._metricsweb import workerEndpoint
+
+            try:
+                workerEndpoint(None, self.metrics, 0)
+            except ValueError as e:
+                raise SettingError(f"metrics with workers: {oneLine(e)}")
         if count > 1:
             from mailframe.app.workers import reusePortEndpoint
             from mailframe.server.proxy import splitProxyEndpoint
@@ -225,6 +233,7 @@ class Options(usage.Options):
             fileTop, fileListeners = readConfigFile(self["config"])
         self.clientLimits = clientLimits(command, fileTop)
         self.dns = dnsSpec(command, fileTop)
+        self.metrics = {**(fileTop or {}), **command}.get("metrics")
         listeners = buildListeners(command, fileTop, fileListeners)
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
         self.queue = queueSpec(command, fileTop, networks)
@@ -475,6 +484,8 @@ def makeService(options: Options) -> MailframeService:
             from mailframe.queue.control import LOCK
 
             service.lockFile = os.path.join(queue.spool.path, LOCK)
+        if getattr(options, "metrics", None) is not None:
+            _metrics(reactor, options, service, queue)
     workers = getattr(options, "workers", 1)
     pool = None
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
@@ -489,6 +500,30 @@ def makeService(options: Options) -> MailframeService:
         pool=pool, notifies=service.notifies,
     )  # fmt: skip
     return service
+
+
+def _metrics(
+    reactor: Any, options: Options, service: MailframeService, queue: QueueWiring | None
+) -> None:
+    """The metrics service (--metrics): every listener's plug-ins timed, the queue read."""
+    from mailframe.app.metrics import Metrics, MetricsService
+
+    description = options.metrics
+    assert description is not None
+    metrics = Metrics()
+    for factory in service.factories:
+        metrics.timePlugins(factory)
+    if queue is not None and queue.service.runner is not None:
+        metrics.watchQueue(queue.service.runner, reactor)
+    worker = int(options["worker"] or 0) if getattr(options, "workers", 1) > 1 else None
+    try:
+        child = MetricsService(reactor, description, metrics, worker)
+    except Exception as e:
+        raise SystemExit(f"mailframe: bad endpoint {description!r}: {oneLine(e)}")
+    child.setServiceParent(service)
+    service.endpoints[child] = description
+    where = f"{description} (port + {worker})" if worker else description
+    service.announcements.append(f"mailframe: Prometheus metrics at {where}, path /metrics")
 
 
 def buildListener(

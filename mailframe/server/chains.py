@@ -21,13 +21,19 @@ cancelled (the server's time limit) is logged by name.
 The plug-in that decided is recorded on the C{verdict} object passed to
 L{Chain.run} (its C{decider} attribute), for log lines.
 
+A L{PluginTimer} (L{Chain.setTimer}; the Prometheus metrics set one) is
+told how long each plug-in took to answer, a Deferred's until it fired.
+It costs nothing when none is set: the timer wraps the calls of the chain
+once, when it is set, and the loop that asks them is the same either way.
+
 Owns: the contract's semantics.  Must not: know the stages' meaning beyond
 their replies, or import the session's modules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet import defer
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     #: deciding L{Reply}, or a Deferred of either.
     Outcome: TypeAlias = "Reply | defer.Deferred[Reply | None] | None"
 
-__all__ = ["Chain", "Verdict"]
+__all__ = ["Chain", "PluginTimer", "Verdict"]
 
 log = Logger(namespace="mailframe.server")
 
@@ -56,6 +62,43 @@ class Verdict(Protocol):
     """Where a chain records the plug-in that decided (None: nobody in particular)."""
 
     decider: object
+
+
+class PluginTimer(Protocol):
+    """
+    Told how long a plug-in of a chain took: C{stage} (the chain's word),
+    the plug-in, and the seconds from the call to its answer (a Deferred's
+    firing, or its failure or cancellation).  Must not raise.
+    """
+
+    def __call__(self, stage: str, provider: object, seconds: float) -> None: ...
+
+
+def _timed(
+    call: Callable[..., object], stage: str, provider: object, timer: PluginTimer
+) -> Callable[..., object]:
+    """C{call}, telling C{timer} how long each answer took."""
+    clock = perf_counter
+
+    def timed(*args: object) -> object:
+        start = clock()
+        try:
+            result = call(*args)
+        except BaseException:
+            timer(stage, provider, clock() - start)
+            raise
+        if isinstance(result, _Deferred):
+
+            def answered(outcome: object) -> object:
+                timer(stage, provider, clock() - start)
+                return outcome
+
+            result.addBoth(answered)
+        else:
+            timer(stage, provider, clock() - start)
+        return result
+
+    return timed
 
 
 class Chain:
@@ -71,7 +114,16 @@ class Chain:
     @param undecided: with C{firstDecides}, the answer when nobody decided.
     """
 
-    __slots__ = ("accepted", "calls", "firstDecides", "providers", "stage", "undecided")
+    __slots__ = (
+        "accepted",
+        "calls",
+        "firstDecides",
+        "method",
+        "providers",
+        "stage",
+        "timer",
+        "undecided",
+    )
 
     def __init__(
         self,
@@ -84,10 +136,23 @@ class Chain:
     ) -> None:
         self.stage = stage
         self.providers = tuple(providers)
-        self.calls = tuple(getattr(p, method) for p in self.providers)
+        self.method = method
+        self.calls: tuple[Callable[..., object], ...] = ()
+        self.timer: PluginTimer | None = None
+        self.setTimer(None)
         self.firstDecides = firstDecides
         self.accepted = accepted
         self.undecided = undecided
+
+    def setTimer(self, timer: PluginTimer | None) -> None:
+        """Time each plug-in's answers with C{timer} from now on (None: stop timing)."""
+        calls = tuple(getattr(p, self.method) for p in self.providers)
+        if timer is not None:
+            calls = tuple(
+                _timed(call, self.stage, p, timer)
+                for p, call in zip(self.providers, calls, strict=True)
+            )
+        self.calls, self.timer = calls, timer
 
     def __bool__(self) -> bool:
         """True if the stage has plug-ins (hot paths test C{chain.calls} instead)."""

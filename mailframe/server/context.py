@@ -37,7 +37,7 @@ from mailframe.interfaces import (
 )
 from mailframe.plugins import checkProviders
 from mailframe.server._util import GreetPasses, IDs, processIDs
-from mailframe.server.chains import Chain
+from mailframe.server.chains import Chain, PluginTimer
 from mailframe.server.expansion import ExpandedDelivery
 
 __all__ = ["ServerContext", "ServerStats"]
@@ -167,3 +167,23 @@ class ServerContext:
         )
         self.stats = ServerStats()
         self.sessions: set[Protocol] = set()  # the open sessions (SMTPServerProtocol)
+        self.pluginTimer: PluginTimer | None = None
+
+    @property
+    def chains(self) -> tuple[Chain, ...]:
+        """Every plug-in chain of the server."""
+        return (
+            self.connectionChain,
+            self.heloChain,
+            self.senderChain,
+            self.recipientChain,
+            self.messageChain,
+            self.unknownChain,
+            self.verifyChain,
+        )
+
+    def setPluginTimer(self, timer: PluginTimer | None) -> None:
+        """Time every plug-in of every chain with C{timer} (None: stop); see L{Chain.setTimer}."""
+        self.pluginTimer = timer
+        for chain in self.chains:
+            chain.setTimer(timer)

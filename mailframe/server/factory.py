@@ -94,6 +94,7 @@ class SMTPServerFactory(Factory):
         new, old = other.context, self.context
         new.stats, new.sessions, new.ids = old.stats, old.sessions, old.ids
         new.greetPasses = old.greetPasses
+        new.setPluginTimer(old.pluginTimer)  # the metrics go on timing the new plug-ins
         self.context = new
 
     # -- what embedding code and twistd read ---------------------------------------

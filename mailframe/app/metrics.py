@@ -1,0 +1,609 @@
+"""
+Prometheus metrics: L{Metrics} counts mailframe's decision events
+(L{mailframe.events}) as a twisted.logger observer, so that what is logged
+is what is counted, and reads what only exists at a moment (the queue, by
+state) when it is scraped.  It also times the plug-ins of server factories
+(L{mailframe.server.chains.PluginTimer}).  C{--metrics ENDPOINT} serves it
+(L{mailframe.app._metricsweb}); embedding code calls L{metricsFor}.
+
+Every metric is in a private C{CollectorRegistry} (never prometheus-client's
+global one), so two servers in one process, or two tests, count apart.
+Label values are bounded: listener names, stages, verbs, reply codes,
+plug-in names, TLS versions, AUTH mechanisms and destination kinds, never
+an address; a label that sees more than L{MAX_VALUES} values counts the
+rest as C{other}.  Everything runs in the reactor thread: no lock is held
+longer than prometheus-client's own, no thread serves a scrape.
+
+Owns: the names, help and labels of the metrics (docs/metrics.rst lists
+them), and turning events into samples.  Must not: change an event, block,
+or raise into the logging system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily, Metric
+from twisted.application.service import MultiService
+from twisted.logger import ILogObserver, LogPublisher, globalLogPublisher
+from zope.interface import implementer
+
+from mailframe import events as E
+from mailframe.app._metricsweb import MetricsResource, metricsService
+from mailframe.plugins import SettingError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from mailframe.queue.entry import QueueEntry
+    from mailframe.server import SMTPServerFactory
+
+__all__ = [
+    "MAX_VALUES",
+    "Metrics",
+    "MetricsService",
+    "QueueCollector",
+    "metricsEndpoint",
+    "metricsFor",
+    "metricsResource",
+]
+
+#: The most values one label of one metric takes; further ones count as C{other}.
+MAX_VALUES = 64
+
+OTHER = "other"
+
+#: The buckets of the plug-in latency histogram (seconds).
+PLUGIN_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                  1.0, 2.5, 5.0, 10.0, 30.0)  # fmt: skip
+#: Of a delivery attempt's transfer (seconds).
+TRANSFER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    60.0, 120.0, 300.0, 600.0)  # fmt: skip
+#: Of the time from arrival to delivery (seconds: up to five days).
+DELAY_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0,
+                 2 * 86400.0, 5 * 86400.0)  # fmt: skip
+#: Of a session, connect to disconnect (seconds).
+SESSION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0)
+
+#: The queue's states, as mailframe-queue shows them: being attempted now,
+#: never attempted yet, waiting for a retry, on hold.
+QUEUE_STATES = ("active", "incoming", "deferred", "hold")
+
+#: Mail ports a metrics endpoint may not use.
+MAIL_PORTS = frozenset({25, 465, 587})
+
+_PREFIX = "mailframe"
+
+
+def metricsEndpoint(value: object) -> str:
+    """
+    The C{metrics} setting: a Twisted server endpoint string (parsed; nothing
+    listens), not on a mail port.  @raise SettingError: one line.
+    """
+    from mailframe.app.endpoints import checkServerEndpoint, tcpListenAddress
+    from mailframe.plugins import oneLine
+
+    if not isinstance(value, str) or not value.strip():
+        raise SettingError(f"expected a server endpoint string, not {value!r}")
+    description = value.strip()
+    try:
+        checkServerEndpoint(description)
+    except Exception as e:
+        raise SettingError(f"bad endpoint {description!r}: {oneLine(e)}") from None
+    try:
+        port = tcpListenAddress(description).port
+    except Exception:
+        port = None  # unix:, systemd: ...
+    if port in MAIL_PORTS:
+        raise SettingError(
+            f"{description!r} is a mail port ({port}): give the metrics a port of their own "
+            "(tcp:9025:interface=127.0.0.1, say)"
+        )
+    return description
+
+
+class _Labels:
+    """The values one label of one metric has taken: at most L{MAX_VALUES}."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, value: object) -> str:
+        text = value if isinstance(value, str) else _name(value)
+        seen = self.seen
+        if text in seen:
+            return text
+        if len(seen) >= MAX_VALUES or not text or len(text) > 64 or not text.isprintable():
+            return OTHER
+        seen.add(text)
+        return text
+
+
+def _name(value: object) -> str:
+    """A label value for a thing that is not a string: a plug-in's class name, a number."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool | int):
+        return str(int(value))
+    return type(value).__name__
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value >= 0 else None
+
+
+class QueueSource(Protocol):
+    """What L{QueueCollector} reads: a L{mailframe.queue.runner.QueueRunner}."""
+
+    @property
+    def entries(self) -> Mapping[str, QueueEntry]: ...
+
+    def underWay(self, entryID: str) -> bool: ...
+
+
+class QueueCollector:
+    """
+    The queue at scrape time, by state (L{QUEUE_STATES}): messages, their
+    pending recipients, their octets, and the age of the oldest.  It reads
+    the runner's entries in memory (no file is opened): one pass per scrape.
+    """
+
+    def __init__(self, queue: QueueSource, clock: IReactorTime) -> None:
+        self.queue = queue
+        self.clock = clock
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(
+                f"{_PREFIX}_queue_messages", "Messages in the queue, by state.", labels=["state"]
+            ),
+            GaugeMetricFamily(
+                f"{_PREFIX}_queue_recipients",
+                "Recipients still to deliver in the queue, by state.",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(
+                f"{_PREFIX}_queue_bytes",
+                "Octets of the messages in the queue, by state.",
+                labels=["state"],
+            ),
+            GaugeMetricFamily(
+                f"{_PREFIX}_queue_oldest_seconds",
+                "Age of the oldest message in the queue, by state (0 when none).",
+                labels=["state"],
+            ),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        queue = self.queue
+        now = self.clock.seconds()
+        messages = dict.fromkeys(QUEUE_STATES, 0)
+        recipients = dict.fromkeys(QUEUE_STATES, 0)
+        octets = dict.fromkeys(QUEUE_STATES, 0)
+        oldest: dict[str, float] = {}
+        for entry in list(queue.entries.values()):
+            if entry.held:
+                state = "hold"
+            elif queue.underWay(entry.id):
+                state = "active"
+            elif entry.attempts:
+                state = "deferred"
+            else:
+                state = "incoming"
+            messages[state] += 1
+            recipients[state] += len(entry.pending)
+            octets[state] += entry.size
+            if entry.arrival < oldest.get(state, now):
+                oldest[state] = entry.arrival
+        families = self._families()
+        for state in QUEUE_STATES:
+            families[0].add_metric([state], messages[state])
+            families[1].add_metric([state], recipients[state])
+            families[2].add_metric([state], octets[state])
+            families[3].add_metric([state], max(0.0, now - oldest.get(state, now)))
+        return families
+
+
+@implementer(ILogObserver)
+class Metrics:
+    """
+    The metrics of one mailframe process (or of the servers given to it):
+    a twisted.logger observer of the decision events, a plug-in timer, and
+    the C{registry} to expose.  L{start} adds it to a log publisher (by
+    default the global one) and L{stop} removes it; calling it with an event
+    counts the event.
+
+    @param registry: where the metrics go; a new private one by default.
+    @param process: also export prometheus-client's process and platform
+        collectors (C{process_*}, C{python_info}).
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._publisher: LogPublisher | None = None
+        self._listeners: dict[str, str] = {}  # open session -> listener
+        self._timers: dict[tuple[str, int], tuple[object, Any]] = {}
+        self._labels: dict[str, _Labels] = {}
+        r, p = self.registry, _PREFIX
+        if process:
+            from prometheus_client import PlatformCollector, ProcessCollector
+
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+        from mailframe import __version__
+
+        Info(f"{p}_build", "mailframe's version.", registry=r).info({"version": __version__})
+        # sessions
+        self.connections = Counter(
+            f"{p}_connections", "Sessions begun, by listener.", ["listener"], registry=r
+        )
+        self.open = Gauge(
+            f"{p}_connections_open", "Sessions open now, by listener.", ["listener"], registry=r
+        )
+        self.connectionsRefused = Counter(
+            f"{p}_connections_refused",
+            "Sessions refused at connect (421 or 554), by listener, the plug-in that "
+            "refused and the reply code.",
+            ["listener", "decider", "code"],
+            registry=r,
+        )
+        self.sessionSeconds = Histogram(
+            f"{p}_session_seconds",
+            "How long sessions lasted, by listener.",
+            ["listener"],
+            buckets=SESSION_BUCKETS,
+            registry=r,
+        )
+        self.commands = Counter(
+            f"{p}_commands",
+            "Commands received, by listener and verb (counted when the session ends).",
+            ["listener", "command"],
+            registry=r,
+        )
+        self.replies = Counter(
+            f"{p}_replies",
+            "Replies sent, by listener, stage (the command answered) and code class "
+            "(2, 3, 4, 5; counted when the session ends).",
+            ["listener", "stage", "class"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            f"{p}_refusals",
+            "Refusals (4xx, 5xx) at any stage, by listener, stage, reply code and the "
+            "plug-in that decided (mailframe for the server's own rules).",
+            ["listener", "stage", "code", "decider"],
+            registry=r,
+        )
+        self.messagesAccepted = Counter(
+            f"{p}_messages_accepted", "Messages accepted, by listener.", ["listener"], registry=r
+        )
+        self.messagesRefused = Counter(
+            f"{p}_messages_refused",
+            "Messages refused after their data, by listener and reply code.",
+            ["listener", "code"],
+            registry=r,
+        )
+        self.recipientsAccepted = Counter(
+            f"{p}_recipients_accepted",
+            "Recipients of accepted messages, by listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.recipientsRefused = Counter(
+            f"{p}_recipients_refused",
+            "Recipients refused at RCPT, by listener and reply code.",
+            ["listener", "code"],
+            registry=r,
+        )
+        self.messageBytes = Counter(
+            f"{p}_message_bytes",
+            "Octets of accepted messages, by listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.receivedBytes = Counter(
+            f"{p}_received_bytes",
+            "Octets of message data received, accepted or not, by listener (counted when "
+            "the session ends).",
+            ["listener"],
+            registry=r,
+        )
+        self.tls = Counter(
+            f"{p}_tls_handshakes",
+            "TLS handshakes completed, by listener and TLS version.",
+            ["listener", "version"],
+            registry=r,
+        )
+        self.auth = Counter(
+            f"{p}_auth",
+            "AUTH attempts, by listener, mechanism and result (success or failure).",
+            ["listener", "mechanism", "result"],
+            registry=r,
+        )
+        self.pluginSeconds = Histogram(
+            f"{p}_plugin_seconds",
+            "How long plug-ins took to answer, by stage and plug-in (its class name).",
+            ["stage", "plugin"],
+            buckets=PLUGIN_BUCKETS,
+            registry=r,
+        )
+        # the queue
+        self.queueEvents = Counter(
+            f"{p}_queue_events",
+            "Messages queued, held, released and deleted.",
+            ["event"],
+            registry=r,
+        )
+        self.deliveries = Counter(
+            f"{p}_deliveries",
+            "Outcomes of delivery attempts, one per recipient, by destination kind (relay, "
+            "local ...) and outcome (sent, deferred, bounced, expired).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.transferSeconds = Histogram(
+            f"{p}_delivery_transfer_seconds",
+            "How long successful delivery attempts took (relay latency), by destination kind.",
+            ["kind"],
+            buckets=TRANSFER_BUCKETS,
+            registry=r,
+        )
+        self.delaySeconds = Histogram(
+            f"{p}_delivery_delay_seconds",
+            "Time from arrival in the queue to delivery, by destination kind.",
+            ["kind"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.observerErrors = Counter(
+            f"{p}_metrics_errors",
+            "Events the metrics could not count (a bug: please report it).",
+            registry=r,
+        )
+        self._handlers = {
+            E.CONNECT: self._connect,
+            E.TLS: self._tls,
+            E.AUTH: self._auth,
+            E.REFUSED: self._refused,
+            E.ACCEPTED: self._accepted,
+            E.DISCONNECT: self._disconnect,
+            E.QUEUE_QUEUED: self._queueEvent,
+            E.QUEUE_HELD: self._queueEvent,
+            E.QUEUE_RELEASED: self._queueEvent,
+            E.QUEUE_DELETED: self._queueEvent,
+            E.QUEUE_SENT: self._delivery,
+            E.QUEUE_DEFERRED: self._delivery,
+            E.QUEUE_BOUNCED: self._delivery,
+            E.QUEUE_EXPIRED: self._delivery,
+        }
+
+    # -- what embedding code calls ----------------------------------------------------
+
+    def start(self, publisher: LogPublisher | None = None) -> None:
+        """Count the events of C{publisher} (the global one by default) from now on."""
+        if self._publisher is None:
+            self._publisher = publisher if publisher is not None else globalLogPublisher
+            self._publisher.addObserver(self)
+
+    def stop(self) -> None:
+        """Stop counting events (what was counted stays)."""
+        if self._publisher is not None:
+            self._publisher.removeObserver(self)
+            self._publisher = None
+
+    def timePlugins(self, factory: SMTPServerFactory) -> None:
+        """Time the plug-ins of C{factory}'s chains (and of its future reloads)."""
+        factory.context.setPluginTimer(self.timePlugin)
+
+    def watchQueue(self, queue: QueueSource, clock: IReactorTime) -> QueueCollector:
+        """Export C{queue}'s size and oldest age by state, read at each scrape."""
+        collector = QueueCollector(queue, clock)
+        self.registry.register(collector)
+        return collector
+
+    # -- the plug-in timer ------------------------------------------------------------
+
+    def timePlugin(self, stage: str, provider: object, seconds: float) -> None:
+        """A L{mailframe.server.chains.PluginTimer}."""
+        key = (stage, id(provider))
+        known = self._timers.get(key)
+        if known is None or known[0] is not provider:
+            if len(self._timers) > 4 * MAX_VALUES:  # old plug-ins, replaced by reloads
+                self._timers.clear()
+            child = self.pluginSeconds.labels(
+                self._label("plugin.stage", stage), self._label("plugin", type(provider).__name__)
+            )
+            known = self._timers[key] = (provider, child)
+        known[1].observe(seconds)
+
+    # -- the observer -----------------------------------------------------------------
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        name = event.get(E.KEY)
+        if name is None:
+            return
+        handler = self._handlers.get(name)
+        if handler is None:
+            return
+        try:
+            handler(event)
+        except Exception:
+            self.observerErrors.inc()
+
+    def _label(self, where: str, value: object) -> str:
+        labels = self._labels.get(where)
+        if labels is None:
+            labels = self._labels[where] = _Labels()
+        return labels(value)
+
+    def _listener(self, event: Mapping[str, Any]) -> str:
+        listener = event.get("listener")
+        if listener is None:
+            listener = self._listeners.get(event.get("sessionID"), "unknown")  # type: ignore[arg-type]
+        return self._label("listener", listener)
+
+    def _code(self, event: Mapping[str, Any]) -> str:
+        code = event.get("code")
+        if isinstance(code, int) and not isinstance(code, bool) and 200 <= code <= 599:
+            return self._label("code", str(code))
+        return "unknown"
+
+    def _connect(self, event: Mapping[str, Any]) -> None:
+        listener = self._label("listener", event.get("listener") or "unknown")
+        session = event.get("sessionID")
+        if session is not None:
+            if len(self._listeners) > 1 << 16:  # disconnects lost: forget the oldest
+                for old in list(self._listeners)[: 1 << 12]:
+                    del self._listeners[old]
+            self._listeners[session] = listener
+            self.open.labels(listener).inc()
+        self.connections.labels(listener).inc()
+
+    def _disconnect(self, event: Mapping[str, Any]) -> None:
+        session = event.get("sessionID")
+        known = self._listeners.pop(session, None)  # type: ignore[arg-type]
+        listener = self._listener(event) if known is None else known
+        if known is not None:
+            self.open.labels(listener).dec()
+        duration = _number(event.get("duration"))
+        if duration is not None:
+            self.sessionSeconds.labels(listener).observe(duration)
+        commands = event.get("commands")
+        if isinstance(commands, Mapping):
+            for verb, count in commands.items():
+                if _number(count):
+                    self.commands.labels(listener, self._verb(verb)).inc(count)
+        replies = event.get("replies")
+        if isinstance(replies, Mapping):
+            for key, count in replies.items():
+                verb, _, kind = str(key).rpartition(":")
+                if _number(count) and kind in ("2", "3", "4", "5"):
+                    self.replies.labels(listener, self._verb(verb), kind).inc(count)
+        octets = _number(event.get("bytesIn"))
+        if octets:
+            self.receivedBytes.labels(listener).inc(octets)
+
+    def _verb(self, verb: object) -> str:
+        text = str(verb).lower()
+        if not text.isascii() or not text.replace("-", "").replace("_", "").isalnum():
+            return OTHER
+        return self._label("verb", text)
+
+    def _refused(self, event: Mapping[str, Any]) -> None:
+        listener = self._listener(event)
+        stage = self._verb(event.get("stage") or "unknown")
+        code = self._code(event)
+        decider = self._label("decider", event.get("decider") or "mailframe")
+        self.refusals.labels(listener, stage, code, decider).inc()
+        if stage == "connect":
+            self.connectionsRefused.labels(listener, decider, code).inc()
+        elif stage == "rcpt":
+            self.recipientsRefused.labels(listener, code).inc()
+        elif stage in ("data", "bdat"):
+            self.messagesRefused.labels(listener, code).inc()
+
+    def _accepted(self, event: Mapping[str, Any]) -> None:
+        listener = self._listener(event)
+        self.messagesAccepted.labels(listener).inc()
+        recipients = event.get("recipients")
+        if isinstance(recipients, Sequence) and not isinstance(recipients, str):
+            self.recipientsAccepted.labels(listener).inc(len(recipients))
+        size = _number(event.get("size"))
+        if size:
+            self.messageBytes.labels(listener).inc(size)
+
+    def _tls(self, event: Mapping[str, Any]) -> None:
+        version = self._label("tls", event.get("tlsVersion") or "unknown")
+        self.tls.labels(self._listener(event), version).inc()
+
+    def _auth(self, event: Mapping[str, Any]) -> None:
+        mechanism = self._label("mechanism", str(event.get("mechanism") or "unknown").upper())
+        result = "success" if event.get("success") else "failure"
+        self.auth.labels(self._listener(event), mechanism, result).inc()
+
+    def _queueEvent(self, event: Mapping[str, Any]) -> None:
+        self.queueEvents.labels(str(event[E.KEY]).partition(".")[2]).inc()
+
+    def _delivery(self, event: Mapping[str, Any]) -> None:
+        name = event[E.KEY]
+        outcome = str(name).partition(".")[2]
+        kind = self._label("kind", event.get("kind") or "unknown")
+        self.deliveries.labels(kind, outcome).inc()
+        if name != E.QUEUE_SENT:
+            return
+        delays = event.get("delays")
+        transfer = _number(delays.get("transfer")) if isinstance(delays, Mapping) else None
+        if transfer is not None:
+            self.transferSeconds.labels(kind).observe(transfer)
+        delay = _number(event.get("delay"))
+        if delay is not None:
+            self.delaySeconds.labels(kind).observe(delay)
+
+
+def metricsFor(
+    factories: Iterable[SMTPServerFactory] = (),
+    queue: QueueSource | None = None,
+    clock: IReactorTime | None = None,
+    publisher: LogPublisher | None = None,
+    registry: CollectorRegistry | None = None,
+) -> Metrics:
+    """
+    Metrics for embedding code, counting from now on: the decision events
+    of C{publisher} (the global one by default), the plug-in latency of
+    C{factories}, and the state of C{queue} (a
+    L{mailframe.queue.runner.QueueRunner}, read with C{clock}, by default
+    the reactor) at each scrape.  Serve C{metricsResource(metrics)} (a
+    twisted.web resource) wherever you like; call C{metrics.stop()} when done.
+    """
+    metrics = Metrics(registry)
+    for factory in factories:
+        metrics.timePlugins(factory)
+    if queue is not None:
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        assert clock is not None
+        metrics.watchQueue(queue, clock)
+    metrics.start(publisher)
+    return metrics
+
+
+def metricsResource(metrics: Metrics) -> MetricsResource:
+    """
+    The twisted.web resource that renders C{metrics} at each GET: put it
+    at C{/metrics} of your Site (C{root.putChild(b"metrics", ...)}).
+    """
+    return MetricsResource(metrics.registry)
+
+
+class MetricsService(MultiService):
+    """
+    Serves C{metrics} at C{/metrics} on the server endpoint C{description}
+    (with C{worker}, an index under C{--workers}: its port plus the index),
+    counting the global log publisher's events while it runs.
+    """
+
+    def __init__(
+        self, reactor: Any, description: str, metrics: Metrics, worker: int | None = None
+    ) -> None:
+        super().__init__()
+        self.metrics = metrics
+        metricsService(reactor, description, metrics.registry, worker).setServiceParent(self)
+
+    def startService(self) -> None:
+        self.metrics.start()
+        super().startService()
+
+    def stopService(self) -> Any:
+        self.metrics.stop()
+        return super().stopService()
