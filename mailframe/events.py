@@ -89,7 +89,8 @@ QUEUE_QUEUED = "queue.queued"
 QUEUE_DEFERRED = "queue.deferred"
 """
 An attempt failed for now: C{queueID recipient relay} (the host tried, or
-the backend) C{reply code nextAttempt} (a POSIX time) C{attempts}.
+the backend) C{reply code nextAttempt} (a POSIX time) C{attempts kind}
+(as in L{QUEUE_SENT}: the metrics count deliveries by it).
 """
 
 QUEUE_SENT = "queue.sent"
@@ -104,7 +105,10 @@ QUEUE_BOUNCED = "queue.bounced"
 """Failed for good: C{queueID recipient relay reply code dsn kind}."""
 
 QUEUE_EXPIRED = "queue.expired"
-"""Given up after the queue's lifetime: C{queueID recipient reply}."""
+"""
+Given up after the queue's lifetime: C{queueID recipient reply kind} (as
+in L{QUEUE_SENT}).
+"""
 
 QUEUE_HELD = "queue.held"
 """Held (by an operator or a filter's quarantine): C{queueID reason}."""

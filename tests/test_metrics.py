@@ -293,9 +293,12 @@ class ObserverTests(SynchronousTestCase):
         )
         m(event(E.QUEUE_BOUNCED, queueID="Q2", kind="local", code=550))
         m(event(E.QUEUE_EXPIRED, queueID="Q3"))
+        m(event(E.QUEUE_DEFERRED, queueID="Q5", relay="local", code=451))
+        m(event(E.QUEUE_DEFERRED, queueID="Q6", relay="mx.example.net", code=421))
         m(event(E.QUEUE_HELD, queueID="Q4", reason="quarantine"))
         d = "mailframe_deliveries_total"
-        self.assertEqual(self.value(d, kind="relay", outcome="deferred"), 1)
+        self.assertEqual(self.value(d, kind="relay", outcome="deferred"), 2)
+        self.assertEqual(self.value(d, kind="local", outcome="deferred"), 1)
         self.assertEqual(self.value(d, kind="relay", outcome="sent"), 1)
         self.assertEqual(self.value(d, kind="local", outcome="bounced"), 1)
         self.assertEqual(self.value(d, kind="unknown", outcome="expired"), 1)

@@ -536,7 +536,11 @@ class Metrics:
     def _delivery(self, event: Mapping[str, Any]) -> None:
         name = event[E.KEY]
         outcome = str(name).partition(".")[2]
-        kind = self._label("kind", event.get("kind") or "unknown")
+        kind = event.get("kind")
+        if not kind:  # older events: the relay field says "local" for the local backend
+            relay = event.get("relay")
+            kind = "local" if relay == "local" else "relay" if relay else "unknown"
+        kind = self._label("kind", kind)
         self.deliveries.labels(kind, outcome).inc()
         if name != E.QUEUE_SENT:
             return
