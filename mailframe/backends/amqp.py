@@ -120,7 +120,10 @@ def _linkProtocol(parameters: Any, reactor: Any) -> Any:
                 if self.onLost is not None:
                     self.onLost(reason)
 
-    return _Protocol(parameters, custom_reactor=reactor)
+    protocol = _Protocol(parameters, custom_reactor=reactor)
+    # pika drops its ready Deferred once fired: keep it, whenever the handshake ends.
+    protocol.whenReady = protocol.ready
+    return protocol
 
 
 @implementer(IDeliveryBackend)
@@ -335,7 +338,7 @@ class AMQPBackend:
         protocol.onLost = onLost
         timer = self.reactor.callLater(self.timeout, link.abort, "the AMQP handshake timed out")
         try:
-            await protocol.ready
+            await protocol.whenReady
             channel = link.channel = await protocol.channel()
             await channel.confirm_delivery()
             await self._declare(channel)
