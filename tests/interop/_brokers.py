@@ -28,7 +28,10 @@ import contextlib
 import os
 import shutil
 import signal
+import smtplib
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,7 @@ RABBITMQ_START = 90.0
 """Seconds RabbitMQ may take to listen (it takes several on a busy machine)."""
 REDIS_START = 20.0
 
-__all__ = ["PrivateRabbitMQ", "PrivateRedis", "shared"]
+__all__ = ["Load", "PrivateRabbitMQ", "PrivateRedis", "shared", "tokenOf"]
 
 
 class _Server:
@@ -276,3 +279,126 @@ def shared(kind: str) -> Any:
     if not server.running:
         server.start()
     return server
+
+
+# -- load: many messages through twistd mailframe ----------------------------------------
+
+
+class Load:
+    """
+    Sends C{count} numbered messages to 127.0.0.1:C{port} over C{threads}
+    smtplib sessions at once (each message's Subject is its token, also in
+    its Message-ID), and records each one's final reply code: 250, a 4xx
+    or 5xx, or 0 for no reply (the connection failed: then the session is
+    made again).  Never resends: the caller may L{resend} the others.
+    """
+
+    def __init__(self, port: int, count: int, threads: int = 4, size: int = 600) -> None:
+        self.port = port
+        self.tokens = [f"L{i:05d}" for i in range(count)]
+        self.threads = threads
+        self.size = size
+        self.codes: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._next = 0
+        self._workers: list[threading.Thread] = []
+        self.deadline = 0.0
+
+    @staticmethod
+    def body(token: str, size: int = 600) -> bytes:
+        lines = [f"line {i} of {token}\r\n".encode() for i in range(max(1, size // 20))]
+        return (
+            f"From: load@example.org\r\nTo: user@example.com\r\nSubject: {token}\r\n"
+            f"Message-ID: <{token}@load.example>\r\n\r\n"
+        ).encode() + b"".join(lines)
+
+    @property
+    def done(self) -> int:
+        return len(self.codes)
+
+    def accepted(self) -> set[str]:
+        with self._lock:
+            return {t for t, code in self.codes.items() if code == 250}
+
+    def start(self, tokens: list[str] | None = None, timeout: float = 150.0) -> None:
+        self._queue = list(tokens if tokens is not None else self.tokens)
+        self._next = 0
+        self.deadline = time.monotonic() + timeout
+        self._workers = [
+            threading.Thread(target=self._run, name=f"load-{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def join(self) -> None:
+        for worker in self._workers:
+            worker.join(max(1.0, self.deadline - time.monotonic() + 30))
+            if worker.is_alive():
+                raise AssertionError("a load thread did not end in time")
+
+    def resend(self, timeout: float = 120.0) -> None:
+        """Send again, until each has its 250, those that got none (a client retrying)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            others = [t for t in self.tokens if self.codes.get(t) != 250]
+            if not others:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(others)} messages still refused: {others[:5]}")
+            self.start(others, timeout=deadline - time.monotonic())
+            self.join()
+
+    def _take(self) -> str | None:
+        with self._lock:
+            if self._next >= len(self._queue) or time.monotonic() > self.deadline:
+                return None
+            token = self._queue[self._next]
+            self._next += 1
+            return token
+
+    def _run(self) -> None:
+        client: smtplib.SMTP | None = None
+        token = self._take()
+        while token is not None:
+            code = 0
+            try:
+                if client is None:
+                    client = smtplib.SMTP(HOST, self.port, timeout=30)
+                    client.ehlo("load.example")
+                client.sendmail(
+                    "load@example.org", ["user@example.com"], self.body(token, self.size)
+                )
+                code = 250
+            except smtplib.SMTPResponseException as e:
+                code = e.smtp_code
+            except smtplib.SMTPRecipientsRefused as e:
+                code = next(iter(e.recipients.values()))[0]
+            except (OSError, smtplib.SMTPException):
+                code = 0
+            if code == 0 or code >= 500 or code == 421:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+                client = None
+                if code == 0:
+                    threading.Event().wait(0.2)  # twistd is being restarted
+            else:
+                with contextlib.suppress(Exception):
+                    if code != 250:
+                        client.rset()  # type: ignore[union-attr]
+            with self._lock:
+                self.codes[token] = code
+            token = self._take()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.quit()
+
+
+def tokenOf(data: bytes) -> str:
+    """The Subject token of a message the load sent (or "" if none)."""
+    at = data.find(b"\r\nSubject: ")
+    if at < 0:
+        return ""
+    end = data.index(b"\r\n", at + 2)
+    return data[at + 11 : end].decode()
