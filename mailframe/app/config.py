@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
 from mailframe.protocol import Limits
 from mailframe.queue.limits import RetryPolicy
+from mailframe.queue.location import PostgresLocation, parseSpool
 from mailframe.queue.settings import DEFAULT_SPOOL, QueueSpec
 
 __all__ = [
@@ -336,6 +337,10 @@ def queueSpec(
         return None
     if top["srs-domain"] is not None and top["srs-secret"] is None:
         raise SettingError("srs-domain needs srs-secret")
+    if not isinstance(parseSpool(top["spool"] or DEFAULT_SPOOL), PostgresLocation):
+        for name in ("spool-password-file", "node-name"):
+            if top[name] is not None:
+                raise SettingError(f"{name} needs a postgresql:// spool")
     try:
         retry = RetryPolicy(
             initial=top["retry-initial"],
@@ -375,4 +380,7 @@ def queueSpec(
         relay=relay,
         srsSecret=top["srs-secret"],
         srsDomain=top["srs-domain"],
+        passwordFile=top["spool-password-file"],
+        nodeName=top["node-name"],
+        lease=top["queue-lease"],
     )

@@ -77,6 +77,18 @@ def path(value: object) -> str:
     return string(value).strip()
 
 
+def spool(value: object) -> str:
+    """A spool directory, or a URL of a known scheme (postgresql://...): one line if not."""
+    from mailframe.queue.location import SpoolError, parseSpool
+
+    text = path(value)
+    try:
+        parseSpool(text)
+    except SpoolError as e:
+        raise SettingError(str(e)) from None
+    return text
+
+
 def strings(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]

@@ -319,12 +319,25 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("soft-errors", Count(0), 3, "Errors in a session before error-delay applies.",
             section="checks"),
     # -- the queue and the relay ------------------------------------------------------
-    Setting("spool", c.path, None,
-            "Queue accepted mail in this directory (created, mode 0700) and deliver it from "
-            "there: local domains with deliver, the others relayed, with retries and "
-            "reports.", scope=TOP, section="queue", metavar="DIR",
+    Setting("spool", c.spool, None,
+            "Queue accepted mail in this directory (created, mode 0700), or in the "
+            "PostgreSQL database postgresql://USER@HOST/DB shared by many nodes, and deliver "
+            "it from there: local domains with deliver, the others relayed, with retries and "
+            "reports.", scope=TOP, section="queue", metavar="DIR|URL",
             shown=f"{DEFAULT_SPOOL} when the queue is on, else no queue",
-            details="With ``workers``, each worker uses ``DIR/worker-K``."),
+            details="With ``workers``, each worker uses ``DIR/worker-K``; a URL of another "
+                    "scheme is refused."),
+    Setting("spool-password-file", c.path, None,
+            "A file holding the PostgreSQL spool's password (its first line); else libpq's "
+            "PGPASSWORD or PGPASSFILE.", scope=TOP, section="queue", metavar="FILE"),
+    Setting("node-name", c.string, None,
+            "This node's name in a PostgreSQL queue shared by several (its leases, and "
+            "the node that accepted each message).", scope=TOP, section="queue",
+            shown="the host name (-wK for worker K)"),
+    Setting("queue-lease", Duration(), 60.0,
+            "PostgreSQL queue: how long a node's claim on a message lasts unless renewed "
+            "(it is renewed every third of it while the node runs).",
+            scope=TOP, section="queue"),
     Setting("spool-sync", c.syncMode, "fsync",
             "How the spool makes a commit durable: fsync of each file (in parallel), or "
             "one syncfs(2) of its file system (Linux).", scope=TOP, section="queue",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailframe.queue.limits import RetryPolicy
+from mailframe.queue.location import PostgresLocation, parseSpool
 
 __all__ = ["DEFAULT_SPOOL", "QueueSpec"]
 
@@ -28,7 +29,8 @@ DEFAULT_SPOOL = "./spool"
 @dataclass(frozen=True)
 class QueueSpec:
     """
-    The queue of C{twistd mailframe}: its directory, retry policy, report
+    The queue of C{twistd mailframe}: its directory (or PostgreSQL URL:
+    C{passwordFile}, C{nodeName} and C{lease} are for that), retry policy, report
     sizes, connection limits, and the relay's configuration (the data
     L{mailframe.client.relay.SMTPRelay.fromConfig} takes: C{smarthost}, C{routes}
     and the C{[relay]} table).  C{srsSecret}: the file of SRS secrets, and
@@ -47,6 +49,14 @@ class QueueSpec:
     relay: Mapping[str, Any] = field(default_factory=dict)
     srsSecret: str | None = None
     srsDomain: str | None = None
+    passwordFile: str | None = None
+    nodeName: str | None = None
+    lease: float = 60.0
+
+    @property
+    def location(self) -> str | PostgresLocation:
+        """The spool's directory, or the PostgreSQL store's location (L{parseSpool})."""
+        return parseSpool(self.spool)
 
     @property
     def relayHost(self) -> str | None:
