@@ -170,6 +170,10 @@ class Spool:
 
     @param sync: C{"fsync"} (each file, in parallel) or C{"syncfs"} (one
         syncfs(2) of the spool's file system per commit; Linux only).
+
+    @param adopt: run in the spool's thread at start, before recovery:
+        moves stranded spools' messages in (L{mailframe.queue.adopt});
+        returns notes to log.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class Spool:
         worker: Worker | None = None,
         committed: Callable[[QueueEntry, bytes | None], None] | None = None,
         sync: str = "fsync",
+        adopt: Callable[[], list[str]] | None = None,
     ) -> None:
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be {' or '.join(SYNC_MODES)}, not {sync!r}")
@@ -195,6 +200,7 @@ class Spool:
         self.corrupt = os.path.join(self.path, "corrupt")
         self.free = FilePool(os.path.join(self.path, "free"))
         self._committedListener = committed
+        self._adopt = adopt
         self._pool: ThreadPool | None = None
         if worker is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=4, name="mailframe-spool")
@@ -225,8 +231,18 @@ class Spool:
         if self._pool is not None and not self._pool.started:
             self._pool.start()
         self._startFailure = None
-        d = self._worker(lambda: recover(self.path, self.free, self.corrupt))
+        adopt = self._adopt
+
+        def work() -> tuple[list[QueueEntry], list[str]]:
+            notes = adopt() if adopt is not None else []
+            entries, more = recover(self.path, self.free, self.corrupt)
+            return entries, notes + more
+
+        d = self._worker(work if adopt is not None else self._recover)
         return d.addCallbacks(self._recovered, self._notStarted)
+
+    def _recover(self) -> tuple[list[QueueEntry], list[str]]:
+        return recover(self.path, self.free, self.corrupt)
 
     def stop(self) -> None:
         """Stop the thread pools (waits for running file operations)."""

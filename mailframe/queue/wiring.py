@@ -17,6 +17,7 @@ settings (L{mailframe.queue.settings} does).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -26,6 +27,7 @@ from mailframe.address import Address, Domain
 from mailframe.backends._files import makeDirectory
 from mailframe.config import ServerConfig
 from mailframe.interfaces import IDeliveryBackend, IExtension, IMessageFilter
+from mailframe.queue.adopt import adoptStranded
 from mailframe.queue.backend import QueueService, SpoolBackend
 from mailframe.queue.bounce import ReportSettings
 from mailframe.queue.control import ControlledQueueService, QueueControl
@@ -63,6 +65,8 @@ class QueueWiring:
     """
     The queue of one process.  With several C{--workers}, each has its own
     spool, C{SPOOL/worker-N}: a spool is never shared between processes.
+    At start each adopts its share of the spools no process runs
+    (L{mailframe.queue.adopt}).
 
     @raise OSError: if the spool directory cannot be created.
     """
@@ -70,12 +74,13 @@ class QueueWiring:
     def __init__(self, reactor: Any, spec: QueueSpec, worker: int = 0, workers: int = 1) -> None:
         self.reactor = reactor
         self.spec = spec
-        path = os.path.abspath(spec.spool)
+        root = path = os.path.abspath(spec.spool)
         if workers > 1:
             path = os.path.join(path, f"worker-{worker}")
         for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
             makeDirectory(directory)
-        self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync)
+        adopt = functools.partial(adoptStranded, root, path, worker, workers)
+        self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync, adopt=adopt)
         self.local: dict[str, IDeliveryBackend] = {}
         self.localDomains: set[Domain] = set()
         self.control = QueueControl(reactor, path)
