@@ -20,10 +20,12 @@ wait is bounded.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -195,3 +197,48 @@ class AMQPTests(SynchronousTestCase):
         waitFor(arrived, 90, "every message answered 250 in the queue", 0.25)
         queueDirectory = home / "spool" / "queue"
         waitFor(lambda: not any(queueDirectory.iterdir()), 60, "the spool to empty", 0.25)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+class ExampleTests(SynchronousTestCase):
+    """The consumers of docs/examples take what twistd mailframe published, and acknowledge it."""
+
+    def runExample(self, name: str, *args: str) -> str:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parents[1]), *sys.path])}
+        done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                              timeout=90, env=env)  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace")[-3000:])
+        return done.stdout.decode()
+
+    def test_consumers(self) -> None:
+        """amqp_consumer.py and amqp_consumer_twisted.py print envelope and Subject and ack."""
+        broker = shared("rabbitmq")
+        suffix = freePort()
+        home = scratch("mailframe-amqp-ex-")
+        self.addCleanup(shutil.rmtree, home, True)
+        port = freePort()
+        queues = {name: f"ex{suffix}.{name}" for name in ("plain", "twisted")}
+        connection = broker.blocking()
+        for queue in queues.values():
+            connection.channel().queue_declare(queue, durable=True)
+        connection.close()
+        server = Twistd(home, "--listen", f"tcp:{port}:interface={HOST}", "--hostname", "mx.test",
+                        "--domain", "example.com", "--deliver",
+                        f"amqp:{broker.url}:key=ex{suffix}.{{local}}")  # fmt: skip
+        self.addCleanup(server.stop)
+        server.start(lambda: listening(port))
+        with smtplib.SMTP(HOST, port, timeout=20) as client:
+            for name in queues:
+                for _ in range(2):
+                    client.sendmail("sender@example.org", [f"{name}@example.com"], MESSAGE)
+        for name, example in (("plain", "amqp_consumer.py"),
+                              ("twisted", "amqp_consumer_twisted.py")):  # fmt: skip
+            output = self.runExample(example, broker.url, queues[name], "2")
+            lines = output.splitlines()
+            self.assertEqual(len(lines), 2, output)
+            for line in lines:
+                self.assertIn(f"from <sender@example.org> to <{name}@example.com>", line)
+                self.assertIn("subject 'AMQP interop'", line)
+            self.assertEqual(broker.drain(queues[name]), [])

@@ -19,10 +19,12 @@ wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import smtplib
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -163,3 +165,47 @@ class RedisTests(SynchronousTestCase):
         waitFor(arrived, 90, "every message answered 250 in the stream", 0.25)
         queue = home / "spool" / "queue"
         waitFor(lambda: not any(queue.iterdir()), 60, "the spool to empty", 0.25)
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
+
+
+class ExampleTests(SynchronousTestCase):
+    """The consumers of docs/examples read what twistd mailframe added, and clean up."""
+
+    def runExample(self, name: str, *args: str) -> str:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parents[1]), *sys.path])}
+        done = subprocess.run([sys.executable, str(EXAMPLES / name), *args], capture_output=True,
+                              timeout=90, env=env)  # fmt: skip
+        self.assertEqual(done.returncode, 0, done.stderr.decode(errors="replace")[-3000:])
+        return done.stdout.decode()
+
+    def test_consumers(self) -> None:
+        """redis_consumer.py and redis_consumer_twisted.py print envelope and Subject, XACK, DEL."""
+        redis = shared("redis")
+        stream = f"ex{freePort()}"
+        home = scratch("mailframe-redis-ex-")
+        self.addCleanup(shutil.rmtree, home, True)
+        port = freePort()
+        server = Twistd(home, "--listen", f"tcp:{port}:interface={HOST}", "--hostname", "mx.test",
+                        "--domain", "example.com", "--deliver",
+                        f"redis-stream:{redis.url}:stream={stream}.{{local}}:inline=200k")  # fmt: skip
+        self.addCleanup(server.stop)
+        server.start(lambda: listening(port))
+        big = MESSAGE + (b"z" * 998 + b"\r\n") * 300
+        with smtplib.SMTP(HOST, port, timeout=20) as client:
+            for name in ("plain", "twisted"):
+                client.sendmail("sender@example.org", [f"{name}@example.com"], MESSAGE)
+                client.sendmail("sender@example.org", [f"{name}@example.com"], big)
+        client = redis.client()
+        for name, example in (("plain", "redis_consumer.py"),
+                              ("twisted", "redis_consumer_twisted.py")):  # fmt: skip
+            output = self.runExample(example, redis.url, f"{stream}.{name}", "2")
+            lines = output.splitlines()
+            self.assertEqual(len(lines), 2, output)
+            for line in lines:
+                self.assertIn(f"from <sender@example.org> to <{name}@example.com>", line)
+                self.assertIn("subject 'Redis interop'", line)
+            pending = client.xpending(f"{stream}.{name}", "consumers")
+            self.assertEqual(pending["pending"], 0)
+        self.assertEqual(client.keys(f"{stream}.*:message:*"), [])
