@@ -302,9 +302,9 @@ class WebhookBackend:
         self._httpPool: Any = None
         if client is None:
             from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
+            from twisted.web.client import Agent
 
-            self._httpPool = HTTPConnectionPool(reactor, persistent=True)
+            self._httpPool = _quietPool()(reactor, persistent=True)
             self._httpPool.maxPersistentPerHost = connections
             self._httpPool.retryAutomatically = False
             client = HTTPClient(Agent(reactor, pool=self._httpPool))
@@ -522,6 +522,19 @@ class WebhookBackend:
             reply=f"{reply.code} {reply.text}",
         )
         return reply
+
+
+def _quietPool() -> Any:
+    """An HTTPConnectionPool whose connections do not log "Starting factory" each."""
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    class QuietPool(HTTPConnectionPool):
+        _factory = QuietFactory
+
+    return QuietPool
 
 
 def _errorText(e: BaseException) -> str:
