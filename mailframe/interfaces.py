@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from typing import TypeAlias
+    from collections.abc import Callable, Sequence
+    from typing import Any, TypeAlias
 
     from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import (
@@ -85,6 +85,7 @@ __all__ = [
     "ILocalDomains",
     "IMessageFilter",
     "IPlugInFactory",
+    "IQueueStore",
     "IRecipientRewriter",
     "IRecipientValidator",
     "IRelay",
@@ -295,6 +296,63 @@ class IRelay(Interface):
             again later, 5xx failed for good; C{remote} names the next hop.
             It fires; it does not fail (a failure becomes 4xx replies).
         """
+
+
+class IQueueStore(Interface):
+    """
+    Where the queue keeps accepted mail until it is delivered or reported:
+    the file spool (L{mailframe.queue.spool.Spool}, one process) or
+    PostgreSQL (L{mailframe.queue.pgstore.PostgresStore}, shared by many
+    nodes).  The queue runner, the queue's delivery backend, the bounce
+    code and the queue tools use a store only through these methods.
+    Entries (C{Any} below: the queue's own value type, which this layer
+    cannot import) are L{mailframe.queue.entry.QueueEntry}; every Deferred fires
+    in the reactor thread.  A shared store hands the runner only the
+    entries this node holds a lease on: C{start} and the commit listener
+    give them, and the store renews their leases while they are held.
+    """
+
+    path = Attribute("Where the queue is, for logs and the tools (a directory, or a URL).")
+
+    def start() -> Deferred[list[Any]]:
+        """Open the store (recovering after a crash); the entries to deliver, oldest first."""
+
+    def stop() -> None:
+        """Let go of threads and connections (leases are left to expire or given back)."""
+
+    def setCommitListener(listener: Callable[[Any, bytes | None], None] | None) -> None:
+        """C{listener(entry, data)} with each entry this node should deliver, once durable."""
+
+    def newID(preferred: str) -> str:
+        """An id for a new entry: C{preferred} unless the store has it already."""
+
+    def add(entry: Any, data: bytes | Message) -> Deferred[None]:
+        """
+        Make a new entry and its message durable: the Deferred fires only
+        then (the server's 250 waits for it), or fails (a 4xx).
+        """
+
+    def addReport(parentID: str, report: Any, data: bytes) -> Deferred[None]:
+        """
+        Queue a delivery status notification about the entry C{parentID},
+        durable no later than the next L{update} or L{remove} of that entry
+        (a store with transactions makes both one, so that a report is made
+        exactly once).
+        """
+
+    def update(entry: Any) -> Deferred[None]:
+        """Record the entry's recipients' states and next attempt."""
+
+    def remove(entryID: str) -> None:
+        """The entry is finished (or deleted): forget it and its message."""
+
+    def readMessage(
+        entryID: str, spillThreshold: int = 1 << 20, tempDir: str | None = None
+    ) -> Deferred[Message]:
+        """The queued message, as a L{Message}."""
+
+    def readHead(entryID: str, limit: int) -> Deferred[tuple[bytes, bool]]:
+        """The first C{limit} octets of the message, and whether that is all of it."""
 
 
 class IExtension(Interface):

@@ -18,8 +18,8 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailframe.interfaces import IQueueStore
 from mailframe.message import Message
-from mailframe.queue.spool import Spool
 
 __all__ = ["AttemptMessage"]
 
@@ -37,7 +37,7 @@ class AttemptMessage:
     """
 
     def __init__(
-        self, spool: Spool, entryID: str, spillThreshold: int, data: bytes | None
+        self, spool: IQueueStore, entryID: str, spillThreshold: int, data: bytes | None
     ) -> None:
         self.spool = spool
         self.entryID = entryID

@@ -40,11 +40,10 @@ from zope.interface import implementer
 
 from mailframe.backends._files import replyForError
 from mailframe.envelope import DeliveryResult, Envelope
-from mailframe.interfaces import IDeliveryBackend, IRelay
+from mailframe.interfaces import IDeliveryBackend, IQueueStore, IRelay
 from mailframe.message import Message
 from mailframe.queue.entry import QueueEntry
 from mailframe.queue.runner import QueueRunner
-from mailframe.queue.spool import Spool
 from mailframe.reply import Reply
 
 __all__ = ["QueueService", "SpoolBackend"]
@@ -55,7 +54,7 @@ log = Logger(namespace="mailframe.queue")
 @implementer(IDeliveryBackend)
 class SpoolBackend:
     """
-    Queues every message in C{spool} for the runner.
+    Queues every message in C{spool} (an L{IQueueStore}) for the runner.
 
     @param clock: gives the arrival time.
 
@@ -68,7 +67,7 @@ class SpoolBackend:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: IQueueStore,
         clock: IReactorTime,
         listener: str = "smtp",
         keepInMemory: int = 1 << 20,
@@ -98,10 +97,11 @@ class SpoolBackend:
         d = self.spool.add(entry, data)
 
         def stored(_: None) -> DeliveryResult | None:
-            if entryID == envelope.queueID:
+            stored = entry.id  # a shared store may have had to change it
+            if stored == envelope.queueID:
                 return None
-            queued = Reply(250, (2, 0, 0), f"Queued as {entryID}")
-            return DeliveryResult((queued,) * len(envelope.recipients), queueID=entryID)
+            queued = Reply(250, (2, 0, 0), f"Queued as {stored}")
+            return DeliveryResult((queued,) * len(envelope.recipients), queueID=stored)
 
         def failed(reason: Failure) -> DeliveryResult | Failure:
             if reason.check(defer.CancelledError):

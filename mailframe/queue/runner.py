@@ -50,7 +50,7 @@ from twisted.python.failure import Failure
 from mailframe._deferreds import always, settled
 from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult
-from mailframe.interfaces import IDeliveryBackend, IRelay
+from mailframe.interfaces import IDeliveryBackend, IQueueStore, IRelay
 from mailframe.message import Message
 from mailframe.plugins import checkProviders
 from mailframe.queue import bounce
@@ -65,7 +65,6 @@ from mailframe.queue.entry import (
     RecipientState,
 )
 from mailframe.queue.limits import Limiter, RetryPolicy
-from mailframe.queue.spool import Spool
 from mailframe.reply import Reply
 
 __all__ = ["LOCAL", "QueueRunner", "RetryPolicy", "UnknownEntry", "defaultRouteKey"]
@@ -131,7 +130,7 @@ class QueueRunner:
     def __init__(
         self,
         clock: IReactorTime,
-        spool: Spool,
+        spool: IQueueStore,
         local: IDeliveryBackend | Mapping[str, IDeliveryBackend],
         relay: IRelay | None,
         routeKey: Callable[[Address], str],
@@ -221,6 +220,25 @@ class QueueRunner:
                 count += 1
                 self._schedule(entry, self.clock.seconds())
         return count
+
+    def take(self, entry: QueueEntry) -> None:
+        """
+        An entry a shared store handed this node (its lease claimed from
+        the other nodes): schedule it.  Not a new message: no event.
+        """
+        self.entries[entry.id] = entry
+        if self.running:
+            self._schedule(entry, entry.nextAttempt)
+
+    def forget(self, entryID: str) -> None:
+        """
+        Drop the entry without touching the store: a shared store says
+        this node no longer holds its lease (another node has it, or it
+        is gone).  An attempt under way finishes; its outcome is not
+        recorded here.
+        """
+        self._cache.pop(entryID, None)
+        self.schedule.forget(entryID)
 
     def idle(self) -> bool:
         """True when no attempt is under way."""
@@ -588,7 +606,7 @@ class QueueRunner:
             report=True,
         )
         try:
-            await self.spool.add(report, data)
+            await self.spool.addReport(entry.id, report, data)
         except Exception as e:
             log.error("{id}: cannot queue the report: {error}", id=entry.id, error=str(e))
             return False

@@ -96,8 +96,10 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
 
 from mailframe.backends._files import fsyncDirectory
+from mailframe.interfaces import IQueueStore
 from mailframe.message import Hold, Message, MessageClosed
 from mailframe.queue._files import (
     DATA,
@@ -152,6 +154,7 @@ class _Pending:
     cancelled: bool = False
 
 
+@implementer(IQueueStore)
 class Spool:
     """
     The spool directory C{path} (created, mode 0700, if missing).
@@ -325,6 +328,14 @@ class Spool:
         else:
             self._early.append(pending)
         return pending.deferred
+
+    def addReport(self, parentID: str, report: QueueEntry, data: bytes) -> defer.Deferred[None]:
+        """
+        L{add} the report about C{parentID}: durable before the runner
+        records the outcome it reports (a crash in between repeats the
+        report, never loses it).
+        """
+        return self.add(report, data)
 
     def _commit(self) -> None:
         """Start a commit of everything that came in, unless one is running."""
