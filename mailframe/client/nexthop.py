@@ -55,7 +55,13 @@ class NextHop:
 
 @dataclass(frozen=True)
 class Destination:
-    """One address to connect to, with how to talk to it."""
+    """
+    One address to connect to, with how to talk to it.  For MX delivery,
+    C{policyDomain} is the recipient domain (whose MTA-STS policy applies)
+    and C{dnssec} says whether the MX records and this host's address
+    records came with the AD bit of a validating resolver (DANE applies
+    only then, RFC 7672 2.2).
+    """
 
     hostname: str  # the MX or configured host name (TLS verification, Remote-MTA)
     address: str  # the IP address
@@ -65,6 +71,8 @@ class Destination:
     credentials: Credentials | None = field(default=None, repr=False)
     authPlaintext: bool = False
     implicitTLS: bool = False
+    policyDomain: str | None = None
+    dnssec: bool = False
 
     @property
     def remote(self) -> str:

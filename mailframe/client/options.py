@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from twisted.internet.ssl import Certificate
     from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+    from mailframe.client.dane import DANECheck
+
 __all__ = [
     "TLS_NONE",
     "TLS_OPPORTUNISTIC",
@@ -111,6 +113,13 @@ class ClientOptions:
     queued messages are sent).  C{transcript}: log every command and reply.
     C{implicitTLS}: the transport is TLS from the first byte (RFC 8314);
     no STARTTLS, and AUTH is allowed.
+
+    Outbound TLS policies (L{mailframe.client.tlspolicy}): C{dane}, a
+    L{mailframe.client.dane.DANECheck} the server's certificate chain must
+    pass once TLS is up; C{tlsLabel} names the mechanism that made TLS
+    mandatory (C{"DANE"}, C{"MTA-STS"}, C{"REQUIRETLS"}) in the replies of
+    its failures; C{requireTLS}: the message carries REQUIRETLS (RFC 8689):
+    the server must offer it after TLS, and MAIL passes it on.
     """
 
     heloName: str = "localhost"
@@ -127,6 +136,9 @@ class ClientOptions:
     keepAlive: float = 0.0
     transcript: bool = False
     implicitTLS: bool = False
+    dane: DANECheck | None = None
+    tlsLabel: str = ""
+    requireTLS: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tls", checkTLSPolicy(self.tls))
@@ -145,13 +157,23 @@ class SessionFailed(Exception):
     to HELO after EHLO was refused): L{permanent}.  C{tryNext} says another
     destination may do better; C{tlsFailed} that the TLS handshake failed
     (an opportunistic sender may try the same host again without TLS).
+    C{tlsResult}, when TLS was mandatory and could not be had as required,
+    is the failure's result type in TLS reports (RFC 8460 4.3:
+    C{starttls-not-supported}, C{validation-failure} ...).
     """
 
-    def __init__(self, reply: Reply, tryNext: bool = True, tlsFailed: bool = False) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        tryNext: bool = True,
+        tlsFailed: bool = False,
+        tlsResult: str | None = None,
+    ) -> None:
         super().__init__(str(reply))
         self.reply = reply
         self.tryNext = tryNext
         self.tlsFailed = tlsFailed
+        self.tlsResult = tlsResult
 
     @property
     def permanent(self) -> bool:

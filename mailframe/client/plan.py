@@ -145,6 +145,8 @@ def makePlan(
         params["BODY"] = "8BITMIME"  # without 8BITMIME the octets go as they are
     if utf8 and (needsUTF8 or any(recipients[i].address.isUTF8 for i in send)):
         params["SMTPUTF8"] = None
+    if options.requireTLS:  # the session checked that the server offers it (RFC 8689 4.2.1)
+        params["REQUIRETLS"] = None
     plan.dsn = "DSN" in ext
     if plan.dsn:
         for name in _DSN_MAIL:

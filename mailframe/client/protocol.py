@@ -34,6 +34,7 @@ from zope.interface import implementer
 from mailframe.client.options import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
+    TLS_VERIFY,
     ClientOptions,
     SessionFailed,
     clientTLS,
@@ -51,6 +52,8 @@ from mailframe.reply import Reply
 if TYPE_CHECKING:
     from OpenSSL import SSL
     from twisted.internet.interfaces import IConsumer, ITLSTransport
+
+    from mailframe.client.dane import DANECheck
 
     class _Transport(ITLSTransport, IConsumer):
         """
@@ -72,6 +75,11 @@ _TLS_REFUSED = Reply(421, (4, 7, 4), "TLS is required but STARTTLS was refused")
 _TLS_FAILED = Reply(421, (4, 7, 5), "TLS handshake failed")
 _NO_AUTH = Reply(421, (4, 7, 0), "Credentials are set; the server offers no AUTH PLAIN or LOGIN")
 _AUTH_CLEAR = Reply(421, (4, 7, 10), "AUTH is offered only without TLS; not sending credentials")
+_NO_REQUIRETLS = Reply(
+    421,
+    (4, 7, 10),
+    "REQUIRETLS: the message requires TLS and the server does not offer REQUIRETLS",
+)
 
 
 @implementer(IHandshakeListener)
@@ -218,10 +226,39 @@ class SMTPClientProtocol(Protocol):
             )
         except AttributeError:
             self.tls = TLSInfo("TLS", "unknown")
+        dane = self.options.dane
+        if dane is not None:
+            why = self._daneMismatch(dane, handle)
+            if why is not None:
+                log.info("{name}: DANE: {why}", name=self.remote, why=why)
+                self._tlsRequired(_TLS_FAILED.withText(f"DANE: {why}"), "validation-failure")
+                return
         conn = self._conn
         if not self._closing and conn.state is ClientState.CONNECTED and not conn.awaiting:
             self._send(E.Hello(self.options.heloName, True))  # again, after STARTTLS
             self._arm()
+
+    def _daneMismatch(self, dane: DANECheck, handle: SSL.Connection) -> str | None:
+        """Why the server's certificate chain fails C{dane}, or None if it passes."""
+        try:
+            chain = handle.get_peer_cert_chain(as_cryptography=True) or []
+        except Exception:
+            log.failure("{name}: reading the certificate chain", name=self.remote)
+            return "the server's certificate chain could not be read"
+        return dane.verify(list(chain))
+
+    def _tlsRequired(self, reply: Reply, result: str, tlsFailed: bool = False) -> None:
+        """
+        End the session: TLS is mandatory (C{options.tlsLabel} says why) and
+        cannot be had as required; C{result} is the RFC 8460 result type.
+        """
+        label = self.options.tlsLabel
+        text = " ".join(reply.lines)
+        if label and not text.startswith(label + ":"):
+            reply = reply.withText(f"{label}: {text}")
+        if self._failure is None:
+            self._failure = SessionFailed(reply, True, tlsFailed=tlsFailed, tlsResult=result)
+        self._fail(reply, quit=True)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancelTimer()
@@ -230,7 +267,10 @@ class SMTPClientProtocol(Protocol):
         if self._handshaking:
             why = " ".join(str(getattr(reason, "value", reason)).split())[:200]
             log.info("{name}: TLS handshake failed: {why}", name=self.remote, why=why)
-            self._failTLS(_TLS_FAILED.withText(f"TLS handshake failed: {why}"))
+            label = self.options.tlsLabel
+            text = f"{label + ': ' if label else ''}TLS handshake failed: {why}"
+            result = "certificate-not-trusted" if self.options.tls == TLS_VERIFY else None
+            self._failTLS(_TLS_FAILED.withText(text), result or "validation-failure")
         self._closing = True
         self.usable = False
         self._sender.failAll(self._failure or SessionFailed(LOST))
@@ -296,8 +336,11 @@ class SMTPClientProtocol(Protocol):
                 self._send(E.StartTLS())
                 return
             if policy != TLS_OPPORTUNISTIC:
-                self._fail(_NO_TLS, quit=True)
+                self._tlsRequired(_NO_TLS, "starttls-not-supported")
                 return
+        if options.requireTLS and not (conn.tlsActive and conn.supports("REQUIRETLS")):
+            self._tlsRequired(_NO_REQUIRETLS, "starttls-not-supported")
+            return
         if options.credentials is not None:
             self._startAuth()
             return
@@ -314,8 +357,10 @@ class SMTPClientProtocol(Protocol):
                 else:
                     self._ready()
                 return
-            self._fail(_TLS_REFUSED.withText(f"TLS is required; STARTTLS got: {quoted(reply)}"),
-                       quit=True)  # fmt: skip
+            self._tlsRequired(
+                _TLS_REFUSED.withText(f"TLS is required; STARTTLS got: {quoted(reply)}"),
+                "starttls-not-supported",
+            )
             return
         self._conn.startTLS()  # what came with the 220 is dropped here
         hostname = options.tlsHostname or self.name.split(" ")[0] or ""
@@ -329,9 +374,12 @@ class SMTPClientProtocol(Protocol):
         self._handshaking = True
         self.transport.startTLS(creator)
 
-    def _failTLS(self, reply: Reply) -> None:
+    def _failTLS(self, reply: Reply, result: str | None = None) -> None:
         if self._failure is None:
-            self._failure = SessionFailed(reply, True, tlsFailed=True)
+            mandatory = self.options.tls != TLS_OPPORTUNISTIC
+            self._failure = SessionFailed(
+                reply, True, tlsFailed=True, tlsResult=result if mandatory else None
+            )
 
     def _startAuth(self) -> None:
         conn, options = self._conn, self.options

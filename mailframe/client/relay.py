@@ -48,6 +48,7 @@ from mailframe.client import (
     temporary,
 )
 from mailframe.client.routing import Destination, Router, RoutingError
+from mailframe.client.tlspolicy import HostPlan, OutboundTLS, requirementOf
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.interfaces import IRelay
 from mailframe.message import Message
@@ -56,8 +57,11 @@ from mailframe.reply import Reply
 if TYPE_CHECKING:
     from twisted.internet._sslverify import IOpenSSLTrustRoot  # not exported, for typing only
 
-_PoolKey = tuple[str, int, str, str | None, Credentials | None]
-"""Idle sessions are kept by address, port, TLS policy, TLS name and credentials."""
+_PoolKey = tuple[str, int, str, str | None, Credentials | None, str, bool]
+"""
+Idle sessions are kept by address, port, TLS policy, TLS name, credentials,
+the mechanism that made TLS mandatory, and REQUIRETLS.
+"""
 
 __all__ = ["SMTPRelay", "withEnhanced"]
 
@@ -110,7 +114,11 @@ class SMTPRelay:
     message to the same address (0: QUIT after each message);
     C{maxMessages} the messages per connection before it is closed;
     C{endpointFor}, C{(destination) -> IStreamClientEndpoint}, by default
-    TCP to its address and port.
+    TCP to its address and port.  C{tlsPolicy}: the L{OutboundTLS} that
+    applies DANE, MTA-STS and REQUIRETLS (by default one with DANE and
+    MTA-STS off, which still keeps REQUIRETLS mail off unverified TLS);
+    C{reporter}, if given, is told each result for TLS reports
+    (L{mailframe.client.tlsrpt.TLSReporter.record}).
     """
 
     def __init__(
@@ -129,8 +137,12 @@ class SMTPRelay:
         chunking: bool = True,
         transcript: bool = False,
         endpointFor: Callable[[Destination], Any] | None = None,
+        tlsPolicy: OutboundTLS | None = None,
+        reporter: Any = None,
     ) -> None:
         self.router = router
+        self.tlsPolicy = tlsPolicy or OutboundTLS(reactor)
+        self.reporter = reporter
         self.reactor = reactor
         self.heloName = heloName
         self.timeouts = timeouts or Timeouts()
@@ -231,40 +243,83 @@ class SMTPRelay:
             destinations = await self.router.destinations(domain)
         except RoutingError as e:
             return self._all(rcpts, e.reply, None)
+        engine = self.tlsPolicy
+        checks = engine.dane or engine.mtasts is not None
+        requirement = requirementOf(envelope, message if checks else None)
+        plans = await engine.plan(destinations[: self.maxAttempts], requirement, envelope.queueID)
         last: SessionFailed | None = None
         lastRemote: str | None = None
         allRefused = True  # every destination tried refused the session for good
-        for destination in destinations[: self.maxAttempts]:
+        allTLS = True  # every destination failed for want of TLS as required
+        for plan in plans:
+            destination = plan.destination
+            if plan.skip is not None:
+                last = SessionFailed(plan.skip, tlsResult=plan.skipResult)
+                lastRemote = destination.remote
+                allRefused = False
+                self._report(plan, plan.skipResult)
+                continue
             policies = [destination.tls]
             if destination.tls == TLS_OPPORTUNISTIC and not destination.implicitTLS:
                 policies.append(TLS_NONE)  # RFC 7435: a failed handshake, then in clear
             for policy in policies:
+                seen: dict[str, Any] = {}
                 try:
-                    result = await self._attempt(destination, policy, envelope, rcpts, message)
+                    result = await self._attempt(destination, policy, envelope, rcpts, message,
+                                                 plan, seen)  # fmt: skip
                 except SessionFailed as e:
                     last, lastRemote = e, destination.remote
                     log.info("{id}: {remote}: {reply}", id=envelope.queueID,
                              remote=destination.remote, reply=str(e.reply))  # fmt: skip
                     if e.tlsFailed and policy == TLS_OPPORTUNISTIC:
                         continue
+                    if e.tlsResult is not None:
+                        self._report(plan, e.tlsResult)
                     break
+                self._reportSession(plan, seen.get("tls"))
                 replies = tuple(withEnhanced(r) for r in result.replies)
                 return replace(result, replies=replies)  # remote and dsn kept
             # the host's last attempt decides (a failed handshake, then a refusal in clear)
             allRefused = allRefused and last is not None and last.permanent
+            allTLS = allTLS and last is not None and last.tlsResult is not None
             if last is not None and not last.tryNext:
                 break
         if last is None:
             return self._all(rcpts, _NO_DESTINATION, None)
+        if requirement.required and allTLS and last.tlsResult is not None:
+            # RFC 8689 4.2.1: no host could take it as REQUIRETLS demands
+            text = " ".join(last.reply.lines).removeprefix("REQUIRETLS: ")
+            reply = Reply(550, (5, 7, 10), f"REQUIRETLS: {text}"[:400])
+            return self._all(rcpts, reply, lastRemote)
         # every host was tried (RFC 5321 5.1): if each refused for good, so does the message
         reply = last.reply if allRefused else temporary(last.reply)
         return self._all(rcpts, reply, lastRemote)
+
+    def _report(self, plan: HostPlan, result: str | None) -> None:
+        """Tell the TLS reporter one session's outcome (C{result} None: success)."""
+        if self.reporter is None or plan.policyDomain is None:
+            return
+        try:
+            self.reporter.record(plan, result)
+        except Exception:
+            log.failure("recording a TLS report result")
+
+    def _reportSession(self, plan: HostPlan, tls: object) -> None:
+        """A delivered message: success, unless an MTA-STS policy in testing mode would fail."""
+        result = None
+        if plan.testing and not plan.mxMatched:
+            result = "validation-failure"
+        elif plan.testing and tls is None:
+            result = "starttls-not-supported"
+        self._report(plan, result)
 
     def _all(self, rcpts: Sequence[Recipient], reply: Reply, remote: str | None) -> DeliveryResult:
         reply = withEnhanced(reply)
         return DeliveryResult(tuple(reply for _ in rcpts), tuple(remote for _ in rcpts))
 
-    def _options(self, destination: Destination, policy: str) -> ClientOptions:
+    def _options(
+        self, destination: Destination, policy: str, plan: HostPlan | None = None
+    ) -> ClientOptions:
         return ClientOptions(
             heloName=self.heloName,
             tls=policy,
@@ -278,11 +333,18 @@ class SMTPRelay:
             keepAlive=self.keepAlive,
             transcript=self.transcript,
             implicitTLS=destination.implicitTLS,
+            dane=plan.dane if plan is not None else None,
+            tlsLabel=plan.label if plan is not None else "",
+            requireTLS=plan.requireTLS if plan is not None else False,
         )
 
-    def _poolKey(self, destination: Destination, policy: str) -> _PoolKey:
+    def _poolKey(
+        self, destination: Destination, policy: str, plan: HostPlan | None = None
+    ) -> _PoolKey:
+        label = plan.label if plan is not None else ""
+        requireTLS = plan.requireTLS if plan is not None else False
         return (destination.address, destination.port, policy, destination.tlsHostname,
-                destination.credentials)  # fmt: skip
+                destination.credentials, label, requireTLS)  # fmt: skip
 
     async def _attempt(
         self,
@@ -291,14 +353,18 @@ class SMTPRelay:
         envelope: Envelope,
         rcpts: tuple[Recipient, ...],
         message: Message,
+        plan: HostPlan | None = None,
+        seen: dict[str, Any] | None = None,
     ) -> DeliveryResult:
-        key = self._poolKey(destination, policy)
+        seen = {} if seen is None else seen
+        key = self._poolKey(destination, policy, plan)
         pool = self._idle.get(key, [])
         while pool:
             session = pool.pop()
             if session.idle:
+                seen["tls"] = session.tls
                 return await session.deliver(envelope, rcpts, message)
-        options = self._options(destination, policy)
+        options = self._options(destination, policy, plan)
         factory = SMTPClientFactory(options, self.reactor, destination.remote)
         try:
             endpoint = self.endpointFor(replace(destination, tls=policy))
@@ -312,7 +378,9 @@ class SMTPRelay:
         if self.keepAlive:
             session.onIdle = lambda s: self._keep(key, s)
             session.onEnd = lambda s: self._forget(key, s)
-        return await session.deliver(envelope, rcpts, message)
+        result = await session.deliver(envelope, rcpts, message)
+        seen["tls"] = session.tls
+        return result
 
     def _keep(self, key: _PoolKey, session: SMTPClientProtocol) -> None:
         if session.messagesSent >= self.maxMessages:

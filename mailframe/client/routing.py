@@ -44,6 +44,7 @@ from mailframe.client.options import (
     TLS_VERIFY,
     checkTLSPolicy,
 )
+from mailframe.policy._dns import isAuthenticated
 from mailframe.reply import Reply
 
 __all__ = [
@@ -344,7 +345,7 @@ class Router:
         permanent: bool,
     ) -> list[Destination]:
         try:
-            records = await self._query(dns.MX, name)
+            records, mxSecure = await self._secureQuery(dns.MX, name)
         except Exception as e:
             gone = _lookupFailed(e, "MX", name) and permanent
             raise RoutingError(NO_DOMAIN if gone else DNS_FAILURE) from None
@@ -365,13 +366,14 @@ class Router:
         out: list[Destination] = []
         anyTemporary = False
         for host in ordered:
-            addresses, temporary = await self._addresses(host)
+            addresses, temporary, secure = await self._secureAddresses(host)
             anyTemporary = anyTemporary or temporary
             for address in addresses:
                 if make is not None:
                     out.append(make(host, address))
                 else:
-                    out.append(Destination(host, address, port, tls))
+                    out.append(Destination(host, address, port, tls, policyDomain=name.lower(),
+                                           dnssec=mxSecure and secure))  # fmt: skip
         if out:
             return out
         if anyTemporary or not permanent:
@@ -394,21 +396,41 @@ class Router:
 
     async def _addresses(self, host: str) -> tuple[list[str], bool]:
         """The host's addresses in C{addressOrder}, and whether a lookup failed for now."""
+        addresses, temporary, _ = await self._secureAddresses(host)
+        return addresses, temporary
+
+    async def _secureAddresses(self, host: str) -> tuple[list[str], bool, bool]:
+        """
+        The host's addresses in C{addressOrder}, whether a lookup failed for
+        now, and whether every answer with addresses was DNSSEC-validated.
+        """
         found: dict[str, list[str]] = {}
         temporary = False
+        secure = True
         for family in self.addressOrder:
             kind = dns.AAAA if family == "ipv6" else dns.A
             try:
-                records = await self._query(kind, host)
+                records, validated = await self._secureQuery(kind, host)
             except Exception as e:
                 what = "AAAA" if kind == dns.AAAA else "A"
                 temporary = temporary or not _lookupFailed(e, what, host)
-                records = []
+                records, validated = [], False
+            if records and not validated:
+                secure = False
             found[family] = [_address(rr.payload) for rr in records]
-        return [a for family in self.addressOrder for a in found[family]], temporary
+        out = [a for family in self.addressOrder for a in found[family]]
+        return out, temporary, secure and bool(out)
 
     async def _query(self, kind: int, name: str) -> list[Any]:
         """Records of C{kind} for C{name}, following CNAMEs (at most 8)."""
+        records, _ = await self._secureQuery(kind, name)
+        return records
+
+    async def _secureQuery(self, kind: int, name: str) -> tuple[list[Any], bool]:
+        """
+        Records of C{kind} for C{name}, following CNAMEs (at most 8), and
+        whether every answer on the way had the AD bit (L{isAuthenticated}).
+        """
         lookup = {
             dns.MX: self.resolver.lookupMailExchange,
             dns.A: self.resolver.lookupAddress,
@@ -416,13 +438,16 @@ class Router:
         }[kind]
         target = name.rstrip(".").lower()
         steps = 0
+        secure = True
         while steps <= _MAX_CNAMES:
-            answers, _authority, _additional = await lookup(target)
+            result = await lookup(target)
+            answers, _authority, _additional = result
+            secure = secure and isAuthenticated(result)
             followed = False
             while steps <= _MAX_CNAMES:
                 records = [rr for rr in answers if rr.type == kind and _name(rr) == target]
                 if records:
-                    return records
+                    return records, secure
                 alias = next(
                     (rr for rr in answers if rr.type == dns.CNAME and _name(rr) == target), None
                 )
@@ -432,7 +457,7 @@ class Router:
                 followed = True
                 steps += 1
             if not followed:
-                return []
+                return [], secure
         raise dnserror.DNSServerError(f"CNAME chain too long at {name}")
 
 
