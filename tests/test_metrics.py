@@ -99,8 +99,8 @@ class Timings:
     def __init__(self) -> None:
         self.seen: list[tuple[str, object, float]] = []
 
-    def __call__(self, stage: str, provider: object, seconds: float) -> None:
-        self.seen.append((stage, provider, seconds))
+    def __call__(self, stage: str, provider: object) -> Any:
+        return lambda seconds: self.seen.append((stage, provider, seconds))
 
 
 class ChainTimerTests(SynchronousTestCase):

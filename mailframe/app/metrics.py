@@ -11,8 +11,9 @@ global one), so two servers in one process, or two tests, count apart.
 Label values are bounded: listener names, stages, verbs, reply codes,
 plug-in names, TLS versions, AUTH mechanisms and destination kinds, never
 an address; a label that sees more than L{MAX_VALUES} values counts the
-rest as C{other}.  Everything runs in the reactor thread: no lock is held
-longer than prometheus-client's own, no thread serves a scrape.
+rest as C{other}.  Everything runs in the reactor thread, and an event
+costs a few dict updates (L{mailframe.app._metricsfamilies}); no thread
+serves a scrape.
 
 Owns: the names, help and labels of the metrics (docs/metrics.rst lists
 them), and turning events into samples.  Must not: change an event, block,
@@ -21,27 +22,35 @@ or raise into the logging system.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Info
 from twisted.application.service import MultiService
 from twisted.logger import ILogObserver, LogPublisher, globalLogPublisher
 from zope.interface import implementer
 
 from mailframe import events as E
+from mailframe.app._metricsfamilies import (
+    QUEUE_STATES,
+    Counter,
+    Families,
+    Gauge,
+    Histogram,
+    QueueCollector,
+    QueueSource,
+)
 from mailframe.app._metricsweb import MetricsResource, metricsService
 from mailframe.plugins import SettingError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from mailframe.queue.entry import QueueEntry
     from mailframe.server import SMTPServerFactory
 
 __all__ = [
     "MAX_VALUES",
+    "QUEUE_STATES",
     "Metrics",
     "MetricsService",
     "QueueCollector",
@@ -66,10 +75,6 @@ DELAY_BUCKETS = (0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0
                  2 * 86400.0, 5 * 86400.0)  # fmt: skip
 #: Of a session, connect to disconnect (seconds).
 SESSION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0)
-
-#: The queue's states, as mailframe-queue shows them: being attempted now,
-#: never attempted yet, waiting for a retry, on hold.
-QUEUE_STATES = ("active", "incoming", "deferred", "hold")
 
 #: Mail ports a metrics endpoint may not use.
 MAIL_PORTS = frozenset({25, 465, 587})
@@ -104,23 +109,64 @@ def metricsEndpoint(value: object) -> str:
     return description
 
 
-class _Labels:
-    """The values one label of one metric has taken: at most L{MAX_VALUES}."""
-
-    __slots__ = ("seen",)
+class _Labels(dict[object, str]):
+    """
+    What an event's value is as a label: itself (a string), a plug-in's
+    class name, a number's digits; at most L{MAX_VALUES} different labels,
+    then C{other}.  A hit is one dict lookup: C{labels[value]}.
+    """
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        super().__init__()
+        self.labels: set[str] = set()
 
-    def __call__(self, value: object) -> str:
-        text = value if isinstance(value, str) else _name(value)
-        seen = self.seen
-        if text in seen:
+    def label(self, text: str) -> str:
+        """The label of C{text}, a new one if there is room."""
+        labels = self.labels
+        if text in labels:
             return text
-        if len(seen) >= MAX_VALUES or not text or len(text) > 64 or not text.isprintable():
+        if len(labels) >= MAX_VALUES or not text or len(text) > 64 or not text.isprintable():
             return OTHER
-        seen.add(text)
+        labels.add(text)
         return text
+
+    def __missing__(self, value: object) -> str:
+        label = self.label(value if isinstance(value, str) else _name(value))
+        if len(self) > 4 * MAX_VALUES:  # values that all became "other"
+            self.clear()
+        self[value] = label
+        return label
+
+
+class _Verbs(_Labels):
+    """Command verbs (and stages) as labels: lower case; C{other} for anything odd."""
+
+    def __missing__(self, value: object) -> str:
+        text = str(value).lower()
+        if not text.isascii() or not text.replace("-", "").replace("_", "").isalnum():
+            label = OTHER
+        else:
+            label = self.label(text)
+        if len(self) > 4 * MAX_VALUES:
+            self.clear()
+        self[value] = label
+        return label
+
+
+class _Replies(dict[object, "tuple[str, str] | None"]):
+    """The disconnect event's C{"verb:class"} keys as (verb label, class), or None."""
+
+    def __init__(self, verbs: _Verbs) -> None:
+        super().__init__()
+        self.verbs = verbs
+
+    def __missing__(self, value: object) -> tuple[str, str] | None:
+        verb, _, kind = str(value).rpartition(":")
+        split = (self.verbs[verb], kind) if kind in ("2", "3", "4", "5") else None
+        if len(self) > 4 * MAX_VALUES:
+            self.clear()
+        self[value] = split
+        return split
 
 
 def _name(value: object) -> str:
@@ -136,81 +182,6 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if value >= 0 else None
-
-
-class QueueSource(Protocol):
-    """What L{QueueCollector} reads: a L{mailframe.queue.runner.QueueRunner}."""
-
-    @property
-    def entries(self) -> Mapping[str, QueueEntry]: ...
-
-    def underWay(self, entryID: str) -> bool: ...
-
-
-class QueueCollector:
-    """
-    The queue at scrape time, by state (L{QUEUE_STATES}): messages, their
-    pending recipients, their octets, and the age of the oldest.  It reads
-    the runner's entries in memory (no file is opened): one pass per scrape.
-    """
-
-    def __init__(self, queue: QueueSource, clock: IReactorTime) -> None:
-        self.queue = queue
-        self.clock = clock
-
-    def _families(self) -> tuple[GaugeMetricFamily, ...]:
-        return (
-            GaugeMetricFamily(
-                f"{_PREFIX}_queue_messages", "Messages in the queue, by state.", labels=["state"]
-            ),
-            GaugeMetricFamily(
-                f"{_PREFIX}_queue_recipients",
-                "Recipients still to deliver in the queue, by state.",
-                labels=["state"],
-            ),
-            GaugeMetricFamily(
-                f"{_PREFIX}_queue_bytes",
-                "Octets of the messages in the queue, by state.",
-                labels=["state"],
-            ),
-            GaugeMetricFamily(
-                f"{_PREFIX}_queue_oldest_seconds",
-                "Age of the oldest message in the queue, by state (0 when none).",
-                labels=["state"],
-            ),
-        )
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
-
-    def collect(self) -> Iterable[Metric]:
-        queue = self.queue
-        now = self.clock.seconds()
-        messages = dict.fromkeys(QUEUE_STATES, 0)
-        recipients = dict.fromkeys(QUEUE_STATES, 0)
-        octets = dict.fromkeys(QUEUE_STATES, 0)
-        oldest: dict[str, float] = {}
-        for entry in list(queue.entries.values()):
-            if entry.held:
-                state = "hold"
-            elif queue.underWay(entry.id):
-                state = "active"
-            elif entry.attempts:
-                state = "deferred"
-            else:
-                state = "incoming"
-            messages[state] += 1
-            recipients[state] += len(entry.pending)
-            octets[state] += entry.size
-            if entry.arrival < oldest.get(state, now):
-                oldest[state] = entry.arrival
-        families = self._families()
-        for state in QUEUE_STATES:
-            families[0].add_metric([state], messages[state])
-            families[1].add_metric([state], recipients[state])
-            families[2].add_metric([state], octets[state])
-            families[3].add_metric([state], max(0.0, now - oldest.get(state, now)))
-        return families
 
 
 @implementer(ILogObserver)
@@ -231,8 +202,11 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._publisher: LogPublisher | None = None
         self._listeners: dict[str, str] = {}  # open session -> listener
-        self._timers: dict[tuple[str, int], tuple[object, Any]] = {}
         self._labels: dict[str, _Labels] = {}
+        self._listenerNames = _Labels()
+        self._verbs = _Verbs()
+        self._replyKeys = _Replies(self._verbs)
+        self._codes = _Labels()
         r, p = self.registry, _PREFIX
         if process:
             from prometheus_client import PlatformCollector, ProcessCollector
@@ -242,134 +216,119 @@ class Metrics:
         from mailframe import __version__
 
         Info(f"{p}_build", "mailframe's version.", registry=r).info({"version": __version__})
+        families = Families()
+
+        def counter(name: str, help: str, *labels: str) -> Counter:
+            family = Counter(f"{p}_{name}", help, labels)
+            families.add(family)
+            return family
+
+        def histogram(name: str, help: str, bounds: Sequence[float], *labels: str) -> Histogram:
+            family = Histogram(f"{p}_{name}", help, labels, bounds)
+            families.add(family)
+            return family
+
         # sessions
-        self.connections = Counter(
-            f"{p}_connections", "Sessions begun, by listener.", ["listener"], registry=r
-        )
-        self.open = Gauge(
-            f"{p}_connections_open", "Sessions open now, by listener.", ["listener"], registry=r
-        )
-        self.connectionsRefused = Counter(
-            f"{p}_connections_refused",
+        self.connections = counter("connections", "Sessions begun, by listener.", "listener")
+        self.open = Gauge(f"{p}_connections_open", "Sessions open now, by listener.", ["listener"])
+        families.add(self.open)
+        self.connectionsRefused = counter(
+            "connections_refused",
             "Sessions refused at connect (421 or 554), by listener, the plug-in that "
             "refused and the reply code.",
-            ["listener", "decider", "code"],
-            registry=r,
+            *("listener", "decider", "code"),
         )
-        self.sessionSeconds = Histogram(
-            f"{p}_session_seconds",
+        self.sessionSeconds = histogram(
+            "session_seconds",
             "How long sessions lasted, by listener.",
-            ["listener"],
-            buckets=SESSION_BUCKETS,
-            registry=r,
+            SESSION_BUCKETS,
+            "listener",
         )
-        self.commands = Counter(
-            f"{p}_commands",
+        self.commands = counter(
+            "commands",
             "Commands received, by listener and verb (counted when the session ends).",
-            ["listener", "command"],
-            registry=r,
+            *("listener", "command"),
         )
-        self.replies = Counter(
-            f"{p}_replies",
+        self.replies = counter(
+            "replies",
             "Replies sent, by listener, stage (the command answered) and code class "
             "(2, 3, 4, 5; counted when the session ends).",
-            ["listener", "stage", "class"],
-            registry=r,
+            *("listener", "stage", "class"),
         )
-        self.refusals = Counter(
-            f"{p}_refusals",
+        self.refusals = counter(
+            "refusals",
             "Refusals (4xx, 5xx) at any stage, by listener, stage, reply code and the "
             "plug-in that decided (mailframe for the server's own rules).",
-            ["listener", "stage", "code", "decider"],
-            registry=r,
+            *("listener", "stage", "code", "decider"),
         )
-        self.messagesAccepted = Counter(
-            f"{p}_messages_accepted", "Messages accepted, by listener.", ["listener"], registry=r
+        self.messagesAccepted = counter(
+            "messages_accepted", "Messages accepted, by listener.", "listener"
         )
-        self.messagesRefused = Counter(
-            f"{p}_messages_refused",
+        self.messagesRefused = counter(
+            "messages_refused",
             "Messages refused after their data, by listener and reply code.",
-            ["listener", "code"],
-            registry=r,
+            *("listener", "code"),
         )
-        self.recipientsAccepted = Counter(
-            f"{p}_recipients_accepted",
-            "Recipients of accepted messages, by listener.",
-            ["listener"],
-            registry=r,
+        self.recipientsAccepted = counter(
+            "recipients_accepted", "Recipients of accepted messages, by listener.", "listener"
         )
-        self.recipientsRefused = Counter(
-            f"{p}_recipients_refused",
+        self.recipientsRefused = counter(
+            "recipients_refused",
             "Recipients refused at RCPT, by listener and reply code.",
-            ["listener", "code"],
-            registry=r,
+            *("listener", "code"),
         )
-        self.messageBytes = Counter(
-            f"{p}_message_bytes",
-            "Octets of accepted messages, by listener.",
-            ["listener"],
-            registry=r,
+        self.messageBytes = counter(
+            "message_bytes", "Octets of accepted messages, by listener.", "listener"
         )
-        self.receivedBytes = Counter(
-            f"{p}_received_bytes",
+        self.receivedBytes = counter(
+            "received_bytes",
             "Octets of message data received, accepted or not, by listener (counted when "
             "the session ends).",
-            ["listener"],
-            registry=r,
+            "listener",
         )
-        self.tls = Counter(
-            f"{p}_tls_handshakes",
+        self.tls = counter(
+            "tls_handshakes",
             "TLS handshakes completed, by listener and TLS version.",
-            ["listener", "version"],
-            registry=r,
+            *("listener", "version"),
         )
-        self.auth = Counter(
-            f"{p}_auth",
+        self.auth = counter(
+            "auth",
             "AUTH attempts, by listener, mechanism and result (success or failure).",
-            ["listener", "mechanism", "result"],
-            registry=r,
+            *("listener", "mechanism", "result"),
         )
-        self.pluginSeconds = Histogram(
-            f"{p}_plugin_seconds",
+        self.pluginSeconds = histogram(
+            "plugin_seconds",
             "How long plug-ins took to answer, by stage and plug-in (its class name).",
-            ["stage", "plugin"],
-            buckets=PLUGIN_BUCKETS,
-            registry=r,
+            PLUGIN_BUCKETS,
+            *("stage", "plugin"),
         )
         # the queue
-        self.queueEvents = Counter(
-            f"{p}_queue_events",
-            "Messages queued, held, released and deleted.",
-            ["event"],
-            registry=r,
+        self.queueEvents = counter(
+            "queue_events", "Messages queued, held, released and deleted.", "event"
         )
-        self.deliveries = Counter(
-            f"{p}_deliveries",
+        self.deliveries = counter(
+            "deliveries",
             "Outcomes of delivery attempts, one per recipient, by destination kind (relay, "
             "local ...) and outcome (sent, deferred, bounced, expired).",
-            ["kind", "outcome"],
-            registry=r,
+            *("kind", "outcome"),
         )
-        self.transferSeconds = Histogram(
-            f"{p}_delivery_transfer_seconds",
+        self.transferSeconds = histogram(
+            "delivery_transfer_seconds",
             "How long successful delivery attempts took (relay latency), by destination kind.",
-            ["kind"],
-            buckets=TRANSFER_BUCKETS,
-            registry=r,
+            TRANSFER_BUCKETS,
+            "kind",
         )
-        self.delaySeconds = Histogram(
-            f"{p}_delivery_delay_seconds",
+        self.delaySeconds = histogram(
+            "delivery_delay_seconds",
             "Time from arrival in the queue to delivery, by destination kind.",
-            ["kind"],
-            buckets=DELAY_BUCKETS,
-            registry=r,
+            DELAY_BUCKETS,
+            "kind",
         )
-        self.observerErrors = Counter(
-            f"{p}_metrics_errors",
-            "Events the metrics could not count (a bug: please report it).",
-            registry=r,
+        self.observerErrors = counter(
+            "metrics_errors", "Events the metrics could not count (a bug: please report it)."
         )
-        self._handlers = {
+        r.register(families)
+        self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             E.CONNECT: self._connect,
             E.TLS: self._tls,
             E.AUTH: self._auth,
@@ -406,24 +365,16 @@ class Metrics:
 
     def watchQueue(self, queue: QueueSource, clock: IReactorTime) -> QueueCollector:
         """Export C{queue}'s size and oldest age by state, read at each scrape."""
-        collector = QueueCollector(queue, clock)
+        collector = QueueCollector(queue, clock, _PREFIX)
         self.registry.register(collector)
         return collector
 
     # -- the plug-in timer ------------------------------------------------------------
 
-    def timePlugin(self, stage: str, provider: object, seconds: float) -> None:
-        """A L{mailframe.server.chains.PluginTimer}."""
-        key = (stage, id(provider))
-        known = self._timers.get(key)
-        if known is None or known[0] is not provider:
-            if len(self._timers) > 4 * MAX_VALUES:  # old plug-ins, replaced by reloads
-                self._timers.clear()
-            child = self.pluginSeconds.labels(
-                self._label("plugin.stage", stage), self._label("plugin", type(provider).__name__)
-            )
-            known = self._timers[key] = (provider, child)
-        known[1].observe(seconds)
+    def timePlugin(self, stage: str, provider: object) -> Callable[[float], None]:
+        """A L{mailframe.server.chains.PluginTimer}: the recorder of C{provider}'s answers."""
+        key = (self._label("plugin.stage", stage), self._label("plugin", type(provider).__name__))
+        return self.pluginSeconds.recorder(key)
 
     # -- the observer -----------------------------------------------------------------
 
@@ -437,101 +388,99 @@ class Metrics:
         try:
             handler(event)
         except Exception:
-            self.observerErrors.inc()
+            self.observerErrors.inc(())
 
     def _label(self, where: str, value: object) -> str:
         labels = self._labels.get(where)
         if labels is None:
             labels = self._labels[where] = _Labels()
-        return labels(value)
+        return labels[value]
 
     def _listener(self, event: Mapping[str, Any]) -> str:
         listener = event.get("listener")
         if listener is None:
             listener = self._listeners.get(event.get("sessionID"), "unknown")  # type: ignore[arg-type]
-        return self._label("listener", listener)
+        return self._listenerNames[listener]
 
     def _code(self, event: Mapping[str, Any]) -> str:
         code = event.get("code")
-        if isinstance(code, int) and not isinstance(code, bool) and 200 <= code <= 599:
-            return self._label("code", str(code))
+        if type(code) is int and 200 <= code <= 599:
+            return self._codes[code]
         return "unknown"
 
     def _connect(self, event: Mapping[str, Any]) -> None:
-        listener = self._label("listener", event.get("listener") or "unknown")
+        listener = self._listenerNames[event.get("listener") or "unknown"]
+        key = (listener,)
         session = event.get("sessionID")
         if session is not None:
             if len(self._listeners) > 1 << 16:  # disconnects lost: forget the oldest
                 for old in list(self._listeners)[: 1 << 12]:
                     del self._listeners[old]
             self._listeners[session] = listener
-            self.open.labels(listener).inc()
-        self.connections.labels(listener).inc()
+            self.open.inc(key)
+        self.connections.inc(key)
 
     def _disconnect(self, event: Mapping[str, Any]) -> None:
-        session = event.get("sessionID")
-        known = self._listeners.pop(session, None)  # type: ignore[arg-type]
+        known = self._listeners.pop(event.get("sessionID"), None)  # type: ignore[arg-type]
         listener = self._listener(event) if known is None else known
         if known is not None:
-            self.open.labels(listener).dec()
+            self.open.inc((listener,), -1)
         duration = _number(event.get("duration"))
         if duration is not None:
-            self.sessionSeconds.labels(listener).observe(duration)
+            self.sessionSeconds.observe((listener,), duration)
         commands = event.get("commands")
         if isinstance(commands, Mapping):
+            values, verbs = self.commands.values, self._verbs
             for verb, count in commands.items():
-                if _number(count):
-                    self.commands.labels(listener, self._verb(verb)).inc(count)
+                if type(count) is int and count > 0:
+                    key = (listener, verbs[verb])
+                    values[key] = values.get(key, 0.0) + count
         replies = event.get("replies")
         if isinstance(replies, Mapping):
-            for key, count in replies.items():
-                verb, _, kind = str(key).rpartition(":")
-                if _number(count) and kind in ("2", "3", "4", "5"):
-                    self.replies.labels(listener, self._verb(verb), kind).inc(count)
+            values, keys = self.replies.values, self._replyKeys
+            for raw, count in replies.items():
+                split = keys[raw]
+                if split is not None and type(count) is int and count > 0:
+                    reply = (listener, *split)
+                    values[reply] = values.get(reply, 0.0) + count
         octets = _number(event.get("bytesIn"))
         if octets:
-            self.receivedBytes.labels(listener).inc(octets)
-
-    def _verb(self, verb: object) -> str:
-        text = str(verb).lower()
-        if not text.isascii() or not text.replace("-", "").replace("_", "").isalnum():
-            return OTHER
-        return self._label("verb", text)
+            self.receivedBytes.inc((listener,), octets)
 
     def _refused(self, event: Mapping[str, Any]) -> None:
         listener = self._listener(event)
-        stage = self._verb(event.get("stage") or "unknown")
+        stage = self._verbs[event.get("stage") or "unknown"]
         code = self._code(event)
         decider = self._label("decider", event.get("decider") or "mailframe")
-        self.refusals.labels(listener, stage, code, decider).inc()
+        self.refusals.inc((listener, stage, code, decider))
         if stage == "connect":
-            self.connectionsRefused.labels(listener, decider, code).inc()
+            self.connectionsRefused.inc((listener, decider, code))
         elif stage == "rcpt":
-            self.recipientsRefused.labels(listener, code).inc()
+            self.recipientsRefused.inc((listener, code))
         elif stage in ("data", "bdat"):
-            self.messagesRefused.labels(listener, code).inc()
+            self.messagesRefused.inc((listener, code))
 
     def _accepted(self, event: Mapping[str, Any]) -> None:
-        listener = self._listener(event)
-        self.messagesAccepted.labels(listener).inc()
+        key = (self._listener(event),)
+        self.messagesAccepted.inc(key)
         recipients = event.get("recipients")
         if isinstance(recipients, Sequence) and not isinstance(recipients, str):
-            self.recipientsAccepted.labels(listener).inc(len(recipients))
+            self.recipientsAccepted.inc(key, len(recipients))
         size = _number(event.get("size"))
         if size:
-            self.messageBytes.labels(listener).inc(size)
+            self.messageBytes.inc(key, size)
 
     def _tls(self, event: Mapping[str, Any]) -> None:
         version = self._label("tls", event.get("tlsVersion") or "unknown")
-        self.tls.labels(self._listener(event), version).inc()
+        self.tls.inc((self._listener(event), version))
 
     def _auth(self, event: Mapping[str, Any]) -> None:
         mechanism = self._label("mechanism", str(event.get("mechanism") or "unknown").upper())
         result = "success" if event.get("success") else "failure"
-        self.auth.labels(self._listener(event), mechanism, result).inc()
+        self.auth.inc((self._listener(event), mechanism, result))
 
     def _queueEvent(self, event: Mapping[str, Any]) -> None:
-        self.queueEvents.labels(str(event[E.KEY]).partition(".")[2]).inc()
+        self.queueEvents.inc((str(event[E.KEY]).partition(".")[2],))
 
     def _delivery(self, event: Mapping[str, Any]) -> None:
         name = event[E.KEY]
@@ -540,17 +489,17 @@ class Metrics:
         if not kind:  # older events: the relay field says "local" for the local backend
             relay = event.get("relay")
             kind = "local" if relay == "local" else "relay" if relay else "unknown"
-        kind = self._label("kind", kind)
-        self.deliveries.labels(kind, outcome).inc()
+        key = (self._label("kind", kind),)
+        self.deliveries.inc((key[0], outcome))
         if name != E.QUEUE_SENT:
             return
         delays = event.get("delays")
         transfer = _number(delays.get("transfer")) if isinstance(delays, Mapping) else None
         if transfer is not None:
-            self.transferSeconds.labels(kind).observe(transfer)
+            self.transferSeconds.observe(key, transfer)
         delay = _number(event.get("delay"))
         if delay is not None:
-            self.delaySeconds.labels(kind).observe(delay)
+            self.delaySeconds.observe(key, delay)
 
 
 def metricsFor(

@@ -25,6 +25,8 @@ A L{PluginTimer} (L{Chain.setTimer}; the Prometheus metrics set one) is
 told how long each plug-in took to answer, a Deferred's until it fired.
 It costs nothing when none is set: the timer wraps the calls of the chain
 once, when it is set, and the loop that asks them is the same either way.
+When one is set, each answer costs two clock readings and one call of the
+recorder the timer gave for that plug-in.
 
 Owns: the contract's semantics.  Must not: know the stages' meaning beyond
 their replies, or import the session's modules.
@@ -66,18 +68,19 @@ class Verdict(Protocol):
 
 class PluginTimer(Protocol):
     """
-    Told how long a plug-in of a chain took: C{stage} (the chain's word),
-    the plug-in, and the seconds from the call to its answer (a Deferred's
-    firing, or its failure or cancellation).  Must not raise.
+    Asked once per plug-in of a chain, when the timer is set, with C{stage}
+    (the chain's word) and the plug-in: returns the recorder then told the
+    seconds from each call to its answer (a Deferred's firing, or its
+    failure or cancellation).  The recorder must not raise.
     """
 
-    def __call__(self, stage: str, provider: object, seconds: float) -> None: ...
+    def __call__(self, stage: str, provider: object) -> Callable[[float], object]: ...
 
 
 def _timed(
-    call: Callable[..., object], stage: str, provider: object, timer: PluginTimer
+    call: Callable[..., object], record: Callable[[float], object]
 ) -> Callable[..., object]:
-    """C{call}, telling C{timer} how long each answer took."""
+    """C{call}, telling C{record} how long each answer took."""
     clock = perf_counter
 
     def timed(*args: object) -> object:
@@ -85,17 +88,17 @@ def _timed(
         try:
             result = call(*args)
         except BaseException:
-            timer(stage, provider, clock() - start)
+            record(clock() - start)
             raise
         if isinstance(result, _Deferred):
 
             def answered(outcome: object) -> object:
-                timer(stage, provider, clock() - start)
+                record(clock() - start)
                 return outcome
 
             result.addBoth(answered)
         else:
-            timer(stage, provider, clock() - start)
+            record(clock() - start)
         return result
 
     return timed
@@ -149,7 +152,7 @@ class Chain:
         calls = tuple(getattr(p, self.method) for p in self.providers)
         if timer is not None:
             calls = tuple(
-                _timed(call, self.stage, p, timer)
+                _timed(call, timer(self.stage, p))
                 for p, call in zip(self.providers, calls, strict=True)
             )
         self.calls, self.timer = calls, timer
