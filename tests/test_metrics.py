@@ -562,6 +562,20 @@ class SettingTests(SynchronousTestCase):
         endpoint = workerEndpoint(None, "tcp:9100:interface=127.0.0.1", 3)
         self.assertEqual(endpoint._port, 9103)
 
+    def test_reloadNeedsRestart(self) -> None:
+        """A reload that changes the metrics endpoint is refused: it needs a restart."""
+        from mailframe.app.reload import restartNeeded
+
+        def parse(*args: str) -> tap.Options:
+            options = tap.Options()
+            options.parseOptions(list(args))
+            return options
+
+        old = parse("--metrics", "tcp:19025:interface=127.0.0.1")
+        self.assertIsNone(restartNeeded(old, parse("--metrics", "tcp:19025:interface=127.0.0.1")))
+        problem = restartNeeded(old, parse())
+        self.assertEqual(problem, "metrics changed (tcp:19025:interface=127.0.0.1 -> none)")
+
     def test_makeService(self) -> None:
         """makeService adds a MetricsService (a listening endpoint) that times every listener."""
         options = tap.Options()

@@ -127,6 +127,9 @@ def restartNeeded(old: Any, new: Any) -> str | None:
     """What C{new} options change that only a restart can, in words; None if nothing."""
     if getattr(old, "workers", 1) != getattr(new, "workers", 1):
         return f"workers changed ({old.workers} -> {new.workers})"
+    metrics = getattr(old, "metrics", None), getattr(new, "metrics", None)
+    if metrics[0] != metrics[1]:
+        return f"metrics changed ({metrics[0] or 'none'} -> {metrics[1] or 'none'})"
     before: Sequence[ListenerSpec] = old.listeners
     after: Sequence[ListenerSpec] = new.listeners
     names = [s.config.listener for s in before], [s.config.listener for s in after]
