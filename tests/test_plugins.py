@@ -148,7 +148,8 @@ class BuiltinFactoryTests(unittest.TestCase):
         """Every built-in provides IPlugInFactory and IPlugin."""
         self.assertEqual(
             [f.prefix for f in registry.BUILTINS],
-            ["maildir", "mbox", "memory", "pipe", "any", "domains", "addresses", "aliases",
+            ["maildir", "mbox", "memory", "pipe", "lmtp", "webhook", "amqp", "redis-stream",
+             "any", "domains", "addresses", "aliases",
              "virtual", "subaddress", "limits", "dnsbl", "helo", "spf", "dkim-verify", "dmarc",
              "authresults", "dkim-sign", "rspamd"],
         )  # fmt: skip
@@ -286,7 +287,17 @@ class LookupTests(unittest.TestCase):
         self.fakePlugins(fake, FakeFactory("filter", IMessageFilter))
         self.assertEqual(
             [f.prefix for f in registry.factoriesFor(IDeliveryBackend)],
-            ["maildir", "mbox", "memory", "pipe", "fake"],
+            [
+                "maildir",
+                "mbox",
+                "memory",
+                "pipe",
+                "lmtp",
+                "webhook",
+                "amqp",
+                "redis-stream",
+                "fake",
+            ],
         )
         self.assertEqual(
             [f.prefix for f in registry.factoriesFor(IRecipientValidator)],
@@ -304,7 +315,9 @@ class LookupTests(unittest.TestCase):
             PlugInError, registry.makeProvider, IDeliveryBackend, "nosuch:/x", context()
         )
         self.assertEqual(
-            str(e), "unknown delivery backend 'nosuch' (known: maildir, mbox, memory, pipe)"
+            str(e),
+            "unknown delivery backend 'nosuch' (known: amqp, lmtp, maildir, mbox, memory, pipe, "
+            "redis-stream, webhook)",
         )
 
     def test_wrongKind(self) -> None:
@@ -315,7 +328,7 @@ class LookupTests(unittest.TestCase):
         self.assertEqual(
             str(e),
             "'any' is a recipient validator, not a delivery backend "
-            "(delivery backends: maildir, mbox, memory, pipe)",
+            "(delivery backends: amqp, lmtp, maildir, mbox, memory, pipe, redis-stream, webhook)",
         )
         e = self.assertRaises(
             PlugInError, registry.checkDescription, IRecipientValidator, "mbox:x"
@@ -437,7 +450,7 @@ class LookupTests(unittest.TestCase):
         self.fakePlugins(impostor, backendFactories.memoryBackend)
         self.assertEqual(
             [f.prefix for f in registry.factoriesFor(IDeliveryBackend)],
-            ["maildir", "mbox", "memory", "pipe"],
+            ["maildir", "mbox", "memory", "pipe", "lmtp", "webhook", "amqp", "redis-stream"],
         )
         warnings = [e for e in events if e.get("factory") is impostor]
         self.assertEqual(len(warnings), 1)
@@ -525,7 +538,20 @@ class DiscoveryTests(unittest.TestCase):
         events = captureLogs(self)
 
         prefixes = [f.prefix for f in registry.factoriesFor(IDeliveryBackend)]
-        self.assertEqual(prefixes, ["maildir", "mbox", "memory", "pipe", "thirdparty"])
+        self.assertEqual(
+            prefixes,
+            [
+                "maildir",
+                "mbox",
+                "memory",
+                "pipe",
+                "lmtp",
+                "webhook",
+                "amqp",
+                "redis-stream",
+                "thirdparty",
+            ],
+        )
         backend = registry.makeProvider(IDeliveryBackend, "thirdparty:blue", context())
         self.assertEqual(backend.tag, "blue")
         self.assertIsInstance(
