@@ -589,6 +589,47 @@ class SettingTests(SynchronousTestCase):
         self.assertIsNotNone(factory.context.pluginTimer)
 
 
+class ServiceTests(SynchronousTestCase):
+    def test_portInUse(self) -> None:
+        """A metrics port in use stops the start with one line, like a mail port."""
+        import socket
+
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        options = tap.Options()
+        options.parseOptions(
+            ["--listen", "tcp:0:interface=127.0.0.1", "--deliver", "memory", "--limits", "off",
+             "--metrics", f"tcp:{port}:interface=127.0.0.1"]
+        )  # fmt: skip
+        service = tap.makeService(options)
+        self.addCleanup(service.stopService)
+        e = self.assertRaises(SystemExit, service.privilegedStartService)
+        self.assertEqual(
+            str(e), f"mailframe: cannot listen on tcp:{port}:interface=127.0.0.1: "
+            "Address already in use"
+        )  # fmt: skip
+
+    def test_observesWhileRunning(self) -> None:
+        """The service counts the global publisher's events between start and stop."""
+        from twisted.logger import Logger
+
+        log = Logger(namespace="tests.test_metrics")
+        metrics = Metrics(process=False)
+        service = MetricsService(None, "tcp:0:interface=127.0.0.1", metrics)
+        [listening] = list(service)
+        listening.startService = lambda: None  # type: ignore[method-assign]
+        listening.stopService = lambda: None  # type: ignore[method-assign]
+        service.startService()
+        log.info("accepted", mfEvent=E.ACCEPTED, listener="smtp", recipients=["a@x.test"], size=1)
+        service.stopService()
+        log.info("accepted", mfEvent=E.ACCEPTED, listener="smtp", recipients=["a@x.test"], size=1)
+        accepted = value(metrics.registry, "mailframe_messages_accepted_total", listener="smtp")
+        self.assertEqual(accepted, 1)
+
+
 class EmbeddingTests(SynchronousTestCase):
     def test_metricsFor(self) -> None:
         """metricsFor times the factories' plug-ins, reads the queue and counts events."""
