@@ -517,6 +517,22 @@ class FormatTests(SynchronousTestCase):
             document = messageDocument(envelope("b@x.example"), [], data)
             json.dumps(document)
 
+    def test_forwardedAndUTF8(self) -> None:
+        """A forwarded message is one attachment; UTF-8 header fields are text."""
+        data = (
+            "Subject: Grüße\r\n".encode()
+            + b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n'
+            b"Content-Type: text/plain\r\n\r\nsee below\r\n--B\r\n"
+            b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n"
+            b"--B--\r\n"
+        )
+        document = messageDocument(envelope("b@x.example"), [], data)
+        self.assertEqual(document["subject"], "Grüße")
+        self.assertEqual(document["text"], "see below")
+        [forwarded] = document["attachments"]
+        self.assertEqual(forwarded["contentType"], "message/rfc822")
+        self.assertIn(b"inner body", base64.b64decode(forwarded["content"]))
+
     def test_onlyAttachment(self) -> None:
         """A message that is only an image: no text, one attachment."""
         data = b"Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw==\r\n"

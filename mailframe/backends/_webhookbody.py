@@ -20,11 +20,14 @@ beyond reading the message it is given (the caller decides which thread).
 from __future__ import annotations
 
 import base64
+import contextlib
+import email.header
 import email.message
 import email.policy
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Iterable, Sequence
 from email.parser import BytesParser
 from typing import Any
@@ -161,58 +164,81 @@ def signatureHeader(timestamp: int, signature: str) -> bytes:
 
 # -- the JSON format -------------------------------------------------------------
 
-_POLICY = email.policy.default.clone(raise_on_defect=False)
+# compat32: the parser that costs least; header fields are decoded here, and
+# only those with encoded words (RFC 2047) go through email.header
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
 
 
-def _fieldText(message: email.message.Message, name: str, raw: str) -> str:
-    """A header field's value decoded (RFC 2047), or as it is if it cannot be."""
-    try:
-        return str(_POLICY.header_fetch_parse(name, raw))
-    except Exception:
-        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def _fieldText(raw: str) -> str:
+    """A header field's value unfolded and decoded (RFC 2047, UTF-8), as well as it can be."""
+    value = _UNFOLD.sub("", raw).strip()
+    if not value.isascii():  # octets the parser kept as surrogates
+        value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+    if "=?" in value:
+        with contextlib.suppress(Exception):  # a broken encoded word: the field as it is
+            value = str(email.header.make_header(email.header.decode_header(value)))
+    return value
 
 
-def _text(part: email.message.Message) -> str:
-    """A text part decoded, with LF line endings."""
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-    except Exception:  # an unknown charset, a broken transfer encoding
-        content = None
-    if not isinstance(content, str):
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        content = data.decode("utf-8", "replace")
-    return content.replace("\r\n", "\n")
-
-
-def _partBytes(part: email.message.Message) -> bytes:
-    if part.is_multipart() or part.get_content_maintype() == "message":
-        inner = part.get_payload()
-        if isinstance(inner, list) and len(inner) == 1 and hasattr(inner[0], "as_bytes"):
-            return bytes(inner[0].as_bytes(policy=_POLICY))
-        return part.as_bytes(policy=_POLICY)
+def _payload(part: email.message.Message) -> bytes:
     payload = part.get_payload(decode=True)
     return payload if isinstance(payload, bytes) else b""
 
 
-def _attachments(
-    part: email.message.Message, bodies: Sequence[email.message.Message]
-) -> Iterable[dict[str, Any]]:
-    if part.get_content_maintype() == "multipart":
-        for sub in part.iter_parts():  # type: ignore[attr-defined]
-            yield from _attachments(sub, bodies)
-        return
-    if any(part is b for b in bodies):
-        return
-    content = _partBytes(part)
-    yield {
-        "filename": part.get_filename(),
+def _text(part: email.message.Message) -> str:
+    """A text part decoded to text, with LF line endings."""
+    data = _payload(part)
+    charset = part.get_content_charset() or "us-ascii"
+    try:
+        text = data.decode(charset)
+    except (LookupError, UnicodeDecodeError):  # an unknown charset, or a wrong one
+        text = data.decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
+
+
+def _attachment(part: email.message.Message) -> dict[str, Any]:
+    if part.get_content_maintype() == "message" and part.is_multipart():
+        inner = part.get_payload(0)
+        content = inner.as_bytes() if isinstance(inner, email.message.Message) else b""
+    else:
+        content = _payload(part)
+    filename = part.get_filename()
+    contentID = part.get("Content-ID")
+    return {
+        "filename": None if filename is None else _fieldText(str(filename)),
         "contentType": part.get_content_type(),
         "disposition": part.get_content_disposition(),
-        "contentId": part.get("Content-ID"),
+        "contentId": None if contentID is None else _fieldText(str(contentID)),
         "size": len(content),
         "content": base64.b64encode(content).decode("ascii"),
     }
+
+
+class _Parts:
+    """The body of a message in text and HTML (the first of each that is not an
+    attachment), and every other part as an attachment."""
+
+    def __init__(self, message: email.message.Message) -> None:
+        self.text: str | None = None
+        self.html: str | None = None
+        self.attachments: list[dict[str, Any]] = []
+        self._visit(message, 0)
+
+    def _visit(self, part: email.message.Message, depth: int) -> None:
+        if part.get_content_maintype() == "multipart" and depth < 50:
+            payload = part.get_payload()
+            for sub in payload if isinstance(payload, list) else ():
+                if isinstance(sub, email.message.Message):
+                    self._visit(sub, depth + 1)
+            return
+        kind = part.get_content_type()
+        inline = part.get_content_disposition() != "attachment"
+        if inline and kind == "text/plain" and self.text is None:
+            self.text = _text(part)
+        elif inline and kind == "text/html" and self.html is None:
+            self.html = _text(part)
+        else:
+            self.attachments.append(_attachment(part))
 
 
 def messageDocument(
@@ -232,45 +258,26 @@ def messageDocument(
     content in base64), C{size}, and with C{original} the whole message
     in base64 as C{message}.
     """
-    parsed = BytesParser(policy=_POLICY).parsebytes(data)
-    headers = [[name, _fieldText(parsed, name, raw)] for name, raw in parsed.raw_items()]
-
-    def first(name: str) -> str | None:
-        lower = name.lower()
-        return next((v for n, v in headers if n.lower() == lower), None)
-
-    bodies: list[email.message.Message] = []
-    text = html = None
-    for subtype in ("plain", "html"):
-        try:
-            part = parsed.get_body(preferencelist=(subtype,))
-        except Exception:
-            part = None
-        if part is None or part.get_content_subtype() != subtype:
-            continue
-        bodies.append(part)
-        if subtype == "plain":
-            text = _text(part)
-        else:
-            html = _text(part)
-    if not parsed.is_multipart() and not bodies:
-        attachments = list(_attachments(parsed, ()))
-    else:
-        attachments = list(_attachments(parsed, bodies))
+    parsed = BytesParser(policy=email.policy.compat32).parsebytes(data)
+    headers = [[name, _fieldText(str(raw))] for name, raw in parsed.raw_items()]
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
+    parts = _Parts(parsed)
     document: dict[str, Any] = {
         "id": envelope.queueID,
         "envelope": envelopeDocument(envelope, recipients),
         "client": clientDocument(envelope.session),
         "authenticationResults": [v for n, v in headers if n.lower() == "authentication-results"],
         "headers": headers,
-        "subject": first("Subject"),
-        "from": first("From"),
-        "to": first("To"),
-        "messageId": first("Message-ID"),
-        "date": first("Date"),
-        "text": text,
-        "html": html,
-        "attachments": attachments,
+        "subject": first.get("subject"),
+        "from": first.get("from"),
+        "to": first.get("to"),
+        "messageId": first.get("message-id"),
+        "date": first.get("date"),
+        "text": parts.text,
+        "html": parts.html,
+        "attachments": parts.attachments,
         "size": len(data),
     }
     if original:
