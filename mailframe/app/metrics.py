@@ -23,7 +23,7 @@ or raise into the logging system.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from prometheus_client import CollectorRegistry, Info
 from twisted.application.service import MultiService
@@ -179,9 +179,15 @@ def _name(value: object) -> str:
 
 
 def _number(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if value >= 0 else None
+    """A count or a time of an event: a number that is not negative (not a bool), or None."""
+    kind = type(value)
+    if kind is float or kind is int:
+        return value if value >= 0 else None  # type: ignore[operator,return-value]
+    return None
+
+
+def _isMapping(value: object) -> TypeGuard[Mapping[Any, Any]]:
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 @implementer(ILogObserver)
@@ -429,14 +435,14 @@ class Metrics:
         if duration is not None:
             self.sessionSeconds.observe((listener,), duration)
         commands = event.get("commands")
-        if isinstance(commands, Mapping):
+        if _isMapping(commands):
             values, verbs = self.commands.values, self._verbs
             for verb, count in commands.items():
                 if type(count) is int and count > 0:
                     key = (listener, verbs[verb])
                     values[key] = values.get(key, 0.0) + count
         replies = event.get("replies")
-        if isinstance(replies, Mapping):
+        if _isMapping(replies):
             values, keys = self.replies.values, self._replyKeys
             for raw, count in replies.items():
                 split = keys[raw]
@@ -464,7 +470,7 @@ class Metrics:
         key = (self._listener(event),)
         self.messagesAccepted.inc(key)
         recipients = event.get("recipients")
-        if isinstance(recipients, Sequence) and not isinstance(recipients, str):
+        if type(recipients) is list or type(recipients) is tuple:
             self.recipientsAccepted.inc(key, len(recipients))
         size = _number(event.get("size"))
         if size:
@@ -494,7 +500,7 @@ class Metrics:
         if name != E.QUEUE_SENT:
             return
         delays = event.get("delays")
-        transfer = _number(delays.get("transfer")) if isinstance(delays, Mapping) else None
+        transfer = _number(delays.get("transfer")) if _isMapping(delays) else None
         if transfer is not None:
             self.transferSeconds.observe(key, transfer)
         delay = _number(event.get("delay"))
