@@ -198,13 +198,16 @@ async def fetchPolicy(
     timeout: float = 30.0,
     url: str | None = None,
     agent: Any = None,
+    address: tuple[str, int] | None = None,
 ) -> str:
     """
     The text of C{domain}'s policy, fetched with treq: the server's
     certificate must be valid for C{mta-sts.DOMAIN} (C{trustRoot}: the CAs,
     None for the platform's), a 200 with a C{text/plain} body of at most
     L{MAX_POLICY_SIZE} octets, no redirect followed, within C{timeout}
-    seconds.  C{agent} replaces the Twisted web agent (tests).
+    seconds.  C{agent} replaces the Twisted web agent; C{address}
+    (C{(host, port)}, for tests) is where to connect instead of the URL's
+    host, whose name the certificate must still carry.
 
     @raise PolicyError: why there is no policy text, in one line.
     """
@@ -213,13 +216,15 @@ async def fetchPolicy(
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
 
     if agent is None:
-        agent = Agent(
-            reactor,
-            contextFactory=BrowserLikePolicyForHTTPS(trustRoot),
-            connectTimeout=timeout,
-        )
+        policy = BrowserLikePolicyForHTTPS(trustRoot)
+        if address is None:
+            agent = Agent(reactor, contextFactory=policy, connectTimeout=timeout)
+        else:
+            agent = Agent.usingEndpointFactory(
+                reactor, _FixedAddress(reactor, policy, address, timeout)
+            )
     client = HTTPClient(agent)
-    address = url or policyURL(domain)
+    location = url or policyURL(domain)
     body = bytearray()
     done: defer.Deferred[Any]
 
@@ -229,14 +234,14 @@ async def fetchPolicy(
             raise PolicyError(f"the policy is larger than {MAX_POLICY_SIZE} octets")
 
     try:
-        d = client.get(address, allow_redirects=False, timeout=timeout)
+        d = client.get(location, allow_redirects=False, timeout=timeout)
         d.addTimeout(timeout, reactor)
         response = await d
         if response.code != 200:
-            raise PolicyError(f"{address} answered HTTP {response.code}")
+            raise PolicyError(f"{location} answered HTTP {response.code}")
         kind = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         if not kind.lower().startswith(b"text/plain"):
-            raise PolicyError(f"{address} is not text/plain")
+            raise PolicyError(f"{location} is not text/plain")
         done = treq.collect(response, collect)
         done.addTimeout(timeout, reactor)
         await done
@@ -245,12 +250,26 @@ async def fetchPolicy(
     except Exception as e:
         text = " ".join(str(getattr(e, "reasons", None) or e).split())[:160]
         raise PolicyError(
-            f"fetching {address} failed: {type(e).__name__} {text}".rstrip()
+            f"fetching {location} failed: {type(e).__name__} {text}".rstrip()
         ) from None
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
-        raise PolicyError(f"{address} is not UTF-8") from None
+        raise PolicyError(f"{location} is not UTF-8") from None
+
+
+class _FixedAddress:
+    """An endpoint factory for twisted.web's Agent: TLS for the URL's host, to one address."""
+
+    def __init__(self, reactor: Any, policy: Any, address: tuple[str, int], timeout: float):
+        self.reactor, self.policy, self.address, self.timeout = reactor, policy, address, timeout
+
+    def endpointForURI(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+
+        host, port = self.address
+        tcp = TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        return wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), tcp)
 
 
 @dataclass(frozen=True)
