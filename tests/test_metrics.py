@@ -222,6 +222,7 @@ class ObserverTests(SynchronousTestCase):
         m(event(E.REFUSED, sessionID="S1", stage="connect", code=421, decider="limits"))
         m(event(E.REFUSED, sessionID="S1", stage="rcpt", code=550, decider=None))
         m(event(E.REFUSED, sessionID="S1", stage="data", code=554, decider="rspamd"))
+        m(event(E.REFUSED, sessionID="S1", stage="data", code=452, recipient="a@x.test"))
         self.assertEqual(
             self.value(
                 "mailframe_connections_refused_total",
@@ -236,6 +237,12 @@ class ObserverTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.value("mailframe_messages_refused_total", listener="smtp", code="554"), 1
+        )
+        self.assertEqual(  # LMTP's refusal of one recipient after the data
+            self.value("mailframe_recipients_refused_total", listener="smtp", code="452"), 1
+        )
+        self.assertEqual(
+            self.value("mailframe_messages_refused_total", listener="smtp", code="452"), 0
         )
         self.assertEqual(
             self.value(

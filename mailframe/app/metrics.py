@@ -81,6 +81,8 @@ MAIL_PORTS = frozenset({25, 465, 587})
 
 _PREFIX = "mailframe"
 
+_DATA = ("data", "bdat")
+
 
 def metricsEndpoint(value: object) -> str:
     """
@@ -280,7 +282,7 @@ class Metrics:
         )
         self.recipientsRefused = counter(
             "recipients_refused",
-            "Recipients refused at RCPT, by listener and reply code.",
+            "Recipients refused at RCPT (LMTP: also after the data), by listener and code.",
             *("listener", "code"),
         )
         self.messageBytes = counter(
@@ -461,9 +463,9 @@ class Metrics:
         self.refusals.inc((listener, stage, code, decider))
         if stage == "connect":
             self.connectionsRefused.inc((listener, decider, code))
-        elif stage == "rcpt":
-            self.recipientsRefused.inc((listener, code))
-        elif stage in ("data", "bdat"):
+        elif stage == "rcpt" or (stage in _DATA and event.get("recipient") is not None):
+            self.recipientsRefused.inc((listener, code))  # LMTP: one after the data
+        elif stage in _DATA:
             self.messagesRefused.inc((listener, code))
 
     def _accepted(self, event: Mapping[str, Any]) -> None:
