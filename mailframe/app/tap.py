@@ -483,7 +483,8 @@ def makeService(options: Options) -> MailframeService:
             _finishQueue(queue, options, service, resolver)
             from mailframe.queue.control import LOCK
 
-            service.lockFile = os.path.join(queue.spool.path, LOCK)
+            if queue.control is not None:  # a file spool (PostgreSQL has no lock file)
+                service.lockFile = os.path.join(queue.control.path, LOCK)
         if getattr(options, "metrics", None) is not None:
             _metrics(reactor, options, service, queue)
     workers = getattr(options, "workers", 1)

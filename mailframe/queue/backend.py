@@ -106,7 +106,9 @@ class SpoolBackend:
         def failed(reason: Failure) -> DeliveryResult | Failure:
             if reason.check(defer.CancelledError):
                 return reason
-            reply = replyForError(reason.value)
+            reply = getattr(reason.value, "reply", None)  # a store's own (451 4.3.0)
+            if not isinstance(reply, Reply):
+                reply = replyForError(reason.value)
             return DeliveryResult.allDelivered(envelope, reply)
 
         return d.addCallbacks(stored, failed)

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any
 from mailframe.address import Address, Domain
 from mailframe.backends._files import makeDirectory
 from mailframe.config import ServerConfig
-from mailframe.interfaces import IDeliveryBackend, IExtension, IMessageFilter
+from mailframe.interfaces import IDeliveryBackend, IExtension, IMessageFilter, IQueueStore
 from mailframe.queue.adopt import adoptStranded
 from mailframe.queue.backend import QueueService, SpoolBackend
 from mailframe.queue.bounce import ReportSettings
 from mailframe.queue.control import ControlledQueueService, QueueControl
+from mailframe.queue.location import PostgresLocation
 from mailframe.queue.runner import LOCAL, QueueRunner
 from mailframe.queue.settings import QueueSpec
 from mailframe.queue.spool import Spool
@@ -42,6 +43,28 @@ if TYPE_CHECKING:
     from mailframe.validators.srs import SRS
 
 __all__ = ["QueueWiring", "routeKeyFor"]
+
+
+def _postgresStore(
+    reactor: Any, spec: QueueSpec, location: PostgresLocation, worker: int, workers: int
+) -> IQueueStore:
+    """
+    The PostgreSQL store of this process, as the node C{node-name} (the
+    host name by default; C{-wK} added for worker K of several).
+
+    @raise OSError: the password file cannot be read.
+    """
+    from mailframe.queue.pgstore import PostgresStore, defaultNodeName
+
+    if spec.passwordFile is not None:
+        with open(spec.passwordFile, encoding="utf-8") as f:
+            location = location.withPassword(f.readline().rstrip("\r\n"))
+    node = spec.nodeName
+    if node is None:
+        node = defaultNodeName(worker, workers)
+    elif workers > 1:
+        node = f"{node}-w{worker}"
+    return PostgresStore(location, reactor, node, lease=spec.lease)
 
 
 def routeKeyFor(router: Router, isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
@@ -74,17 +97,24 @@ class QueueWiring:
     def __init__(self, reactor: Any, spec: QueueSpec, worker: int = 0, workers: int = 1) -> None:
         self.reactor = reactor
         self.spec = spec
-        root = path = os.path.abspath(spec.spool)
-        if workers > 1:
-            path = os.path.join(path, f"worker-{worker}")
-        for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
-            makeDirectory(directory)
-        adopt = functools.partial(adoptStranded, root, path, worker, workers)
-        self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync, adopt=adopt)
+        self.spool: IQueueStore
+        self.control: QueueControl | None = None
+        location = spec.location
+        if isinstance(location, PostgresLocation):
+            self.spool = _postgresStore(reactor, spec, location, worker, workers)
+            self.service: QueueService = QueueService(None)
+        else:
+            root = path = os.path.abspath(location)
+            if workers > 1:
+                path = os.path.join(path, f"worker-{worker}")
+            for directory in (path, os.path.join(path, "tmp"), os.path.join(path, "queue")):
+                makeDirectory(directory)
+            adopt = functools.partial(adoptStranded, root, path, worker, workers)
+            self.spool = Spool(path, reactor, threads=spec.threads, sync=spec.sync, adopt=adopt)
+            self.control = QueueControl(reactor, path)
+            self.service = ControlledQueueService(None, self.control)
         self.local: dict[str, IDeliveryBackend] = {}
         self.localDomains: set[Domain] = set()
-        self.control = QueueControl(reactor, path)
-        self.service: QueueService = ControlledQueueService(None, self.control)
         self.relay: SMTPRelay | None = None
         self.srs: SRS | None = None  # set before finish: forwarded copies get SRS senders
 
@@ -160,6 +190,9 @@ class QueueWiring:
             maxPerDestination=spec.destinationConnections,
             logDeliveries=logDeliveries,
         )
+        attach = getattr(self.spool, "attach", None)
+        if attach is not None:  # a store shared by nodes hands the runner what it claims
+            attach(runner)
         self.service.runner = runner
         self.service.relay = self.relay
         return self.service
@@ -169,8 +202,12 @@ class QueueWiring:
         spec = self.spec
         via = f"via {spec.relayHost}" if spec.relayHost else "to the MX hosts"
         srs = f"; forwarded copies get SRS senders at {self.srs.domain}" if self.srs else ""
+        where = self.spool.path
+        node = getattr(self.spool, "node", None)
+        if node is not None:
+            where += f" as node {node}"
         return (
-            f"mailframe: queue in {self.spool.path}; other domains {via}; retry after "
+            f"mailframe: queue in {where}; other domains {via}; retry after "
             f"{spec.retry.initial:g} s, at most {spec.retry.maximum:g} s apart, "
             f"give up after {spec.retry.giveUp:g} s{srs}"
         )
