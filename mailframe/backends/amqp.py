@@ -32,6 +32,7 @@ global reactor: it is imported when the first connection is made).
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -106,9 +107,23 @@ class _Link:
             transport.abortConnection()
 
 
+def _quietPika() -> None:
+    """
+    pika logs through the standard library: a returned message with the
+    first 255 octets of its body, every lost connection.  mailframe logs
+    each of those itself (without message content), so pika's own lines are
+    left out unless the application set a level for the C{pika} logger.
+    """
+    logger = logging.getLogger("pika")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.CRITICAL)
+
+
 def _linkProtocol(parameters: Any, reactor: Any) -> Any:
     """A pika TwistedProtocolConnection that tells when its TCP connection ends."""
     from pika.adapters.twisted_connection import TwistedProtocolConnection
+
+    _quietPika()
 
     class _Protocol(TwistedProtocolConnection):
         onLost: Any = None
