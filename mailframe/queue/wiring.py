@@ -140,14 +140,18 @@ class QueueWiring:
         """
         What a listener's server gets with the queue on: its settings (with
         the locally routed domains), the L{SpoolBackend} in front of its
-        C{local} backend, and its message filters.  Adds DSN to C{extensions}.
+        C{local} backend, and its message filters.  Adds DSN and REQUIRETLS
+        (offered under TLS only; the relay honours it) to C{extensions}.
         """
         from mailframe.extensions.dsn import DSN
+        from mailframe.extensions.requiretls import RequireTLS
 
         config = self.configFor(config)
         backend = self.backendFor(config, local)
         if not any(getattr(e, "keyword", None) == "DSN" for e in extensions):
             extensions.append(DSN())
+        if not any(getattr(e, "keyword", None) == "REQUIRETLS" for e in extensions):
+            extensions.append(RequireTLS())
         return config, backend, list(messageFilters)
 
     def addLocalDomains(self, domains: Iterable[Domain]) -> None:
