@@ -167,11 +167,22 @@ class RedisTests(SynchronousTestCase):
         waitFor(lambda: not any(queue.iterdir()), 60, "the spool to empty", 0.25)
 
 
+def swaks(port: int, home: Path, recipient: str, subject: str) -> None:
+    """One message by swaks (the done-when of issue 14: swaks -> mailframe -> a consumer)."""
+    done = subprocess.run(
+        [SWAKS, "--server", f"{HOST}:{port}", "--from", "sender@example.org", "--to", recipient,
+         "--helo", "client.test", "--header", f"Subject: {subject}", "--timeout", "20"],
+        capture_output=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )  # fmt: skip
+    if done.returncode:
+        raise AssertionError(done.stdout[-2000:])
+
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 
 class ExampleTests(SynchronousTestCase):
-    """The consumers of docs/examples read what twistd mailframe added, and clean up."""
+    """swaks and smtplib -> twistd mailframe -> the consumers of docs/examples, which clean up."""
 
     def runExample(self, name: str, *args: str) -> str:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES.parents[1]), *sys.path])}
@@ -197,12 +208,14 @@ class ExampleTests(SynchronousTestCase):
             for name in ("plain", "twisted"):
                 client.sendmail("sender@example.org", [f"{name}@example.com"], MESSAGE)
                 client.sendmail("sender@example.org", [f"{name}@example.com"], big)
+        for name in ("plain", "twisted"):
+            swaks(port, home, f"{name}@example.com", "Redis interop")
         client = redis.client()
         for name, example in (("plain", "redis_consumer.py"),
                               ("twisted", "redis_consumer_twisted.py")):  # fmt: skip
-            output = self.runExample(example, redis.url, f"{stream}.{name}", "2")
+            output = self.runExample(example, redis.url, f"{stream}.{name}", "3")
             lines = output.splitlines()
-            self.assertEqual(len(lines), 2, output)
+            self.assertEqual(len(lines), 3, output)
             for line in lines:
                 self.assertIn(f"from <sender@example.org> to <{name}@example.com>", line)
                 self.assertIn("subject 'Redis interop'", line)
