@@ -59,6 +59,9 @@ class FakeRunner:
         self.flushes += 1
         return len(self.entries)
 
+    def underWay(self, entryID: str) -> bool:
+        return False
+
 
 def makeEntry(entryID: str, *recipients: str) -> QueueEntry:
     return QueueEntry(

@@ -108,6 +108,7 @@ class _Owner(Protocol):
     def forget(self, entryID: str) -> None: ...
     def hold(self, entryID: str, held: bool = True) -> defer.Deferred[bool]: ...
     def flush(self) -> int: ...
+    def underWay(self, entryID: str) -> bool: ...
 
 
 def defaultNodeName(worker: int = 0, workers: int = 1) -> str:
@@ -635,6 +636,8 @@ class PostgresStore:
             for entry in entries:
                 if entry.id in self._owned:  # a stale row of our own: renewals keep ours
                     continue
+                if owner is not None and owner.underWay(entry.id):
+                    continue  # lost while an attempt ran: claimed again once it is over
                 self._owned.add(entry.id)
                 if owner is not None:
                     owner.take(entry)
