@@ -30,7 +30,7 @@ the global reactor; know a broker's protocol.
 from __future__ import annotations
 
 import string
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from twisted.internet import defer
@@ -293,12 +293,3 @@ class Connector(Generic[T]):
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(error)
-
-
-def groupResults(count: int, groups: Iterable[tuple[list[int], Any]], default: Any) -> list[Any]:
-    """Spread each group's result over its recipients' places."""
-    results = [default] * count
-    for indexes, result in groups:
-        for i in indexes:
-            results[i] = result
-    return results
