@@ -171,6 +171,37 @@ SERVERS = {
             stopGrace=60.0,
         ),
         Server(
+            "mailframe-webhook",
+            "{python} {here}/peers/webhook_receiver.py --twistd {twistd} --host {host} -- "
+            + MAILFRAME.replace("{twistd} ", "")
+            + " --quiet",
+            "durable",
+            "mailframe-stop",
+            "twistd mailframe, webhook backend (format=json, unsigned) posting each message to "
+            "a twisted.web receiver on loopback: 250 only after its 200",
+        ),
+        Server(
+            "mailframe-webhook-raw",
+            "{python} {here}/peers/webhook_receiver.py --twistd {twistd} --host {host} "
+            "--webhook format=raw:secret={scratch}/key --make-secret {scratch}/key -- "
+            + MAILFRAME.replace("{twistd} ", "")
+            + " --quiet",
+            "durable",
+            "mailframe-stop",
+            "the same with format=raw and a signature (HMAC-SHA256)",
+            default=False,
+        ),
+        Server(
+            "mailframe-amqp",
+            "{python} {here}/peers/amqp_broker.py --twistd {twistd} --host {host} "
+            "--dir {scratch} -- " + MAILFRAME.replace("{twistd} ", "") + " --quiet",
+            "durable",
+            "mailframe-stop",
+            "twistd mailframe, amqp backend publishing each message to a private RabbitMQ "
+            "(persistent, durable queue): 250 only after the broker's confirm",
+            stopGrace=60.0,
+        ),
+        Server(
             "twisted.mail",
             "{python} {here}/peers/twisted_mail_sink.py --host {host} --port {port}",
             "null",
