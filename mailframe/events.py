@@ -51,15 +51,26 @@ KEY = "mfEvent"
 """The key of a decision event's name in a twisted.logger event."""
 
 CONNECT = "connect"
-"""A session began: C{sessionID listener clientAddress clientName} (+ C{proxied}: bool)."""
+"""
+A session began: C{sessionID listener clientAddress clientName} (+
+C{proxied}: bool, where a PROXY header named the client), and C{clientPort
+localAddress localPort}.  Emitted once the greeting is decided (after the
+connection filters, so a reverse name they found is in it), or as the
+session ends if it ends before.
+"""
 
 TLS = "tls"
-"""TLS established: C{sessionID clientAddress tlsVersion cipher}."""
+"""
+TLS established: C{sessionID clientAddress tlsVersion cipher} (+
+C{listener clientName bits}).
+"""
 
 AUTH = "auth"
 """
 AUTH ended: C{sessionID clientAddress mechanism user success} (bool); on
-failure also C{reply code}.  Never the password.
+failure also C{reply code} (+ C{why}, C{failures}: the count in this
+session).  Never the password.  (+ C{listener clientName}.)  A failed AUTH
+is also a C{refused} event at stage C{auth} (its reply).
 """
 
 REFUSED = "refused"
@@ -67,12 +78,23 @@ REFUSED = "refused"
 A command refused (4xx or 5xx) at any stage: C{sessionID queueID stage}
 (C{connect helo mail rcpt data bdat auth starttls unknown ...})
 C{clientAddress clientName helo sender recipient reply code decider}.
+Also C{listener user}; after the data (stage C{data} or C{bdat}: the
+message refused) C{recipients} (a list), C{to} (the same, comma-joined, as
+the text line shows it) and C{size}.  LMTP: a recipient refused after the
+data is its own event, at stage C{data}, with its C{recipient}.  Fields
+that do not apply are None.  A 4xx/5xx reply of every kind is one: policy
+refusals, syntax errors, sequence errors, the 421 of a timeout (stage
+C{timeout}).
 """
 
 ACCEPTED = "accepted"
 """
 A message accepted after its data: C{sessionID queueID clientAddress
 clientName helo sender recipients} (a list) C{size} (octets) C{reply}.
+Also C{listener code user to} (the recipients as the text line shows
+them) C{notes} (the text line's extras) C{discarded quarantined} (a
+filter's reason, or None); LMTP: C{recipients} are the delivered ones and
+C{results} lists every recipient's C{{recipient, code, reply}}.
 """
 
 DISCONNECT = "disconnect"
@@ -80,34 +102,44 @@ DISCONNECT = "disconnect"
 A session ended: C{sessionID clientAddress clientName duration} (seconds)
 C{commands} (a dict: lower-case verb to the count sent) C{failed} (verb to
 the count answered 4xx or 5xx) C{replies} (C{"verb:class"}, as C{"rcpt:5"},
-to a count) C{bytesIn} (octets of message data received).
+to a count) C{bytesIn} (octets of message data received).  Also
+C{listener messages} (accepted in the session) C{counts} (the text line's
+C{ehlo=1 mail=1 rcpt=1/2 ... commands=5/6}: a verb's successes/attempts when
+some failed).  The greeting's reply counts as C{connect:2}; a 3xx reply
+(354, 334) is not a failure.
 """
 
 QUEUE_QUEUED = "queue.queued"
-"""Put in the queue: C{queueID sender recipients size}."""
+"""
+Put in the queue: C{queueID sender recipients size} (+ C{nrcpt listener
+report}: true for a DSN the queue made).
+"""
 
 QUEUE_DEFERRED = "queue.deferred"
 """
 An attempt failed for now: C{queueID recipient relay} (the host tried, or
 the backend) C{reply code nextAttempt} (a POSIX time) C{attempts kind}
-(as in L{QUEUE_SENT}: the metrics count deliveries by it).
+(as in L{QUEUE_SENT}: the metrics count deliveries by it) (+ C{wait}:
+seconds until the next attempt).
 """
 
 QUEUE_SENT = "queue.sent"
 """
-Delivered: C{queueID recipient relay tls} (the TLS version or C{None})
-C{delay} (seconds since queued) C{delays} (a dict: C{queued} waiting
-before the attempt, C{transfer} during it) C{dsn} (the status, as
-C{2.0.0}) C{reply kind} (C{relay}, C{local}, ...).
+Delivered: C{queueID recipient relay tls} (the TLS version or C{None};
+None for now: the relay does not report it yet) C{delay} (seconds since
+queued) C{delays} (a dict: C{queued} waiting before the attempt,
+C{transfer} during it) C{dsn} (the status, as C{2.0.0}) C{reply kind}
+(C{relay}, C{local}, ...) (+ C{status}: C{delivered} or C{relayed}, C{code
+attempts}).
 """
 
 QUEUE_BOUNCED = "queue.bounced"
-"""Failed for good: C{queueID recipient relay reply code dsn kind}."""
+"""Failed for good: C{queueID recipient relay reply code dsn kind} (+ C{attempts sender})."""
 
 QUEUE_EXPIRED = "queue.expired"
 """
 Given up after the queue's lifetime: C{queueID recipient reply kind} (as
-in L{QUEUE_SENT}).
+in L{QUEUE_SENT}) (+ C{relay code age attempts sender}).
 """
 
 QUEUE_HELD = "queue.held"

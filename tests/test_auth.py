@@ -316,7 +316,7 @@ class MechanismTests(AuthTestCase):
     def assertAuthenticated(self, proto: SMTPServerProtocol, mechanism: str) -> None:
         self.assertEqual(proto.session.authenticated, "alice")
         self.assertEqual(proto.session.authMechanism, mechanism)
-        self.assertIn(f"authenticated as alice ({mechanism})", self.logText())
+        self.assertIn(f"auth ok user=alice mechanism={mechanism} ", self.logText())
         self.assertNotIn("secret", self.logText())
 
     def test_plainInitial(self) -> None:
@@ -461,7 +461,7 @@ class ErrorTests(AuthTestCase):
         out = self.talk(proto, t, b"AUTH PLAIN " + plain("alice", "guess") + b"\r\n")
         self.assertEqual(out, b"535 5.7.8 Authentication credentials invalid\r\n")
         self.assertUsable(proto, t)
-        self.assertIn("AUTH PLAIN failed for 'alice'", self.logText())
+        self.assertIn("auth failed user='alice' mechanism=PLAIN ", self.logText())
         self.assertNotIn("guess", self.logText())
 
     def test_malformed(self) -> None:

@@ -963,7 +963,9 @@ class ToolOperationTests(QueueCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(86400)
         self.assertEqual((len(self.relay.calls), self.reports()), (1, []))
-        self.assertEqual(self.lines("deleted from the queue"), ["{id}: deleted from the queue"])
+        self.assertEqual(
+            self.lines("deleted from the queue"), ["{queueID} deleted from the queue"]
+        )
 
     def test_deleteDuringAttempt(self) -> None:
         """Deleted while an attempt runs: the files go when it ends, and no retry follows."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -278,6 +278,6 @@ class PerRecipientTests(LMTPServerTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         proto, transport = self.greeted()
         self.talk(proto, transport, TXN + b"Hi\r\n.\r\n")
-        [line] = [e["line"] for e in events if "line" in e and " from=" in e["line"]]
+        [line] = [formatEvent(e) for e in events if e.get("mfEvent") == "accepted"]
         self.assertIn(" accepted from=<a@b.example> to=ann@example.com(250),"
                       "full@example.com(452),ann@example.com(250) size=", line)  # fmt: skip

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailframe import events
 from mailframe.address import asciiUpper
 from mailframe.auth import sasl
 from mailframe.auth.credentials import (
@@ -416,16 +417,26 @@ class Auth(Extension):
         state.failures += 1
         failures = state.failures
         blocked = self.limiter.recordFailure(session.peerHost) if self.limiter else False
-        log.info(
-            "{id} AUTH {mechanism} failed for {user} from {peer} ({why}; {n} in this session)",
-            id=session.sessionID,
-            mechanism=exchange.name,
-            user=_printable(exchange.username),
-            peer=session.peer,
-            why=why,
-            n=failures,
-        )
         reply = AUTH_TOO_MANY if blocked or failures >= self.maxFailures else AUTH_FAILED
+        iprev = session.iprev
+        log.info(  # the decision event (mailframe.events.AUTH); never the password
+            "{sessionID} auth failed user={user!r} mechanism={mechanism} "
+            "client={clientName}[{clientAddress}]: {why}, {failures} in this session",
+            mfEvent=events.AUTH,
+            sessionID=session.sessionID,
+            listener=session.listener,
+            clientAddress=session.peerHost,
+            clientName=iprev.names[0]
+            if iprev is not None and iprev.result == "pass" and iprev.names
+            else "unknown",
+            mechanism=exchange.name,
+            user=exchange.username,  # the text line shows it quoted (!r): no forged lines
+            success=False,
+            why=why,
+            failures=failures,
+            reply=str(reply).replace("\r\n", " "),
+            code=reply.code,
+        )
         if self.failureDelay > 0:
             return task.deferLater(self.clock, self.failureDelay, lambda: reply)
         return reply

@@ -346,9 +346,7 @@ class ControlProtocol(amp.AMP):
         what = "held" if held else "released"
 
         def done(changed: bool) -> dict[str, object]:
-            if changed:
-                log.info("{id}: {what}", id=entryID, what=what)
-            return {"changed": changed}
+            return {"changed": changed}  # the runner logs it (queue.held, queue.released)
 
         def failed(reason: Failure) -> Failure:
             error = " ".join(str(reason.value).split())

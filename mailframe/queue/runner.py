@@ -47,13 +47,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mailframe import events
 from mailframe._deferreds import always, settled
 from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IQueueStore, IRelay
 from mailframe.message import Message
 from mailframe.plugins import checkProviders
-from mailframe.queue import bounce
+from mailframe.queue import _decisions, bounce
 from mailframe.queue._reading import AttemptMessage
 from mailframe.queue._schedule import Schedule
 from mailframe.queue.entry import (
@@ -124,7 +125,9 @@ class QueueRunner:
         (it may be writing in a thread): it is waited for, with a warning
         logged after this long.
 
-    @param logDeliveries: one log line per recipient outcome.
+    @param logDeliveries: the decision events (L{mailframe.events}): one
+        line per message queued and per recipient outcome (sent, bounced,
+        deferred, expired).  Held, released and deleted are always logged.
     """
 
     def __init__(
@@ -167,6 +170,7 @@ class QueueRunner:
         self._reportIDs = itertools.count(1)
         self._writing: dict[str, list[defer.Deferred[None]]] = {}
         self._startWaiters: list[defer.Deferred[None]] = []
+        self._attemptStarts: dict[str, float] = {}
         self.running = False
         spool.setCommitListener(self.enqueue)
 
@@ -209,6 +213,10 @@ class QueueRunner:
         self.entries[entry.id] = entry
         if data is not None and len(data) <= self.spillThreshold:
             self._cache[entry.id] = data
+        if self.logDeliveries:
+            _decisions.queued(entry, entry.size if data is None else len(data))
+        if entry.held:  # a filter's quarantine
+            self._logHeld(entry.id, "quarantined by a filter")
         if self.running:
             self._schedule(entry, entry.nextAttempt)
 
@@ -275,7 +283,20 @@ class QueueRunner:
             self.schedule.cancel(entryID)
         else:
             self._schedule(entry, entry.nextAttempt)
-        return self._write(entry).addCallback(lambda _: True)
+
+        def written(_: object) -> bool:
+            if held:
+                self._logHeld(entryID, "by an operator")
+            else:
+                log.info("{queueID} released", mfEvent=events.QUEUE_RELEASED, queueID=entryID)
+            return True
+
+        return self._write(entry).addCallback(written)
+
+    def _logHeld(self, entryID: str, reason: str) -> None:
+        log.info(
+            "{queueID} held ({reason})", mfEvent=events.QUEUE_HELD, queueID=entryID, reason=reason
+        )
 
     def release(self, entryID: str) -> defer.Deferred[bool]:
         """L{hold} with C{held=False}."""
@@ -288,7 +309,7 @@ class QueueRunner:
         """
         self._entry(entryID)
         self._cache.pop(entryID, None)
-        log.info("{id}: deleted from the queue", id=entryID)
+        log.info("{queueID} deleted from the queue", mfEvent=events.QUEUE_DELETED, queueID=entryID)
         if self.schedule.forget(entryID):
             self._remove(entryID)
 
@@ -342,6 +363,7 @@ class QueueRunner:
         entry = self.entries.get(entryID)
         if entry is None or not self.schedule.begin(entryID):
             return
+        self._attemptStarts[entryID] = self.clock.seconds()
         try:
             result = self._deliver(entry)
         except Exception:
@@ -392,10 +414,12 @@ class QueueRunner:
         groups: dict[str, list[RecipientState]],
     ) -> object:
         outcomes: list[tuple[RecipientState, Reply, str | None, bool, bool]] = []
+        routes: dict[int, str] = {}
         for (key, rcpts), result in zip(groups.items(), results, strict=True):
             for r, (reply, remote, passedOn) in zip(rcpts, result, strict=True):
                 outcomes.append((r, reply, remote, key == LOCAL, passedOn))
-        return self._settle(entry, outcomes)
+                routes[id(r)] = key
+        return self._settle(entry, outcomes, routes)
 
     def _routeKeyOf(self, r: RecipientState) -> str:
         try:
@@ -494,25 +518,31 @@ class QueueRunner:
         self,
         entry: QueueEntry,
         outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool, bool]],
+        routes: Mapping[int, str] | None = None,
     ) -> object:
         """Record the outcomes; the next attempt's time (None: finished), or a Deferred of it."""
         now = self.clock.seconds()
+        started = self._attemptStarts.pop(entry.id, now)
         entry.attempts += 1
         entry.lastAttempt = now
         items: list[bounce.ReportItem] = []
+        logging = self.logDeliveries
+        routes = routes or {}
         for r, reply, remote, local, passedOn in outcomes:
             r.reply, r.remote, r.lastAttempt = reply, remote, now
             if reply.code < 400:
                 r.state = DELIVERED if local else RELAYED
                 action = bounce.DELIVERED if local else bounce.RELAYED
+                if logging:
+                    _decisions.sentOrBounced(entry, r, routes.get(id(r)), local, started, now)
                 if passedOn:  # the next hop took NOTIFY and reports for itself (RFC 3461 5.2)
-                    self._log(entry, r, r.state)
                     continue
             elif reply.code >= 500:
                 r.state, action = FAILED, bounce.FAILED
+                if logging:
+                    _decisions.sentOrBounced(entry, r, routes.get(id(r)), local, started, now)
             else:
                 continue
-            self._log(entry, r, r.state)
             if bounce.wantsNotice(r, action):
                 items.append(bounce.ReportItem(r, action))
         still = entry.pending
@@ -523,7 +553,8 @@ class QueueRunner:
                 r.state = FAILED
                 if r.reply is not None and r.reply.code < 500:
                     r.reply = Reply(r.reply.code, r.reply.enhanced or _EXPIRED, r.reply.text)
-                self._log(entry, r, "expired")
+                if logging:
+                    _decisions.expired(entry, r, routes.get(id(r)), now)
                 if bounce.wantsNotice(r, bounce.FAILED):
                     items.append(bounce.ReportItem(r, bounce.FAILED))
             still = []
@@ -535,8 +566,10 @@ class QueueRunner:
                 for r in still
                 if bounce.wantsNotice(r, bounce.DELAYED)
             )
-        for r in still:
-            self._log(entry, r, "deferred")
+        if logging and still:
+            nextAttempt = self._nextAttempt(entry, now)
+            for r in still:
+                _decisions.deferred(entry, r, routes.get(id(r)), now, nextAttempt)
         if not items:
             return self._finish(entry, now)
         if entry.sender == "" or entry.report:
@@ -565,9 +598,7 @@ class QueueRunner:
             self.entries.pop(entry.id, None)
             self._remove(entry.id)
             return None
-        retry = self.retry
-        wait = retry.delayAfter(entry.attempts)
-        entry.nextAttempt = max(now, min(now + wait, entry.arrival + retry.giveUp))
+        entry.nextAttempt = self._nextAttempt(entry, now)
 
         def failed(reason: Failure) -> None:
             log.error("{id}: cannot update the queue entry: {error}", id=entry.id,
@@ -575,6 +606,12 @@ class QueueRunner:
 
         d = self._write(entry).addErrback(failed)
         return d.addCallback(lambda _: entry.nextAttempt)
+
+    def _nextAttempt(self, entry: QueueEntry, now: float) -> float:
+        """When an entry not finished by the attempt that ended at C{now} is tried next."""
+        retry = self.retry
+        wait = retry.delayAfter(entry.attempts)
+        return max(now, min(now + wait, entry.arrival + retry.giveUp))
 
     def _delayWarningDue(self, entry: QueueEntry, now: float) -> bool:
         warning = self.retry.delayWarning
@@ -618,17 +655,6 @@ class QueueRunner:
             sender=entry.sender,
         )
         return True
-
-    def _log(self, entry: QueueEntry, r: RecipientState, status: str) -> None:
-        if not self.logDeliveries:
-            return
-        log.info(
-            "{line}",
-            line=f"{entry.id} to=<{r.address}> {status}"
-            f"{f' via {r.remote}' if r.remote else ''} ({r.reply})",
-            queueID=entry.id,
-            status=status,
-        )
 
 
 def _replies(result: object, count: int, entryID: str) -> list[_Answer]:

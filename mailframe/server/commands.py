@@ -43,6 +43,7 @@ from mailframe.interfaces import IExtension, IUnadvertisedCommands
 from mailframe.message import Message
 from mailframe.protocol import _events as E
 from mailframe.reply import Reply, SMTPError, clientText
+from mailframe.server._decisions import SessionRecord
 from mailframe.server.context import ServerContext
 from mailframe.server.control import SessionControl
 from mailframe.server.expansion import rewrite
@@ -75,15 +76,32 @@ class Commands:
     """
     The command and message-event handlers of one session, with the
     transaction they build.  C{decider} is the plug-in that decided the
-    last reply a chain gave (for log lines), or None.
+    reply to the command being answered (for log lines), or None: the
+    server's own rules.  C{record}: the session's decision events.
     """
 
-    __slots__ = ("context", "control", "conversation", "decider", "envelope", "message", "session")
+    __slots__ = (
+        "context",
+        "control",
+        "conversation",
+        "decider",
+        "envelope",
+        "message",
+        "record",
+        "session",
+    )
 
-    def __init__(self, context: ServerContext, session: SessionInfo, control: SessionControl):
+    def __init__(
+        self,
+        context: ServerContext,
+        session: SessionInfo,
+        control: SessionControl,
+        record: SessionRecord | None = None,
+    ):
         self.context = context
         self.session = session
         self.control = control
+        self.record = record if record is not None else SessionRecord(context, session, 0.0)
         self.envelope: Envelope | None = None
         self.message: Message | None = None
         self.conversation: tuple[IExtension, str] | None = None  # (extension, verb) after a 334
@@ -138,7 +156,9 @@ class Commands:
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
+                self.decider = ext
                 ext.mailParameter(session, envelope, name, value)
+            self.decider = None
         envelope.session = session.snapshot(protocolName(session, envelope, context.config.lmtp))
         chain = context.senderChain
         if not chain.calls:
@@ -173,7 +193,9 @@ class Commands:
                 ext = owners.get(name)
                 if ext is None or ext.keyword not in session.extensions:
                     return _unknownParameter(name)
+                self.decider = ext
                 ext.rcptParameter(session, envelope, recipient, name, value)
+            self.decider = None
         if local and context.rewriters:  # aliases, virtual maps, subaddressing, SRS
             rewritten = rewrite(context, session, envelope, recipient, self)
             return then(rewritten, self._rewritten, envelope, recipient)
@@ -249,9 +271,7 @@ class Commands:
     ) -> _Answer | defer.Deferred[_Answer]:
         context = self.context
         if filtered is not None and filtered.code >= 400:
-            context.stats.refused += 1
-            self._logMessage(envelope, filtered)
-            return filtered
+            return filtered  # its line and count: the session's record (_decisions)
         if envelope.discard is not None:  # a filter's discard: 250, delivered to nobody
             return self._delivered(None, envelope, filtered)
         try:
@@ -300,31 +320,15 @@ class Commands:
             self.session.messages += 1
             stats.accepted += 1
             stats.acceptedRecipients += len(envelope.recipients)
-        else:
+            size = self.message.size if self.message is not None else 0
+            self.record.accepted(envelope, queueID, size, reply)
+        else:  # refused: the session's record counts it and says so
             replies = result.replies
             reply = next((r for r in replies if 400 <= r.code < 500), None) or next(
                 r for r in replies if r.code >= 400
             )
-            stats.refused += 1
-        self._logMessage(envelope, reply)
+            self.decider = self.context.backend
         return reply
-
-    def _logMessage(self, envelope: Envelope, reply: Reply) -> None:
-        if not self.context.config.logMessages:
-            return
-        # one field holding the line: observers format it for almost nothing
-        size = self.message.size if self.message is not None else 0
-        user = self.session.authenticated
-        log.info(
-            "{line}",
-            line=f"{self.session.sessionID} {envelope.queueID} "
-            f"{'accepted' if reply.code < 400 else 'refused'} "
-            f"from={envelope.mailFrom.toPath()} "
-            f"to={','.join(str(r.address) for r in envelope.recipients)} "
-            f"size={size}{f' user={user}' if user else ''} ({reply.code}){_fate(envelope)}",
-            queueID=envelope.queueID,
-            code=reply.code,
-        )
 
     def _deliveredEach(
         self, result: DeliveryResult | None, envelope: Envelope, filtered: Reply | None
@@ -358,34 +362,16 @@ class Commands:
                 replies.append(answer)
         delivered = sum(r.code < 400 for r in replies)
         stats = self.context.stats
-        if delivered:
+        if result is not None and delivered < len(replies):
+            self.decider = self.context.backend  # who refused the others
+        if delivered:  # the refused recipients: the session's record counts and says them
             self.session.messages += 1
             stats.accepted += 1
             stats.acceptedRecipients += delivered
-        else:
-            stats.refused += 1
-        self._logEach(envelope, replies)
+            size = self.message.size if self.message is not None else 0
+            reply = next(r for r in replies if r.code < 400)
+            self.record.accepted(envelope, queueID, size, reply, replies)
         return tuple(replies)
-
-    def _logEach(self, envelope: Envelope, replies: list[Reply]) -> None:
-        """LMTP: the one log line of a message, with each recipient's reply code."""
-        if not self.context.config.logMessages:
-            return
-        size = self.message.size if self.message is not None else 0
-        user = self.session.authenticated
-        outcome = "accepted" if any(r.code < 400 for r in replies) else "refused"
-        to = ",".join(
-            f"{r.address}({reply.code})"
-            for r, reply in zip(envelope.recipients, replies, strict=True)
-        )
-        log.info(
-            "{line}",
-            line=f"{self.session.sessionID} {envelope.queueID} {outcome} "
-            f"from={envelope.mailFrom.toPath()} to={to} "
-            f"size={size}{f' user={user}' if user else ''} (LMTP)",
-            queueID=envelope.queueID,
-            code=min(r.code for r in replies),
-        )
 
     def endTransaction(self) -> None:
         """Forget the transaction; the message is closed (by its last user, see L{Message})."""
@@ -446,33 +432,27 @@ class Commands:
                     return reply
             return R.UNRECOGNIZED
         self.conversation = (ext, event.name)
+        self.decider = ext
         return ext.handleCommand(self.control, event.name, event.argument)
 
     def continuation(self, event: E.ContinuationLine) -> Reply | defer.Deferred[Reply]:
         if self.conversation is None:
             return R.BAD_SEQUENCE
         ext, verb = self.conversation
+        self.decider = ext
         return ext.continueCommand(self.control, verb, event.data)
 
     def starttls(self, event: E.StartTLS) -> Reply | defer.Deferred[Reply]:
         ext = self.context.verbs.get("STARTTLS")
         if ext is None:
             return R.UNRECOGNIZED
+        self.decider = ext
         return ext.handleCommand(self.control, "STARTTLS", "")
 
 
 def _unknownParameter(name: str) -> Reply:
     """The 555 for a MAIL or RCPT parameter nobody owns, naming it (cut short)."""
     return R.UNKNOWN_PARAMETER.withText(f"Unsupported parameter {clientText(name, 64)}")
-
-
-def _fate(envelope: Envelope) -> str:
-    """What a filter decided beyond the reply, for the log line: discarded, quarantined."""
-    if envelope.discard is not None:
-        return f" discarded ({envelope.discard})"
-    if envelope.quarantine is not None:
-        return f" quarantined ({envelope.quarantine})"
-    return ""
 
 
 def _deliveredTo(recipient: Recipient, queueID: str) -> Reply:

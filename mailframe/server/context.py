@@ -45,11 +45,25 @@ __all__ = ["ServerContext", "ServerStats"]
 
 @dataclass(eq=False)
 class ServerStats:
-    """Running totals of a server since it started (for the stop line and metrics)."""
+    """
+    Running totals of a server since it started (for the stop line and
+    metrics), kept whether or not the decision events are logged:
 
-    accepted: int = 0  # messages answered 250 after their data
+      - C{accepted}: messages answered 2xx after their data (LMTP: with at
+        least one recipient delivered);
+      - C{acceptedRecipients}: their recipients (LMTP: the delivered ones);
+      - C{refused}: refusals of mail, one per 4xx/5xx reply to MAIL, to
+        RCPT, or to the end of a message (LMTP: one per recipient refused
+        after the data);
+      - C{refusedRecipients}: those of C{refused} that refused a recipient;
+      - C{refusedConnections}: connections refused at the greeting (421, 554).
+    """
+
+    accepted: int = 0
     acceptedRecipients: int = 0
-    refused: int = 0  # messages refused after their data (by filters or the backend)
+    refused: int = 0
+    refusedRecipients: int = 0
+    refusedConnections: int = 0
 
 
 class ServerContext:
@@ -166,6 +180,10 @@ class ServerContext:
             else R.greeting(cfg.hostname, cfg.software)
         )
         self.stats = ServerStats()
+        # the decision events (mailframe.server._decisions): on unless --quiet;
+        # deciderNames: the description of each plug-in, by id, for their lines
+        self.decisions = self.config.logMessages
+        self.deciderNames: dict[int, str] = {}
         self.sessions: set[Protocol] = set()  # the open sessions (SMTPServerProtocol)
         self.pluginTimer: PluginTimer | None = None
 

@@ -152,5 +152,8 @@ class SMTPServerFactory(Factory):
 
     @property
     def refused(self) -> int:
-        """Messages refused after their data (by filters or the backend), since start."""
+        """
+        Refusals of mail since start: one per 4xx/5xx reply to MAIL, RCPT or
+        the end of a message (L{mailframe.server.context.ServerStats}).
+        """
         return self.context.stats.refused

@@ -37,6 +37,7 @@ from mailframe.protocol._state import State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
 from mailframe.server import _writethrough
+from mailframe.server._decisions import SessionRecord
 from mailframe.server._util import oneLine
 from mailframe.server.commands import EARLY_TALKER, GROUP_ENDERS, HANDLERS, OUT_OF_SYNC, Commands
 from mailframe.server.context import ServerContext
@@ -76,6 +77,7 @@ _MAX_UNREAD = 1 << 18  # octets buffered while paused before reading stops
 _NEED_DATA = E.NEED_DATA
 _PAUSED = E.PAUSED
 _END_OF_MESSAGE = E.EndOfMessage
+_MESSAGE_DATA = E.MessageData
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -88,6 +90,7 @@ class SMTPServerProtocol(Protocol):
 
     session: SessionInfo
     commands: Commands
+    record: SessionRecord
     transport: _Transport
 
     _busy = False
@@ -123,13 +126,7 @@ class SMTPServerProtocol(Protocol):
         session = self.session
         session.authenticated = avatarId
         session.authMechanism = mechanism
-        log.info(
-            "{id} authenticated as {user} ({mechanism}) from {peer}",
-            id=session.sessionID,
-            user=avatarId,
-            mechanism=mechanism,
-            peer=session.peer,
-        )
+        self.record.authenticated(avatarId, mechanism)
 
     def replaceClient(self, **facts: Any) -> Reply:
         """
@@ -168,7 +165,8 @@ class SMTPServerProtocol(Protocol):
         )
         self._direct = _writethrough.isPlainTCP(transport) and _writethrough.available(transport)
         self._conn = ServerConnection(cfg.limits, context.verbNames, cfg.lmtp)
-        self.commands = Commands(context, session, SessionControl(self))
+        self.record = SessionRecord(context, session, context.clock.seconds())
+        self.commands = Commands(context, session, SessionControl(self), self.record)
         if ISSLTransport.providedBy(transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
             self._tlsStarted = True
@@ -184,7 +182,7 @@ class SMTPServerProtocol(Protocol):
         transport.registerProducer(self, True)
         self._registered = True
         context.sessions.add(self)
-        if self._transcript:
+        if self._transcript and not self.record.on:
             log.info("{id} connect from {peer}", id=session.sessionID, peer=session.peer)
         delay = cfg.greetDelay
         if delay and context.greetPasses.passed(session.peerHost):
@@ -218,6 +216,7 @@ class SMTPServerProtocol(Protocol):
                 self.context.greetPasses.add(self.session.peerHost)
         elif reply.code not in (421, 554):
             reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
+        self.record.connect()
         self._write(reply)
         self._flush()
         if early:
@@ -236,7 +235,8 @@ class SMTPServerProtocol(Protocol):
             )
         except AttributeError:  # not an OpenSSL connection (tests)
             self.session.tls = TLSInfo("TLS", "unknown")
-        if self._transcript:
+        self.record.tls()
+        if self._transcript and not self.record.on:
             log.info(
                 "{id} TLS {version} {cipher}",
                 id=self.session.sessionID,
@@ -263,7 +263,8 @@ class SMTPServerProtocol(Protocol):
                 observer.sessionEnded(self.session)
             except Exception:
                 log.failure("{id} sessionEnded failed", id=self.session.sessionID)
-        if self._transcript:
+        self.record.disconnect(context.clock.seconds())
+        if self._transcript and not self.record.on:
             log.info("{id} disconnect", id=self.session.sessionID)
 
     # -- input ----------------------------------------------------------------
@@ -289,6 +290,7 @@ class SMTPServerProtocol(Protocol):
         conn = self._conn
         pending = conn.receiveBuffer  # every event consumes input: none left, none due
         commands = self.commands
+        record = self.record
         self._inLoop = True
         try:
             while pending and not self._busy and not self._writePaused and not self._closing:
@@ -297,6 +299,8 @@ class SMTPServerProtocol(Protocol):
                 except RemoteProtocolError as e:
                     if self._transcript:
                         self._logIn(conn)
+                    record.protocolError(conn.lastLine)
+                    commands.decider = None
                     reply = e.reply
                     if reply is R.UNRECOGNIZED and self.context.unknownChain.calls:
                         told = commands.unknown(conn.lastLine, reply)
@@ -312,6 +316,9 @@ class SMTPServerProtocol(Protocol):
                     break
                 if self._transcript:
                     self._logIn(conn, event)
+                if type(event) is not _MESSAGE_DATA:
+                    record.command(event, commands)
+                    commands.decider = None
                 if pending and self._checkSync and self._outOfSync(event):
                     self._write(OUT_OF_SYNC)
                     log.info(
@@ -429,9 +436,11 @@ class SMTPServerProtocol(Protocol):
             reply, code = R.TOO_MANY_ERRORS, 421  # the last error: one reply, the 421, not two
         # only an error count needs to know which command this answers
         answered = conn.pending if self._errors else None
-        self._out.append(conn.send(reply))
+        sent = conn.send(reply)
+        self._out.append(sent)
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
+        self.record.reply(reply, self.commands, sent)
         if code >= 400:
             if code == 421:
                 self._close()
@@ -473,6 +482,7 @@ class SMTPServerProtocol(Protocol):
             self._write(R.LOCAL_ERROR)
             return
         self._out.append(conn.sendEach(replies))
+        self.record.replyEach(replies, self.commands)
         if self._transcript:
             for reply in replies:
                 log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
@@ -601,7 +611,9 @@ class SMTPServerProtocol(Protocol):
             self._timer = clock.callLater(left, self._checkIdle)
             return
         self._timer = None
-        log.info("{id} timeout from {peer}", id=self.session.sessionID, peer=self.session.peer)
+        if not self.record.on:  # else the refusal's line says it
+            log.info("{id} timeout from {peer}", id=self.session.sessionID, peer=self.session.peer)
+        self.record.verb = "timeout"  # the 421 answers no command
         self._write(R.TIMEOUT)
 
     # -- IPushProducer: the transport's write buffer is full -------------------
