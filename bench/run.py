@@ -192,16 +192,6 @@ SERVERS = {
             default=False,
         ),
         Server(
-            "mailframe-amqp",
-            "{python} {here}/peers/amqp_broker.py --twistd {twistd} --host {host} "
-            "--dir {scratch} -- " + MAILFRAME.replace("{twistd} ", "") + " --quiet",
-            "durable",
-            "mailframe-stop",
-            "twistd mailframe, amqp backend publishing each message to a private RabbitMQ "
-            "(persistent, durable queue): 250 only after the broker's confirm",
-            stopGrace=60.0,
-        ),
-        Server(
             "twisted.mail",
             "{python} {here}/peers/twisted_mail_sink.py --host {host} --port {port}",
             "null",
