@@ -11,7 +11,7 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from mailframe.app import tap
-from mailframe.queue.location import PostgresLocation, SpoolError, parseSpool
+from mailframe.queue.location import LocationError, PostgresLocation, parseSpool
 
 
 def parse(*args: str) -> tap.Options:
@@ -47,13 +47,13 @@ class ParseSpoolTests(unittest.TestCase):
 
     def test_unknownScheme(self) -> None:
         """Another scheme is an error naming it, with no password in it."""
-        e = self.assertRaises(SpoolError, parseSpool, "mysql://u:pw@h/db")
+        e = self.assertRaises(LocationError, parseSpool, "mysql://u:pw@h/db")
         self.assertIn("unknown scheme 'mysql'", str(e))
         self.assertNotIn("pw", str(e))
 
     def test_noDatabase(self) -> None:
         """A PostgreSQL URL must name the database."""
-        self.assertRaises(SpoolError, parseSpool, "postgresql://mf@127.0.0.1")
+        self.assertRaises(LocationError, parseSpool, "postgresql://mf@127.0.0.1")
 
 
 class SpoolSettingTests(unittest.TestCase):

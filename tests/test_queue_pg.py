@@ -9,6 +9,8 @@ leases claimed and lost, outcomes with their report in one transaction,
 from __future__ import annotations
 
 import atexit
+import io
+import json
 from typing import Any
 
 from twisted.internet import defer, reactor, task
@@ -16,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from mailframe.address import parseMailbox
+from mailframe.app import queuetool
 from mailframe.backends.memory import MemoryBackend
 from mailframe.envelope import Envelope, Recipient
 from mailframe.interfaces import IQueueStore
@@ -331,3 +334,68 @@ class UnavailableTests(PostgresTestCase):
         self.assertEqual(
             self.rows("SELECT id FROM mailframe_message ORDER BY id"), [("B1",), ("B4",)]
         )
+
+
+class ToolTests(PostgresTestCase):
+    """mailframe-queue --spool postgresql://...: the whole cluster's queue."""
+
+    async def tool(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        args = queuetool.parser().parse_args(["--spool", self.postgres.url, *argv])
+        status = await queuetool.run(reactor, args, out, err)
+        return status, out.getvalue(), err.getvalue()
+
+    async def test_listAcrossNodes(self) -> None:
+        """list shows every node's messages, the accepting node and the lease holder."""
+        storeA, _ = await self.store("node-a")
+        storeB, _ = await self.store("node-b")
+        await storeA.add(makeEntry("A1"), b"Subject: a\r\n\r\nx\r\n")
+        await storeB.add(makeEntry("B1"), b"Subject: b\r\n\r\nx\r\n")
+        status, out, err = await self.tool("list")
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2, out)
+        self.assertIn("[node-a, lease node-a]", lines[0])
+        self.assertIn("[node-b, lease node-b]", lines[1])
+        status, out, _ = await self.tool("list", "--json")
+        first = json.loads(out.splitlines()[0])
+        self.assertEqual((first["id"], first["acceptedBy"]), ("A1", "node-a"))
+        status, out, _ = await self.tool("show", "B1")
+        self.assertIn("accepted by: node-b", out)
+        self.assertIn("lease:       node-b until", out)
+        self.assertIn("Subject: b", out)
+
+    async def test_holdReleaseDeleteFlush(self) -> None:
+        """hold and release reach the holding node; delete and flush act on the cluster."""
+        store, runner = await self.store("node-a", lease=0.6)
+        for entryID in ("H1", "D1"):
+            entry = makeEntry(entryID)
+            runner.entries[entryID] = entry
+            await store.add(entry, b"x\r\n")
+        status, out, _ = await self.tool("hold", "H1")
+        self.assertEqual((status, out.strip()), (0, "held H1"))
+        await waitUntil(lambda: runner.holds == [("H1", True)], "node-a to hold H1")
+        status, out, _ = await self.tool("hold", "H1")
+        self.assertEqual(out.strip(), "H1 was held already")
+        status, out, _ = await self.tool("release", "H1")
+        await waitUntil(lambda: runner.holds[-1:] == [("H1", False)], "node-a to release H1")
+        status, out, _ = await self.tool("delete", "D1")
+        self.assertEqual((status, out.strip()), (0, "deleted D1"))
+        await waitUntil(lambda: runner.forgotten == ["D1"], "node-a to forget D1")
+        status, out, _ = await self.tool("flush")
+        self.assertEqual(out.strip(), "1 message(s) to be tried now")
+        await waitUntil(lambda: runner.flushes == 1, "node-a to flush")
+        status, _, err = await self.tool("delete", "NOPE")
+        self.assertEqual(
+            (status, err.strip()), (1, "mailframe-queue: no message NOPE in the queue")
+        )
+
+    async def test_errors(self) -> None:
+        """An unknown scheme is a usage error; a database without a queue, an error."""
+        out, err = io.StringIO(), io.StringIO()
+        args = queuetool.parser().parse_args(["--spool", "mysql://h/db", "list"])
+        self.assertEqual(await queuetool.run(reactor, args, out, err), 2)
+        self.assertIn("unknown scheme 'mysql'", err.getvalue())
+        status, _, err2 = await self.tool("list")
+        self.assertEqual(status, 1)
+        self.assertIn("no mailframe queue in this database", err2)

@@ -79,12 +79,12 @@ def path(value: object) -> str:
 
 def spool(value: object) -> str:
     """A spool directory, or a URL of a known scheme (postgresql://...): one line if not."""
-    from mailframe.queue.location import SpoolError, parseSpool
+    from mailframe.queue.location import LocationError, parseSpool
 
     text = path(value)
     try:
         parseSpool(text)
-    except SpoolError as e:
+    except LocationError as e:
         raise SettingError(str(e)) from None
     return text
 
@@ -251,7 +251,10 @@ def relayKey(name: str) -> str:
 ROUTING_KEYS = frozenset({"tls", "smarthosttls", "routetls", "addressorder", "maxhosts", "port"})
 HOPS = frozenset({"smarthost", "routes"})
 _OWN_KEYS = frozenset({"connecttimeout", "maxattempts", "keepalive", "maxmessages", "cafile",
-                       "pipelining", "chunking", "transcript", "timeouts"})  # fmt: skip
+                       "pipelining", "chunking", "transcript", "timeouts",
+                       # outbound TLS (mailframe.client.tlsconfig)
+                       "dane", "mtasts", "mtastsskip", "tlsstate", "tlsrptorg",
+                       "tlsrptsender"})  # fmt: skip
 _RELAY_KEYS = ROUTING_KEYS | _OWN_KEYS | HOPS
 _SECONDS = Duration()
 _SECONDS_OR_ZERO = Duration(zero=True)

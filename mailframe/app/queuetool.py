@@ -59,7 +59,9 @@ from mailframe.queue.control import (
     SpoolBusy,
     lockSpool,
 )
+from mailframe.queue.location import LocationError, PostgresLocation, parseSpool
 from mailframe.queue.offline import OfflineSpool
+from mailframe.queue.pgtool import PostgresQueue, QueueDatabaseError
 
 __all__ = ["ToolError", "formatEntry", "headerLines", "main", "run", "spoolDirectories"]
 
@@ -264,9 +266,15 @@ def _recipient(r: dict[str, Any]) -> str:
 def formatEntry(entry: dict[str, Any], now: float) -> str:
     """One line: id, age, size, next attempt, sender, each recipient with its last reply."""
     recipients = "; ".join(_recipient(r) for r in entry["recipients"])
+    nodes = ""
+    if "acceptedBy" in entry:  # a queue shared by nodes (PostgreSQL)
+        lease = entry.get("leaseOwner")
+        nodes = f"  [{_clean(entry['acceptedBy'])}" + (
+            f", lease {_clean(lease)}]" if lease else "]"
+        )
     return (
         f"{entry['id']}  {duration(now - entry['arrival'])}  {entry['size']}  "
-        f"{_status(entry, now)}  <{_clean(entry['sender'])}> -> {recipients}"
+        f"{_status(entry, now)}  <{_clean(entry['sender'])}> -> {recipients}{nodes}"
     )
 
 
@@ -302,6 +310,13 @@ def formatShow(entry: dict[str, Any], head: bytes, now: float, lines: int) -> st
         f"attempts:    {entry['attempts']}, the last {_when(entry['lastAttempt'], now)}",
         f"next:        {_when(entry['nextAttempt'], now)}",
     ]
+    if "acceptedBy" in entry:
+        out.append(
+            f"accepted by: {_clean(entry['acceptedBy'])}, {_when(entry['acceptedAt'], now)}"
+        )
+        lease = entry.get("leaseOwner")
+        until = f" until {_when(entry['leaseUntil'], now)}" if lease else ""
+        out.append(f"lease:       {_clean(lease) if lease else 'none'}{until}")
     if params:
         out.append(f"parameters:  {_clean(params)}")
     if received:
@@ -325,20 +340,48 @@ async def run(
 ) -> int:
     """Carry out the command of C{args}; the exit status."""
     changes = args.command not in ("list", "show", "summary")
-    sessions: list[Online | OfflineSpool] = []
+    sessions: list[Online | OfflineSpool | PostgresQueue] = []
     try:
-        for path in spoolDirectories(args.spool):
-            sessions.append(await openSpool(reactor, path, args.timeout, changes, err, connect))
+        location = parseSpool(args.spool)
+        if isinstance(location, PostgresLocation):  # the whole cluster's queue
+            sessions.append(_database(location, args, reactor, err))
+        else:
+            for path in spoolDirectories(location):
+                sessions.append(
+                    await openSpool(reactor, path, args.timeout, changes, err, connect)
+                )
         return await _command(args, sessions, out, err)
-    except (ToolError, SpoolError) as e:
+    except LocationError as e:
+        print(f"mailframe-queue: {e}", file=err)
+        return EXIT_USAGE
+    except (ToolError, SpoolError, QueueDatabaseError) as e:
         print(f"mailframe-queue: {e}", file=err)
         return EXIT_ERROR
     except OSError as e:
         print(f"mailframe-queue: {e.filename or args.spool}: {e.strerror or e}", file=err)
         return EXIT_ERROR
+    except Exception as e:
+        if not type(e).__module__.startswith("psycopg"):
+            raise
+        print(f"mailframe-queue: {args.spool}: {' '.join(str(e).split())}", file=err)
+        return EXIT_ERROR
     finally:
         for session in sessions:
             session.close()
+
+
+def _database(
+    location: PostgresLocation, args: argparse.Namespace, reactor: Any, err: TextIO
+) -> PostgresQueue:
+    """The PostgreSQL queue, with the password of --password-file if given."""
+    if getattr(args, "password_file", None):
+        with open(args.password_file, encoding="utf-8") as f:
+            location = location.withPassword(f.readline().rstrip("\r\n"))
+
+    def warn(line: str) -> None:
+        print(f"mailframe-queue: {line}", file=err)
+
+    return PostgresQueue(location, reactor.seconds, warn, args.timeout)
 
 
 async def _answer(result: Any) -> Any:
@@ -347,7 +390,10 @@ async def _answer(result: Any) -> Any:
 
 
 async def _command(
-    args: argparse.Namespace, sessions: list[Online | OfflineSpool], out: TextIO, err: TextIO
+    args: argparse.Namespace,
+    sessions: list[Online | OfflineSpool | PostgresQueue],
+    out: TextIO,
+    err: TextIO,
 ) -> int:
     command = args.command
     if command in ("list", "summary"):
@@ -387,7 +433,10 @@ async def _command(
 
 
 async def _one(
-    args: argparse.Namespace, sessions: list[Online | OfflineSpool], entryID: str, out: TextIO
+    args: argparse.Namespace,
+    sessions: list[Online | OfflineSpool | PostgresQueue],
+    entryID: str,
+    out: TextIO,
 ) -> bool:
     """C{show}, C{delete}, C{hold} or C{release} one message; False if no spool has it."""
     for session in sessions:
@@ -444,7 +493,13 @@ def parser() -> argparse.ArgumentParser:
 
     def common(spool: str, timeout: float | str) -> argparse.ArgumentParser:
         options = argparse.ArgumentParser(add_help=False)
-        options.add_argument("--spool", default=spool, help="the spool [./spool]")
+        options.add_argument(
+            "--spool", default=spool, help="the spool, or postgresql://USER@HOST/DB [./spool]"
+        )
+        options.add_argument(
+            "--password-file", default=argparse.SUPPRESS, metavar="FILE",
+            help="PostgreSQL: a file holding the password (or PGPASSWORD, PGPASSFILE)",
+        )  # fmt: skip
         options.add_argument("--timeout", type=_positive, default=timeout,
                              help="seconds to wait for the server [10]")  # fmt: skip
         return options

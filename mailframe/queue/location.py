@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-__all__ = ["POSTGRES_SCHEMES", "PostgresLocation", "SpoolError", "parseSpool"]
+__all__ = ["POSTGRES_SCHEMES", "LocationError", "PostgresLocation", "parseSpool"]
 
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-class SpoolError(ValueError):
+class LocationError(ValueError):
     """A C{spool} value that is neither a directory nor a known URL; one line."""
 
 
@@ -46,7 +47,7 @@ class PostgresLocation:
     def withPassword(self, password: str | None) -> PostgresLocation:
         return PostgresLocation(self.conninfo, self.display, password)
 
-    def connectArgs(self) -> dict[str, str]:
+    def connectArgs(self) -> dict[str, Any]:
         """Keyword arguments for C{psycopg.connect} besides the conninfo."""
         return {"password": self.password} if self.password is not None else {}
 
@@ -55,7 +56,7 @@ def parseSpool(value: str) -> str | PostgresLocation:
     """
     The directory of a file spool, or a L{PostgresLocation}.
 
-    @raise SpoolError: an unknown scheme, or a PostgreSQL URL without a
+    @raise LocationError: an unknown scheme, or a PostgreSQL URL without a
         database name.
     """
     text = value.strip()
@@ -66,16 +67,16 @@ def parseSpool(value: str) -> str | PostgresLocation:
     if scheme == "file":
         path = unquote(urlsplit(text).path)
         if not path:
-            raise SpoolError(f"spool {value!r}: file:// needs a path")
+            raise LocationError(f"spool {value!r}: file:// needs a path")
         return path
     if scheme not in POSTGRES_SCHEMES:
-        raise SpoolError(
+        raise LocationError(
             f"spool {_mask(text)!r}: unknown scheme {scheme!r} "
             "(a directory, or postgresql://USER@HOST/DATABASE)"
         )
     parts = urlsplit(text)
     if not parts.path.strip("/"):
-        raise SpoolError(f"spool {_mask(text)!r}: name the database (postgresql://USER@HOST/DB)")
+        raise LocationError(f"spool {_mask(text)!r}: name the database (postgresql://USER@HOST/DB)")
     password = unquote(parts.password) if parts.password is not None else None
     netloc = parts.hostname or ""
     if ":" in netloc:  # an IPv6 address
