@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet import defer
@@ -168,20 +169,15 @@ class RedisStreamBackend:
             self._add(connection, name, envelope, [recipients[i] for i in indexes], data)
             for name, indexes in groups
         ]
-        timer = self.reactor.callLater(
-            self.timeout, connection.abort, f"no answer in {self.timeout:g} s"
-        )
-        try:
-            outcomes: list[Reply] = []
+        outcomes: list[Reply] = []
+        with self._deadline(connection):
             for name, answer in zip((name for name, _ in groups), answers, strict=True):
                 outcomes.append(await self._outcome(name, answer, envelope))
-            if self.replicas and any(r.code < 300 for r in outcomes):
+        if self.replicas and any(r.code < 300 for r in outcomes):
+            with self._deadline(connection):
                 shortfall = await self._wait(connection)
-                if shortfall is not None:
-                    outcomes = [shortfall if r.code < 300 else r for r in outcomes]
-        finally:
-            if timer.active():
-                timer.cancel()
+            if shortfall is not None:
+                outcomes = [shortfall if r.code < 300 else r for r in outcomes]
         replies: list[Reply] = [_LOCAL_ERROR] * count
         for (_, indexes), reply in zip(groups, outcomes, strict=True):
             for i in indexes:
@@ -240,9 +236,21 @@ class RedisStreamBackend:
         entryID = entry.decode("ascii", "replace") if isinstance(entry, bytes) else str(entry)
         return Reply(250, (2, 6, 0), f"Added to Redis stream {stream} as {entryID}")
 
+    @contextmanager
+    def _deadline(self, connection: RedisProtocol) -> Iterator[None]:
+        """Abort the connection if what is awaited inside takes more than C{timeout}."""
+        timer = self.reactor.callLater(
+            self.timeout, connection.abort, f"no answer in {self.timeout:g} s"
+        )
+        try:
+            yield
+        finally:
+            if timer.active():
+                timer.cancel()
+
     async def _wait(self, connection: RedisProtocol) -> Reply | None:
         """None once C{replicas} replicas have what was written, else the 451 to give."""
-        milliseconds = max(1, int(self.timeout * 1000) - 100)
+        milliseconds = max(1, int(self.timeout * 800))  # Redis answers before our deadline
         try:
             acknowledged = await connection.execute("WAIT", self.replicas, milliseconds)
         except Exception as e:

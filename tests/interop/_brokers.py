@@ -214,9 +214,14 @@ class PrivateRabbitMQ(_Server):
 
 
 class PrivateRedis(_Server):
-    """redis-server on 127.0.0.1:C{port}, AOF with fsync at every write, its data in C{directory}."""
+    """
+    redis-server on 127.0.0.1:C{port}, AOF with fsync at every write, its
+    data in C{directory}; C{extra}: more configuration lines (C{replicaof ...}).
+    """
 
-    def __init__(self, directory: Path, password: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, password: str | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         if not os.path.exists(REDIS_SERVER):
             raise unavailable(f"{REDIS_SERVER} is missing (Debian package redis-server)")
         self.directory = directory
@@ -235,6 +240,7 @@ class PrivateRedis(_Server):
         ]
         if password:
             lines.append(f"requirepass {password}")
+        lines += extra
         (directory / "redis.conf").write_text("\n".join(lines) + "\n")
 
     @property

@@ -166,6 +166,34 @@ class RedisTests(SynchronousTestCase):
         queue = home / "spool" / "queue"
         waitFor(lambda: not any(queue.iterdir()), 60, "the spool to empty", 0.25)
 
+    def test_waitForReplica(self) -> None:
+        """replicas=1: 250 once a replica has the entry; with the replica gone, 451, not 250."""
+        home = scratch("mailframe-redis-replica-")
+        self.addCleanup(shutil.rmtree, home, True)
+        (home / "primary").mkdir()
+        (home / "replica").mkdir()
+        primary = PrivateRedis(home / "primary")
+        self.addCleanup(primary.stopAll)
+        primary.start()
+        replica = PrivateRedis(home / "replica", extra=(f"replicaof {HOST} {primary.port}",))
+        self.addCleanup(replica.stopAll)
+        replica.start()
+        waitFor(lambda: replica.client().info("replication").get("master_link_status") == "up",
+                30, "the replica to be in sync", 0.1)  # fmt: skip
+        _, port, _ = self.twistd(
+            primary, "--deliver", f"redis-stream:{primary.url}:stream=r:replicas=1:timeout=3"
+        )
+        with smtplib.SMTP(HOST, port, timeout=30) as client:
+            self.assertEqual(client.sendmail("s@example.org", ["ann@example.com"], MESSAGE), {})
+            [entry] = entries(replica.client(), "r")
+            self.assertEqual(splitReceived(entry["message"])[1], MESSAGE)
+            replica.kill()
+            with self.assertRaises(smtplib.SMTPDataError) as caught:
+                client.sendmail("s@example.org", ["ann@example.com"], MESSAGE)
+            self.assertEqual(caught.exception.smtp_code, 451)
+            self.assertIn(b"0 of 1", caught.exception.smtp_error)
+        self.assertEqual(len(entries(primary.client(), "r")), 2)  # written, not confirmed
+
 
 def swaks(port: int, home: Path, recipient: str, subject: str) -> None:
     """One message by swaks (the done-when of issue 14: swaks -> mailframe -> a consumer)."""
