@@ -622,7 +622,7 @@ class QueueOptionsTests(unittest.TestCase):
         self.assertEqual(
             (queue.connections, queue.destinationConnections, queue.threads), (20, 5, 8)
         )
-        self.assertEqual(dict(queue.relay), {})
+        self.assertEqual(dict(queue.relay), {"tls-state": "/var/spool/mf/tls-state"})
 
     def test_values(self) -> None:
         """Durations take s, m, h, d; sizes K, M; counts numbers."""

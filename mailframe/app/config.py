@@ -22,6 +22,7 @@ build providers or touch the file system except to read the config file
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,6 +311,21 @@ def clientLimits(
     )
 
 
+def _outboundTLS(relay: dict[str, Any], top: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """The outbound TLS settings (dane, mta-sts ...) into the relay's table, over its own."""
+    for name in ("dane", "mta-sts", "mta-sts-skip", "tls-state", "tlsrpt-org", "tlsrpt-sender"):
+        if name in given:
+            for key in [k for k in relay if relayKey(k) == relayKey(name)]:
+                del relay[key]
+            relay[name] = top[name]
+    if not any(relayKey(k) == "tlsstate" for k in relay):
+        spool = parseSpool(top["spool"] or DEFAULT_SPOOL)
+        if isinstance(spool, str):
+            relay["tls-state"] = os.path.join(os.path.abspath(spool), "tls-state")
+    if (relay.get("tlsrpt-org") is None) != (relay.get("tlsrpt-sender") is None):
+        raise SettingError("give tlsrpt-org and tlsrpt-sender together")
+
+
 def queueSpec(
     command: Mapping[str, Any],
     fileTop: Mapping[str, Any] | None,
@@ -367,6 +383,7 @@ def queueSpec(
         relay["smarthost"] = smarthost
     if top["routes"]:  # [routes] adds to (and overrides) [relay.routes]
         relay["routes"] = {**(relay.get("routes") or {}), **top["routes"]}
+    _outboundTLS(relay, top, given)
     checkRouting({k: v for k, v in relay.items() if relayKey(k) in ROUTING_KEYS | HOPS})
     return QueueSpec(
         spool=top["spool"] or DEFAULT_SPOOL,

@@ -26,7 +26,16 @@ from typing import Any
 
 from mailframe.app import converters as c
 from mailframe.app.resolver import dnsServers
-from mailframe.plugins import Count, Duration, Networks, Option, SettingError, Size, YesNo
+from mailframe.plugins import (
+    Choice,
+    Count,
+    Duration,
+    Networks,
+    Option,
+    SettingError,
+    Size,
+    YesNo,
+)
 from mailframe.queue.settings import DEFAULT_SPOOL
 from mailframe.validators.factories import Separators
 
@@ -401,6 +410,34 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("queue-destination-connections", _SLOTS, 5,
             "Relay deliveries at once to one destination (a domain's MX hosts, or a host).",
             scope=TOP, section="queue"),
+    Setting("dane", Choice("auto", "yes", "no"), "auto",
+            "DANE (RFC 7672) for MX delivery: TLSA records of MX hosts signed with DNSSEC make "
+            "TLS mandatory, and the certificate must match them.", scope=TOP, section="queue",
+            details=(
+                "The resolver must validate (a local unbound, say): its AD bit is believed.  "
+                "``auto`` turns DANE on when every DNS server asked (dns-server, or those of "
+                "resolv-conf) is on loopback, where the AD bit cannot be forged on the way.  "
+                "See :doc:`outbound-tls`.")),
+    Setting("mta-sts", YesNo(), True,
+            "MTA-STS (RFC 8461) for MX delivery: a domain's policy, fetched over HTTPS and "
+            "kept, names its MX hosts and makes verified TLS mandatory (enforce mode).",
+            scope=TOP, section="queue", details="DANE takes precedence for a host with both."),
+    Setting("mta-sts-skip", c.domains, (),
+            "Domains (and their subdomains) for which MTA-STS is off.", form=LIST, scope=TOP,
+            section="queue", metavar="DOMAIN"),
+    Setting("tls-state", c.path, None,
+            "The directory of the MTA-STS policy cache and the TLS report counts (created, "
+            "mode 0700).", scope=TOP, section="queue", metavar="DIR",
+            shown="tls-state in the spool directory; memory only for another spool"),
+    Setting("tlsrpt-org", c.string, None,
+            "TLS reporting (RFC 8460): the organisation named in the daily reports sent to "
+            "the addresses each policy domain publishes (_smtp._tls); needs the sender too.",
+            scope=TOP,
+            section="queue", metavar="NAME", shown="off"),
+    Setting("tlsrpt-sender", c.string, None,
+            "TLS reporting: the address reports are sent from (by mail, through the relay); "
+            "needs the organisation too.", scope=TOP, section="queue", metavar="ADDRESS",
+            shown="off"),
     # -- aliases and forwarding -------------------------------------------------------
     Setting("aliases", c.path, None,
             "Local aliases in the /etc/aliases format (lists, :include:, /dev/null), "

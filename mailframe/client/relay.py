@@ -172,12 +172,16 @@ class SMTPRelay:
         C{keep-alive}, C{max-messages}, C{ca-file} (PEM CAs for
         C{verify}), C{pipelining}, C{chunking}, C{transcript} and
         C{timeouts} (a table: greeting, mail, rcpt, data-init, data-block,
-        data-end, command, handshake; seconds).
+        data-end, command, handshake; seconds), and the outbound TLS keys of
+        L{mailframe.client.tlsconfig} (C{dane}, C{mta-sts}, C{mta-sts-skip},
+        C{tls-state}, C{tlsrpt-org}, C{tlsrpt-sender}).
 
         @raise ValueError: one line saying what is wrong.
         """
+        from mailframe.client.tlsconfig import KEYS, outboundFromConfig
+
         mine = {"connecttimeout", "maxattempts", "keepalive", "maxmessages", "cafile",
-                "pipelining", "chunking", "transcript", "timeouts"}  # fmt: skip
+                "pipelining", "chunking", "transcript", "timeouts", *KEYS}  # fmt: skip
         own: dict[str, Any] = {}
         routing: dict[str, Any] = {}
         for key, value in config.items():
@@ -191,7 +195,10 @@ class SMTPRelay:
                     trustRoot = Certificate.loadPEM(f.read())
             except (OSError, ValueError) as e:
                 raise ValueError(f"ca-file {own['cafile']}: {e}") from None
-        return cls(
+        tlsPolicy, reporter = outboundFromConfig(own, reactor, resolver, trustRoot)
+        kwargs.setdefault("tlsPolicy", tlsPolicy)
+        kwargs.setdefault("reporter", reporter)
+        relay = cls(
             router,
             reactor,
             heloName,
@@ -206,6 +213,26 @@ class SMTPRelay:
             transcript=bool(own.get("transcript", False)),
             **kwargs,
         )
+        if relay.reporter is not None and getattr(relay.reporter, "sendMail", 0) is None:
+            relay.reporter.sendMail = relay.reportMail
+        return relay
+
+    def reportMail(self, sender: str, recipient: str, data: bytes) -> defer.Deferred[bool]:
+        """Send one TLS report by mail through this relay: fires True if it was taken."""
+        from mailframe.address import parseMailbox
+
+        envelope = Envelope("tlsrpt", parseMailbox(sender), {},
+                            [Recipient(parseMailbox(recipient))])  # fmt: skip
+        message = Message()
+        message.write(data)
+        message.finish()
+        d = self.relay(envelope, envelope.recipients, message)
+
+        def taken(result: DeliveryResult) -> bool:
+            message.close()
+            return all(200 <= r.code < 300 for r in result.replies)
+
+        return d.addCallback(taken)
 
     # -- IRelay ---------------------------------------------------------------
 
@@ -223,7 +250,9 @@ class SMTPRelay:
         return d.addErrback(failed)
 
     def closeIdle(self) -> None:
-        """QUIT every idle session (at shutdown)."""
+        """QUIT every idle session (at shutdown); the TLS reporter keeps its counts."""
+        if self.reporter is not None and hasattr(self.reporter, "stop"):
+            self.reporter.stop()
         idle, self._idle = self._idle, {}
         for sessions in idle.values():
             for session in sessions:
@@ -306,7 +335,7 @@ class SMTPRelay:
 
     def _reportSession(self, plan: HostPlan, tls: object) -> None:
         """A delivered message: success, unless an MTA-STS policy in testing mode would fail."""
-        result = None
+        result = plan.policyError
         if plan.testing and not plan.mxMatched:
             result = "validation-failure"
         elif plan.testing and tls is None:

@@ -108,7 +108,8 @@ class HostPlan:
     tried at all, with C{skipResult} its RFC 8460 result type; C{policyType}
     (C{tlsa}, C{sts} or C{no-policy-found}) and C{policyDomain} for TLS
     reporting; C{testing}: an MTA-STS policy in testing mode applies
-    (C{mxMatched} says whether it names the host).
+    (C{mxMatched} says whether it names the host); C{policyError}: the
+    domain's MTA-STS policy could not be had (its RFC 8460 result type).
     """
 
     destination: Destination
@@ -122,6 +123,7 @@ class HostPlan:
     policy: Any = None
     testing: bool = False
     mxMatched: bool = True
+    policyError: str | None = None
 
 
 def _skip(d: Destination, text: str, result: str, **kw: Any) -> HostPlan:
@@ -241,4 +243,7 @@ class OutboundTLS:
             return _skip(d, f"REQUIRETLS: the MX records of {domain} are neither DNSSEC-signed "
                          "nor named by an MTA-STS policy", "validation-failure", requireTLS=True,
                          policyDomain=domain)  # fmt: skip
+        if stsFound.errorType is not None:
+            return HostPlan(d, policyDomain=domain, policyType="sts",
+                            policyError=stsFound.errorType)  # fmt: skip
         return HostPlan(d, policyDomain=domain, policyType="no-policy-found")

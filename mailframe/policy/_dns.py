@@ -59,6 +59,7 @@ __all__ = [
     "makeResolver",
     "parseServer",
     "readResolvConf",
+    "resolverServers",
     "reverseName",
 ]
 
@@ -434,6 +435,18 @@ class DNSSECClient(client.Resolver):
             (message.answers, message.authority, message.additional),
             bool(message.authenticData),
         )
+
+
+def resolverServers(resolver: Any) -> tuple[tuple[str, int], ...] | None:
+    """
+    The DNS servers a resolver of L{makeResolver} asks, or None for another
+    kind of resolver (whose servers are not known).
+    """
+    upstream = getattr(resolver, "upstream", None)
+    for r in getattr(upstream, "resolvers", ()):
+        if isinstance(r, client.Resolver):
+            return tuple((str(h), int(p)) for h, p in r.servers)
+    return None
 
 
 def makeResolver(
