@@ -97,6 +97,12 @@ def outboundFromConfig(
 
         reporter = TLSReporter(reactor, str(org), str(sender), txt=txt, stateDirectory=state,
                                post=_poster(reactor))  # fmt: skip
+    log.info(
+        "mailframe: outbound TLS: DANE {dane}, MTA-STS {sts}, TLS reports {rpt}",
+        dane=("on" if daneOn else f"off ({dane})"),
+        sts=("on" + (f", policies kept in {state}" if state else "")) if mtasts else "off",
+        rpt=f"on, from {sender}" if reporter is not None else "off",
+    )
     return OutboundTLS(reactor, resolver, dane=daneOn, mtasts=mtasts), reporter
 
 

@@ -9,7 +9,10 @@ sends each test to its own server).
 Shown here: unbound's AD bit reaches the router; with DANE a matching TLSA
 record delivers, a mismatching one, a stripped STARTTLS or a bogus TLSA
 answer defers the mail with a reason naming DANE; an unsigned zone gets
-opportunistic TLS.
+opportunistic TLS.  MTA-STS, its TXT record from unbound and its policy
+from a twisted.web HTTPS server with a test CA: enforce delivers to a named
+MX over verified TLS and defers for an MX it does not name; testing mode
+delivers and reports.  REQUIRETLS mail never leaves in clear.
 """
 
 from __future__ import annotations
@@ -21,18 +24,24 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet import defer, reactor, threads
+from twisted.internet.ssl import Certificate
 from twisted.trial.unittest import TestCase
+from twisted.web import resource
+from twisted.web.server import Site
 
+from mailframe.address import parseMailbox
 from mailframe.backends.memory import MemoryBackend
 from mailframe.client import Timeouts, messageFrom
+from mailframe.client.mtasts import MTASTS, fetchPolicy
 from mailframe.client.relay import SMTPRelay
 from mailframe.client.routing import Router
 from mailframe.client.tlspolicy import OutboundTLS
 from mailframe.config import ServerConfig
-from mailframe.envelope import DeliveryResult, Envelope
+from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.extensions import defaultExtensions
+from mailframe.extensions.requiretls import RequireTLS
 from mailframe.extensions.starttls import StartTLS
-from mailframe.policy._dns import isAuthenticated, makeResolver
+from mailframe.policy._dns import AsyncDNS, isAuthenticated, makeResolver
 from mailframe.server import SMTPServerFactory
 from mailframe.server.tls import CertificatePair, ServerTLS
 from tests._certs import TestCA
@@ -82,17 +91,25 @@ class DANEInteropTests(TestCase):
     def setUp(self) -> defer.Deferred[None]:
         self.directory = scratch("mailframe-dane-")
         self.ca = TestCA(str(self.directory / "ca"))
-        names = [f"mx-{n}.{ORIGIN}" for n in ("good", "bad", "strip", "bogus")]
+        names = [f"mx-{n}.{ORIGIN}"
+                 for n in ("good", "bad", "strip", "bogus", "sts", "stsother", "ststest")]  # fmt: skip
         issued = self.ca.issue("mx", *names, "mx.plain.test")
         self.tls = ServerTLS([CertificatePair(issued.fullchain, issued.privkey)])
         good = _keyHash(issued.fullchain)
         other = _keyHash(self.ca.issue("other", "elsewhere.test").fullchain)
         zones = [
             Zone(ORIGIN, [*_mx("good", good), *_mx("bad", other), *_mx("strip", good),
-                          *_mx("bogus", good)], corrupt=[f"_25._tcp.mx-bogus.{ORIGIN}."]),
+                          *_mx("bogus", good), *_mx("sts"), *_mx("stsother"), *_mx("ststest"),
+                          *(f'_mta-sts.{n} IN TXT "v=STSv1; id=20261203T000000;"'
+                            for n in ("sts", "stsother", "ststest"))],
+                 corrupt=[f"_25._tcp.mx-bogus.{ORIGIN}."]),
             Zone("plain.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
                                 f"_25._tcp.mx IN TLSA 3 1 1 {other}"], signed=False),
         ]  # fmt: skip
+        with open(self.ca.rootFile, "rb") as f:
+            self.root = Certificate.loadPEM(f.read())
+        self.web = self._policyServer()
+        self.reporter = Reporter()
         self.dns = PrivateDNS(Path(self.directory), zones)
         self.addCleanup(threads.deferToThread, self.dns.stop)
         d = threads.deferToThread(self.dns.start)
@@ -103,14 +120,36 @@ class DANEInteropTests(TestCase):
 
         return d.addCallback(started)
 
+    def _policyServer(self) -> int:
+        """HTTPS on 127.0.0.1 serving each mta-sts.DOMAIN's policy by the Host header."""
+        names = [f"mta-sts.{n}.{ORIGIN}" for n in ("sts", "stsother", "ststest")]
+        issued = self.ca.issue("web", *names)
+        port = reactor.listenSSL(  # type: ignore[attr-defined]
+            0, Site(_Policies()), ServerTLS([CertificatePair(issued.fullchain,
+                                                                    issued.privkey)]),
+            interface=HOST,
+        )  # fmt: skip
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)
+
     async def relay(
-        self, domain: str, starttls: bool = True, env: Envelope | None = None
+        self,
+        domain: str,
+        starttls: bool = True,
+        env: Envelope | None = None,
+        extensions: Any = (),
     ) -> tuple[DeliveryResult, Any]:
-        server = tlsServer(self, self.tls if starttls else None, domain)
+        server = tlsServer(self, self.tls if starttls else None, domain, extensions)
         router = Router(self.resolver, port=server.portNumber)
-        relay = SMTPRelay(router, reactor, "relay.test",
+        sts = MTASTS(AsyncDNS(self.resolver, reactor).txt, reactor,
+                     fetch=lambda d: fetchPolicy(reactor, d, trustRoot=self.root,
+                                                 address=(HOST, self.web), timeout=10),
+                     stateDirectory=str(self.directory / "state"))  # fmt: skip
+        relay = SMTPRelay(router, reactor, "relay.test", trustRoot=self.root,
                           timeouts=Timeouts(greeting=10, command=10, handshake=10),
-                          tlsPolicy=OutboundTLS(reactor, self.resolver, dane=True))  # fmt: skip
+                          reporter=self.reporter,
+                          tlsPolicy=OutboundTLS(reactor, self.resolver, dane=True,
+                                                mtasts=sts))  # fmt: skip
         env = env or envelope(f"bob@{domain}")
         return await relay.relay(env, env.recipients, messageFrom(MESSAGE)), server
 
@@ -162,3 +201,83 @@ class DANEInteropTests(TestCase):
         result, server = yield defer.ensureDeferred(self.relay("plain.test", starttls=False))
         self.assertEqual(result.replies[0].code, 250, result.replies[0])
         self.assertIn(b"with ESMTP id", server.messages[0].data)
+
+    @defer.inlineCallbacks
+    def test_stsEnforce(self) -> Any:
+        """MTA-STS enforce, the MX named, its certificate valid: delivered over TLS."""
+        result, server = yield defer.ensureDeferred(self.relay(f"sts.{ORIGIN}"))
+        self.assertEqual(result.replies[0].code, 250, result.replies[0])
+        self.assertIn(b"with ESMTPS", server.messages[0].data)
+        self.assertEqual(self.reporter.results, [("sts", f"sts.{ORIGIN}", None)])
+        kept = self.directory / "state" / "mta-sts" / f"sts.{ORIGIN}.json"
+        self.assertTrue(kept.exists())
+
+    @defer.inlineCallbacks
+    def test_stsEnforceOtherMX(self) -> Any:
+        """MTA-STS enforce, an MX the policy does not name: deferred naming MTA-STS."""
+        result, server = yield defer.ensureDeferred(self.relay(f"stsother.{ORIGIN}"))
+        reply = result.replies[0]
+        self.assertEqual((reply.code // 100, reply.enhanced), (4, (4, 7, 5)), reply)
+        self.assertIn("MTA-STS", str(reply))
+        self.assertEqual(server.messages, [])
+
+    @defer.inlineCallbacks
+    def test_stsTesting(self) -> Any:
+        """MTA-STS testing, an MX not named: delivered, and the failure reported."""
+        result, _ = yield defer.ensureDeferred(self.relay(f"ststest.{ORIGIN}", False))
+        self.assertEqual(result.replies[0].code, 250, result.replies[0])
+        self.assertEqual(self.reporter.results,
+                         [("sts", f"ststest.{ORIGIN}", "validation-failure")])  # fmt: skip
+
+    @defer.inlineCallbacks
+    def test_requireTLSWithDANE(self) -> Any:
+        """REQUIRETLS to a DANE host offering REQUIRETLS: delivered, REQUIRETLS passed on."""
+        env = requiring(f"bob@good.{ORIGIN}")
+        result, server = yield defer.ensureDeferred(
+            self.relay(f"good.{ORIGIN}", env=env, extensions=[RequireTLS()])
+        )
+        self.assertEqual(result.replies[0].code, 250, result.replies[0])
+        self.assertIn("REQUIRETLS", server.messages[0].envelope.mailParams)
+
+    @defer.inlineCallbacks
+    def test_requireTLSNeverInClear(self) -> Any:
+        """REQUIRETLS mail to a host without STARTTLS, or an unsigned domain: 550 5.7.10."""
+        for domain, starttls in ((f"strip.{ORIGIN}", False), ("plain.test", False),
+                                 ("plain.test", True)):  # fmt: skip
+            env = requiring(f"bob@{domain}")
+            result, server = yield defer.ensureDeferred(
+                self.relay(domain, starttls, env=env, extensions=[RequireTLS()])
+            )
+            reply = result.replies[0]
+            self.assertEqual((reply.code, reply.enhanced), (550, (5, 7, 10)), (domain, reply))
+            self.assertEqual(server.messages, [])
+
+
+class _Policies(resource.Resource):
+    """The policy of mta-sts.NAME.mailframe.test, by the request's Host."""
+
+    isLeaf = True
+    MX = {"sts": "mx-sts", "stsother": "mx-elsewhere", "ststest": "mx-elsewhere"}
+
+    def render_GET(self, request: Any) -> bytes:
+        host = (request.getHeader(b"host") or b"").decode().split(":")[0]
+        name = host.removeprefix("mta-sts.").split(".")[0]
+        mode = "testing" if name == "ststest" else "enforce"
+        request.setHeader(b"content-type", b"text/plain")
+        return (
+            f"version: STSv1\r\nmode: {mode}\r\nmx: {self.MX.get(name, 'none')}.{ORIGIN}\r\n"
+            "max_age: 86400\r\n"
+        ).encode()
+
+
+class Reporter:
+    def __init__(self) -> None:
+        self.results: list[tuple[str, str | None, str | None]] = []
+
+    def record(self, plan: Any, result: str | None) -> None:
+        self.results.append((plan.policyType, plan.policyDomain, result))
+
+
+def requiring(recipient: str) -> Envelope:
+    return Envelope("Q1", parseMailbox("alice@a.example"), {"REQUIRETLS": None},
+                    [Recipient(parseMailbox(recipient))])  # fmt: skip
