@@ -46,6 +46,7 @@ from mailframe.queue.entry import QueueEntry, RecipientState
 from mailframe.reply import Reply, SMTPError
 from mailframe.server import SMTPServerFactory
 from mailframe.server.chains import Chain
+from tests.test_queue import LATER, QueueCase, envelope
 
 
 def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -675,3 +676,81 @@ class DocsTests(SynchronousTestCase):
                 name += "_info"
             exported.add(name)
         self.assertEqual(documented, exported)
+
+
+# -- real sessions ----------------------------------------------------------------------
+
+
+class SessionTests(SynchronousTestCase):
+    """The events of real sessions (in memory) counted: what the log says is what is counted."""
+
+    def test_session(self) -> None:
+        """One accepted and one refused recipient, a message, QUIT: every counter moves."""
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+        from twisted.python.failure import Failure
+
+        metrics = Metrics(process=False)
+        metrics.start()
+        self.addCleanup(metrics.stop)
+        config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}))
+        clock = MemoryReactorClock()
+        factory = SMTPServerFactory(config, MemoryBackend(), [Validator()], clock=clock)
+        metrics.timePlugins(factory)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for line in (
+            b"EHLO client.test",
+            b"MAIL FROM:<s@client.test>",
+            b"RCPT TO:<user@example.com>",
+            b"RCPT TO:<x@elsewhere.test>",
+            b"DATA",
+            b"Subject: hi\r\n\r\nhello\r\n.",
+            b"QUIT",
+        ):
+            proto.dataReceived(line + b"\r\n")
+            clock.advance(1)
+        self.assertIn(b"221", transport.value())
+        proto.connectionLost(Failure(ConnectionDone()))
+        r = metrics.registry
+        smtp = {"listener": "smtp"}
+        self.assertEqual(value(r, "mailframe_connections_total", **smtp), 1)
+        self.assertEqual(value(r, "mailframe_connections_open", **smtp), 0)
+        self.assertEqual(value(r, "mailframe_messages_accepted_total", **smtp), 1)
+        self.assertEqual(value(r, "mailframe_recipients_accepted_total", **smtp), 1)
+        self.assertEqual(value(r, "mailframe_recipients_refused_total", code="550", **smtp), 1)
+        self.assertEqual(value(r, "mailframe_commands_total", command="rcpt", **smtp), 2)
+        self.assertEqual(
+            value(r, "mailframe_replies_total", stage="rcpt", **{"class": "5"}, **smtp), 1
+        )
+        self.assertEqual(value(r, "mailframe_received_bytes_total", **smtp) > 0, True)
+        self.assertEqual(
+            value(r, "mailframe_plugin_seconds_count", stage="rcpt", plugin="Validator"), 1
+        )
+        self.assertEqual(value(r, "mailframe_metrics_errors_total"), 0)
+
+
+class QueueSessionTests(QueueCase):
+    """A real queue runner: its events counted, its entries read at scrape time."""
+
+    def test_queue(self) -> None:
+        """A local recipient sent, a remote one deferred: deliveries by kind, the queue by state."""
+
+        metrics = Metrics(process=False)
+        metrics.start()
+        self.addCleanup(metrics.stop)
+        metrics.watchQueue(self.runner, self.clock)
+        self.relay.answer = lambda address: LATER
+        self.send(envelope("s@example.com", "user@example.com", "far@remote.test"))
+        self.clock.advance(30)
+        r = metrics.registry
+        self.assertEqual(value(r, "mailframe_deliveries_total", kind="local", outcome="sent"), 1)
+        self.assertEqual(
+            value(r, "mailframe_deliveries_total", kind="relay", outcome="deferred"), 1
+        )
+        self.assertEqual(value(r, "mailframe_delivery_transfer_seconds_count", kind="local"), 1)
+        self.assertEqual(value(r, "mailframe_queue_messages", state="deferred"), 1)
+        self.assertEqual(value(r, "mailframe_queue_recipients", state="deferred"), 1)
+        self.assertEqual(value(r, "mailframe_queue_oldest_seconds", state="deferred"), 30)
+        self.assertEqual(value(r, "mailframe_metrics_errors_total"), 0)
