@@ -207,14 +207,23 @@ SCHEMA: tuple[Setting, ...] = (
             "Internal: the index of a worker process that worker 0 started.",
             form=COMMAND, scope=TOP),
     Setting("quiet", c.Boolean(), False,
-            "No log line per message (start-up lines, warnings and errors are still "
-            "logged).", form=FLAG, details=(
-                "By default every message accepted or refused after its data gets one "
-                "line: session and queue ids, sender, recipients, size, the user of an "
-                "authenticated session, and the reply code.")),
+            "No decision lines: no line per connection, refusal, message or delivery "
+            "(start-up lines, warnings and errors are still logged).", form=FLAG, details=(
+                "By default every decision gets one line (:doc:`logging`): the connection "
+                "and its end with a count per command, TLS, AUTH, every refusal with its "
+                "stage, client, HELO, sender, recipient, reply and deciding plug-in, every "
+                "accepted message, and the queue's deliveries, deferrals and bounces.  The "
+                "totals of the stop line are kept either way.")),
     Setting("transcript", c.Boolean(), False,
             "Debugging: log every session as a readable transcript (commands and "
             "replies; message contents are summarised, never logged).", form=FLAG),
+    Setting("log-format", Choice("text", "json"), "text",
+            "The log: twistd's text lines, or one JSON object per line per event.",
+            scope=TOP, details=(
+                "Either way the log goes where twistd's would (``--logfile``, standard "
+                "output with ``-n``), through a buffer flushed every half second (at once "
+                "for a warning or an error, and at the end).  The JSON fields are stable: "
+                "see :doc:`logging`.  twistd's ``--syslog`` or ``--logger`` replace it.")),
     Setting("metrics", _metricsEndpoint, None,
             "Serve Prometheus metrics at /metrics on this Twisted server endpoint "
             "(tcp:9025:interface=127.0.0.1, say).", scope=TOP, metavar="ENDPOINT",

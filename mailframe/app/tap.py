@@ -149,6 +149,7 @@ class Options(usage.Options):
     listeners: list[ListenerSpec]
     clientLimits: ClientLimits
     dns: DNSSpec = DNSSpec()
+    logFormat: str = "text"  # log-format: text or json (mailframe.app.logformat)
     metrics: str | None = None  # the metrics endpoint
 
     def __init__(self) -> None:
@@ -233,6 +234,7 @@ class Options(usage.Options):
             fileTop, fileListeners = readConfigFile(self["config"])
         self.clientLimits = clientLimits(command, fileTop)
         self.dns = dnsSpec(command, fileTop)
+        self.logFormat = {**(fileTop or {}), **command}.get("log-format") or "text"
         self.metrics = {**(fileTop or {}), **command}.get("metrics")
         listeners = buildListeners(command, fileTop, fileListeners)
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
@@ -325,6 +327,23 @@ class MailframeService(MultiService):
         self.reloader: Reloader | None = None
         self.notifies = True  # not a worker that worker 0 started
         self.lockFile: str | None = None  # the spool's, given to the user twistd runs as
+        self.logFormat = "text"
+        self.twistdOptions: Any = None  # twistd's own options (--logfile ...), under twistd
+        self.logObserver: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        """
+        Under twistd C{parent} is the application: mailframe's log observer
+        (log-format, buffered: L{mailframe.app.logformat}) becomes the one
+        twistd starts with, in place of its own.
+        """
+        if self.twistdOptions is not None and hasattr(parent, "setComponent"):
+            from twisted.internet import reactor
+
+            from mailframe.app.logformat import installFor
+
+            self.logObserver = installFor(parent, self.logFormat, self.twistdOptions, reactor)
+        super().setServiceParent(parent)
 
     def _start(self, child: IService, start: Callable[[], object]) -> None:
         try:
@@ -364,11 +383,13 @@ class MailframeService(MultiService):
         if self.reloader is not None:
             self.reloader.uninstall()
         for factory in dict.fromkeys(self.factories):
+            stats = factory.context.stats
             log.info(
                 "{line}",
                 line=f"mailframe: {factory.config.listener} stopping: {factory.accepted} "
                 f"messages ({factory.acceptedRecipients} recipients) accepted, "
-                f"{factory.refused} refused since start",
+                f"{factory.refused} refused ({stats.refusedRecipients} recipients, "
+                f"{stats.refusedConnections} connections) since start",
             )
         return super().stopService()
 
@@ -432,6 +453,8 @@ def makeService(options: Options) -> MailframeService:
     from twisted.internet import reactor
 
     service = MailframeService()
+    service.logFormat = getattr(options, "logFormat", "text")
+    service.twistdOptions = getattr(options, "parent", None)
     owner = runAs(options)  # twistd's --uid/--gid, as root: what is made at start is theirs
     setOwner(*(owner or (None, None)))
     security = Security(reactor, getattr(options, "clientLimits", ClientLimits()))
@@ -599,6 +622,7 @@ def buildListener(
         clock=reactor,
         heloValidators=checks[IHeloValidator],
     )
+    factory.context.deciderNames.update(named)  # the log lines name plug-ins so
     return factory, local
 
 
