@@ -364,3 +364,30 @@ class QueueDecisionTests(QueueCase):
         self.assertEqual(
             self.decisions(events.QUEUE_QUEUED) + self.decisions(events.QUEUE_SENT), []
         )
+
+
+class ProxiedDecisionTests(DecisionCase):
+    def test_proxiedClient(self) -> None:
+        """Behind a PROXY header the lines name the client it gives, and connect says proxied."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from mailframe.server.proxy import ProxyHeaderFactory
+
+        smtp = SMTPServerFactory(
+            ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"})),
+            MemoryBackend(), validators=[Users()], clock=self.clock,
+        )  # fmt: skip
+        proto = ProxyHeaderFactory(smtp, ["127.0.0.0/8"], self.clock).buildProtocol(None)
+        proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 5555)))
+        proto.dataReceived(b"PROXY TCP4 203.0.113.9 192.0.2.1 40000 25\r\n" + SESSION)
+        [connect] = self.decisions(events.CONNECT)
+        self.assertEqual((connect["clientAddress"], connect["proxied"]), ("203.0.113.9", True))
+        [refused] = self.decisions(events.REFUSED)
+        self.assertEqual(refused["clientAddress"], "203.0.113.9")
+
+    def test_notProxied(self) -> None:
+        """Without a PROXY header, connect says not proxied."""
+        self.serve(SESSION)
+        [connect] = self.decisions(events.CONNECT)
+        self.assertIs(connect["proxied"], False)

@@ -288,8 +288,11 @@ class SessionRecord:
 
     # -- the events -------------------------------------------------------------------
 
-    def connect(self) -> None:
-        """The session began (emitted once its greeting is decided, or as it ends)."""
+    def connect(self, proxied: bool = False) -> None:
+        """
+        The session began (emitted once its greeting is decided, or as it
+        ends); C{proxied}: a PROXY header named the client.
+        """
         if self.connected:
             return
         self.connected = True
@@ -306,6 +309,7 @@ class SessionRecord:
             clientName=clientName(session),
             localAddress=session.localHost,
             localPort=session.localPort,
+            proxied=proxied,
         )
 
     def tls(self) -> None:

@@ -216,7 +216,7 @@ class SMTPServerProtocol(Protocol):
                 self.context.greetPasses.add(self.session.peerHost)
         elif reply.code not in (421, 554):
             reply = Reply(421 if reply.code < 500 else 554, None, reply.lines)
-        self.record.connect()
+        self.record.connect(getattr(self.transport, "proxied", False) is True)
         self._write(reply)
         self._flush()
         if early:

@@ -132,6 +132,11 @@ class _ProxyHeaderProtocol(ProtocolWrapper):
             self._timer.cancel()
         self._timer = None
 
+    @property
+    def proxied(self) -> bool:
+        """True once a PROXY header named the client (C{getPeer} is that client)."""
+        return self._header is not None and self._header.source is not None
+
     def getPeer(self) -> IPv4Address | IPv6Address:
         if self._header is not None and self._header.source is not None:
             return _addressObject(self._header.source)
