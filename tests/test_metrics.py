@@ -570,6 +570,19 @@ class SettingTests(SynchronousTestCase):
         endpoint = workerEndpoint(None, "tcp:9100:interface=127.0.0.1", 3)
         self.assertEqual(endpoint._port, 9103)
 
+    def test_quietWarned(self) -> None:
+        """--quiet turns the decision events off: a warning at start says what is not counted."""
+        options = tap.Options()
+        options.parseOptions(
+            ["--metrics", "tcp:0:interface=127.0.0.1", "--deliver", "memory", "--quiet"]
+        )
+        service = tap.makeService(options)
+        [warning] = [w for w in service.warnings if "metrics" in w]
+        self.assertIn("count no sessions of smtp", warning)
+        options = tap.Options()
+        options.parseOptions(["--metrics", "tcp:0:interface=127.0.0.1", "--deliver", "memory"])
+        self.assertEqual([w for w in tap.makeService(options).warnings if "metrics" in w], [])
+
     def test_reloadNeedsRestart(self) -> None:
         """A reload that changes the metrics endpoint is refused: it needs a restart."""
         from mailframe.app.reload import restartNeeded
