@@ -171,6 +171,27 @@ SERVERS = {
             stopGrace=60.0,
         ),
         Server(
+            "mailframe-pg",
+            "{python} {here}/peers/postgres_queue.py --twistd {twistd} --host {host} -- "
+            + MAILFRAME.replace("{twistd} ", "")
+            + " --quiet --deliver memory:keep=no",
+            "durable",
+            "mailframe-stop",
+            "twistd mailframe with its queue in a private PostgreSQL (group commit, "
+            "synchronous_commit on), then delivered to memory; PostgreSQL's CPU counted too",
+            stopGrace=60.0,
+        ),
+        Server(
+            "mailframe-pg-w2",
+            "{python} {here}/peers/postgres_queue.py --twistd {twistd} --host {host} -- "
+            + MAILFRAME.replace("{twistd} ", "")
+            + " --quiet --workers 2 --deliver memory:keep=no",
+            "durable",
+            "mailframe-stop",
+            "two nodes (--workers 2: two processes on one port) sharing one PostgreSQL queue",
+            stopGrace=60.0,
+        ),
+        Server(
             "mailframe-webhook",
             "{python} {here}/peers/webhook_receiver.py --twistd {twistd} --host {host} -- "
             + MAILFRAME.replace("{twistd} ", "")
@@ -256,6 +277,8 @@ PRESETS = {
     "durable": [
         "mailframe-spool",
         "mailframe-spool-w2",
+        "mailframe-pg",
+        "mailframe-pg-w2",
         "mailframe-maildir",
         "postfix-durable",
         "twisted-mail-maildir",
