@@ -40,8 +40,11 @@ def free_port(host: str) -> int:
 
 
 def binaries() -> str:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)  # fmt: skip
+    def version(path: str) -> int:
+        part = path.split("/")[4]
+        return int(part) if part.isdigit() else 0
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=version)
     if not found:
         sys.exit("bench-pg: PostgreSQL is not installed (apt-get install postgresql)")
     return os.path.dirname(found[-1])
@@ -89,9 +92,11 @@ def main() -> None:
     child = subprocess.Popen([opt.twistd, *args, "--spool", url, "--node-name", "bench"])
 
     def postmaster() -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(data, "postmaster.pid")) as f:
-                return int(f.readline())
+        with (
+            contextlib.suppress(OSError, ValueError),
+            open(os.path.join(data, "postmaster.pid")) as f,
+        ):
+            return int(f.readline())
         return None
 
     def finish(signum: int, frame: object) -> None:
