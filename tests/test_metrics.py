@@ -690,6 +690,30 @@ class DocsTests(SynchronousTestCase):
             exported.add(name)
         self.assertEqual(documented, exported)
 
+    def test_embeddingCodeRuns(self) -> None:
+        """The embedding example of docs/metrics.rst runs, and its resource renders."""
+        import re
+        from pathlib import Path
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        text = (Path(__file__).resolve().parents[1] / "docs" / "metrics.rst").read_text()
+        [code] = re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+        reactor = MemoryReactorClock()
+        factory = SMTPServerFactory(ServerConfig(hostname="mx.test"), MemoryBackend())
+        namespace: dict[str, Any] = {"factory": factory, "runner": FakeQueue([]),
+                                     "reactor": reactor}  # fmt: skip
+        exec(compile("\n".join(line[3:] for line in code.splitlines()), "metrics.rst", "exec"),
+             namespace)  # fmt: skip
+        metrics = namespace["metrics"]
+        self.addCleanup(metrics.stop)
+        [(port, site, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (9025, "127.0.0.1"))
+        self.assertIsNotNone(factory.context.pluginTimer)
+        resource = site.resource.children[b"metrics"]
+        _, body = render(resource)
+        self.assertIn(b"mailframe_queue_messages", body)
+
 
 # -- real sessions ----------------------------------------------------------------------
 
