@@ -190,6 +190,7 @@ class ObserverTests(SynchronousTestCase):
         m = self.metrics
         m(event(E.CONNECT, sessionID="S1", listener="smtp", clientAddress="192.0.2.1"))
         m(event(E.CONNECT, sessionID="S2", listener="submission"))
+        m(event(E.CONNECT, sessionID="S1", listener="smtp"))  # again: not a new session
         self.assertEqual(self.value("mailframe_connections_total", listener="smtp"), 1)
         self.assertEqual(self.value("mailframe_connections_open", listener="smtp"), 1)
         m(

@@ -421,6 +421,8 @@ class Metrics:
         key = (listener,)
         session = event.get("sessionID")
         if session is not None:
+            if session in self._listeners:  # the same session again (XCLIENT starts it over)
+                return
             if len(self._listeners) > 1 << 16:  # disconnects lost: forget the oldest
                 for old in list(self._listeners)[: 1 << 12]:
                     del self._listeners[old]
