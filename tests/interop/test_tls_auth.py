@@ -498,7 +498,7 @@ class DoneWhenTests(SynchronousTestCase):
         process.terminate()
         output, _ = process.communicate(timeout=30)
         log = output.decode("utf-8", "replace")
-        self.assertIn("authenticated as alice (PLAIN)", log)
+        self.assertIn("auth ok user=alice mechanism=PLAIN ", log)
         self.assertIn("; STARTTLS; AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN; MAIL needs AUTH", log)
         self.assertNotIn("secret", log.replace("memory:alice:secret", ""))
 
