@@ -182,6 +182,16 @@ class StoreTests(PostgresTestCase):
         self.assertEqual(read.getvalue(), b"Subject: hi\r\n\r\nbody\r\n")
         self.assertEqual(await store.readHead("M1", 7), (b"Subject", False))
 
+    async def test_addWhileConnecting(self) -> None:
+        """A message that comes while the store connects waits for it, then commits."""
+        store = PostgresStore(self.location(), reactor, "node-a")
+        self.addCleanup(store.stop)
+        starting = store.start()
+        added = store.add(makeEntry("E1"), b"x\r\n")
+        await starting.addTimeout(WAIT, reactor)
+        await added.addTimeout(WAIT, reactor)
+        self.assertEqual(self.rows("SELECT id FROM mailframe_message"), [("E1",)])
+
     async def test_groupCommit(self) -> None:
         """Messages that arrive while a commit runs share the next transaction."""
         store, _ = await self.store()

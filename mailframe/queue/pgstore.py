@@ -270,6 +270,10 @@ class PostgresStore:
             self._later("poll", self.pollInterval, self._poll)
             self._later("renew", self.lease / 3, self._renew)
             d.callback(entries)
+            early = self._timers.pop("early", None)
+            if early is not None and early.active():
+                early.cancel()
+            self._commit()  # what came while it connected
 
         def failed(reason: Failure) -> None:
             if reason.check(SchemaError):
@@ -314,6 +318,12 @@ class PostgresStore:
             if call.active():
                 call.cancel()
         self._timers.clear()
+        incoming, self._incoming = self._incoming, []
+        for pending in incoming:  # never committed: the client gets a 451
+            if pending.hold is not None:
+                pending.hold.release()
+            if not pending.cancelled:
+                pending.deferred.errback(Failure(StoreUnavailable("the queue is stopping")))
         owned, self._owned = list(self._owned), set()
         if self._pool is not None:
             if owned:
@@ -369,12 +379,10 @@ class PostgresStore:
     def add(self, entry: QueueEntry, data: bytes | Message) -> defer.Deferred[None]:
         """
         Make the entry durable (group commit); fails with
-        L{StoreUnavailable} when the database cannot take it.
+        L{StoreUnavailable} when the database cannot take it (or, before
+        the store has connected, when it has not within C{connectTimeout}).
         """
         pending = _Pending(entry, data, defer.Deferred(lambda _: self._cancel(pending)))
-        if not self._started:
-            pending.deferred.errback(StoreUnavailable("the PostgreSQL queue is not connected"))
-            return pending.deferred
         if isinstance(data, Message):
             try:
                 pending.hold = data.retain()
@@ -382,8 +390,25 @@ class PostgresStore:
                 pending.deferred.errback(Failure())
                 return pending.deferred
         self._incoming.append(pending)
-        self._commit()
+        if self._started:
+            self._commit()
+        else:  # still connecting: wait for it, about connectTimeout at most
+            early = self._timers.get("early")
+            if early is None or not early.active():
+                self._later("early", self.connectTimeout, self._notConnected)
         return pending.deferred
+
+    def _notConnected(self) -> None:
+        """Messages that came before the store could connect, and waited long enough."""
+        if self._started:
+            return
+        incoming, self._incoming = self._incoming, []
+        for pending in incoming:
+            if pending.hold is not None:
+                pending.hold.release()
+            if not pending.cancelled:
+                error = StoreUnavailable("the PostgreSQL queue is not connected")
+                pending.deferred.errback(Failure(error))
 
     def _cancel(self, pending: _Pending) -> None:
         pending.cancelled = True
