@@ -138,8 +138,9 @@ class STSPolicy:
 
 def mxMatches(pattern: str, host: str) -> bool:
     """
-    RFC 8461 4.1: C{pattern} is a host name, or C{*.} and a domain matching
-    exactly one more label at the left; case does not matter.
+    RFC 8461 4.1: C{pattern} is a host name, or a wildcard (an asterisk and
+    a dot, then a domain) matching exactly one more label at the left; case
+    does not matter.
     """
     pattern = pattern.rstrip(".").lower()
     host = host.rstrip(".").lower()
