@@ -18,12 +18,14 @@ delivers and reports.  REQUIRETLS mail never leaves in clear.
 from __future__ import annotations
 
 import hashlib
+import smtplib
+import sys
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.ssl import Certificate
 from twisted.trial.unittest import TestCase
 from twisted.web import resource
@@ -46,7 +48,7 @@ from mailframe.server import SMTPServerFactory
 from mailframe.server.tls import CertificatePair, ServerTLS
 from tests._certs import TestCA
 from tests.interop._dnspeers import PrivateDNS, Zone
-from tests.interop._mailpeers import HOST, scratch
+from tests.interop._mailpeers import HOST, TWISTD, Twistd, freePort, listening, scratch
 from tests.interop._support import AcceptLocal, RunningServer, _shutdown
 from tests.test_relay import MESSAGE, envelope
 
@@ -68,13 +70,16 @@ def _mx(name: str, tlsa: str | None = None) -> list[str]:
     return lines
 
 
-def tlsServer(case: TestCase, tls: Any, domain: str, extensions: Any = ()) -> RunningServer:
-    """mailframe's server on 127.0.0.1:0 for C{domain}, STARTTLS when C{tls}, a memory backend."""
+def tlsServer(
+    case: TestCase, tls: Any, domain: str | tuple[str, ...], extensions: Any = ()
+) -> RunningServer:
+    """mailframe's server on 127.0.0.1:0 for C{domain}(s), STARTTLS when C{tls}, in memory."""
     offered = [*defaultExtensions(1 << 20), *extensions]
     if tls is not None:
         offered.append(StartTLS(tls))
     backend = MemoryBackend()
-    config = ServerConfig(hostname="mx.test", localDomains=frozenset({domain}))  # type: ignore[arg-type]
+    domains = frozenset({domain} if isinstance(domain, str) else domain)
+    config = ServerConfig(hostname="mx.test", localDomains=domains)  # type: ignore[arg-type]
     factory = SMTPServerFactory(config, backend, [AcceptLocal()], extensions=offered,
                                 clock=reactor)  # type: ignore[arg-type]  # fmt: skip
     port = reactor.listenTCP(0, factory, interface=HOST)  # type: ignore[attr-defined]
@@ -83,8 +88,8 @@ def tlsServer(case: TestCase, tls: Any, domain: str, extensions: Any = ()) -> Ru
     return server
 
 
-class DANEInteropTests(TestCase):
-    """DANE with NSD, unbound and mailframe's STARTTLS server."""
+class _Peers(TestCase):
+    """The signed zone, NSD, unbound, the policy web server and the relay of a test."""
 
     timeout = 120
 
@@ -152,6 +157,10 @@ class DANEInteropTests(TestCase):
                                                 mtasts=sts))  # fmt: skip
         env = env or envelope(f"bob@{domain}")
         return await relay.relay(env, env.recipients, messageFrom(MESSAGE)), server
+
+
+class DANEInteropTests(_Peers):
+    """DANE, MTA-STS and REQUIRETLS with NSD, unbound and mailframe's STARTTLS server."""
 
     @defer.inlineCallbacks
     def test_adBit(self) -> Any:
@@ -281,3 +290,62 @@ class Reporter:
 def requiring(recipient: str) -> Envelope:
     return Envelope("Q1", parseMailbox("alice@a.example"), {"REQUIRETLS": None},
                     [Recipient(parseMailbox(recipient))])  # fmt: skip
+
+
+class TwistdTests(_Peers):
+    """
+    The same zone and resolver behind C{twistd -n mailframe} with a spool:
+    its process resolver (dns-server) is unbound, DANE is on by itself
+    (auto: the resolver is on loopback), the relay's port setting sends MX
+    delivery to the test's server.
+    """
+
+    def setUp(self) -> defer.Deferred[None]:
+        if not TWISTD.exists():
+            self.skipTest(f"no twistd next to {sys.executable}")
+        d = super().setUp()
+        return d.addCallback(lambda _: self._startTwistd())
+
+    def _startTwistd(self) -> defer.Deferred[None]:
+        self.server = tlsServer(self, self.tls, (f"good.{ORIGIN}", f"bad.{ORIGIN}"))
+        config = self.directory / "mailframe.toml"
+        config.write_text(f'[relay]\nport = {self.server.portNumber}\n'
+                          f'ca-file = "{self.ca.rootFile}"\n')  # fmt: skip
+        self.port = freePort()
+        self.twistd = Twistd(
+            self.directory, "--config", str(config), "--listen",
+            f"tcp:{self.port}:interface={HOST}", "--hostname", "relay.test",
+            "--domain", "local.test", "--relay-network", "127.0.0.0/8",
+            "--spool", str(self.directory / "spool"), "--retry-initial", "1h",
+            "--dns-server", self.dns.server,
+        )  # fmt: skip
+        self.addCleanup(threads.deferToThread, self.twistd.stop)
+        return threads.deferToThread(self.twistd.start, lambda: listening(self.port))
+
+    def send(self, recipient: str) -> defer.Deferred[Any]:
+        def run() -> Any:
+            with smtplib.SMTP(HOST, self.port, timeout=15) as client:
+                return client.sendmail("alice@local.test", [recipient],
+                                       b"Subject: DANE\r\n\r\nHello.\r\n")  # fmt: skip
+
+        return threads.deferToThread(run)
+
+    @defer.inlineCallbacks
+    def until(self, condition: Any, what: str) -> Any:
+        for _ in range(600):  # 60 s at most
+            if condition():
+                return
+            yield task.deferLater(reactor, 0.1, lambda: None)  # type: ignore[arg-type]
+        raise AssertionError(f"timed out waiting for {what}:\n{self.twistd.text()[-3000:]}")
+
+    @defer.inlineCallbacks
+    def test_twistd(self) -> Any:
+        """A matching TLSA record delivers; a mismatching one defers, logged naming DANE."""
+        yield self.send(f"bob@good.{ORIGIN}")
+        yield self.until(lambda: len(self.server.messages) == 1, "the delivery")
+        self.assertIn(b"with ESMTPS", self.server.messages[0].data)
+        yield self.send(f"bob@bad.{ORIGIN}")
+        yield self.until(lambda: "DANE: the server's certificate" in self.twistd.text(),
+                         "the DANE refusal")  # fmt: skip
+        self.assertEqual(len(self.server.messages), 1)
+        self.assertIn("outbound TLS: DANE on", self.twistd.text())
