@@ -122,6 +122,13 @@ class BufferTests(SynchronousTestCase):
         self.observer(event("trouble", LogLevel.warn))
         self.assertEqual(self.out.getvalue().count("\n"), 2)
 
+    def test_announcementsAtOnce(self) -> None:
+        """mailframe's own start-up, reload and stop lines are written at once."""
+        self.observer(
+            {**event("mailframe: reloaded: listening on ..."), "log_namespace": "mailframe"}
+        )
+        self.assertIn("reloaded", self.out.getvalue())
+
     def test_stop(self) -> None:
         """Stopping writes what is left, and cancels the timer."""
         self.observer(REFUSED)
@@ -168,8 +175,8 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(json.loads(path.read_text())["mfEvent"], "refused")
 
     def test_twistdsOwnOptionsWin(self) -> None:
-        """With --syslog or --logger, twistd's choice stays."""
-        for twistd in ({"syslog": True}, {"logger": "x.y"}):
+        """With --syslog or --logger (or a daemon told to log to stdout), twistd decides."""
+        for twistd in ({"syslog": True}, {"logger": "x.y"}, {"logfile": "-"}):
             application = Application("mailframe")
             self.assertIsNone(
                 logformat.installFor(application, "json", twistd, MemoryReactorClock())

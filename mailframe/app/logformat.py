@@ -196,7 +196,8 @@ class BufferedLogObserver:
     """
     Writes each event, rendered by C{render} (text or JSON), to C{out}
     through a buffer: flushed C{interval} seconds after its first line
-    (on C{clock}, the reactor), at once for a warning or worse, before it
+    (on C{clock}, the reactor), at once for a warning or worse and for
+    mailframe's start-up, reload and stop lines (namespace C{mailframe}), before it
     would hold more than 4096 octets (each write is whole lines, and no
     bigger than PIPE_BUF unless one line is: the processes of C{--workers}
     share standard output), and when the process ends.  Events logged from other
@@ -239,6 +240,7 @@ class BufferedLogObserver:
             self.clock is None
             or not getattr(self.clock, "running", True)  # before or after the reactor runs
             or (level is not None and level.name in _AT_ONCE)
+            or event.get("log_namespace") == "mailframe"  # start-up, reload and stop lines
         ):
             self.flush()
         elif self._timer is None:
@@ -293,6 +295,8 @@ def _twistdOutput(twistd: Any) -> IO[str] | None:
         return None
     name = twistd.get("logfile")
     nodaemon = twistd.get("nodaemon")
+    if name == "-" and not nodaemon:
+        return None  # twistd refuses it ("Daemons cannot log to stdout")
     if name == "-" or (nodaemon and not name):
         return sys.stdout
     from twisted.python import logfile

@@ -222,7 +222,8 @@ SCHEMA: tuple[Setting, ...] = (
             scope=TOP, details=(
                 "Either way the log goes where twistd's would (``--logfile``, standard "
                 "output with ``-n``), through a buffer flushed every half second (at once "
-                "for a warning or an error, and at the end).  The JSON fields are stable: "
+                "for a warning or an error and mailframe's start-up, reload and stop lines, "
+                "and at the end).  The JSON fields are stable: "
                 "see :doc:`logging`.  twistd's ``--syslog`` or ``--logger`` replace it.")),
     Setting("metrics", _metricsEndpoint, None,
             "Serve Prometheus metrics at /metrics on this Twisted server endpoint "
@@ -344,7 +345,7 @@ SCHEMA: tuple[Setting, ...] = (
             "reports.", scope=TOP, section="queue", metavar="DIR|URL",
             shown=f"{DEFAULT_SPOOL} when the queue is on, else no queue",
             details="With ``workers``, each worker uses ``DIR/worker-K``; a URL of another "
-                    "scheme is refused."),
+                    "scheme is refused.  See :doc:`scaling` for PostgreSQL."),
     Setting("spool-password-file", c.path, None,
             "A file holding the PostgreSQL spool's password (its first line); else libpq's "
             "PGPASSWORD or PGPASSFILE.", scope=TOP, section="queue", metavar="FILE"),
