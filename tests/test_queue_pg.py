@@ -24,11 +24,12 @@ from mailframe.envelope import Envelope, Recipient
 from mailframe.interfaces import IQueueStore
 from mailframe.message import Message
 from mailframe.queue._pgschema import VERSION, SchemaError
+from mailframe.queue._pgsql import Lost
 from mailframe.queue.backend import SpoolBackend
 from mailframe.queue.bounce import ReportSettings
 from mailframe.queue.entry import FAILED, PENDING, QueueEntry, RecipientState
 from mailframe.queue.location import PostgresLocation, parseSpool
-from mailframe.queue.pgstore import PostgresStore, StoreUnavailable, _Lost
+from mailframe.queue.pgstore import PostgresStore, StoreUnavailable
 from mailframe.queue.runner import QueueRunner, defaultRouteKey
 from mailframe.reply import Reply
 from tests.interop._postgres import PrivatePostgres
@@ -260,7 +261,7 @@ class StoreTests(PostgresTestCase):
         report = QueueEntry("X1R1", "", [RecipientState("sender@example.org")], 1.0, report=True)
         await store.addReport("X1", report, b"report\r\n")
         entry.recipients[0].state = FAILED
-        with self.assertRaises(_Lost):
+        with self.assertRaises(Lost):
             await store.update(entry)
         self.assertEqual(runner.forgotten, ["X1"])
         self.assertEqual(self.rows("SELECT id, lease_owner FROM mailframe_message"),

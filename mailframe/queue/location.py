@@ -76,7 +76,9 @@ def parseSpool(value: str) -> str | PostgresLocation:
         )
     parts = urlsplit(text)
     if not parts.path.strip("/"):
-        raise LocationError(f"spool {_mask(text)!r}: name the database (postgresql://USER@HOST/DB)")
+        raise LocationError(
+            f"spool {_mask(text)!r}: name the database (postgresql://USER@HOST/DB)"
+        )
     password = unquote(parts.password) if parts.password is not None else None
     netloc = parts.hostname or ""
     if ":" in netloc:  # an IPv6 address

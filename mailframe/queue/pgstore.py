@@ -56,9 +56,7 @@ release of leases at stop).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -74,8 +72,10 @@ from zope.interface import implementer
 
 from mailframe.interfaces import IQueueStore
 from mailframe.message import Hold, Message, MessageClosed
+from mailframe.queue import _pgsql as sql
 from mailframe.queue._pgschema import SchemaError, migrate
-from mailframe.queue.entry import EntryError, QueueEntry
+from mailframe.queue._pgsql import Lost
+from mailframe.queue.entry import QueueEntry
 from mailframe.queue.location import PostgresLocation
 from mailframe.reply import Reply
 
@@ -92,10 +92,6 @@ class StoreUnavailable(Exception):
     """The database cannot be reached or refused the write: 451 4.3.0 (C{reply})."""
 
     reply = UNAVAILABLE
-
-
-class _Lost(Exception):
-    """The message is gone, or another node holds its lease now."""
 
 
 class _Owner(Protocol):
@@ -126,37 +122,21 @@ class _Pending:
     cancelled: bool = False
 
 
-def _envelopeJSON(entry: QueueEntry) -> str:
-    data = entry.toJSON()
-    del data["recipients"]
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-
-
-def _recipientRows(entry: QueueEntry) -> list[tuple[str, int, str, str, str]]:
-    return [
-        (entry.id, i, r.address, r.state, json.dumps(r.toJSON(), ensure_ascii=False))
-        for i, r in enumerate(entry.recipients)
-    ]
-
-
-def entryFromRows(row: tuple[str, Any, bool, float], recipients: list[Any]) -> QueueEntry:
-    """A L{QueueEntry} from a row (id, envelope, held, next_attempt) and its recipients' JSON."""
-    entryID, envelope, held, nextAttempt = row
-    data = dict(envelope)
-    data.update(id=entryID, held=held, nextAttempt=nextAttempt, recipients=recipients)
-    return QueueEntry.fromJSON(data)
-
-
 @implementer(IQueueStore)
 class PostgresStore:
     """
     The queue in the PostgreSQL database at C{location}, as the node C{node}.
 
     @param lease: seconds a claim lasts unless renewed (every third of it).
+
     @param poolSize: threads, and connections, at most.
+
     @param pollInterval: seconds between claims of due work.
+
     @param claimBatch: messages claimed at most at once.
+
     @param maxHeld: a node holding this many messages claims no more.
+
     @param connectTimeout: seconds a write waits for a connection (then
         fails: 451).
     """
@@ -257,7 +237,10 @@ class PostgresStore:
         if self._stopped:
             return
 
-        def opened(entries: list[QueueEntry]) -> None:
+        def opened(result: tuple[list[QueueEntry], list[str]]) -> None:
+            entries, errors = result
+            for error in errors:
+                log.error("queue {path}: {error}", path=self.path, error=error)
             self._started = True
             self._available()
             self._owned.update(e.id for e in entries)
@@ -284,27 +267,13 @@ class PostgresStore:
 
         self._run(self._open).addCallbacks(opened, failed)
 
-    def _open(self) -> list[QueueEntry]:
+    def _open(self) -> tuple[list[QueueEntry], list[str]]:
         """Blocking: the start's work, in a database thread."""
         self._pool.open(wait=False)
         with self._connection() as conn:
             migrate(conn)
-            with conn.transaction():
-                conn.execute(
-                    "INSERT INTO mailframe_node (name) VALUES (%s) ON CONFLICT (name) "
-                    "DO UPDATE SET started = now(), seen = now()",
-                    (self.node,),
-                )
-                conn.execute(
-                    "UPDATE mailframe_message SET lease_owner = NULL, lease_until = NULL "
-                    "WHERE lease_owner = %s",
-                    (self.node,),
-                )
-                row = conn.execute(
-                    "SELECT value FROM mailframe_control WHERE key = 'flush'"
-                ).fetchone()
-                self._flushSeen = int(row[0]) if row else 0
-            return self._claimIn(conn, self.claimBatch)
+            self._flushSeen = sql.openNode(conn, self.node)
+            return sql.claim(conn, self.reactor.seconds(), self.claimBatch, self.node, self.lease)
 
     def stop(self) -> None:
         """
@@ -329,11 +298,7 @@ class PostgresStore:
             if owned:
                 try:
                     with self._pool.connection(timeout=2.0) as conn:
-                        conn.execute(
-                            "UPDATE mailframe_message SET lease_owner = NULL, "
-                            "lease_until = NULL WHERE lease_owner = %s AND id = ANY(%s)",
-                            (self.node, owned),
-                        )
+                        sql.giveBack(conn, self.node, owned)
                 except Exception as e:
                     log.warn("queue {path}: leases not given back: {e}", path=self.path, e=e)
             self._pool.close(timeout=2.0)
@@ -445,45 +410,7 @@ class PostgresStore:
     def _insert(self, rows: list[tuple[QueueEntry, bytes | Message]]) -> None:
         """Blocking: one transaction of new messages, held by this node."""
         with self._connection() as conn, conn.transaction():
-            self._insertIn(conn, rows)
-
-    def _insertIn(self, conn: Any, rows: list[tuple[QueueEntry, bytes | Message]]) -> None:
-        """Blocking, in a transaction: insert messages and their recipients."""
-        messages = []
-        recipients = []
-        blobs = []
-        for entry, data in rows:
-            blob = data if isinstance(data, bytes) else b"".join(data.chunks())
-            entry.size = len(blob)
-            blobs.append(blob)
-        ids = [entry.id for entry, _ in rows]
-        taken = {
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM mailframe_message WHERE id = ANY(%s)", (ids,)
-            ).fetchall()
-        }
-        for (entry, _), blob in zip(rows, blobs, strict=True):
-            if entry.id in taken:  # another node's message has this id
-                entry.id = f"{entry.id}-{os.urandom(3).hex().upper()}"
-            messages.append(
-                (entry.id, entry.sender, _envelopeJSON(entry), blob, entry.size, entry.arrival,
-                 entry.nextAttempt, entry.held, entry.report, self.node, self.node, self.lease)
-            )  # fmt: skip
-            recipients.extend(_recipientRows(entry))
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO mailframe_message (id, sender, envelope, data, size, arrival, "
-                "next_attempt, held, report, accepted_by, lease_owner, lease_until) VALUES "
-                "(%s, %s, %s::jsonb, %b, %s, %s, %s, %s, %s, %s, %s, "
-                "now() + %s * interval '1 second')",
-                messages,
-            )
-            cur.executemany(
-                "INSERT INTO mailframe_recipient (message_id, position, address, state, data) "
-                "VALUES (%s, %s, %s, %s, %s::jsonb)",
-                recipients,
-            )
+            sql.insertMessages(conn, rows, self.node, self.lease)
 
     def _committed(self, result: object, batch: list[_Pending]) -> None:
         self._committing = False
@@ -530,29 +457,18 @@ class PostgresStore:
         entryID = entry.id
         reports = self._reports.pop(entryID, [])
         if entryID not in self._owned:
-            return defer.fail(_Lost(f"{entryID}: not held by this node"))
-        envelope = _envelopeJSON(entry)
-        rows = [(state, data, entryID, i) for entryID, i, _, state, data in _recipientRows(entry)]
+            return defer.fail(Lost(f"{entryID}: not held by this node"))
+        envelope = sql.envelopeJSON(entry)
+        rows = [
+            (state, data, entryID, i) for entryID, i, _, state, data in sql.recipientRows(entry)
+        ]
         nextAttempt = entry.nextAttempt
 
         def work() -> None:
-            with self._connection() as conn, conn.transaction():
-                cur = conn.execute(
-                    "UPDATE mailframe_message SET envelope = %s::jsonb, next_attempt = %s, "
-                    "lease_until = now() + %s * interval '1 second' "
-                    "WHERE id = %s AND lease_owner = %s",
-                    (envelope, nextAttempt, self.lease, entryID, self.node),
+            with self._connection() as conn:
+                sql.recordOutcome(
+                    conn, entryID, envelope, nextAttempt, rows, reports, self.node, self.lease
                 )
-                if cur.rowcount != 1:
-                    raise _Lost(f"{entryID}: gone, or another node holds it")
-                with conn.cursor() as c:
-                    c.executemany(
-                        "UPDATE mailframe_recipient SET state = %s, data = %s::jsonb "
-                        "WHERE message_id = %s AND position = %s",
-                        rows,
-                    )
-                if reports:
-                    self._insertIn(conn, list(reports))
 
         def done(_: None) -> None:
             self._available()
@@ -566,7 +482,7 @@ class PostgresStore:
 
     def _lose(self, entryID: str, reason: Failure | None) -> None:
         """This node no longer holds the entry: the runner forgets it."""
-        if reason is not None and not reason.check(_Lost):
+        if reason is not None and not reason.check(Lost):
             self._unavailable(reason, f"{entryID} is left to another attempt")
         elif reason is not None:
             log.info("{id}: another node holds it now, or it was deleted", id=entryID)
@@ -594,13 +510,8 @@ class PostgresStore:
         reports = [r for _, rs in batch for r in rs]
 
         def work() -> None:
-            with self._connection() as conn, conn.transaction():
-                conn.execute(
-                    "DELETE FROM mailframe_message WHERE id = ANY(%s) AND lease_owner = %s",
-                    (ids, self.node),
-                )
-                if reports:
-                    self._insertIn(conn, list(reports))
+            with self._connection() as conn:
+                sql.deleteFinished(conn, ids, reports, self.node, self.lease)
 
         def done(result: object) -> None:
             self._removing = False
@@ -615,47 +526,20 @@ class PostgresStore:
 
     # -- claiming and renewing -----------------------------------------------------------
 
-    def _claimIn(self, conn: Any, limit: int) -> list[QueueEntry]:
-        """Blocking: claim up to C{limit} due messages nobody holds."""
-        with conn.transaction():
-            rows = conn.execute(
-                "WITH due AS (SELECT id FROM mailframe_message WHERE NOT held "
-                "AND next_attempt <= %s AND (lease_owner IS NULL OR lease_until < now()) "
-                "ORDER BY next_attempt LIMIT %s FOR UPDATE SKIP LOCKED) "
-                "UPDATE mailframe_message m SET lease_owner = %s, "
-                "lease_until = now() + %s * interval '1 second' FROM due WHERE m.id = due.id "
-                "RETURNING m.id, m.envelope, m.held, m.next_attempt",
-                (self.reactor.seconds(), limit, self.node, self.lease),
-            ).fetchall()
-            if not rows:
-                return []
-            recipients: dict[str, list[Any]] = {}
-            for messageID, data in conn.execute(
-                "SELECT message_id, data FROM mailframe_recipient WHERE message_id = ANY(%s) "
-                "ORDER BY message_id, position",
-                ([r[0] for r in rows],),
-            ):
-                recipients.setdefault(messageID, []).append(data)
-        entries = []
-        for row in rows:
-            try:
-                entries.append(entryFromRows(row, recipients.get(row[0], [])))
-            except EntryError as e:
-                log.error("{id}: a queue row that cannot be read: {e}", id=row[0], e=e)
-        entries.sort(key=lambda e: (e.arrival, e.id))
-        return entries
-
     def _poll(self) -> None:
         room = min(self.claimBatch, self.maxHeld - len(self._owned))
         if room <= 0 or self._owner is None:
             self._later("poll", self.pollInterval, self._poll)
             return
 
-        def work() -> list[QueueEntry]:
+        def work() -> tuple[list[QueueEntry], list[str]]:
             with self._connection() as conn:
-                return self._claimIn(conn, room)
+                return sql.claim(conn, self.reactor.seconds(), room, self.node, self.lease)
 
-        def claimed(entries: list[QueueEntry]) -> None:
+        def claimed(result: tuple[list[QueueEntry], list[str]]) -> None:
+            entries, errors = result
+            for error in errors:
+                log.error("queue {path}: {error}", path=self.path, error=error)
             self._available()
             owner = self._owner
             for entry in entries:
@@ -679,19 +563,8 @@ class PostgresStore:
         ids = list(self._owned)
 
         def work() -> tuple[list[tuple[str, bool]], int]:
-            with self._connection() as conn, conn.transaction():
-                rows = conn.execute(
-                    "UPDATE mailframe_message SET lease_until = now() + %s * interval '1 second' "
-                    "WHERE lease_owner = %s AND id = ANY(%s) RETURNING id, held",
-                    (self.lease, self.node, ids),
-                ).fetchall()
-                conn.execute(
-                    "UPDATE mailframe_node SET seen = now() WHERE name = %s", (self.node,)
-                )
-                row = conn.execute(
-                    "SELECT value FROM mailframe_control WHERE key = 'flush'"
-                ).fetchone()
-            return rows, int(row[0]) if row else 0
+            with self._connection() as conn:
+                return sql.renew(conn, self.node, self.lease, ids)
 
         def renewed(result: tuple[list[tuple[str, bool]], int]) -> None:
             rows, flush = result
@@ -700,7 +573,7 @@ class PostgresStore:
             owner = self._owner
             for entryID in ids:
                 if entryID not in held and entryID in self._owned:
-                    self._lose(entryID, Failure(_Lost(entryID)))
+                    self._lose(entryID, Failure(Lost(entryID)))
             if owner is not None:
                 for entryID, isHeld in held.items():
                     entry = owner.entries.get(entryID)
@@ -728,13 +601,9 @@ class PostgresStore:
 
         def read() -> Message:
             with self._connection() as conn:
-                row = conn.execute(
-                    "SELECT data FROM mailframe_message WHERE id = %s", (entryID,)
-                ).fetchone()
-            if row is None:
-                raise KeyError(f"{entryID}: not in the queue")
+                data = sql.readData(conn, entryID)
             message = Message(spillThreshold, tempDir)
-            message.write(bytes(row[0]))
+            message.write(data)
             message.finish()
             return message
 
@@ -745,14 +614,7 @@ class PostgresStore:
 
         def read() -> tuple[bytes, bool]:
             with self._connection() as conn:
-                row = conn.execute(
-                    "SELECT substring(data FROM 1 FOR %s), length(data) "
-                    "FROM mailframe_message WHERE id = %s",
-                    (limit, entryID),
-                ).fetchone()
-            if row is None:
-                raise KeyError(f"{entryID}: not in the queue")
-            return bytes(row[0]), row[1] <= limit
+                return sql.readHead(conn, entryID, limit)
 
         return self._run(read)
 

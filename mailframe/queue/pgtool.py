@@ -25,10 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mailframe.queue._pgsql import entryFromRows
 from mailframe.queue.control import HEAD_LIMIT, describeEntry
 from mailframe.queue.entry import EntryError
 from mailframe.queue.location import PostgresLocation
-from mailframe.queue.pgstore import entryFromRows
 
 __all__ = ["PostgresQueue", "QueueDatabaseError"]
 
