@@ -18,12 +18,18 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailframe.address import Address, parseMailbox
-from mailframe.backends._handoff import Connector, Template, Unavailable, envelopeFields
+from mailframe.backends._handoff import (
+    Connector,
+    Template,
+    Unavailable,
+    envelopeFields,
+    readMessage,
+)
 from mailframe.backends._redisclient import RedisURL
 from mailframe.backends._resp import (
     NEED_DATA,
@@ -468,3 +474,20 @@ class FactoryTests(SynchronousTestCase):
                           stream="{nope}")  # fmt: skip
         self.assertRaises(SettingError, redisStreamBackend.checkArguments, "redis", "//h",
                           maxlen="0")  # fmt: skip
+
+
+class ReadMessageTests(TestCase):
+    """Reading the message for a publication."""
+
+    @defer.inlineCallbacks
+    def test_spilled(self) -> Any:
+        """A message large enough to be in a temporary file is read in a thread, whole."""
+        from twisted.internet import reactor
+
+        data = b"Subject: big\r\n\r\n" + b"x" * 998 + b"\r\n" * 1 + (b"y" * 78 + b"\r\n") * 30000
+        m = message(data)
+        self.assertFalse(m.inMemory)
+        self.assertEqual((yield readMessage(reactor, m)), data)
+        small = message()
+        self.assertTrue(small.inMemory)
+        self.assertEqual(self.successResultOf(readMessage(reactor, small)), MESSAGE)
