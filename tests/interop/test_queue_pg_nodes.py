@@ -191,6 +191,26 @@ class SharedQueueTests(SynchronousTestCase):
         self.assertEqual(sorted(found), sorted(tokens))
         self.assertEqual(set(found.values()), {1})
 
+    def test_postgresStopped(self) -> None:
+        """With PostgreSQL stopped a session gets 451 4.3.0, never 250; started again, 250."""
+        self.postgres.stop()
+        with self.assertRaises(smtplib.SMTPDataError) as caught:
+            send(self.nodes[0].port, "AWAY")
+        self.assertEqual(caught.exception.smtp_code, 451)
+        self.assertIn(b"4.3.0", caught.exception.smtp_error)
+        self.postgres.start()
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while True:
+            try:
+                send(self.nodes[1].port, "BACK")
+                break
+            except smtplib.SMTPDataError:
+                if time.monotonic() > deadline:
+                    raise
+                threading.Event().wait(0.5)
+        self.drain()
+        self.assertEqual(sorted(delivered(self.maildir)), ["BACK"])
+
     def test_crashes(self) -> None:
         """
         Nodes killed and restarted at random under load, PostgreSQL crashed
