@@ -182,7 +182,7 @@ class Connector(Generic[T]):
         *,
         discard: Callable[[T], object] | None = None,
         initial: float = 0.5,
-        maximum: float = 30.0,
+        maximum: float = 5.0,
     ) -> None:
         self.clock = clock
         self._connect = connect
