@@ -194,6 +194,28 @@ class RedisTests(SynchronousTestCase):
             self.assertIn(b"0 of 1", caught.exception.smtp_error)
         self.assertEqual(len(entries(primary.client(), "r")), 2)  # written, not confirmed
 
+    def test_downWithSpool(self) -> None:
+        """Redis down, --spool: messages answered 250, held, and all in the stream once it is back."""
+        home = scratch("mailframe-redis-down-")
+        self.addCleanup(shutil.rmtree, home, True)
+        redis = PrivateRedis(home)
+        self.addCleanup(redis.stopAll)
+        _, port, spoolHome = self.twistd(
+            redis, "--spool", "spool", "--retry-initial", "1s", "--retry-max", "2s",
+            "--deliver", f"redis-stream:{redis.url}:stream=held:timeout=2",
+        )  # fmt: skip
+        with smtplib.SMTP(HOST, port, timeout=30) as client:
+            for i in range(20):
+                client.sendmail("s@example.org", ["ann@example.com"], Load.body(f"H{i:02d}"))
+        queue = spoolHome / "spool" / "queue"
+        self.assertTrue(any(queue.iterdir()), "the spool holds the messages")
+        redis.start()
+        client = redis.client()
+        waitFor(lambda: len(entries(client, "held")) >= 20, 60, "the held messages", 0.2)
+        found = sorted(tokenOf(e["message"]) for e in entries(client, "held"))
+        self.assertEqual(sorted(set(found)), [f"H{i:02d}" for i in range(20)])
+        waitFor(lambda: not any(queue.iterdir()), 30, "the spool to empty", 0.2)
+
 
 def swaks(port: int, home: Path, recipient: str, subject: str) -> None:
     """One message by swaks (the done-when of issue 14: swaks -> mailframe -> a consumer)."""
