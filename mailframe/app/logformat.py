@@ -164,6 +164,28 @@ def _jsonDefault(value: object) -> object:
     return str(value)
 
 
+_encode = json.JSONEncoder(default=_jsonDefault, ensure_ascii=False).encode
+_STABLE = ("time", "level", "namespace", "text")
+
+
+class _UTCClock:
+    """ISO 8601 UTC timestamps with microseconds, the part up to the second made once a second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def text(self, when: float) -> str:
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((when - second) * 1e6):06d}+00:00"
+
+
+_utc = _UTCClock()
+
+
 def eventAsJSON(event: LogEvent) -> str:
     """
     An event as one line of JSON: C{time level namespace text}, and a
@@ -171,16 +193,15 @@ def eventAsJSON(event: LogEvent) -> str:
     traceback.
     """
     level = event.get("log_level")
-    when = event.get("log_time") or time.time()
     out: dict[str, Any] = {
-        "time": datetime.fromtimestamp(when, UTC).isoformat(timespec="microseconds"),
+        "time": _utc.text(event.get("log_time") or time.time()),
         "level": level.name if level is not None else None,
         "namespace": event.get("log_namespace"),
         "text": render(event),
     }
     if _KEY in event:
         for key, value in event.items():
-            if not key.startswith("log_") and key not in out:
+            if key[:4] != "log_" and key not in _STABLE:
                 out[key] = value
     failure = event.get("log_failure")
     if failure is not None:
@@ -188,7 +209,7 @@ def eventAsJSON(event: LogEvent) -> str:
             out["failure"] = failure.getTraceback()
         except Exception:
             out["failure"] = str(getattr(failure, "value", failure))
-    return json.dumps(out, default=_jsonDefault, ensure_ascii=False) + "\n"
+    return _encode(out) + "\n"
 
 
 @implementer(ILogObserver)
