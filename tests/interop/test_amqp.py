@@ -126,7 +126,7 @@ class AMQPTests(SynchronousTestCase):
         self.assertEqual(other.headers["queue-id"], h["queue-id"])
 
     def test_quorumAndUnroutable(self) -> None:
-        """queue= with quorum=yes declares a quorum queue; an unroutable key is 451 (no spool)."""
+        """quorum=yes declares a quorum queue (a 4 MB message byte for byte); unroutable is 451."""
         broker = shared("rabbitmq")
         queue = f"quorum{freePort()}"
         _, port, _ = self.twistd(
@@ -139,16 +139,20 @@ class AMQPTests(SynchronousTestCase):
             self.assertIn(b"No queue is bound", caught.exception.smtp_error)
             self.assertEqual(client.sendmail("s@example.org", [f"{queue}@example.com"], MESSAGE),
                              {})  # fmt: skip
+            large = MESSAGE + (b"L" * 998 + b"\r\n") * 4000  # in a file, read in a thread
+            self.assertEqual(client.sendmail("s@example.org", [f"{queue}@example.com"], large),
+                             {})  # fmt: skip
         connection = broker.blocking()
         try:
             declared = connection.channel().queue_declare(
                 queue, durable=True, arguments={"x-queue-type": "quorum"}, passive=False
             )
-            self.assertEqual(declared.method.message_count, 1)
+            self.assertEqual(declared.method.message_count, 2)
         finally:
             connection.close()
-        [(_, body)] = broker.drain(queue)
+        [(_, body), (_, largeBody)] = broker.drain(queue)
         self.assertEqual(splitReceived(body)[1], MESSAGE)
+        self.assertEqual(splitReceived(largeBody)[1], large)
 
     def test_brokerKilledUnderLoad(self) -> None:
         """RabbitMQ SIGKILLed and restarted twice under load: every 250 is in the queue."""
