@@ -252,7 +252,7 @@ class TwistdSwaksTests(TestCase):
             return runSwaks(Server, "--from", "a@b.example", "--helo", "front.test",  # type: ignore[arg-type]
                             *args, home=home)  # fmt: skip
 
-        out, err, code = yield swaks("--to", "victim@remote.example",
+        out, _, code = yield swaks("--to", "victim@remote.example",
                                      "--xclient-addr", "203.0.113.9",
                                      "--xclient-name", "client.example")  # fmt: skip
         text = out.decode()
