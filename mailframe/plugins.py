@@ -69,6 +69,7 @@ __all__ = [
     "oneLine",
     "parseDescription",
     "providerProblem",
+    "redact",
     "showValue",
     "splitItems",
 ]
@@ -424,6 +425,18 @@ FILTER_KINDS: tuple[InterfaceClass, ...] = (
     ISenderValidator,
     IMessageFilter,
 )
+
+
+_SECRET_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@")
+
+
+def redact(text: str) -> str:
+    """
+    C{text} (a plug-in description, an error about one) with the password
+    of every URL in it masked: C{amqp://user:****@host/}.  For whatever is
+    shown or logged.
+    """
+    return _SECRET_IN_URL.sub(r"\1:****@", text)
 
 
 def kindName(interface: InterfaceClass) -> str:

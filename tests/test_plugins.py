@@ -272,6 +272,29 @@ class BuiltinFactoryTests(unittest.TestCase):
         self.assertNotIn("\n", str(e))
 
 
+class RedactTests(unittest.TestCase):
+    """Passwords in URLs never reach an error message, a log line or route's output."""
+
+    def test_redact(self) -> None:
+        from mailframe.plugins import redact
+
+        self.assertEqual(
+            redact("amqp:amqp://u:secret@host:5672/:key=x"), "amqp:amqp://u:****@host:5672/:key=x"
+        )
+        self.assertEqual(redact("redis-stream:redis://:pw@h/0"), "redis-stream:redis://:****@h/0")
+        self.assertEqual(redact("webhook:https://h/p?x=y"), "webhook:https://h/p?x=y")
+        self.assertEqual(redact("maildir:/var/mail"), "maildir:/var/mail")
+
+    def test_badDescription(self) -> None:
+        """A refused description with a password in its URL is shown without it."""
+        with self.assertRaises(PlugInError) as caught:
+            registry.checkDescription(
+                IDeliveryBackend, "amqp:amqp://u:secretpw@127.0.0.1:5672/:bogus=1"
+            )
+        self.assertNotIn("secretpw", str(caught.exception))
+        self.assertIn("amqp://u:****@127.0.0.1:5672/", str(caught.exception))
+
+
 class LookupTests(unittest.TestCase):
     """Finding factories, and the errors of a wrong prefix or kind."""
 

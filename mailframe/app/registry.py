@@ -28,6 +28,7 @@ from mailframe.plugins import (
     kindName,
     parseDescription,
     providerProblem,
+    redact,
 )
 from mailframe.policy.factories import POLICY_FACTORIES
 from mailframe.validators.factories import VALIDATOR_FACTORIES
@@ -132,7 +133,7 @@ def _bad(
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if isinstance(error, TypeError):
         message = f"bad arguments: {message} (usage: {factory.synopsis})"
-    return PlugInError(f"bad {kindName(interface)} {description!r}: {message}")
+    return PlugInError(redact(f"bad {kindName(interface)} {description!r}: {message}"))
 
 
 def checkDescription(interface: InterfaceClass, description: str) -> IPlugInFactory:

@@ -36,6 +36,7 @@ from mailframe.address import Address, AddressError, Domain, parseMailbox
 from mailframe.app import tap
 from mailframe.app.config import ListenerSpec
 from mailframe.envelope import Envelope, Recipient, SessionInfo
+from mailframe.plugins import redact
 from mailframe.reply import Reply, SMTPError
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class _Explainer:
         address = recipient.address
         domain = address.domain
         assert domain is not None
-        deliver = _deliveredBy(spec, domain)
+        deliver = redact(_deliveredBy(spec, domain))
         if self.routeKey is None:
             if relayed:
                 self.line("    no queue: relayed mail is refused")

@@ -56,7 +56,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
-from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine
+from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine, redact
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocolFactory
@@ -409,7 +409,7 @@ def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
     domains = ", ".join(sorted(str(d) for d in config.localDomains))
     line = (
         f"mailframe: listening on {' and '.join(spec.endpoints)} as {config.hostname} "
-        f"for {domains}; validate {', '.join(spec.validate)}; deliver {spec.deliver}"
+        f"for {domains}; validate {', '.join(spec.validate)}; deliver {redact(spec.deliver)}"
     )
     if config.lmtp:
         line = line.replace(": listening on ", ": LMTP (RFC 2033) on ", 1)
