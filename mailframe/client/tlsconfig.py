@@ -19,13 +19,9 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.logger import Logger
-
 from mailframe.client.tlspolicy import OutboundTLS
 
 __all__ = ["KEYS", "daneTrusted", "outboundFromConfig"]
-
-log = Logger(namespace="mailframe.tls")
 
 #: The keys (as relayKey spells them) that this module reads.
 KEYS = frozenset({"dane", "mtasts", "mtastsskip", "tlsstate", "tlsrptorg", "tlsrptsender"})
@@ -97,13 +93,13 @@ def outboundFromConfig(
 
         reporter = TLSReporter(reactor, str(org), str(sender), txt=txt, stateDirectory=state,
                                post=_poster(reactor))  # fmt: skip
-    log.info(
-        "mailframe: outbound TLS: DANE {dane}, MTA-STS {sts}, TLS reports {rpt}",
-        dane=("on" if daneOn else f"off ({dane})"),
-        sts=("on" + (f", policies kept in {state}" if state else "")) if mtasts else "off",
-        rpt=f"on, from {sender}" if reporter is not None else "off",
+    engine = OutboundTLS(reactor, resolver, dane=daneOn, mtasts=mtasts)
+    engine.description = (
+        f"outbound TLS: DANE {'on' if daneOn else f'off ({dane})'}, MTA-STS "
+        + (("on" + (f", policies kept in {state}" if state else "")) if mtasts else "off")
+        + f", TLS reports {f'on, from {sender}' if reporter is not None else 'off'}"
     )
-    return OutboundTLS(reactor, resolver, dane=daneOn, mtasts=mtasts), reporter
+    return engine, reporter
 
 
 _REPORT_HEADERS: dict[bytes | str, bytes | str] = {"Content-Type": "application/tlsrpt+gzip"}

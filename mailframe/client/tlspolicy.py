@@ -137,7 +137,8 @@ class OutboundTLS:
     (its answers carrying the AD bit); C{dane}: look TLSA records up (only
     right when that resolver validates and the path to it is trusted: one
     on loopback); C{mtasts}: an L{MTASTS} (None: MTA-STS off); C{clock}
-    for the lookups' time limits.
+    for the lookups' time limits.  C{description}: a line for the start-up
+    log.
     """
 
     def __init__(
@@ -154,6 +155,10 @@ class OutboundTLS:
         self.dane = dane and resolver is not None
         self.mtasts = mtasts
         self.daneTimeout = daneTimeout
+        self.description = (
+            f"outbound TLS: DANE {'on' if self.dane else 'off'}, "
+            f"MTA-STS {'on' if mtasts is not None else 'off'}"
+        )
 
     async def plan(
         self,

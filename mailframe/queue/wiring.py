@@ -210,8 +210,9 @@ class QueueWiring:
         node = getattr(self.spool, "node", None)
         if node is not None:
             where += f" as node {node}"
+        tls = getattr(getattr(self.relay, "tlsPolicy", None), "description", None)
         return (
             f"mailframe: queue in {where}; other domains {via}; retry after "
             f"{spec.retry.initial:g} s, at most {spec.retry.maximum:g} s apart, "
-            f"give up after {spec.retry.giveUp:g} s{srs}"
+            f"give up after {spec.retry.giveUp:g} s{srs}" + (f"; {tls}" if tls else "")
         )

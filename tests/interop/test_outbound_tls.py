@@ -348,4 +348,4 @@ class TwistdTests(_Peers):
         yield self.until(lambda: "DANE: the server's certificate" in self.twistd.text(),
                          "the DANE refusal")  # fmt: skip
         self.assertEqual(len(self.server.messages), 1)
-        self.assertIn("outbound TLS: DANE on", self.twistd.text())
+        self.assertIn("; outbound TLS: DANE on", self.twistd.text())
