@@ -428,15 +428,21 @@ FILTER_KINDS: tuple[InterfaceClass, ...] = (
 
 
 _SECRET_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@/\s]+@")
+_SECRET_IN_QUERY = re.compile(
+    r"(?i)([?&](?:[a-z0-9_-]*(?:token|secret|passw(?:or)?d|pass|key|sig|signature|auth)"
+    r"[a-z0-9_-]*)=)[^&:#\s]+"
+)
 
 
 def redact(text: str) -> str:
     """
     C{text} (a plug-in description, an error about one) with the password
-    of every URL in it masked: C{amqp://user:****@host/}.  For whatever is
-    shown or logged.
+    of every URL in it masked (C{amqp://user:****@host/}), and the values
+    of query parameters named like secrets (C{?token=****}, C{api_key},
+    C{sig} ...).  For whatever is shown or logged.
     """
-    return _SECRET_IN_URL.sub(r"\1:****@", text)
+    text = _SECRET_IN_URL.sub(r"\1:****@", text)
+    return _SECRET_IN_QUERY.sub(r"\1****", text)
 
 
 def kindName(interface: InterfaceClass) -> str:

@@ -283,6 +283,13 @@ class RedactTests(unittest.TestCase):
         )
         self.assertEqual(redact("redis-stream:redis://:pw@h/0"), "redis-stream:redis://:****@h/0")
         self.assertEqual(redact("webhook:https://h/p?x=y"), "webhook:https://h/p?x=y")
+        self.assertEqual(
+            redact("webhook:https://h/p?x=y&access_token=abc:timeout=5"),
+            "webhook:https://h/p?x=y&access_token=****:timeout=5",
+        )
+        self.assertEqual(
+            redact("webhook:https://h/?apiKey=k&sig=s"), "webhook:https://h/?apiKey=****&sig=****"
+        )
         self.assertEqual(redact("maildir:/var/mail"), "maildir:/var/mail")
 
     def test_badDescription(self) -> None:
