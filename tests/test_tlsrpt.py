@@ -103,6 +103,15 @@ class ReporterTests(SynchronousTestCase):
         self.assertEqual(byType["tlsa"]["policy"]["policy-string"], ["3 1 1 " + "01" * 32])
         self.assertEqual(byType["no-policy-found"]["summary"]["total-successful-session-count"], 1)
 
+    def test_sendingIP(self) -> None:
+        """The address of the session, when the relay gives it, is the sending-mta-ip."""
+        reporter = self.make()
+        reporter.record(plan(), "validation-failure", sendingIP="203.0.113.9")
+        reporter.stop()
+        (policy,) = reporter.counts("2024-10-04", "example.com").values()
+        (failure,) = policy["failures"].values()
+        self.assertEqual(failure["sending"], "203.0.113.9")
+
     def test_sentNextDay(self) -> None:
         """Nothing is sent for today; after midnight, one report by mail and one by HTTPS."""
         reporter = self.make()

@@ -303,9 +303,9 @@ class SMTPRelay:
                     if e.tlsFailed and policy == TLS_OPPORTUNISTIC:
                         continue
                     if e.tlsResult is not None:
-                        self._report(plan, e.tlsResult)
+                        self._report(plan, e.tlsResult, seen.get("local"))
                     break
-                self._reportSession(plan, seen.get("tls"))
+                self._reportSession(plan, seen.get("tls"), seen.get("local"))
                 replies = tuple(withEnhanced(r) for r in result.replies)
                 return replace(result, replies=replies)  # remote and dsn kept
             # the host's last attempt decides (a failed handshake, then a refusal in clear)
@@ -324,23 +324,29 @@ class SMTPRelay:
         reply = last.reply if allRefused else temporary(last.reply)
         return self._all(rcpts, reply, lastRemote)
 
-    def _report(self, plan: HostPlan, result: str | None) -> None:
-        """Tell the TLS reporter one session's outcome (C{result} None: success)."""
+    def _report(self, plan: HostPlan, result: str | None, local: str | None = None) -> None:
+        """
+        Tell the TLS reporter one session's outcome (C{result} None: success);
+        C{local}: our address in that session.
+        """
         if self.reporter is None or plan.policyDomain is None:
             return
         try:
-            self.reporter.record(plan, result)
+            if local:
+                self.reporter.record(plan, result, sendingIP=local)
+            else:
+                self.reporter.record(plan, result)
         except Exception:
             log.failure("recording a TLS report result")
 
-    def _reportSession(self, plan: HostPlan, tls: object) -> None:
+    def _reportSession(self, plan: HostPlan, tls: object, local: str | None = None) -> None:
         """A delivered message: success, unless an MTA-STS policy in testing mode would fail."""
         result = plan.policyError
         if plan.testing and not plan.mxMatched:
             result = "validation-failure"
         elif plan.testing and tls is None:
             result = "starttls-not-supported"
-        self._report(plan, result)
+        self._report(plan, result, local)
 
     def _all(self, rcpts: Sequence[Recipient], reply: Reply, remote: str | None) -> DeliveryResult:
         reply = withEnhanced(reply)
@@ -392,6 +398,7 @@ class SMTPRelay:
             session = pool.pop()
             if session.idle:
                 seen["tls"] = session.tls
+                seen["local"] = _localAddress(session)
                 return await session.deliver(envelope, rcpts, message)
         options = self._options(destination, policy, plan)
         factory = SMTPClientFactory(options, self.reactor, destination.remote)
@@ -407,6 +414,7 @@ class SMTPRelay:
         if self.keepAlive:
             session.onIdle = lambda s: self._keep(key, s)
             session.onEnd = lambda s: self._forget(key, s)
+        seen["local"] = _localAddress(session)
         result = await session.deliver(envelope, rcpts, message)
         seen["tls"] = session.tls
         return result
@@ -436,3 +444,11 @@ class SMTPRelay:
             return endpoint
         hostname = destination.tlsHostname or destination.hostname.strip("[]")
         return wrapClientTLS(clientTLS(destination.tls, hostname, self.trustRoot), endpoint)
+
+
+def _localAddress(session: SMTPClientProtocol) -> str | None:
+    """Our address in C{session} (for TLS reports), if the transport tells."""
+    try:
+        return str(session.transport.getHost().host)
+    except Exception:
+        return None

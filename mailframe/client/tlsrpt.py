@@ -192,8 +192,12 @@ class TLSReporter:
     def _today(self) -> str:
         return datetime.fromtimestamp(self.clock.seconds(), UTC).strftime("%Y-%m-%d")
 
-    def record(self, plan: Any, result: str | None) -> None:
-        """One session (or a host not tried) of C{plan}: success (None) or an RFC 8460 result."""
+    def record(self, plan: Any, result: str | None, sendingIP: str | None = None) -> None:
+        """
+        One session (or a host not tried) of C{plan}: success (None) or an
+        RFC 8460 result; C{sendingIP}: our address in it (else C{sendingIP}
+        of the reporter).
+        """
         if plan.policyDomain is None:
             return
         self._start()
@@ -210,7 +214,9 @@ class TLSReporter:
             host = plan.destination.hostname.rstrip(".").lower()
             ip = plan.destination.address
             fkey = f"{result} {host} {ip}"
-            blank = {"result": result, "mx": host, "ip": ip, "sending": self.sendingIP,
+            sending = sendingIP or self.sendingIP
+            fkey += f" {sending}"
+            blank = {"result": result, "mx": host, "ip": ip, "sending": sending,
                      "count": 0}  # fmt: skip
             failure = data["failures"].setdefault(fkey, blank)
             failure["count"] += 1

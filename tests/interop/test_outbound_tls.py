@@ -283,7 +283,7 @@ class Reporter:
     def __init__(self) -> None:
         self.results: list[tuple[str, str | None, str | None]] = []
 
-    def record(self, plan: Any, result: str | None) -> None:
+    def record(self, plan: Any, result: str | None, **kw: Any) -> None:
         self.results.append((plan.policyType, plan.policyDomain, result))
 
 
