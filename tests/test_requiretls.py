@@ -94,6 +94,16 @@ class ExtensionTests(SynchronousTestCase):
         self.assertTrue(requiresTLS(again.envelopeFor(again.pending)))
 
 
+class BounceTests(SynchronousTestCase):
+    def test_headersOnly(self) -> None:
+        """A failure report about REQUIRETLS mail returns only its header section, even for RET=FULL."""
+        from tests.test_bounce import ORIGINAL, entry, report
+
+        _, data, _ = report(entry(mailParams={"REQUIRETLS": None, "RET": "FULL"}))
+        self.assertIn(b"text/rfc822-headers", data)
+        self.assertNotIn(ORIGINAL.split(b"\r\n\r\n", 1)[1], data)
+
+
 class RequirementTests(SynchronousTestCase):
     def test_requiretls(self) -> None:
         """REQUIRETLS on MAIL: required (and the header is not read)."""

@@ -75,12 +75,23 @@ class ReportSettings:
 
     def readLimit(self, entry: QueueEntry, failure: bool) -> int:
         """How many octets of the original a report needs to read."""
-        ret = asciiUpper(entry.mailParams.get("RET") or "")
+        ret = _returned(entry)
         if ret == "FULL" and entry.size <= self.fullSize:
             return entry.size
         if ret == "HDRS" or not failure:
             return min(entry.size, self.headerLimit)
         return min(entry.size, self.headerLimit + self.bodySize)
+
+
+def _returned(entry: QueueEntry) -> str:
+    """
+    What a report returns of the message: its RET; only the header section
+    for mail sent with REQUIRETLS, whose content the report would carry
+    without that protection (RFC 8689 5).
+    """
+    if "REQUIRETLS" in entry.mailParams:
+        return "HDRS"
+    return asciiUpper(entry.mailParams.get("RET") or "")
 
 
 @dataclass(frozen=True)
@@ -217,7 +228,7 @@ def buildReport(
         or not entry.sender.isascii()
         or any(not i.recipient.address.isascii() for i in items)
     )
-    ret = asciiUpper(entry.mailParams.get("RET") or "")
+    ret = _returned(entry)
     head, body = _split(original)
     if ret == "FULL" and entry.size <= settings.fullSize and len(original) >= entry.size:
         kind, content = "message", original
