@@ -221,6 +221,39 @@ class LookupTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d).state, "failed")
 
 
+class ResolverBitsTests(SynchronousTestCase):
+    def test_queryBits(self) -> None:
+        """Every query of the process's resolver asks with AD (RFC 6840) and EDNS0's DO."""
+        from mailframe.policy._dns import _dnssecBytes
+
+        message = dns.Message(7, recDes=1)
+        message.queries = [dns.Query(b"example.com", dns.MX)]
+        sent = dns._EDNSMessage()
+        sent.fromStr(_dnssecBytes(message))
+        self.assertTrue(sent.authenticData)
+        self.assertTrue(sent.dnssecOK)
+        self.assertEqual(sent.maxSize, 1232)
+
+    def test_answerKeepsAD(self) -> None:
+        """The answer's AD bit stays with the sections the resolver gives."""
+        from mailframe.policy._dns import DNSSECClient
+
+        client = DNSSECClient(servers=[("127.0.0.1", 53)], reactor=task.Clock())
+        for bit in (0, 1):
+            message = dns.Message(1, answer=1, auth=0)
+            message.authenticData = bit
+            message.answers = [dns.RRHeader(b"a.test", dns.A, payload=dns.Record_A("192.0.2.1"))]
+            result = client.filterAnswers(message)
+            self.assertEqual(isAuthenticated(result), bool(bit))
+            self.assertEqual(result[0], message.answers)
+
+    def test_nameErrorAD(self) -> None:
+        """A "no such name" failure carries its message's AD bit."""
+        message = dns.Message(1, rCode=dns.ENAME)
+        message.authenticData = 1
+        self.assertTrue(isAuthenticated(dnserror.DNSNameError(message)))
+
+
 class RouterTests(SynchronousTestCase):
     def destinations(self, resolver: Any) -> Any:
         return self.successResultOf(Router(resolver).destinations("example.com"))

@@ -106,7 +106,8 @@ class _Peers(TestCase):
             Zone(ORIGIN, [*_mx("good", good), *_mx("bad", other), *_mx("strip", good),
                           *_mx("bogus", good), *_mx("sts"), *_mx("stsother"), *_mx("ststest"),
                           *(f'_mta-sts.{n} IN TXT "v=STSv1; id=20261203T000000;"'
-                            for n in ("sts", "stsother", "ststest"))],
+                            for n in ("sts", "stsother", "ststest")),
+                          "big IN TXT " + " ".join(f'"{i:02d}{"x" * 240}"' for i in range(10))],
                  corrupt=[f"_25._tcp.mx-bogus.{ORIGIN}."]),
             Zone("plain.test", ["@ IN MX 10 mx", "mx IN A 127.0.0.1",
                                 f"_25._tcp.mx IN TLSA 3 1 1 {other}"], signed=False),
@@ -169,6 +170,25 @@ class DANEInteropTests(_Peers):
         self.assertTrue(isAuthenticated(signed))
         plain = yield self.resolver.lookupMailExchange("plain.test")
         self.assertFalse(isAuthenticated(plain))
+
+    @defer.inlineCallbacks
+    def test_truncatedOverTCP(self) -> Any:
+        """An answer too large for UDP (1232 octets) comes again over TCP, AD bit kept."""
+        from mailframe.policy import _dns
+
+        overTCP: list[object] = []
+        original = _dns._DNSSECStream.writeMessage
+
+        def counted(protocol: Any, message: Any) -> None:
+            overTCP.append(message)
+            original(protocol, message)
+
+        self.patch(_dns._DNSSECStream, "writeMessage", counted)
+        result = yield self.resolver.lookupText(f"big.{ORIGIN}")
+        self.assertEqual(len(overTCP), 1)
+        self.assertTrue(isAuthenticated(result))
+        [record] = [rr for rr in result[0] if rr.type == 16]
+        self.assertEqual(len(record.payload.data), 10)
 
     @defer.inlineCallbacks
     def test_match(self) -> Any:
