@@ -253,6 +253,20 @@ class ConfigTests(SynchronousTestCase):
         self.assertRaises(ValueError, SMTPRelay.fromConfig, {"tlsrpt-org": "Org"}, reactor, "r",
                           resolver=resolver)  # fmt: skip
 
+    def test_workers(self) -> None:
+        """With several workers, each keeps its own state in tls-state/worker-K."""
+        from mailframe.queue.wiring import QueueWiring
+
+        spec = queueSpec({"spool": self.mktemp(), "mta-sts": True}, None)
+        assert spec is not None
+        wiring = QueueWiring(task.Clock(), spec, worker=1, workers=2)
+        resolver = makeResolver(reactor, [("127.0.0.1", 5353)], hosts=None)
+        wiring.finish("relay.test", resolver=resolver)
+        assert wiring.relay is not None
+        sts = wiring.relay.tlsPolicy.mtasts
+        assert sts is not None and sts.stateDirectory is not None
+        self.assertTrue(sts.stateDirectory.endswith("tls-state/worker-1"))
+
     def test_settings(self) -> None:
         """The settings reach the relay's table; tls-state defaults to the spool's."""
         spool = self.mktemp()

@@ -97,6 +97,7 @@ class QueueWiring:
     def __init__(self, reactor: Any, spec: QueueSpec, worker: int = 0, workers: int = 1) -> None:
         self.reactor = reactor
         self.spec = spec
+        self.worker = worker if workers > 1 else None
         self.spool: IQueueStore
         self.control: QueueControl | None = None
         location = spec.location
@@ -170,9 +171,11 @@ class QueueWiring:
         from mailframe.client.relay import SMTPRelay
 
         spec = self.spec
-        self.relay = SMTPRelay.fromConfig(
-            dict(spec.relay), self.reactor, hostname, resolver=resolver
-        )
+        relayConfig = dict(spec.relay)
+        if self.worker is not None and relayConfig.get("tls-state"):  # one per worker
+            state = os.path.join(str(relayConfig["tls-state"]), f"worker-{self.worker}")
+            relayConfig["tls-state"] = state
+        self.relay = SMTPRelay.fromConfig(relayConfig, self.reactor, hostname, resolver=resolver)
         domains = self.localDomains
         relay: IRelay = self.relay
         if self.srs is not None:
