@@ -27,6 +27,7 @@ from mailframe.client.mtasts import (
     PolicyError,
     STSPolicy,
     fetchPolicy,
+    fetchResolved,
     mxMatches,
     parsePolicy,
     parseRecord,
@@ -287,6 +288,25 @@ class FetchTests(TestCase):
         """A 200 text/plain policy from a server with a valid certificate."""
         text = yield self.fetch(self.serve(_Policy(POLICY.encode())))
         self.assertEqual(text, POLICY)
+
+    @defer.inlineCallbacks
+    def test_resolved(self) -> Any:
+        """fetchResolved connects to the addresses the resolver gives for mta-sts.DOMAIN."""
+        port = self.serve(_Policy(POLICY.encode()))
+        asked: list[str] = []
+
+        def addresses(name: str) -> Any:
+            asked.append(name)
+            return defer.succeed(["127.0.0.2", HOST] if name.startswith("mta-sts.") else [])
+
+        text = yield defer.ensureDeferred(fetchResolved(reactor, "Example.com", addresses,
+                                                        self.root, 10, port))  # fmt: skip
+        self.assertEqual((text, asked), (POLICY, ["mta-sts.example.com"]))
+        with self.assertRaises(PolicyError) as e:
+            yield defer.ensureDeferred(
+                fetchResolved(reactor, "example.com", lambda n: defer.succeed([]), self.root)
+            )
+        self.assertIn("has no address", str(e.exception))
 
     @defer.inlineCallbacks
     def test_wrongName(self) -> Any:

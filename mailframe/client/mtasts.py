@@ -266,11 +266,54 @@ class _FixedAddress:
         self.reactor, self.policy, self.address, self.timeout = reactor, policy, address, timeout
 
     def endpointForURI(self, uri: Any) -> Any:
-        from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import (
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            wrapClientTLS,
+        )
 
         host, port = self.address
-        tcp = TCP4ClientEndpoint(self.reactor, host, port, timeout=self.timeout)
+        kind = TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint
+        tcp = kind(self.reactor, host, port, timeout=self.timeout)
         return wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), tcp)
+
+
+async def fetchResolved(
+    reactor: Any,
+    domain: str,
+    addresses: Callable[[str], Any] | None,
+    trustRoot: Any = None,
+    timeout: float = 30.0,
+    port: int = 443,
+) -> str:
+    """
+    L{fetchPolicy}, connecting to the addresses of C{mta-sts.DOMAIN} that
+    C{addresses} finds (the first two, in turn; C{port}: 443, another in
+    tests), or with the reactor's own name resolution when C{addresses} is
+    None.
+
+    @raise PolicyError: why there is no policy text.
+    """
+    if addresses is None:
+        return await fetchPolicy(reactor, domain, trustRoot=trustRoot, timeout=timeout)
+    host = "mta-sts." + domain.rstrip(".").lower()
+    try:
+        found = list(await addresses(host))
+    except Exception as e:
+        raise PolicyError(f"cannot find the address of {host}: {e}") from None
+    if not found:
+        raise PolicyError(f"{host} has no address")
+    error: PolicyError | None = None
+    for address in found[:2]:
+        try:
+            return await fetchPolicy(reactor, domain, trustRoot=trustRoot, timeout=timeout,
+                                     address=(address, port))  # fmt: skip
+        except PolicyError as e:
+            error = e
+            if "answered HTTP" in str(e) or "text/plain" in str(e) or "larger" in str(e):
+                break  # the server answered: another address would answer the same
+    assert error is not None
+    raise error
 
 
 @dataclass(frozen=True)
@@ -291,8 +334,10 @@ class MTASTS:
     """
     MTA-STS policies for MX delivery.  C{txt(name)} returns a Deferred of the
     TXT records of C{name} (L{mailframe.policy._dns.AsyncDNS.txt}); C{fetch(domain)}
-    a Deferred (or coroutine) of the policy text (L{fetchPolicy} with the
-    reactor, by default); C{clock} tells the time; C{stateDirectory} keeps
+    a Deferred (or coroutine) of the policy text (by default L{fetchPolicy}
+    with the reactor, to the addresses of C{mta-sts.DOMAIN} that
+    C{addresses(name)} gives, a Deferred of a list: the process's resolver;
+    None: the reactor's own); C{clock} tells the time; C{stateDirectory} keeps
     the policies (None: in memory only); C{skip} lists domains for which
     MTA-STS is off; C{refreshBefore}: a policy whose max_age ends within
     this many seconds is fetched again in the background when used.
@@ -306,6 +351,7 @@ class MTASTS:
         fetch: Callable[[str], Any] | None = None,
         reactor: Any = None,
         trustRoot: Any = None,
+        addresses: Callable[[str], Any] | None = None,
         stateDirectory: str | None = None,
         skip: Sequence[str] = (),
         refreshBefore: float = 86400.0,
@@ -315,8 +361,8 @@ class MTASTS:
         self.clock = clock
         if fetch is None:
 
-            def fetch(domain: str) -> Any:
-                return fetchPolicy(reactor, domain, trustRoot=trustRoot, timeout=timeout)
+            async def fetch(domain: str) -> str:
+                return await fetchResolved(reactor, domain, addresses, trustRoot, timeout)
 
         self.fetch = fetch
         self.stateDirectory = stateDirectory

@@ -72,17 +72,31 @@ def outboundFromConfig(
     state = str(state) if state else None
     mtasts = None
     txt = None
+    addresses: Any = None
     if resolver is not None:
         from mailframe.policy._dns import AsyncDNS
 
-        txt = AsyncDNS(resolver, reactor).txt
+        lookups = AsyncDNS(resolver, reactor)
+        txt = lookups.txt
+
+        async def addresses(name: str) -> list[str]:  # the policy's web server, through it too
+            found: list[str] = []
+            for kind in ("A", "AAAA"):
+                try:
+                    found += await lookups.addresses(name, kind)
+                except Exception:
+                    if kind == "AAAA" and found:
+                        break
+                    raise
+            return found
+
     if _flag("mta-sts", data.get("mtasts", True)) and txt is not None:
         from mailframe.client.mtasts import MTASTS
 
         skip = data.get("mtastsskip") or ()
         if isinstance(skip, str):
             skip = [s for s in skip.replace(",", " ").split() if s]
-        mtasts = MTASTS(txt, reactor, reactor=reactor, trustRoot=trustRoot,
+        mtasts = MTASTS(txt, reactor, reactor=reactor, trustRoot=trustRoot, addresses=addresses,
                         stateDirectory=state, skip=list(skip))  # fmt: skip
     reporter = None
     org, sender = data.get("tlsrptorg"), data.get("tlsrptsender")
