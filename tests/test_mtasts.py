@@ -459,3 +459,47 @@ class DeliveryTests(TestCase):
         result, _ = yield defer.ensureDeferred(self.relay(policy, starttls=False))
         self.assertEqual(result.replies[0].code, 250)
         self.assertEqual(self.reporter.results, [("sts", "example.com", "starttls-not-supported")])
+
+    @defer.inlineCallbacks
+    def test_testingBadCertificate(self) -> Any:
+        """testing, the MX named, a certificate from another CA: delivered, the failure reported."""
+        other = TestCA(self.mktemp()).issue("mx", "mx.test")
+        tls = ServerTLS([CertificatePair(other.fullchain, other.privkey)])
+        policy = POLICY.replace("enforce", "testing")
+        result, srv = yield defer.ensureDeferred(self.relay(policy, tls=tls))
+        self.assertEqual(result.replies[0].code, 250)
+        self.assertIn(b"with ESMTPS", srv.messages[0].data)
+        self.assertEqual(
+            self.reporter.results, [("sts", "example.com", "certificate-not-trusted")]
+        )
+
+    @defer.inlineCallbacks
+    def test_testingGood(self) -> Any:
+        """testing, the MX named, its certificate valid: delivered, a success reported."""
+        result, _ = yield defer.ensureDeferred(self.relay(POLICY.replace("enforce", "testing")))
+        self.assertEqual(result.replies[0].code, 250)
+        self.assertEqual(self.reporter.results, [("sts", "example.com", None)])
+
+
+class ProbeTests(SynchronousTestCase):
+    """PKIXProbe: what testing mode reports of a certificate chain."""
+
+    def test_verdicts(self) -> None:
+        """Valid; another name; an unknown CA; expired."""
+        from twisted.internet.ssl import Certificate
+
+        from mailframe.client.pkix import PKIXProbe
+        from tests.test_dane import _chain
+
+        ca = TestCA(self.mktemp())
+        with open(ca.rootFile, "rb") as f:
+            root = Certificate.loadPEM(f.read())
+        chain = _chain(ca.issue("a", "mx.test").fullchain)
+        self.assertIsNone(PKIXProbe("mx.test", root).verify(chain))
+        self.assertEqual(PKIXProbe("other.test", root).verify(chain), "certificate-host-mismatch")
+        with open(TestCA(self.mktemp()).rootFile, "rb") as f:
+            stranger = Certificate.loadPEM(f.read())
+        self.assertEqual(PKIXProbe("mx.test", stranger).verify(chain), "certificate-not-trusted")
+        old = _chain(ca.issue("b", "mx.test", expired=True).fullchain)
+        self.assertEqual(PKIXProbe("mx.test", root).verify(old), "certificate-expired")
+        self.assertEqual(PKIXProbe("mx.test", root).verify([]), "certificate-not-trusted")

@@ -12,7 +12,7 @@ mailframe.server or the queue; touch the network.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -120,6 +120,9 @@ class ClientOptions:
     mandatory (C{"DANE"}, C{"MTA-STS"}, C{"REQUIRETLS"}) in the replies of
     its failures; C{requireTLS}: the message carries REQUIRETLS (RFC 8689):
     the server must offer it after TLS, and MAIL passes it on.
+    C{tlsProbe}: a check (C{verify(chain)}: None or an RFC 8460 result) run
+    once TLS is up whose verdict is only kept (C{session.tlsVerdict}), for
+    MTA-STS in testing mode.
     """
 
     heloName: str = "localhost"
@@ -139,6 +142,7 @@ class ClientOptions:
     dane: DANECheck | None = None
     tlsLabel: str = ""
     requireTLS: bool = False
+    tlsProbe: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tls", checkTLSPolicy(self.tls))

@@ -107,6 +107,7 @@ class SMTPClientProtocol(Protocol):
         self.onIdle: Callable[[SMTPClientProtocol], None] | None = None
         self.onEnd: Callable[[SMTPClientProtocol], None] | None = None
         self.tls: TLSInfo | None = None
+        self.tlsVerdict: str | None = None  # what options.tlsProbe found (None: it passed)
         self.usable = True  # may take another message
         self._conn = ClientConnection(options.limits)
         self._sender = MessageSender(
@@ -226,6 +227,15 @@ class SMTPClientProtocol(Protocol):
             )
         except AttributeError:
             self.tls = TLSInfo("TLS", "unknown")
+        probe = self.options.tlsProbe
+        if probe is not None:
+            try:
+                self.tlsVerdict = probe.verify(
+                    list(handle.get_peer_cert_chain(as_cryptography=True) or [])
+                )
+            except Exception:
+                log.failure("{name}: checking the certificate chain", name=self.remote)
+                self.tlsVerdict = "validation-failure"
         dane = self.options.dane
         if dane is not None:
             why = self._daneMismatch(dane, handle)

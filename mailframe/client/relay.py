@@ -305,7 +305,7 @@ class SMTPRelay:
                     if e.tlsResult is not None:
                         self._report(plan, e.tlsResult, seen.get("local"))
                     break
-                self._reportSession(plan, seen.get("tls"), seen.get("local"))
+                self._reportSession(plan, seen.get("tls"), seen.get("local"), seen.get("verdict"))
                 replies = tuple(withEnhanced(r) for r in result.replies)
                 return replace(result, replies=replies)  # remote and dsn kept
             # the host's last attempt decides (a failed handshake, then a refusal in clear)
@@ -339,13 +339,17 @@ class SMTPRelay:
         except Exception:
             log.failure("recording a TLS report result")
 
-    def _reportSession(self, plan: HostPlan, tls: object, local: str | None = None) -> None:
+    def _reportSession(
+        self, plan: HostPlan, tls: object, local: str | None = None, verdict: str | None = None
+    ) -> None:
         """A delivered message: success, unless an MTA-STS policy in testing mode would fail."""
         result = plan.policyError
         if plan.testing and not plan.mxMatched:
             result = "validation-failure"
         elif plan.testing and tls is None:
             result = "starttls-not-supported"
+        elif plan.testing and verdict is not None:
+            result = verdict  # the certificate would not have passed
         self._report(plan, result, local)
 
     def _all(self, rcpts: Sequence[Recipient], reply: Reply, remote: str | None) -> DeliveryResult:
@@ -369,6 +373,7 @@ class SMTPRelay:
             transcript=self.transcript,
             implicitTLS=destination.implicitTLS,
             dane=plan.dane if plan is not None else None,
+            tlsProbe=_probe(destination, plan, self.trustRoot),
             tlsLabel=plan.label if plan is not None else "",
             requireTLS=plan.requireTLS if plan is not None else False,
         )
@@ -398,6 +403,7 @@ class SMTPRelay:
             session = pool.pop()
             if session.idle:
                 seen["tls"] = session.tls
+                seen["verdict"] = session.tlsVerdict
                 seen["local"] = _localAddress(session)
                 return await session.deliver(envelope, rcpts, message)
         options = self._options(destination, policy, plan)
@@ -417,6 +423,7 @@ class SMTPRelay:
         seen["local"] = _localAddress(session)
         result = await session.deliver(envelope, rcpts, message)
         seen["tls"] = session.tls
+        seen["verdict"] = session.tlsVerdict
         return result
 
     def _keep(self, key: _PoolKey, session: SMTPClientProtocol) -> None:
@@ -444,6 +451,15 @@ class SMTPRelay:
             return endpoint
         hostname = destination.tlsHostname or destination.hostname.strip("[]")
         return wrapClientTLS(clientTLS(destination.tls, hostname, self.trustRoot), endpoint)
+
+
+def _probe(destination: Destination, plan: HostPlan | None, trustRoot: Any) -> Any:
+    """The certificate check whose verdict MTA-STS testing mode reports, or None."""
+    if plan is None or not plan.testing or not plan.mxMatched:
+        return None
+    from mailframe.client.pkix import PKIXProbe
+
+    return PKIXProbe(destination.hostname, trustRoot)
 
 
 def _localAddress(session: SMTPClientProtocol) -> str | None:
