@@ -238,6 +238,8 @@ class PostgresStore:
             return
 
         def opened(result: tuple[list[QueueEntry], list[str]]) -> None:
+            if self._stopped:  # stopped while connecting: the leases expire
+                return
             entries, errors = result
             for error in errors:
                 log.error("queue {path}: {error}", path=self.path, error=error)
@@ -459,9 +461,7 @@ class PostgresStore:
         if entryID not in self._owned:
             return defer.fail(Lost(f"{entryID}: not held by this node"))
         envelope = sql.envelopeJSON(entry)
-        rows = [
-            (state, data, entryID, i) for entryID, i, _, state, data in sql.recipientRows(entry)
-        ]
+        rows = [(state, data, mid, i) for mid, i, _, state, data in sql.recipientRows(entry)]
         nextAttempt = entry.nextAttempt
 
         def work() -> None:
