@@ -35,6 +35,7 @@ __all__ = [
     "DISCONNECT",
     "EVENTS",
     "KEY",
+    "OUTBOUND_TLS",
     "QUEUE_BOUNCED",
     "QUEUE_DEFERRED",
     "QUEUE_DELETED",
@@ -151,6 +152,18 @@ QUEUE_RELEASED = "queue.released"
 QUEUE_DELETED = "queue.deleted"
 """Deleted by an operator: C{queueID}."""
 
+OUTBOUND_TLS = "outbound.tls"
+"""
+A TLS policy decided how (or whether) the relay goes to a host, or a
+session failed the TLS it required: C{queueID remote} (C{host
+[address]}) C{domain} (the recipient domain) C{mechanism} (C{DANE},
+C{MTA-STS}, C{REQUIRETLS}) C{decision} (C{required}: TLS mandatory, as
+C{tls} says, C{none}/C{verify}/C{require}; C{skipped}: the host is not
+tried; C{testing}: an MTA-STS policy in testing mode; C{failed}: the
+session did not get TLS as required) (+ C{result}: the RFC 8460 result
+type of a skip or failure, C{reply}).
+"""
+
 EVENTS: frozenset[str] = frozenset(
     {
         CONNECT,
@@ -167,6 +180,7 @@ EVENTS: frozenset[str] = frozenset(
         QUEUE_HELD,
         QUEUE_RELEASED,
         QUEUE_DELETED,
+        OUTBOUND_TLS,
     }
 )
 """Every decision event's name."""

@@ -318,6 +318,28 @@ class DeliveryTests(TestCase):
         self.assertIn(b"with ESMTPS", server.messages[0].data)
 
     @defer.inlineCallbacks
+    def test_events(self) -> Any:
+        """The decisions are outbound.tls events: required by DANE, then failed (a mismatch)."""
+        from twisted.logger import globalLogPublisher
+
+        from mailframe import events
+
+        seen: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get(events.KEY) == events.OUTBOUND_TLS:
+                seen.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        other = _chain(self.ca.issue("other", "mx.test").fullchain)[0]
+        yield defer.ensureDeferred(self.relay(zone([tlsa(3, 1, 1, other)])))
+        fields = [(e["mechanism"], e["decision"], e["result"], e["domain"]) for e in seen]
+        self.assertEqual(fields, [("DANE", "required", None, "example.com"),
+                                  ("DANE", "failed", "validation-failure", "example.com")])  # fmt: skip
+        self.assertEqual(seen[0]["queueID"], "Q1")
+
+    @defer.inlineCallbacks
     def test_matchTA(self) -> Any:
         """A DANE-TA record for the intermediate: delivered."""
         result, _ = yield defer.ensureDeferred(self.relay(zone([tlsa(2, 0, 2, self.chain[1])])))

@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailframe import events
 from mailframe.client import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
@@ -304,6 +305,11 @@ class SMTPRelay:
                         continue
                     if e.tlsResult is not None:
                         self._report(plan, e.tlsResult, seen.get("local"))
+                        log.info("{queueID}: {remote}: TLS as required failed: {result}",
+                                 mfEvent=events.OUTBOUND_TLS, queueID=envelope.queueID,
+                                 remote=destination.remote, domain=plan.policyDomain,
+                                 mechanism=plan.label or "TLS policy", decision="failed",
+                                 tls=policy, result=e.tlsResult, reply=str(e.reply))  # fmt: skip
                     break
                 self._reportSession(plan, seen.get("tls"), seen.get("local"), seen.get("verdict"))
                 replies = tuple(withEnhanced(r) for r in result.replies)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mailframe import events
 from mailframe.client.dane import DANECheck, TLSALookup, lookupTLSA
 from mailframe.client.mtasts import ENFORCE, TESTING, STSLookup
 from mailframe.client.nexthop import Destination
@@ -126,6 +127,22 @@ class HostPlan:
     policyError: str | None = None
 
 
+def _logPlan(plan: HostPlan, queueID: str) -> None:
+    """The decision event of a plan with a mechanism, a skip or a testing policy."""
+    d = plan.destination
+    if plan.skip is not None:
+        decision, what = "skipped", " ".join(plan.skip.lines)
+    elif plan.testing:
+        decision = "testing"
+        what = f"MTA-STS testing, the host {'named' if plan.mxMatched else 'not named'}"
+    else:
+        decision, what = "required", f"{plan.label}, TLS {d.tls}"
+    mechanism = plan.label or ("MTA-STS" if plan.policyType == "sts" else "DANE")
+    log.info("{queueID}: {remote}: {what}", mfEvent=events.OUTBOUND_TLS, queueID=queueID,
+             remote=d.remote, domain=plan.policyDomain, mechanism=mechanism, decision=decision,
+             tls=d.tls, result=plan.skipResult, what=what)  # fmt: skip
+
+
 def _skip(d: Destination, text: str, result: str, **kw: Any) -> HostPlan:
     code, enhanced = (451, (4, 7, 10)) if kw.get("requireTLS") else (451, (4, 7, 5))
     return HostPlan(d, skip=Reply(code, enhanced, text), skipResult=result, **kw)
@@ -172,13 +189,8 @@ class OutboundTLS:
         plans = []
         for d in destinations:
             plan = await self._planOne(d, requirement, tlsa, sts)
-            what = (
-                plan.skip.text
-                if plan.skip
-                else f"{plan.label or 'no policy'}, TLS {plan.destination.tls}"
-            )
             if plan.label or plan.skip or plan.testing:
-                log.info("{id}: {remote}: {what}", id=queueID, remote=d.remote, what=what)
+                _logPlan(plan, queueID)
             plans.append(plan)
         return plans
 
