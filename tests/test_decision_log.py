@@ -240,6 +240,31 @@ class ServerDecisionTests(DecisionCase):
         stats = self.factory.context.stats
         self.assertEqual((stats.accepted, stats.refused, stats.refusedRecipients), (0, 2, 1))
 
+    def test_statsSequenceErrors(self) -> None:
+        """A sequence error (RCPT before MAIL) is a refused line, but refuses no mail."""
+        self.serve(b"EHLO c\r\nRCPT TO:<bob@example.com>\r\n")
+        [refused] = self.decisions(events.REFUSED)
+        self.assertEqual((refused["stage"], refused["code"]), ("rcpt", 503))
+        self.assertEqual(self.factory.context.stats.refused, 0)
+
+    def test_tooBig(self) -> None:
+        """A message over the size limit: a refusal at stage data, counted as a refused message."""
+        from mailframe.protocol import Limits
+
+        config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}),
+                              limits=Limits(messageSize=10))  # fmt: skip
+        proto, _ = self.serve(
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<bob@example.com>\r\n"
+            b"DATA\r\n" + b"x" * 100 + b"\r\n.\r\nQUIT\r\n",
+            config,
+        )
+        proto.connectionLost(None)  # type: ignore[arg-type]
+        [refused] = self.decisions(events.REFUSED)
+        self.assertEqual((refused["stage"], refused["code"]), ("data", 552))
+        self.assertEqual(self.factory.context.stats.refused, 1)
+        [gone] = self.decisions(events.DISCONNECT)
+        self.assertEqual(gone["counts"], "ehlo=1 mail=1 rcpt=1 data=0/1 quit=1 commands=4/5")
+
     def test_quiet(self) -> None:
         """With logMessages off (--quiet) no decision event is logged; the totals are kept."""
         config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}),

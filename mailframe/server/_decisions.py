@@ -75,8 +75,6 @@ _KNOWN_VERBS = frozenset(
     {"helo", "ehlo", "lhlo", "mail", "rcpt", "data", "bdat", "rset", "noop", "quit", "vrfy",
      "expn", "help", "starttls", "auth"}
 )  # fmt: skip
-#: Stages whose refusal refuses mail (a sender, a recipient, a message): ServerStats.refused.
-_MAIL_STAGES = frozenset({"mail", "rcpt"})
 
 _FORMATS = {
     "connect": "{sessionID} refused connect from {clientName}[{clientAddress}]: "
@@ -132,6 +130,9 @@ def _sentText(sent: bytes) -> str:
 def _recipientList(envelope: Envelope) -> list[str]:
     return [str(r.address) for r in envelope.recipients]
 
+
+_MESSAGE_END = object()
+"""The event of a message whose end the core refused (too big, a bare CR or LF ...)."""
 
 _REPLY_KEYS: dict[str, tuple[str, ...]] = {}
 
@@ -247,9 +248,14 @@ class SessionRecord:
         """The core refused a line (syntax, sequence, size): which command it was."""
         if self.dataVerb is not None:  # the end of a message the core refused
             verb, self.dataVerb = self.dataVerb, None
-            self.verb, self.event = verb, None
+            self.verb, self.event = verb, _MESSAGE_END
             return
         word = line.split(b" ", 1)[0].decode("ascii", "replace").lower()
+        if word == "bdat" and line.rstrip().lower().endswith(b" last"):
+            counts = self.commands
+            counts[word] = counts.get(word, 0) + 1
+            self.verb, self.event = word, _MESSAGE_END  # the last chunk, refused
+            return
         verb = (
             word if word in _KNOWN_VERBS or word.upper() in self.context.verbNames else "unknown"
         )
@@ -357,12 +363,12 @@ class SessionRecord:
         envelope = commands.envelope
         stats = self.context.stats
         kind = type(event)
-        message = stage in ("data", "bdat") and kind is not E.Data and kind is not E.EndOfChunk
+        message = kind is E.EndOfMessage or event is _MESSAGE_END
         if message and recipient is None:
             stats.refused += 1  # the message, refused after its data
-        elif stage in _MAIL_STAGES or recipient is not None:
-            stats.refused += 1
-            if stage == "rcpt" or recipient is not None:
+        elif kind is E.MailFrom or kind is E.RcptTo or recipient is not None:
+            stats.refused += 1  # not a syntax or sequence error: those refuse no mail
+            if kind is E.RcptTo or recipient is not None:
                 stats.refusedRecipients += 1
         elif stage == "connect":
             stats.refusedConnections += 1

@@ -54,7 +54,8 @@ class ServerStats:
       - C{acceptedRecipients}: their recipients (LMTP: the delivered ones);
       - C{refused}: refusals of mail, one per 4xx/5xx reply to MAIL, to
         RCPT, or to the end of a message (LMTP: one per recipient refused
-        after the data);
+        after the data); a syntax or sequence error (501, 503) refuses no
+        mail and is not counted;
       - C{refusedRecipients}: those of C{refused} that refused a recipient;
       - C{refusedConnections}: connections refused at the greeting (421, 554).
     """
