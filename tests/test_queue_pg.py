@@ -248,7 +248,7 @@ class StoreTests(PostgresTestCase):
             lambda: self.rows("SELECT id FROM mailframe_message") == [("U1R1",)],
             "the report in place of U1",
         )
-        self.assertEqual(committed, ["U1", "U1R1"])
+        await waitUntil(lambda: committed == ["U1", "U1R1"], "the report handed to the runner")
 
     async def test_lostLease(self) -> None:
         """A write where another node holds the lease fails; the runner forgets; no report."""
