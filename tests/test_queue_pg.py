@@ -15,13 +15,14 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mailframe.address import parseMailbox
 from mailframe.app import queuetool
 from mailframe.backends.memory import MemoryBackend
-from mailframe.envelope import Envelope, Recipient
-from mailframe.interfaces import IQueueStore
+from mailframe.envelope import DeliveryResult, Envelope, Recipient
+from mailframe.interfaces import IDeliveryBackend, IQueueStore
 from mailframe.message import Message
 from mailframe.queue._pgschema import VERSION, SchemaError
 from mailframe.queue._pgsql import Lost
@@ -414,3 +415,70 @@ class ToolTests(PostgresTestCase):
         status, _, err2 = await self.tool("list")
         self.assertEqual(status, 1)
         self.assertIn("no mailframe queue in this database", err2)
+
+
+@implementer(IDeliveryBackend)
+class Stuck:
+    """A local backend that never answers: its node dies mid-delivery."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.waiting: list[defer.Deferred[DeliveryResult | None]] = []
+
+    def deliver(
+        self, envelope: Envelope, message: Message
+    ) -> defer.Deferred[DeliveryResult | None]:
+        self.started.append(envelope.queueID)
+        d: defer.Deferred[DeliveryResult | None] = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+    def finish(self) -> None:
+        """The end of the test: answer (the dead node's answer goes nowhere)."""
+        for d in self.waiting:
+            d.callback(None)
+
+
+class TakeoverTests(PostgresTestCase):
+    """A node that dies mid-delivery: another node delivers once the lease expires."""
+
+    def runnerFor(self, node: str, local: Any, lease: float) -> QueueRunner:
+        store = PostgresStore(self.location(), reactor, node, lease=lease, pollInterval=0.1)
+        runner = QueueRunner(
+            reactor, store, local, None, defaultRouteKey(lambda d: True),
+            ReportSettings("mx.test"),
+        )  # fmt: skip
+        store.attach(runner)
+        self.addCleanup(store.stop)
+        self.addCleanup(runner.stop)
+        return runner
+
+    async def test_deadNodeMessageTakenOver(self) -> None:
+        """node-a dies delivering (no renewals, leases kept); node-b delivers after expiry."""
+        stuck = Stuck()
+        runnerA = self.runnerFor("node-a", stuck, lease=1.5)
+        self.addCleanup(stuck.finish)
+        await runnerA.start().addTimeout(WAIT, reactor)
+        envelope = Envelope(
+            "T1", parseMailbox("s@example.org"), {}, [Recipient(parseMailbox("r@example.com"))]
+        )
+        message = Message()
+        message.write(b"Subject: t\r\n\r\nx\r\n")
+        message.finish()
+        self.assertIsNone(await SpoolBackend(runnerA.spool, reactor).deliver(envelope, message))
+        await waitUntil(lambda: stuck.started == ["T1"], "node-a to start delivering")
+        storeA = runnerA.spool
+        assert isinstance(storeA, PostgresStore)
+        storeA._stopped = True  # a SIGKILL: no renewal, no give-back
+        for call in storeA._timers.values():
+            if call.active():
+                call.cancel()
+        storeA._owned.clear()
+        local = MemoryBackend()
+        runnerB = self.runnerFor("node-b", local, lease=1.5)
+        await runnerB.start().addTimeout(WAIT, reactor)
+        self.assertEqual(local.count, 0)  # node-a's lease still holds
+        await waitUntil(lambda: local.count == 1, "node-b to deliver T1")
+        await waitUntil(
+            lambda: self.rows("SELECT count(*) FROM mailframe_message") == [(0,)], "the removal"
+        )
