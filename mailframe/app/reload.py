@@ -119,6 +119,9 @@ _RESTART_QUEUE = (
     ("destinationConnections", "queue-destination-connections"),
     ("srsSecret", "srs-secret"),
     ("srsDomain", "srs-domain"),
+    ("passwordFile", "spool-password-file"),
+    ("nodeName", "node-name"),
+    ("lease", "queue-lease"),
 )
 """The queue's settings (QueueSpec field, setting) that need a restart."""
 
