@@ -9,22 +9,38 @@ Must not: format anything (observers do), or hold state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import time
 from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
-__all__ = ["emit"]
+__all__ = ["counting", "emit"]
 
 _INFO = LogLevel.info
 
 
-def emit(logger: Logger, format: str, fields: dict[str, Any]) -> None:
-    """Log C{fields} at info level with C{format} through C{logger}, as C{logger.info} would."""
+counting: list[Callable[[dict[str, Any]], None]] = []
+"""
+The observers that count decision events without logging them (the
+metrics): they are given the events of a listener or queue whose lines are
+off (C{--quiet}), which the server and queue then emit only for them.
+"""
+
+
+def emit(logger: Logger, format: str, fields: dict[str, Any], logged: bool = True) -> None:
+    """
+    Log C{fields} at info level with C{format} through C{logger}, as
+    C{logger.info} would; when not C{logged}, only to the L{counting} observers.
+    """
     fields["log_logger"] = logger
     fields["log_level"] = _INFO
     fields["log_namespace"] = logger.namespace
     fields["log_source"] = logger.source
     fields["log_format"] = format
     fields["log_time"] = time()
-    logger.observer(fields)
+    if logged:
+        logger.observer(fields)
+    else:
+        for observer in counting:
+            observer(fields)

@@ -571,17 +571,12 @@ class SettingTests(SynchronousTestCase):
         endpoint = workerEndpoint(None, "tcp:9100:interface=127.0.0.1", 3)
         self.assertEqual(endpoint._port, 9103)
 
-    def test_quietWarned(self) -> None:
-        """--quiet turns the decision events off: a warning at start says what is not counted."""
+    def test_quietCounted(self) -> None:
+        """--quiet turns the lines off, not the counting: no warning at start."""
         options = tap.Options()
         options.parseOptions(
             ["--metrics", "tcp:0:interface=127.0.0.1", "--deliver", "memory", "--quiet"]
         )
-        service = tap.makeService(options)
-        [warning] = [w for w in service.warnings if "metrics" in w]
-        self.assertIn("count no sessions of smtp", warning)
-        options = tap.Options()
-        options.parseOptions(["--metrics", "tcp:0:interface=127.0.0.1", "--deliver", "memory"])
         self.assertEqual([w for w in tap.makeService(options).warnings if "metrics" in w], [])
 
     def test_reloadNeedsRestart(self) -> None:
@@ -724,6 +719,27 @@ class SessionTests(SynchronousTestCase):
 
     def test_session(self) -> None:
         """One accepted and one refused recipient, a message, QUIT: every counter moves."""
+        self.session(quiet=False)
+
+    def test_sessionQuiet(self) -> None:
+        """
+        With its lines off (--quiet) a session is counted all the same, and
+        none of its decision events reaches the log.
+        """
+        from twisted.logger import globalLogPublisher
+
+        logged: list[Any] = []
+
+        def observe(event: Any) -> None:
+            if "mfEvent" in event:
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.session(quiet=True)
+        self.assertEqual(logged, [])
+
+    def session(self, quiet: bool) -> None:
         from twisted.internet.error import ConnectionDone
         from twisted.internet.testing import MemoryReactorClock, StringTransport
         from twisted.python.failure import Failure
@@ -731,7 +747,9 @@ class SessionTests(SynchronousTestCase):
         metrics = Metrics(process=False)
         metrics.start()
         self.addCleanup(metrics.stop)
-        config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}))
+        config = ServerConfig(
+            hostname="mx.test", localDomains=frozenset({"example.com"}), logMessages=not quiet
+        )
         clock = MemoryReactorClock()
         factory = SMTPServerFactory(config, MemoryBackend(), [Validator()], clock=clock)
         metrics.timePlugins(factory)
@@ -792,3 +810,29 @@ class QueueSessionTests(QueueCase):
         self.assertEqual(value(r, "mailframe_queue_recipients", state="deferred"), 1)
         self.assertEqual(value(r, "mailframe_queue_oldest_seconds", state="deferred"), 30)
         self.assertEqual(value(r, "mailframe_metrics_errors_total"), 0)
+
+    def test_queueQuiet(self) -> None:
+        """With the queue's lines off, its deliveries are counted and not logged."""
+        from twisted.logger import globalLogPublisher
+
+        logged: list[Any] = []
+
+        def observe(event: Any) -> None:
+            if "mfEvent" in event:
+                logged.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.runner.logDeliveries = False
+        metrics = Metrics(process=False)
+        metrics.start()
+        self.addCleanup(metrics.stop)
+        self.relay.answer = lambda address: LATER
+        self.send(envelope("s@example.com", "user@example.com", "far@remote.test"))
+        self.clock.advance(30)
+        r = metrics.registry
+        self.assertEqual(value(r, "mailframe_deliveries_total", kind="local", outcome="sent"), 1)
+        self.assertEqual(
+            value(r, "mailframe_deliveries_total", kind="relay", outcome="deferred"), 1
+        )
+        self.assertEqual(logged, [])

@@ -31,6 +31,7 @@ from twisted.logger import ILogObserver, LogPublisher, globalLogPublisher
 from zope.interface import implementer
 
 from mailframe import events as E
+from mailframe._eventlog import counting
 from mailframe.app._metricsfamilies import (
     QUEUE_STATES,
     Counter,
@@ -360,12 +361,15 @@ class Metrics:
         if self._publisher is None:
             self._publisher = publisher if publisher is not None else globalLogPublisher
             self._publisher.addObserver(self)
+            counting.append(self)  # and those of listeners whose lines are off (--quiet)
 
     def stop(self) -> None:
         """Stop counting events (what was counted stays)."""
         if self._publisher is not None:
             self._publisher.removeObserver(self)
             self._publisher = None
+            if self in counting:
+                counting.remove(self)
 
     def timePlugins(self, factory: SMTPServerFactory) -> None:
         """Time the plug-ins of C{factory}'s chains (and of its future reloads)."""

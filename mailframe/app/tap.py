@@ -548,12 +548,6 @@ def _metrics(
     service.endpoints[child] = description
     where = f"{description} (port + {worker})" if worker else description
     service.announcements.append(f"mailframe: Prometheus metrics at {where}, path /metrics")
-    quiet = [f.config.listener for f in service.factories if not f.config.logMessages]
-    if quiet:  # --quiet turns the decision events off, and so what the metrics count
-        service.warnings.append(
-            f"mailframe: --quiet: the metrics count no sessions of {', '.join(quiet)} (no "
-            "decision events to count), only plug-in latency and the queue's state"
-        )
 
 
 def buildListener(

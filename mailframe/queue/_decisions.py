@@ -22,16 +22,17 @@ __all__ = ["deferred", "expired", "queued", "sentOrBounced"]
 log = Logger(namespace="mailframe.queue")
 
 
-def _info(format: str, **fields: Any) -> None:
-    emit(log, format, fields)
+def _info(logged: bool, format: str, **fields: Any) -> None:
+    emit(log, format, fields, logged)
 
 
 LOCAL = "local"
 
 
-def queued(entry: QueueEntry, size: int) -> None:
+def queued(entry: QueueEntry, size: int, logged: bool = True) -> None:
     """A message put in the queue (by a listener, or a report the queue made)."""
     _info(
+        logged,
         "{queueID} queued from=<{sender}> nrcpt={nrcpt} size={size}",
         mfEvent=events.QUEUE_QUEUED,
         queueID=entry.id,
@@ -51,6 +52,7 @@ def sentOrBounced(
     local: bool,
     started: float,
     now: float,
+    logged: bool = True,
 ) -> None:
     """A recipient sent (delivered or relayed) or bounced by this attempt."""
     reply = r.reply
@@ -58,6 +60,7 @@ def sentOrBounced(
     relay = r.remote or route or LOCAL
     if reply.code < 400:
         _info(
+            logged,
             "{queueID} to=<{recipient}> {status} via {relay} delay={delay:.2f} "
             "delays={delays[queued]:.2f}/{delays[transfer]:.2f} dsn={dsn} ({reply})",
             mfEvent=events.QUEUE_SENT,
@@ -76,6 +79,7 @@ def sentOrBounced(
         )
         return
     _info(
+        logged,
         "{queueID} to=<{recipient}> bounced via {relay} dsn={dsn} ({reply})",
         mfEvent=events.QUEUE_BOUNCED,
         queueID=entry.id,
@@ -96,10 +100,12 @@ def deferred(
     route: str | None,
     now: float,
     nextAttempt: float,
+    logged: bool = True,
 ) -> None:
     """A recipient to try again at C{nextAttempt}."""
     reply = r.reply
     _info(
+        logged,
         "{queueID} to=<{recipient}> deferred via {relay} attempts={attempts} "
         "next in {wait:.0f}s ({reply})",
         mfEvent=events.QUEUE_DEFERRED,
@@ -115,10 +121,13 @@ def deferred(
     )
 
 
-def expired(entry: QueueEntry, r: RecipientState, route: str | None, now: float) -> None:
+def expired(
+    entry: QueueEntry, r: RecipientState, route: str | None, now: float, logged: bool = True
+) -> None:
     """A recipient given up on: still 4xx when the queue's lifetime ran out."""
     reply = r.reply
     _info(
+        logged,
         "{queueID} to=<{recipient}> expired after {age:.0f}s attempts={attempts} ({reply})",
         mfEvent=events.QUEUE_EXPIRED,
         queueID=entry.id,

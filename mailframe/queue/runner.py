@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 
 from mailframe import events
 from mailframe._deferreds import always, settled
+from mailframe._eventlog import counting
 from mailframe.address import Address, Domain
 from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IQueueStore, IRelay
@@ -213,8 +214,9 @@ class QueueRunner:
         self.entries[entry.id] = entry
         if data is not None and len(data) <= self.spillThreshold:
             self._cache[entry.id] = data
-        if self.logDeliveries:
-            _decisions.queued(entry, entry.size if data is None else len(data))
+        if self.logDeliveries or counting:
+            size = entry.size if data is None else len(data)
+            _decisions.queued(entry, size, self.logDeliveries)
         if entry.held:  # a filter's quarantine
             self._logHeld(entry.id, "quarantined by a filter")
         if self.running:
@@ -526,7 +528,8 @@ class QueueRunner:
         entry.attempts += 1
         entry.lastAttempt = now
         items: list[bounce.ReportItem] = []
-        logging = self.logDeliveries
+        logged = self.logDeliveries
+        logging = logged or bool(counting)  # counted (metrics) even when not logged
         routes = routes or {}
         for r, reply, remote, local, passedOn in outcomes:
             r.reply, r.remote, r.lastAttempt = reply, remote, now
@@ -534,13 +537,15 @@ class QueueRunner:
                 r.state = DELIVERED if local else RELAYED
                 action = bounce.DELIVERED if local else bounce.RELAYED
                 if logging:
-                    _decisions.sentOrBounced(entry, r, routes.get(id(r)), local, started, now)
+                    route = routes.get(id(r))
+                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged)
                 if passedOn:  # the next hop took NOTIFY and reports for itself (RFC 3461 5.2)
                     continue
             elif reply.code >= 500:
                 r.state, action = FAILED, bounce.FAILED
                 if logging:
-                    _decisions.sentOrBounced(entry, r, routes.get(id(r)), local, started, now)
+                    route = routes.get(id(r))
+                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged)
             else:
                 continue
             if bounce.wantsNotice(r, action):
@@ -554,7 +559,7 @@ class QueueRunner:
                 if r.reply is not None and r.reply.code < 500:
                     r.reply = Reply(r.reply.code, r.reply.enhanced or _EXPIRED, r.reply.text)
                 if logging:
-                    _decisions.expired(entry, r, routes.get(id(r)), now)
+                    _decisions.expired(entry, r, routes.get(id(r)), now, logged)
                 if bounce.wantsNotice(r, bounce.FAILED):
                     items.append(bounce.ReportItem(r, bounce.FAILED))
             still = []
@@ -569,7 +574,7 @@ class QueueRunner:
         if logging and still:
             nextAttempt = self._nextAttempt(entry, now)
             for r in still:
-                _decisions.deferred(entry, r, routes.get(id(r)), now, nextAttempt)
+                _decisions.deferred(entry, r, routes.get(id(r)), now, nextAttempt, logged)
         if not items:
             return self._finish(entry, now)
         if entry.sender == "" or entry.report:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from mailframe import events
-from mailframe._eventlog import emit
+from mailframe._eventlog import counting, emit
 from mailframe.protocol import _events as E
 from mailframe.reply import Reply
 
@@ -193,6 +193,7 @@ class SessionRecord:
         "dataVerb",
         "event",
         "failed",
+        "logged",
         "on",
         "replies",
         "session",
@@ -204,7 +205,8 @@ class SessionRecord:
         self.context = context
         self.session = session
         self.started = started
-        self.on = context.decisions
+        self.logged = context.decisions
+        self.on = self.logged or bool(counting)  # counted (metrics) even when not logged
         self.commands: dict[str, int] = {}
         self.replies: dict[str, int] = {}  # "verb:class" -> count
         self.failed: dict[str, int] = {}
@@ -294,6 +296,9 @@ class SessionRecord:
 
     # -- the events -------------------------------------------------------------------
 
+    def _say(self, format: str, **fields: Any) -> None:
+        emit(log, format, fields, self.logged)
+
     def connect(self, proxied: bool = False) -> None:
         """
         The session began (emitted once its greeting is decided, or as it
@@ -305,7 +310,7 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        _info(
+        self._say(
             "{sessionID} connect from {clientName}[{clientAddress}] listener={listener}",
             mfEvent=events.CONNECT,
             sessionID=session.sessionID,
@@ -324,7 +329,7 @@ class SessionRecord:
         tls = session.tls
         if not self.on or tls is None:
             return
-        _info(
+        self._say(
             "{sessionID} TLS {tlsVersion} {cipher} with {clientName}[{clientAddress}]",
             mfEvent=events.TLS,
             sessionID=session.sessionID,
@@ -341,7 +346,7 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        _info(
+        self._say(
             "{sessionID} auth ok user={user} mechanism={mechanism} "
             "client={clientName}[{clientAddress}]",
             mfEvent=events.AUTH,
@@ -405,7 +410,7 @@ class SessionRecord:
             form = "transaction"
         else:
             form = "session"
-        _info(
+        self._say(
             _FORMATS[form],
             mfEvent=events.REFUSED,
             sessionID=session.sessionID,
@@ -457,7 +462,7 @@ class SessionRecord:
             result = [{"recipient": a, "code": r.code, "reply": replyText(r)}
                       for a, r in zip(recipients, results, strict=True)]  # fmt: skip
             recipients = [a for a, r in zip(recipients, results, strict=True) if r.code < 400]
-        _info(
+        self._say(
             "{sessionID} {queueID} accepted from=<{sender}> to={to} size={size} "
             "client={clientName}[{clientAddress}] helo=<{helo}>{notes} ({code})",
             mfEvent=events.ACCEPTED,
@@ -486,7 +491,7 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        _info(
+        self._say(
             "{sessionID} disconnect from {clientName}[{clientAddress}] {counts} "
             "bytes={bytesIn} duration={duration:.3f}s",
             mfEvent=events.DISCONNECT,
