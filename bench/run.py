@@ -126,7 +126,8 @@ SERVERS = {
             MAILFRAME + " --deliver memory:keep=no",
             "null",
             "mailframe-log",
-            "twistd mailframe as it runs by default: one log line per message",
+            "twistd mailframe as it runs by default: its decision lines (connect, accepted, "
+            "disconnect) to the run's log file, against mailframe's --quiet",
             default=False,
         ),
         Server(
@@ -159,16 +160,6 @@ SERVERS = {
             "durable",
             "mailframe-stop",
             "the spool with --workers 2 (a spool per worker)",
-        ),
-        Server(
-            "mailframe-amqp",
-            "{python} {here}/peers/amqp_broker.py --twistd {twistd} --host {host} "
-            "--dir {scratch} -- " + MAILFRAME.replace("{twistd} ", "") + " --quiet",
-            "durable",
-            "mailframe-stop",
-            "twistd mailframe, amqp backend publishing each message to a private RabbitMQ "
-            "(persistent, durable queue): 250 only after the broker's confirm",
-            stopGrace=60.0,
         ),
         Server(
             "mailframe-pg",
@@ -211,6 +202,16 @@ SERVERS = {
             "mailframe-stop",
             "the same with format=raw and a signature (HMAC-SHA256)",
             default=False,
+        ),
+        Server(
+            "mailframe-amqp",
+            "{python} {here}/peers/amqp_broker.py --twistd {twistd} --host {host} "
+            "--dir {scratch} -- " + MAILFRAME.replace("{twistd} ", "") + " --quiet",
+            "durable",
+            "mailframe-stop",
+            "twistd mailframe, amqp backend publishing each message to a private RabbitMQ "
+            "(persistent, durable queue): 250 only after the broker's confirm",
+            stopGrace=60.0,
         ),
         Server(
             "twisted.mail",
