@@ -135,6 +135,14 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(code(b"HELO"), "501 5.5.4")
         self.assertEqual(code(b"EHLO a b"), "501 5.5.4")
 
+    def test_heloControlCharacters(self) -> None:
+        """A name with a control character is no domain: 501, never into Received or the log."""
+        for line in (b"EHLO a\x01b", b"EHLO mx\x1b[31m.example", b"HELO \x7fdel"):
+            self.assertEqual(code(line), "501 5.5.4", line)
+        self.assertEqual(
+            parseCommand("EHLO bücher.example".encode()), E.Hello("bücher.example", True)
+        )
+
     def test_bdat(self) -> None:
         """BDAT size [LAST]."""
         self.assertEqual(parseCommand(b"BDAT 0 last"), E.Bdat(0, True))

@@ -130,7 +130,9 @@ def _rcpt(arg: str) -> E.Event:
 def _hello(extended: bool) -> Callable[[str], E.Event]:
     def parse(arg: str) -> E.Event:
         name = arg.strip()
-        if not name or any(c.isspace() for c in name):
+        # a domain or an address literal: never a control character (they
+        # would reach the Received field and the log lines as they are)
+        if not name or not name.isprintable() or any(c.isspace() for c in name):
             raise CommandSyntaxError(_HELO_SYNTAX)
         return E.Hello(name, extended)
 
