@@ -50,6 +50,7 @@ from mailframe.backends._handoff import (
     readMessage,
     shorten,
 )
+from mailframe.backends._held import GONE, heldDelivery
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.interfaces import IDeliveryBackend
 from mailframe.message import Message, MessageClosed
@@ -59,7 +60,6 @@ __all__ = ["AMQPBackend", "amqpParameters", "redactURL"]
 
 log = Logger(namespace="mailframe.backends.amqp")
 
-_GONE = Reply(451, (4, 3, 0), "The message was closed before its delivery began")
 _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the AMQP backend")
 
 
@@ -196,22 +196,10 @@ class AMQPBackend:
         self, envelope: Envelope, message: Message
     ) -> defer.Deferred[DeliveryResult | None]:
         """One result per recipient: 250 once the broker confirmed its publication, else 4xx."""
-        count = len(envelope.recipients)
-        if not count:
-            return defer.succeed(DeliveryResult(()))
-        try:
-            hold = message.retain()
-        except MessageClosed:
-            return defer.succeed(DeliveryResult((_GONE,) * count))
-        d: defer.Deferred[DeliveryResult | None] = defer.ensureDeferred(
-            self._deliver(envelope, message)
-        )
-
-        def failed(reason: Any) -> DeliveryResult:
-            log.failure("{id}: AMQP delivery failed", reason, id=envelope.queueID)
-            return DeliveryResult((_LOCAL_ERROR,) * count)
-
-        return d.addErrback(failed).addBoth(hold.passThrough)
+        return heldDelivery(
+            envelope, message, lambda: self._deliver(envelope, message), log, "AMQP",
+            _LOCAL_ERROR
+        )  # fmt: skip
 
     def close(self) -> defer.Deferred[None]:
         """Close the connection and make no other (tests, shutdown)."""
@@ -229,7 +217,7 @@ class AMQPBackend:
         try:
             data = await readMessage(self.reactor, message)
         except MessageClosed:
-            return self._all(count, _GONE)
+            return self._all(count, GONE)
         try:
             link = await self.connector.get(self.timeout)
         except Unavailable as e:

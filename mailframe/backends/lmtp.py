@@ -42,17 +42,17 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailframe.backends._held import heldDelivery
 from mailframe.backends._lmtpsession import LMTPSession, SessionFailed, Settings, Unanswered
 from mailframe.envelope import DeliveryResult, Envelope
 from mailframe.interfaces import IDeliveryBackend
-from mailframe.message import Message, MessageClosed
+from mailframe.message import Message
 from mailframe.reply import Reply
 
 __all__ = ["LMTPBackend", "endpointString"]
 
 log = Logger(namespace="mailframe.backends.lmtp")
 
-_GONE = Reply(451, (4, 3, 0), "The message was closed before its delivery began")
 _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the LMTP client")
 
 
@@ -128,22 +128,10 @@ class LMTPBackend:
         self, envelope: Envelope, message: Message
     ) -> defer.Deferred[DeliveryResult | None]:
         """One reply per recipient from the LMTP server (or a 4xx of ours); never fails."""
-        count = len(envelope.recipients)
-        if not count:
-            return defer.succeed(DeliveryResult(()))
-        try:
-            hold = message.retain()
-        except MessageClosed:
-            return defer.succeed(DeliveryResult((_GONE,) * count))
-        d: defer.Deferred[DeliveryResult | None] = defer.ensureDeferred(
-            self._deliver(envelope, message)
-        )
-
-        def failed(reason: Any) -> DeliveryResult:
-            log.failure("{id}: LMTP delivery failed", reason, id=envelope.queueID)
-            return DeliveryResult((_LOCAL_ERROR,) * count)
-
-        return d.addErrback(failed).addBoth(hold.passThrough)
+        return heldDelivery(
+            envelope, message, lambda: self._deliver(envelope, message), log, "LMTP",
+            _LOCAL_ERROR
+        )  # fmt: skip
 
     def closeIdle(self) -> None:
         """QUIT every idle session (at shutdown)."""

@@ -44,6 +44,7 @@ from mailframe.backends._handoff import (
     readMessage,
     shorten,
 )
+from mailframe.backends._held import GONE, heldDelivery
 from mailframe.backends._redisclient import RedisProtocol, RedisURL, connectRedis
 from mailframe.backends._resp import RedisError
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
@@ -55,7 +56,6 @@ __all__ = ["RedisStreamBackend", "RedisURL", "connectRedis", "entryFields"]
 
 log = Logger(namespace="mailframe.backends.redisstream")
 
-_GONE = Reply(451, (4, 3, 0), "The message was closed before its delivery began")
 _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the Redis stream backend")
 
 
@@ -124,22 +124,10 @@ class RedisStreamBackend:
         self, envelope: Envelope, message: Message
     ) -> defer.Deferred[DeliveryResult | None]:
         """One result per recipient: 250 once Redis answered its XADD, else 451."""
-        count = len(envelope.recipients)
-        if not count:
-            return defer.succeed(DeliveryResult(()))
-        try:
-            hold = message.retain()
-        except MessageClosed:
-            return defer.succeed(DeliveryResult((_GONE,) * count))
-        d: defer.Deferred[DeliveryResult | None] = defer.ensureDeferred(
-            self._deliver(envelope, message)
-        )
-
-        def failed(reason: Any) -> DeliveryResult:
-            log.failure("{id}: Redis delivery failed", reason, id=envelope.queueID)
-            return DeliveryResult((_LOCAL_ERROR,) * count)
-
-        return d.addErrback(failed).addBoth(hold.passThrough)
+        return heldDelivery(
+            envelope, message, lambda: self._deliver(envelope, message), log, "Redis",
+            _LOCAL_ERROR
+        )  # fmt: skip
 
     def close(self) -> defer.Deferred[None]:
         """Close the connection and make no other (tests, shutdown)."""
@@ -159,7 +147,7 @@ class RedisStreamBackend:
         try:
             data = await readMessage(self.reactor, message)
         except MessageClosed:
-            return self._all(count, _GONE)
+            return self._all(count, GONE)
         try:
             connection = await self.connector.get(self.timeout)
         except Unavailable as e:

@@ -47,6 +47,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mailframe._threads import WorkerPool, deferToPool, threadPools
+from mailframe.backends._held import heldDelivery
 from mailframe.backends._webhookbody import (
     encodeDocument,
     messageDocument,
@@ -56,7 +57,7 @@ from mailframe.backends._webhookbody import (
 )
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.interfaces import IDeliveryBackend
-from mailframe.message import Message, MessageClosed
+from mailframe.message import Message
 from mailframe.reply import Reply
 
 __all__ = ["WebhookBackend", "checkURL", "readSecret"]
@@ -66,7 +67,6 @@ log = Logger(namespace="mailframe.backends.webhook")
 POOL = "webhook"
 """The thread pool that reads, converts and signs messages that are not small."""
 
-_GONE = Reply(451, (4, 3, 0), "The message was closed before its delivery began")
 _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in the webhook client")
 _KEEP = 1024  # octets of an answer's body kept for the reply text
 _MAX_TEXT = 200
@@ -328,22 +328,10 @@ class WebhookBackend:
         self, envelope: Envelope, message: Message
     ) -> defer.Deferred[DeliveryResult | None]:
         """A reply per recipient from the application's answer (or a 4xx of ours); never fails."""
-        count = len(envelope.recipients)
-        if not count:
-            return defer.succeed(DeliveryResult(()))
-        try:
-            hold = message.retain()
-        except MessageClosed:
-            return defer.succeed(DeliveryResult((_GONE,) * count))
-        d: defer.Deferred[DeliveryResult | None] = defer.ensureDeferred(
-            self._deliver(envelope, message)
-        )
-
-        def failed(reason: Failure) -> DeliveryResult:
-            log.failure("{id}: webhook delivery failed", reason, id=envelope.queueID)
-            return DeliveryResult((_LOCAL_ERROR,) * count, (self.remote,) * count)
-
-        return d.addErrback(failed).addBoth(hold.passThrough)
+        return heldDelivery(
+            envelope, message, lambda: self._deliver(envelope, message), log, "webhook",
+            _LOCAL_ERROR, remote=self.remote
+        )  # fmt: skip
 
     # -- the work ----------------------------------------------------------------
 
