@@ -56,6 +56,7 @@ from mailframe.address import Domain
 from mailframe.app.resolver import makeProcessResolver
 from mailframe.app.security import Security
 from mailframe.interfaces import IDeliveryBackend
+from mailframe.server._decisions import deciderName
 
 if TYPE_CHECKING:
     from mailframe.app.config import ListenerSpec
@@ -241,7 +242,7 @@ class Simulation:
     def describe(self, provider: object) -> str:
         if provider is None:
             return "mailframe (no plug-in decided: its own rules and defaults)"
-        return self.names.get(id(provider)) or type(provider).__name__
+        return deciderName(self.names, provider)  # as the decision lines name it
 
     def _print(self, text: str) -> None:
         print(text, file=self.out)
