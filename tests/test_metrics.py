@@ -319,6 +319,26 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(self.value("mailframe_queue_events_total", event="queued"), 1)
         self.assertEqual(self.value("mailframe_queue_events_total", event="held"), 1)
 
+    def test_outboundTLS(self) -> None:
+        """The outbound TLS policies' decisions, by mechanism, decision and result type."""
+        m = self.metrics
+        m(event(E.OUTBOUND_TLS, queueID="Q1", mechanism="DANE", decision="required"))
+        m(event(E.OUTBOUND_TLS, queueID="Q1", mechanism="DANE", decision="failed",
+                result="validation-failure"))  # fmt: skip
+        m(event(E.OUTBOUND_TLS, queueID="Q2", mechanism="MTA-STS", decision="skipped",
+                result="certificate-host-mismatch"))  # fmt: skip
+        o = "mailframe_outbound_tls_total"
+        self.assertEqual(self.value(o, mechanism="DANE", decision="required", result="none"), 1)
+        self.assertEqual(
+            self.value(o, mechanism="DANE", decision="failed", result="validation-failure"), 1
+        )
+        self.assertEqual(
+            self.value(
+                o, mechanism="MTA-STS", decision="skipped", result="certificate-host-mismatch"
+            ),
+            1,
+        )
+
     def test_boundedLabels(self) -> None:
         """A label never takes more than MAX_VALUES values; odd verbs are 'other'."""
         m = self.metrics

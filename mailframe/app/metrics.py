@@ -333,6 +333,12 @@ class Metrics:
             DELAY_BUCKETS,
             "kind",
         )
+        self.outboundTLS = counter(
+            "outbound_tls",
+            "Decisions of the outbound TLS policies (DANE, MTA-STS, REQUIRETLS), by mechanism, "
+            "decision (required, skipped, testing, failed) and RFC 8460 result type.",
+            *("mechanism", "decision", "result"),
+        )
         self.observerErrors = counter(
             "metrics_errors", "Events the metrics could not count (a bug: please report it)."
         )
@@ -352,6 +358,7 @@ class Metrics:
             E.QUEUE_DEFERRED: self._delivery,
             E.QUEUE_BOUNCED: self._delivery,
             E.QUEUE_EXPIRED: self._delivery,
+            E.OUTBOUND_TLS: self._outboundTLS,
         }
 
     # -- what embedding code calls ----------------------------------------------------
@@ -495,6 +502,15 @@ class Metrics:
 
     def _queueEvent(self, event: Mapping[str, Any]) -> None:
         self.queueEvents.inc((str(event[E.KEY]).partition(".")[2],))
+
+    def _outboundTLS(self, event: Mapping[str, Any]) -> None:
+        self.outboundTLS.inc(
+            (
+                self._label("tls.mechanism", event.get("mechanism")),
+                self._label("tls.decision", event.get("decision")),
+                self._label("tls.result", event.get("result") or "none"),
+            )
+        )
 
     def _delivery(self, event: Mapping[str, Any]) -> None:
         name = event[E.KEY]
