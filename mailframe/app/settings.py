@@ -111,6 +111,12 @@ def _limits() -> str:
     return "on: " + ", ".join(f"{o.name}={o.defaultText}" for o in factory.options)
 
 
+def _webEndpoint(value: object) -> str:
+    from mailframe.web.api import checkWebEndpoint
+
+    return checkWebEndpoint(c.string(value))
+
+
 def _metricsEndpoint(value: object) -> str:
     from mailframe.app.metrics import metricsEndpoint
 
@@ -233,6 +239,26 @@ SCHEMA: tuple[Setting, ...] = (
                 "and deliveries, plug-in latency, and the queue by state: see :doc:`metrics`.  "
                 "Keep it on loopback or a private network: it is not authenticated.  With "
                 "``workers``, worker K serves its own on the port plus K.")),
+    Setting("capture", c.Boolean(), False,
+            "Capture mode, for development: accept mail for every domain, never relay, "
+            "and keep each message in memory (see --web).", form=FLAG, scope=TOP, details=(
+                "Every recipient is accepted (no validator, no relay check) and every "
+                "message goes to the capture store instead of ``deliver``; the queue "
+                "settings (``spool``, ``relay-host``, ``routes``, ``relay``) are refused "
+                "with it.  See :doc:`console`.")),
+    Setting("capture-limit", Count(1), 1000,
+            "Captured messages kept; the oldest is dropped first.", scope=TOP,
+            metavar="COUNT"),
+    Setting("capture-mailbox", Choice("auth", "domain", "listener"), "auth",
+            "Group captured messages in mailboxes by AUTH user (else recipient domain), "
+            "by the first recipient's domain, or by listener.", scope=TOP),
+    Setting("web", _webEndpoint, None,
+            "Serve the REST API of capture mode on this Twisted server endpoint "
+            "(tcp:8025:interface=127.0.0.1, say).", scope=TOP, metavar="ENDPOINT",
+            shown="none (no API)", details=(
+                "It has no login yet, so only a loopback interface or a ``unix:`` "
+                "endpoint is accepted, and never port 25, 465 or 587.  It needs "
+                "``capture``.  See :doc:`console`.")),
     Setting("config", c.path, None, "Read settings from this TOML file.",
             form=COMMAND, scope=TOP, metavar="FILE"),
     # -- TLS and AUTH -----------------------------------------------------------------

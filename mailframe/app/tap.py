@@ -21,6 +21,7 @@ import platform
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.application import strports
@@ -44,7 +45,17 @@ from mailframe.app.privileges import runAs
 from mailframe.app.reload import ReloadableTLS, Reloader
 from mailframe.app.resolver import DNSSpec, dnsSpec, makeProcessResolver
 from mailframe.app.security import Security
-from mailframe.app.settings import COMMAND, FILE, FLAG, LIST, SCHEMA, VALUE, Setting, convert
+from mailframe.app.settings import (
+    COMMAND,
+    DEFAULTS,
+    FILE,
+    FLAG,
+    LIST,
+    SCHEMA,
+    VALUE,
+    Setting,
+    convert,
+)
 from mailframe.app.systemd import notify
 from mailframe.backends._files import noteCreated, own, removeCreated, setOwner
 from mailframe.config import ProviderContext
@@ -151,6 +162,7 @@ class Options(usage.Options):
     dns: DNSSpec = DNSSpec()
     logFormat: str = "text"  # log-format: text or json (mailframe.app.logformat)
     metrics: str | None = None  # the metrics endpoint
+    capture: dict[str, Any] | None = None  # capture mode: its settings (mailframe.web)
 
     def __init__(self) -> None:
         super().__init__()
@@ -239,6 +251,18 @@ class Options(usage.Options):
         listeners = buildListeners(command, fileTop, fileListeners)
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
         self.queue = queueSpec(command, fileTop, networks)
+        top = {**DEFAULTS, **(fileTop or {}), **command}
+        self.capture = None
+        if top["capture"]:
+            if self.queue is not None:
+                raise SettingError(
+                    "capture never relays: leave out spool, relay-host, routes, relay and "
+                    "relay-network"
+                )
+            self.capture = {k: top[k] for k in ("capture-limit", "capture-mailbox", "web")}
+            listeners = [_capturing(spec) for spec in listeners]
+        elif top["web"] is not None:
+            raise SettingError("web needs capture (the console is for capture mode only yet)")
         return listeners
 
     def getUsage(self, width: int | None = None) -> str:
@@ -250,6 +274,15 @@ for _setting in SCHEMA:
         setattr(Options, "opt_" + _setting.name.replace("-", "_"), _appender(_setting))
         for _alias in _setting.aliases:
             setattr(Options, "opt_" + _alias.replace("-", "_"), _appender(_setting, _alias))
+
+
+def _capturing(spec: ListenerSpec) -> ListenerSpec:
+    """C{spec} in capture mode: every client may send to every domain (see L{_capture})."""
+    from dataclasses import replace
+    from ipaddress import ip_network
+
+    everywhere = (ip_network("0.0.0.0/0"), ip_network("::/0"))
+    return replace(spec, deliver="capture", config=replace(spec.config, relayNetworks=everywhere))
 
 
 def _wrap(text: str, width: int, indent: int, hanging: int = 0) -> list[str]:
@@ -467,9 +500,10 @@ def makeService(options: Options) -> MailframeService:
     with noteCreated() as service.created:
         queue = _queue(reactor, options, service)
         _srs(queue, options)
+        capture = _capture(reactor, options, service)
         for index, spec in enumerate(options.listeners):
             factory, _ = buildListener(reactor, spec, security, resolver, queue, notes=service,
-                                       kept=kept)  # fmt: skip
+                                       kept=kept, backend=capture)  # fmt: skip
             if queue is not None:
                 queue.addLocalDomains(factory.config.localDomains)
             tls = None
@@ -518,12 +552,44 @@ def makeService(options: Options) -> MailframeService:
         pool = WorkerPool(reactor, workers, workerArgv(options.argv))
         pool.setServiceParent(service)
     service.notifies = options.get("worker") is None
+    build = buildListener if capture is None else partial(buildListener, backend=capture)
     service.reloader = Reloader(
-        reactor, options, build=buildListener, announce=_announce, factories=service.factories,
+        reactor, options, build=build, announce=_announce, factories=service.factories,
         security=security, dns=dns, resolver=resolver, queue=queue, kept=kept, tls=tlsOf,
         pool=pool, notifies=service.notifies,
     )  # fmt: skip
     return service
+
+
+def _capture(reactor: Any, options: Options, service: MailframeService) -> Any:
+    """
+    Capture mode (--capture): the store every listener delivers to, and its
+    API (--web); None if off.  Relaying is open to every client
+    (L{_capturing}) and there is no queue, so each recipient, whatever its
+    domain, reaches the store and nothing leaves.
+    """
+    settings = getattr(options, "capture", None)
+    if settings is None:
+        return None
+    from mailframe.web.capture import CaptureStore
+
+    store = CaptureStore(reactor, settings["capture-limit"], settings["capture-mailbox"])
+    service.announcements.append(
+        "mailframe: CAPTURE MODE: mail for every domain is accepted and kept in memory "
+        f"(at most {store.limit} messages, mailboxes by {store.mailbox}); nothing is relayed"
+    )
+    web = settings["web"]
+    if web is not None:
+        from mailframe.web.api import webService
+
+        try:
+            child = webService(reactor, web, store)
+        except Exception as e:
+            raise SystemExit(f"mailframe: bad endpoint {web!r}: {oneLine(e)}")
+        child.setServiceParent(service)
+        service.endpoints[child] = web
+        service.announcements.append(f"mailframe: capture API at {web}, path /api/v1")
+    return store
 
 
 def _metrics(

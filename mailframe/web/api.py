@@ -1,0 +1,354 @@
+"""
+The REST API (JSON) of capture mode, on twisted.web, in the reactor
+thread: C{/api/v1/messages} (list, search, get, raw source, parts, delete),
+C{/api/v1/mailboxes} and C{/api/v1/wait} (a long poll for a message
+matching a query).  See docs/console.rst for the schema.
+
+Every answer is C{application/json; charset=utf-8} with C{Cache-Control:
+no-store} (but the raw source and the parts); DELETE needs the header
+C{X-Mailframe-Request: 1}, which a cross-site form cannot send; there are
+no CORS headers.  HTML parts are given as JSON strings, never served as
+text/html; a part is downloaded as an attachment, with C{nosniff}.
+
+This slice has no login: L{checkWebEndpoint} allows loopback and unix
+endpoints only.
+
+Owns: HTTP.  Must not: import mailframe.app; render HTML.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import ipaddress
+import json
+from email.message import EmailMessage
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from mailframe.plugins import parseDescription
+from mailframe.web.capture import CapturedMessage, CaptureStore, Query
+
+__all__ = [
+    "API_PREFIX",
+    "MAX_WAIT",
+    "CaptureAPI",
+    "apiSite",
+    "checkWebEndpoint",
+    "describe",
+    "summary",
+    "webService",
+]
+
+API_PREFIX = (b"api", b"v1")
+MAX_WAIT = 300.0
+"""The longest C{/api/v1/wait} (seconds)."""
+DEFAULT_WAIT = 30.0
+CSRF_HEADER = b"x-mailframe-request"
+_REFUSED_PORTS = frozenset({25, 465, 587})
+
+
+def checkWebEndpoint(description: str) -> str:
+    """
+    C{description} if it is a loopback TCP or a unix endpoint, not on a
+    mail port; else ValueError with a one-line reason.
+    """
+    try:
+        kind, args, options = parseDescription(description)
+    except ValueError as e:
+        raise ValueError(f"{description!r}: {e}") from None
+    kind = kind.lower()
+    if kind == "unix":
+        return description
+    if kind not in ("tcp", "tcp6"):
+        raise ValueError(
+            f"{description!r}: use tcp:PORT:interface=127.0.0.1 or unix:PATH "
+            "(no login yet: loopback or unix only)"
+        )
+    try:
+        port = int(options.get("port") or args[0])
+    except (ValueError, IndexError):
+        raise ValueError(f"{description!r}: no port") from None
+    if port in _REFUSED_PORTS:
+        raise ValueError(f"{description!r}: port {port} is a mail port")
+    interface = options.get("interface", "")
+    try:
+        loopback = ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        loopback = interface == "localhost"
+    if not loopback:
+        raise ValueError(
+            f"{description!r}: the API has no login yet, so it listens on a loopback "
+            "interface only (interface=127.0.0.1 or interface=\\:\\:1) or a unix socket"
+        )
+    return description
+
+
+def _text(part: EmailMessage) -> str:
+    try:
+        return str(part.get_content())
+    except Exception:
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+
+
+def _isAttachment(part: EmailMessage) -> bool:
+    return part.get_content_disposition() == "attachment" or part.get_filename() is not None
+
+
+def summary(m: CapturedMessage) -> dict[str, Any]:
+    """A message in a list: ID, mailbox, sender, recipients, subject, size, arrival."""
+    return {
+        "id": m.id,
+        "mailbox": m.mailbox,
+        "from": m.sender,
+        "to": m.recipients,
+        "subject": m.subject,
+        "size": len(m.data),
+        "received": m.arrived,
+    }
+
+
+def describe(m: CapturedMessage) -> dict[str, Any]:
+    """One message whole: the summary, its envelope and session, headers, text, HTML, parts."""
+    text: list[str] = []
+    html: list[str] = []
+    attachments: list[dict[str, Any]] = []
+    for index, part in enumerate(m.parts()):
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        if not _isAttachment(part) and ctype == "text/plain":
+            text.append(_text(part))
+        elif not _isAttachment(part) and ctype == "text/html":
+            html.append(_text(part))
+        else:
+            payload = part.get_payload(decode=True)
+            attachments.append(
+                {
+                    "part": index,
+                    "filename": part.get_filename(),
+                    "contentType": ctype,
+                    "size": len(payload) if isinstance(payload, bytes) else 0,
+                }
+            )
+    env = m.envelope
+    session = env.session
+    result = summary(m)
+    result.update(
+        {
+            "envelope": {
+                "mailFrom": str(env.mailFrom),
+                "mailParams": dict(env.mailParams),
+                "recipients": [
+                    {"address": str(r.address), "params": dict(r.params)} for r in env.recipients
+                ],
+                "queueID": env.queueID,
+            },
+            "session": None
+            if session is None
+            else {
+                "client": session.peerHost,
+                "clientPort": session.peerPort,
+                "clientName": session.peerName,
+                "helo": session.heloName,
+                "protocol": session.protocol,
+                "listener": session.listener,
+                "tls": None
+                if session.tls is None
+                else {"version": session.tls.version, "cipher": session.tls.cipher},
+                "user": session.authenticated,
+            },
+            "headers": [[k, str(v)] for k, v in _headers(m.parsed)],
+            "text": "\n".join(text) if text else None,
+            "html": "\n".join(html) if html else None,
+            "attachments": attachments,
+            "parts": [
+                {"part": i, "contentType": p.get_content_type(), "multipart": p.is_multipart()}
+                for i, p in enumerate(m.parts())
+            ],
+        }
+    )
+    return result
+
+
+def _headers(parsed: EmailMessage) -> list[tuple[str, str]]:
+    found = []
+    for k, v in parsed.raw_items():
+        try:
+            found.append((k, str(email.policy.default.header_factory(k, v))))
+        except Exception:
+            found.append((k, str(v)))
+    return found
+
+
+def _query(request: Request) -> Query:
+    args = request.args or {}
+    text = args.get(b"q", [b""])[0].decode("utf-8", "replace")
+    box = args.get(b"mailbox", [None])[0]
+    return Query(text, box.decode("utf-8", "replace") if box is not None else None)
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _number(request: Request, name: bytes, default: float, low: float, high: float) -> float:
+    raw = (request.args or {}).get(name, [None])[0]
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _BadRequest(f"{name.decode()} must be a number") from None
+    if not low <= value <= high:
+        raise _BadRequest(f"{name.decode()} must be from {low:g} to {high:g}")
+    return value
+
+
+class CaptureAPI(Resource):
+    """The API at C{/api/v1/...}: the root resource of its Site, a JSON 404 elsewhere."""
+
+    isLeaf = True
+
+    def __init__(self, store: CaptureStore, reactor: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.reactor = reactor
+
+    def render(self, request: Request) -> bytes | int:
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        postpath = list(request.postpath or [])
+        if tuple(postpath[:2]) != API_PREFIX:
+            return self._error(request, http.NOT_FOUND, "no such resource")
+        path = [p.decode("utf-8", "replace") for p in postpath[2:]]
+        method = request.method
+        try:
+            if method == b"DELETE" and request.getHeader(CSRF_HEADER) != b"1":
+                return self._error(request, http.FORBIDDEN, "DELETE needs X-Mailframe-Request: 1")
+            if path == ["messages"]:
+                if method == b"GET":
+                    return self._list(request)
+                if method == b"DELETE":
+                    box = _query(request).mailbox
+                    return self._json(request, {"deleted": self.store.clear(box)})
+            elif path == ["mailboxes"] and method == b"GET":
+                boxes = [{"name": k, "count": v} for k, v in self.store.mailboxes().items()]
+                return self._json(request, {"mailboxes": boxes})
+            elif path == ["wait"] and method == b"GET":
+                return self._wait(request)
+            elif len(path) >= 2 and path[0] == "messages":
+                return self._one(request, path[1], path[2:])
+            else:
+                return self._error(request, http.NOT_FOUND, "no such resource")
+            request.setHeader(b"allow", b"GET, DELETE")
+            return self._error(request, http.NOT_ALLOWED, "method not allowed")
+        except _BadRequest as e:
+            return self._error(request, http.BAD_REQUEST, str(e))
+
+    def _json(self, request: Request, value: Any, code: int = http.OK) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+    def _error(self, request: Request, code: int, text: str) -> bytes:
+        return self._json(request, {"error": text}, code)
+
+    def _list(self, request: Request) -> bytes:
+        limit = int(_number(request, b"limit", 100, 1, 100000))
+        query = _query(request)
+        found = self.store.search(query, limit)
+        return self._json(
+            request,
+            {
+                "total": len(self.store),
+                "count": len(found),
+                "messages": [summary(m) for m in found],
+            },
+        )
+
+    def _one(self, request: Request, ident: str, rest: list[str]) -> bytes:
+        m = self.store.get(ident)
+        if m is None:
+            return self._error(request, http.NOT_FOUND, "no such message")
+        method = request.method
+        if not rest:
+            if method == b"GET":
+                return self._json(request, describe(m))
+            if method == b"DELETE":
+                self.store.delete(ident)
+                return self._json(request, {"deleted": 1})
+        elif rest == ["raw"] and method == b"GET":
+            request.setHeader(b"content-type", b"message/rfc822")
+            request.setHeader(b"content-disposition", f'attachment; filename="{m.id}.eml"')
+            return m.data
+        elif len(rest) == 2 and rest[0] == "parts" and method == b"GET":
+            parts = m.parts()
+            if not rest[1].isdigit() or int(rest[1]) >= len(parts):
+                return self._error(request, http.NOT_FOUND, "no such part")
+            part = parts[int(rest[1])]
+            if part.is_multipart():
+                return self._error(request, http.NOT_FOUND, "a multipart part has no content")
+            payload = part.get_payload(decode=True)
+            request.setHeader(b"content-type", part.get_content_type())
+            request.setHeader(b"content-disposition", "attachment")
+            return payload if isinstance(payload, bytes) else b""
+        else:
+            return self._error(request, http.NOT_FOUND, "no such resource")
+        request.setHeader(b"allow", b"GET, DELETE" if not rest else b"GET")
+        return self._error(request, http.NOT_ALLOWED, "method not allowed")
+
+    def _wait(self, request: Request) -> int:
+        timeout = _number(request, b"timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        d = self.store.wait(_query(request))
+        timer = self.reactor.callLater(timeout, d.cancel) if not d.called else None
+        gone = False
+
+        def disconnected(_: object) -> None:
+            nonlocal gone
+            gone = True
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.cancel()
+
+        finished = request.notifyFinish()
+        finished.addErrback(disconnected)
+
+        def found(m: CapturedMessage) -> None:
+            if timer is not None and timer.active():
+                timer.cancel()
+            if not gone:
+                request.write(self._json(request, describe(m)))
+                request.finish()
+
+        def failed(reason: Failure) -> None:
+            reason.trap(defer.CancelledError)
+            if not gone:
+                request.write(
+                    self._error(request, http.REQUEST_TIMEOUT, "no matching message in time")
+                )
+                request.finish()
+
+        d.addCallbacks(found, failed)
+        return NOT_DONE_YET
+
+
+def apiSite(store: CaptureStore, reactor: Any) -> Site:
+    """A Site with the API at C{/api/v1} (and a JSON 404 elsewhere)."""
+    site = Site(CaptureAPI(store, reactor))
+    site.displayTracebacks = False
+    return site
+
+
+def webService(reactor: Any, description: str, store: CaptureStore) -> IService:
+    """A service serving the API on C{description} (checked by L{checkWebEndpoint})."""
+    from twisted.application.strports import service
+
+    checkWebEndpoint(description)
+    return service(description, apiSite(store, reactor), reactor=reactor)
