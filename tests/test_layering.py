@@ -87,7 +87,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("server and client", ("mailframe.server", "mailframe.client")),
     ("queue", ("mailframe.queue",)),
     ("web", ("mailframe.web",)),
-    ("application", ("mailframe.app",)),
+    ("application", ("mailframe.app", "mailframe.testing")),
 )  # fmt: skip
 
 

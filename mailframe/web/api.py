@@ -90,11 +90,13 @@ def checkWebEndpoint(description: str) -> str:
 
 
 def _text(part: EmailMessage) -> str:
+    """A text part decoded, its line endings LF."""
     try:
-        return str(part.get_content())
-    except Exception:
+        text = str(part.get_content())
+    except Exception:  # an unknown charset, a broken encoding
         payload = part.get_payload(decode=True)
-        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    return text.replace("\r\n", "\n")
 
 
 def _isAttachment(part: EmailMessage) -> bool:
