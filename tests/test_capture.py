@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet import defer
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
@@ -104,6 +106,11 @@ class CaptureStoreTests(SynchronousTestCase):
             self.store.add(envelope("", "x@Tenant.Example"), message()).mailbox, "tenant.example"
         )
 
+    def test_mailboxNotMailAuth(self) -> None:
+        """MAIL's AUTH= identity (a client's claim) does not choose the mailbox."""
+        env = replace(envelope("", "x@one.example"), authIdentity="someone@else.example")
+        self.assertEqual(self.store.add(env, message()).mailbox, "one.example")
+
     def test_mailboxByDomainAndListener(self) -> None:
         """capture-mailbox domain and listener group by those."""
         byDomain = CaptureStore(SynchronousReactor(), mailbox="domain")
@@ -201,6 +208,11 @@ class CaptureSettingsTests(SynchronousTestCase):
         """--capture with a spool or a relay host is a usage error."""
         e = self.assertRaises(usage.UsageError, self.parse, "--capture", "--relay-host", "x.test")
         self.assertIn("capture never relays", str(e))
+
+    def test_captureWithWorkers(self) -> None:
+        """--capture with several workers is a usage error (one store, one process)."""
+        e = self.assertRaises(usage.UsageError, self.parse, "--capture", "--workers", "2")
+        self.assertIn("one process", str(e))
 
     def test_webNeedsCapture(self) -> None:
         """--web without --capture is a usage error."""

@@ -234,6 +234,14 @@ class APITests(SynchronousTestCase):
         self.json(request("api/v1/wait", timeout="301"), 400)
         self.json(request("api/v1/wait", timeout="soon"), 400)
 
+    def test_hostHeader(self) -> None:
+        """A Host header naming another site (DNS rebinding) is refused; loopback names pass."""
+        self.add("A")
+        for bad in (b"evil.example", b"evil.example:8025", b"127.0.0.1.evil.example", b"[::2]"):
+            self.json(request("api/v1/messages", headers={b"Host": bad}), 403)
+        for good in (b"127.0.0.1:8025", b"localhost", b"[::1]:8025", b"127.1.2.3", b"a.localhost"):
+            self.json(request("api/v1/messages/A", headers={b"Host": good}))
+
     def test_endpoints(self) -> None:
         """checkWebEndpoint allows loopback and unix only, never a mail port."""
         self.assertEqual(checkWebEndpoint("unix:/x"), "unix:/x")

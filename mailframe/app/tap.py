@@ -208,6 +208,8 @@ class Options(usage.Options):
             count = convert("workers", self["workers"], "--workers")
         if self["worker"] is not None:
             convert("worker", self["worker"], "--worker")
+        if count > 1 and getattr(self, "capture", None) is not None:
+            raise SettingError("capture keeps its messages in one process: leave out workers")
         if count > 1 and self.metrics is not None:
             from mailframe.app._metricsweb import workerEndpoint
 

@@ -89,6 +89,27 @@ def checkWebEndpoint(description: str) -> str:
     return description
 
 
+def _loopbackHost(header: bytes | None) -> bool:
+    """
+    Whether a Host header names this machine (localhost, a loopback
+    address): a page whose own name an attacker re-pointed at 127.0.0.1 (DNS
+    rebinding) sends its own name, and is refused.
+    """
+    if header is None:
+        return True  # HTTP/1.0
+    host = header.decode("ascii", "replace").strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    if host in ("localhost", "localhost.") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _text(part: EmailMessage) -> str:
     """A text part decoded, its line endings LF."""
     try:
@@ -226,6 +247,8 @@ class CaptureAPI(Resource):
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        if not _loopbackHost(request.getHeader(b"host")):
+            return self._error(request, http.FORBIDDEN, "the Host header must name this machine")
         postpath = list(request.postpath or [])
         if tuple(postpath[:2]) != API_PREFIX:
             return self._error(request, http.NOT_FOUND, "no such resource")

@@ -119,7 +119,7 @@ def _mailboxOf(mode: str, envelope: Envelope) -> str:
     if mode == "listener":
         return session.listener if session is not None else "smtp"
     if mode == "auth":
-        user = envelope.authIdentity or (session.authenticated if session is not None else None)
+        user = session.authenticated if session is not None else None  # not MAIL's AUTH=
         if user:
             return user
     for recipient in envelope.recipients:
