@@ -78,6 +78,19 @@ def makeEntry(entryID: str, *recipients: str) -> QueueEntry:
     )
 
 
+def crash(store: Any) -> None:
+    """
+    C{store}'s node dies: it gives nothing back, and its timers (claims,
+    renewals) never fire again, so it cannot take back what it held (a live
+    node would: a claim of its own expired row is a race with the others).
+    """
+    store._stopped = True
+    store._owned.clear()
+    for timer in store._timers.values():
+        if timer.active():
+            timer.cancel()
+
+
 async def waitUntil(condition: Any, what: str, timeout: float = WAIT) -> None:
     """Poll C{condition()} in the reactor every 50 ms, at most C{timeout} seconds."""
     deadline = reactor.seconds() + timeout
@@ -218,7 +231,8 @@ class StoreTests(PostgresTestCase):
         _storeB, runnerB = await self.store("node-b")
         await task.deferLater(reactor, 0.5, lambda: None)
         self.assertEqual(runnerB.entries, {})
-        with self.postgres.connect() as conn:  # node-a died: its lease runs out
+        crash(storeA)  # node-a dies: it neither renews nor claims again ...
+        with self.postgres.connect() as conn:  # ... and its lease runs out
             conn.execute("UPDATE mailframe_message SET lease_until = now() - interval '1s'")
         await waitUntil(lambda: "L1" in runnerB.entries, "node-b to claim L1")
         self.assertEqual(self.rows("SELECT lease_owner FROM mailframe_message"), [("node-b",)])
