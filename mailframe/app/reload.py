@@ -72,7 +72,7 @@ __all__ = ["ReloadRefused", "ReloadableTLS", "Reloader"]
 log = Logger(namespace="mailframe")
 
 Build = Callable[..., "tuple[SMTPServerFactory, IDeliveryBackend]"]
-"""C{mailframe.app.tap.buildListener}."""
+"""C{mailframe.app.listener.buildListener}."""
 
 
 class ReloadRefused(Exception):
@@ -167,7 +167,7 @@ class Reloader:
     @param options: the options in force (C{twistd mailframe}'s; their
         class parses the new ones, from the same C{argv}).
     @param build: what builds a listener's server factory and local backend
-        (C{mailframe.app.tap.buildListener}).
+        (C{mailframe.app.listener.buildListener}).
     @param announce: the start-up line of a listener, from its spec and factory.
     @param factories: the server factory of each listener, in order.
     @param tls: the L{ReloadableTLS} of each implicit-TLS listener, by index.

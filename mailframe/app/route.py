@@ -35,6 +35,7 @@ from twisted.python import usage
 from mailframe.address import Address, AddressError, Domain, parseMailbox
 from mailframe.app import tap
 from mailframe.app.config import ListenerSpec
+from mailframe.app.listener import NotesList, rewriters, withRoutedDomains
 from mailframe.envelope import Envelope, Recipient, SessionInfo
 from mailframe.plugins import redact
 from mailframe.reply import Reply, SMTPError
@@ -114,15 +115,12 @@ class _Explainer:
             domain = queue.srsDomain or options.listeners[0].config.hostname
             self.srs = SRS(readSecrets(queue.srsSecret), domain)
         context = ProviderContext(reactor, spec.config, forwarding=queue is not None)
-        service = tap.MailframeService()
+        service = NotesList()
         validators = [
-            *tap._rewriters(spec, context, self.srs, service),
+            *rewriters(spec, context, self.srs, service),
             *(registry.makeProvider(IRecipientValidator, d, context) for d in spec.validate),
         ]
-        config = spec.config
-        routed = {Domain(d.rstrip(".")) for d in spec.deliverRoutes if not d.startswith(".")}
-        if routed:
-            config = replace(config, localDomains=config.localDomains | routed)
+        config = withRoutedDomains(spec.config, spec)
         self.router: Router | None = None
         self.routeKey: Callable[[Address], str] | None = None
         if queue is not None:  # the queue's routing, as QueueWiring makes it

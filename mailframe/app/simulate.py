@@ -375,7 +375,7 @@ async def simulate(
     """
     Play C{lines} against the listener of C{options} (C{twistd mailframe}'s,
     parsed) that C{args} (L{parser}'s) names, from its C{--client}; the
-    exit status.  C{build} is C{mailframe.app.tap.buildListener}.
+    exit status.  C{build} is C{mailframe.app.listener.buildListener}.
     """
     try:
         peer = _peer(args.client, args.client_port)

@@ -20,9 +20,9 @@ import os
 import platform
 import sys
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
@@ -41,6 +41,7 @@ from mailframe.app.config import (
     queueSpec,
     readConfigFile,
 )
+from mailframe.app.listener import buildListener
 from mailframe.app.privileges import runAs
 from mailframe.app.reload import ReloadableTLS, Reloader
 from mailframe.app.resolver import DNSSpec, dnsSpec, makeProcessResolver
@@ -58,7 +59,6 @@ from mailframe.app.settings import (
 )
 from mailframe.app.systemd import notify
 from mailframe.backends._files import noteCreated, own, removeCreated, setOwner
-from mailframe.config import ProviderContext
 from mailframe.interfaces import (
     IConnectionFilter,
     IDeliveryBackend,
@@ -77,7 +77,6 @@ if TYPE_CHECKING:
     from mailframe.server import SMTPServerFactory
     from mailframe.validators.srs import SRS
 
-_I = TypeVar("_I", bound=Interface)
 
 __all__ = [
     "MailframeService",
@@ -466,17 +465,6 @@ def _announce(spec: ListenerSpec, factory: SMTPServerFactory) -> str:
     return line
 
 
-def _build(interface: type[_I], description: str, context: ProviderContext) -> _I:
-    try:
-        return registry.makeProvider(interface, description, context)
-    except plugins.PlugInError as e:
-        raise SystemExit(f"mailframe: {e}")
-    except (OSError, ValueError) as e:
-        raise SystemExit(
-            f"mailframe: cannot set up {plugins.kindName(interface)} {description!r}: {oneLine(e)}"
-        )
-
-
 def makeService(options: Options) -> MailframeService:
     """
     A L{MailframeService} with a strports service per endpoint of each
@@ -618,82 +606,6 @@ def _metrics(
     service.announcements.append(f"mailframe: Prometheus metrics at {where}, path /metrics")
 
 
-def buildListener(
-    reactor: Any,
-    spec: ListenerSpec,
-    security: Security,
-    resolver: Any = None,
-    queue: Any = None,
-    *,
-    notes: MailframeService | None = None,
-    backend: IDeliveryBackend | None = None,
-    kept: dict[object, object] | None = None,
-    previous: Mapping[object, object] | None = None,
-    names: dict[int, str] | None = None,
-) -> tuple[SMTPServerFactory, IDeliveryBackend]:
-    """
-    The server factory of one listener and its local delivery backend: the
-    plug-ins of its descriptions built (C{backend} instead of its
-    C{deliver}: the simulator's), its rewriters and checks, TLS and AUTH
-    from C{security}, every lookup through C{resolver}; with C{queue} (a
-    L{QueueWiring}, or what has its C{listener} method), the queue's backend
-    in front of the local one.  Used at start, by a reload and by the
-    simulator.
-
-    @param notes: where the rewriters' start-up lines and warnings go.
-    @param kept: filled with the providers that outlive a reload (the
-        connection limits, with their counts), by what made them.
-    @param previous: the C{kept} of the configuration in force: such a
-        provider made the same way is used again.
-    @param names: filled with the description of each plug-in, by id.
-    @raise SystemExit: one line, if a plug-in cannot be set up.
-    """
-    from mailframe.server import SMTPServerFactory
-
-    named = names if names is not None else {}
-    context = ProviderContext(reactor, spec.config, resolver, forwarding=queue is not None)
-    srs = getattr(queue, "srs", None)
-    rewriters = _rewriters(spec, context, srs, notes or MailframeService())
-    validators: list[IRecipientValidator] = []
-    for description in spec.validate:
-        validator = _build(IRecipientValidator, description, context)
-        named[id(validator)] = description
-        validators.append(validator)
-    local = backend
-    if local is None:
-        local = _build(IDeliveryBackend, spec.deliver, context)
-        named[id(local)] = spec.deliver
-        if spec.deliverRoutes:  # per-domain backends in front of deliver
-            local = _deliverRoutes(spec, context, local, notes or MailframeService())
-    extensions, filters, _ = security.forListener(spec)
-    checks = _checks(spec, context, kept, previous, named)
-    config, delivering, messageFilters = spec.config, local, checks[IMessageFilter]
-    if spec.deliverRoutes:  # their domains are local
-        from dataclasses import replace
-
-        from mailframe.address import Domain
-
-        routed = {Domain(d.rstrip(".")) for d in spec.deliverRoutes if not d.startswith(".")}
-        config = replace(config, localDomains=config.localDomains | routed)
-    if queue is not None:  # the queue takes the mail; the backend delivers local mail
-        config, delivering, messageFilters = queue.listener(
-            config, local, extensions, messageFilters
-        )
-    factory = SMTPServerFactory(
-        config,
-        delivering,
-        [*checks[IRecipientValidator], *rewriters, *validators],
-        senderValidators=checks[ISenderValidator],
-        connectionFilters=[*filters, *checks[IConnectionFilter]],
-        messageFilters=messageFilters,
-        extensions=extensions,
-        clock=reactor,
-        heloValidators=checks[IHeloValidator],
-    )
-    factory.context.deciderNames.update(named)  # the log lines name plug-ins so
-    return factory, local
-
-
 def _srs(queue: QueueWiring | None, options: Any) -> SRS | None:
     """The SRS of forwarded copies (srs-secret), given to the queue's relay too."""
     if queue is None or queue.spec.srsSecret is None:
@@ -706,64 +618,6 @@ def _srs(queue: QueueWiring | None, options: Any) -> SRS | None:
     except ValueError as e:
         raise SystemExit(f"mailframe: {oneLine(e)}")
     return queue.srs
-
-
-def _rewriters(
-    spec: ListenerSpec, context: ProviderContext, srs: SRS | None, service: MailframeService
-) -> list[IRecipientValidator]:
-    """
-    A listener's recipient rewriters, in the order they rewrite: bounces to
-    SRS addresses, the virtual map, the aliases, subaddressing.
-    """
-    from mailframe.validators.aliases import AliasMap
-    from mailframe.validators.srs import SRSReverser
-    from mailframe.validators.subaddress import Subaddress
-    from mailframe.validators.virtual import VirtualMap
-
-    config = context.config
-    out: list[IRecipientValidator] = []
-    if srs is not None:
-        out.append(SRSReverser(srs, context.reactor, srs.domain not in config.localDomains))
-    separators, forwarding = spec.subaddress, context.forwarding
-    for what, path in (("virtual map", spec.virtual), ("aliases", spec.aliases)):
-        if path is None:
-            continue
-        try:
-            if what == "aliases":
-                out.append(AliasMap(context.reactor, path, separators, forwarding, config.isLocal))
-            else:
-                out.append(VirtualMap(context.reactor, path, config.hostname, separators,
-                                      forwarding, config.isLocal))  # fmt: skip
-        except ValueError as e:
-            raise SystemExit(f"mailframe: cannot use the {what} {path}: {oneLine(e)}")
-    if separators:
-        out.append(Subaddress(separators))
-    if out:
-        names = [repr(r) for r in out]
-        service.announcements.append(
-            f"mailframe: {config.listener} rewrites recipients with {', '.join(names)}"
-        )
-    if forwarding and srs is None and (spec.aliases or spec.virtual):
-        service.warnings.append(
-            f"mailframe: mail that the aliases of {config.listener} forward to other domains "
-            "keeps its sender (no srs-secret): SPF checks at the next hop may refuse it"
-        )
-    return out
-
-
-def _deliverRoutes(
-    spec: ListenerSpec, context: ProviderContext, backend: IDeliveryBackend, notes: Any
-) -> IDeliveryBackend:
-    """The listener's backend with its per-domain backends in front (deliver-routes)."""
-    from mailframe.backends.routed import RoutedDelivery
-
-    routes = {d: _build(IDeliveryBackend, description, context)
-              for d, description in spec.deliverRoutes.items()}  # fmt: skip
-    notes.announcements.append(
-        f"mailframe: {spec.config.listener} delivers "
-        + "; ".join(f"{d} with {description}" for d, description in spec.deliverRoutes.items())
-    )
-    return RoutedDelivery(backend, routes)
 
 
 def _queue(reactor: Any, options: Options, service: MailframeService) -> QueueWiring | None:
@@ -794,63 +648,6 @@ def _finishQueue(
     except (OSError, ValueError) as e:
         raise SystemExit(f"mailframe: cannot set up the relay: {oneLine(e)}")
     service.announcements.append(queue.describe())
-
-
-def _checks(
-    spec: ListenerSpec,
-    context: ProviderContext,
-    kept: dict[object, object] | None = None,
-    previous: Mapping[object, object] | None = None,
-    names: dict[int, str] | None = None,
-) -> dict[InterfaceClass, list[Any]]:
-    """
-    The providers of a listener's --filter descriptions (and its connection
-    limits), by plug point: each is used at every plug point it provides.
-    Message filters run in the order given, except that authresults comes
-    after the checks it reports on and dkim-sign last.  The connection
-    limits are kept across reloads (C{kept}, C{previous}: see
-    L{buildListener}); C{names} gets each provider's description.
-    """
-    from mailframe.policy.authresults import orderFilters
-
-    named = names if names is not None else {}
-    built: list[object] = []
-    if spec.limits is not None:
-        limits = f"limits:{spec.limits}" if spec.limits else "limits"
-        key = (spec.config.listener, limits, spec.config.relayNetworks)
-        provider = (previous or {}).get(key) or _build(IConnectionFilter, limits, context)
-        if kept is not None:
-            kept[key] = provider
-        named[id(provider)] = limits
-        built.append(provider)
-    for description in spec.filters:
-        try:
-            built.append(registry.makeFilter(description, context))
-            named[id(built[-1])] = description
-        except plugins.PlugInError as e:
-            raise SystemExit(f"mailframe: {e}")
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"mailframe: cannot set up filter {description!r}: {oneLine(e)}")
-    built.extend(_milters(spec, context))
-    kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
-    checks: dict[InterfaceClass, list[Any]] = {
-        k: [p for p in built if k.providedBy(p)] for k in kinds
-    }
-    checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
-    return checks
-
-
-def _milters(spec: ListenerSpec, context: ProviderContext) -> list[object]:
-    """The listener's milters, asked after its --filter checks at every stage."""
-    if not spec.milters:
-        return []
-    from mailframe.milter.filter import Milter
-
-    config = context.config
-    return [
-        Milter(m, context.reactor, isLocal=config.isLocal, maxBody=config.limits.messageSize)
-        for m in spec.milters
-    ]
 
 
 def _endpointService(
