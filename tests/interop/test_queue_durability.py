@@ -36,6 +36,8 @@ CLIENTS = 8
 RUN_LIMIT = 90.0
 """Seconds the kill-and-restart phase may take at most."""
 START_TIMEOUT = 30.0
+FIRST_ACK_TIMEOUT = 30.0
+"""Seconds a restarted server may take to acknowledge its first message."""
 DRAIN_TIMEOUT = 60.0
 SOCKET_TIMEOUT = 10.0
 
@@ -63,7 +65,7 @@ class Server:
             [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
              "--listen", f"tcp:{self.port}:interface={HOST}", "--hostname", "mx.test",
              "--domain", "example.com", "--spool", "spool", "--deliver", "maildir:Maildir",
-             "--quiet"],
+             "--greet-delay", "0", "--quiet"],
             cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
@@ -77,6 +79,14 @@ class Server:
             except OSError:
                 threading.Event().wait(0.05)
         raise AssertionError("twistd did not start listening in time")
+
+    def logs(self) -> str:
+        """The tail of each run's twistd log, for a failure's message."""
+        return "\n".join(
+            f"--- twistd-{n}.log\n"
+            + (self.directory / f"twistd-{n}.log").read_text(errors="replace")[-2000:]
+            for n in range(1, self.starts + 1)
+        )
 
     def kill(self) -> None:
         assert self.process is not None
@@ -156,8 +166,20 @@ class CrashTests(SynchronousTestCase):
         rng = random.Random()
         deadline = time.monotonic() + RUN_LIMIT
         kills = 0
+
+        def acknowledgedSoFar() -> int:
+            return sum(len(s.acknowledged) for s in senders)
+
         while kills < KILLS and time.monotonic() < deadline:
-            stop.wait(rng.uniform(0.3, 1.5))  # load runs for a random while
+            # Each run acknowledges some mail before it dies: on a loaded
+            # machine a fixed window could end before the first 250.
+            before = acknowledgedSoFar()
+            waitUntil = time.monotonic() + FIRST_ACK_TIMEOUT
+            while acknowledgedSoFar() == before and time.monotonic() < waitUntil:
+                stop.wait(0.02)
+            if acknowledgedSoFar() == before:
+                self.fail(f"run {server.starts} acknowledged nothing:\n{server.logs()}")
+            stop.wait(rng.uniform(0.0, 1.2))  # load runs on for a random while
             server.kill()
             kills += 1
             server.start()
