@@ -19,14 +19,14 @@ changes files only while it holds the lock, and a server starting waits
 for it (L{LOCK_WAIT} seconds) before it reads the spool.  Two servers on
 one spool are refused the same way.
 
-Owns: the control protocol, the lock, and the JSON each listed message is
-described with (L{describeEntry}).  Must not: change entries except
-through the runner; import mailframe.server or mailframe.app.tap.
+Owns: the control protocol and the lock; the operations themselves and the
+JSON each listed message is described with are L{mailframe.queue.operations}'s
+(shared with the web console).  Must not: change entries except through
+the runner; import mailframe.server or mailframe.app.tap.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import errno
 import fcntl
@@ -45,8 +45,14 @@ from mailframe.backends._files import makeDirectory
 from mailframe.interfaces import IRelay
 from mailframe.queue._files import SpoolError
 from mailframe.queue.backend import QueueService
-from mailframe.queue.entry import QueueEntry
-from mailframe.queue.runner import QueueRunner, UnknownEntry
+from mailframe.queue.operations import (
+    HEAD_LIMIT,
+    ControlError,
+    NoSuchEntry,
+    QueueOperations,
+    describeEntry,
+)
+from mailframe.queue.runner import QueueRunner
 
 __all__ = [
     "HEAD_LIMIT",
@@ -81,8 +87,6 @@ LOCK = "lock"
 """The lock file's name in the spool directory."""
 LOCK_WAIT = 30.0
 """Seconds a server starting waits for the spool's lock."""
-HEAD_LIMIT = 16384
-"""Octets of a message's beginning L{ShowEntry} returns."""
 _CHUNK = 60000
 _MAX_PARTS = 4096
 
@@ -156,14 +160,6 @@ class LongJSON(amp.Argument):
         objects[name.decode("ascii")] = json.loads(b"".join(parts))
 
 
-class NoSuchEntry(Exception):
-    """The queue has no message with this id."""
-
-
-class ControlError(Exception):
-    """A command the server could not carry out; the text is one line."""
-
-
 _ERRORS: dict[type[Exception], bytes] = {
     NoSuchEntry: b"NO_SUCH_ENTRY",
     ControlError: b"CONTROL_ERROR",
@@ -235,22 +231,6 @@ class ReleaseEntry(amp.Command):
     errors = _ERRORS
 
 
-def describeEntry(
-    entry: QueueEntry,
-    spool: str,
-    scheduled: float | None = None,
-    underWay: bool = False,
-) -> dict[str, object]:
-    """
-    What C{list} and C{show} say about a message: its envelope
-    (L{QueueEntry.toJSON}) and C{spool} (the directory), C{scheduled} (when
-    its timer fires, or null) and C{underWay} (an attempt is running).
-    """
-    data = entry.toJSON()
-    data.update(spool=spool, scheduled=scheduled, underWay=underWay)
-    return data
-
-
 # -- the responder -----------------------------------------------------------------
 
 
@@ -260,6 +240,7 @@ class ControlProtocol(amp.AMP):
     def __init__(self, runner: QueueRunner) -> None:
         super().__init__()
         self.runner = runner
+        self.operations = QueueOperations(runner)
 
     def makeConnection(self, transport: ITransport) -> None:
         """Without AMP's log line for every connection."""
@@ -271,67 +252,37 @@ class ControlProtocol(amp.AMP):
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
 
-    def _describe(self, entry: QueueEntry) -> dict[str, object]:
-        runner = self.runner
-        return describeEntry(
-            entry, runner.spool.path, runner.scheduledAt(entry.id), runner.underWay(entry.id)
-        )
-
-    def _entry(self, entryID: str) -> QueueEntry:
-        entry = self.runner.entries.get(entryID)
-        if entry is None:
-            raise NoSuchEntry(f"no message {entryID} in the queue")
-        return entry
-
     @ListQueue.responder
     def listQueue(
         self, limit: int, afterArrival: float | None = None, afterID: str | None = None
     ) -> dict[str, object]:
-        entries = sorted(self.runner.entries.values(), key=lambda e: (e.arrival, e.id))
-        start = 0
-        if afterArrival is not None:
-            keys = [(e.arrival, e.id) for e in entries]
-            start = bisect.bisect_right(keys, (afterArrival, afterID or ""))
-        page = entries[start : start + max(1, limit)]
+        page, more = self.operations.page(limit, afterArrival, afterID)
         return {
-            "entries": [self._describe(e) for e in page],
-            "more": start + len(page) < len(entries),
-            "now": self.runner.clock.seconds(),
+            "entries": [self.operations.describe(e) for e in page],
+            "more": more,
+            "now": self.operations.now(),
         }
 
     @ShowEntry.responder
     def showEntry(self, id: str) -> defer.Deferred[dict[str, object]]:
-        entry = self._entry(id)
-        described = self._describe(entry)
-
-        def unreadable(reason: Failure) -> tuple[bytes, bool]:
-            return b"", True
-
-        d = self.runner.spool.readHead(id, HEAD_LIMIT).addErrback(unreadable)
-        return d.addCallback(
-            lambda head: {"entry": described, "head": head[0], "now": self.runner.clock.seconds()}
+        operations = self.operations
+        described = operations.describe(operations.entry(id))
+        return operations.head(id, HEAD_LIMIT).addCallback(
+            lambda head: {"entry": described, "head": head, "now": operations.now()}
         )
 
     @FlushQueue.responder
     def flushQueue(self) -> dict[str, object]:
-        count = self.runner.flush()
-        log.info("queue {path}: flush ({n} message(s))", path=self.runner.spool.path, n=count)
-        return {"count": count}
+        return {"count": self.operations.flush()}
 
     @DeleteEntry.responder
     def deleteEntry(self, id: str) -> dict[str, object]:
-        try:
-            self.runner.delete(id)
-        except UnknownEntry:
-            raise NoSuchEntry(f"no message {id} in the queue") from None
+        self.operations.delete(id)
         return {}
 
     @DeleteAll.responder
     def deleteAll(self) -> dict[str, object]:
-        entryIDs = list(self.runner.entries)
-        for entryID in entryIDs:
-            self.runner.delete(entryID)
-        return {"count": len(entryIDs)}
+        return {"count": self.operations.deleteAll()}
 
     @HoldEntry.responder
     def holdEntry(self, id: str) -> defer.Deferred[dict[str, object]]:
@@ -342,17 +293,8 @@ class ControlProtocol(amp.AMP):
         return self._hold(id, False)
 
     def _hold(self, entryID: str, held: bool) -> defer.Deferred[dict[str, object]]:
-        self._entry(entryID)
-        what = "held" if held else "released"
-
-        def done(changed: bool) -> dict[str, object]:
-            return {"changed": changed}  # the runner logs it (queue.held, queue.released)
-
-        def failed(reason: Failure) -> Failure:
-            error = " ".join(str(reason.value).split())
-            return Failure(ControlError(f"{entryID}: cannot record that it is {what}: {error}"))
-
-        return self.runner.hold(entryID, held).addCallbacks(done, failed)
+        # the runner logs it (queue.held, queue.released)
+        return self.operations.hold(entryID, held).addCallback(lambda c: {"changed": c})
 
 
 class ControlFactory(Factory):
