@@ -63,18 +63,22 @@ def receivedHeader(
 
     C{lmtp}: the message came over LMTP (with LMTP, LMTPS ...).
     """
-    helo = _clean(session.heloName or "unknown")
-    lines = [f"from {helo} ([{session.peerHost}])"]
-    lines.append(
-        f"by {session.hostname} (mailframe) with {protocolName(session, envelope, lmtp)} "
-        f"id {envelope.queueID}"
+    head = _head(
+        session.heloName or "unknown",
+        session.peerHost,
+        session.hostname,
+        protocolName(session, envelope, lmtp),
     )
-    if session.tls is not None:
-        lines.append(f"({_clean(session.tls.version)} {_clean(session.tls.cipher)})")
     date = _date(int(when))
+    tls = session.tls
+    tail = "" if tls is None else f"\r\n\t({_clean(tls.version)} {_clean(tls.cipher)})"
     if len(envelope.recipients) == 1:
-        lines.append(f"for {_clean(envelope.recipients[0].address.toPath())}; {date}")
-    else:
-        lines[-1] += ";"
-        lines.append(date)
-    return "\r\n\t".join(lines)
+        path = _clean(envelope.recipients[0].address.toPath())
+        return f"{head}{envelope.queueID}{tail}\r\n\tfor {path}; {date}"
+    return f"{head}{envelope.queueID}{tail};\r\n\t{date}"
+
+
+@functools.lru_cache(maxsize=256)
+def _head(helo: str, peerHost: str, hostname: str, protocol: str) -> str:
+    """The field up to the queue ID: the same for every message of a client."""
+    return f"from {_clean(helo)} ([{peerHost}])\r\n\tby {hostname} (mailframe) with {protocol} id "

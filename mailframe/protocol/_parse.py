@@ -117,14 +117,33 @@ def _parsePath(
     return address, params
 
 
+# The MAIL and RCPT commands parsed last, by the argument's text: most mail
+# repeats its senders and recipients, and the events (an Address and its
+# parameters) are immutable.  Only commands that parse are kept; a table is
+# emptied when it is full.
+_PATH_CACHE_SIZE = 512
+_mailEvents: dict[str, E.MailFrom] = {}
+_rcptEvents: dict[str, E.RcptTo] = {}
+
+
 def _mail(arg: str) -> E.Event:
-    address, params = _parsePath(arg, "FROM:", _MAIL_SYNTAX, _BAD_SENDER, True)
-    return E.MailFrom(address, params)
+    event = _mailEvents.get(arg)
+    if event is None:
+        event = E.MailFrom(*_parsePath(arg, "FROM:", _MAIL_SYNTAX, _BAD_SENDER, True))
+        if len(_mailEvents) >= _PATH_CACHE_SIZE:
+            _mailEvents.clear()
+        _mailEvents[arg] = event
+    return event
 
 
 def _rcpt(arg: str) -> E.Event:
-    address, params = _parsePath(arg, "TO:", _RCPT_SYNTAX, _BAD_RECIPIENT, False)
-    return E.RcptTo(address, params)
+    event = _rcptEvents.get(arg)
+    if event is None:
+        event = E.RcptTo(*_parsePath(arg, "TO:", _RCPT_SYNTAX, _BAD_RECIPIENT, False))
+        if len(_rcptEvents) >= _PATH_CACHE_SIZE:
+            _rcptEvents.clear()
+        _rcptEvents[arg] = event
+    return event
 
 
 def _hello(extended: bool) -> Callable[[str], E.Event]:
