@@ -190,7 +190,7 @@ class CaptureSettingsTests(SynchronousTestCase):
         options = self.parse("--capture", "--capture-limit", "5", "--capture-mailbox", "domain")
         self.assertEqual(
             options.capture,  # type: ignore[attr-defined]
-            {"capture-limit": 5, "capture-mailbox": "domain", "web": None},
+            {"capture-limit": 5, "capture-mailbox": "domain"},
         )
         self.assertIsNone(options.queue)  # type: ignore[attr-defined]
         [spec] = options.listeners  # type: ignore[attr-defined]
@@ -214,15 +214,14 @@ class CaptureSettingsTests(SynchronousTestCase):
         e = self.assertRaises(usage.UsageError, self.parse, "--capture", "--workers", "2")
         self.assertIn("one process", str(e))
 
-    def test_webNeedsCapture(self) -> None:
-        """--web without --capture is a usage error."""
-        e = self.assertRaises(
-            usage.UsageError, self.parse, "--web", "tcp:8025:interface=127.0.0.1"
-        )
-        self.assertIn("web needs capture", str(e))
+    def test_webWithoutCapture(self) -> None:
+        """--web works without --capture: the console then has no captured mail."""
+        options = self.parse("--web", "tcp:8025:interface=127.0.0.1")
+        self.assertIsNone(options.capture)  # type: ignore[attr-defined]
+        self.assertEqual(options.web["web"], "tcp:8025:interface=127.0.0.1")  # type: ignore[attr-defined]
 
     def test_webLoopbackOnly(self) -> None:
-        """--web refuses a non-loopback interface and the mail ports."""
+        """Without web-auth, --web refuses a non-loopback interface; always the mail ports."""
         for bad in ("tcp:8025", "tcp:8025:interface=0.0.0.0", "tcp:25:interface=127.0.0.1",
                     "tcp:587:interface=127.0.0.1", "ssl:8025", "tcp:x"):  # fmt: skip
             e = self.assertRaises(usage.UsageError, self.parse, "--capture", "--web", bad)
@@ -230,7 +229,30 @@ class CaptureSettingsTests(SynchronousTestCase):
         for good in ("tcp:8025:interface=127.0.0.1", "tcp6:8025:interface=\\:\\:1",
                      "unix:/tmp/api.sock", "tcp:port=8025:interface=localhost"):  # fmt: skip
             options = self.parse("--capture", "--web", good)
-            self.assertEqual(options.capture["web"], good)  # type: ignore[attr-defined]
+            self.assertEqual(options.web["web"], good)  # type: ignore[attr-defined]
+
+    def test_webAuthAnyEndpoint(self) -> None:
+        """With --web-auth any endpoint is accepted, but never a mail port."""
+        for good in ("tcp:8025", "ssl:8443:privateKey=k.pem", "tcp:8025:interface=0.0.0.0"):
+            options = self.parse("--web", good, "--web-auth", "memory:admin:secret")
+            web = options.web  # type: ignore[attr-defined]
+            self.assertEqual((web["web"], web["web-auth"]), (good, ("memory:admin:secret",)))
+        for bad in ("tcp:25", "ssl:465", "tcp:587:interface=0.0.0.0"):
+            e = self.assertRaises(
+                usage.UsageError, self.parse, "--web", bad, "--web-auth", "memory:a:b"
+            )
+            self.assertIn("mail port", str(e))
+        e = self.assertRaises(
+            usage.UsageError, self.parse, "--web", "tcp:8025", "--web-auth", "nosuch:x"
+        )
+        self.assertIn("unknown auth type", str(e))
+
+    def test_webWithWorkers(self) -> None:
+        """The console shows one process: --web with several workers is a usage error."""
+        e = self.assertRaises(
+            usage.UsageError, self.parse, "--web", "unix:/tmp/w.sock", "--workers", "2"
+        )
+        self.assertIn("one process", str(e))
 
     def test_makeService(self) -> None:
         """makeService says capture mode in one line and serves the API."""

@@ -112,9 +112,10 @@ def _limits() -> str:
 
 
 def _webEndpoint(value: object) -> str:
+    """An endpoint the console may listen on with a login (without one: checked in tap)."""
     from mailframe.web.api import checkWebEndpoint
 
-    return checkWebEndpoint(c.string(value))
+    return checkWebEndpoint(c.string(value), login=True)
 
 
 def _metricsEndpoint(value: object) -> str:
@@ -253,12 +254,26 @@ SCHEMA: tuple[Setting, ...] = (
             "Group captured messages in mailboxes by AUTH user (else recipient domain), "
             "by the first recipient's domain, or by listener.", scope=TOP),
     Setting("web", _webEndpoint, None,
-            "Serve the REST API of capture mode on this Twisted server endpoint "
-            "(tcp:8025:interface=127.0.0.1, say).", scope=TOP, metavar="ENDPOINT",
-            shown="none (no API)", details=(
-                "It has no login yet, so only a loopback interface or a ``unix:`` "
-                "endpoint is accepted, and never port 25, 465 or 587.  It needs "
-                "``capture``.  See :doc:`console`.")),
+            "Serve the web console and its REST API (live sessions, decisions, queue, "
+            "statistics, settings, and the captured mail with capture) on this Twisted "
+            "server endpoint (tcp:8025:interface=127.0.0.1, say).", scope=TOP,
+            metavar="ENDPOINT", shown="none (no console)", details=(
+                "Without ``web-auth`` there is no login, so only a loopback interface or a "
+                "``unix:`` endpoint is accepted; with it, any endpoint (``ssl:`` for one "
+                "reached over the network: a plain ``tcp:`` one off loopback is warned "
+                "about at start).  Never port 25, 465 or 587.  One process only: not with "
+                "``workers``.  See :doc:`console` and :doc:`webapi`.")),
+    Setting("web-auth", c.authTypes, (),
+            "A checker of the web console's logins, a Twisted strcred string as for auth "
+            "(file:PATH, mailframe:PATH, memory:USER:PASS); with one, the console needs a "
+            "login and may listen off loopback.", form=LIST, scope=TOP, metavar="DESCRIPTION",
+            shown="none (no login: loopback only)", details=(
+                "Asked in order, for a user name and password.  A failed login waits a "
+                "second; ten failures from one address in ten minutes refuse it for a "
+                "while.  Sessions are kept in memory (12 hours idle).")),
+    Setting("web-decisions", Count(1), 1000,
+            "Decision events the web console keeps for its decisions page.", scope=TOP,
+            metavar="COUNT"),
     Setting("config", c.path, None, "Read settings from this TOML file.",
             form=COMMAND, scope=TOP, metavar="FILE"),
     # -- TLS and AUTH -----------------------------------------------------------------

@@ -162,6 +162,8 @@ class Options(usage.Options):
     logFormat: str = "text"  # log-format: text or json (mailframe.app.logformat)
     metrics: str | None = None  # the metrics endpoint
     capture: dict[str, Any] | None = None  # capture mode: its settings (mailframe.web)
+    web: dict[str, Any] | None = None  # the web console: its settings (app/webconsole.py)
+    settingsInForce: dict[str, Any] | None = None  # the top-level settings, merged
 
     def __init__(self) -> None:
         super().__init__()
@@ -209,6 +211,8 @@ class Options(usage.Options):
             convert("worker", self["worker"], "--worker")
         if count > 1 and getattr(self, "capture", None) is not None:
             raise SettingError("capture keeps its messages in one process: leave out workers")
+        if count > 1 and getattr(self, "web", None) is not None:
+            raise SettingError("the web console shows one process: leave out workers")
         if count > 1 and self.metrics is not None:
             from mailframe.app._metricsweb import workerEndpoint
 
@@ -253,6 +257,10 @@ class Options(usage.Options):
         networks = [n for spec in listeners for n in spec.config.relayNetworks]
         self.queue = queueSpec(command, fileTop, networks)
         top = {**DEFAULTS, **(fileTop or {}), **command}
+        self.settingsInForce = top
+        from mailframe.app.webconsole import webSettings
+
+        self.web = webSettings(top)
         self.capture = None
         if top["capture"]:
             if self.queue is not None:
@@ -260,10 +268,8 @@ class Options(usage.Options):
                     "capture never relays: leave out spool, relay-host, routes, relay and "
                     "relay-network"
                 )
-            self.capture = {k: top[k] for k in ("capture-limit", "capture-mailbox", "web")}
+            self.capture = {k: top[k] for k in ("capture-limit", "capture-mailbox")}
             listeners = [_capturing(spec) for spec in listeners]
-        elif top["web"] is not None:
-            raise SettingError("web needs capture (the console is for capture mode only yet)")
         return listeners
 
     def getUsage(self, width: int | None = None) -> str:
@@ -534,6 +540,9 @@ def makeService(options: Options) -> MailframeService:
                 service.lockFile = os.path.join(queue.control.path, LOCK)
         if getattr(options, "metrics", None) is not None:
             _metrics(reactor, options, service, queue)
+        from mailframe.app.webconsole import addConsole
+
+        addConsole(reactor, options, service, security, capture, queue)
     workers = getattr(options, "workers", 1)
     pool = None
     if workers > 1 and options["worker"] is None:  # worker 0 starts the others
@@ -553,8 +562,9 @@ def makeService(options: Options) -> MailframeService:
 
 def _capture(reactor: Any, options: Options, service: MailframeService) -> Any:
     """
-    Capture mode (--capture): the store every listener delivers to, and its
-    API (--web); None if off.  Relaying is open to every client
+    Capture mode (--capture): the store every listener delivers to (the web
+    console shows it: L{mailframe.app.webconsole}); None if off.  Relaying is
+    open to every client
     (L{_capturing}) and there is no queue, so each recipient, whatever its
     domain, reaches the store and nothing leaves.
     """
@@ -568,17 +578,6 @@ def _capture(reactor: Any, options: Options, service: MailframeService) -> Any:
         "mailframe: CAPTURE MODE: mail for every domain is accepted and kept in memory "
         f"(at most {store.limit} messages, mailboxes by {store.mailbox}); nothing is relayed"
     )
-    web = settings["web"]
-    if web is not None:
-        from mailframe.web.api import webService
-
-        try:
-            child = webService(reactor, web, store)
-        except Exception as e:
-            raise SystemExit(f"mailframe: bad endpoint {web!r}: {oneLine(e)}")
-        child.setServiceParent(service)
-        service.endpoints[child] = web
-        service.announcements.append(f"mailframe: capture API at {web}, path /api/v1")
     return store
 
 

@@ -1,19 +1,22 @@
 """
-The REST API (JSON) of capture mode, on twisted.web, in the reactor
-thread: C{/api/v1/messages} (list, search, get, raw source, parts, delete),
-C{/api/v1/mailboxes} and C{/api/v1/wait} (a long poll for a message
-matching a query).  See docs/console.rst for the schema.
+The REST API (JSON) of the captured mail, on twisted.web, in the reactor
+thread: C{/api/v1/messages} (list, search, get, raw source, parts, the
+sanitised HTML body, delete), C{/api/v1/mailboxes} and C{/api/v1/wait} (a
+long poll for a message matching a query).  See docs/webapi.rst for the
+schema.  L{CaptureAPI} serves it alone (what L{mailframe.testing} uses);
+the console (L{mailframe.web.console}) serves it with the rest of its API.
 
 Every answer is C{application/json; charset=utf-8} with C{Cache-Control:
-no-store} (but the raw source and the parts); DELETE needs the header
-C{X-Mailframe-Request: 1}, which a cross-site form cannot send; there are
-no CORS headers.  HTML parts are given as JSON strings, never served as
-text/html; a part is downloaded as an attachment, with C{nosniff}.
+no-store} (but the raw source, the parts and the HTML body); DELETE needs
+the header C{X-Mailframe-Request: 1}, which a cross-site form cannot send;
+there are no CORS headers.  A part is downloaded as an attachment, with
+C{nosniff}; the HTML body is served only sanitised (L{mailframe.web.sanitise})
+and with a C{sandbox} Content-Security-Policy.
 
-This slice has no login: L{checkWebEndpoint} allows loopback and unix
-endpoints only.
+Alone (no login), L{checkWebEndpoint} allows loopback and unix endpoints
+only; with the console's login, any endpoint but the mail ports.
 
-Owns: HTTP.  Must not: import mailframe.app; render HTML.
+Owns: HTTP of the captured mail.  Must not: import mailframe.app.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mailframe.plugins import parseDescription
 from mailframe.web.capture import CapturedMessage, CaptureStore, Query
+from mailframe.web.sanitise import sanitise
 
 __all__ = [
     "API_PREFIX",
@@ -41,6 +45,9 @@ __all__ = [
     "apiSite",
     "checkWebEndpoint",
     "describe",
+    "htmlBodies",
+    "isLoopbackEndpoint",
+    "loopbackHost",
     "summary",
     "webService",
 ]
@@ -53,10 +60,23 @@ CSRF_HEADER = b"x-mailframe-request"
 _REFUSED_PORTS = frozenset({25, 465, 587})
 
 
-def checkWebEndpoint(description: str) -> str:
+def isLoopbackEndpoint(description: str) -> bool:
+    """Whether C{description} (a valid endpoint) listens on loopback or a unix socket."""
+    kind, _, options = parseDescription(description)
+    if kind.lower() == "unix":
+        return True
+    interface = options.get("interface", "")
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
+def checkWebEndpoint(description: str, login: bool = False) -> str:
     """
-    C{description} if it is a loopback TCP or a unix endpoint, not on a
-    mail port; else ValueError with a one-line reason.
+    C{description} if it is a loopback TCP or a unix endpoint (any
+    endpoint with C{login}), not on a mail port; else ValueError with a
+    one-line reason.
     """
     try:
         kind, args, options = parseDescription(description)
@@ -65,10 +85,12 @@ def checkWebEndpoint(description: str) -> str:
     kind = kind.lower()
     if kind == "unix":
         return description
-    if kind not in ("tcp", "tcp6"):
+    if login and kind not in ("tcp", "tcp6", "ssl"):
+        return description  # systemd:, another plug-in's: no port of ours to check
+    if kind not in ("tcp", "tcp6", "ssl") or (kind == "ssl" and not login):
         raise ValueError(
             f"{description!r}: use tcp:PORT:interface=127.0.0.1 or unix:PATH "
-            "(no login yet: loopback or unix only)"
+            "(without web-auth: loopback or unix only)"
         )
     try:
         port = int(options.get("port") or args[0])
@@ -76,20 +98,16 @@ def checkWebEndpoint(description: str) -> str:
         raise ValueError(f"{description!r}: no port") from None
     if port in _REFUSED_PORTS:
         raise ValueError(f"{description!r}: port {port} is a mail port")
-    interface = options.get("interface", "")
-    try:
-        loopback = ipaddress.ip_address(interface).is_loopback
-    except ValueError:
-        loopback = interface == "localhost"
-    if not loopback:
+    if not login and not isLoopbackEndpoint(description):
         raise ValueError(
-            f"{description!r}: the API has no login yet, so it listens on a loopback "
-            "interface only (interface=127.0.0.1 or interface=\\:\\:1) or a unix socket"
+            f"{description!r}: without a login (web-auth), the console listens on a "
+            "loopback interface only (interface=127.0.0.1 or interface=\\:\\:1) or a "
+            "unix socket"
         )
     return description
 
 
-def _loopbackHost(header: bytes | None) -> bool:
+def loopbackHost(header: bytes | None) -> bool:
     """
     Whether a Host header names this machine (localhost, a loopback
     address): a page whose own name an attacker re-pointed at 127.0.0.1 (DNS
@@ -135,6 +153,22 @@ def summary(m: CapturedMessage) -> dict[str, Any]:
         "size": len(m.data),
         "received": m.arrived,
     }
+
+
+def htmlBodies(m: CapturedMessage) -> list[str]:
+    """The HTML bodies of C{m} (text/html parts that are not attachments), decoded."""
+    return [
+        _text(part)
+        for part in m.parts()
+        if not part.is_multipart()
+        and part.get_content_type() == "text/html"
+        and not _isAttachment(part)
+    ]
+
+
+SANDBOX_CSP = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: cid:"
+"""The Content-Security-Policy of a message's HTML body (remote images: L{REMOTE_CSP})."""
+REMOTE_CSP = SANDBOX_CSP + " https: http:"
 
 
 def describe(m: CapturedMessage) -> dict[str, Any]:
@@ -247,16 +281,24 @@ class CaptureAPI(Resource):
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if not _loopbackHost(request.getHeader(b"host")):
+        if not loopbackHost(request.getHeader(b"host")):
             return self._error(request, http.FORBIDDEN, "the Host header must name this machine")
         postpath = list(request.postpath or [])
         if tuple(postpath[:2]) != API_PREFIX:
             return self._error(request, http.NOT_FOUND, "no such resource")
         path = [p.decode("utf-8", "replace") for p in postpath[2:]]
+        if request.method == b"DELETE" and request.getHeader(CSRF_HEADER) != b"1":
+            return self._error(request, http.FORBIDDEN, "DELETE needs X-Mailframe-Request: 1")
+        return self.renderPath(request, path)
+
+    def handles(self, path: list[str]) -> bool:
+        """Whether C{path} (after C{/api/v1}) is one of this API's."""
+        return bool(path) and path[0] in ("messages", "mailboxes", "wait")
+
+    def renderPath(self, request: Request, path: list[str]) -> bytes | int:
+        """Answer C{path} (after C{/api/v1}); the caller has checked where it comes from."""
         method = request.method
         try:
-            if method == b"DELETE" and request.getHeader(CSRF_HEADER) != b"1":
-                return self._error(request, http.FORBIDDEN, "DELETE needs X-Mailframe-Request: 1")
             if path == ["messages"]:
                 if method == b"GET":
                     return self._list(request)
@@ -309,6 +351,8 @@ class CaptureAPI(Resource):
             if method == b"DELETE":
                 self.store.delete(ident)
                 return self._json(request, {"deleted": 1})
+        elif rest == ["html"] and method == b"GET":
+            return self._html(request, m)
         elif rest == ["raw"] and method == b"GET":
             request.setHeader(b"content-type", b"message/rfc822")
             request.setHeader(b"content-disposition", f'attachment; filename="{m.id}.eml"')
@@ -328,6 +372,17 @@ class CaptureAPI(Resource):
             return self._error(request, http.NOT_FOUND, "no such resource")
         request.setHeader(b"allow", b"GET, DELETE" if not rest else b"GET")
         return self._error(request, http.NOT_ALLOWED, "method not allowed")
+
+    def _html(self, request: Request, m: CapturedMessage) -> bytes:
+        bodies = htmlBodies(m)
+        if not bodies:
+            return self._error(request, http.NOT_FOUND, "the message has no HTML part")
+        remote = (request.args or {}).get(b"remote", [b"0"])[0] == b"1"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", REMOTE_CSP if remote else SANDBOX_CSP)
+        request.setHeader(b"x-frame-options", b"SAMEORIGIN")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        return "\n".join(sanitise(b, remote) for b in bodies).encode("utf-8")
 
     def _wait(self, request: Request) -> int:
         timeout = _number(request, b"timeout", DEFAULT_WAIT, 0, MAX_WAIT)

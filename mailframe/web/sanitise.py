@@ -35,9 +35,7 @@ _DROP_WITH_CONTENT = frozenset(
      "noframes", "template"}
 )  # fmt: skip
 _DROP_TAG = frozenset({"base", "link", "form", "param", "source", "track", "portal"})
-_VOID = frozenset(
-    {"area", "br", "col", "hr", "img", "input", "meta", "wbr", "basefont", "keygen"}
-)
+_VOID = frozenset({"area", "br", "col", "hr", "img", "input", "meta", "wbr", "basefont", "keygen"})
 _URL_ATTRIBUTES = frozenset(
     {"href", "src", "action", "formaction", "xlink:href", "background", "poster", "lowsrc",
      "dynsrc", "data", "codebase", "cite", "longdesc", "usemap", "ping", "manifest", "srcset",

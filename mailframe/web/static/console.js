@@ -871,10 +871,10 @@
     if (!Array.isArray(list)) return [{ address: plain(list) }];
     return list.map((r) => (typeof r === "string" ? { address: r } : r || {}));
   }
-  function entryAge(e) {
+  function entryAge(e, serverNow) {
     if (typeof e.age === "number") return e.age;
     const arrived = e.arrived ?? e.arrival;
-    return typeof arrived === "number" ? now() - arrived : null;
+    return typeof arrived === "number" ? (serverNow ?? now()) - arrived : null;
   }
   function entryLastReply(e) {
     if (e.lastReply !== undefined && e.lastReply !== null) return e.lastReply;
@@ -890,7 +890,7 @@
     const messages = data.messages || data.entries || [];
     const destinations = clear($("queue-destination-rows"));
     for (const d of data.byDestination || []) {
-      const oldest = typeof d.oldest === "number" ? (d.oldest > 1e9 ? now() - d.oldest : d.oldest) : null;
+      const oldest = typeof d.oldest === "number" ? (d.oldest > 1e9 ? (data.now ?? now()) - d.oldest : d.oldest) : null;
       destinations.append(
         el("tr", { testid: "queue-destination" }, el("td", null, mono(d.domain)), el("td", { class: "num", text: formatNumber(d.count) }), el("td", { text: oldest === null ? plain(d.oldest) : formatAge(oldest) }))
       );
@@ -901,7 +901,7 @@
       const held = entryHeld(e);
       const reply = entryLastReply(e);
       const recipients = entryRecipients(e);
-      const status = held ? "held" : e.underWay ? "sending" : e.state || e.status || "deferred";
+      const status = held ? "held" : e.underWay ? "sending" : e.state || e.status || (e.attempts || reply ? "deferred" : "queued");
       const actions = el(
         "td",
         { class: "actions" },
@@ -916,7 +916,7 @@
         el("td", null, mono(id)),
         el("td", null, mono(entrySender(e) || "<>", "address")),
         el("td", { title: recipients.map((r) => r.address).join(", ") }, mono(recipients[0] ? recipients[0].address : "", "address"), recipients.length > 1 ? el("span", { class: "muted", text: ` +${recipients.length - 1}` }) : null),
-        el("td", { text: formatAge(entryAge(e)) }),
+        el("td", { text: formatAge(entryAge(e, data.now)) }),
         el("td", { class: "num", text: formatSize(e.size) }),
         el("td", { class: "num", text: formatNumber(e.attempts ?? "") }),
         el("td", { class: "reply" }, replyNode(reply)),
@@ -1004,8 +1004,10 @@
     if (!charts.children.length) charts.append(el("p", { class: "empty", text: "No data yet." }));
     const reasons = Object.entries(data.refusedByReason || {}).sort((a, b) => b[1] - a[1]);
     const box = clear($("stats-reasons"));
-    if (reasons.length) box.append(barChart(reasons));
+    if (reasons.length) box.append(barChart(reasons, "Refused, by reason"));
     else box.append(el("p", { class: "empty", text: "Nothing refused." }));
+    const codes = Object.entries(data.refusedByCode || {}).sort((a, b) => b[1] - a[1]);
+    if (codes.length) box.append(el("h3", { text: "Refused, by reply code" }), barChart(codes, "Refused, by reply code"));
   }
 
   function humanize(key) {
@@ -1048,20 +1050,20 @@
     return chart;
   }
 
-  function barChart(entries) {
+  function barChart(entries, title) {
     const width = 560;
     const bar = 18;
     const gap = 6;
-    const label = 200;
+    const left = 200;
     const height = entries.length * (bar + gap) + gap;
     const max = Math.max(1, ...entries.map(([, v]) => v));
-    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg bars", role: "img", "aria-label": "Refused, by reason" });
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart-svg bars", role: "img", "aria-label": title });
     entries.forEach(([name, value], i) => {
       const yTop = gap + i * (bar + gap);
-      const w = Math.max(1, (value / max) * (width - label - 60));
-      chart.append(svg("text", { x: label - 8, y: yTop + bar - 5, class: "axis", "text-anchor": "end", text: name.length > 32 ? `${name.slice(0, 31)}…` : name }));
-      chart.append(svg("rect", { x: label, y: yTop, width: w, height: bar, rx: 2, class: "bar" }));
-      chart.append(svg("text", { x: label + w + 6, y: yTop + bar - 5, class: "axis", text: formatNumber(value) }));
+      const w = Math.max(1, (value / max) * (width - left - 60));
+      chart.append(svg("text", { x: left - 8, y: yTop + bar - 5, class: "axis", "text-anchor": "end", text: name.length > 32 ? `${name.slice(0, 31)}…` : name }));
+      chart.append(svg("rect", { x: left, y: yTop, width: w, height: bar, rx: 2, class: "bar" }));
+      chart.append(svg("text", { x: left + w + 6, y: yTop + bar - 5, class: "axis", text: formatNumber(value) }));
     });
     return chart;
   }
