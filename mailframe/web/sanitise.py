@@ -31,10 +31,11 @@ from html.parser import HTMLParser
 __all__ = ["sanitise"]
 
 _DROP_WITH_CONTENT = frozenset(
-    {"script", "iframe", "frame", "frameset", "object", "embed", "applet", "noembed",
-     "noframes", "template"}
+    {"script", "iframe", "frameset", "object", "applet", "noembed", "noframes", "template"}
 )  # fmt: skip
-_DROP_TAG = frozenset({"base", "link", "form", "param", "source", "track", "portal"})
+_DROP_TAG = frozenset(
+    {"base", "link", "form", "param", "source", "track", "portal", "embed", "frame"}
+)
 _VOID = frozenset({"area", "br", "col", "hr", "img", "input", "meta", "wbr", "basefont", "keygen"})
 _URL_ATTRIBUTES = frozenset(
     {"href", "src", "action", "formaction", "xlink:href", "background", "poster", "lowsrc",

@@ -469,9 +469,9 @@
       const row = el(
         "tr",
         { class: "row", data: { id: m.id }, testid: "mail-row", tabindex: "0" },
-        el("td", null, mono(m.from || "<>", "address")),
-        el("td", { title: to.join(", ") }, mono(to[0] || "", "address"), to.length > 1 ? el("span", { class: "muted", text: ` +${to.length - 1}` }) : null),
-        el("td", { class: "subject" }, el("span", { text: m.subject || "(no subject)", class: m.subject ? "" : "muted" }), el("span", { class: "tag", text: m.mailbox })),
+        el("td", { title: m.from || "<>" }, mono(m.from || "<>", "address")),
+        el("td", { title: to.join(", ") }, to.length > 1 ? el("span", { class: "muted more", text: `+${to.length - 1}` }) : null, mono(to[0] || "", "address")),
+        el("td", { class: "subject", title: m.subject || "" }, el("span", { text: m.subject || "(no subject)", class: m.subject ? "subject-text" : "subject-text muted" }), el("span", { class: "tag", text: m.mailbox })),
         el("td", { class: "num", text: formatSize(m.size) }),
         el("td", { class: "time", text: formatTime(m.received), title: new Date(m.received * 1000).toString() })
       );
@@ -727,14 +727,15 @@
     const sessions = data.sessions || [];
     const rows = clear($("sessions-rows"));
     for (const s of sessions) {
-      const client = s.clientName && s.clientName !== s.client ? `${s.clientName} [${s.client}]` : s.client;
+      const address = s.clientPort != null ? (String(s.client).includes(":") ? `[${s.client}]:${s.clientPort}` : `${s.client}:${s.clientPort}`) : s.client;
+      const name = s.clientName && s.clientName !== s.client ? s.clientName : null;
       rows.append(
         el(
           "tr",
           { testid: "session-row", data: { id: s.id } },
           el("td", null, mono(s.id)),
           el("td", { text: s.listener }),
-          el("td", { class: "session-client" }, mono(s.clientPort != null ? `${client}:${s.clientPort}` : client)),
+          el("td", { class: "session-client" }, mono(address), name ? el("div", { class: "muted small", text: name }) : null),
           el("td", null, mono(s.helo || "")),
           el("td", null, el("span", { class: "tag", text: s.stage || "" })),
           el("td", { text: s.tls ? `${s.tls.version || ""} ${s.tls.cipher || ""}`.trim() : "—" }),
@@ -998,7 +999,7 @@
     const charts = clear($("stats-charts"));
     const series = Array.isArray(data.series) ? data.series : [];
     for (const [key, label] of SERIES) {
-      if (!series.some((p) => typeof p[key] === "number")) continue;
+      if (series.length && !series.some((p) => typeof p[key] === "number")) continue;
       charts.append(el("figure", { class: "card chart", testid: `chart-${key}` }, el("figcaption", { text: label }), lineChart(series, key, `series-${key}`)));
     }
     if (!charts.children.length) charts.append(el("p", { class: "empty", text: "No data yet." }));
@@ -1024,8 +1025,8 @@
     const values = points.map((p) => (typeof p[key] === "number" ? p[key] : 0));
     const times = points.map((p) => p.time);
     const max = Math.max(1, ...values);
-    const t0 = Math.min(...times);
-    const t1 = Math.max(...times);
+    const t0 = times.length ? Math.min(...times) : 0;
+    const t1 = times.length ? Math.max(...times) : 1;
     const span = t1 - t0 || 1;
     const x = (t) => left + ((t - t0) / span) * (width - left - right);
     const y = (v) => top + (1 - v / max) * (height - top - bottom);
@@ -1046,6 +1047,8 @@
       chart.append(svg("path", { d: line, class: "line" }));
     } else if (points.length === 1) {
       chart.append(svg("circle", { cx: x(times[0]), cy: y(values[0]), r: 3, class: "dot" }));
+    } else {
+      chart.append(svg("text", { x: (left + width - right) / 2, y: height / 2, class: "axis", "text-anchor": "middle", text: "Waiting for the first sample…" }));
     }
     return chart;
   }
