@@ -12,9 +12,10 @@ import json
 import os
 from typing import Any
 
+from twisted.internet import defer
 from twisted.logger import LogPublisher, formatEvent
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import NOT_DONE_YET
 
 from mailframe import _eventlog
@@ -599,3 +600,47 @@ class TapTests(SynchronousTestCase):
         self.assertIn(decisions, _eventlog.counting)
         child.console.stop()
         self.assertNotIn(decisions, _eventlog.counting)
+
+
+class RealSiteTests(TestCase):
+    """The console on a real Site on 127.0.0.1, through treq: login, cookie, token."""
+
+    @defer.inlineCallbacks
+    def test_login(self) -> Any:
+        """A login over HTTP gives a cookie that opens the API, and a token for a POST."""
+        import treq
+        from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+        from twisted.internet import reactor
+        from twisted.web.client import HTTPConnectionPool
+
+        from mailframe.web.auth import WebLogin
+        from mailframe.web.console import consoleSite
+
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.addCleanup(pool.closeCachedConnections)
+        checker = InMemoryUsernamePasswordDatabaseDontUse(admin=b"pw")
+        console = Console(reactor, login=WebLogin(reactor, [checker]))
+        port = reactor.listenTCP(0, consoleSite(console), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}/api/v1"
+        post = {"X-Mailframe-Request": "1", "Content-Type": "application/json"}
+        refused = yield treq.get(f"{base}/stats", pool=pool)
+        self.assertEqual(refused.code, 401)
+        yield refused.content()
+        answer = yield treq.post(
+            f"{base}/login", b'{"username": "admin", "password": "pw"}', headers=post, pool=pool
+        )
+        self.assertEqual(answer.code, 200)
+        token = (yield answer.json())["csrf"]
+        [cookie] = answer.headers.getRawHeaders(b"set-cookie")
+        self.assertIn(b"; HttpOnly; SameSite=Strict", cookie)
+        value = cookie.split(b";")[0]
+        got = yield treq.get(f"{base}/info", headers={b"Cookie": value}, pool=pool)
+        self.assertEqual((yield got.json())["user"], "admin")
+        flush = yield treq.post(
+            f"{base}/queue/flush",
+            headers={**post, "X-CSRF-Token": token, "Cookie": value.decode()},
+            pool=pool,
+        )
+        self.assertEqual(flush.code, 404)  # no queue: past every check
+        self.assertEqual((yield flush.json()), {"error": "no queue"})
