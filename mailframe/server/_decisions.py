@@ -119,6 +119,14 @@ def deciderName(names: dict[int, str], provider: object) -> str:
 
 def replyText(reply: Reply) -> str:
     """The whole reply, its lines joined by a space (C{550 5.1.1 No such user})."""
+    text = reply.text
+    if type(text) is str and text and len(text) <= 100 and reply.code != 334:
+        # one short line (most replies, and every 250 after the data): what
+        # str(reply) gives, without encoding the reply and decoding it again
+        enhanced = reply.enhanced
+        if enhanced is None:
+            return f"{reply.code} {text}"
+        return f"{reply.code} {enhanced[0]}.{enhanced[1]}.{enhanced[2]} {text}"
     return str(reply).replace("\r\n", " ")
 
 
