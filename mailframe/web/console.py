@@ -395,9 +395,21 @@ def _argNames(request: Request) -> set[str]:
     return {k.decode("utf-8", "replace") for k in (request.args or {})}
 
 
+class _QuietSite(Site):
+    """
+    A Site that writes no access log line per request: the page polls every
+    few seconds.  Logins and queue operations are logged on their own.
+    """
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 def consoleSite(console: Console) -> Site:
-    """A Site with the console at its root."""
-    site = Site(ConsoleResource(console))
+    """A Site with the console at its root (no access log)."""
+    site = _QuietSite(ConsoleResource(console))
     site.displayTracebacks = False
     return site
 
