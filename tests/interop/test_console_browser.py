@@ -283,9 +283,11 @@ class CaptureConsoleTests(ConsoleTestCase):
         self.driver.switch_to.frame(frame)
         try:
             self.waitUntil(lambda d: "attacker" in d.find_element("tag name", "body").text, "HTML")
+            time.sleep(1.0)  # what a script or a handler would have done, it has done by now
+            ran = self.driver.execute_script("return document.body.dataset.ran || null")
+            self.assertIsNone(ran, "a script of the message ran in the console's frame")
         finally:
             self.driver.switch_to.default_content()
-        time.sleep(1.0)  # what a script or a handler would have done, it has done by now
         self.assertIsNone(self.driver.execute_script("return window.pwned"))
         self.assertEqual(self.driver.title, title)
         self.assertNotEqual(self.driver.title, "pwned")
@@ -336,7 +338,10 @@ class SessionsAndDecisionsTests(ConsoleTestCase):
         port, url, _ = self.startServer("--capture")
         self.openConsole(url, "decisions")
         self.visible("page-decisions")
-        self.waitUntil(lambda d: self.byID("decisions-count").text or True, "the first page")
+        self.waitUntil(
+            lambda d: self.byID("decisions-empty").is_displayed() or self.rows("decision-row"),
+            "the first page of decisions",
+        )
         time.sleep(0.5)  # the page is now waiting for news (a long poll)
         recipient = f"d{uuid.uuid4().hex[:8]}@customer.example"
         self.send(port, _message("hello", "hi", None, "app@dev.example", recipient),
@@ -350,9 +355,16 @@ class LoginAndQueueTests(ConsoleTestCase):
 
     def test_loginAndHold(self) -> None:
         """After a wrong password and a login, a deferred message is held and released from the Queue page."""
+        from mailframe.auth.passwords import makeEntry, updatePasswordFile
+
+        passwords = Path(self.mktemp()).resolve()
+        passwords.parent.mkdir(parents=True, exist_ok=True)
+        updatePasswordFile(
+            str(passwords), USER, makeEntry(USER, PASSWORD, None)
+        )  # mailframe-passwd
         deadPort = freePort()  # nothing listens there: the message stays deferred
         port, url, _ = self.startServer(
-            "--web-auth", f"memory:{USER}:{PASSWORD}",
+            "--web-auth", f"mailframe:{passwords}",
             "--spool", "spool",
             "--relay-host", f"[{HOST}]:{deadPort}",
             "--relay-network", "127.0.0.0/8",
@@ -422,9 +434,29 @@ class LoginAndQueueTests(ConsoleTestCase):
         self.confirm()
         self.waitUntil(held("false"), "the message to be released")
 
+        queueRow(self.driver).click()  # its envelope, attempts and replies
+        detail = self.visible("queue-detail")
+        self.waitUntil(lambda d: recipient in detail.text and ident in detail.text, "the details")
+        self.screenshot("queue-message")
+
+        self.byID("tab-settings").click()
+        self.waitUntil(self.rowContaining("setting-row", "relay-host"), "the settings")
+        self.screenshot("settings")
+
         self.byID("tab-stats").click()
         self.visible("page-stats")
-        self.waitUntil(
-            lambda d: self.rows("stat-accepted") or self.rows("stat-connections"), "stats"
-        )
+        self.waitUntil(lambda d: self.rows("stat-accepted"), "the counters")
+        self.waitUntil(lambda d: self.rows("chart-connections"), "the charts")
+        if SCREENSHOTS:  # a chart with a line needs two samples (one every 10 s)
+            for n in range(3):
+                other = f"r{n}@remote{n}.example"
+                self.send(port, _message(f"More {n}", "hi", None, "app@dev.example", other),
+                          "app@dev.example", [other])  # fmt: skip
+            self.waitUntil(
+                lambda d: d.find_elements(
+                    "css selector", '[data-testid="chart-connections"] .line'
+                ),
+                "two samples",
+                timeout=40,
+            )
         self.screenshot("stats")

@@ -125,7 +125,9 @@
     if (typeof value === "string") return value;
     if (typeof value === "number" || typeof value === "boolean") return String(value);
     if (Array.isArray(value)) return value.map(plain).join(", ");
-    return JSON.stringify(value);
+    const pairs = Object.entries(value);
+    if (!pairs.length) return "";
+    return pairs.map(([k, v]) => (v === null || v === undefined ? k : `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`)).join(" ");
   }
 
   // An SMTP reply as the queue or the decisions give it: [code, "x.y.z", [lines]],
@@ -469,11 +471,30 @@
       const row = el(
         "tr",
         { class: "row", data: { id: m.id }, testid: "mail-row", tabindex: "0" },
-        el("td", { title: m.from || "<>" }, mono(m.from || "<>", "address")),
-        el("td", { title: to.join(", ") }, to.length > 1 ? el("span", { class: "muted more", text: `+${to.length - 1}` }) : null, mono(to[0] || "", "address")),
-        el("td", { class: "subject", title: m.subject || "" }, el("span", { text: m.subject || "(no subject)", class: m.subject ? "subject-text" : "subject-text muted" }), el("span", { class: "tag", text: m.mailbox })),
-        el("td", { class: "num", text: formatSize(m.size) }),
-        el("td", { class: "time", text: formatTime(m.received), title: new Date(m.received * 1000).toString() })
+        el(
+          "td",
+          { class: "envelope-cell" },
+          el(
+            "div",
+            { class: "line addresses", title: `${m.from || "<>"} → ${to.join(", ")}` },
+            mono(m.from || "<>", "address from"),
+            el("span", { class: "arrow", text: "→" }),
+            mono(to[0] || "", "address to"),
+            to.length > 1 ? el("span", { class: "muted more", text: `+${to.length - 1}` }) : null
+          ),
+          el(
+            "div",
+            { class: "line", title: m.subject || "" },
+            el("span", { class: m.subject ? "subject-text" : "subject-text muted", text: m.subject || "(no subject)" }),
+            el("span", { class: "tag", text: m.mailbox })
+          )
+        ),
+        el(
+          "td",
+          { class: "when", title: new Date(m.received * 1000).toString() },
+          el("div", { class: "time", text: formatTime(m.received) }),
+          el("div", { class: "muted small", text: formatSize(m.size) })
+        )
       );
       row.addEventListener("click", () => {
         location.hash = `#mail/${encodeURIComponent(m.id)}`;
