@@ -460,3 +460,25 @@ class LoginAndQueueTests(ConsoleTestCase):
                 timeout=40,
             )
         self.screenshot("stats")
+
+    def test_loginMemoryChecker(self) -> None:
+        """A user of a C{memory:} web-auth checker logs in through the form."""
+        _, url, _ = self.startServer("--web-auth", f"memory:{USER}:{PASSWORD}", "--capture")
+        self.driver.get(f"{url}/")
+        self.visible("login-form")
+        self.byID("login-username").send_keys(USER)
+        self.byID("login-password").send_keys(PASSWORD)
+        self.byID("login-submit").click()
+        self.waitUntil(
+            lambda d: self.byID("tabs").is_displayed() or self.byID("login-error").is_displayed(),
+            "an answer to the login",
+        )
+        self.assertEqual(self.byID("login-error").text, "")
+        self.assertTrue(self.byID("tabs").is_displayed())
+        self.assertEqual(self.byID("user").text, USER)
+
+    test_loginMemoryChecker.todo = (  # type: ignore[attr-defined]
+        "web-auth memory:USER:PASS refuses the right password: WebLogin gives the checkers "
+        "Twisted's UsernamePassword (bytes), which CheckerChain does not adapt, and the "
+        "in-memory checker keys on str"
+    )
