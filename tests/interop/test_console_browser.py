@@ -259,6 +259,31 @@ class CaptureConsoleTests(ConsoleTestCase):
         self.waitUntil(lambda d: "Subject" in self.byID("message-headers").text, "the headers")
         self.byID("message-tab-raw").click()
         self.waitUntil(lambda d: f"Subject: {subject}" in self.byID("message-raw").text, "raw")
+
+        def count(n: int) -> Callable[[Any], bool]:
+            return lambda d: len(self.rows("mail-row")) == n
+
+        self.byID("mail-search").send_keys("subject:digest")
+        self.waitUntil(count(1), "one message matching the search")
+        self.assertIn("Weekly digest", self.rows("mail-row")[0].text)
+        self.byID("mail-search").clear()
+        self.byID("mail-search").send_keys(" ")  # an input event: the search is empty again
+        self.waitUntil(count(4), "every message again")
+        from selenium.webdriver.support.ui import Select
+
+        Select(self.byID("mail-mailbox")).select_by_value("team.example")
+        self.waitUntil(count(1), "the one message of mailbox team.example")
+        Select(self.byID("mail-mailbox")).select_by_value("")
+        self.waitUntil(count(4), "every mailbox again")
+
+        self.byID("message-delete").click()  # the open message, after a confirmation
+        self.byID("confirm-cancel").click()
+        time.sleep(0.5)
+        self.assertEqual(len(self.rows("mail-row")), 4)
+        self.byID("message-delete").click()
+        self.confirm()
+        self.waitUntil(count(3), "the deleted message to leave the list")
+        self.assertFalse(self.rowContaining("mail-row", token)(self.driver))
         own = [
             line
             for line in self.browserLog()

@@ -761,7 +761,7 @@
           el("td", null, el("span", { class: "tag", text: s.stage || "" })),
           el("td", { text: s.tls ? `${s.tls.version || ""} ${s.tls.cipher || ""}`.trim() : "—" }),
           el("td", null, mono(s.user || "")),
-          el("td", { class: "time", text: formatTime(s.started), title: s.started ? `${formatAge(now() - s.started)} ago` : "" }),
+          el("td", { class: "time", title: s.frontEnd ? `via XCLIENT front end ${s.frontEnd}` : "" }, formatTime(s.started), el("div", { class: "muted small", text: formatAge(typeof s.duration === "number" ? s.duration : now() - s.started) })),
           el("td", { class: "num", text: formatNumber(s.messages) }),
           el("td", { class: "num", text: formatSize(s.bytes) })
         )
@@ -1020,6 +1020,7 @@
     const charts = clear($("stats-charts"));
     const series = Array.isArray(data.series) ? data.series : [];
     for (const [key, label] of SERIES) {
+      if (key === "queue" && state.info && !state.info.queue) continue;
       if (series.length && !series.some((p) => typeof p[key] === "number")) continue;
       charts.append(el("figure", { class: "card chart", testid: `chart-${key}` }, el("figcaption", { text: label }), lineChart(series, key, `series-${key}`)));
     }
@@ -1126,7 +1127,7 @@
     const listeners = clear($("settings-listeners"));
     for (const l of data.listeners || []) {
       listeners.append(
-        el("h3", null, "Listener ", mono(l.name), " ", el("span", { class: "muted mono", text: plain(l.endpoint) })),
+        el("h3", null, "Listener ", mono(l.name), " ", el("span", { class: "muted mono", text: plain(l.endpoints && l.endpoints.length ? l.endpoints : l.endpoint) })),
         el("table", { class: "table compact", testid: "listener-settings" }, el("thead", null, el("tr", null, el("th", { text: "Setting" }), el("th", { text: "Value" }))), settingRows(l.settings, filter))
       );
     }
