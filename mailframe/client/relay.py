@@ -112,7 +112,9 @@ class SMTPRelay:
     TCP connection; C{maxAttempts} the most destinations (addresses) tried
     per message; C{trustRoot} the CAs for the C{verify} policy (None: the
     platform's); C{keepAlive} the seconds an idle session waits for another
-    message to the same address (0: QUIT after each message);
+    message to the same address (0: QUIT after each message; by default 2,
+    as long as Postfix's connection cache keeps one: a queue relaying many
+    messages to one host pays one connection, greeting and EHLO for them);
     C{maxMessages} the messages per connection before it is closed;
     C{endpointFor}, C{(destination) -> IStreamClientEndpoint}, by default
     TCP to its address and port.  C{tlsPolicy}: the L{OutboundTLS} that
@@ -132,7 +134,7 @@ class SMTPRelay:
         connectTimeout: float = 30.0,
         maxAttempts: int = 10,
         trustRoot: IOpenSSLTrustRoot | Certificate | None = None,
-        keepAlive: float = 0.0,
+        keepAlive: float = 2.0,
         maxMessages: int = 100,
         pipelining: bool = True,
         chunking: bool = True,
@@ -207,7 +209,7 @@ class SMTPRelay:
             connectTimeout=float(own.get("connecttimeout", 30.0)),
             maxAttempts=int(own.get("maxattempts", 10)),
             trustRoot=trustRoot,
-            keepAlive=float(own.get("keepalive", 0.0)),
+            keepAlive=float(own.get("keepalive", 2.0)),
             maxMessages=int(own.get("maxmessages", 100)),
             pipelining=bool(own.get("pipelining", True)),
             chunking=bool(own.get("chunking", True)),
