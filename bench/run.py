@@ -214,11 +214,45 @@ SERVERS = {
             stopGrace=60.0,
         ),
         Server(
+            "mailframe-relay",
+            "{python} {here}/peers/relay_sink.py --host {host} --dir {scratch} -- "
+            "{twistd} -n --pidfile= mailframe --listen tcp:{port}:interface={host} "
+            "--hostname localhost --domain localhost --greet-delay 0 --quiet "
+            "--spool {scratch}/spool --deliver memory:keep=no --relay-network 127.0.0.0/8 "
+            "--relay-host [{host}]:{sink} --queue-destination-connections 20",
+            "relay",
+            "mailframe-stop",
+            "twistd mailframe with its spool, relaying every message (example.com is not "
+            "local) to Postfix's smtp-sink: measured until the sink has every message",
+            stopGrace=90.0,
+        ),
+        Server(
+            "postfix-relay",
+            "{python} {here}/peers/relay_sink.py --host {host} --dir {scratch} -- "
+            "{python} {here}/peers/postfix_durable.py --host {host} --port {port} "
+            "--dir {scratch} --domain localhost --param relayhost=[{host}]:{sink} "
+            "--param default_transport=smtp --param relay_transport=relay",
+            "relay",
+            "sink",
+            "a private Postfix (queue file fsync'd before 250) relaying every message to "
+            "smtp-sink with its smtp client: measured until the sink has every message",
+            stopGrace=90.0,
+        ),
+        Server(
             "twisted.mail",
             "{python} {here}/peers/twisted_mail_sink.py --host {host} --port {port}",
             "null",
             "sink",
             "twisted.mail ESMTP, accept-all delivery, discarding IMessage",
+        ),
+        Server(
+            "twisted-constant",
+            "{python} {here}/peers/twisted_constant.py --host {host} --port {port}",
+            "reference",
+            "sink",
+            "a Twisted LineReceiver answering constants: the floor of a Twisted SMTP server "
+            "(bench/profile.py compares instructions per message with it)",
+            default=False,
         ),
         Server(
             "aiosmtpd",
@@ -285,6 +319,7 @@ PRESETS = {
         "twisted-mail-maildir",
         "aiosmtpd-maildir",
     ],
+    "relay": ["mailframe-relay", "postfix-relay"],
 }
 
 # smtp-source flags (man smtp-source): -s parallel sessions, -m messages in
@@ -303,8 +338,8 @@ WORKLOAD_NOTES = {
     "large": "100 KiB, 1 recipient, one message per connection",
     "rcpt50": "1 KiB, 50 recipients, one message per connection",
 }
-# durable servers run these by default (a Maildir peer writes a file per
-# recipient: rcpt50 would be 100,000 fsyncs)
+# durable and relay servers run these by default (a Maildir peer writes a file
+# per recipient: rcpt50 would be 100,000 fsyncs)
 DURABLE_WORKLOADS = ["small", "persist"]
 SOURCE_COMMON = ["-M", "localhost", "-f", "sender@example.com", "-t", "rcpt@example.com"]
 
@@ -316,10 +351,12 @@ TARGETS = [
     ("mailframe-spool-w2", "postfix-durable", ["small", "persist"], 2.0),
     ("mailframe-maildir", "postfix-durable", ["small", "persist"], 1.5),
     ("mailframe-w2", "mailframe", ["small", "persist", "large", "rcpt50"], 1.6),
+    ("mailframe-relay", "postfix-relay", ["small", "persist"], 1.5),
 ]
 
 ACCEPTED_LINE = re.compile(rb" accepted from=\S* to=(\S+)")
 STOP_LINE = re.compile(rb"stopping: (\d+) messages \((\d+) recipients\) accepted")
+RELAY_SINK_LINE = re.compile(rb"relay-sink: messages=(\d+)")
 
 
 # ---------------------------------------------------------------- /proc helpers
@@ -586,6 +623,13 @@ def check_counts(res: dict, server: Server, logpath: str, scratch: str) -> None:
             f"server took {got['deliveries']:.0f} deliveries, expected {expected_dels} "
             f"(messages x recipients)"
         )
+    if not problem and server.kind == "relay":
+        with open(logpath, "rb") as f:
+            mo = RELAY_SINK_LINE.search(f.read())
+        relayed = int(mo.group(1)) if mo else -1
+        res["relayed"] = relayed
+        if relayed != expected_msgs:
+            problem = f"the sink took {relayed} messages, smtp-source sent {expected_msgs}"
     if not problem and got.get("queue_left", 0) > 0:
         problem = f"{got['queue_left']:.0f} messages still queued after the drain"
     if problem:
@@ -608,7 +652,8 @@ def run_one(server: Server, wl_name: str, wl_args: str, opt, log_dir: str, tag: 
 def _run_in(scratch: str, server: Server, wl_name, wl_args, opt, log_dir, tag) -> dict:
     host = opt.host
     port = free_port(host)
-    cmd = opt.commands[server.name].format(
+    cmd = opt.commands[server.name].replace("{sink}", "{{sink}}")  # relay_sink.py's
+    cmd = cmd.format(
         port=port, host=host, python=opt.python, twistd=opt.twistd, here=HERE, scratch=scratch
     )
     argv = shlex.split(cmd)
@@ -638,7 +683,7 @@ def _run_in(scratch: str, server: Server, wl_name, wl_args, opt, log_dir, tag) -
             res["rss_idle_mib"] = round(rss0_kb / 1024, 1)
             parts, m, r = split_load(wl_args, opt.sources)
             res["messages"], res["expected_deliveries"] = m, m * r
-            measure_load(res, srv, parts, cpu0, opt, host, port)
+            measure_load(res, srv, parts, cpu0, opt, host, port, scratch, server.kind)
         except Exception as e:  # recorded: the run counts as failed
             res["error"] = str(e)
         finally:
@@ -659,15 +704,25 @@ def _run_in(scratch: str, server: Server, wl_name, wl_args, opt, log_dir, tag) -
     return res
 
 
-def measure_load(res, srv, parts, cpu0, opt, host, port) -> None:
-    """Run the smtp-source processes to the end and record what they cost."""
+def measure_load(res, srv, parts, cpu0, opt, host, port, scratch="", kind_="null") -> None:
+    """Run the smtp-source processes to the end and record what they cost.
+
+    A relay server (C{kind_} relay) is measured end to end: until the sink
+    behind it (peers/relay_sink.py, which writes {scratch}/sink-times) has
+    every message; smtp-source runs with -c, so that the time of each 250
+    is known, and each message's latency is estimated by order (the k-th
+    message accepted against the k-th one the sink took)."""
     m = res["messages"]
+    relay = kind_ == "relay"
     results: list = [None] * len(parts)
+    accepted: list[list[float]] = [[] for _ in parts]
     fl0, busy0 = disk_flushes(), machine_busy_s()
     t_start = time.perf_counter()
+    t_wall0 = time.time()
     srcs = []
     for p in parts:
-        sargv = [opt.smtp_source, *SOURCE_COMMON, *p, f"inet:{host}:{port}"]
+        sargv = [opt.smtp_source, *SOURCE_COMMON, *(["-c"] if relay else []), *p]
+        sargv.append(f"inet:{host}:{port}")
         if opt.pin:
             sargv = ["taskset", "-c", opt.source_cpus, *sargv]
         srcs.append(
@@ -677,7 +732,22 @@ def measure_load(res, srv, parts, cpu0, opt, host, port) -> None:
         )
 
     def reap(i: int, sp: subprocess.Popen) -> None:
-        out = sp.stdout.read()  # until smtp-source closes it (never fills the pipe)
+        if relay:  # -c: "N\r" at each message; each one timed as it arrives
+            chunks = []
+            seen = 0
+            while True:
+                chunk = os.read(sp.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                now = time.time()
+                chunks.append(chunk)
+                for word in re.findall(rb"(\d+)\r", chunk):
+                    n = int(word)
+                    accepted[i].extend([now] * max(0, n - seen))
+                    seen = max(seen, n)
+            out = re.sub(rb"\d+\r", b"", b"".join(chunks))
+        else:
+            out = sp.stdout.read()  # until smtp-source closes it (never fills the pipe)
         _, status, ru = os.wait4(sp.pid, 0)
         sp.returncode = os.waitstatus_to_exitcode(status)
         results[i] = (time.perf_counter(), sp.returncode, ru.ru_utime + ru.ru_stime, out)
@@ -697,6 +767,17 @@ def measure_load(res, srv, parts, cpu0, opt, host, port) -> None:
             t.join(5)
         raise RuntimeError(f"smtp-source did not finish in {opt.timeout:.0f}s (--timeout)")
     wall = max(x[0] for x in results) - t_start
+    if relay:
+        res["accept_s"] = round(wall, 4)
+        sunk = wait_sink(os.path.join(scratch, "sink-times"), m, deadline)
+        if len(sunk) < m:
+            raise RuntimeError(f"the sink has {len(sunk)} of {m} messages after --timeout")
+        wall = sunk[m - 1] - t_wall0
+        starts = sorted(x for xs in accepted for x in xs)
+        if len(starts) == m:
+            lat = sorted(max(0.0, b - a) for a, b in zip(starts, sunk[:m], strict=True))
+            res["latency_p50_ms"] = round(1000 * lat[len(lat) // 2], 1)
+            res["latency_p99_ms"] = round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)
     cpu1, hwm_kb, nproc = session_usage(srv.pid)
     busy1, fl1 = machine_busy_s(), disk_flushes()
     src_cpu = sum(x[2] for x in results)
@@ -722,6 +803,22 @@ def measure_load(res, srv, parts, cpu0, opt, host, port) -> None:
     if any(rcs):
         raise RuntimeError(f"smtp-source exit codes {rcs}: {out[-300:]!r}")
     res["ok"] = True
+
+
+def wait_sink(path: str, m: int, deadline: float) -> list[float]:
+    """The time (time.time()) the relay's sink took each message, once it has
+    C{m} of them or at C{deadline} (time.monotonic()); one time per message."""
+    times: list[float] = []
+    while True:
+        times = []
+        with contextlib.suppress(OSError), open(path) as f:
+            for line in f:
+                when, _, n = line.partition(" ")
+                with contextlib.suppress(ValueError):
+                    times.extend([float(when)] * (int(n) - len(times)))
+        if len(times) >= m or time.monotonic() > deadline:
+            return times
+        time.sleep(0.02)
 
 
 def compress_log(path: str, limit: int = 256 * 1024) -> str:
@@ -805,6 +902,9 @@ def summarize(runs: list[dict], plan: dict[str, list[str]]) -> list[dict]:
                 "source_cpu_pct",
                 "other_cpu_pct",
                 "disk_flushes_per_msg",
+                "accept_s",
+                "latency_p50_ms",
+                "latency_p99_ms",
             ):
                 row[key] = med([r.get(key) for r in ok])
             rows.append(row)
@@ -890,6 +990,19 @@ def main_table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
+    return table(head, cells)
+
+
+def relay_table(rows: list[dict]) -> str:
+    """The relay servers: end to end, with the delivery latency estimated by order."""
+    head = ["workload", "server", "msgs/s end to end", "smtp-source done (s)",
+            "latency p50 ms", "latency p99 ms", "CPU s/1k msgs"]  # fmt: skip
+    cells = [
+        [r["workload"], r["server"], fmt(r["msgs_per_s"]), fmt(r["accept_s"], 2),
+         fmt(r["latency_p50_ms"]), fmt(r["latency_p99_ms"]), fmt(r["cpu_s_per_1k"], 3)]
+        for r in rows
+        if kind(r["server"]) == "relay"
+    ]  # fmt: skip
     return table(head, cells)
 
 
@@ -996,6 +1109,19 @@ def write_report(res_dir: str, meta: dict, runs: list[dict], opt) -> int:
         "",
         main_table(rows),
         "",
+    ]
+    if any(kind(r["server"]) == "relay" for r in rows):
+        md += [
+            "## Relay: accepted, queued and relayed to smtp-sink, end to end",
+            "",
+            "msgs/s: until the sink has every message.  Latency: the k-th 250 that "
+            "smtp-source got against the k-th message the sink took (an estimate by "
+            "order, not by message).",
+            "",
+            relay_table(rows),
+            "",
+        ]
+    md += [
         "## mailframe against its peers (same repetitions)",
         "",
         comparison_table(cs),
@@ -1244,7 +1370,10 @@ def choose_workloads(opt, names: list[str]) -> tuple[dict[str, str], dict[str, l
             m = max(1, int(flag(b, "-m", 1) * opt.scale))
             wls[n] = " ".join([*without(b, "-m"), "-m", str(m)])
     durable = list(wls) if opt.durable_workloads == "all" else opt.durable_workloads.split(",")
-    plan = {wl: [n for n in names if SERVERS[n].kind != "durable" or wl in durable] for wl in wls}
+    plan = {
+        wl: [n for n in names if SERVERS[n].kind not in ("durable", "relay") or wl in durable]
+        for wl in wls
+    }
     return wls, {wl: ns for wl, ns in plan.items() if ns}
 
 

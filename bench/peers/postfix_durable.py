@@ -231,7 +231,9 @@ def count_log(maillog):
             for line in f:
                 if f"{SYSLOG_NAME}/cleanup[" in line and ": message-id=" in line:
                     msgs += 1
-                elif f"{SYSLOG_NAME}/discard[" in line and "status=sent" in line:
+                elif "status=sent" in line and re.search(
+                    rf"{SYSLOG_NAME}/(discard|smtp|relay)\[", line
+                ):  # discarded, or relayed (bench/peers/relay_sink.py)
                     dels += 1
                 elif re.search(r"\b(warning|error|fatal|panic):", line) and len(problems) < 5:
                     problems.append(line.strip())
