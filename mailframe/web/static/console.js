@@ -29,6 +29,7 @@
     decisions: { last: null, rows: [], abort: null },
     queue: { selected: null },
     confirm: null,
+    settings: null,
   };
 
   // -- small helpers ---------------------------------------------------------
@@ -220,14 +221,14 @@
   }
 
   let errorTimer = null;
-  function showError(error) {
+  function showError(error, sticky = false) {
     if (error && error.name === "AbortError") return;
     if (error instanceof ApiError && error.status === 401) return;
     const banner = $("error");
     banner.textContent = error instanceof Error ? error.message : String(error);
     show(banner, true);
     clearTimeout(errorTimer);
-    errorTimer = setTimeout(() => show(banner, false), 6000);
+    if (!sticky) errorTimer = setTimeout(() => show(banner, false), 6000);
   }
 
   function clearError() {
@@ -281,10 +282,11 @@
       info = await api("/info");
     } catch (error) {
       if (error instanceof ApiError && error.status === 401) return; // needLogin ran
-      show($("page-loading"), false);
-      showError(`Cannot reach the API: ${error.message}`);
+      showError(`Cannot reach the API (${error.message}); trying again…`, true);
+      setTimeout(() => loadInfo().catch(showError), 3000);
       return;
     }
+    clearError();
     state.info = info;
     state.csrf = info.csrf || null;
     $("hostname").textContent = info.hostname || "";
