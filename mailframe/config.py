@@ -9,9 +9,10 @@ builds one directly.  Must not: import twisted or zope; read files.
 
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 from mailframe.address import Domain
@@ -32,13 +33,26 @@ def inNetworks(host: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bo
     """True if C{host} (an IP address; IPv4-mapped IPv6 counts as IPv4) is in C{networks}."""
     if not networks:
         return False
+    address = _clientAddress(host)
+    if address is None:
+        return False
+    return any(address in n for n in networks)
+
+
+@functools.lru_cache(maxsize=1024)
+def _clientAddress(host: str) -> IPv4Address | IPv6Address | None:
+    """
+    C{host} parsed (an IPv4-mapped IPv6 address as IPv4), or None if it is
+    not an address.  Cached: the relay check asks it at every RCPT, and
+    parsing costs more than the rest of the check.
+    """
     try:
         address = ip_address(host.partition("%")[0])
     except ValueError:
-        return False
+        return None
     if address.version == 6 and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in n for n in networks)
+        return address.ipv4_mapped
+    return address
 
 
 @dataclass(frozen=True)

@@ -552,11 +552,14 @@ class SMTPClientProtocol(Protocol):
             self._cancelTimer()
             return
         key, seconds = wanted
-        if key is self._timedFor and not force and self._timer is not None:
+        timer = self._timer
+        if key is self._timedFor and not force and timer is not None:
             return
-        self._cancelTimer()
         self._timedFor = key
-        self._timer = self.clock.callLater(seconds, self._timedOut, key)
+        if timer is not None and timer.active():
+            timer.reset(seconds)  # one timer per session, moved: no call made and cancelled
+        else:  # per command
+            self._timer = self.clock.callLater(seconds, self._timedOut)
 
     def _cancelTimer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -564,7 +567,8 @@ class SMTPClientProtocol(Protocol):
         self._timer = None
         self._timedFor = None
 
-    def _timedOut(self, key: object) -> None:
+    def _timedOut(self) -> None:
+        key = self._timedFor
         self._timer = None
         if key == "idle":
             self._quit()

@@ -18,6 +18,7 @@ or read configuration files (the caller hands in the data).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random as _random
 import socket
@@ -118,6 +119,7 @@ def _name(rr: Any) -> str:
     return rr.name.name.decode("ascii", "replace").rstrip(".").lower()
 
 
+@functools.lru_cache(maxsize=256)  # asked per message: a route's host is one of a few
 def _isLoopback(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).is_loopback
@@ -125,6 +127,7 @@ def _isLoopback(text: str) -> bool:
         return text.lower() == "localhost"
 
 
+@functools.lru_cache(maxsize=256)
 def _isIP(text: str) -> bool:
     try:
         ipaddress.ip_address(text)

@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailframe.config import inNetworks
 from mailframe.envelope import Envelope, Recipient, SessionInfo
 from mailframe.interfaces import (
     IConnectionFilter,
@@ -172,15 +173,7 @@ class ConnectionLimits:
 
     def isExempt(self, host: str) -> bool:
         """True if C{host} is in an exempt network."""
-        if not self.exempt:
-            return False
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in n for n in self.exempt)
+        return inNetworks(host, self.exempt)  # the address parsed once per client
 
     def _refuse(self, session: SessionInfo, reply: Reply, what: str) -> SMTPError:
         log.info("{id} {peer} refused: {what}", id=session.sessionID, peer=session.peer, what=what)
