@@ -180,6 +180,15 @@ class ConsoleTestCase(SynchronousTestCase):
         except Exception:
             return []
 
+    def assertKeepsItsCSP(self) -> None:
+        """The console's page and files broke no rule of their Content-Security-Policy."""
+        own = [
+            line
+            for line in self.browserLog()
+            if "Content Security Policy" in line and "/api/v1/" not in line
+        ]
+        self.assertEqual(own, [], "the console breaks its own CSP")
+
     def confirm(self) -> None:
         """Answer the page's confirmation dialog with its OK button."""
         self.visible("confirm")
@@ -284,12 +293,7 @@ class CaptureConsoleTests(ConsoleTestCase):
         self.confirm()
         self.waitUntil(count(3), "the deleted message to leave the list")
         self.assertFalse(self.rowContaining("mail-row", token)(self.driver))
-        own = [
-            line
-            for line in self.browserLog()
-            if "Content Security Policy" in line and "/api/v1/" not in line
-        ]
-        self.assertEqual(own, [], "the console breaks its own CSP")
+        self.assertKeepsItsCSP()
 
     def test_scriptsDoNotRun(self) -> None:
         """No script of a message's HTML runs, in the console's frame or at its /html URL."""
@@ -357,6 +361,7 @@ class SessionsAndDecisionsTests(ConsoleTestCase):
             lambda d: not self.rowContaining("session-row", f"{HOST}:{clientPort}")(d),
             "the ended session to leave the list",
         )
+        self.assertKeepsItsCSP()
 
     def test_decisionsLive(self) -> None:
         """A message accepted while the Decisions page is open is shown there without a reload."""
@@ -373,6 +378,7 @@ class SessionsAndDecisionsTests(ConsoleTestCase):
                   "app@dev.example", [recipient])  # fmt: skip
         self.waitUntil(self.rowContaining("decision-row", recipient), "the decision in the list")
         self.screenshot("decisions")
+        self.assertKeepsItsCSP()
 
 
 class LoginAndQueueTests(ConsoleTestCase):
@@ -485,6 +491,7 @@ class LoginAndQueueTests(ConsoleTestCase):
                 timeout=40,
             )
         self.screenshot("stats")
+        self.assertKeepsItsCSP()
 
     def test_loginMemoryChecker(self) -> None:
         """A user of a C{memory:} web-auth checker logs in through the form."""
