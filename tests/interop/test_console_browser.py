@@ -378,6 +378,14 @@ class SessionsAndDecisionsTests(ConsoleTestCase):
                   "app@dev.example", [recipient])  # fmt: skip
         self.waitUntil(self.rowContaining("decision-row", recipient), "the decision in the list")
         self.screenshot("decisions")
+        self.byID("decisions-code").send_keys("5")  # refusals only: none in capture mode
+        self.byID("decisions-code").submit()
+        self.waitUntil(lambda d: self.byID("decisions-empty").is_displayed(), "no refusal")
+        self.byID("decisions-code").clear()
+        self.byID("decisions-address").send_keys(recipient)
+        self.byID("decisions-address").submit()
+        self.waitUntil(self.rowContaining("decision-row", recipient), "the filtered decision")
+        self.assertTrue(all(recipient in row.text for row in self.rows("decision-row")))
         self.assertKeepsItsCSP()
 
 
