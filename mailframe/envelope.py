@@ -310,6 +310,9 @@ class DeliveryResult:
     queueID: str | None = None
     """The ID under which the backend keeps the message, when it is not the
     envelope's (the reply to the final dot names this one)."""
+    tls: str | None = None
+    """The TLS version of the session that took the message (C{"TLSv1.3"}),
+    for the queue's log; None in clear, or for a backend that does not say."""
 
     @classmethod
     def allDelivered(cls, envelope: Envelope, reply: Reply) -> DeliveryResult:

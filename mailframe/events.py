@@ -126,8 +126,8 @@ seconds until the next attempt).
 
 QUEUE_SENT = "queue.sent"
 """
-Delivered: C{queueID recipient relay tls} (the TLS version or C{None};
-None for now: the relay does not report it yet) C{delay} (seconds since
+Delivered: C{queueID recipient relay tls} (the TLS version of the relay's
+session, or C{None}: in clear, or delivered locally) C{delay} (seconds since
 queued) C{delays} (a dict: C{queued} waiting before the attempt,
 C{transfer} during it) C{dsn} (the status, as C{2.0.0}) C{reply kind}
 (C{relay}, C{local}, ...) (+ C{status}: C{delivered} or C{relayed}, C{code

@@ -7,6 +7,7 @@ and one readable line, in memory (StringTransport, a fake clock).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
@@ -336,6 +337,21 @@ class QueueDecisionTests(QueueCase):
             f"{entryID} to=<a@remote.example> relayed via mx.remote [192.0.2.7] ",
             formatEvent(sent),
         )
+
+    def test_sentTLS(self) -> None:
+        """queue.sent names the TLS version the relay's session used (None in clear)."""
+        relay = self.relay.relay
+
+        def overTLS(*args: Any) -> Any:
+            return relay(*args).addCallback(lambda r: replace(r, tls="TLSv1.3"))
+
+        self.relay.relay = overTLS  # type: ignore[method-assign]
+        self.send(envelope("s@example.com", "a@remote.example"))
+        self.relay.relay = relay  # type: ignore[method-assign]
+        self.send(envelope("s@example.com", "b@remote.example"))
+        sent = self.decisions(events.QUEUE_SENT)
+        self.assertEqual([(e["recipient"], e["tls"]) for e in sent],
+                         [("a@remote.example", "TLSv1.3"), ("b@remote.example", None)])  # fmt: skip
 
     def test_deferred(self) -> None:
         """A 4xx: queue.deferred with the reply and the next attempt's time."""

@@ -540,6 +540,7 @@ class TLSPolicyTests(TestCase):
         received, body = splitReceived(server.messages[0].data)
         self.assertIn(b"with ESMTPS", received)
         self.assertEqual(body, MESSAGE)
+        self.assertIn(result.tls, ("TLSv1.2", "TLSv1.3"))  # for the queue.sent line
 
     @defer.inlineCallbacks
     def test_verifyWrongName(self) -> Any:
@@ -601,6 +602,7 @@ class TLSPolicyTests(TestCase):
         result = yield defer.ensureDeferred(self.relayTo(server, tls="none"))
         self.assertEqual(result.replies[0].code, 250)
         self.assertIn(b"with ESMTP id", server.messages[0].data)
+        self.assertIsNone(result.tls)
 
 
 def tlsServer(case: TestCase, tls: Any) -> RunningServer:

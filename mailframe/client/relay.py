@@ -315,7 +315,9 @@ class SMTPRelay:
                     break
                 self._reportSession(plan, seen.get("tls"), seen.get("local"), seen.get("verdict"))
                 replies = tuple(withEnhanced(r) for r in result.replies)
-                return replace(result, replies=replies)  # remote and dsn kept
+                tls = seen.get("tls")
+                version = getattr(tls, "version", None) if tls is not None else None
+                return replace(result, replies=replies, tls=version)  # remote and dsn kept
             # the host's last attempt decides (a failed handshake, then a refusal in clear)
             allRefused = allRefused and last is not None and last.permanent
             allTLS = allTLS and last is not None and last.tlsResult is not None

@@ -53,8 +53,12 @@ def sentOrBounced(
     started: float,
     now: float,
     logged: bool = True,
+    tls: str | None = None,
 ) -> None:
-    """A recipient sent (delivered or relayed) or bounced by this attempt."""
+    """
+    A recipient sent (delivered or relayed) or bounced by this attempt;
+    C{tls}: the TLS version of the session that took it (None: in clear).
+    """
     reply = r.reply
     assert reply is not None
     relay = r.remote or route or LOCAL
@@ -68,7 +72,7 @@ def sentOrBounced(
             recipient=r.address,
             status=r.state,
             relay=relay,
-            tls=None,
+            tls=tls,
             delay=now - entry.arrival,
             delays={"queued": max(0.0, started - entry.arrival), "transfer": now - started},
             dsn=_dsn(reply),

@@ -83,7 +83,9 @@ _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in delivery; will try again")
 _UNREADABLE = Reply(451, (4, 3, 0), "The queued message cannot be read; will try again")
 _EXPIRED = (4, 4, 7)
 
-_Answer = tuple[Reply, str | None, bool]
+_Answer = tuple[Reply, str | None, bool, str | None]
+"""Per recipient: the reply, the remote server, whether the DSN request went
+on, and the TLS version of the session that took it (None: in clear)."""
 """Per recipient: the reply, the server that gave it, whether DSN went on with it."""
 
 
@@ -417,11 +419,14 @@ class QueueRunner:
     ) -> object:
         outcomes: list[tuple[RecipientState, Reply, str | None, bool, bool]] = []
         routes: dict[int, str] = {}
+        tls: dict[int, str] = {}
         for (key, rcpts), result in zip(groups.items(), results, strict=True):
-            for r, (reply, remote, passedOn) in zip(rcpts, result, strict=True):
+            for r, (reply, remote, passedOn, version) in zip(rcpts, result, strict=True):
                 outcomes.append((r, reply, remote, key == LOCAL, passedOn))
                 routes[id(r)] = key
-        return self._settle(entry, outcomes, routes)
+                if version is not None:
+                    tls[id(r)] = version
+        return self._settle(entry, outcomes, routes, tls)
 
     def _routeKeyOf(self, r: RecipientState) -> str:
         try:
@@ -476,7 +481,7 @@ class QueueRunner:
             return replies
 
         if message is None:
-            return released([(_UNREADABLE, None, False)] * count)
+            return released([(_UNREADABLE, None, False, None)] * count)
         try:
             envelope = entry.envelopeFor(rcpts)
             if key == LOCAL:
@@ -488,15 +493,15 @@ class QueueRunner:
                 result = settled(self.relay.relay(envelope, envelope.recipients, message))
         except Exception:
             log.failure("{id}: delivery to {key} failed", id=entry.id, key=key)
-            return released([(_LOCAL_ERROR, None, False)] * count)
+            return released([(_LOCAL_ERROR, None, False, None)] * count)
         if not isinstance(result, defer.Deferred):
             return released(_replies(result, count, entry.id))
 
         def failed(reason: Failure) -> list[_Answer]:
             if reason.check(defer.TimeoutError):
-                return [(_TIMED_OUT, None, False)] * count
+                return [(_TIMED_OUT, None, False, None)] * count
             log.failure("{id}: delivery to {key} failed", reason, id=entry.id, key=key)
-            return [(_LOCAL_ERROR, None, False)] * count
+            return [(_LOCAL_ERROR, None, False, None)] * count
 
         if key == LOCAL:
             # a local backend is never cancelled: one writing in a thread
@@ -521,8 +526,13 @@ class QueueRunner:
         entry: QueueEntry,
         outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool, bool]],
         routes: Mapping[int, str] | None = None,
+        tls: Mapping[int, str] | None = None,
     ) -> object:
-        """Record the outcomes; the next attempt's time (None: finished), or a Deferred of it."""
+        """
+        Record the outcomes; the next attempt's time (None: finished), or a
+        Deferred of it.  C{routes} and C{tls}: each recipient's route and
+        TLS version, by C{id} of its state, for the log.
+        """
         now = self.clock.seconds()
         started = self._attemptStarts.pop(entry.id, now)
         entry.attempts += 1
@@ -538,7 +548,8 @@ class QueueRunner:
                 action = bounce.DELIVERED if local else bounce.RELAYED
                 if logging:
                     route = routes.get(id(r))
-                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged)
+                    version = tls.get(id(r)) if tls else None
+                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged, version)
                 if passedOn:  # the next hop took NOTIFY and reports for itself (RFC 3461 5.2)
                     continue
             elif reply.code >= 500:
@@ -669,13 +680,14 @@ def _replies(result: object, count: int, entryID: str) -> list[_Answer]:
     (the result's C{dsn}).
     """
     if result is None:
-        return [(_LOCAL_OK, None, False)] * count
+        return [(_LOCAL_OK, None, False, None)] * count
     if not isinstance(result, DeliveryResult) or len(result.replies) != count:
         log.error("{id}: a delivery answered {result!r}", id=entryID, result=result)
-        return [(_LOCAL_ERROR, None, False)] * count
+        return [(_LOCAL_ERROR, None, False, None)] * count
     remotes = tuple(result.remote) + (None,) * count
     dsn = result.dsn + (False,) * count
-    return list(zip(result.replies, remotes[:count], dsn[:count], strict=True))
+    tls = (result.tls,) * count
+    return list(zip(result.replies, remotes[:count], dsn[:count], tls, strict=True))
 
 
 def _cancelCall(result: object, call: IDelayedCall) -> object:
