@@ -45,6 +45,7 @@ from mailframe.protocol import (
     State,
     dotStuff,
 )
+from mailframe.protocol._buffer import DotReader, _hasLongLine
 from mailframe.protocol._parse import CommandSyntaxError, parseCommand
 from mailframe.protocol._state import GUARDS
 
@@ -240,6 +241,30 @@ _ragged = st.lists(
     max_size=40,
 ).map(b"".join)
 _offsets = st.lists(st.integers(0, 10_000), max_size=30)
+
+
+class DataCheckProperties(TestCase):
+    """The DATA reader's checks agree with their plain definitions."""
+
+    @settings(PROFILE)
+    @given(st.lists(st.binary(max_size=60).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+           st.integers(1, 80))  # fmt: skip
+    def test_longLine(self, lines: list[bytes], limit: int) -> None:
+        """_hasLongLine is: some line (split at CRLF) is longer than the limit."""
+        piece = b"".join(line + b"\r\n" for line in lines)
+        expected = max(map(len, piece.split(b"\r\n"))) > limit
+        self.assertEqual(_hasLongLine(piece, limit), expected)
+
+    @settings(PROFILE)
+    @given(_ragged)
+    def test_bareLineEnding(self, body: bytes) -> None:
+        """A run of lines is refused for a bare CR or LF exactly when it holds one."""
+        piece = body + b"\r\n"
+        reader = DotReader(0, 10_000, normaliseBareLineEndings=False)
+        reader._check(piece)
+        unstuffed = (piece[1:] if piece[:1] == b"." else piece).replace(b"\r\n.", b"\r\n")
+        bare = re.search(rb"\r(?!\n)|(?<!\r)\n", unstuffed) is not None
+        self.assertEqual(reader.error is R.BARE_LINE_ENDING, bare)
 
 
 class NormaliseProperties(TestCase):
