@@ -256,7 +256,7 @@ class DecisionsAPITests(NoLoginCase):
         self.assertEqual([d["seq"] for d in got["decisions"]], [2, 1])
         got = self.json(self.request("api/v1/decisions?code=55&limit=10"))
         self.assertEqual([d["code"] for d in got["decisions"]], [550])
-        self.json(self.request("api/v1/decisions?wait=61&after=0"), 400)
+        self.json(self.request("api/v1/decisions?wait=-1&after=0"), 400)
         self.json(self.request("api/v1/decisions?limit=x"), 400)
 
     def test_longPoll(self) -> None:
@@ -288,6 +288,15 @@ class DecisionsAPITests(NoLoginCase):
         self.clock.advance(0.1)
         self.assertEqual(json.loads(b"".join(r.written)), {"decisions": [], "last": 0})
         self.assertEqual(self.console.decisions.waiting, 0)
+
+    def test_longPollBounded(self) -> None:
+        """A wait above 60 s is cut to 60."""
+        r = self.request("api/v1/decisions?after=0&wait=600")
+        self.assertIs(self.resource.render(r), NOT_DONE_YET)
+        [timer] = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime() - self.clock.seconds(), 60)
+        self.clock.advance(60)
+        self.assertTrue(r.finished)
 
     def test_longPollGone(self) -> None:
         """A client that goes away stops its wait and timer; nothing is written."""

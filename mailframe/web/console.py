@@ -317,7 +317,7 @@ class ConsoleResource(Resource):
         )
         limit = int(_number(request, b"limit", 100, 1, 10000))
         after = int(_number(request, b"after", 0, 0, 2**62))
-        wait = _number(request, b"wait", 0, 0, MAX_DECISIONS_WAIT)
+        wait = min(_number(request, b"wait", 0, 0, 86400), MAX_DECISIONS_WAIT)
 
         def answer() -> bytes:
             found = decisions.search(wanted, limit, after)
