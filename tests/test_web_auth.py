@@ -179,6 +179,27 @@ class SessionsTests(SynchronousTestCase):
         clock.advance(601)
         self.assertFalse(limiter.blocked("192.0.2.1"))
 
+    def test_checkerKinds(self) -> None:
+        """strcred's memory: (str keys), a bytes-keyed checker and file: all log users in."""
+        from twisted.cred import strcred
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("carol:pw3\n")
+        clock = Clock()
+        login = WebLogin(
+            clock,
+            [strcred.makeChecker("memory:alice:pw1"),
+             InMemoryUsernamePasswordDatabaseDontUse(bob=b"pw2"),
+             strcred.makeChecker(f"file:{path}")],
+        )  # fmt: skip
+        for user, password in (("alice", "pw1"), ("bob", "pw2"), ("carol", "pw3")):
+            session = self.successResultOf(login.login(user, password, "192.0.2.1"))
+            self.assertEqual(session.user, user)
+        d = login.login("alice", "pw2", "192.0.2.1")
+        clock.advance(FAILURE_DELAY)
+        self.failureResultOf(d)
+
     def test_noPasswordChecker(self) -> None:
         """A checker that takes no user name and password is refused."""
 

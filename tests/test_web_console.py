@@ -587,7 +587,9 @@ class TapTests(SynchronousTestCase):
         """--web-auth: a public endpoint is accepted, with a warning for plain tcp."""
         service = self.service("--web", "tcp:0", "--web-auth", "memory:admin:pw")
         console = self.console(service).console
-        self.assertIsNotNone(console.login)
+        assert console.login is not None
+        session = self.successResultOf(console.login.login("admin", "pw", "192.0.2.1"))
+        self.assertEqual(session.user, "admin")
         [warning] = [w for w in service.warnings if "web console" in w]
         self.assertIn("in clear", warning)
         self.assertIn("ssl:", warning)

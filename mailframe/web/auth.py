@@ -3,6 +3,8 @@ The console's login: L{Sessions} (random session cookies in memory, each
 with its CSRF token, expiring after L{IDLE} idle seconds, at most
 L{MAX_SESSIONS}), L{LoginLimiter} (failed logins per client address), and
 L{WebLogin} (checks a user name and password with twisted.cred checkers,
+as C{IUsernamePassword} credentials whose user name is of the type each
+checker keys on,
 a failure answered after L{FAILURE_DELAY} seconds, through the reactor).
 
 L{checkStateChange} is the cross-site rule for every request that changes
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.credentials import IUsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -31,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from mailframe.auth.credentials import CheckerChain
+from mailframe.auth.credentials import CheckerChain, PasswordCredentials
 
 __all__ = [
     "COOKIE",
@@ -181,7 +183,8 @@ class WebLogin:
         an L{UnauthorizedLogin} failure.  The caller checks
         L{LoginLimiter.blocked} first.
         """
-        credentials = UsernamePassword(username.encode("utf-8"), password.encode("utf-8"))
+        # each checker gets the user name as the type it keys on (str or bytes)
+        credentials = PasswordCredentials(username, password)
         d = defer.maybeDeferred(self.checker.requestAvatarId, credentials)
 
         def ok(avatarId: Any) -> LoginSession:
