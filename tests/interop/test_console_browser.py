@@ -516,9 +516,3 @@ class LoginAndQueueTests(ConsoleTestCase):
         self.assertEqual(self.byID("login-error").text, "")
         self.assertTrue(self.byID("tabs").is_displayed())
         self.assertEqual(self.byID("user").text, USER)
-
-    test_loginMemoryChecker.todo = (  # type: ignore[attr-defined]
-        "web-auth memory:USER:PASS refuses the right password: WebLogin gives the checkers "
-        "Twisted's UsernamePassword (bytes), which CheckerChain does not adapt, and the "
-        "in-memory checker keys on str"
-    )
