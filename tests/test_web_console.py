@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from mailframe import _eventlog
 from mailframe import events as E
+from mailframe.app.webconsole import consoleURL
 from mailframe.config import ServerConfig
 from mailframe.queue.operations import QueueOperations
 from mailframe.server import SMTPServerFactory
@@ -572,6 +573,20 @@ class TapTests(SynchronousTestCase):
         names = [s["name"] for s in console.settings["settings"]]
         self.assertIn("max-size", names)
         self.assertEqual(console.settings["listeners"][0]["name"], "smtp")
+
+    def test_consoleURL(self) -> None:
+        """The announcement names the address to open in a browser, where one is known."""
+        self.assertEqual(consoleURL("tcp:8025:interface=127.0.0.1"), "http://127.0.0.1:8025/")
+        self.assertEqual(consoleURL("tcp6:port=8025:interface=\\:\\:1"), "http://[::1]:8025/")
+        self.assertEqual(consoleURL("ssl:8443:privateKey=k.pem"), "https://localhost:8443/")
+        self.assertIsNone(consoleURL("unix:/run/console.sock"))
+        self.assertIsNone(consoleURL("tcp:0:interface=127.0.0.1"))
+        service = self.service("--web", "tcp:8025:interface=127.0.0.1")
+        self.assertIn(
+            "mailframe: web console at http://127.0.0.1:8025/ "
+            "(tcp:8025:interface=127.0.0.1, no login)",
+            service.announcements,
+        )
 
     def test_withQueue(self) -> None:
         """With a spool, the console has the queue's runner."""

@@ -61,6 +61,27 @@ def _plainRemote(description: str) -> bool:
         return interface != "localhost"
 
 
+def consoleURL(description: str) -> str | None:
+    """
+    The address to open in a browser for a tcp:, tcp6: or ssl: endpoint
+    with a fixed port (C{http://127.0.0.1:8025/}); None for others.
+    """
+    try:
+        kind, args, options = parseDescription(description)
+        port = int(options.get("port") or args[0])
+    except (ValueError, IndexError):
+        return None
+    kind = kind.lower()
+    if kind not in ("tcp", "tcp6", "ssl") or port == 0:
+        return None
+    host = options.get("interface") or ("::" if kind == "tcp6" else "0.0.0.0")
+    if host in ("0.0.0.0", "::"):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if kind == 'ssl' else 'http'}://{host}:{port}/"
+
+
 def listenerSettings(spec: ListenerSpec) -> list[tuple[str, Any]]:
     """A listener's settings in force, by their setting names."""
     config = spec.config
@@ -162,7 +183,9 @@ def addConsole(
     child.setServiceParent(service)
     service.endpoints[child] = description
     what = "with login" if login is not None else "no login"
-    service.announcements.append(f"mailframe: web console at {description} ({what})")
+    url = consoleURL(description)
+    where = f"{url} ({description}, {what})" if url else f"{description} ({what})"
+    service.announcements.append(f"mailframe: web console at {where}")
     if login is not None and _plainRemote(description):
         service.warnings.append(
             f"mailframe: the web console at {description} is plain HTTP off loopback: "
