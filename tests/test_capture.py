@@ -190,7 +190,12 @@ class CaptureSettingsTests(SynchronousTestCase):
         options = self.parse("--capture", "--capture-limit", "5", "--capture-mailbox", "domain")
         self.assertEqual(
             options.capture,  # type: ignore[attr-defined]
-            {"capture-limit": 5, "capture-mailbox": "domain"},
+            {
+                "capture-limit": 5,
+                "capture-mailbox": "domain",
+                "capture-store": "memory",
+                "capture-max-bytes": 256 << 20,
+            },
         )
         self.assertIsNone(options.queue)  # type: ignore[attr-defined]
         [spec] = options.listeners  # type: ignore[attr-defined]

@@ -118,6 +118,15 @@ def _webEndpoint(value: object) -> str:
     return checkWebEndpoint(c.string(value), login=True)
 
 
+def _captureStore(value: object) -> str:
+    """C{memory} or C{sqlite:PATH} (L{mailframe.web.capturedb.parseStore})."""
+    from mailframe.web.capturedb import parseStore
+
+    text = c.string(value).strip()
+    parseStore(text)
+    return text
+
+
 def _metricsEndpoint(value: object) -> str:
     from mailframe.app.metrics import metricsEndpoint
 
@@ -242,7 +251,7 @@ SCHEMA: tuple[Setting, ...] = (
                 "``workers``, worker K serves its own on the port plus K.")),
     Setting("capture", c.Boolean(), False,
             "Capture mode, for development: accept mail for every domain, never relay, "
-            "and keep each message in memory (see --web).", form=FLAG, scope=TOP, details=(
+            "and keep each message (see capture-store and --web).", form=FLAG, scope=TOP, details=(
                 "Every recipient is accepted (no validator, no relay check) and every "
                 "message goes to the capture store instead of ``deliver``; the queue "
                 "settings (``spool``, ``relay-host``, ``routes``, ``relay``) are refused "
@@ -250,6 +259,22 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("capture-limit", Count(1), 1000,
             "Captured messages kept; the oldest is dropped first.", scope=TOP,
             metavar="COUNT"),
+    Setting("capture-store", _captureStore, "memory",
+            "Where captured messages are kept: memory (gone when mailframe stops) or "
+            "sqlite:PATH, a SQLite file they survive a restart in.", scope=TOP,
+            metavar="STORE", details=(
+                "With ``sqlite:PATH`` the file (made if it is new; WAL mode) keeps the "
+                "newest ``capture-limit`` messages, and only their index and the recently "
+                "read ones are in memory.  A message the file cannot take is answered "
+                "451; a file that is not a capture database, or of a newer mailframe, "
+                "stops the start.  See :doc:`console`.")),
+    Setting("capture-max-bytes", Size(), 256 << 20,
+            "The octets of captured messages kept in memory (K, M, G are powers of 1024); "
+            "beyond it the oldest are dropped; 0 is no limit.", scope=TOP, details=(
+                "The newest message is always kept.  With ``capture-store sqlite:PATH`` it "
+                "bounds the messages' bytes held in memory (the recently read ones): those "
+                "left out are read from the file when asked for, and the file keeps "
+                "``capture-limit`` messages.")),
     Setting("capture-mailbox", Choice("auth", "domain", "listener"), "auth",
             "Group captured messages in mailboxes by AUTH user (else recipient domain), "
             "by the first recipient's domain, or by listener.", scope=TOP),

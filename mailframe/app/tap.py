@@ -67,7 +67,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
-from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine, redact
+from mailframe.plugins import Option, PlugInFactory, SettingError, Size, oneLine, redact
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocolFactory
@@ -268,7 +268,8 @@ class Options(usage.Options):
                     "capture never relays: leave out spool, relay-host, routes, relay and "
                     "relay-network"
                 )
-            self.capture = {k: top[k] for k in ("capture-limit", "capture-mailbox")}
+            names = ("capture-limit", "capture-mailbox", "capture-store", "capture-max-bytes")
+            self.capture = {k: top[k] for k in names}
             listeners = [_capturing(spec) for spec in listeners]
         return listeners
 
@@ -566,19 +567,57 @@ def _capture(reactor: Any, options: Options, service: MailframeService) -> Any:
     console shows it: L{mailframe.app.webconsole}); None if off.  Relaying is
     open to every client
     (L{_capturing}) and there is no queue, so each recipient, whatever its
-    domain, reaches the store and nothing leaves.
+    domain, reaches the store and nothing leaves.  With C{capture-store
+    sqlite:PATH} the store keeps its messages in that file, opened here and
+    closed when the service stops; a file it cannot use is one line (a
+    C{SystemExit} naming it).
     """
     settings = getattr(options, "capture", None)
     if settings is None:
         return None
-    from mailframe.web.capture import CaptureStore
+    from mailframe.web.capture import DEFAULT_MAX_BYTES, CaptureStore
+    from mailframe.web.capturedb import CaptureDatabase, CaptureDatabaseError, parseStore
 
-    store = CaptureStore(reactor, settings["capture-limit"], settings["capture-mailbox"])
+    path = parseStore(settings.get("capture-store", "memory"))
+    maxBytes = settings.get("capture-max-bytes", DEFAULT_MAX_BYTES)
+    database = None
+    try:
+        if path is not None:
+            database = CaptureDatabase(path)
+        store = CaptureStore(reactor, settings["capture-limit"], settings["capture-mailbox"],
+                             maxBytes=maxBytes, database=database)  # fmt: skip
+    except CaptureDatabaseError as e:
+        if database is not None:
+            database.close()
+        raise SystemExit(f"mailframe: {oneLine(e)}") from None
+    octets = f"{Size().format(maxBytes)} octets" if maxBytes else "no limit of octets"
+    if database is None:
+        where = f"in memory (at most {store.limit} messages and {octets}"
+    else:
+        where = (
+            f"in {database.path} ({len(store)} from before, at most {store.limit} "
+            f"messages; {octets} in memory"
+        )
+        for made in (database.path, database.path + "-wal", database.path + "-shm"):
+            if os.path.exists(made):
+                own(made)  # as root with twistd's --uid: the user's to write
+        _ClosedOnStop(database.close).setServiceParent(service)
     service.announcements.append(
-        "mailframe: CAPTURE MODE: mail for every domain is accepted and kept in memory "
-        f"(at most {store.limit} messages, mailboxes by {store.mailbox}); nothing is relayed"
+        f"mailframe: CAPTURE MODE: mail for every domain is accepted and kept {where}, "
+        f"mailboxes by {store.mailbox}); nothing is relayed"
     )
     return store
+
+
+class _ClosedOnStop(Service):
+    """Calls C{close} when the service stops (capture mode's SQLite file)."""
+
+    def __init__(self, close: Callable[[], object]) -> None:
+        self._close = close
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self._close()
 
 
 def _metrics(

@@ -150,7 +150,7 @@ def summary(m: CapturedMessage) -> dict[str, Any]:
         "from": m.sender,
         "to": m.recipients,
         "subject": m.subject,
-        "size": len(m.data),
+        "size": m.size,
         "received": m.arrived,
     }
 
