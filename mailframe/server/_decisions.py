@@ -92,6 +92,12 @@ _FORMATS = {
 }
 
 
+_ACCEPTED = (
+    "{sessionID} {queueID} accepted from=<{sender}> to={to} size={size} "
+    "client={clientName}[{clientAddress}] helo=<{helo}>{notes} ({code})"
+)
+
+
 def clientName(session: SessionInfo) -> str:
     """The client's verified reverse name (forward-confirmed), or C{unknown}."""
     iprev = session.iprev
@@ -454,43 +460,50 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        recipients = _recipientList(envelope)
-        notes = ""
-        if session.authenticated:
-            notes += f" user={session.authenticated}"
+        rcpts = envelope.recipients
+        # one recipient, the common case: its text made once, not joined
+        recipients = [str(rcpts[0].address)] if len(rcpts) == 1 else _recipientList(envelope)
+        user = session.authenticated
+        iprev = session.iprev  # clientName(session), inline
+        verified = iprev is not None and iprev.result == "pass" and iprev.names
+        name = iprev.names[0] if verified else "unknown"  # type: ignore[union-attr]
+        notes = f" user={user}" if user else ""
         if envelope.discard is not None:
             notes += f" discarded ({envelope.discard})"
         elif envelope.quarantine is not None:
             notes += f" quarantined ({envelope.quarantine})"
         if results is None:
-            to = ",".join(recipients)
+            to = recipients[0] if len(recipients) == 1 else ",".join(recipients)
             result = None
         else:
             to = ",".join(f"{a}({r.code})" for a, r in zip(recipients, results, strict=True))
             result = [{"recipient": a, "code": r.code, "reply": replyText(r)}
                       for a, r in zip(recipients, results, strict=True)]  # fmt: skip
             recipients = [a for a, r in zip(recipients, results, strict=True) if r.code < 400]
-        self._say(
-            "{sessionID} {queueID} accepted from=<{sender}> to={to} size={size} "
-            "client={clientName}[{clientAddress}] helo=<{helo}>{notes} ({code})",
-            mfEvent=events.ACCEPTED,
-            sessionID=session.sessionID,
-            queueID=queueID,
-            listener=session.listener,
-            clientAddress=session.peerHost,
-            clientName=clientName(session),
-            helo=session.heloName,
-            sender=str(envelope.mailFrom),
-            recipients=recipients,
-            results=result,
-            to=to,
-            size=size,
-            user=session.authenticated,
-            reply=replyText(reply),
-            code=reply.code,
-            notes=notes,
-            discarded=envelope.discard,
-            quarantined=envelope.quarantine,
+        emit(  # the line of every message: its dict made here, in one piece
+            log,
+            _ACCEPTED,
+            {
+                _KEY: events.ACCEPTED,
+                "sessionID": session.sessionID,
+                "queueID": queueID,
+                "listener": session.listener,
+                "clientAddress": session.peerHost,
+                "clientName": name,
+                "helo": session.heloName,
+                "sender": str(envelope.mailFrom),
+                "recipients": recipients,
+                "results": result,
+                "to": to,
+                "size": size,
+                "user": user,
+                "reply": replyText(reply),
+                "code": reply.code,
+                "notes": notes,
+                "discarded": envelope.discard,
+                "quarantined": envelope.quarantine,
+            },
+            self.logged,
         )
 
     def disconnect(self, now: float) -> None:
