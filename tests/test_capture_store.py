@@ -234,7 +234,7 @@ class PersistentStoreTests(_Base):
         self.assertEqual(again.mailboxes(), {"alice": 1, "two.example": 1})
         self.assertEqual([m.id for m in again.search(Query("subject:grüße"))], ["R1"])
         self.assertEqual([m.id for m in again.search(Query("", "two.example"))], ["B"])
-        self.assertEqual(again.bytes, len(RICH) + len(message("Second")))
+        self.assertEqual(again.totalBytes, len(RICH) + len(message("Second")))
 
     def test_newIDsAfterRestart(self) -> None:
         """A queue ID already in the file gets a new ID after a restart too."""
@@ -258,7 +258,7 @@ class PersistentStoreTests(_Base):
         self.assertEqual(store.clear(), 1)
         self.assertEqual(len(self.store()), 0)
         self.assertEqual(store.database.count(), 0)  # type: ignore[union-attr]
-        self.assertEqual((store.bytes, store.bytesInMemory), (0, 0))
+        self.assertEqual((store.totalBytes, store.bytesInMemory), (0, 0))
 
     def test_deletedIsGone(self) -> None:
         """A message deleted, its bytes not in memory, cannot be read any more."""
@@ -408,10 +408,10 @@ class BytesCapTests(SynchronousTestCase):
         for i in range(4):
             store.add(envelope(queueID=f"Q{i}"), message(f"n{i}", b"z" * 100))
         self.assertEqual([m.id for m in store.search()], ["Q3", "Q2"])
-        self.assertEqual(store.bytes, 2 * size)
+        self.assertEqual(store.totalBytes, 2 * size)
         self.assertEqual(store.bytesInMemory, 2 * size)
         store.delete("Q3")
-        self.assertEqual(store.bytes, size)
+        self.assertEqual(store.totalBytes, size)
 
     def test_newestKept(self) -> None:
         """A message larger than the cap is kept alone."""

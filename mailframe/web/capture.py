@@ -416,7 +416,7 @@ class CaptureStore:
             self._resident.forget(captured)
 
     @property
-    def bytes(self) -> int:
+    def totalBytes(self) -> int:
         """The octets of the messages kept."""
         return self._bytes
 
