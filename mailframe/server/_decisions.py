@@ -92,6 +92,11 @@ _FORMATS = {
 }
 
 
+_CONNECT = "{sessionID} connect from {clientName}[{clientAddress}] listener={listener}"
+_DISCONNECT = (
+    "{sessionID} disconnect from {clientName}[{clientAddress}] {counts} "
+    "bytes={bytesIn} duration={duration:.3f}s"
+)
 _ACCEPTED = (
     "{sessionID} {queueID} accepted from=<{sender}> to={to} size={size} "
     "client={clientName}[{clientAddress}] helo=<{helo}>{notes} ({code})"
@@ -173,6 +178,11 @@ class _Counts:
 
     def __str__(self) -> str:
         failed = self.failed
+        if not failed:  # the common session: every command answered 2xx/3xx
+            commands = self.commands
+            parts = [f"{verb}={n}" for verb, n in commands.items()]
+            parts.append(f"commands={sum(commands.values())}")
+            return " ".join(parts)
         parts = []
         total = ok = 0
         for verb, n in self.commands.items():
@@ -184,7 +194,7 @@ class _Counts:
         return " ".join(parts)
 
     def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
+        return format(str(self), spec) if spec else self.__str__()
 
     def __eq__(self, other: object) -> bool:
         return str(self) == other if isinstance(other, str) else NotImplemented
@@ -324,17 +334,21 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        self._say(
-            "{sessionID} connect from {clientName}[{clientAddress}] listener={listener}",
-            mfEvent=events.CONNECT,
-            sessionID=session.sessionID,
-            listener=session.listener,
-            clientAddress=session.peerHost,
-            clientPort=session.peerPort,
-            clientName=clientName(session),
-            localAddress=session.localHost,
-            localPort=session.localPort,
-            proxied=proxied,
+        emit(  # a line per connection: its dict made in one piece
+            log,
+            _CONNECT,
+            {
+                _KEY: events.CONNECT,
+                "sessionID": session.sessionID,
+                "listener": session.listener,
+                "clientAddress": session.peerHost,
+                "clientPort": session.peerPort,
+                "clientName": clientName(session),
+                "localAddress": session.localHost,
+                "localPort": session.localPort,
+                "proxied": proxied,
+            },
+            self.logged,
         )
 
     def tls(self) -> None:
@@ -508,23 +522,28 @@ class SessionRecord:
 
     def disconnect(self, now: float) -> None:
         """The session ended: its duration and what each command got."""
-        self.connect()
+        if not self.connected:
+            self.connect()
         if not self.on:
             return
         session = self.session
-        self._say(
-            "{sessionID} disconnect from {clientName}[{clientAddress}] {counts} "
-            "bytes={bytesIn} duration={duration:.3f}s",
-            mfEvent=events.DISCONNECT,
-            sessionID=session.sessionID,
-            listener=session.listener,
-            clientAddress=session.peerHost,
-            clientName=clientName(session),
-            duration=max(0.0, now - self.started),
-            commands=self.commands,
-            failed=self.failed,
-            replies=self.replies,
-            bytesIn=self.bytesIn,
-            messages=session.messages,
-            counts=_Counts(self.commands, self.failed),
+        commands, failed = self.commands, self.failed
+        emit(  # a line per connection: its dict made in one piece
+            log,
+            _DISCONNECT,
+            {
+                _KEY: events.DISCONNECT,
+                "sessionID": session.sessionID,
+                "listener": session.listener,
+                "clientAddress": session.peerHost,
+                "clientName": clientName(session),
+                "duration": max(0.0, now - self.started),
+                "commands": commands,
+                "failed": failed,
+                "replies": self.replies,
+                "bytesIn": self.bytesIn,
+                "messages": session.messages,
+                "counts": _Counts(commands, failed),
+            },
+            self.logged,
         )
