@@ -65,6 +65,14 @@ class RenderTests(SynchronousTestCase):
         e = event("{a.real} and {missing}", a=3)
         self.assertEqual(logformat.render(e), formatEvent(e))
 
+    def test_textFallsBack(self) -> None:
+        """A text line whose compiled format lacks a field is still a whole line, twisted's text."""
+        e = event("{known} and {missing}", known=1)
+        logformat.render(event("{known} and {missing}", known=2))  # compiled now
+        line = logformat.eventAsText(e)
+        self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\S+ \[mailframe.server#info\] ")
+        self.assertTrue(line.endswith(formatEvent(e) + "\n"), line)
+
     def test_text(self) -> None:
         """A text line is twistd's: time, [namespace#level], the text."""
         line = logformat.eventAsText(REFUSED)
