@@ -72,6 +72,12 @@ GROUP_ENDERS = frozenset({E.Hello, E.Data, E.Vrfy, E.Expn, E.Noop, E.StartTLS})
 """Commands after which a client must wait for the reply, even with PIPELINING."""
 
 
+_EHLO_REPLIES: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[Reply, frozenset[str]]] = {}
+"""The EHLO replies made last, by their lines and keywords (a client greets
+with the same name each time, and the extensions offer it the same): the
+reply, checked and encoded once, and the keywords it offers."""
+
+
 class Commands:
     """
     The command and message-event handlers of one session, with the
@@ -138,8 +144,14 @@ class Commands:
                 continue
             keywords.append(ext.keyword)
             lines.append(f"{ext.keyword} {params}" if params else ext.keyword)
-        session.extensions = frozenset(keywords)
-        return Reply(250, None, tuple(lines))
+        key = (tuple(lines), tuple(keywords))
+        made = _EHLO_REPLIES.get(key)
+        if made is None:  # the reply (checked and encoded once) and its keywords
+            if len(_EHLO_REPLIES) >= 256:
+                _EHLO_REPLIES.clear()
+            made = _EHLO_REPLIES[key] = (Reply(250, None, key[0]), frozenset(keywords))
+        session.extensions = made[1]
+        return made[0]
 
     # -- the transaction --------------------------------------------------------------
 
