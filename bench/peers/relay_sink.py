@@ -9,8 +9,10 @@ then the server command with ``{sink}`` replaced by that port, as a child in
 this session (bench/run.py counts its CPU).  The server accepts the load of
 smtp-source and relays each message to the sink.
 
-A thread reads the sink's running counter (``mesg=N``) and appends
-``TIME N`` (time.time()) to SCRATCH/sink-times whenever it grows: run.py
+A reader (this script with --read-counter, in a session of its own too:
+its CPU is not the server's either) reads the sink's running counter
+(``mesg=N``) and appends ``TIME N`` (time.time()) to SCRATCH/sink-times
+whenever it grows: run.py
 waits until it shows every message (end to end: the relay's queue empty at
 the far end) and pairs the times with smtp-source's to estimate each
 message's delivery latency.
@@ -29,7 +31,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -41,7 +42,35 @@ def free_port(host):
         return s.getsockname()[1]
 
 
+def read_counter(path):
+    """Append "TIME N" to C{path} each time smtp-sink's counter (on stdin) grows."""
+    fd = sys.stdin.fileno()
+    pattern = re.compile(rb"mesg=(\d+)")
+    seen = 0
+    with open(path, "w") as out:
+        rest = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return seen
+            now = time.time()
+            parts = (rest + chunk).split(b"\r")
+            rest = parts.pop()
+            for part in reversed(parts):
+                mo = pattern.search(part)
+                if mo:
+                    n = int(mo.group(1))
+                    if n > seen:
+                        seen = n
+                        out.write(f"{now:.6f} {n}\n")
+                        out.flush()
+                    break
+
+
 def main():
+    if sys.argv[1:2] == ["--read-counter"]:
+        read_counter(sys.argv[2])
+        return 0
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,31 +93,13 @@ def main():
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # not the server's CPU
     )
-    count = {"messages": 0}
-
-    def read_counter():
-        pattern = re.compile(rb"mesg=(\d+)")
-        with open(times_path, "w") as out:
-            rest = b""
-            while True:
-                chunk = os.read(sink.stdout.fileno(), 65536)
-                if not chunk:
-                    return
-                now = time.time()
-                parts = (rest + chunk).split(b"\r")
-                rest = parts.pop()
-                for part in reversed(parts):
-                    mo = pattern.search(part)
-                    if mo:
-                        n = int(mo.group(1))
-                        if n > count["messages"]:
-                            count["messages"] = n
-                            out.write(f"{now:.6f} {n}\n")
-                            out.flush()
-                        break
-
-    reader = threading.Thread(target=read_counter, daemon=True)
-    reader.start()
+    reader = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--read-counter", times_path],
+        stdin=sink.stdout,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # not the server's CPU
+    )
+    sink.stdout.close()  # the reader holds it now
     server = None
     try:
         # the sink must answer before the server may relay to it
@@ -118,8 +129,17 @@ def main():
             sink.wait(5)
         if sink.poll() is None:
             sink.kill()
-        reader.join(2)
-    print(f"relay-sink: messages={count['messages']}", file=sys.stderr, flush=True)
+        try:
+            reader.wait(5)  # it ends at the sink's end of output
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            reader.wait(5)
+    messages = 0
+    with contextlib.suppress(OSError), open(times_path) as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                messages = max(messages, int(line.split()[1]))
+    print(f"relay-sink: messages={messages}", file=sys.stderr, flush=True)
     return 0 if server is not None and server.returncode in (0, -signal.SIGTERM) else 1
 
 
