@@ -250,7 +250,7 @@ SERVERS = {
             "{python} {here}/peers/twisted_constant.py --host {host} --port {port}",
             "reference",
             "sink",
-            "a Twisted LineReceiver answering constants: the floor of a Twisted SMTP server "
+            "a Twisted Protocol answering constants: the floor of a Twisted SMTP server "
             "(bench/profile.py compares instructions per message with it)",
             default=False,
         ),
