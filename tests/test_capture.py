@@ -201,6 +201,7 @@ class CaptureSettingsTests(SynchronousTestCase):
         [spec] = options.listeners  # type: ignore[attr-defined]
         self.assertEqual(spec.deliver, "capture")
         self.assertTrue(spec.config.mayRelay("192.0.2.1"))
+        self.assertEqual(spec.config.greetDelay, 0.0)  # no pregreet wait for a developer
         self.assertTrue(spec.config.mayRelay("2001:db8::1"))
 
     def test_notCapturing(self) -> None:

@@ -290,7 +290,9 @@ def _capturing(spec: ListenerSpec) -> ListenerSpec:
     from ipaddress import ip_network
 
     everywhere = (ip_network("0.0.0.0/0"), ip_network("::/0"))
-    return replace(spec, deliver="capture", config=replace(spec.config, relayNetworks=everywhere))
+    # No pregreet wait: the clients are the developer's own applications.
+    config = replace(spec.config, relayNetworks=everywhere, greetDelay=0.0)
+    return replace(spec, deliver="capture", config=config)
 
 
 def _wrap(text: str, width: int, indent: int, hanging: int = 0) -> list[str]:
