@@ -80,7 +80,8 @@ class ServerConfig:
     smtp_enforce_sync).  C{greetDelay}: seconds to wait before the greeting
     (so that early talkers show themselves; postscreen's pregreet test), on
     a client's first connection only: a client that passed is greeted at
-    once for C{greetPassTime} seconds (postscreen's cache).
+    once for C{greetPassTime} seconds (postscreen's cache), and a client of
+    C{relayNetworks} at once.
     C{errorDelay}: after C{softErrors} errors each error reply waits
     C{errorDelay} seconds more than the last (a tarpit).
 

@@ -5,6 +5,7 @@ the plug points, in memory (StringTransport and a fake clock; no sleeps).
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from typing import Any
 
 from twisted.internet import defer
@@ -1042,6 +1043,15 @@ class PolicyHookTests(ServerTestCase):
         self.assertTrue(connect().value().startswith(b"220 "))  # at once
         self.clock.advance(61)
         self.assertEqual(connect().value(), b"")  # the pass has expired
+
+    def test_relayNetworkGreetedAtOnce(self) -> None:
+        """A client of a relay network is trusted: no pregreet wait (Postfix's permit_mynetworks)."""
+        config = self.config(greetDelay=2.0, relayNetworks=(ip_network("192.168.1.0/24"),))
+        _proto, t = self.connect(config=config)  # StringTransport's peer: 192.168.1.1
+        self.assertTrue(t.value().startswith(b"220 mx.test"))
+        config = self.config(greetDelay=2.0, relayNetworks=(ip_network("192.0.2.0/24"),))
+        _proto, t = self.connect(config=config)
+        self.assertEqual(t.value(), b"")  # another network's client waits
 
     def test_patientClientWithDelay(self) -> None:
         """With greetDelay, a client that waits is greeted after the delay."""

@@ -397,7 +397,8 @@ SCHEMA: tuple[Setting, ...] = (
             "talkers show themselves (postscreen's pregreet test).", section="checks",
             shown=f"{_DELAY.format(DEFAULT_GREET_DELAY)}; 0 on listeners where MAIL needs "
                   "AUTH (submission)",
-            details="A client that waited is greeted at once for a day after."),
+            details="A client that waited is greeted at once for a day after; a client of "
+                    "a ``relay-network`` is greeted at once."),
     Setting("error-delay", _DELAY, 0.0,
             "A tarpit: after soft-errors errors in a session, each error reply waits this "
             "much longer than the last; 0 is off.", section="checks"),

@@ -185,8 +185,11 @@ class SMTPServerProtocol(Protocol):
         if self._transcript and not self.record.on:
             log.info("{id} connect from {peer}", id=session.sessionID, peer=session.peer)
         delay = cfg.greetDelay
-        if delay and context.greetPasses.passed(session.peerHost):
-            delay = 0.0  # seen to wait for its greeting not long ago
+        if delay and (
+            context.greetPasses.passed(session.peerHost)  # seen to wait not long ago
+            or cfg.mayRelay(session.peerHost)  # our own network (Postfix: permit_mynetworks)
+        ):
+            delay = 0.0
         self._pregreet = bool(delay)
         chain = context.connectionChain
         if not chain.calls and not delay:
