@@ -588,6 +588,17 @@ class TapTests(SynchronousTestCase):
             service.announcements,
         )
 
+    def test_badWebAuthChecker(self) -> None:
+        """A web-auth checker that cannot be set up stops the start, naming web-auth."""
+        missing = os.path.join(self.mktemp(), "passwd")
+        with self.assertRaises(SystemExit) as e:
+            self.service(
+                "--web", "tcp:0:interface=127.0.0.1", "--web-auth", f"mailframe:{missing}"
+            )
+        self.assertIn(
+            "cannot set up --web-auth mailframe: cannot read password file", str(e.exception)
+        )
+
     def test_withQueue(self) -> None:
         """With a spool, the console has the queue's runner."""
         spool = self.mktemp()

@@ -102,7 +102,8 @@ class Security:
                 raise SystemExit(f"mailframe: cannot set up TLS: {oneLine(e)}")
         return self._contexts[key]
 
-    def checker(self, description: str) -> ICredentialsChecker:
+    def checker(self, description: str, setting: str = "auth") -> ICredentialsChecker:
+        """The checker of C{description} (made once); a bad one exits naming C{setting}."""
         from twisted.cred import strcred
 
         if description not in self._checkers:
@@ -110,7 +111,7 @@ class Security:
                 self._checkers[description] = strcred.makeChecker(description)
             except Exception as e:
                 kind = description.split(":", 1)[0]
-                raise SystemExit(f"mailframe: cannot set up --auth {kind}: {oneLine(e)}")
+                raise SystemExit(f"mailframe: cannot set up --{setting} {kind}: {oneLine(e)}")
         return self._checkers[description]
 
     def authenticator(self, descriptions: tuple[str, ...]) -> Authenticator:

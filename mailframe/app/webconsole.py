@@ -159,7 +159,7 @@ def addConsole(
     description = web["web"]
     login = None
     if web["web-auth"]:
-        checkers = [security.checker(d) for d in web["web-auth"]]
+        checkers = [security.checker(d, "web-auth") for d in web["web-auth"]]
         try:
             login = WebLogin(reactor, checkers)
         except ValueError as e:
