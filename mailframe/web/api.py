@@ -27,7 +27,6 @@ import json
 from email.message import EmailMessage
 from typing import Any
 
-from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -42,14 +41,16 @@ __all__ = [
     "API_PREFIX",
     "MAX_WAIT",
     "CaptureAPI",
+    "HTTPAnswer",
     "apiSite",
     "checkWebEndpoint",
     "describe",
     "htmlBodies",
     "isLoopbackEndpoint",
+    "jsonBody",
     "loopbackHost",
+    "numberArg",
     "summary",
-    "webService",
 ]
 
 API_PREFIX = (b"api", b"v1")
@@ -251,20 +252,33 @@ def _query(request: Request) -> Query:
     return Query(text, box.decode("utf-8", "replace") if box is not None else None)
 
 
-class _BadRequest(Exception):
-    pass
+class HTTPAnswer(Exception):
+    """An error answer: its HTTP code and text (a JSON C{{"error": text}})."""
+
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
 
 
-def _number(request: Request, name: bytes, default: float, low: float, high: float) -> float:
+def jsonBody(request: Request, value: Any, code: int = http.OK) -> bytes:
+    """C{value} as the JSON body of the answer to C{request}, with C{code}."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json; charset=utf-8")
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def numberArg(request: Request, name: bytes, default: float, low: float, high: float) -> float:
+    """The query argument C{name} as a number from C{low} to C{high}; else a 400."""
     raw = (request.args or {}).get(name, [None])[0]
-    if raw is None:
+    if raw is None or raw == b"":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise _BadRequest(f"{name.decode()} must be a number") from None
+        raise HTTPAnswer(http.BAD_REQUEST, f"{name.decode()} must be a number") from None
     if not low <= value <= high:
-        raise _BadRequest(f"{name.decode()} must be from {low:g} to {high:g}")
+        raise HTTPAnswer(http.BAD_REQUEST, f"{name.decode()} must be from {low:g} to {high:g}")
     return value
 
 
@@ -316,19 +330,17 @@ class CaptureAPI(Resource):
                 return self._error(request, http.NOT_FOUND, "no such resource")
             request.setHeader(b"allow", b"GET, DELETE")
             return self._error(request, http.NOT_ALLOWED, "method not allowed")
-        except _BadRequest as e:
-            return self._error(request, http.BAD_REQUEST, str(e))
+        except HTTPAnswer as e:
+            return self._error(request, e.code, e.text)
 
     def _json(self, request: Request, value: Any, code: int = http.OK) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return jsonBody(request, value, code)
 
     def _error(self, request: Request, code: int, text: str) -> bytes:
-        return self._json(request, {"error": text}, code)
+        return jsonBody(request, {"error": text}, code)
 
     def _list(self, request: Request) -> bytes:
-        limit = int(_number(request, b"limit", 100, 1, 100000))
+        limit = int(numberArg(request, b"limit", 100, 1, 100000))
         query = _query(request)
         found = self.store.search(query, limit)
         return self._json(
@@ -385,7 +397,7 @@ class CaptureAPI(Resource):
         return "\n".join(sanitise(b, remote) for b in bodies).encode("utf-8")
 
     def _wait(self, request: Request) -> int:
-        timeout = _number(request, b"timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        timeout = numberArg(request, b"timeout", DEFAULT_WAIT, 0, MAX_WAIT)
         d = self.store.wait(_query(request))
         timer = self.reactor.callLater(timeout, d.cancel) if not d.called else None
         gone = False
@@ -424,11 +436,3 @@ def apiSite(store: CaptureStore, reactor: Any) -> Site:
     site = Site(CaptureAPI(store, reactor))
     site.displayTracebacks = False
     return site
-
-
-def webService(reactor: Any, description: str, store: CaptureStore) -> IService:
-    """A service serving the API on C{description} (checked by L{checkWebEndpoint})."""
-    from twisted.application.strports import service
-
-    checkWebEndpoint(description)
-    return service(description, apiSite(store, reactor), reactor=reactor)

@@ -36,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from mailframe import __version__
 from mailframe.queue.operations import ControlError, NoSuchEntry, QueueOperations
 from mailframe.web import api
+from mailframe.web.api import HTTPAnswer, jsonBody, numberArg
 from mailframe.web.auth import (
     COOKIE,
     LoginSession,
@@ -96,37 +97,9 @@ class Console:
         self.stats.stop()
 
 
-class _Answer(Exception):
-    """An error answer: its HTTP code and text."""
-
-    def __init__(self, code: int, text: str) -> None:
-        super().__init__(text)
-        self.code = code
-        self.text = text
-
-
-def _json(request: Request, value: Any, code: int = http.OK) -> bytes:
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json; charset=utf-8")
-    return json.dumps(value, ensure_ascii=False).encode("utf-8")
-
-
 def _arg(request: Request, name: bytes, default: str = "") -> str:
     value = (request.args or {}).get(name, [None])[0]
     return default if value is None else value.decode("utf-8", "replace")
-
-
-def _number(request: Request, name: bytes, default: float, low: float, high: float) -> float:
-    raw = (request.args or {}).get(name, [None])[0]
-    if raw is None or raw == b"":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _Answer(http.BAD_REQUEST, f"{name.decode()} must be a number") from None
-    if not low <= value <= high:
-        raise _Answer(http.BAD_REQUEST, f"{name.decode()} must be from {low:g} to {high:g}")
-    return value
 
 
 class ConsoleResource(Resource):
@@ -152,11 +125,11 @@ class ConsoleResource(Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if tuple(p.encode() for p in path[:2]) != api.API_PREFIX:
-            return _json(request, {"error": "no such resource"}, http.NOT_FOUND)
+            return jsonBody(request, {"error": "no such resource"}, http.NOT_FOUND)
         try:
             return self._api(request, path[2:])
-        except _Answer as e:
-            return _json(request, {"error": e.text}, e.code)
+        except HTTPAnswer as e:
+            return jsonBody(request, {"error": e.text}, e.code)
 
     def _static(self, request: Request, name: str) -> bytes:
         found = readStatic(name, self.console.staticDirectory)
@@ -181,52 +154,52 @@ class ConsoleResource(Resource):
         console = self.console
         loginOn = console.login is not None
         if not loginOn and not api.loopbackHost(request.getHeader(b"host")):
-            raise _Answer(http.FORBIDDEN, "the Host header must name this machine")
+            raise HTTPAnswer(http.FORBIDDEN, "the Host header must name this machine")
         session = self._session(request)
         if path == ["info"]:
             self._allow(request, b"GET")
-            return _json(request, self._info(session))
+            return jsonBody(request, self._info(session))
         if path in (["login"], ["logout"]):
             self._allow(request, b"POST")
             problem = checkStateChange(request, session, loginOn and session is not None)
             if path == ["login"]:
                 problem = checkStateChange(request, None, False)
             if problem is not None:
-                raise _Answer(http.FORBIDDEN, problem)
+                raise HTTPAnswer(http.FORBIDDEN, problem)
             if path == ["login"]:
                 return self._login(request)
             return self._logout(request, session)
         if loginOn and session is None:
-            raise _Answer(http.UNAUTHORIZED, "login required")
+            raise HTTPAnswer(http.UNAUTHORIZED, "login required")
         problem = checkStateChange(request, session, loginOn)
         if problem is not None:
-            raise _Answer(http.FORBIDDEN, problem)
+            raise HTTPAnswer(http.FORBIDDEN, problem)
         who = session.user if session is not None else f"[{clientAddress(request)}]"
         if path and path[0] in ("messages", "mailboxes", "wait"):
             if self.capture is None:
-                raise _Answer(http.NOT_FOUND, "capture mode is off")
+                raise HTTPAnswer(http.NOT_FOUND, "capture mode is off")
             return self.capture.renderPath(request, path)
         if path == ["sessions"]:
             self._allow(request, b"GET")
             now = console.reactor.seconds()
-            return _json(request, {"sessions": liveSessions(console.factories, now)})
+            return jsonBody(request, {"sessions": liveSessions(console.factories, now)})
         if path == ["decisions"]:
             self._allow(request, b"GET")
             return self._decisions(request)
         if path == ["stats"]:
             self._allow(request, b"GET")
-            return _json(request, console.stats.toJSON())
+            return jsonBody(request, console.stats.toJSON())
         if path == ["settings"]:
             self._allow(request, b"GET")
-            return _json(request, console.settings)
+            return jsonBody(request, console.settings)
         if path and path[0] == "queue":
             return self._queue(request, path[1:], who)
-        raise _Answer(http.NOT_FOUND, "no such resource")
+        raise HTTPAnswer(http.NOT_FOUND, "no such resource")
 
     def _allow(self, request: Request, *methods: bytes) -> None:
         if request.method not in methods and not (request.method == b"HEAD" and b"GET" in methods):
             request.setHeader(b"allow", b", ".join(methods))
-            raise _Answer(http.NOT_ALLOWED, "method not allowed")
+            raise HTTPAnswer(http.NOT_ALLOWED, "method not allowed")
 
     def _info(self, session: LoginSession | None) -> dict[str, Any]:
         console = self.console
@@ -245,10 +218,10 @@ class ConsoleResource(Resource):
     def _login(self, request: Request) -> int | bytes:
         login = self.console.login
         if login is None:
-            raise _Answer(http.NOT_FOUND, "login is off")
+            raise HTTPAnswer(http.NOT_FOUND, "login is off")
         address = clientAddress(request)
         if login.limiter.blocked(address):
-            raise _Answer(429, "too many failed logins: try again later")
+            raise HTTPAnswer(429, "too many failed logins: try again later")
         body = request.content.read(MAX_BODY + 1) if request.content is not None else b""
         try:
             if len(body) > MAX_BODY:
@@ -258,7 +231,7 @@ class ConsoleResource(Resource):
             if not isinstance(username, str) or not isinstance(password, str):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            raise _Answer(
+            raise HTTPAnswer(
                 http.BAD_REQUEST, 'send {"username": ..., "password": ...} as JSON'
             ) from None
         d = login.login(username, password, address)
@@ -268,10 +241,10 @@ class ConsoleResource(Resource):
             if request.isSecure():
                 cookie += "; Secure"
             request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
-            return _json(request, {"user": session.user, "csrf": session.csrf})
+            return jsonBody(request, {"user": session.user, "csrf": session.csrf})
 
         def failed(reason: Failure) -> bytes:
-            return _json(request, {"error": "wrong user name or password"}, http.UNAUTHORIZED)
+            return jsonBody(request, {"error": "wrong user name or password"}, http.UNAUTHORIZED)
 
         return self._later(request, d.addCallbacks(ok, failed))
 
@@ -284,7 +257,7 @@ class ConsoleResource(Resource):
         if request.isSecure():
             cookie += "; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", cookie.encode("ascii"))
-        return _json(request, {"ok": True})
+        return jsonBody(request, {"ok": True})
 
     def _later(self, request: Request, d: defer.Deferred[bytes]) -> int:
         """Answer with what C{d} gives (unless the client has gone)."""
@@ -299,7 +272,7 @@ class ConsoleResource(Resource):
         def broken(reason: Failure) -> None:
             log.failure("web console: an answer failed", reason)
             if not gone:
-                request.write(_json(request, {"error": "internal error"}, 500))
+                request.write(jsonBody(request, {"error": "internal error"}, 500))
                 request.finish()
 
         d.addCallback(answer).addErrback(broken)
@@ -315,13 +288,13 @@ class ConsoleResource(Resource):
             _arg(request, b"client"),
             _arg(request, b"address"),
         )
-        limit = int(_number(request, b"limit", 100, 1, 10000))
-        after = int(_number(request, b"after", 0, 0, 2**62))
-        wait = min(_number(request, b"wait", 0, 0, 86400), MAX_DECISIONS_WAIT)
+        limit = int(numberArg(request, b"limit", 100, 1, 10000))
+        after = int(numberArg(request, b"after", 0, 0, 2**62))
+        wait = min(numberArg(request, b"wait", 0, 0, 86400), MAX_DECISIONS_WAIT)
 
         def answer() -> bytes:
             found = decisions.search(wanted, limit, after)
-            return _json(
+            return jsonBody(
                 request, {"decisions": [d.toJSON() for d in found], "last": decisions.last}
             )
 
@@ -356,21 +329,21 @@ class ConsoleResource(Resource):
     def _queue(self, request: Request, path: list[str], who: str) -> bytes | int:
         operations = self.console.operations
         if operations is None:
-            raise _Answer(http.NOT_FOUND, "no queue")
+            raise HTTPAnswer(http.NOT_FOUND, "no queue")
         view = QueueView(operations)
         method = request.method
         if path == []:
             self._allow(request, b"GET")
-            limit = int(_number(request, b"limit", 100, 1, 100000))
-            return _json(request, view.listing(limit, _arg(request, b"q")))
+            limit = int(numberArg(request, b"limit", 100, 1, 100000))
+            return jsonBody(request, view.listing(limit, _arg(request, b"q")))
         if path == ["flush"]:
             self._allow(request, b"POST")
-            return _json(request, view.flush(who))
+            return jsonBody(request, view.flush(who))
         try:
             if len(path) == 1:
                 self._allow(request, b"GET", b"DELETE")
                 if method == b"DELETE":
-                    return _json(request, view.delete(path[0], who))
+                    return jsonBody(request, view.delete(path[0], who))
                 return self._later(request, view.show(path[0]).addCallback(self._ok, request))
             if len(path) == 2 and path[1] in ("hold", "release"):
                 self._allow(request, b"POST")
@@ -378,17 +351,17 @@ class ConsoleResource(Resource):
                 return self._later(request, d.addCallbacks(self._ok, self._holdFailed, (request,),
                                                           errbackArgs=(request,)))  # fmt: skip
         except NoSuchEntry as e:
-            raise _Answer(http.NOT_FOUND, str(e)) from None
-        raise _Answer(http.NOT_FOUND, "no such resource")
+            raise HTTPAnswer(http.NOT_FOUND, str(e)) from None
+        raise HTTPAnswer(http.NOT_FOUND, "no such resource")
 
     @staticmethod
     def _ok(value: Any, request: Request) -> bytes:
-        return _json(request, value)
+        return jsonBody(request, value)
 
     @staticmethod
     def _holdFailed(reason: Failure, request: Request) -> bytes:
         reason.trap(ControlError)
-        return _json(request, {"error": str(reason.value)}, http.INTERNAL_SERVER_ERROR)
+        return jsonBody(request, {"error": str(reason.value)}, http.INTERNAL_SERVER_ERROR)
 
 
 def _argNames(request: Request) -> set[str]:
