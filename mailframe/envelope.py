@@ -117,6 +117,14 @@ class SessionInfo:
         """C{[host]:port}, for log lines."""
         return f"[{self.peerHost}]:{self.peerPort}"
 
+    @property
+    def verifiedName(self) -> str | None:
+        """The client's forward-confirmed reverse name (iprev pass), or None."""
+        iprev = self.iprev
+        if iprev is not None and iprev.result == "pass" and iprev.names:
+            return iprev.names[0]
+        return None
+
     def stateFor(self, owner: object, make: Callable[[], _T]) -> _T:
         """
         The state C{owner} (a plug-in) keeps for this session: made with
@@ -201,9 +209,7 @@ class SessionInfo:
             tls=self.tls,
             authenticated=self.authenticated,
             authMechanism=self.authMechanism,
-            peerName=iprev.names[0]
-            if iprev is not None and iprev.result == "pass" and iprev.names
-            else None,
+            peerName=self.verifiedName,
         )
         self._snapshot = (key, snapshot)
         return snapshot

@@ -50,13 +50,6 @@ DEFAULT_MACROS: Mapping[Stage, tuple[str, ...]] = {
 }  # fmt: skip
 
 
-def _clientName(session: SessionInfo) -> str:
-    iprev = session.iprev
-    if iprev is not None and iprev.result == "pass" and iprev.names:
-        return iprev.names[0]
-    return "unknown"
-
-
 def _clientPointer(session: SessionInfo) -> str:
     iprev = session.iprev
     return iprev.names[0] if iprev is not None and iprev.names else "unknown"
@@ -82,12 +75,12 @@ _SOURCES: dict[str, _Source] = {
     "{daemon_addr}": lambda s, e, r, local: s.localHost,
     "{daemon_port}": lambda s, e, r, local: str(s.localPort) if s.localPort else "",
     "v": lambda s, e, r, local: f"mailframe {__version__}",
-    "_": lambda s, e, r, local: f"{_clientName(s)} [{s.peerHost}]",
+    "_": lambda s, e, r, local: f"{s.verifiedName or 'unknown'} [{s.peerHost}]",
     "{client_addr}": lambda s, e, r, local: s.peerHost,
     "{client_port}": lambda s, e, r, local: str(s.peerPort) if s.peerPort else "",
-    "{client_name}": lambda s, e, r, local: _clientName(s),
+    "{client_name}": lambda s, e, r, local: s.verifiedName or "unknown",
     "{client_ptr}": lambda s, e, r, local: _clientPointer(s),
-    "{client_resolve}": lambda s, e, r, local: "OK" if _clientName(s) != "unknown" else "FAIL",
+    "{client_resolve}": lambda s, e, r, local: "OK" if s.verifiedName else "FAIL",
     "s": lambda s, e, r, local: s.heloName or "",
     "{tls_version}": lambda s, e, r, local: s.tls.version if s.tls is not None else "",
     "{cipher}": lambda s, e, r, local: s.tls.cipher if s.tls is not None else "",

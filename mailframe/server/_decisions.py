@@ -105,10 +105,7 @@ _ACCEPTED = (
 
 def clientName(session: SessionInfo) -> str:
     """The client's verified reverse name (forward-confirmed), or C{unknown}."""
-    iprev = session.iprev
-    if iprev is not None and iprev.result == "pass" and iprev.names:
-        return iprev.names[0]
-    return "unknown"
+    return session.verifiedName or "unknown"
 
 
 def deciderName(names: dict[int, str], provider: object) -> str:

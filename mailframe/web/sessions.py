@@ -21,14 +21,6 @@ _TRANSACTION = frozenset({"mail", "rcpt", "data", "bdat"})
 _HELLO = frozenset({"helo", "ehlo", "lhlo"})
 
 
-def _clientName(session: SessionInfo) -> str:
-    """The verified reverse name, or C{unknown} (as the decision lines say it)."""
-    iprev = session.iprev
-    if iprev is not None and iprev.result == "pass" and iprev.names:
-        return iprev.names[0]
-    return "unknown"
-
-
 def stageOf(proto: Any) -> str:
     """
     Where a session is, as well as its public state tells: C{connected}
@@ -61,7 +53,7 @@ def describeSession(proto: Any, clock: float) -> dict[str, Any]:
         "listener": session.listener,
         "client": session.peerHost,
         "clientPort": session.peerPort,
-        "clientName": _clientName(session),
+        "clientName": session.verifiedName or "unknown",
         "helo": session.heloName,
         "esmtp": session.esmtp,
         "stage": stageOf(proto),
