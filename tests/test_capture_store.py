@@ -474,11 +474,11 @@ class TwistdTests(SynchronousTestCase):
 
     def test_sqliteClosedOnStop(self) -> None:
         """The file is closed when the service stops."""
-        from mailframe.app.tap import _ClosedOnStop
+        from mailframe.app.capturemode import ClosedOnStop
 
         path = os.path.abspath(self.mktemp())
         service = self.service("--capture-store", f"sqlite:{path}")
-        [closer] = [s for s in service if isinstance(s, _ClosedOnStop)]
+        [closer] = [s for s in service if isinstance(s, ClosedOnStop)]
         closer.startService()
         closer.stopService()
         store = service.factories[0].context.backend

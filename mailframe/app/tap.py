@@ -33,6 +33,7 @@ from zope.interface.interface import InterfaceClass
 
 from mailframe import plugins
 from mailframe.app import registry
+from mailframe.app.capturemode import captureStore, capturing
 from mailframe.app.config import (
     ClientLimits,
     ListenerSpec,
@@ -67,7 +68,7 @@ from mailframe.interfaces import (
     IRecipientValidator,
     ISenderValidator,
 )
-from mailframe.plugins import Option, PlugInFactory, SettingError, Size, oneLine, redact
+from mailframe.plugins import Option, PlugInFactory, SettingError, oneLine, redact
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IProtocolFactory
@@ -270,7 +271,7 @@ class Options(usage.Options):
                 )
             names = ("capture-limit", "capture-mailbox", "capture-store", "capture-max-bytes")
             self.capture = {k: top[k] for k in names}
-            listeners = [_capturing(spec) for spec in listeners]
+            listeners = [capturing(spec) for spec in listeners]
         return listeners
 
     def getUsage(self, width: int | None = None) -> str:
@@ -282,17 +283,6 @@ for _setting in SCHEMA:
         setattr(Options, "opt_" + _setting.name.replace("-", "_"), _appender(_setting))
         for _alias in _setting.aliases:
             setattr(Options, "opt_" + _alias.replace("-", "_"), _appender(_setting, _alias))
-
-
-def _capturing(spec: ListenerSpec) -> ListenerSpec:
-    """C{spec} in capture mode: every client may send to every domain (see L{_capture})."""
-    from dataclasses import replace
-    from ipaddress import ip_network
-
-    everywhere = (ip_network("0.0.0.0/0"), ip_network("::/0"))
-    # No pregreet wait: the clients are the developer's own applications.
-    config = replace(spec.config, relayNetworks=everywhere, greetDelay=0.0)
-    return replace(spec, deliver="capture", config=config)
 
 
 def _wrap(text: str, width: int, indent: int, hanging: int = 0) -> list[str]:
@@ -499,7 +489,7 @@ def makeService(options: Options) -> MailframeService:
     with noteCreated() as service.created:
         queue = _queue(reactor, options, service)
         _srs(queue, options)
-        capture = _capture(reactor, options, service)
+        capture = captureStore(reactor, options, service)
         for index, spec in enumerate(options.listeners):
             factory, _ = buildListener(reactor, spec, security, resolver, queue, notes=service,
                                        kept=kept, backend=capture)  # fmt: skip
@@ -561,65 +551,6 @@ def makeService(options: Options) -> MailframeService:
         pool=pool, notifies=service.notifies,
     )  # fmt: skip
     return service
-
-
-def _capture(reactor: Any, options: Options, service: MailframeService) -> Any:
-    """
-    Capture mode (--capture): the store every listener delivers to (the web
-    console shows it: L{mailframe.app.webconsole}); None if off.  Relaying is
-    open to every client
-    (L{_capturing}) and there is no queue, so each recipient, whatever its
-    domain, reaches the store and nothing leaves.  With C{capture-store
-    sqlite:PATH} the store keeps its messages in that file, opened here and
-    closed when the service stops; a file it cannot use is one line (a
-    C{SystemExit} naming it).
-    """
-    settings = getattr(options, "capture", None)
-    if settings is None:
-        return None
-    from mailframe.web.capture import DEFAULT_MAX_BYTES, CaptureStore
-    from mailframe.web.capturedb import CaptureDatabase, CaptureDatabaseError, parseStore
-
-    path = parseStore(settings.get("capture-store", "memory"))
-    maxBytes = settings.get("capture-max-bytes", DEFAULT_MAX_BYTES)
-    database = None
-    try:
-        if path is not None:
-            database = CaptureDatabase(path)
-        store = CaptureStore(reactor, settings["capture-limit"], settings["capture-mailbox"],
-                             maxBytes=maxBytes, database=database)  # fmt: skip
-    except CaptureDatabaseError as e:
-        if database is not None:
-            database.close()
-        raise SystemExit(f"mailframe: {oneLine(e)}") from None
-    octets = f"{Size().format(maxBytes)} octets" if maxBytes else "no limit of octets"
-    if database is None:
-        where = f"in memory (at most {store.limit} messages and {octets}"
-    else:
-        where = (
-            f"in {database.path} ({len(store)} from before, at most {store.limit} "
-            f"messages; {octets} in memory"
-        )
-        for made in (database.path, database.path + "-wal", database.path + "-shm"):
-            if os.path.exists(made):
-                own(made)  # as root with twistd's --uid: the user's to write
-        _ClosedOnStop(database.close).setServiceParent(service)
-    service.announcements.append(
-        f"mailframe: CAPTURE MODE: mail for every domain is accepted and kept {where}, "
-        f"mailboxes by {store.mailbox}); nothing is relayed"
-    )
-    return store
-
-
-class _ClosedOnStop(Service):
-    """Calls C{close} when the service stops (capture mode's SQLite file)."""
-
-    def __init__(self, close: Callable[[], object]) -> None:
-        self._close = close
-
-    def stopService(self) -> None:
-        Service.stopService(self)
-        self._close()
 
 
 def _metrics(
