@@ -26,7 +26,11 @@ lowercased local parts share a Maildir by accident.
 
 The recipe: write the message (LF line endings) to tmp/I{name}, fsync it,
 link it to new/I{name},S=I{size} (rename where the file system cannot link),
-fsync new/, and only then report success.  I{name} is
+fsync new/, and only then report success.  The fsync of new/ is shared by
+the deliveries running at the same time (group commit,
+L{mailframe.backends._dirsync}): one fsync releases every delivery linked
+into new/ before it began, and each success still waits for an fsync of
+new/ that began after its file was linked there.  I{name} is
 C{<sec>.M<usec>P<pid>Q<n>.<host>}, unique per the Maildir specification and
 Dovecot's convention.  tmp/, new/ and cur/ are created with mode 0700 when
 missing (at construction for C{single}).  Errors: ENOSPC -> 452 4.3.1,
@@ -55,11 +59,11 @@ from twisted.internet.interfaces import IReactorThreads
 from zope.interface import implementer
 
 from mailframe._threads import WorkerPool
+from mailframe.backends._dirsync import DirectorySyncer, directorySyncer
 from mailframe.backends._files import (
     deliveredTo,
     deliverInThread,
     diskPool,
-    fsyncDirectory,
     groupJobs,
     makeDirectory,
     returnPath,
@@ -101,6 +105,8 @@ class MaildirBackend:
     @param path: the Maildir (C{single}) or the directory of Maildirs.
     @param layout: C{single}, C{user} or C{domain} (see the module docstring).
     @param pool: the thread pool for the file I/O (tests pass their own).
+    @param syncer: fsyncs new/ (default: the process's shared
+        L{directorySyncer}; tests pass their own).
     @raise ValueError: for an unknown layout, or if PATH cannot be created.
     """
 
@@ -110,11 +116,13 @@ class MaildirBackend:
         path: str,
         layout: str = "single",
         pool: WorkerPool | None = None,
+        syncer: DirectorySyncer | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"maildir layout must be single, user or domain, not {layout!r}")
         self.reactor = reactor
         self.pool = pool
+        self.syncer = directorySyncer if syncer is None else syncer
         self.path = os.path.abspath(path)
         self.layout = layout
         self._host = _hostName()
@@ -185,7 +193,7 @@ class MaildirBackend:
             target = os.path.join(newDir, f"{name},S={size}")
             _moveToNew(tmpPath, target)
             newPath = target
-            fsyncDirectory(newDir)
+            self.syncer.sync(newDir)
         except BaseException:
             _removeQuietly(tmpPath)
             if newPath is not None:

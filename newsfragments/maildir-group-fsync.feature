@@ -1,0 +1,1 @@
+The Maildir backend now shares the fsync of ``new/`` among concurrent deliveries (group commit): one directory fsync releases every delivery linked before it began, so a busy Maildir pays about one fsync per message instead of two, and each ``250`` still waits for an fsync of ``new/`` that began after its file was linked there.
