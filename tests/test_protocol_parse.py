@@ -10,11 +10,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from mailframe.address import Address, Domain
 from mailframe.protocol import _events as E
 from mailframe.protocol._parse import (
+    _LINE_CACHE_SIZE,
     CommandSyntaxError,
+    LineParser,
     decodeXtext,
     encodeXtext,
+    lineParserFor,
     parseCommand,
     parseParameters,
+    parsersFor,
 )
 
 
@@ -211,3 +215,75 @@ class XtextTests(SynchronousTestCase):
         """A '+' not followed by two uppercase hex digits is an error."""
         self.assertRaises(ValueError, decodeXtext, "a+2b")
         self.assertRaises(ValueError, decodeXtext, "a+")
+
+
+class LineParserTests(SynchronousTestCase):
+    """L{LineParser}: parseCommand, remembering the lines that parse the same for everyone."""
+
+    def setUp(self) -> None:
+        self.parse = LineParser(parsersFor({"HELO": False, "EHLO": True}), frozenset({"AUTH"}))
+
+    def test_sameAsParseCommand(self) -> None:
+        """Each line gives what parseCommand gives, the first time and the next."""
+        lines = [
+            b"EHLO client.example",
+            b"HELO client.example",
+            b"MAIL FROM:<a@example.com> SIZE=100",
+            b"RCPT TO:<b@example.com>",
+            b"DATA",
+            b"QUIT",
+            b"RSET",
+            b"NOOP hello",
+            b"AUTH PLAIN AGFAYg==",
+            b"VRFY postmaster",
+        ]
+        for line in lines:
+            expected = parseCommand(line, frozenset({"AUTH"}))
+            self.assertEqual(self.parse(line), expected)
+            self.assertEqual(self.parse(line), expected)
+
+    def test_remembers(self) -> None:
+        """MAIL, RCPT, EHLO, DATA, QUIT and RSET lines are parsed once: the same event again."""
+        for line in (b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.com>", b"EHLO x", b"DATA"):
+            self.assertIs(self.parse(line), self.parse(line))
+        self.assertEqual(len(self.parse._events), 4)
+
+    def test_neverAnExtensionsLine(self) -> None:
+        """An extension's line (AUTH carries credentials), NOOP, VRFY and HELP are not kept."""
+        for line in (b"AUTH PLAIN AGFAYg==", b"NOOP x", b"VRFY a", b"HELP", b"BDAT 10 LAST"):
+            self.parse(line)
+        self.assertEqual(self.parse._events, {})
+
+    def test_errorsNotKept(self) -> None:
+        """A refused line raises every time and is not kept."""
+        for _ in range(2):
+            with self.assertRaises(CommandSyntaxError):
+                self.parse(b"MAIL FROM:<a@@b>")
+            with self.assertRaises(CommandSyntaxError):
+                self.parse(b"EHLO two words")
+        self.assertEqual(self.parse._events, {})
+
+    def test_bounded(self) -> None:
+        """At most _LINE_CACHE_SIZE lines are kept."""
+        for i in range(_LINE_CACHE_SIZE + 10):
+            self.parse(b"RCPT TO:<user%d@example.com>" % i)
+        self.assertLessEqual(len(self.parse._events), _LINE_CACHE_SIZE)
+
+    def test_sharedPerTable(self) -> None:
+        """lineParserFor gives one parser per verb table and extension verbs."""
+        smtp = parsersFor({"HELO": False, "EHLO": True})
+        lmtp = parsersFor({"LHLO": True})
+        self.assertIs(lineParserFor(smtp, frozenset()), lineParserFor(smtp, frozenset()))
+        self.assertIsNot(lineParserFor(smtp, frozenset()), lineParserFor(lmtp, frozenset()))
+        self.assertIsNot(
+            lineParserFor(smtp, frozenset()), lineParserFor(smtp, frozenset({"XYZZY"}))
+        )
+        with self.assertRaises(CommandSyntaxError):
+            lineParserFor(lmtp, frozenset())(b"EHLO x")  # EHLO is unknown in LMTP
+
+    def test_helloWhitespace(self) -> None:
+        """A HELO name with any whitespace inside (a tab, U+00A0 ...) is refused."""
+        for name in ("a\tb", "a\u00a0b", "a\u2003b", "a b"):
+            with self.assertRaises(CommandSyntaxError):
+                parseCommand(f"EHLO {name}".encode())
+        self.assertEqual(parseCommand(b"EHLO  a.example  "), E.Hello("a.example", True))

@@ -23,8 +23,10 @@ from mailframe.protocol._errors import CommandSyntaxError  # defined there, impo
 
 __all__ = [
     "CommandSyntaxError",
+    "LineParser",
     "decodeXtext",
     "encodeXtext",
+    "lineParserFor",
     "parseCommand",
     "parseParameters",
     "parsersFor",
@@ -151,7 +153,8 @@ def _hello(extended: bool) -> Callable[[str], E.Event]:
         name = arg.strip()
         # a domain or an address literal: never a control character (they
         # would reach the Received field and the log lines as they are)
-        if not name or not name.isprintable() or any(c.isspace() for c in name):
+        # (stripped, it holds whitespace if split() cuts it: the same definition)
+        if not name or not name.isprintable() or len(name.split()) != 1:
             raise CommandSyntaxError(_HELO_SYNTAX)
         return E.Hello(name, extended)
 
@@ -267,6 +270,63 @@ def parseCommand(
     if verb in OBSOLETE:
         raise CommandSyntaxError(R.NOT_IMPLEMENTED)
     raise CommandSyntaxError(R.UNRECOGNIZED)
+
+
+_LINE_CACHE_SIZE = 1024
+_SAME_EVERY_TIME = frozenset({E.Hello, E.MailFrom, E.RcptTo, E.Data, E.Rset, E.Quit, E.StartTLS})
+"""
+The events a line always parses to, whoever sends it: remembered by
+L{LineParser}.  Never an extension's command (AUTH's line carries
+credentials) nor VRFY/EXPN/NOOP/HELP (their text is the client's to vary).
+"""
+
+
+class LineParser:
+    """
+    L{parseCommand} for one verb table and one set of extension verbs,
+    remembering the event of each line seen recently that parses the same
+    for every session (L{_SAME_EVERY_TIME}: C{MAIL FROM:<a@b>}, C{RCPT TO:...},
+    C{EHLO name}, C{DATA}, C{QUIT} ...): the next identical line costs one
+    dictionary lookup.  Events are frozen, so sessions may share them.  At
+    most L{_LINE_CACHE_SIZE} lines are kept (all forgotten when full).
+    Shared by every session of a listener (L{lineParserFor}).
+    """
+
+    __slots__ = ("_events", "extensionVerbs", "parsers")
+
+    def __init__(self, parsers: Parsers, extensionVerbs: frozenset[str]) -> None:
+        self.parsers = parsers
+        self.extensionVerbs = extensionVerbs
+        self._events: dict[bytes, E.Event] = {}
+
+    def __call__(self, line: bytes) -> E.Event:
+        """The event of C{line}; raises L{CommandSyntaxError} as L{parseCommand} does."""
+        event = self._events.get(line)
+        if event is None:
+            event = parseCommand(line, self.extensionVerbs, self.parsers)
+            if type(event) in _SAME_EVERY_TIME:
+                events = self._events
+                if len(events) >= _LINE_CACHE_SIZE:
+                    events.clear()
+                events[line] = event
+        return event
+
+
+_LINE_PARSERS: dict[tuple[int, frozenset[str]], LineParser] = {}
+
+
+def lineParserFor(parsers: Parsers, extensionVerbs: frozenset[str]) -> LineParser:
+    """
+    The L{LineParser} of a verb table (one of L{parsersFor}'s, which live as
+    long as the process) and a set of extension verbs, made once.
+    """
+    key = (id(parsers), extensionVerbs)
+    parser = _LINE_PARSERS.get(key)
+    if parser is None or parser.parsers is not parsers:
+        if len(_LINE_PARSERS) >= 64:
+            _LINE_PARSERS.clear()
+        parser = _LINE_PARSERS[key] = LineParser(parsers, extensionVerbs)
+    return parser
 
 
 def decodeXtext(text: str) -> str:

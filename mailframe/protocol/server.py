@@ -35,7 +35,7 @@ from mailframe.protocol._buffer import (
     _MessageChecks,
 )
 from mailframe.protocol._errors import CommandSyntaxError, LocalProtocolError, RemoteProtocolError
-from mailframe.protocol._parse import parseCommand, parsersFor
+from mailframe.protocol._parse import lineParserFor, parsersFor
 from mailframe.protocol._state import (
     ADMISSION,
     BINARY_BODY,
@@ -86,6 +86,10 @@ _ERROR = E.Event()  # the pending marker for an error reply
 _BAD_BODY = R.Reply(501, (5, 5, 4), "BODY must be 7BIT, 8BITMIME or BINARYMIME")
 _EXCHANGE_TOO_LONG = R.Reply(500, (5, 5, 6), "Authentication exchange line is too long")
 _UNOFFERED = frozenset(NOT_OFFERED.values())
+_OFFERED: dict[tuple[frozenset[str], tuple[str, ...]], frozenset[str]] = {}
+"""The keywords an EHLO reply offers (with the dialect's own), by its lines."""
+_UNOFFERED_BY: dict[frozenset[str], frozenset[str]] = {}
+"""The facts of the keywords a set of extensions lacks (L{NOT_OFFERED}), by the set."""
 _BDAT = TRANSITIONS[E.Bdat]
 _ADMIT_BDAT = ADMISSION[E.Bdat]
 
@@ -106,7 +110,7 @@ class ServerConnection:
         self.extensionVerbs = extensionVerbs
         self.dialect: Dialect = LMTP if lmtp else SMTP
         self.lmtp = lmtp
-        self._parsers = parsersFor(self.dialect.hello)
+        self._parse = lineParserFor(parsersFor(self.dialect.hello), extensionVerbs)
         self.state = State.GREETING
         self.heloName: str | None = None
         self.extended = False
@@ -116,6 +120,8 @@ class ServerConnection:
         self._facts: set[str] = set(_UNOFFERED)
         self._continuation = False
         self._buffer = ReceiveBuffer()
+        # receiveData is the buffer's own feed: one call fewer per read
+        self.receiveData = self._buffer.feed  # type: ignore[method-assign]
         self._pending: E.Event | None = None
         self._reader: DotReader | ChunkReader | None = None
         self._readerError: R.Reply | None = None
@@ -154,7 +160,8 @@ class ServerConnection:
         The octets received and not yet consumed, as the live buffer (read
         it, never change it).  Every event consumes input, so while it is
         empty C{nextEvent} can only return NEED_DATA or PAUSED: a driver may
-        test it instead of calling.
+        test it instead of calling.  It is the same object for the life of
+        the connection.
         """
         return self._buffer.data
 
@@ -206,7 +213,7 @@ class ServerConnection:
             return E.NEED_DATA
         self.lastLine = line
         try:
-            event = parseCommand(line, self.extensionVerbs, self._parsers)
+            event = self._parse(line)
         except CommandSyntaxError as e:
             return self._refuse(e.reply)
         return self._admit(event)
@@ -251,10 +258,13 @@ class ServerConnection:
                 self._facts.add(BINARY_BODY)
             else:
                 self._facts.discard(BINARY_BODY)
-            if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
+            # (an all-ASCII line holds no UTF-8 address: the cheaper test first)
+            address = event.address  # type: ignore[attr-defined]
+            if not self._smtputf8 and not self.lastLine.isascii() and address.isUTF8:
                 return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
         elif kind is E.RcptTo:
-            if event.address.isUTF8 and not self._smtputf8:  # type: ignore[attr-defined]
+            address = event.address  # type: ignore[attr-defined]
+            if not self._smtputf8 and not self.lastLine.isascii() and address.isUTF8:
                 return self._refuse(R.UTF8_WITHOUT_SMTPUTF8)
             if self._recipients >= self.limits.recipients:
                 return self._refuse(R.TOO_MANY_RECIPIENTS)
@@ -453,21 +463,29 @@ class ServerConnection:
         self.heloName = event.name
         self.extended = event.extended
         if event.extended:
-            self.extensions = self.dialect.alwaysOffered | frozenset(
-                line.split(" ", 1)[0].upper() for line in reply.lines[1:] if line
-            )
+            key = (self.dialect.alwaysOffered, reply.lines)
+            extensions = _OFFERED.get(key)
+            if extensions is None:  # each EHLO reply's keywords, found once
+                if len(_OFFERED) >= 256:
+                    _OFFERED.clear()
+                extensions = _OFFERED[key] = self.dialect.alwaysOffered | frozenset(
+                    line.split(" ", 1)[0].upper() for line in reply.lines[1:] if line
+                )
+            self.extensions = extensions
         else:
             self.extensions = self.dialect.alwaysOffered
         self._offered()
 
     def _offered(self) -> None:
         """The facts of what the last EHLO reply did not offer."""
-        facts = self._facts
-        for keyword, fact in NOT_OFFERED.items():
-            if keyword in self.extensions:
-                facts.discard(fact)
-            else:
-                facts.add(fact)
+        unoffered = _UNOFFERED_BY.get(self.extensions)
+        if unoffered is None:
+            if len(_UNOFFERED_BY) >= 256:
+                _UNOFFERED_BY.clear()
+            unoffered = _UNOFFERED_BY[self.extensions] = frozenset(
+                fact for keyword, fact in NOT_OFFERED.items() if keyword not in self.extensions
+            )
+        self._facts = (self._facts - _UNOFFERED) | unoffered
 
     def _resetTransaction(self) -> None:
         self._smtputf8 = False
