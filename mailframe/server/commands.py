@@ -273,6 +273,8 @@ class Commands:
         if not chain.calls:
             return self._deliver(None, envelope, message)
         filtered = settled(chain.ask(self, (self.session, envelope, message)))
+        if filtered is None or type(filtered) is Reply:  # every filter answered at once
+            return self._deliver(filtered, envelope, message)
         if isinstance(filtered, _Deferred):
             timer = context.clock.callLater(context.config.pluginTimeout, filtered.cancel)
             filtered.addBoth(_cancelTimer, timer)

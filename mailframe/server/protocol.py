@@ -33,7 +33,7 @@ from mailframe import reply as R
 from mailframe._deferreds import settled
 from mailframe.envelope import SessionInfo, TLSInfo
 from mailframe.protocol import _events as E
-from mailframe.protocol._state import State
+from mailframe.protocol._state import NO_TRANSACTION, State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
 from mailframe.server import _writethrough
@@ -78,6 +78,7 @@ _NEED_DATA = E.NEED_DATA
 _PAUSED = E.PAUSED
 _END_OF_MESSAGE = E.EndOfMessage
 _MESSAGE_DATA = E.MessageData
+_NO_TRANSACTION = NO_TRANSACTION
 
 
 @implementer(IPushProducer, IHandshakeListener)
@@ -164,8 +165,14 @@ class SMTPServerProtocol(Protocol):
             listener=cfg.listener,
         )
         self._direct = _writethrough.isPlainTCP(transport) and _writethrough.available(transport)
-        self._conn = ServerConnection(cfg.limits, context.verbNames, cfg.lmtp)
+        conn = self._conn = ServerConnection(cfg.limits, context.verbNames, cfg.lmtp)
+        # what every command uses, looked up once a session
+        self._receive = conn.receiveData
+        self._inbox = conn.receiveBuffer  # the same buffer for the whole session
+        self._seconds = context.clock.seconds
         self.record = SessionRecord(context, session, context.clock.seconds())
+        # the record counts replies for the lines; 2xx replies only for them
+        self._recording = self.record.on
         self.commands = Commands(context, session, SessionControl(self), self.record)
         if ISSLTransport.providedBy(transport):  # implicit TLS (RFC 8314)
             self._conn.tlsActive = True
@@ -275,10 +282,10 @@ class SMTPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return  # after 221 or 421 nothing more is read (or kept)
-        self._lastActivity = self.context.clock.seconds()
-        self._conn.receiveData(data)
+        self._lastActivity = self._seconds()
+        self._receive(data)
         if self._busy or self._writePaused:
-            if not self._readPaused and self._conn.buffered > _MAX_UNREAD:
+            if not self._readPaused and len(self._inbox) > _MAX_UNREAD:
                 self._readPaused = True
                 self.transport.pauseProducing()
             return
@@ -291,7 +298,7 @@ class SMTPServerProtocol(Protocol):
 
     def _process(self) -> None:
         conn = self._conn
-        pending = conn.receiveBuffer  # every event consumes input: none left, none due
+        pending = self._inbox  # every event consumes input: none left, none due
         commands = self.commands
         record = self.record
         self._inLoop = True
@@ -443,7 +450,8 @@ class SMTPServerProtocol(Protocol):
         self._out.append(sent)
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
-        self.record.reply(reply, self.commands, sent)
+        if code >= 300 or self._recording:  # a 2xx is only counted for the lines
+            self.record.reply(reply, self.commands, sent)
         if code >= 400:
             if code == 421:
                 self._close()
@@ -452,9 +460,9 @@ class SMTPServerProtocol(Protocol):
         elif type(answered) is _END_OF_MESSAGE:
             self._errors = 0  # an accepted message: the count starts again
         commands = self.commands
-        if commands.envelope is not None and not conn.inTransaction:
-            commands.endTransaction()
         state = conn.state
+        if commands.envelope is not None and state in _NO_TRANSACTION:  # not conn.inTransaction
+            commands.endTransaction()
         if state is State.CLOSED:
             self._close()
         elif state is State.TLS:
