@@ -138,12 +138,16 @@ class Commands:
         )  # fmt: skip
         lines = [first]
         keywords = []
-        for ext in self.context.extensions:
+        for keyword, ext in self.context.ehloPlan:
+            if ext is None:  # the keyword alone, whatever the session
+                keywords.append(keyword)
+                lines.append(keyword)
+                continue
             params = ext.ehloParameters(session)
             if params is None:
                 continue
-            keywords.append(ext.keyword)
-            lines.append(f"{ext.keyword} {params}" if params else ext.keyword)
+            keywords.append(keyword)
+            lines.append(f"{keyword} {params}" if params else keyword)
         key = (tuple(lines), tuple(keywords))
         made = _EHLO_REPLIES.get(key)
         if made is None:  # the reply (checked and encoded once) and its keywords

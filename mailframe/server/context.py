@@ -20,7 +20,12 @@ from twisted.internet.protocol import Protocol
 from mailframe import reply as R
 from mailframe.address import Domain
 from mailframe.config import ServerConfig
-from mailframe.extensions import EnhancedStatusCodes, Pipelining, defaultExtensions
+from mailframe.extensions import (
+    EnhancedStatusCodes,
+    Extension,
+    Pipelining,
+    defaultExtensions,
+)
 from mailframe.interfaces import (
     IAddressVerifier,
     IConnectionFilter,
@@ -134,6 +139,13 @@ class ServerContext:
         self.messageFilters = tuple(messageFilters)
         self.heloValidators = tuple(heloValidators)
         self.extensions = tuple(exts)
+        # each extension's EHLO line: its keyword alone when it keeps the
+        # base class's ehloParameters (the same for every session), else
+        # the extension, asked each time
+        self.ehloPlan: tuple[tuple[str, IExtension | None], ...] = tuple(
+            (e.keyword, None if type(e).ehloParameters is Extension.ehloParameters else e)
+            for e in exts
+        )
         everything: list[object] = [
             backend,
             *validators,
