@@ -81,7 +81,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                         "mailframe.trace", "mailframe.config", "mailframe.events")),
     ("interfaces", ("mailframe.interfaces",)),
     ("plug-ins", ("mailframe._deferreds", "mailframe._threads", "mailframe._eventlog",
-                  "mailframe._writethrough",
                   "mailframe.plugins", "mailframe.auth",
                   "mailframe.extensions", "mailframe.validators", "mailframe.backends",
                   "mailframe.policy", "mailframe.milter")),

@@ -1,5 +1,5 @@
 """
-Write-through (L{mailframe._writethrough}) reads private attributes of
+Write-through (L{mailframe.server._writethrough}) reads private attributes of
 Twisted's TCP transport.  These tests fail when a Twisted release changes
 them, so that the loss of the fast path is noticed; the server falls back to
 C{transport.write} in that case.
@@ -12,12 +12,12 @@ from collections.abc import Generator
 from typing import Any
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
-from twisted.internet.tcp import Client, Server
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Server
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from mailframe import _writethrough
+from mailframe.server import _writethrough
 from tests.interop._support import inThread
 
 
@@ -26,10 +26,6 @@ class _Capture(Protocol):
 
     def connectionMade(self) -> None:
         _Capture.transports.append(self.transport)
-
-
-class _ClientFactory(ClientFactory):
-    protocol = _Capture
 
 
 class WriteThroughTests(TestCase):
@@ -58,25 +54,6 @@ class WriteThroughTests(TestCase):
         self.assertEqual(missing, [], "Twisted's TCP transport changed: write-through is off")
         self.assertEqual(_writethrough.sendNow(transport, b"hello"), b"")
         self.assertEqual((yield d), b"hello")
-        transport.loseConnection()
-
-    @defer.inlineCallbacks
-    def test_tcpClientTransportHasTheAttributes(self) -> Generator[Any, Any, None]:
-        """A real TCP client transport (the outbound client's) has them too."""
-        _Capture.transports = []
-        port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # type: ignore[attr-defined]
-        self.addCleanup(port.stopListening)
-        reactor.connectTCP("127.0.0.1", port.getHost().port, _ClientFactory())  # type: ignore[attr-defined]
-        for _ in range(200):
-            if _Capture.transports:
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
-        (transport,) = _Capture.transports
-        self.assertIs(type(transport), Client)
-        self.assertTrue(_writethrough.isPlainTCP(transport))
-        missing = [a for a in _writethrough.PRIVATE_ATTRIBUTES if not hasattr(transport, a)]
-        self.assertEqual(missing, [], "Twisted's TCP transport changed: write-through is off")
-        self.assertEqual(_writethrough.sendNow(transport, b"hello"), b"")
         transport.loseConnection()
 
     def test_otherTransportsFallBack(self) -> None:

@@ -31,7 +31,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailframe import _writethrough
 from mailframe.client.options import (
     TLS_NONE,
     TLS_OPPORTUNISTIC,
@@ -127,7 +126,6 @@ class SMTPClientProtocol(Protocol):
         self._handshaking = False
         self._authSteps: list[bytes] = []
         self._closing = False
-        self._direct = False  # write-through (set once connected over plain TCP)
         self._failure: SessionFailed | None = None
 
     @property
@@ -188,10 +186,6 @@ class SMTPClientProtocol(Protocol):
     # -- connection -----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        # plain TCP: each write goes out at once (mailframe._writethrough)
-        self._direct = _writethrough.isPlainTCP(self.transport) and _writethrough.available(
-            self.transport
-        )
         if self.options.implicitTLS:  # TLS from the first byte (RFC 8314)
             self._conn.tlsActive = True
             self._triedTLS = True
@@ -388,7 +382,6 @@ class SMTPClientProtocol(Protocol):
             self._fail(self._failure.reply)  # type: ignore[union-attr]
             return
         self._handshaking = True
-        self._direct = False  # TLS writes through its own layer
         self.transport.startTLS(creator)
 
     def _failTLS(self, reply: Reply, result: str | None = None) -> None:
@@ -483,10 +476,6 @@ class SMTPClientProtocol(Protocol):
 
     def _write(self, data: bytes) -> None:
         if not self._closing:
-            if self._direct:
-                data = _writethrough.sendNow(self.transport, data)
-                if not data:
-                    return
             self.transport.write(data)
 
     def _quit(self) -> None:

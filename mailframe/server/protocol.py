@@ -29,7 +29,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailframe import _writethrough
 from mailframe import reply as R
 from mailframe._deferreds import settled
 from mailframe.envelope import SessionInfo, TLSInfo
@@ -37,6 +36,7 @@ from mailframe.protocol import _events as E
 from mailframe.protocol._state import NO_TRANSACTION, State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
+from mailframe.server import _writethrough
 from mailframe.server._decisions import SessionRecord
 from mailframe.server._util import oneLine
 from mailframe.server.commands import EARLY_TALKER, GROUP_ENDERS, HANDLERS, OUT_OF_SYNC, Commands

@@ -1,27 +1,26 @@
 """
-Write-through: send a reply (the server) or a command group or message
-(the outbound client) on a plain TCP transport at once, instead of
+Write-through: send a reply on a plain TCP transport at once, instead of
 queueing it for the reactor's next turn (which costs two epoll updates and
-a loop iteration per write; about a quarter of the instructions per message
+a loop iteration per reply; about a quarter of the instructions per message
 on kept connections).
 
 This is the one place mailframe reads private attributes of Twisted
 (C{twisted.internet.tcp.Connection}'s C{socket}, C{dataBuffer},
 C{_tempDataBuffer}, C{TLS}, C{disconnecting}).  L{available} checks that
-they are still there: the server and the client use write-through only if it says so,
+they are still there: the server uses write-through only if it says so,
 and tests/test_server_writethrough.py fails when a Twisted release changes
 them, so the loss is noticed rather than silent.  Everything else goes
 through C{transport.write}, the public fallback.
 
 Owns: that.  Must not: be used for any transport but a plain
-C{twisted.internet.tcp.Server} or C{Client} (not TLS, not a wrapper).
+C{twisted.internet.tcp.Server}.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.tcp import Client, Server
+from twisted.internet.tcp import Server
 
 __all__ = ["PRIVATE_ATTRIBUTES", "available", "drained", "isPlainTCP", "sendNow"]
 
@@ -42,8 +41,8 @@ def available(transport: object) -> bool:
 
 
 def isPlainTCP(transport: object) -> bool:
-    """True for a plain TCP transport, server or client (not a wrapper, not a test double)."""
-    return type(transport) is Server or type(transport) is Client
+    """True for a plain TCP server transport (not a wrapper, not a test double)."""
+    return type(transport) is Server
 
 
 def drained(transport: Any) -> bool:
