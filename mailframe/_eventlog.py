@@ -4,7 +4,8 @@ observers without twisted.logger's per-call checks (C{Logger.emit} checks
 the level against every level, sorting them, on each call): the same event,
 in a fraction of the time, for the lines logged once or more per message.
 
-Must not: format anything (observers do), or hold state.
+Must not: format anything (observers do), or hold state (but a cache of
+what the events of each logger and format share).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from twisted.logger import Logger, LogLevel
 __all__ = ["counting", "emit"]
 
 _INFO = LogLevel.info
+_common: dict[tuple[Logger, str], dict[str, Any]] = {}
 
 
 counting: list[Callable[[dict[str, Any]], None]] = []
@@ -33,11 +35,19 @@ def emit(logger: Logger, format: str, fields: dict[str, Any], logged: bool = Tru
     Log C{fields} at info level with C{format} through C{logger}, as
     C{logger.info} would; when not C{logged}, only to the L{counting} observers.
     """
-    fields["log_logger"] = logger
-    fields["log_level"] = _INFO
-    fields["log_namespace"] = logger.namespace
-    fields["log_source"] = logger.source
-    fields["log_format"] = format
+    key = (logger, format)
+    common = _common.get(key)
+    if common is None:  # what every event of this logger and format carries, made once
+        if len(_common) >= 1024:
+            _common.clear()
+        common = _common[key] = {
+            "log_logger": logger,
+            "log_level": _INFO,
+            "log_namespace": logger.namespace,
+            "log_source": logger.source,
+            "log_format": format,
+        }
+    fields.update(common)
     fields["log_time"] = time()
     if logged:
         logger.observer(fields)

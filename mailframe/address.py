@@ -193,6 +193,7 @@ class Address:
 
     localPart: str
     domain: Domain | None
+    _text: str = field(init=False, default="", compare=False, repr=False)  # str(), made once
 
     @classmethod
     def null(cls) -> Address:
@@ -220,9 +221,13 @@ class Address:
         return _quoteLocalPart(self.localPart)
 
     def __str__(self) -> str:
-        if self.domain is None:
-            return self.quotedLocalPart if self.localPart else ""
-        return f"{self.quotedLocalPart}@{self.domain.name}"
+        text = self._text
+        if not text:
+            if self.domain is None:
+                return _quoteLocalPart(self.localPart) if self.localPart else ""
+            text = f"{_quoteLocalPart(self.localPart)}@{self.domain.name}"
+            object.__setattr__(self, "_text", text)  # addresses are shared: made once
+        return text
 
     def toPath(self) -> str:
         """The address between angle brackets, as in MAIL FROM and RCPT TO."""
@@ -232,6 +237,7 @@ class Address:
 _NULL = Address("", None)
 
 
+@functools.lru_cache(maxsize=1024)
 @functools.lru_cache(maxsize=1024)
 def _quoteLocalPart(localPart: str) -> str:
     if _DOT_STRING_RE.match(localPart):

@@ -215,6 +215,7 @@ class SessionRecord:
         "event",
         "failed",
         "logged",
+        "ok",
         "on",
         "replies",
         "session",
@@ -229,7 +230,8 @@ class SessionRecord:
         self.logged = context.decisions
         self.on = self.logged or bool(counting)  # counted (metrics) even when not logged
         self.commands: dict[str, int] = {}
-        self.replies: dict[str, int] = {}  # "verb:class" -> count
+        self.replies: dict[str, int] = {}  # "verb:class" -> count, but for 2xx
+        self.ok: dict[str, int] = {}  # verb -> 2xx replies (the common case: no key made)
         self.failed: dict[str, int] = {}
         self.bytesIn = 0
         self.verb = "connect"  # what the next reply answers
@@ -289,6 +291,10 @@ class SessionRecord:
     def reply(self, reply: Reply, commands: Commands, sent: bytes = b"") -> None:
         """A reply is written (to L{verb}); a refusal is emitted and counted."""
         code = reply.code
+        if code < 300:
+            ok, verb = self.ok, self.verb
+            ok[verb] = ok.get(verb, 0) + 1
+            return
         key = _replyKey(self.verb, code)
         replies = self.replies
         replies[key] = replies.get(key, 0) + 1
@@ -300,6 +306,14 @@ class SessionRecord:
             failed = self.failed
             failed[self.verb] = failed.get(self.verb, 0) + 1
             self.refused(reply, commands, sent=sent)
+
+    def replyCounts(self) -> dict[str, int]:
+        """The replies so far by C{"verb:class"} (C{"rcpt:2"}, C{"rcpt:5"} ...)."""
+        counts = dict(self.replies)
+        for verb, n in self.ok.items():
+            key = _replyKey(verb, 200)
+            counts[key] = counts.get(key, 0) + n
+        return counts
 
     def replyEach(self, replies: Sequence[Reply], commands: Commands) -> None:
         """LMTP: the replies to the end of a message, one per recipient, in order."""
@@ -537,7 +551,7 @@ class SessionRecord:
                 "duration": max(0.0, now - self.started),
                 "commands": commands,
                 "failed": failed,
-                "replies": self.replies,
+                "replies": self.replyCounts(),
                 "bytesIn": self.bytesIn,
                 "messages": session.messages,
                 "counts": _Counts(commands, failed),
