@@ -126,6 +126,8 @@ class ServerConfig:
         if not domains:
             domains = frozenset({Domain("localhost"), Domain(self.hostname)})
         object.__setattr__(self, "localDomains", domains)
+        # their comparison keys (str: hashed in C), for isLocal at every RCPT
+        object.__setattr__(self, "_localKeys", frozenset(d.key for d in domains))
         for name in (
             "commandTimeout",
             "dataTimeout",
@@ -154,7 +156,7 @@ class ServerConfig:
 
     def isLocal(self, domain: Domain | None) -> bool:
         """True if mail for C{domain} is ours to deliver."""
-        return domain is None or domain in self.localDomains
+        return domain is None or domain.key in self._localKeys
 
 
 @dataclass(frozen=True)

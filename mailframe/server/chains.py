@@ -187,7 +187,9 @@ class Chain:
             except Exception:
                 return self._failed(Failure(), i, verdict)
             if result is not None:
-                if isinstance(result, _Deferred):
+                # a Reply first: isinstance() against Deferred (an ABC, by
+                # Awaitable) costs a Python-level check
+                if type(result) is not Reply and isinstance(result, _Deferred):
                     result = settled(result)
                     if isinstance(result, _Deferred):
                         return result.addCallbacks(

@@ -60,7 +60,6 @@ _Answer = Reply | tuple[Reply, ...]
 _CORE_VERBS = "HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"
 
 _AUTH_REQUIRED = Reply(530, (5, 7, 0), "Authentication required")
-_ROUTING_CHARACTERS = frozenset("%!@")
 _ROUTING_DENIED = Reply(
     550, (5, 7, 1), "Routing through this server (%, ! or @ in a local part) is not allowed"
 )
@@ -194,7 +193,8 @@ class Commands:
         envelope = self.envelope
         assert envelope is not None
         local = True
-        if _ROUTING_CHARACTERS.intersection(address.localPart):
+        localPart = address.localPart
+        if "%" in localPart or "!" in localPart or "@" in localPart:  # source routing
             return _ROUTING_DENIED  # user%remote@here, remote!user@here, "a@b"@here
         if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
             address = Address(address.localPart, Domain(cfg.hostname))
