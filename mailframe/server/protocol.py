@@ -203,6 +203,9 @@ class SMTPServerProtocol(Protocol):
             self._greet(None)
             return
         result: object = chain.ask(self.commands, (session,)) if chain.calls else None
+        if not delay and (result is None or type(result) is Reply):
+            self._greet(result)  # every filter answered at once: nothing to wait for
+            return
         if delay:  # the filters run while we wait; the greeting needs both
             filtered = result
             result = task.deferLater(context.clock, delay, lambda: filtered)
@@ -263,8 +266,15 @@ class SMTPServerProtocol(Protocol):
                 why=oneLine(reason),
             )
         self._closing = True
-        for name in ("_timer", "_closeTimer", "_handshakeTimer"):
-            self._cancelTimer(name)
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            if timer.active():
+                timer.cancel()
+        if self._closeTimer is not None:
+            self._cancelTimer("_closeTimer")
+        if self._handshakeTimer is not None:
+            self._cancelTimer("_handshakeTimer")
         self.commands.endTransaction()
         context = self.context
         context.sessions.discard(self)
