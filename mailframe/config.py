@@ -116,6 +116,8 @@ class ServerConfig:
     software: str = "mailframe"
     spillThreshold: int = 1 << 20
     tempDirectory: str | None = None
+    # the keys of localDomains (made in __post_init__), for isLocal
+    _localKeys: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         try:
