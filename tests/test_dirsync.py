@@ -114,6 +114,21 @@ class DirectorySyncerTests(TestCase):
         self.addCleanup(releaseAll)
         return syncer
 
+    def leaderThenOthers(
+        self, fsync: ControlledFsync, n: int
+    ) -> tuple[DirectorySyncer, Caller, list[Caller]]:
+        """
+        A caller whose fsync (the first) is held, then C{n} callers that
+        arrive while it runs; returns once the C{n} wait, unreleased.
+        """
+        arrivals = Arrivals(n + 1)
+        syncer = self.start(fsync, arrivals)
+        leader = Caller(syncer, "/d", fsync)
+        wait(self, fsync.started[1])
+        others = [Caller(syncer, "/d", fsync) for _ in range(n)]
+        wait(self, arrivals.reached)
+        return syncer, leader, others
+
     def test_singleCaller(self) -> None:
         """One caller alone: one fsync of its directory, then it returns; no state is kept."""
         fsync = ControlledFsync()
@@ -155,12 +170,7 @@ class DirectorySyncerTests(TestCase):
         """
         n = 10
         fsync = ControlledFsync(hold={1, 2})
-        arrivals = Arrivals(n + 1)
-        syncer = self.start(fsync, arrivals)
-        leader = Caller(syncer, "/d", fsync)
-        wait(self, fsync.started[1])
-        others = [Caller(syncer, "/d", fsync) for _ in range(n)]
-        wait(self, arrivals.reached)  # all N are waiting in the next round
+        syncer, leader, others = self.leaderThenOthers(fsync, n)  # all N wait in the next round
         fsync.release[1].set()
         leader.join(self)
         self.assertIsNone(leader.error)
@@ -183,12 +193,7 @@ class DirectorySyncerTests(TestCase):
         n = 5
         fsync = ControlledFsync(hold={1, 2})
         fsync.errors[2] = OSError(errno.EIO, "I/O error")
-        arrivals = Arrivals(n + 1)
-        syncer = self.start(fsync, arrivals)
-        leader = Caller(syncer, "/d", fsync)
-        wait(self, fsync.started[1])
-        others = [Caller(syncer, "/d", fsync) for _ in range(n)]
-        wait(self, arrivals.reached)
+        syncer, leader, others = self.leaderThenOthers(fsync, n)
         fsync.release[1].set()
         leader.join(self)
         self.assertIsNone(leader.error)
@@ -211,12 +216,7 @@ class DirectorySyncerTests(TestCase):
         n = 3
         fsync = ControlledFsync(hold={1})
         fsync.errors[1] = OSError(errno.ENOSPC, "No space left on device")
-        arrivals = Arrivals(n + 1)
-        syncer = self.start(fsync, arrivals)
-        leader = Caller(syncer, "/d", fsync)
-        wait(self, fsync.started[1])
-        others = [Caller(syncer, "/d", fsync) for _ in range(n)]
-        wait(self, arrivals.reached)
+        _, leader, others = self.leaderThenOthers(fsync, n)
         fsync.release[1].set()
         leader.join(self)
         for c in others:
