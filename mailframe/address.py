@@ -238,7 +238,6 @@ _NULL = Address("", None)
 
 
 @functools.lru_cache(maxsize=1024)
-@functools.lru_cache(maxsize=1024)
 def _quoteLocalPart(localPart: str) -> str:
     if _DOT_STRING_RE.match(localPart):
         return localPart

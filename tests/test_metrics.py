@@ -800,6 +800,12 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(
             value(r, "mailframe_replies_total", stage="rcpt", **{"class": "5"}, **smtp), 1
         )
+        # the 2xx and 3xx too, lines on or off (the session counts 2xx only for them)
+        for stage, kind, n in (("ehlo", "2", 1), ("rcpt", "2", 1), ("data", "3", 1),
+                               ("data", "2", 1), ("quit", "2", 1)):  # fmt: skip
+            self.assertEqual(
+                value(r, "mailframe_replies_total", stage=stage, **{"class": kind}, **smtp), n
+            )
         self.assertEqual(value(r, "mailframe_received_bytes_total", **smtp) > 0, True)
         self.assertEqual(
             value(r, "mailframe_plugin_seconds_count", stage="rcpt", plugin="Validator"), 1

@@ -230,8 +230,10 @@ class SessionRecord:
         self.logged = context.decisions
         self.on = self.logged or bool(counting)  # counted (metrics) even when not logged
         self.commands: dict[str, int] = {}
-        self.replies: dict[str, int] = {}  # "verb:class" -> count, but for 2xx
-        self.ok: dict[str, int] = {}  # verb -> 2xx replies (the common case: no key made)
+        # "verb:class" -> count; the 2xx of reply() go to ok instead (verb -> count: no
+        # key made in the common case), merged by replyCounts()
+        self.replies: dict[str, int] = {}
+        self.ok: dict[str, int] = {}
         self.failed: dict[str, int] = {}
         self.bytesIn = 0
         self.verb = "connect"  # what the next reply answers
