@@ -16,9 +16,9 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
-__all__ = ["counting", "emit"]
+__all__ = ["INFO", "counting", "emit"]
 
-_INFO = LogLevel.info
+INFO = _INFO = LogLevel.info
 _common: dict[tuple[Logger, str], dict[str, Any]] = {}
 
 

@@ -20,12 +20,13 @@ decide anything, write to the transport, or import the session's modules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from time import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
 from mailframe import events
-from mailframe._eventlog import counting, emit
+from mailframe._eventlog import INFO, counting, emit
 from mailframe.protocol import _events as E
 from mailframe.reply import Reply
 
@@ -48,6 +49,21 @@ class Commands(Protocol):
 __all__ = ["SessionRecord", "clientName", "deciderName", "replyText"]
 
 log = Logger(namespace="mailframe.server")
+_NAMESPACE = log.namespace
+_SOURCE = log.source
+
+
+def _publish(fields: dict[str, Any], logged: bool) -> None:
+    """
+    Hand a whole event (its C{log_*} keys too, made by the caller in the
+    same dict display as its fields: one dict, sized once) to the log's
+    observers, or, when the lines are off, to the L{counting} ones.
+    """
+    if logged:
+        log.observer(fields)
+    else:
+        for observer in counting:
+            observer(fields)
 
 
 def _info(format: str, **fields: Any) -> None:
@@ -347,10 +363,14 @@ class SessionRecord:
         if not self.on:
             return
         session = self.session
-        emit(  # a line per connection: its dict made in one piece
-            log,
-            _CONNECT,
+        _publish(  # a line per connection: the whole event made in one piece
             {
+                "log_logger": log,
+                "log_level": INFO,
+                "log_namespace": _NAMESPACE,
+                "log_source": _SOURCE,
+                "log_format": _CONNECT,
+                "log_time": time(),
                 _KEY: events.CONNECT,
                 "sessionID": session.sessionID,
                 "listener": session.listener,
@@ -507,10 +527,14 @@ class SessionRecord:
             result = [{"recipient": a, "code": r.code, "reply": replyText(r)}
                       for a, r in zip(recipients, results, strict=True)]  # fmt: skip
             recipients = [a for a, r in zip(recipients, results, strict=True) if r.code < 400]
-        emit(  # the line of every message: its dict made here, in one piece
-            log,
-            _ACCEPTED,
+        _publish(  # the line of every message: the whole event made here, in one piece
             {
+                "log_logger": log,
+                "log_level": INFO,
+                "log_namespace": _NAMESPACE,
+                "log_source": _SOURCE,
+                "log_format": _ACCEPTED,
+                "log_time": time(),
                 _KEY: events.ACCEPTED,
                 "sessionID": session.sessionID,
                 "queueID": queueID,
@@ -541,10 +565,14 @@ class SessionRecord:
             return
         session = self.session
         commands, failed = self.commands, self.failed
-        emit(  # a line per connection: its dict made in one piece
-            log,
-            _DISCONNECT,
+        _publish(  # a line per connection: the whole event made in one piece
             {
+                "log_logger": log,
+                "log_level": INFO,
+                "log_namespace": _NAMESPACE,
+                "log_source": _SOURCE,
+                "log_format": _DISCONNECT,
+                "log_time": time(),
                 _KEY: events.DISCONNECT,
                 "sessionID": session.sessionID,
                 "listener": session.listener,

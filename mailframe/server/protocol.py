@@ -460,8 +460,12 @@ class SMTPServerProtocol(Protocol):
         self._out.append(sent)
         if self._transcript:
             log.info("{id} S: {reply}", id=self.session.sessionID, reply=str(reply))
-        if code >= 300 or self._recording:  # a 2xx is only counted for the lines
+        if code >= 300:
             self.record.reply(reply, self.commands, sent)
+        elif self._recording:  # a 2xx is only counted for the lines: SessionRecord.ok, inline
+            record = self.record
+            ok, verb = record.ok, record.verb
+            ok[verb] = ok.get(verb, 0) + 1
         if code >= 400:
             if code == 421:
                 self._close()
