@@ -90,13 +90,12 @@ class ReceiveBuffer:
                 del buf[:]
                 buf += keep
             return None
-        line = bytes(buf[:i])
+        # the CRLF left out before the copy: one copy of the line, not two
+        line = bytes(buf[: i - 1] if i and buf[i - 1] == 13 else buf[:i])
         del buf[: i + 1]
         if self._discardingLine or i + 1 > limit:
             self._discardingLine = False
             raise LineTooLong()
-        if line.endswith(b"\r"):
-            line = line[:-1]
         return line
 
 

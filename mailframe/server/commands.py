@@ -198,7 +198,7 @@ class Commands:
             return _ROUTING_DENIED  # user%remote@here, remote!user@here, "a@b"@here
         if address.domain is None:  # the bare <Postmaster> (RFC 5321 4.5.1)
             address = Address(address.localPart, Domain(cfg.hostname))
-        elif not cfg.isLocal(address.domain):
+        elif address.domain.key not in cfg._localKeys:  # not cfg.isLocal(), inline
             if session.authenticated is None and not cfg.mayRelay(session.peerHost):
                 return R.RELAY_DENIED
             local = False  # relayed: an authenticated or trusted client's mail
@@ -219,8 +219,10 @@ class Commands:
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
         decided = context.recipientChain.ask(self, (session, envelope, recipient))
-        if type(decided) is Reply:
-            return self._recipientDecided(decided, envelope, recipient)
+        if type(decided) is Reply:  # _recipientDecided, inline: a validator answered at once
+            if decided.code < 400:
+                envelope.recipients.append(recipient)
+            return decided
         return then(decided, self._recipientDecided, envelope, recipient)
 
     def _rewritten(
