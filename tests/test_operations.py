@@ -367,7 +367,9 @@ class EmbeddingDocTests(SynchronousTestCase):
         self.assertEqual(factory.config.greetDelay, 1.0)
         self.assertIn(limits, factory.connectionFilters)
         self.assertIn(limits, factory.observers)
-        self.assertIs(factory.validators[0], limits)
+        self.assertIs(factory.validators[0], limits)  # a recipient rate: asked at RCPT
+        self.assertEqual(factory.senderValidators, (limits,))
+        self.assertEqual(factory.messageFilters, (limits,))
 
 
 def _parse() -> Any:

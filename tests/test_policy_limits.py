@@ -20,6 +20,7 @@ from mailframe.config import ServerConfig
 from mailframe.envelope import Recipient
 from mailframe.interfaces import (
     IConnectionFilter,
+    IHeloValidator,
     IMessageFilter,
     IRecipientValidator,
     ISenderValidator,
@@ -147,6 +148,23 @@ class RateTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
+
+    def test_asksAt(self) -> None:
+        """
+        Where the limits have work: connections always; MAIL with a message
+        or recipient rate; RCPT and DATA with a recipient rate; nowhere else.
+        """
+        points = [IConnectionFilter, ISessionObserver, ISenderValidator]
+        points += [IRecipientValidator, IMessageFilter, IHeloValidator]
+        cases = [
+            ({}, [True, True, False, False, False, False]),
+            ({"connectionRate": 5}, [True, True, False, False, False, False]),
+            ({"messageRate": 5}, [True, True, True, False, False, False]),
+            ({"recipientRate": 5}, [True, True, True, True, True, False]),
+        ]
+        for rates, expected in cases:
+            limits = ConnectionLimits(self.clock, **rates)
+            self.assertEqual([limits.asksAt(p) for p in points], expected, rates)
 
     def test_messages(self) -> None:
         """The MAIL after messageRate in a minute gets 421 4.7.0."""

@@ -28,6 +28,7 @@ from mailframe.policy.factories import POLICY_FACTORIES
 from mailframe.policy.helo import HeloCheck
 from mailframe.policy.limits import ConnectionLimits
 from mailframe.policy.spf import SPFCheck
+from mailframe.validators.basic import AnyRecipient
 from tests.test_policy_dkim import ED_PEM
 
 
@@ -234,6 +235,40 @@ class MakeServiceTests(unittest.TestCase):
             [ConnectionLimits, DMARCCheck, DKIMVerifier, AuthenticationResults, DKIMSigner],
         )
         self.assertIn(factory.connectionFilters[0], factory.observers)
+
+    def test_limitsOnlyWhereTheyCount(self) -> None:
+        """
+        The connection limits are asked only at the plug points where a limit
+        is on: with no message or recipient rate (the default) they count
+        connections and nothing else, so MAIL, RCPT and DATA do not call them.
+        """
+
+        def factoryFor(limits: str) -> Any:
+            service = tap.makeService(
+                parse(
+                    "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "memory",
+                    "--hostname", "mx.example", "--limits", limits,
+                )
+            )  # fmt: skip
+            [child] = list(service)
+            return child.factory  # type: ignore[attr-defined]
+
+        limited = (ConnectionLimits,)
+        cases = [
+            ("", (), (AnyRecipient,), ()),
+            ("client=5:rate=30", (), (AnyRecipient,), ()),
+            ("messages=10", limited, (AnyRecipient,), ()),
+            ("recipients=10", limited, (ConnectionLimits, AnyRecipient), limited),
+        ]
+        for limits, mail, rcpt, data in cases:
+            factory = factoryFor(limits)
+            types = lambda providers: tuple(type(p) for p in providers)  # noqa: E731
+            [connection] = factory.connectionFilters
+            self.assertIsInstance(connection, ConnectionLimits, limits)
+            self.assertIn(connection, factory.observers, limits)
+            self.assertEqual(types(factory.senderValidators), mail, limits)
+            self.assertEqual(types(factory.validators), rcpt, limits)
+            self.assertEqual(types(factory.messageFilters), data, limits)
 
     def test_badKeyFile(self) -> None:
         """A key file that is not a key stops the service with one line."""

@@ -366,10 +366,10 @@ class MakeServiceTests(unittest.TestCase):
         self.assertTrue(os.path.isdir(maildir))
         from mailframe.policy.limits import ConnectionLimits
 
-        # the connection limits (on by default) count recipients first
-        self.assertEqual(
-            [type(v) for v in first.validators], [ConnectionLimits, DomainsValidator, AnyRecipient]
-        )
+        # the connection limits (on by default) count connections; with no
+        # recipient rate they are not asked at RCPT
+        self.assertEqual([type(v) for v in first.validators], [DomainsValidator, AnyRecipient])
+        self.assertEqual([type(f) for f in first.connectionFilters], [ConnectionLimits])
         self.assertEqual(first.config.hostname, "mx.example")
         self.assertEqual(first.config.maxErrors, 7)
         self.assertEqual(first.config.limits.messageSize, 1 << 20)

@@ -46,6 +46,8 @@ from mailframe.policy.authlimits import clientKey
 from mailframe.reply import Reply, SMTPError
 
 if TYPE_CHECKING:
+    from zope.interface.interface import InterfaceClass
+
     from mailframe.message import Message
 
 __all__ = [
@@ -170,6 +172,19 @@ class ConnectionLimits:
     def clientConnections(self, host: str) -> int:
         """Connections of the client at C{host} open now."""
         return self._perClient.get(clientKey(host), 0)
+
+    def asksAt(self, point: InterfaceClass) -> bool:
+        """
+        Whether these limits have work at the plug point C{point}: they count
+        connections always, and MAIL, RCPT and DATA only when a message or
+        recipient rate is set (L{mailframe.app.listener} leaves them out of a
+        stage where every answer would be None, a call saved per command).
+        """
+        if point is ISenderValidator:
+            return bool(self._messages.limit or self._recipients.limit)
+        if point is IRecipientValidator or point is IMessageFilter:
+            return bool(self._recipients.limit)
+        return point.providedBy(self)
 
     def isExempt(self, host: str) -> bool:
         """True if C{host} is in an exempt network."""
