@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -401,7 +402,14 @@ class LoginAndQueueTests(ConsoleTestCase):
         updatePasswordFile(
             str(passwords), USER, makeEntry(USER, PASSWORD, None)
         )  # mailframe-passwd
-        deadPort = freePort()  # nothing listens there: the message stays deferred
+        # nothing listens there, so the message stays deferred: the port is
+        # held bound (not listening: a connection is refused) for the whole
+        # test, or freePort() could hand it out again, to this very server,
+        # which would then relay the message to itself in a loop
+        dead = socket.socket()
+        self.addCleanup(dead.close)
+        dead.bind((HOST, 0))
+        deadPort = dead.getsockname()[1]
         port, url, _ = self.startServer(
             "--web-auth", f"mailframe:{passwords}",
             "--spool", "spool",
