@@ -79,10 +79,14 @@ class Domain:
     """
     A domain name or address literal, compared case-insensitively and, for
     internationalised names, by its IDNA A-label form.
+
+    @ivar key: the form used for comparison: lowercase A-labels, or the literal.
     """
 
     name: str
-    _key: str = field(init=False, repr=False)
+    # the form used for comparison: lowercase A-labels, or the literal (a
+    # field, not a property: RCPT reads it for every recipient)
+    key: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         name = self.name.rstrip(".") if not self.name.startswith("[") else self.name
@@ -91,7 +95,7 @@ class Domain:
         if not key.isascii() and not self.isLiteral:
             with contextlib.suppress(ValueError):  # else compared by its lowercase form
                 key = _toASCII(name)
-        object.__setattr__(self, "_key", key)
+        object.__setattr__(self, "key", key)
 
     @classmethod
     def parse(cls, text: str) -> Domain:
@@ -115,11 +119,6 @@ class Domain:
         return not self.name.isascii()
 
     @property
-    def key(self) -> str:
-        """The form used for comparison: lowercase A-labels, or the literal."""
-        return self._key
-
-    @property
     def ascii(self) -> str:
         """The A-label (ASCII) form; raises ValueError if IDNA refuses it."""
         if self.isLiteral or self.name.isascii():
@@ -138,13 +137,13 @@ class Domain:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Domain):
-            return self._key == other._key
+            return self.key == other.key
         if isinstance(other, str):
-            return self._key == Domain(other)._key
+            return self.key == Domain(other).key
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._key)
+        return hash(self.key)
 
     def __str__(self) -> str:
         return self.name

@@ -215,7 +215,7 @@ class Commands:
         if local and context.rewriters:  # aliases, virtual maps, subaddressing, SRS
             rewritten = rewrite(context, session, envelope, recipient, self)
             return then(rewritten, self._rewritten, envelope, recipient)
-        if address.isPostmaster or not local:
+        if not local or localPart.lower() == "postmaster":  # address.isPostmaster, inline
             envelope.recipients.append(recipient)
             return R.RECIPIENT_OK
         decided = context.recipientChain.ask(self, (session, envelope, recipient))
