@@ -274,8 +274,10 @@ class CaptureConsoleTests(ConsoleTestCase):
             return lambda d: len(self.rows("mail-row")) == n
 
         self.byID("mail-search").send_keys("subject:digest")
-        self.waitUntil(count(1), "one message matching the search")
-        self.assertIn("Weekly digest", self.rows("mail-row")[0].text)
+        # one row, the digest (found with the stale-safe rowContaining: the
+        # list may be redrawn between finding a row and reading its text)
+        digest = self.rowContaining("mail-row", "Weekly digest")
+        self.waitUntil(lambda d: count(1)(d) and digest(d), "the one message matching the search")
         self.byID("mail-search").clear()
         self.byID("mail-search").send_keys(" ")  # an input event: the search is empty again
         self.waitUntil(count(4), "every message again")
