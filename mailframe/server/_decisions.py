@@ -74,7 +74,7 @@ _KEY = events.KEY
 
 #: The verb of each command event (the ones that depend on the event are
 #: worked out in L{SessionRecord.command}).
-VERBS: dict[type, str] = {
+_VERBS: dict[type, str] = {
     E.MailFrom: "mail",
     E.RcptTo: "rcpt",
     E.Data: "data",
@@ -262,7 +262,7 @@ class SessionRecord:
     def command(self, event: object, commands: Commands) -> None:
         """A command (or the end of a message or chunk) is about to be handled."""
         kind = type(event)
-        verb = VERBS.get(kind)
+        verb = _VERBS.get(kind)
         if verb is None:
             if kind is E.EndOfMessage:
                 self.bytesIn += event.size  # type: ignore[attr-defined]

@@ -37,7 +37,7 @@ from mailframe.protocol._state import NO_TRANSACTION, State
 from mailframe.protocol.server import RemoteProtocolError, ServerConnection
 from mailframe.reply import Reply, SMTPError
 from mailframe.server import _writethrough
-from mailframe.server._decisions import VERBS, SessionRecord
+from mailframe.server._decisions import SessionRecord
 from mailframe.server._util import oneLine
 from mailframe.server.commands import EARLY_TALKER, GROUP_ENDERS, HANDLERS, OUT_OF_SYNC, Commands
 from mailframe.server.context import ServerContext
@@ -338,13 +338,7 @@ class SMTPServerProtocol(Protocol):
                     self._logIn(conn, event)
                 kind = type(event)
                 if kind is not _MESSAGE_DATA:
-                    verb = VERBS.get(kind)
-                    if verb is not None:  # record.command(), inline for the plain verbs
-                        record.verb, record.event = verb, event
-                        counts = record.commands
-                        counts[verb] = counts.get(verb, 0) + 1
-                    else:
-                        record.command(event, commands)
+                    record.command(event, commands)
                     commands.decider = None
                 if pending and self._checkSync and self._outOfSync(event):
                     self._write(OUT_OF_SYNC)
