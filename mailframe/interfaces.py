@@ -26,6 +26,13 @@ with a Deferred:
     asked; a positive L{Reply} (or True) accepts, and if nobody decides the
     stage answers its default (550 5.1.1 for a recipient, 252 for VRFY).
 
+A plug-in that provides several plug points but has nothing to do at some
+of them, for a given configuration, may define C{asksAt(point) -> bool}:
+the server leaves it out of each chain whose interface it answers False
+for (the connection limits with no message or recipient rate, at MAIL,
+RCPT and DATA), so that no command pays for a call that always accepts.
+It is still a session observer if it is one.
+
 A plug-in that fails (any other exception) is logged with its traceback and
 the client gets 451 4.3.0; one that does not answer within the server's
 plug-in time limit is cancelled, logged by name, and answered the same.

@@ -225,6 +225,43 @@ class ServerTests(SynchronousTestCase):
             clock=self.clock,
         )
 
+    def test_askedOnlyWhereALimitIsOn(self) -> None:
+        """
+        Given at every plug point, the limits are in the chains where a limit
+        is on (asksAt), and out of the others; they still count connections.
+        """
+        # setUp's: a message rate, no recipient rate
+        self.assertEqual(self.factory.senderValidators, (self.limits,))
+        self.assertNotIn(self.limits, self.factory.validators)
+        config = ServerConfig(hostname="mx.test", localDomains=frozenset({"example.com"}))
+        limits = ConnectionLimits(self.clock, total=100, perClient=1)  # no rate at all
+        factory = SMTPServerFactory(
+            config,
+            MemoryBackend(),
+            [limits, Listed("user")],
+            senderValidators=[limits],
+            connectionFilters=[limits],
+            messageFilters=[limits],
+            clock=self.clock,
+        )
+        self.assertEqual((factory.connectionFilters, factory.senderValidators), ((limits,), ()))
+        self.assertEqual((len(factory.validators), factory.messageFilters), (1, ()))
+        self.assertIn(limits, factory.observers)
+        proto, transport = connect(factory, "192.0.2.1", 1000)
+        self.assertEqual(limits.connections, 1)
+        _, second = connect(factory, "192.0.2.1", 1001)
+        self.assertEqual(codes(second.value()), ["421 4.7.0"])  # perClient=1 still holds
+        transport.clear()
+        proto.dataReceived(
+            b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<user@example.com>\r\nDATA\r\n"
+        )
+        proto.dataReceived(b"Subject: s\r\n\r\nhi\r\n.\r\n")
+        self.assertEqual(
+            codes(transport.value())[-4:], ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]
+        )
+        proto.connectionLost(None)
+        self.assertEqual(limits.connections, 0)
+
     def test_manyConnections(self) -> None:
         """Of 150 connections from 20 clients, 10 each are served, then the total bites."""
         greeted, refused = [], []

@@ -33,7 +33,6 @@ from mailframe.interfaces import (
     ISenderValidator,
 )
 from mailframe.plugins import oneLine
-from mailframe.policy.limits import ConnectionLimits
 
 if TYPE_CHECKING:
     from mailframe.server import SMTPServerFactory
@@ -245,20 +244,11 @@ def _checks(
             raise SystemExit(f"mailframe: cannot set up filter {description!r}: {oneLine(e)}")
     built.extend(_milters(spec, context))
     kinds = (IConnectionFilter, IHeloValidator, ISenderValidator, IRecipientValidator)
-    checks: dict[InterfaceClass, list[Any]] = {k: [p for p in built if _asks(p, k)] for k in kinds}
-    checks[IMessageFilter] = orderFilters(p for p in built if _asks(p, IMessageFilter))
+    checks: dict[InterfaceClass, list[Any]] = {
+        k: [p for p in built if k.providedBy(p)] for k in kinds
+    }
+    checks[IMessageFilter] = orderFilters(p for p in built if IMessageFilter.providedBy(p))
     return checks
-
-
-def _asks(provider: object, point: InterfaceClass) -> bool:
-    """
-    Whether C{provider} is asked at C{point}: it provides it and, for the
-    connection limits, has a limit on there (with none, its answer at MAIL,
-    RCPT and DATA is always None, and each would cost a call per command).
-    """
-    if isinstance(provider, ConnectionLimits):
-        return provider.asksAt(point)
-    return point.providedBy(provider)
 
 
 def _milters(spec: ListenerSpec, context: ProviderContext) -> list[object]:

@@ -177,8 +177,9 @@ class ConnectionLimits:
         """
         Whether these limits have work at the plug point C{point}: they count
         connections always, and MAIL, RCPT and DATA only when a message or
-        recipient rate is set (L{mailframe.app.listener} leaves them out of a
-        stage where every answer would be None, a call saved per command).
+        recipient rate is set.  The server leaves them out of a chain where
+        this is False (every answer there would be None: a call saved per
+        command; L{mailframe.interfaces}, "Plug-in chains").
         """
         if point is ISenderValidator:
             return bool(self._messages.limit or self._recipients.limit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
@@ -45,7 +46,12 @@ from mailframe.server._util import GreetPasses, IDs, processIDs
 from mailframe.server.chains import Chain, PluginTimer
 from mailframe.server.expansion import ExpandedDelivery
 
+if TYPE_CHECKING:
+    from zope.interface.interface import InterfaceClass
+
 __all__ = ["ServerContext", "ServerStats"]
+
+_P = TypeVar("_P")
 
 
 @dataclass(eq=False)
@@ -70,6 +76,17 @@ class ServerStats:
     refused: int = 0
     refusedRecipients: int = 0
     refusedConnections: int = 0
+
+
+def _askedAt(providers: Sequence[_P], point: InterfaceClass) -> tuple[_P, ...]:
+    """
+    The plug-ins the chain at C{point} asks: each of C{providers} but those
+    whose C{asksAt(point)} says they have nothing to do there (see
+    L{mailframe.interfaces}, "Plug-in chains").
+    """
+    return tuple(
+        p for p in providers if (asksAt := getattr(p, "asksAt", None)) is None or asksAt(point)
+    )
 
 
 class ServerContext:
@@ -125,7 +142,7 @@ class ServerContext:
                 commandLine=config.limits.commandLine + sum(e.commandLineIncrease for e in exts),
             ),
         )
-        self.validators = tuple(validators)
+        self.validators = _askedAt(validators, IRecipientValidator)
         self.verifiers = tuple(v for v in validators if IAddressVerifier.providedBy(v))
         # aliases, virtual maps, subaddressing (mailframe.server.expansion): the
         # backend is then given the targets of the recipients they rewrite
@@ -134,10 +151,10 @@ class ServerContext:
         )
         checkProviders(IRecipientRewriter, self.rewriters, "recipient rewriter")
         self.backend: IDeliveryBackend = ExpandedDelivery(backend) if self.rewriters else backend
-        self.senderValidators = tuple(senderValidators)
-        self.connectionFilters = tuple(connectionFilters)
-        self.messageFilters = tuple(messageFilters)
-        self.heloValidators = tuple(heloValidators)
+        self.senderValidators = _askedAt(senderValidators, ISenderValidator)
+        self.connectionFilters = _askedAt(connectionFilters, IConnectionFilter)
+        self.messageFilters = _askedAt(messageFilters, IMessageFilter)
+        self.heloValidators = _askedAt(heloValidators, IHeloValidator)
         self.extensions = tuple(exts)
         # each extension's EHLO line: its keyword alone when it keeps the
         # base class's ehloParameters (the same for every session), else
