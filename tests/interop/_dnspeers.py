@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ class PrivateDNS:
         self.nsdPort = freePort()
         self.port = freePort()
         self._processes: list[subprocess.Popen[bytes]] = []
+        # in every zone: a record no other instance serves, so that a start
+        # can tell its own servers from another test's on a reused port
+        self.token = uuid.uuid4().hex
 
     # -- the zones ---------------------------------------------------------------------
 
@@ -88,6 +92,7 @@ class PrivateDNS:
             f"@ IN SOA ns.{origin} hostmaster.{origin} 1 3600 600 86400 60",
             f"@ IN NS ns.{origin}",
             "ns IN A 127.0.0.1",
+            f'{_MARKER} IN TXT "{self.token}"',
             *zone.records,
         ]
         path = self.directory / f"{zone.origin}.zone"
@@ -109,7 +114,26 @@ class PrivateDNS:
     # -- the servers -------------------------------------------------------------------
 
     def start(self) -> None:
+        """
+        Sign the zones and start NSD and unbound.  freePort() only finds a
+        port free for now: another test (trial --jobs) may take it before
+        NSD or unbound binds it, and that server would then answer in its
+        place.  So each start waits for this instance's own marker record,
+        and a server that exits (its port taken) is started again, on new
+        ports, at most three times.
+        """
         files = {zone.origin: self._writeZone(zone) for zone in self.zones}
+        for attempt in range(3):
+            try:
+                self._startServers(files)
+                return
+            except _Exited:
+                self.stop()
+                if attempt == 2:
+                    raise
+                self.nsdPort, self.port = freePort(), freePort()
+
+    def _startServers(self, files: dict[str, Path]) -> None:
         nsdConf = self.directory / "nsd.conf"
         nsdConf.write_text(
             "server:\n"
@@ -125,8 +149,8 @@ class PrivateDNS:
             + "".join(f"zone:\n  name: \"{o}\"\n  zonefile: \"{p}\"\n" for o, p in files.items())
         )  # fmt: skip
         self._spawn([NSD, "-d", "-c", str(nsdConf)], "nsd.out")
-        waitFor(lambda: self._answers(self.nsdPort, f"ns.{self.zones[0].origin}", norec=True),
-                START_TIMEOUT, "nsd to answer")  # fmt: skip
+        waitFor(lambda: self._answers(self.nsdPort, norec=True), START_TIMEOUT,
+                "nsd to answer")  # fmt: skip
         anchors = "".join(f'  trust-anchor-file: "{z.anchor}"\n' for z in self.zones if z.anchor)
         insecure = "".join(f"  domain-insecure: \"{z.origin}\"\n" for z in self.zones
                            if not z.signed)  # fmt: skip
@@ -154,8 +178,7 @@ class PrivateDNS:
         )  # fmt: skip
         _run([UNBOUND + "-checkconf", str(unboundConf)], self.directory)
         self._spawn([UNBOUND, "-d", "-c", str(unboundConf)], "unbound.out")
-        waitFor(lambda: self._answers(self.port, f"ns.{self.zones[0].origin}"),
-                START_TIMEOUT, "unbound to answer")  # fmt: skip
+        waitFor(lambda: self._answers(self.port), START_TIMEOUT, "unbound to answer")
 
     def _spawn(self, args: list[str], output: str) -> None:
         with open(self.directory / output, "wb") as out:
@@ -163,27 +186,26 @@ class PrivateDNS:
                                        stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         self._processes.append(process)
 
-        def alive() -> None:
-            if process.poll() is not None:
-                log = (self.directory / output).read_text(errors="replace")
-                raise AssertionError(f"{args[0]} exited ({process.returncode}): {log[-2000:]}")
+        if process.poll() is not None:
+            log = (self.directory / output).read_text(errors="replace")
+            raise _Exited(f"{args[0]} exited ({process.returncode}): {log[-2000:]}")
 
-        alive()
-
-    def _answers(self, port: int, name: str, norec: bool = False) -> bool:
+    def _answers(self, port: int, norec: bool = False) -> bool:
+        """True once C{port} gives this instance's marker (its own server answers)."""
         for process in self._processes:
             if process.poll() is not None:
-                raise AssertionError(f"{process.args!r} exited ({process.returncode})")
+                raise _Exited(f"{process.args!r} exited ({process.returncode})")
+        name = f"{_MARKER}.{self.zones[0].origin}"
         if not Path(DIG).exists():
-            return _udpAnswers(port, name)
-        args = [DIG, f"@{HOST}", "-p", str(port), "+time=1", "+tries=1", "+short", name, "A"]
+            return _udpAnswers(port, name, self.token)
+        args = [DIG, f"@{HOST}", "-p", str(port), "+time=1", "+tries=1", "+short", name, "TXT"]
         if norec:
             args.insert(-2, "+norec")
         try:
             done = subprocess.run(args, capture_output=True, timeout=5, check=False)
         except subprocess.TimeoutExpired:
             return False
-        return b"127.0.0.1" in done.stdout
+        return self.token.encode() in done.stdout
 
     def stop(self) -> None:
         for process in reversed(self._processes):
@@ -194,6 +216,13 @@ class PrivateDNS:
     def server(self) -> str:
         """The resolver's address, as the dns-server setting takes it."""
         return f"{HOST}:{self.port}"
+
+
+_MARKER = "_mailframe-instance"
+
+
+class _Exited(AssertionError):
+    """A server of the start exited (most often: its port was taken meanwhile)."""
 
 
 def _alter(text: str, owner: str) -> str:
@@ -209,14 +238,14 @@ def _alter(text: str, owner: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _udpAnswers(port: int, name: str) -> bool:  # pragma: no cover (dig is installed in CI)
+def _udpAnswers(port: int, name: str, token: str) -> bool:  # pragma: no cover (dig in CI)
     import socket
     import struct
 
     query = struct.pack(">HHHHHH", 0x4D46, 0x0100, 1, 0, 0, 0)
     for label in name.split("."):
         query += bytes([len(label)]) + label.encode()
-    query += b"\0" + struct.pack(">HH", 1, 1)
+    query += b"\0" + struct.pack(">HH", 16, 1)  # TXT
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(1)
         try:
@@ -224,4 +253,4 @@ def _udpAnswers(port: int, name: str) -> bool:  # pragma: no cover (dig is insta
             data = s.recv(4096)
         except OSError:
             return False
-    return len(data) > 12 and struct.unpack(">H", data[6:8])[0] > 0
+    return len(data) > 12 and struct.unpack(">H", data[6:8])[0] > 0 and token.encode() in data
