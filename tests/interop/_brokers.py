@@ -13,7 +13,11 @@ each from Debian's package, in a temporary directory of its own, on
     temporary one.
 
 Each can be stopped (SIGTERM, or SIGKILL: C{kill}) and started again on
-the same data, to show that what it acknowledged survives.  Blocking
+the same data, to show that what it acknowledged survives.  Each start
+waits until the server on the port is this one (a token of its own in its
+configuration: RabbitMQ's cluster name, Redis's configuration file path),
+not merely a server: under C{trial --jobs} another test's broker may have
+taken a port L{freePort} gave.  Blocking
 helpers, for a test's own thread; every wait has a deadline.  A missing
 program is L{SkipTest}, or a failure with MAILFRAME_REQUIRE_INTEROP=1.
 Processes are stopped by the ids of those the helper started, nothing else.
@@ -32,6 +36,7 @@ import smtplib
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +76,7 @@ class _Server:
             log.close()
 
     def _waitUp(self, timeout: float, what: str) -> None:
+        """Until the port answers and the server there is this one (L{_ours})."""
         process = self.process
         assert process is not None
 
@@ -79,9 +85,13 @@ class _Server:
                 raise AssertionError(
                     f"{what} exited ({process.returncode}):\n{self.log()[-3000:]}"
                 )
-            return listening(self.port)
+            return listening(self.port) and self._ours()
 
-        waitFor(up, timeout, f"{what} to listen on {self.port}", 0.1)
+        waitFor(up, timeout, f"{what} (this one) to answer on {self.port}", 0.1)
+
+    def _ours(self) -> bool:
+        """Whether the server answering on the port is this one."""
+        raise NotImplementedError
 
     def log(self) -> str:
         path = self.directory / "server.log"
@@ -123,7 +133,8 @@ class PrivateRabbitMQ(_Server):
         self.port = freePort()
         self.epmdPort = freePort()
         self.distPort = freePort()
-        self.node = f"mailframe{self.port}@localhost"
+        self.token = uuid.uuid4().hex
+        self.node = f"mailframe{self.token[:12]}@localhost"
         self.epmd: subprocess.Popen[bytes] | None = None
         (directory / "mnesia").mkdir()
         (directory / "log").mkdir()
@@ -131,6 +142,7 @@ class PrivateRabbitMQ(_Server):
             f"listeners.tcp.default = {HOST}:{self.port}\n"
             "loopback_users.guest = true\n"
             "disk_free_limit.absolute = 20MB\n"
+            f"cluster_name = {self.token}\n"
             "log.console = true\nlog.console.level = warning\nlog.file = false\n"
         )
         (directory / "enabled_plugins").write_text("[].\n")
@@ -173,14 +185,19 @@ class PrivateRabbitMQ(_Server):
             waitFor(lambda: listening(self.epmdPort), 10, "epmd to listen", 0.05)
         self._spawn([RABBITMQ_SERVER], self.environment())
         self._waitUp(RABBITMQ_START, "rabbitmq-server")
-        waitFor(self._answers, 30, "rabbitmq-server to take connections", 0.2)
 
-    def _answers(self) -> bool:
+    def _ours(self) -> bool:
+        """A connection is taken, by the broker with this one's cluster name."""
         try:
-            self.blocking().close()
+            connection = self.blocking()
         except Exception:
             return False
-        return True
+        try:
+            properties = connection._impl.server_properties or {}
+            name = properties.get("cluster_name", b"")
+            return (name.decode() if isinstance(name, bytes) else name) == self.token
+        finally:
+            connection.close()
 
     def stopAll(self) -> None:
         self.stop()
@@ -251,6 +268,14 @@ class PrivateRedis(_Server):
     def start(self) -> None:
         self._spawn([REDIS_SERVER, str(self.directory / "redis.conf")])
         self._waitUp(REDIS_START, "redis-server")
+
+    def _ours(self) -> bool:
+        """The server answering is the one reading this one's configuration file."""
+        try:
+            info = self.client().info("server")
+        except Exception:
+            return False
+        return bool(info.get("config_file") == str(self.directory / "redis.conf"))
 
     def stopAll(self) -> None:
         self.stop()
