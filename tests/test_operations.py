@@ -265,6 +265,9 @@ class SystemdReloadTests(SynchronousTestCase):
         notify, path = notifySocket(self)
         server = Twistd(self, self.directory, "--config", str(self.config),
                         env={"NOTIFY_SOCKET": path})  # fmt: skip
+        # the port (freePort) may be another test's under trial --jobs: this twistd's own
+        # listening line first (it exits at once if the port is taken; READY=1 waits)
+        server.waitForLog("mailframe: listening on ")
         self.assertEqual(notify.recv(4096), b"READY=1\nSTATUS=serving 1 listener(s)")
         old = smtplib.SMTP(HOST, self.port, timeout=15)
         self.addCleanup(old.close)
@@ -325,8 +328,12 @@ class SocketActivationTests(SynchronousTestCase):
                     "-E", "PYTHONPATH", "-E", "NOTIFY_SOCKET"),  # it passes no other variable
             env={"NOTIFY_SOCKET": path},
         )  # fmt: skip
+        # the port (freePort) may be another test's under trial --jobs: the greeting
+        # counts once systemd-socket-activate said it holds it (it exits if it cannot)
+        server.waitForLog(f"Listening on {HOST}:{port} ")
         with smtplib.SMTP(timeout=15) as client:
             waitFor("the activating socket", lambda: _connects(client, port))
+            server.waitForLog("mailframe: listening on ")
             self.assertEqual(client.ehlo("c")[0], 250)
         self.assertEqual(notify.recv(4096)[:8], b"READY=1\n")
         self.assertIn("listening on systemd:domain=INET:name=smtp as mx.test", server.log())

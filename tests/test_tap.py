@@ -577,7 +577,8 @@ class TwistdTests(unittest.TestCase):
         output = b""
         port = None
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (port and b"listening on" in output):
+        # the port is this twistd's own (tcp:0); the wait also needs its listening line
+        while time.monotonic() < deadline and not (port and b"mailframe: listening on " in output):
             ready, _, _ = select.select([process.stdout], [], [], 1)
             if ready:
                 chunk = os.read(process.stdout.fileno(), 4096)

@@ -103,6 +103,18 @@ def scratch(prefix: str) -> Path:
 
 # -- twistd mailframe ------------------------------------------------------------------
 
+ANNOUNCED = ("mailframe: listening on ", "mailframe: LMTP (RFC 2033) on ")
+"""What mailframe logs once its own listeners are bound (a port in use: it exits instead)."""
+
+
+def announced(log: str) -> bool:
+    """
+    Whether a twistd log (text) says mailframe's listeners are bound: a
+    port that answers is not enough under C{trial --jobs}, where another
+    test's server may have taken the port L{freePort} gave.
+    """
+    return any(line in log for line in ANNOUNCED)
+
 
 class Twistd:
     """C{twistd -n mailframe ARGS} in C{directory}, its log in C{twistd.log} there."""
@@ -114,7 +126,12 @@ class Twistd:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, ready: object) -> None:
-        """Start, and wait until C{ready()} is true (a port listens, a socket exists)."""
+        """
+        Start, and wait until C{ready()} is true (a port listens, a socket
+        exists) and this twistd said it listens: under C{trial --jobs}
+        another test's server may have taken a port L{freePort} gave, and
+        answer C{ready()} in its place (this one then exits: in use).
+        """
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
@@ -127,9 +144,13 @@ class Twistd:
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"twistd exited ({process.returncode}):\n{self.text()}")
-            return bool(ready())  # type: ignore[operator]
+            return bool(ready()) and self.announced()  # type: ignore[operator]
 
         waitFor(up, START_TIMEOUT, "twistd mailframe to listen")
+
+    def announced(self) -> bool:
+        """Whether this twistd logged that its listeners are bound."""
+        return announced(self.text())
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

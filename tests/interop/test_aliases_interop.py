@@ -29,6 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from mailframe.address import parseMailbox
 from mailframe.validators.srs import SRS
+from tests.interop._mailpeers import announced
 from tests.interop._support import HOST, AcceptLocal, inThread, startServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,16 +56,24 @@ def _freePort() -> int:
 
 
 def _waitForPort(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """
+    Until the port answers and this twistd's log says it listens: under trial
+    --jobs another test's server may hold the port (this twistd then exits).
+    """
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"twistd exited: {log.read_text()[-2000:]}")
         try:
             socket.create_connection((HOST, port), timeout=1).close()
-            return
         except OSError:
             time.sleep(0.05)  # a worker thread, never the reactor's
-    raise AssertionError("twistd did not listen in time")
+            continue
+        if log.exists() and announced(log.read_text(errors="replace")):
+            return
+        time.sleep(0.05)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    raise AssertionError(f"twistd did not listen in time: {tail}")
 
 
 class AliasesInteropTests(TestCase):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from mailframe.backends.memory import MemoryBackend
 from mailframe.config import ServerConfig
 from mailframe.policy.limits import ConnectionLimits
 from mailframe.server import SMTPServerFactory
+from tests.interop._mailpeers import announced
 from tests.interop._support import CLIENT_TIMEOUT, HOST, RawClient, inThread, startServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,27 +140,25 @@ class OpenRelayTests(TestCase):
         cwd = os.path.abspath(self.mktemp())
         os.mkdir(cwd)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
-        process = subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
-             "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "memory"],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        log = Path(cwd, "twistd.log")  # a file: a pipe nobody reads once it listens may fill
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
+                 "--listen", "tcp:0:interface=127.0.0.1", "--deliver", "memory"],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         self.addCleanup(process.wait, 30)
         self.addCleanup(process.kill)
-        assert process.stdout is not None
-        output = b""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([process.stdout], [], [], 1)
-            if ready:
-                chunk = os.read(process.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                output += chunk
-                found = re.search(rb"starting on (\d+)", output)
-                if found and b"listening on" in output:
-                    return int(found.group(1))
-        raise AssertionError(f"twistd did not start: {output!r}")
+            output = log.read_text(errors="replace")
+            found = re.search(r"starting on (\d+)", output)
+            if found and announced(output):
+                return int(found.group(1))
+            if process.poll() is not None:
+                break
+            time.sleep(0.05)  # a worker thread (inThread), never the reactor's
+        raise AssertionError(f"twistd did not start: {log.read_text(errors='replace')}")
 
 
 def earlyTalker(port: int) -> list[tuple[int, str]]:

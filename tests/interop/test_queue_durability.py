@@ -26,6 +26,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.interop._mailpeers import announced
+
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
 HOST = "127.0.0.1"
@@ -60,7 +62,8 @@ class Server:
 
     def start(self) -> None:
         self.starts += 1
-        log = open(self.directory / f"twistd-{self.starts}.log", "wb")  # noqa: SIM115
+        logPath = self.directory / f"twistd-{self.starts}.log"
+        log = open(logPath, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
              "--listen", f"tcp:{self.port}:interface={HOST}", "--hostname", "mx.test",
@@ -69,16 +72,24 @@ class Server:
             cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
+        # the port answering is not enough: under trial --jobs another test's server may
+        # take it between two runs (this twistd then exits); this run's own log must say
+        # it listens
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited with {self.process.returncode}")
+                text = logPath.read_text(errors="replace")
+                raise AssertionError(f"twistd exited with {self.process.returncode}:\n{text}")
             try:
                 socket.create_connection((HOST, self.port), timeout=1).close()
-                return
             except OSError:
                 threading.Event().wait(0.05)
-        raise AssertionError("twistd did not start listening in time")
+                continue
+            if announced(logPath.read_text(errors="replace")):
+                return
+            threading.Event().wait(0.05)
+        text = logPath.read_text(errors="replace")
+        raise AssertionError(f"twistd did not start listening in time:\n{text}")
 
     def logs(self) -> str:
         """The tail of each run's twistd log, for a failure's message."""

@@ -26,7 +26,15 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop._mailpeers import HOST, REPO, TWISTD, freePort, listening, unavailable
+from tests.interop._mailpeers import (
+    HOST,
+    REPO,
+    TWISTD,
+    announced,
+    freePort,
+    listening,
+    unavailable,
+)
 from tests.interop._postgres import PrivatePostgres
 
 START_TIMEOUT = 30.0
@@ -58,7 +66,8 @@ class Node:
     def start(self) -> None:
         self.starts += 1
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
-        with open(self.directory / f"twistd-{self.starts}.log", "wb") as log:
+        logPath = self.directory / f"twistd-{self.starts}.log"
+        with open(logPath, "wb") as log:
             self.process = subprocess.Popen(
                 [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
                  "--listen", f"tcp:{self.port}:interface={HOST}", "--hostname", f"{self.name}.test",
@@ -67,8 +76,10 @@ class Node:
                 cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+        # the port answering is not enough: under trial --jobs another test's server may
+        # hold it (this twistd then exits); this run's own log must say it listens
         deadline = time.monotonic() + START_TIMEOUT
-        while not listening(self.port):
+        while not (listening(self.port) and announced(logPath.read_text(errors="replace"))):
             if self.process.poll() is not None:
                 raise AssertionError(f"{self.name} exited:\n{self.logs()}")
             if time.monotonic() > deadline:

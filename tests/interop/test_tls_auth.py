@@ -34,6 +34,7 @@ from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.server import SMTPServerFactory
 from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
 from tests._certs import TestCA
+from tests.interop._mailpeers import announced, listening
 from tests.interop._support import (
     _TIMEOUT_COMMAND,
     CLIENT_TIMEOUT,
@@ -452,26 +453,25 @@ class DoneWhenTests(SynchronousTestCase):
         cert, key = writeKeyAndCert(cwd, "localhost")
         port = freePort()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
-        process = subprocess.Popen(
-            [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
-             "--tls-cert", cert, "--tls-key", key, "--auth", "memory:alice:secret",
-             "--submission", f"tcp:{port}:interface=127.0.0.1"],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        logPath = Path(cwd, "twistd.log")
+        with open(logPath, "wb") as out:
+            process = subprocess.Popen(
+                [str(TWISTD), "-n", "--pidfile=", "--logfile=-", "mailframe",
+                 "--tls-cert", cert, "--tls-key", key, "--auth", "memory:alice:secret",
+                 "--submission", f"tcp:{port}:interface=127.0.0.1"],
+                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
         self.addCleanup(process.wait, 30)
         self.addCleanup(process.kill)
+        # the port answering is not enough: under trial --jobs another test's server may
+        # hold it (this twistd then exits); its own log must say it listens
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None:
-                    break
-                time.sleep(0.1)
-        if process.poll() is not None:
-            assert process.stdout is not None
-            self.fail(f"twistd exited: {process.stdout.read().decode(errors='replace')}")
+        while not (listening(port) and announced(logPath.read_text(errors="replace"))):
+            if process.poll() is not None:
+                self.fail(f"twistd exited: {logPath.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                self.fail(f"twistd did not listen in time: {logPath.read_text(errors='replace')}")
+            time.sleep(0.1)
 
         transcript, code = swaksSync(
             port, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret"
@@ -496,8 +496,8 @@ class DoneWhenTests(SynchronousTestCase):
         self.assertIn("<~* 530 5.7.0 Authentication required", transcript)
 
         process.terminate()
-        output, _ = process.communicate(timeout=30)
-        log = output.decode("utf-8", "replace")
+        process.wait(30)
+        log = logPath.read_text("utf-8", "replace")
         self.assertIn("auth ok user=alice mechanism=PLAIN ", log)
         self.assertIn("; STARTTLS; AUTH SCRAM-SHA-256 CRAM-MD5 PLAIN LOGIN; MAIL needs AUTH", log)
         self.assertNotIn("secret", log.replace("memory:alice:secret", ""))
