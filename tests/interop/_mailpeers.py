@@ -75,6 +75,37 @@ def listening(port: int) -> bool:
     return True
 
 
+def heldBy(pid: int, port: int) -> bool:
+    """
+    Whether process C{pid} holds the socket listening on C{HOST}:C{port}
+    (Linux: /proc/net/tcp and /proc/PID/fd).  A port that answers may be
+    another test's under C{trial --jobs}: the one L{freePort} gave can be
+    taken before the server started here binds it (which then exits).
+    """
+    address = "".join(f"{int(part):02X}" for part in reversed(HOST.split(".")))
+    wanted = f"{address}:{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def stopProcess(process: subprocess.Popen[bytes], group: bool = True) -> None:
     """SIGTERM the process (and its own process group), then SIGKILL what is left."""
     if process.poll() is None:
@@ -272,7 +303,7 @@ service anvil {{
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"dovecot exited ({process.returncode}): {self.text()}")
-            return self.lmtpSocket.exists() and listening(self.imapPort)
+            return self.lmtpSocket.exists() and heldBy(process.pid, self.imapPort)
 
         waitFor(up, START_TIMEOUT, "Dovecot to listen")
 
@@ -424,7 +455,7 @@ class PrivatePostfix:
         def up() -> bool:
             if master.poll() is not None:
                 raise AssertionError(f"Postfix's master exited ({master.returncode})")
-            return listening(self.smtpPort)
+            return heldBy(master.pid, self.smtpPort)
 
         waitFor(up, START_TIMEOUT, "Postfix's smtpd to listen")
 
