@@ -77,10 +77,12 @@ def listening(port: int) -> bool:
 
 def heldBy(pid: int, port: int) -> bool:
     """
-    Whether process C{pid} holds the socket listening on C{HOST}:C{port}
-    (Linux: /proc/net/tcp and /proc/PID/fd).  A port that answers may be
-    another test's under C{trial --jobs}: the one L{freePort} gave can be
-    taken before the server started here binds it (which then exits).
+    Whether process C{pid}, or a process of the session it leads (started
+    with C{start_new_session}: a master's workers), holds the socket
+    listening on C{HOST}:C{port} (Linux: /proc/net/tcp, /proc/PID/fd).  A
+    port that answers may be another test's under C{trial --jobs}: the one
+    L{freePort} gave can be taken before the server started here binds it
+    (which then exits).
     """
     address = "".join(f"{int(part):02X}" for part in reversed(HOST.split(".")))
     wanted = f"{address}:{port:04X}"
@@ -91,8 +93,25 @@ def heldBy(pid: int, port: int) -> bool:
             fields = line.split()
             if fields[1] == wanted and fields[3] == "0A":  # 0A: LISTEN
                 inodes.add(f"socket:[{fields[9]}]")
-    if not inodes:
-        return False
+    return bool(inodes) and any(_holds(p, inodes) for p in _session(pid))
+
+
+def _session(pid: int) -> list[int]:
+    """C{pid} and the processes whose session it leads."""
+    found = [pid]
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != pid:
+            try:
+                with open(f"/proc/{name}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == pid:  # the session id, after state, ppid, pgrp
+                found.append(int(name))
+    return found
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
     try:
         descriptors = os.listdir(f"/proc/{pid}/fd")
     except OSError:

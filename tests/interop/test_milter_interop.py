@@ -28,7 +28,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, ClassVar
 
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +38,7 @@ from twisted.trial.unittest import TestCase
 
 from mailframe.milter.filter import Milter
 from tests._milter import milterFor, startMilterServer
+from tests.interop._mailpeers import heldBy
 from tests.interop._support import HOST, inThread
 from tests.test_milter import transaction
 
@@ -110,6 +111,15 @@ class Daemons:
         except OSError:
             return ""
 
+    def holding(self, name: str, port: int) -> Callable[[], bool]:
+        """
+        Whether daemon C{name} (or a worker of its session) listens on
+        C{port}: not merely some server, which under C{trial --jobs} may be
+        another test's on a port L{freePort} gave.
+        """
+        process = dict(self.processes)[name]
+        return lambda: heldBy(process.pid, port)
+
     def waitFor(self, name: str, ready: Any, timeout: float = START_TIMEOUT) -> None:
         """Wait (bounded) until C{ready()} is true; fail with the daemon's output if it exits."""
         process = dict(self.processes)[name]
@@ -147,17 +157,6 @@ def _dieWithParent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
-
-
-def listening(port: int) -> Any:
-    def ready() -> bool:
-        try:
-            with socket.create_connection((HOST, port), timeout=1.0):
-                return True
-        except OSError:
-            return False
-
-    return ready
 
 
 def message(subject: str, body: bytes, extra: bytes = b"") -> bytes:
@@ -250,7 +249,7 @@ class ClamAVMilterTests(DaemonTestCase):
         d.start("clamd", ["clamd", "-c", d.path("clamd.conf")])
         d.waitFor("clamd", lambda: os.path.exists(d.path("clamd.sock")))
         d.start("clamav-milter", ["clamav-milter", "-c", d.path("clamav-milter.conf")])
-        d.waitFor("clamav-milter", listening(cls.port))
+        d.waitFor("clamav-milter", d.holding("clamav-milter", cls.port))
 
     def milter(self) -> Milter:
         return milterFor(f"inet:{HOST}:{self.port}", defaultAction="tempfail", eomTimeout=30.0)
@@ -339,8 +338,8 @@ class OpenDKIMTests(DaemonTestCase):
         )
         d.start("opendkim-sign", ["opendkim", "-f", "-x", d.path("sign.conf")])
         d.start("opendkim-verify", ["opendkim", "-f", "-x", d.path("verify.conf")])
-        d.waitFor("opendkim-sign", listening(cls.signPort))
-        d.waitFor("opendkim-verify", listening(cls.verifyPort))
+        d.waitFor("opendkim-sign", d.holding("opendkim-sign", cls.signPort))
+        d.waitFor("opendkim-verify", d.holding("opendkim-verify", cls.verifyPort))
 
     @defer.inlineCallbacks
     def test_signedAndVerified(self) -> Generator[Any, Any, None]:
@@ -460,7 +459,8 @@ class RspamdTests(DaemonTestCase):
         ):
             argv.append(f"--var={name}={d.path(sub) if sub else d.directory}")
         d.start("rspamd", argv)
-        d.waitFor("rspamd", lambda: listening(cls.normal)() and listening(cls.proxy)())
+        normal, proxy = d.holding("rspamd", cls.normal), d.holding("rspamd", cls.proxy)
+        d.waitFor("rspamd", lambda: normal() and proxy())
 
     def milterServer(self) -> Any:
         return startMilterServer(

@@ -42,6 +42,7 @@ from tests.interop._mailpeers import (
     STOP_TIMEOUT,
     Twistd,
     freePort,
+    heldBy,
     listening,
     scratch,
     stopProcess,
@@ -126,7 +127,7 @@ class Consumer:
         def up() -> bool:
             if process.poll() is not None:
                 raise AssertionError(f"the consumer exited:\n{self.text()}")
-            return listening(self.port)
+            return heldBy(process.pid, self.port)  # this one, not a server on a reused port
 
         waitFor(up, 30, f"the {self.kind} consumer to listen")
 
