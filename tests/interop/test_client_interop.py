@@ -34,6 +34,7 @@ from mailframe.client.routing import Destination, Router
 from mailframe.envelope import DeliveryResult, Envelope, Recipient
 from mailframe.reply import Reply
 from tests._certs import TestCA
+from tests.interop._mailpeers import heldBy
 from tests.interop._support import HOST, splitReceived, startServer
 from tests.interop.test_tls_auth import startSecureServer
 
@@ -185,15 +186,14 @@ class SmtpSinkTests(TestCase):
         with open(self.sinkErr, "wb") as err:
             process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
         self.addCleanup(_stop, process)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None:
-                    raise AssertionError(f"smtp-sink exited: {self.sinkErrors()!r}")
-                time.sleep(0.02)  # before the reactor runs this test's work
+        # this smtp-sink holds the port, not another test's server on a reused one
+        deadline = time.monotonic() + 10
+        while not heldBy(process.pid, port):
+            if process.poll() is not None:
+                raise AssertionError(f"smtp-sink exited: {self.sinkErrors()!r}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"smtp-sink did not listen: {self.sinkErrors()!r}")
+            time.sleep(0.02)  # before the reactor runs this test's work
         return port, dump
 
     def sinkErrors(self) -> bytes:

@@ -25,6 +25,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from mailframe.address import parseMailbox
 from mailframe.validators.srs import SRS
+from tests.interop._mailpeers import heldBy
 
 POSTSRSD = shutil.which("postsrsd") or "/usr/sbin/postsrsd"
 REQUIRE = bool(os.environ.get("MAILFRAME_REQUIRE_INTEROP"))
@@ -95,11 +96,9 @@ class PostSRSdTests(TestCase):
     def _waitForPort(self, port: int, child: _Child) -> None:
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            if heldBy(self.process.pid, port):  # this postsrsd, not a server on a reused port
                 return
-            except OSError:
-                time.sleep(0.05)  # a worker thread, never the reactor's
+            time.sleep(0.05)  # a worker thread, never the reactor's
         raise RuntimeError(f"postsrsd did not listen: {child.output[-500:]!r}")
 
     def _stop(self, child: _Child) -> defer.Deferred[None]:
