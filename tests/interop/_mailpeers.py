@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest
@@ -166,6 +166,33 @@ def announced(log: str) -> bool:
     return any(line in log for line in ANNOUNCED)
 
 
+def waitForTwistd(
+    process: subprocess.Popen[bytes],
+    log: Path,
+    ready: Callable[[], bool] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """
+    Wait (in a test's own thread or a worker thread, never the reactor's)
+    until the twistd C{process}, its output in C{log}, has said that its
+    listeners are bound (L{announced}) and C{ready()}, if given, is true; an
+    AssertionError with the log's tail if it exits first or C{timeout}
+    passes.  A port that answers is not enough: see L{announced}.
+    """
+
+    def text() -> str:
+        return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+    deadline = time.monotonic() + timeout
+    while not (announced(log.read_text(errors="replace") if log.exists() else "")
+               and (ready is None or ready())):  # fmt: skip
+        if process.poll() is not None:
+            raise AssertionError(f"twistd exited ({process.returncode}):\n{text()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"twistd did not listen in {timeout:g} s:\n{text()}")
+        threading.Event().wait(0.05)
+
+
 class Twistd:
     """C{twistd -n mailframe ARGS} in C{directory}, its log in C{twistd.log} there."""
 
@@ -175,7 +202,7 @@ class Twistd:
         self.log = directory / "twistd.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, ready: object) -> None:
+    def start(self, ready: Callable[[], bool]) -> None:
         """
         Start, and wait until C{ready()} is true (a port listens, a socket
         exists) and this twistd said it listens: under C{trial --jobs}
@@ -189,18 +216,7 @@ class Twistd:
                 cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        process = self.process
-
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"twistd exited ({process.returncode}):\n{self.text()}")
-            return bool(ready()) and self.announced()  # type: ignore[operator]
-
-        waitFor(up, START_TIMEOUT, "twistd mailframe to listen")
-
-    def announced(self) -> bool:
-        """Whether this twistd logged that its listeners are bound."""
-        return announced(self.text())
+        waitForTwistd(self.process, self.log, ready)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from mailframe.address import parseMailbox
 from mailframe.validators.srs import SRS
-from tests.interop._mailpeers import announced
+from tests.interop._mailpeers import waitForTwistd
 from tests.interop._support import HOST, AcceptLocal, inThread, startServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,27 +53,6 @@ def _freePort() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
-
-
-def _waitForPort(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    """
-    Until the port answers and this twistd's log says it listens: under trial
-    --jobs another test's server may hold the port (this twistd then exits).
-    """
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"twistd exited: {log.read_text()[-2000:]}")
-        try:
-            socket.create_connection((HOST, port), timeout=1).close()
-        except OSError:
-            time.sleep(0.05)  # a worker thread, never the reactor's
-            continue
-        if log.exists() and announced(log.read_text(errors="replace")):
-            return
-        time.sleep(0.05)
-    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-    raise AssertionError(f"twistd did not listen in time: {tail}")
 
 
 class AliasesInteropTests(TestCase):
@@ -115,7 +94,7 @@ class AliasesInteropTests(TestCase):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
         self.process = subprocess.Popen(argv, cwd=self.dir, env=env)
         self.addCleanup(self._stop)
-        return inThread(_waitForPort, self.port, self.process, log)
+        return inThread(waitForTwistd, self.process, log, None, WAIT)  # a worker thread
 
     def _stop(self) -> None:
         if self.process.poll() is None:

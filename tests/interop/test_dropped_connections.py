@@ -26,7 +26,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop._mailpeers import announced
+from tests.interop._mailpeers import waitForTwistd
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -101,22 +101,11 @@ class Server:
                  "--domain", "example.com", "--deliver", "maildir:Maildir", *args],
                 cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        # the port answering is not enough: under trial --jobs another test's server may
-        # hold it (this twistd then exits); its own log must say it listens
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.logPath.read_text()}")
-            try:
-                socket.create_connection((HOST, self.port), timeout=1).close()
-            except OSError:
-                time.sleep(0.05)
-                continue
-            if announced(self.logPath.read_text(errors="replace")):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"twistd did not start listening in time: {self.logPath.read_text()}")
+        try:
+            waitForTwistd(self.process, self.logPath, timeout=START_TIMEOUT)
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process.poll() is None:

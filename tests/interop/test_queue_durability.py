@@ -26,7 +26,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop._mailpeers import announced
+from tests.interop._mailpeers import waitForTwistd
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -72,24 +72,8 @@ class Server:
             cwd=self.directory, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         log.close()
-        # the port answering is not enough: under trial --jobs another test's server may
-        # take it between two runs (this twistd then exits); this run's own log must say
-        # it listens
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                text = logPath.read_text(errors="replace")
-                raise AssertionError(f"twistd exited with {self.process.returncode}:\n{text}")
-            try:
-                socket.create_connection((HOST, self.port), timeout=1).close()
-            except OSError:
-                threading.Event().wait(0.05)
-                continue
-            if announced(logPath.read_text(errors="replace")):
-                return
-            threading.Event().wait(0.05)
-        text = logPath.read_text(errors="replace")
-        raise AssertionError(f"twistd did not start listening in time:\n{text}")
+        # this run's own log: another test's server may take the port between two runs
+        waitForTwistd(self.process, logPath, timeout=START_TIMEOUT)
 
     def logs(self) -> str:
         """The tail of each run's twistd log, for a failure's message."""

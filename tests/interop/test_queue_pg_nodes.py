@@ -30,10 +30,9 @@ from tests.interop._mailpeers import (
     HOST,
     REPO,
     TWISTD,
-    announced,
     freePort,
-    listening,
     unavailable,
+    waitForTwistd,
 )
 from tests.interop._postgres import PrivatePostgres
 
@@ -76,15 +75,7 @@ class Node:
                 cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
-        # the port answering is not enough: under trial --jobs another test's server may
-        # hold it (this twistd then exits); this run's own log must say it listens
-        deadline = time.monotonic() + START_TIMEOUT
-        while not (listening(self.port) and announced(logPath.read_text(errors="replace"))):
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.logs()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.name} did not listen in time:\n{self.logs()}")
-            threading.Event().wait(0.05)
+        waitForTwistd(self.process, logPath, timeout=START_TIMEOUT)  # this run's own log
 
     def logs(self) -> str:
         return "".join(

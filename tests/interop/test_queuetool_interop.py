@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.interop._mailpeers import announced
+from tests.interop._mailpeers import waitForTwistd
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).with_name("twistd")
@@ -133,16 +133,8 @@ class QueueToolInteropTests(SynchronousTestCase):
         log.close()
         self.addCleanup(self.stopServer, process)
 
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"twistd exited with {process.returncode}: {self.log()}")
-            # the control socket is in this test's own spool, but the SMTP port
-            # (freePort) may be another test's under trial --jobs (this twistd then
-            # exits): its own log must say it listens too
-            text = (self.directory / "twistd.log").read_text(errors="replace")
-            return (self.spool / "control.sock").exists() and announced(text)
-
-        waitFor("the control socket and the listening line", up, START_TIMEOUT)
+        control = self.spool / "control.sock"
+        waitForTwistd(process, self.directory / "twistd.log", control.exists, START_TIMEOUT)
         return process
 
     def stopServer(self, process: subprocess.Popen[bytes]) -> None:

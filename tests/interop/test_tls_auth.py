@@ -34,7 +34,7 @@ from mailframe.policy.authlimits import AuthFailureLimiter
 from mailframe.server import SMTPServerFactory
 from mailframe.server.tls import CertificatePair, ServerTLS, implicitTLS
 from tests._certs import TestCA
-from tests.interop._mailpeers import announced, listening
+from tests.interop._mailpeers import waitForTwistd
 from tests.interop._support import (
     _TIMEOUT_COMMAND,
     CLIENT_TIMEOUT,
@@ -463,15 +463,7 @@ class DoneWhenTests(SynchronousTestCase):
             )  # fmt: skip
         self.addCleanup(process.wait, 30)
         self.addCleanup(process.kill)
-        # the port answering is not enough: under trial --jobs another test's server may
-        # hold it (this twistd then exits); its own log must say it listens
-        deadline = time.monotonic() + 30
-        while not (listening(port) and announced(logPath.read_text(errors="replace"))):
-            if process.poll() is not None:
-                self.fail(f"twistd exited: {logPath.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                self.fail(f"twistd did not listen in time: {logPath.read_text(errors='replace')}")
-            time.sleep(0.1)
+        waitForTwistd(process, logPath)
 
         transcript, code = swaksSync(
             port, "--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret"
