@@ -31,7 +31,9 @@ L{release}, L{delete} and L{flush}: a held entry has no timer and is
 never attempted; the writes of one entry's envelope run one after
 another, so the last state is the one on disk.
 
-Owns: scheduling, limits, per-recipient outcomes.  Must not: touch files
+Owns: scheduling, limits, and turning each attempt's answers into
+per-recipient outcomes (what those do to the entry, and the report they
+call for: L{mailframe.queue._outcomes}).  Must not: touch files
 (the spool does), speak SMTP (the relay does), or format reports (see
 L{mailframe.queue.bounce}).
 """
@@ -55,14 +57,10 @@ from mailframe.envelope import DeliveryResult
 from mailframe.interfaces import IDeliveryBackend, IQueueStore, IRelay
 from mailframe.message import Message
 from mailframe.plugins import checkProviders
-from mailframe.queue import _decisions, bounce
+from mailframe.queue import _decisions, _outcomes, bounce
 from mailframe.queue._reading import AttemptMessage
 from mailframe.queue._schedule import Schedule
 from mailframe.queue.entry import (
-    DELIVERED,
-    FAILED,
-    PENDING,
-    RELAYED,
     QueueEntry,
     RecipientState,
 )
@@ -81,12 +79,10 @@ _NO_RELAY = Reply(451, (4, 4, 0), "No relay is configured for this destination")
 _TIMED_OUT = Reply(451, (4, 4, 2), "Delivery timed out")
 _LOCAL_ERROR = Reply(451, (4, 3, 0), "Local error in delivery; will try again")
 _UNREADABLE = Reply(451, (4, 3, 0), "The queued message cannot be read; will try again")
-_EXPIRED = (4, 4, 7)
 
 _Answer = tuple[Reply, str | None, bool, str | None]
 """Per recipient: the reply, the remote server, whether the DSN request went
 on, and the TLS version of the session that took it (None: in clear)."""
-"""Per recipient: the reply, the server that gave it, whether DSN went on with it."""
 
 
 def defaultRouteKey(isLocal: Callable[[Domain], bool]) -> Callable[[Address], str]:
@@ -406,12 +402,12 @@ class QueueRunner:
         ]
         reading.forget()  # the groups still waiting for a slot read the file when it comes
         if not any(isinstance(r, defer.Deferred) for r in results):
-            return self._outcomes(results, entry, groups)
+            return self._outcomesOf(results, entry, groups)
         waiting = [r if isinstance(r, defer.Deferred) else defer.succeed(r) for r in results]
         d = defer.gatherResults(waiting, consumeErrors=True)
-        return d.addCallback(self._outcomes, entry, groups)
+        return d.addCallback(self._outcomesOf, entry, groups)
 
-    def _outcomes(
+    def _outcomesOf(
         self,
         results: list[list[_Answer]],
         entry: QueueEntry,
@@ -524,68 +520,21 @@ class QueueRunner:
     def _settle(
         self,
         entry: QueueEntry,
-        outcomes: Sequence[tuple[RecipientState, Reply, str | None, bool, bool]],
+        outcomes: Sequence[_outcomes.Outcome],
         routes: Mapping[int, str] | None = None,
         tls: Mapping[int, str] | None = None,
     ) -> object:
         """
-        Record the outcomes; the next attempt's time (None: finished), or a
-        Deferred of it.  C{routes} and C{tls}: each recipient's route and
-        TLS version, by C{id} of its state, for the log.
+        Record the outcomes (L{_outcomes.record}) and queue the report they
+        call for; the next attempt's time (None: finished), or a Deferred of
+        it.  C{routes} and C{tls}: each recipient's route and TLS version,
+        by C{id} of its state, for the log.
         """
         now = self.clock.seconds()
         started = self._attemptStarts.pop(entry.id, now)
-        entry.attempts += 1
-        entry.lastAttempt = now
-        items: list[bounce.ReportItem] = []
-        logged = self.logDeliveries
-        logging = logged or bool(counting)  # counted (metrics) even when not logged
-        routes = routes or {}
-        for r, reply, remote, local, passedOn in outcomes:
-            r.reply, r.remote, r.lastAttempt = reply, remote, now
-            if reply.code < 400:
-                r.state = DELIVERED if local else RELAYED
-                action = bounce.DELIVERED if local else bounce.RELAYED
-                if logging:
-                    route = routes.get(id(r))
-                    version = tls.get(id(r)) if tls else None
-                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged, version)
-                if passedOn:  # the next hop took NOTIFY and reports for itself (RFC 3461 5.2)
-                    continue
-            elif reply.code >= 500:
-                r.state, action = FAILED, bounce.FAILED
-                if logging:
-                    route = routes.get(id(r))
-                    _decisions.sentOrBounced(entry, r, route, local, started, now, logged)
-            else:
-                continue
-            if bounce.wantsNotice(r, action):
-                items.append(bounce.ReportItem(r, action))
-        still = entry.pending
-        retry = self.retry
-        delayed = False
-        if still and now - entry.arrival >= retry.giveUp:
-            for r in still:
-                r.state = FAILED
-                if r.reply is not None and r.reply.code < 500:
-                    r.reply = Reply(r.reply.code, r.reply.enhanced or _EXPIRED, r.reply.text)
-                if logging:
-                    _decisions.expired(entry, r, routes.get(id(r)), now, logged)
-                if bounce.wantsNotice(r, bounce.FAILED):
-                    items.append(bounce.ReportItem(r, bounce.FAILED))
-            still = []
-        elif still and self._delayWarningDue(entry, now):
-            delayed = entry.delayWarned = True
-            until = entry.arrival + retry.giveUp
-            items.extend(
-                bounce.ReportItem(r, bounce.DELAYED, until)
-                for r in still
-                if bounce.wantsNotice(r, bounce.DELAYED)
-            )
-        if logging and still:
-            nextAttempt = self._nextAttempt(entry, now)
-            for r in still:
-                _decisions.deferred(entry, r, routes.get(id(r)), now, nextAttempt, logged)
+        items, delayed = _outcomes.record(
+            entry, outcomes, self.retry, now, started, routes or {}, tls, self.logDeliveries
+        )
         if not items:
             return self._finish(entry, now)
         if entry.sender == "" or entry.report:
@@ -598,15 +547,12 @@ class QueueRunner:
 
         def reported(ok: bool) -> object:
             if not ok:  # try again, and report again, next time
-                for item in items:
-                    if item.action == bounce.FAILED:
-                        item.recipient.state = PENDING
-                if delayed:
-                    entry.delayWarned = False
+                _outcomes.takeBack(entry, items, delayed)
             return self._finish(entry, now)
 
-        d = defer.ensureDeferred(self._sendReport(entry, items, now))
-        return d.addCallback(reported)
+        reportID = self.spool.newID(f"{entry.id}R{next(self._reportIDs)}")
+        report = _outcomes.queueReport(self.spool, self.reports, entry, items, now, reportID)
+        return defer.ensureDeferred(report).addCallback(reported)
 
     def _finish(self, entry: QueueEntry, now: float) -> defer.Deferred[float] | None:
         """Remove a finished entry, or record when to try it again (the time, or a Deferred)."""
@@ -614,7 +560,7 @@ class QueueRunner:
             self.entries.pop(entry.id, None)
             self._remove(entry.id)
             return None
-        entry.nextAttempt = self._nextAttempt(entry, now)
+        entry.nextAttempt = _outcomes.nextAttempt(self.retry, entry, now)
 
         def failed(reason: Failure) -> None:
             log.error("{id}: cannot update the queue entry: {error}", id=entry.id,
@@ -622,55 +568,6 @@ class QueueRunner:
 
         d = self._write(entry).addErrback(failed)
         return d.addCallback(lambda _: entry.nextAttempt)
-
-    def _nextAttempt(self, entry: QueueEntry, now: float) -> float:
-        """When an entry not finished by the attempt that ended at C{now} is tried next."""
-        retry = self.retry
-        wait = retry.delayAfter(entry.attempts)
-        return max(now, min(now + wait, entry.arrival + retry.giveUp))
-
-    def _delayWarningDue(self, entry: QueueEntry, now: float) -> bool:
-        warning = self.retry.delayWarning
-        return bool(warning) and not entry.delayWarned and now - entry.arrival >= warning
-
-    async def _sendReport(
-        self, entry: QueueEntry, items: list[bounce.ReportItem], now: float
-    ) -> bool:
-        """Put a report about C{items} into the spool; False if that failed."""
-        failure = any(i.action == bounce.FAILED for i in items)
-        limit = self.reports.readLimit(entry, failure)
-        try:
-            original, _ = await self.spool.readHead(entry.id, limit)
-        except Exception as e:
-            log.error(
-                "{id}: cannot read the message to report on: {error}", id=entry.id, error=str(e)
-            )
-            original = b""
-        reportID = self.spool.newID(f"{entry.id}R{next(self._reportIDs)}")
-        data, params = bounce.buildReport(entry, items, original, self.reports, now, reportID)
-        report = QueueEntry(
-            id=reportID,
-            sender="",
-            recipients=[RecipientState(entry.sender)],
-            arrival=now,
-            mailParams=params,
-            nextAttempt=now,
-            listener=entry.listener,
-            report=True,
-        )
-        try:
-            await self.spool.addReport(entry.id, report, data)
-        except Exception as e:
-            log.error("{id}: cannot queue the report: {error}", id=entry.id, error=str(e))
-            return False
-        log.info(
-            "{id}: report {report} ({actions}) to <{sender}>",
-            id=entry.id,
-            report=reportID,
-            actions=",".join(sorted({i.action for i in items})),
-            sender=entry.sender,
-        )
-        return True
 
 
 def _replies(result: object, count: int, entryID: str) -> list[_Answer]:
