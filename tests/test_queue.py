@@ -530,6 +530,35 @@ class ReportTests(QueueCase):
         self.assertEqual(len(self.reports()), 1)
         self.assertEqual(self.queued(), [])
 
+    def test_delayWarningNotQueued(self) -> None:
+        """A delay warning that cannot be queued is given at the next attempt, once."""
+        self.start(retry=RetryPolicy(initial=300, maximum=3600, delayWarning=600))
+        self.relay.answer = lambda a: LATER
+        real = self.spool.add
+        refused: list[str] = []
+
+        def add(entry: QueueEntry, data: Any) -> Any:
+            if entry.report and not refused:
+                refused.append(entry.id)
+                return defer.fail(OSError(errno.ENOSPC, "full"))
+            return real(entry, data)
+
+        self.spool.add = add  # type: ignore[method-assign]
+        self.send(envelope("s@example.com", "a@remote.example"))
+        self.clock.advance(300)
+        self.clock.advance(600)  # the warning is due: its report is refused
+        self.assertEqual(len(refused), 1)
+        self.assertEqual(self.reports(), [])
+        [entry] = self.runner.entries.values()
+        self.assertFalse(entry.delayWarned)
+        self.assertEqual(entry.recipients[0].state, PENDING)
+        self.clock.advance(1200)  # the next attempt warns
+        [report] = self.reports()
+        self.assertEqual(report["Subject"], "Delayed Mail (still being retried)")
+        self.assertTrue(entry.delayWarned)
+        self.clock.advance(2400)
+        self.assertEqual(len(self.reports()), 1)
+
 
 class LimitTests(QueueCase):
     def test_perDestinationAndTotal(self) -> None:
